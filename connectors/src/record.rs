@@ -1,0 +1,179 @@
+//! Raw records and the reader interface every source partition implements.
+//!
+//! A raw record carries its origin (partition and offset) so that whatever
+//! happens to it later, an output row or a dead letter, can name where it
+//! came from.
+
+use serde::{Deserialize, Serialize};
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+/// One typed value of a record field, a feature, or a model output.
+///
+/// Floats compare and hash by their bits, so that `Value` can serve as a
+/// grouping key and as a member of a distinct-count set with exact,
+/// platform-independent semantics.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub enum Value {
+    /// Absent or JSON `null`.
+    #[default]
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A 64-bit integer; also event times in milliseconds.
+    I64(i64),
+    /// A 64-bit float.
+    F64(f64),
+    /// A UTF-8 string.
+    Str(String),
+}
+
+impl Value {
+    /// The value as a float, for arithmetic: integers and booleans widen,
+    /// strings and nulls give `None`.
+    #[inline]
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::F64(v) => Some(*v),
+            Value::I64(v) => Some(*v as f64),
+            Value::Bool(v) => Some(if *v { 1.0 } else { 0.0 }),
+            Value::Null | Value::Str(_) => None,
+        }
+    }
+
+    /// Whether this is `Null`.
+    #[inline]
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+
+    /// A stable 64-bit hash, the same in every process and on every run,
+    /// used to route records to workers by key.
+    pub fn stable_hash(&self) -> u64 {
+        let mut hasher = StableHasher::default();
+        self.hash(&mut hasher);
+        hasher.finish()
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Value::Null, Value::Null) => true,
+            (Value::Bool(a), Value::Bool(b)) => a == b,
+            (Value::I64(a), Value::I64(b)) => a == b,
+            (Value::F64(a), Value::F64(b)) => a.to_bits() == b.to_bits(),
+            (Value::Str(a), Value::Str(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Value {}
+
+impl Hash for Value {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        match self {
+            Value::Null => state.write_u8(0),
+            Value::Bool(v) => state.write_u8(if *v { 2 } else { 1 }),
+            Value::I64(v) => state.write_u64(*v as u64),
+            Value::F64(v) => state.write_u64(v.to_bits() ^ 0x9e37_79b9_7f4a_7c15),
+            Value::Str(v) => state.write(v.as_bytes()),
+        }
+    }
+}
+
+/// FNV-1a followed by a 64-bit finaliser: deterministic across processes
+/// (unlike `std`'s randomly seeded hasher) and well mixed in the low bits
+/// that pick a worker.
+#[derive(Debug)]
+pub struct StableHasher(u64);
+
+impl Default for StableHasher {
+    fn default() -> Self {
+        StableHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for StableHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0 ^ value).wrapping_mul(0x0100_0000_01b3);
+    }
+
+    fn finish(&self) -> u64 {
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// The body of a raw record, before decoding against the schema.
+#[derive(Clone, Debug)]
+pub enum RawBody {
+    /// Bytes in a text format (a JSONL line, a Kafka message value).
+    Bytes(Vec<u8>),
+    /// Fields already typed by the transport, in the order of the column
+    /// names the reader was opened with; a missing column is `Null`.
+    Fields(Vec<Value>),
+    /// A record the transport itself could not deliver whole (a line over
+    /// the size limit): it becomes a dead letter with this reason.
+    Unreadable {
+        /// Why the record is unreadable.
+        reason: String,
+        /// A prefix of the original bytes, for the dead letter.
+        prefix: Vec<u8>,
+    },
+}
+
+/// One record as a connector delivers it.
+#[derive(Clone, Debug)]
+pub struct RawRecord {
+    /// The source partition (a file's index in name order, a Kafka partition).
+    pub partition: u32,
+    /// The position within the partition (line or row index, Kafka offset).
+    pub offset: u64,
+    /// The transport's own timestamp in milliseconds, where it has one
+    /// (Kafka message timestamps); files have none.
+    pub timestamp_ms: Option<i64>,
+    /// The record itself.
+    pub body: RawBody,
+}
+
+/// What a poll of a partition reader produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Poll {
+    /// Records were appended (perhaps fewer than asked for).
+    Ready,
+    /// Nothing is available now; poll again after the given time.
+    Pending(Duration),
+    /// The partition has ended; it will produce nothing more.
+    Finished,
+}
+
+/// A reader of one source partition, polled by the engine.
+///
+/// Implementations deliver records in offset order and never skip one: every
+/// offset they pass over reaches the engine, readable or not, so that input
+/// counts reconcile.
+pub trait PartitionReader: Send {
+    /// The partition this reader reads.
+    fn partition(&self) -> u32;
+
+    /// Appends at most `max_records` records to `out`.
+    fn poll(&mut self, out: &mut Vec<RawRecord>, max_records: usize) -> crate::Result<Poll>;
+
+    /// Whether the reader is still behind the end of the data available
+    /// when it started (a backfill), as opposed to keeping up with new data.
+    /// The adaptive batching policy uses bulk batches while this is true.
+    fn is_behind(&self) -> bool;
+
+    /// Progress as (records or bytes done, total), where a total is known.
+    fn progress(&self) -> (u64, Option<u64>);
+}
