@@ -1,1 +1,26 @@
+//! tideflow: a streaming dataflow engine for machine-learning features and
+//! model inference over Kafka and files.
+//!
+//! One dataflow definition (a [`spec`], checked into a [`plan`]) runs as a
+//! timely dataflow graph: [`operators::source`] reads partitions and
+//! [`decode`]s records, rows are exchanged by key to the [`features`]
+//! stages, then [`batching`] groups them for [`inference`], and [`sinks`]
+//! write them. Bad records become dead letters; every input record is
+//! accounted for in the run's [`run::Summary`].
 
+pub mod batching;
+pub mod dataflow;
+pub mod decode;
+pub mod error;
+pub mod features;
+pub mod inference;
+pub mod operators;
+pub mod ordering;
+pub mod plan;
+pub mod row;
+pub mod run;
+pub mod schema;
+pub mod sinks;
+pub mod spec;
+
+pub use error::{Error, Result};

@@ -34,14 +34,23 @@ impl FileFormat {
 /// The partitions of a file source: `path` itself if it is a file, or the
 /// files of the directory with a matching extension, sorted by name.
 pub fn discover_partitions(path: &Path, format: FileFormat) -> Result<Vec<PathBuf>> {
-    let metadata = std::fs::metadata(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
+    let metadata = std::fs::metadata(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     if metadata.is_file() {
         return Ok(vec![path.to_owned()]);
     }
-    let entries = std::fs::read_dir(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
+    let entries = std::fs::read_dir(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     let mut files = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| Error::Io { path: path.to_owned(), source })?;
+        let entry = entry.map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         let file = entry.path();
         let matches = file
             .extension()
@@ -52,7 +61,10 @@ pub fn discover_partitions(path: &Path, format: FileFormat) -> Result<Vec<PathBu
         }
     }
     if files.is_empty() {
-        return Err(Error::NoInputFiles { path: path.to_owned(), extension: format.extensions()[0].to_owned() });
+        return Err(Error::NoInputFiles {
+            path: path.to_owned(),
+            extension: format.extensions()[0].to_owned(),
+        });
     }
     files.sort();
     Ok(files)
@@ -89,7 +101,10 @@ pub struct JsonlReader {
 
 impl std::fmt::Debug for JsonlReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JsonlReader").field("path", &self.path).field("next_offset", &self.next_offset).finish()
+        f.debug_struct("JsonlReader")
+            .field("path", &self.path)
+            .field("next_offset", &self.next_offset)
+            .finish()
     }
 }
 
@@ -97,7 +112,10 @@ impl JsonlReader {
     /// Opens `path` as partition `partition`. Lines longer than
     /// `max_record_bytes` are delivered as unreadable records.
     pub fn open(path: &Path, partition: u32, max_record_bytes: usize) -> Result<Self> {
-        let io_error = |source| Error::Io { path: path.to_owned(), source };
+        let io_error = |source| Error::Io {
+            path: path.to_owned(),
+            source,
+        };
         let file = File::open(path).map_err(io_error)?;
         let file_size = file.metadata().map_err(io_error)?.len();
         Ok(JsonlReader {
@@ -150,8 +168,14 @@ impl JsonlReader {
             line.pop();
         }
         if total > self.max_record_bytes {
-            let reason = format!("record of {total} bytes exceeds max_record_bytes = {}", self.max_record_bytes);
-            return Ok(Some(RawBody::Unreadable { reason, prefix: line }));
+            let reason = format!(
+                "record of {total} bytes exceeds max_record_bytes = {}",
+                self.max_record_bytes
+            );
+            return Ok(Some(RawBody::Unreadable {
+                reason,
+                prefix: line,
+            }));
         }
         Ok(Some(RawBody::Bytes(line)))
     }
@@ -171,12 +195,24 @@ impl PartitionReader for JsonlReader {
             return Ok(Poll::Finished);
         }
         for _ in 0..max_records {
-            let line = self.next_line().map_err(|source| Error::Io { path: self.path.clone(), source })?;
+            let line = self.next_line().map_err(|source| Error::Io {
+                path: self.path.clone(),
+                source,
+            })?;
             let Some(body) = line else {
                 self.finished = true;
-                return Ok(if out.is_empty() { Poll::Finished } else { Poll::Ready });
+                return Ok(if out.is_empty() {
+                    Poll::Finished
+                } else {
+                    Poll::Ready
+                });
             };
-            out.push(RawRecord { partition: self.partition, offset: self.next_offset, timestamp_ms: None, body });
+            out.push(RawRecord {
+                partition: self.partition,
+                offset: self.next_offset,
+                timestamp_ms: None,
+                body,
+            });
             self.next_offset += 1;
         }
         Ok(Poll::Ready)
@@ -207,18 +243,31 @@ pub struct ParquetReader {
 
 impl std::fmt::Debug for ParquetReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ParquetReader").field("path", &self.path).field("next_offset", &self.next_offset).finish()
+        f.debug_struct("ParquetReader")
+            .field("path", &self.path)
+            .field("next_offset", &self.next_offset)
+            .finish()
     }
 }
 
 impl ParquetReader {
     /// Opens `path` as partition `partition`, delivering `columns` in order.
     pub fn open(path: &Path, partition: u32, columns: &[String]) -> Result<Self> {
-        let file = File::open(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
-        let parquet_error = |error: parquet::errors::ParquetError| Error::Parquet { path: path.to_owned(), message: error.to_string() };
-        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_error)?;
+        let file = File::open(path).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let parquet_error = |error: parquet::errors::ParquetError| Error::Parquet {
+            path: path.to_owned(),
+            message: error.to_string(),
+        };
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(parquet_error)?;
         let total_rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
-        let batches = builder.with_batch_size(8192).build().map_err(parquet_error)?;
+        let batches = builder
+            .with_batch_size(8192)
+            .build()
+            .map_err(parquet_error)?;
         Ok(ParquetReader {
             path: path.to_owned(),
             partition,
@@ -242,8 +291,13 @@ impl ParquetReader {
             match arrow_value(column.as_ref(), row) {
                 Ok(value) => fields.push(value),
                 Err(data_type) => {
-                    let reason = format!("column '{name}' has Parquet type {data_type}, which tideflow cannot read");
-                    return RawBody::Unreadable { reason, prefix: Vec::new() };
+                    let reason = format!(
+                        "column '{name}' has Parquet type {data_type}, which tideflow cannot read"
+                    );
+                    return RawBody::Unreadable {
+                        reason,
+                        prefix: Vec::new(),
+                    };
                 }
             }
         }
@@ -266,25 +320,46 @@ fn arrow_value(array: &dyn Array, row: usize) -> std::result::Result<Value, Data
         DataType::UInt8 => Value::I64(array.as_primitive::<types::UInt8Type>().value(row).into()),
         DataType::UInt16 => Value::I64(array.as_primitive::<types::UInt16Type>().value(row).into()),
         DataType::UInt32 => Value::I64(array.as_primitive::<types::UInt32Type>().value(row).into()),
-        DataType::UInt64 => match i64::try_from(array.as_primitive::<types::UInt64Type>().value(row)) {
-            Ok(value) => Value::I64(value),
-            Err(_) => return Err(DataType::UInt64),
-        },
-        DataType::Float32 => Value::F64(array.as_primitive::<types::Float32Type>().value(row).into()),
+        DataType::UInt64 => {
+            match i64::try_from(array.as_primitive::<types::UInt64Type>().value(row)) {
+                Ok(value) => Value::I64(value),
+                Err(_) => return Err(DataType::UInt64),
+            }
+        }
+        DataType::Float32 => {
+            Value::F64(array.as_primitive::<types::Float32Type>().value(row).into())
+        }
         DataType::Float64 => Value::F64(array.as_primitive::<types::Float64Type>().value(row)),
         DataType::Utf8 => Value::Str(array.as_string::<i32>().value(row).to_owned()),
         DataType::LargeUtf8 => Value::Str(array.as_string::<i64>().value(row).to_owned()),
         DataType::Utf8View => Value::Str(array.as_string_view().value(row).to_owned()),
         DataType::Timestamp(unit, _) => {
             let raw = match unit {
-                TimeUnit::Second => array.as_primitive::<types::TimestampSecondType>().value(row).saturating_mul(1000),
-                TimeUnit::Millisecond => array.as_primitive::<types::TimestampMillisecondType>().value(row),
-                TimeUnit::Microsecond => array.as_primitive::<types::TimestampMicrosecondType>().value(row) / 1000,
-                TimeUnit::Nanosecond => array.as_primitive::<types::TimestampNanosecondType>().value(row) / 1_000_000,
+                TimeUnit::Second => array
+                    .as_primitive::<types::TimestampSecondType>()
+                    .value(row)
+                    .saturating_mul(1000),
+                TimeUnit::Millisecond => array
+                    .as_primitive::<types::TimestampMillisecondType>()
+                    .value(row),
+                TimeUnit::Microsecond => {
+                    array
+                        .as_primitive::<types::TimestampMicrosecondType>()
+                        .value(row)
+                        / 1000
+                }
+                TimeUnit::Nanosecond => {
+                    array
+                        .as_primitive::<types::TimestampNanosecondType>()
+                        .value(row)
+                        / 1_000_000
+                }
             };
             Value::I64(raw)
         }
-        DataType::Date32 => Value::I64(i64::from(array.as_primitive::<types::Date32Type>().value(row)) * 86_400_000),
+        DataType::Date32 => {
+            Value::I64(i64::from(array.as_primitive::<types::Date32Type>().value(row)) * 86_400_000)
+        }
         DataType::Date64 => Value::I64(array.as_primitive::<types::Date64Type>().value(row)),
         other => return Err(other.clone()),
     };
@@ -308,7 +383,10 @@ impl PartitionReader for ParquetReader {
                         continue;
                     }
                     Some(Err(error)) => {
-                        return Err(Error::Parquet { path: self.path.clone(), message: error.to_string() });
+                        return Err(Error::Parquet {
+                            path: self.path.clone(),
+                            message: error.to_string(),
+                        });
                     }
                     None => {
                         self.finished = true;
@@ -316,16 +394,27 @@ impl PartitionReader for ParquetReader {
                     }
                 },
             };
-            let end = batch.num_rows().min(self.row_in_batch + (max_records - produced));
+            let end = batch
+                .num_rows()
+                .min(self.row_in_batch + (max_records - produced));
             for row in self.row_in_batch..end {
                 let body = self.row_body(&batch, row);
-                out.push(RawRecord { partition: self.partition, offset: self.next_offset, timestamp_ms: None, body });
+                out.push(RawRecord {
+                    partition: self.partition,
+                    offset: self.next_offset,
+                    timestamp_ms: None,
+                    body,
+                });
                 self.next_offset += 1;
                 produced += 1;
             }
             self.row_in_batch = end;
         }
-        Ok(if produced == 0 && self.finished { Poll::Finished } else { Poll::Ready })
+        Ok(if produced == 0 && self.finished {
+            Poll::Finished
+        } else {
+            Poll::Ready
+        })
     }
 
     fn is_behind(&self) -> bool {
@@ -361,7 +450,12 @@ mod tests {
         let mut reader = JsonlReader::open(&path, 7, 4096).unwrap();
         let records = read_all(&mut reader);
         assert_eq!(records.len(), 4);
-        assert!(records.iter().enumerate().all(|(index, r)| r.offset == index as u64 && r.partition == 7));
+        assert!(
+            records
+                .iter()
+                .enumerate()
+                .all(|(index, r)| r.offset == index as u64 && r.partition == 7)
+        );
         assert!(matches!(&records[0].body, RawBody::Bytes(b) if b == b"{\"a\":1}"));
         assert!(matches!(&records[1].body, RawBody::Bytes(b) if b.is_empty()));
         match &records[2].body {
@@ -381,7 +475,10 @@ mod tests {
             File::create(dir.path().join(name)).unwrap();
         }
         let files = discover_partitions(dir.path(), FileFormat::Jsonl).unwrap();
-        let names: Vec<_> = files.iter().map(|f| f.file_name().unwrap().to_str().unwrap().to_owned()).collect();
+        let names: Vec<_> = files
+            .iter()
+            .map(|f| f.file_name().unwrap().to_str().unwrap().to_owned())
+            .collect();
         assert_eq!(names, ["a.jsonl", "b.jsonl"]);
         let error = discover_partitions(dir.path(), FileFormat::Parquet).unwrap_err();
         assert!(error.to_string().contains("no input files"), "{error}");

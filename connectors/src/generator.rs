@@ -12,8 +12,12 @@ use crate::{Error, Result};
 use std::time::{Duration, Instant};
 
 /// The fields a generator record has, with their tideflow types.
-pub const GENERATOR_FIELDS: [(&str, &str); 4] =
-    [("user_id", "string"), ("merchant_id", "string"), ("amount", "f64"), ("ts", "timestamp_ms")];
+pub const GENERATOR_FIELDS: [(&str, &str); 4] = [
+    ("user_id", "string"),
+    ("merchant_id", "string"),
+    ("amount", "f64"),
+    ("ts", "timestamp_ms"),
+];
 
 /// Settings of a generator source.
 #[derive(Clone, Debug, PartialEq)]
@@ -73,7 +77,9 @@ impl GeneratorConfig {
             return Err(Error::Generator("merchants must be at least 1".into()));
         }
         if !(0.0..=1.0).contains(&self.disorder_fraction) {
-            return Err(Error::Generator("disorder_fraction must lie in [0, 1]".into()));
+            return Err(Error::Generator(
+                "disorder_fraction must lie in [0, 1]".into(),
+            ));
         }
         if self.rate.is_some_and(|rate| !(rate > 0.0)) {
             return Err(Error::Generator("rate must be positive".into()));
@@ -87,13 +93,16 @@ impl GeneratorConfig {
     /// The number of records partition `partition` holds, if bounded.
     pub fn partition_count(&self, partition: u32) -> Option<u64> {
         let partitions = u64::from(self.partitions);
-        self.count.map(|count| count / partitions + u64::from(u64::from(partition) < count % partitions))
+        self.count
+            .map(|count| count / partitions + u64::from(u64::from(partition) < count % partitions))
     }
 
     /// The record at `offset` of `partition`, as (user, merchant, amount, event time).
     pub fn record(&self, partition: u32, offset: u64) -> (u64, u64, f64, i64) {
         let partitions = u64::from(self.partitions);
-        let mut random = SplitMix::new(self.seed ^ (u64::from(partition) << 48) ^ offset.wrapping_mul(0x9e37_79b9));
+        let mut random = SplitMix::new(
+            self.seed ^ (u64::from(partition) << 48) ^ offset.wrapping_mul(0x9e37_79b9),
+        );
         let users_here = (self.users - u64::from(partition)).div_ceil(partitions);
         let user = u64::from(partition) + partitions * (random.next() % users_here);
         let merchant = random.next() % self.merchants;
@@ -212,13 +221,19 @@ impl PartitionReader for GeneratorReader {
         }
         if let Some(allowed) = self.allowed_by_rate() {
             if allowed <= self.next_offset {
-                let per_record = f64::from(self.config.partitions) / self.config.rate.unwrap_or(1.0);
+                let per_record =
+                    f64::from(self.config.partitions) / self.config.rate.unwrap_or(1.0);
                 return Ok(Poll::Pending(Duration::from_secs_f64(per_record.min(0.05))));
             }
             limit = limit.min(allowed);
         }
         for offset in self.next_offset..limit {
-            out.push(RawRecord { partition: self.partition, offset, timestamp_ms: None, body: self.body(offset) });
+            out.push(RawRecord {
+                partition: self.partition,
+                offset,
+                timestamp_ms: None,
+                body: self.body(offset),
+            });
         }
         self.next_offset = limit;
         Ok(Poll::Ready)
@@ -239,12 +254,20 @@ mod tests {
     use super::*;
 
     fn columns() -> Vec<String> {
-        GENERATOR_FIELDS.iter().map(|(name, _)| name.to_string()).collect()
+        GENERATOR_FIELDS
+            .iter()
+            .map(|(name, _)| name.to_string())
+            .collect()
     }
 
     #[test]
     fn partitions_split_the_count_and_keep_users_apart() {
-        let config = GeneratorConfig { count: Some(1003), partitions: 4, users: 50, ..Default::default() };
+        let config = GeneratorConfig {
+            count: Some(1003),
+            partitions: 4,
+            users: 50,
+            ..Default::default()
+        };
         let mut total = 0;
         let mut users_by_partition = vec![std::collections::BTreeSet::new(); 4];
         for partition in 0..4 {
@@ -253,8 +276,12 @@ mod tests {
             while reader.poll(&mut out, 100).unwrap() != Poll::Finished {}
             total += out.len();
             for record in &out {
-                let RawBody::Fields(fields) = &record.body else { panic!("generator gives fields") };
-                let Value::Str(user) = &fields[0] else { panic!("user is a string") };
+                let RawBody::Fields(fields) = &record.body else {
+                    panic!("generator gives fields")
+                };
+                let Value::Str(user) = &fields[0] else {
+                    panic!("user is a string")
+                };
                 users_by_partition[partition as usize].insert(user.clone());
             }
         }
@@ -268,16 +295,33 @@ mod tests {
 
     #[test]
     fn records_are_a_function_of_seed_partition_and_offset() {
-        let config = GeneratorConfig { disorder_fraction: 0.3, disorder_max_ms: 500, ..Default::default() };
+        let config = GeneratorConfig {
+            disorder_fraction: 0.3,
+            disorder_max_ms: 500,
+            ..Default::default()
+        };
         assert_eq!(config.record(2, 77), config.record(2, 77));
         assert_ne!(config.record(2, 77), config.record(3, 77));
-        let other_seed = GeneratorConfig { seed: 7, ..config.clone() };
+        let other_seed = GeneratorConfig {
+            seed: 7,
+            ..config.clone()
+        };
         assert_ne!(config.record(2, 77), other_seed.record(2, 77));
     }
 
     #[test]
     fn bad_settings_are_rejected() {
-        let config = GeneratorConfig { users: 2, partitions: 4, ..Default::default() };
-        assert!(config.validate().unwrap_err().to_string().contains("users (2)"));
+        let config = GeneratorConfig {
+            users: 2,
+            partitions: 4,
+            ..Default::default()
+        };
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("users (2)")
+        );
     }
 }

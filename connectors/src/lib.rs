@@ -31,7 +31,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The source path exists but holds no input file.
-    #[error("{path} holds no input files ending in .{extension}; point source.path at a file or a directory of them")]
+    #[error(
+        "{path} holds no input files ending in .{extension}; point source.path at a file or a directory of them"
+    )]
     NoInputFiles {
         /// The directory that was searched.
         path: PathBuf,
@@ -58,7 +60,9 @@ impl Error {
         match self {
             Error::Io { source, .. } => matches!(
                 source.kind(),
-                std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::TimedOut
             ),
             _ => false,
         }

@@ -1,0 +1,168 @@
+//! Batching policies: when accumulated rows are handed to the model and the
+//! sinks.
+//!
+//! Micro-batching (small batches, short deadline) and bulk batching (large
+//! batches) are two sets of limits over the same batcher, feeding the same
+//! inference code; `adaptive` picks bulk while a source is behind its end
+//! (a backfill) and micro once every source has caught up. Batch boundaries
+//! never change a row's values, only when it leaves.
+
+use crate::plan::{BatchLimits, BatchingPlan, Policy};
+use crate::row::Row;
+use std::time::{Duration, Instant};
+
+/// Rows waiting to be scored, and the policy that decides when they go.
+#[derive(Debug)]
+pub struct Batcher {
+    plan: BatchingPlan,
+    pending: Vec<Row>,
+    oldest: Option<Instant>,
+}
+
+impl Batcher {
+    /// An empty batcher.
+    pub fn new(plan: BatchingPlan) -> Self {
+        Batcher {
+            plan,
+            pending: Vec::new(),
+            oldest: None,
+        }
+    }
+
+    /// The limits in force: `behind` says whether any source is still
+    /// behind its end (only `adaptive` looks at it).
+    pub fn limits(&self, behind: bool) -> BatchLimits {
+        match (self.plan.policy, behind) {
+            (Policy::Micro, _) | (Policy::Adaptive, false) => self.plan.micro,
+            (Policy::Bulk, _) | (Policy::Adaptive, true) => self.plan.bulk,
+        }
+    }
+
+    /// Adds rows to the pending batch.
+    pub fn extend(&mut self, rows: impl IntoIterator<Item = Row>, now: Instant) {
+        let before = self.pending.len();
+        self.pending.extend(rows);
+        if before == 0 && !self.pending.is_empty() {
+            self.oldest = Some(now);
+        }
+    }
+
+    /// The next batch to send, if one is due: a full batch, whatever is
+    /// pending once the input has ended, or a batch whose oldest row has
+    /// waited `max_delay`.
+    pub fn next_batch(
+        &mut self,
+        behind: bool,
+        input_ended: bool,
+        now: Instant,
+    ) -> Option<Vec<Row>> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let limits = self.limits(behind);
+        if self.pending.len() >= limits.max_rows {
+            let rest = self.pending.split_off(limits.max_rows);
+            let batch = std::mem::replace(&mut self.pending, rest);
+            if self.pending.is_empty() {
+                self.oldest = None;
+            } else {
+                self.oldest = Some(now);
+            }
+            return Some(batch);
+        }
+        let overdue = self
+            .oldest
+            .is_some_and(|oldest| now.duration_since(oldest) >= limits.max_delay);
+        if input_ended || overdue {
+            self.oldest = None;
+            return Some(std::mem::take(&mut self.pending));
+        }
+        None
+    }
+
+    /// How long until the pending batch is overdue, if rows are pending.
+    pub fn time_to_deadline(&self, behind: bool, now: Instant) -> Option<Duration> {
+        let oldest = self.oldest?;
+        Some(
+            self.limits(behind)
+                .max_delay
+                .saturating_sub(now.duration_since(oldest)),
+        )
+    }
+
+    /// Rows pending.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether no row is pending.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(policy: Policy) -> BatchingPlan {
+        BatchingPlan {
+            policy,
+            micro: BatchLimits {
+                max_rows: 2,
+                max_delay: Duration::from_millis(5),
+            },
+            bulk: BatchLimits {
+                max_rows: 4,
+                max_delay: Duration::from_secs(1),
+            },
+        }
+    }
+
+    fn rows(count: u64) -> Vec<Row> {
+        (0..count)
+            .map(|offset| Row {
+                partition: 0,
+                offset,
+                time: 0,
+                values: Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn adaptive_uses_bulk_limits_while_behind_and_micro_after() {
+        let now = Instant::now();
+        let mut batcher = Batcher::new(plan(Policy::Adaptive));
+        batcher.extend(rows(5), now);
+        assert_eq!(
+            batcher.next_batch(true, false, now).map(|b| b.len()),
+            Some(4)
+        );
+        assert_eq!(batcher.next_batch(true, false, now), None);
+        batcher.extend(rows(2), now);
+        assert_eq!(
+            batcher.next_batch(false, false, now).map(|b| b.len()),
+            Some(2)
+        );
+        assert_eq!(
+            batcher
+                .next_batch(false, false, now + Duration::from_millis(6))
+                .map(|b| b.len()),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn the_end_of_input_flushes_whatever_is_pending() {
+        let now = Instant::now();
+        let mut batcher = Batcher::new(plan(Policy::Bulk));
+        batcher.extend(rows(3), now);
+        assert_eq!(batcher.next_batch(true, false, now), None);
+        assert_eq!(
+            batcher.next_batch(true, true, now).map(|b| b.len()),
+            Some(3)
+        );
+        assert!(batcher.is_empty());
+    }
+}

@@ -1,0 +1,130 @@
+//! Assembling and running the graph: source → decode → exchange by key →
+//! feature stages → expressions → batching → inference → sinks, on timely
+//! worker threads.
+
+use crate::inference::Model;
+use crate::operators::features::ComputeFeatures;
+use crate::operators::score::ScoreRows;
+use crate::operators::sink::WriteRows;
+use crate::operators::source::{open_assigned, read_source};
+use crate::plan::Plan;
+use crate::run::{Shared, Summary, report_progress};
+use crate::sinks::{DeadLetterWriter, Layout, open_row_writer, prepare_directory};
+use crate::{Error, Result};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How a run is executed.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Worker threads.
+    pub workers: usize,
+    /// Whether to print progress to standard error.
+    pub progress: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            workers: 1,
+            progress: false,
+        }
+    }
+}
+
+/// Resolves the model's output column types into the plan and returns the
+/// model's identity and device, checking the model against the spec.
+pub fn prepare_model(plan: &mut Plan) -> Result<Option<(String, String, bool)>> {
+    let Some(model_plan) = &plan.model else {
+        return Ok(None);
+    };
+    let mut model = Model::open(model_plan)?;
+    for (output, ty) in model_plan.outputs.iter().zip(model.output_types()) {
+        plan.columns[output.slot].ty = *ty;
+    }
+    let row_independent = model.is_row_independent()?;
+    Ok(Some((
+        model.identity().to_owned(),
+        model.device().to_owned(),
+        row_independent,
+    )))
+}
+
+/// Runs a plan to completion (or until its source is unbounded and the
+/// process is stopped) and returns its summary.
+pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
+    let model_info = prepare_model(&mut plan)?;
+    for sink in plan.sinks.iter().chain([&plan.dead_letters]) {
+        prepare_directory(sink)?;
+    }
+    let workers = options.workers.max(1);
+    let shared = Arc::new(Shared::new(
+        plan,
+        model_info.as_ref().map(|(identity, ..)| identity.clone()),
+    ));
+    let started = Instant::now();
+    let done = Arc::new(AtomicBool::new(false));
+    let reporter = options.progress.then(|| {
+        let (shared, done) = (shared.clone(), done.clone());
+        std::thread::spawn(move || report_progress(&shared, started, &done))
+    });
+    let worker_shared = shared.clone();
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        if let Err(error) = build_and_run(worker, worker_shared.clone()) {
+            worker_shared.abort(error);
+        }
+    })
+    .map_err(Error::Runtime)?;
+    let results = guards.join();
+    done.store(true, Ordering::Relaxed);
+    if let Some(reporter) = reporter {
+        let _ = reporter.join();
+    }
+    for result in results {
+        result.map_err(Error::Runtime)?;
+    }
+    if let Some(error) = shared.take_error() {
+        return Err(error);
+    }
+    Ok(Summary {
+        name: shared.plan.name.clone(),
+        counts: shared.stats.snapshot(),
+        elapsed: started.elapsed(),
+        workers,
+        model: model_info.map(|(identity, device, independent)| {
+            format!(
+                "{identity} on {device} ({})",
+                if independent {
+                    "rows scored independently: outputs are batch-invariant"
+                } else {
+                    "rows NOT scored independently: outputs may vary with batching"
+                }
+            )
+        }),
+    })
+}
+
+fn build_and_run(worker: &mut timely::worker::Worker, shared: Arc<Shared>) -> Result<()> {
+    let (index, peers) = (worker.index(), worker.peers());
+    let plan = &shared.plan;
+    let readers = open_assigned(&plan.source, &plan.field_names(), index, peers)?;
+    let dead_letters = DeadLetterWriter::open(&plan.dead_letters, index)?;
+    let model = plan.model.as_ref().map(Model::open).transpose()?;
+    let layout = Layout::new(plan, shared.model_identity.clone());
+    let writers = plan
+        .sinks
+        .iter()
+        .map(|sink| open_row_writer(sink, &layout, index))
+        .collect::<Result<Vec<_>>>()?;
+    worker.dataflow::<i64, _, _>(|scope| {
+        let mut rows = read_source(scope, shared.clone(), readers, dead_letters);
+        for stage in &plan.stages {
+            rows = rows.compute_features(stage.clone(), shared.clone());
+        }
+        rows.score_rows(model, shared.clone())
+            .write_rows(writers, shared.clone());
+    });
+    while worker.step_or_park(Some(Duration::from_millis(20))) {}
+    Ok(())
+}

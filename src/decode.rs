@@ -1,0 +1,192 @@
+//! Decoding: raw records into typed rows, or dead letters saying why not.
+//!
+//! The decoder knows the schema and the format (JSON bytes, or fields
+//! already typed by the transport), not where the record came from. Every
+//! raw record ends as exactly one row or one dead letter.
+
+use crate::plan::Plan;
+use crate::row::{DeadLetter, Row};
+use crate::schema::{Column, ColumnType};
+use tideflow_connectors::{RawBody, RawRecord, Value};
+
+/// Decodes raw records against a plan's schema.
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    fields: Vec<Column>,
+    width: usize,
+    time_slot: usize,
+    required_slots: Vec<usize>,
+}
+
+impl Decoder {
+    /// A decoder for the plan's schema.
+    pub fn new(plan: &Plan) -> Self {
+        Decoder {
+            fields: plan.columns[..plan.field_count].to_vec(),
+            width: plan.columns.len(),
+            time_slot: plan.time_slot,
+            required_slots: plan.required_slots.clone(),
+        }
+    }
+
+    /// Decodes one record into a row with every output slot allocated.
+    pub fn decode(&self, record: RawRecord) -> Result<Row, DeadLetter> {
+        let dead = |error: String, raw: String| DeadLetter {
+            partition: record.partition,
+            offset: record.offset,
+            error,
+            raw,
+        };
+        let mut values = Vec::with_capacity(self.width);
+        match &record.body {
+            RawBody::Bytes(bytes) => {
+                if let Err(error) = self.decode_json(bytes, &mut values) {
+                    return Err(dead(error, String::from_utf8_lossy(bytes).into_owned()));
+                }
+            }
+            RawBody::Fields(fields) => {
+                if let Err(error) = self.check_fields(fields, &mut values) {
+                    return Err(dead(error, fields_as_json(&self.fields, fields)));
+                }
+            }
+            RawBody::Unreadable { reason, prefix } => {
+                return Err(dead(
+                    reason.clone(),
+                    String::from_utf8_lossy(prefix).into_owned(),
+                ));
+            }
+        }
+        for slot in &self.required_slots {
+            if values[*slot].is_null() {
+                let role = if *slot == self.time_slot {
+                    "event time"
+                } else {
+                    "key"
+                };
+                let raw = raw_text(&record.body, &self.fields);
+                return Err(dead(
+                    format!("missing {role} field '{}'", self.fields[*slot].name),
+                    raw,
+                ));
+            }
+        }
+        let Value::I64(time) = values[self.time_slot] else {
+            return Err(dead(
+                "event time is not an integer".into(),
+                raw_text(&record.body, &self.fields),
+            ));
+        };
+        values.resize(self.width, Value::Null);
+        Ok(Row {
+            partition: record.partition,
+            offset: record.offset,
+            time,
+            values,
+        })
+    }
+
+    fn decode_json(&self, bytes: &[u8], values: &mut Vec<Value>) -> Result<(), String> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err("empty record".into());
+        }
+        let text = std::str::from_utf8(bytes)
+            .map_err(|error| format!("not valid UTF-8 (byte {})", error.valid_up_to()))?;
+        let parsed: serde_json::Value =
+            serde_json::from_str(text).map_err(|error| format!("malformed JSON: {error}"))?;
+        let serde_json::Value::Object(mut object) = parsed else {
+            return Err("not a JSON object".into());
+        };
+        for field in &self.fields {
+            let json = object
+                .remove(&field.name)
+                .unwrap_or(serde_json::Value::Null);
+            values.push(json_value(field, json)?);
+        }
+        Ok(())
+    }
+
+    fn check_fields(&self, fields: &[Value], values: &mut Vec<Value>) -> Result<(), String> {
+        for (field, value) in self.fields.iter().zip(fields) {
+            values.push(typed_value(field, value.clone())?);
+        }
+        Ok(())
+    }
+}
+
+fn json_value(field: &Column, json: serde_json::Value) -> Result<Value, String> {
+    use serde_json::Value as Json;
+    let wrong = |json: &Json| {
+        let shown = json.to_string();
+        let shown = if shown.len() > 40 {
+            format!("{}...", &shown[..shown.floor_char_boundary(40)])
+        } else {
+            shown
+        };
+        format!(
+            "field '{}': expected {}, got {shown}",
+            field.name,
+            field.ty.name()
+        )
+    };
+    Ok(match (field.ty, &json) {
+        (_, Json::Null) => Value::Null,
+        (ColumnType::Str, Json::String(text)) => Value::Str(text.clone()),
+        (ColumnType::Bool, Json::Bool(flag)) => Value::Bool(*flag),
+        (ColumnType::F64, Json::Number(number)) => {
+            Value::F64(number.as_f64().ok_or_else(|| wrong(&json))?)
+        }
+        (ColumnType::I64 | ColumnType::TimestampMs, Json::Number(number)) => {
+            Value::I64(number.as_i64().ok_or_else(|| wrong(&json))?)
+        }
+        _ => return Err(wrong(&json)),
+    })
+}
+
+fn typed_value(field: &Column, value: Value) -> Result<Value, String> {
+    Ok(match (field.ty, value) {
+        (_, Value::Null) => Value::Null,
+        (ColumnType::Str, Value::Str(text)) => Value::Str(text),
+        (ColumnType::Bool, Value::Bool(flag)) => Value::Bool(flag),
+        (ColumnType::F64, Value::F64(number)) => Value::F64(number),
+        (ColumnType::F64, Value::I64(number)) => Value::F64(number as f64),
+        (ColumnType::I64 | ColumnType::TimestampMs, Value::I64(number)) => Value::I64(number),
+        (ty, other) => {
+            return Err(format!(
+                "field '{}': expected {}, got {other:?}",
+                field.name,
+                ty.name()
+            ));
+        }
+    })
+}
+
+fn raw_text(body: &RawBody, fields: &[Column]) -> String {
+    match body {
+        RawBody::Bytes(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        RawBody::Fields(values) => fields_as_json(fields, values),
+        RawBody::Unreadable { prefix, .. } => String::from_utf8_lossy(prefix).into_owned(),
+    }
+}
+
+/// Renders typed fields as a JSON object, for dead letters of sources that
+/// deliver fields rather than bytes.
+fn fields_as_json(fields: &[Column], values: &[Value]) -> String {
+    let object: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .zip(values)
+        .map(|(field, value)| (field.name.clone(), value_to_json(value)))
+        .collect();
+    serde_json::Value::Object(object).to_string()
+}
+
+/// A value as JSON; non-finite floats become `null` (JSON has no NaN).
+pub fn value_to_json(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Null => serde_json::Value::Null,
+        Value::Bool(flag) => serde_json::Value::Bool(*flag),
+        Value::I64(number) => serde_json::Value::from(*number),
+        Value::F64(number) => serde_json::Number::from_f64(*number)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number),
+        Value::Str(text) => serde_json::Value::String(text.clone()),
+    }
+}

@@ -1,0 +1,420 @@
+//! Row expressions: arithmetic over a row's fields and earlier features.
+//!
+//! `+ - * /`, comparisons (`< <= > >= == !=`, giving 1 or 0), and the
+//! functions `ln`, `log1p`, `exp`, `sqrt`, `abs`, `min`, `max`,
+//! `if(cond, then, else)` and `coalesce(a, b, ...)`. Values are 64-bit
+//! floats; a null operand makes the result null, except in `coalesce` and
+//! in the branch `if` does not take.
+
+use tideflow_connectors::Value;
+
+/// A compiled expression: names resolved to column slots.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    /// A literal number.
+    Number(f64),
+    /// The value in a column slot of the row.
+    Column(usize),
+    /// `-x`.
+    Negate(Box<Expr>),
+    /// A binary operator.
+    Binary(BinaryOp, Box<Expr>, Box<Expr>),
+    /// A function call.
+    Call(Function, Vec<Expr>),
+}
+
+/// Binary operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    /// `+`
+    Add,
+    /// `-`
+    Sub,
+    /// `*`
+    Mul,
+    /// `/`
+    Div,
+    /// `<`
+    Less,
+    /// `<=`
+    LessEqual,
+    /// `>`
+    Greater,
+    /// `>=`
+    GreaterEqual,
+    /// `==`
+    Equal,
+    /// `!=`
+    NotEqual,
+}
+
+/// Built-in functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Function {
+    /// Natural logarithm.
+    Ln,
+    /// `ln(1 + x)`.
+    Log1p,
+    /// `e^x`.
+    Exp,
+    /// Square root.
+    Sqrt,
+    /// Absolute value.
+    Abs,
+    /// Least argument.
+    Min,
+    /// Greatest argument.
+    Max,
+    /// `if(cond, then, else)`: `then` where `cond` is not 0.
+    If,
+    /// First non-null argument.
+    Coalesce,
+}
+
+impl Function {
+    fn parse(name: &str) -> Option<(Self, std::ops::RangeInclusive<usize>)> {
+        Some(match name {
+            "ln" => (Function::Ln, 1..=1),
+            "log1p" => (Function::Log1p, 1..=1),
+            "exp" => (Function::Exp, 1..=1),
+            "sqrt" => (Function::Sqrt, 1..=1),
+            "abs" => (Function::Abs, 1..=1),
+            "min" => (Function::Min, 2..=usize::MAX),
+            "max" => (Function::Max, 2..=usize::MAX),
+            "if" => (Function::If, 3..=3),
+            "coalesce" => (Function::Coalesce, 1..=usize::MAX),
+            _ => return None,
+        })
+    }
+}
+
+impl Expr {
+    /// Parses `text`, resolving each name with `resolve` (which returns the
+    /// column slot or an explanation of why the name cannot be used).
+    pub fn parse(
+        text: &str,
+        resolve: &dyn Fn(&str) -> Result<usize, String>,
+    ) -> Result<Expr, String> {
+        let tokens = tokenize(text)?;
+        let mut parser = Parser {
+            tokens,
+            position: 0,
+            resolve,
+        };
+        let expr = parser.comparison()?;
+        match parser.peek() {
+            None => Ok(expr),
+            Some(token) => Err(format!("unexpected '{token}' after a complete expression")),
+        }
+    }
+
+    /// Evaluates the expression on a row's values; `None` is null.
+    pub fn eval(&self, row: &[Value]) -> Option<f64> {
+        match self {
+            Expr::Number(value) => Some(*value),
+            Expr::Column(slot) => row[*slot].as_f64(),
+            Expr::Negate(inner) => inner.eval(row).map(|value| -value),
+            Expr::Binary(op, left, right) => {
+                let (left, right) = (left.eval(row)?, right.eval(row)?);
+                Some(apply_binary(*op, left, right))
+            }
+            Expr::Call(function, args) => call(*function, args, row),
+        }
+    }
+}
+
+fn apply_binary(op: BinaryOp, left: f64, right: f64) -> f64 {
+    let truth = |condition: bool| if condition { 1.0 } else { 0.0 };
+    match op {
+        BinaryOp::Add => left + right,
+        BinaryOp::Sub => left - right,
+        BinaryOp::Mul => left * right,
+        BinaryOp::Div => left / right,
+        BinaryOp::Less => truth(left < right),
+        BinaryOp::LessEqual => truth(left <= right),
+        BinaryOp::Greater => truth(left > right),
+        BinaryOp::GreaterEqual => truth(left >= right),
+        BinaryOp::Equal => truth(left == right),
+        BinaryOp::NotEqual => truth(left != right),
+    }
+}
+
+fn call(function: Function, args: &[Expr], row: &[Value]) -> Option<f64> {
+    match function {
+        Function::Ln => args[0].eval(row).map(f64::ln),
+        Function::Log1p => args[0].eval(row).map(f64::ln_1p),
+        Function::Exp => args[0].eval(row).map(f64::exp),
+        Function::Sqrt => args[0].eval(row).map(f64::sqrt),
+        Function::Abs => args[0].eval(row).map(f64::abs),
+        Function::Min => fold_all(args, row, f64::min),
+        Function::Max => fold_all(args, row, f64::max),
+        Function::If => {
+            let condition = args[0].eval(row)?;
+            if condition != 0.0 {
+                args[1].eval(row)
+            } else {
+                args[2].eval(row)
+            }
+        }
+        Function::Coalesce => args.iter().find_map(|arg| arg.eval(row)),
+    }
+}
+
+fn fold_all(args: &[Expr], row: &[Value], combine: fn(f64, f64) -> f64) -> Option<f64> {
+    let mut result = args[0].eval(row)?;
+    for arg in &args[1..] {
+        result = combine(result, arg.eval(row)?);
+    }
+    Some(result)
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Token {
+    Number(f64),
+    Name(String),
+    Symbol(&'static str),
+}
+
+impl std::fmt::Display for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Token::Number(value) => write!(f, "{value}"),
+            Token::Name(name) => write!(f, "{name}"),
+            Token::Symbol(symbol) => write!(f, "{symbol}"),
+        }
+    }
+}
+
+const SYMBOLS: [&str; 14] = [
+    "<=", ">=", "==", "!=", "<", ">", "+", "-", "*", "/", "(", ")", ",", "=",
+];
+
+fn tokenize(text: &str) -> Result<Vec<Token>, String> {
+    let mut tokens = Vec::new();
+    let mut rest = text.trim_start();
+    while !rest.is_empty() {
+        let first = rest.chars().next().unwrap_or(' ');
+        if first.is_ascii_digit() || first == '.' {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == 'E'))
+                .unwrap_or(rest.len());
+            let number = rest[..end]
+                .parse()
+                .map_err(|_| format!("'{}' is not a number", &rest[..end]))?;
+            tokens.push(Token::Number(number));
+            rest = &rest[end..];
+        } else if first.is_alphabetic() || first == '_' {
+            let end = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            tokens.push(Token::Name(rest[..end].to_owned()));
+            rest = &rest[end..];
+        } else if let Some(symbol) = SYMBOLS.iter().find(|symbol| rest.starts_with(**symbol)) {
+            if *symbol == "=" {
+                return Err("'=' is not an operator; compare with '=='".to_owned());
+            }
+            tokens.push(Token::Symbol(symbol));
+            rest = &rest[symbol.len()..];
+        } else {
+            return Err(format!("unexpected character '{first}'"));
+        }
+        rest = rest.trim_start();
+    }
+    if tokens.is_empty() {
+        return Err("the expression is empty".to_owned());
+    }
+    Ok(tokens)
+}
+
+struct Parser<'a> {
+    tokens: Vec<Token>,
+    position: usize,
+    resolve: &'a dyn Fn(&str) -> Result<usize, String>,
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> Option<&Token> {
+        self.tokens.get(self.position)
+    }
+
+    fn next(&mut self) -> Option<Token> {
+        let token = self.tokens.get(self.position).cloned();
+        self.position += 1;
+        token
+    }
+
+    fn eat(&mut self, symbol: &str) -> bool {
+        if self.peek() == Some(&Token::Symbol(symbol_static(symbol))) {
+            self.position += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn comparison(&mut self) -> Result<Expr, String> {
+        let left = self.additive()?;
+        let op = match self.peek() {
+            Some(Token::Symbol("<")) => BinaryOp::Less,
+            Some(Token::Symbol("<=")) => BinaryOp::LessEqual,
+            Some(Token::Symbol(">")) => BinaryOp::Greater,
+            Some(Token::Symbol(">=")) => BinaryOp::GreaterEqual,
+            Some(Token::Symbol("==")) => BinaryOp::Equal,
+            Some(Token::Symbol("!=")) => BinaryOp::NotEqual,
+            _ => return Ok(left),
+        };
+        self.position += 1;
+        let right = self.additive()?;
+        Ok(Expr::Binary(op, Box::new(left), Box::new(right)))
+    }
+
+    fn additive(&mut self) -> Result<Expr, String> {
+        let mut left = self.term()?;
+        loop {
+            let op = if self.eat("+") {
+                BinaryOp::Add
+            } else if self.eat("-") {
+                BinaryOp::Sub
+            } else {
+                return Ok(left);
+            };
+            left = Expr::Binary(op, Box::new(left), Box::new(self.term()?));
+        }
+    }
+
+    fn term(&mut self) -> Result<Expr, String> {
+        let mut left = self.unary()?;
+        loop {
+            let op = if self.eat("*") {
+                BinaryOp::Mul
+            } else if self.eat("/") {
+                BinaryOp::Div
+            } else {
+                return Ok(left);
+            };
+            left = Expr::Binary(op, Box::new(left), Box::new(self.unary()?));
+        }
+    }
+
+    fn unary(&mut self) -> Result<Expr, String> {
+        if self.eat("-") {
+            return Ok(Expr::Negate(Box::new(self.unary()?)));
+        }
+        self.primary()
+    }
+
+    fn primary(&mut self) -> Result<Expr, String> {
+        match self.next() {
+            Some(Token::Number(value)) => Ok(Expr::Number(value)),
+            Some(Token::Symbol("(")) => {
+                let inner = self.comparison()?;
+                if !self.eat(")") {
+                    return Err("missing ')'".to_owned());
+                }
+                Ok(inner)
+            }
+            Some(Token::Name(name)) if self.peek() == Some(&Token::Symbol("(")) => self.call(&name),
+            Some(Token::Name(name)) => Ok(Expr::Column((self.resolve)(&name)?)),
+            Some(token) => Err(format!("unexpected '{token}'")),
+            None => Err("the expression ends too early".to_owned()),
+        }
+    }
+
+    fn call(&mut self, name: &str) -> Result<Expr, String> {
+        let (function, arity) = Function::parse(name).ok_or_else(|| {
+            format!("unknown function '{name}'; known: ln, log1p, exp, sqrt, abs, min, max, if, coalesce")
+        })?;
+        self.position += 1;
+        let mut args = Vec::new();
+        if !self.eat(")") {
+            loop {
+                args.push(self.comparison()?);
+                if self.eat(")") {
+                    break;
+                }
+                if !self.eat(",") {
+                    return Err(format!("expected ',' or ')' in the arguments of {name}"));
+                }
+            }
+        }
+        if !arity.contains(&args.len()) {
+            return Err(format!(
+                "{name} takes {} arguments, got {}",
+                describe_arity(&arity),
+                args.len()
+            ));
+        }
+        Ok(Expr::Call(function, args))
+    }
+}
+
+fn describe_arity(arity: &std::ops::RangeInclusive<usize>) -> String {
+    match (arity.start(), arity.end()) {
+        (start, end) if start == end => start.to_string(),
+        (start, &usize::MAX) => format!("{start} or more"),
+        (start, end) => format!("{start} to {end}"),
+    }
+}
+
+fn symbol_static(symbol: &str) -> &'static str {
+    SYMBOLS
+        .iter()
+        .find(|candidate| **candidate == symbol)
+        .copied()
+        .unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile(text: &str) -> Result<Expr, String> {
+        Expr::parse(text, &|name| match name {
+            "a" => Ok(0),
+            "b" => Ok(1),
+            "n" => Ok(2),
+            other => Err(format!("unknown column '{other}'")),
+        })
+    }
+
+    fn eval(text: &str) -> Option<f64> {
+        compile(text)
+            .unwrap()
+            .eval(&[Value::F64(6.0), Value::I64(3), Value::Null])
+    }
+
+    #[test]
+    fn precedence_functions_and_nulls() {
+        assert_eq!(eval("a + b * 2"), Some(12.0));
+        assert_eq!(eval("(a + b) * 2"), Some(18.0));
+        assert_eq!(eval("-a / b"), Some(-2.0));
+        assert_eq!(eval("a / (b + 1)"), Some(1.5));
+        assert_eq!(eval("max(a, b, 10)"), Some(10.0));
+        assert_eq!(eval("if(a > b, 1, 2)"), Some(1.0));
+        assert_eq!(eval("a + n"), None);
+        assert_eq!(eval("coalesce(n, b)"), Some(3.0));
+        assert_eq!(eval("if(a == 6, 5, n)"), Some(5.0));
+        assert_eq!(
+            eval("log1p(0) + exp(0) + sqrt(4) + abs(-1) + ln(1)"),
+            Some(4.0)
+        );
+    }
+
+    #[test]
+    fn mistakes_are_explained() {
+        assert!(compile("a +").unwrap_err().contains("ends too early"));
+        assert!(
+            compile("zz * 2")
+                .unwrap_err()
+                .contains("unknown column 'zz'")
+        );
+        assert!(compile("foo(a)").unwrap_err().contains("unknown function"));
+        assert!(
+            compile("if(a, b)")
+                .unwrap_err()
+                .contains("takes 3 arguments")
+        );
+        assert!(compile("a = b").unwrap_err().contains("=="));
+        assert!(compile("a b").unwrap_err().contains("unexpected 'b'"));
+    }
+}

@@ -1,0 +1,406 @@
+//! Trailing-window aggregate state for one key: the exact semantics of a
+//! feature `agg(field) over W`, kept incrementally.
+//!
+//! For a record `r` at event time `t`, the aggregate covers the key's
+//! records that precede or equal `r` in the canonical order and whose event
+//! time lies in `(t - W, t]`; nulls are skipped and an empty aggregate is
+//! null. Records arrive in canonical order, and never more than the
+//! out-of-orderness bound behind the key's newest event time (older ones are
+//! late and never reach this state), which bounds what must be kept: entries
+//! newer than `newest - W - bound`. In-order records (the common case) are
+//! answered from running aggregates; a record behind the newest one is
+//! answered by scanning the entries its window covers.
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use tideflow_connectors::Value;
+
+/// The aggregations a window feature can compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Agg {
+    /// Number of records (or of non-null values of a field).
+    Count,
+    /// Sum of the field.
+    Sum,
+    /// Arithmetic mean of the field.
+    Mean,
+    /// Least value of the field.
+    Min,
+    /// Greatest value of the field.
+    Max,
+    /// Population standard deviation of the field.
+    Std,
+    /// Number of distinct non-null values of the field.
+    DistinctCount,
+    /// The field's value in the key's previous record that has one.
+    Prev,
+    /// Event-time gap in ms to the key's previous record.
+    SincePrev,
+}
+
+impl Agg {
+    /// Parses an aggregation name as written in specs.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "count" => Agg::Count,
+            "sum" => Agg::Sum,
+            "mean" => Agg::Mean,
+            "min" => Agg::Min,
+            "max" => Agg::Max,
+            "std" => Agg::Std,
+            "distinct_count" => Agg::DistinctCount,
+            "prev" => Agg::Prev,
+            "since_prev" => Agg::SincePrev,
+            _ => return None,
+        })
+    }
+
+    /// Whether the aggregation reads a field's numbers.
+    pub fn needs_numeric_field(self) -> bool {
+        matches!(self, Agg::Sum | Agg::Mean | Agg::Min | Agg::Max | Agg::Std)
+    }
+
+    fn tracks_extremes(self) -> bool {
+        matches!(self, Agg::Min | Agg::Max)
+    }
+}
+
+/// A window length in ms; `None` is the lifetime of the key.
+pub type WindowMs = Option<i64>;
+
+/// The state of one feature for one key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum FeatureState {
+    /// `prev` and `since_prev`.
+    Previous(PreviousState),
+    /// Every windowed aggregate.
+    Window(WindowState),
+}
+
+impl FeatureState {
+    /// Fresh state for an aggregation.
+    pub fn new(agg: Agg) -> Self {
+        match agg {
+            Agg::Prev | Agg::SincePrev => FeatureState::Previous(PreviousState::default()),
+            _ => FeatureState::Window(WindowState::default()),
+        }
+    }
+
+    /// Adds the record (event time `time`, field value `value`, or `None`
+    /// when the feature counts records) and returns the feature's value for
+    /// it.
+    pub fn update(
+        &mut self,
+        agg: Agg,
+        window: WindowMs,
+        bound_ms: i64,
+        time: i64,
+        value: Option<&Value>,
+    ) -> Value {
+        match self {
+            FeatureState::Previous(state) => state.update(agg, time, value),
+            FeatureState::Window(state) => {
+                let entry = match value {
+                    None => Some(Value::Bool(true)),
+                    Some(Value::Null) => None,
+                    Some(value) => Some(value.clone()),
+                };
+                state.insert(agg, window, bound_ms, time, entry);
+                state.query(agg, window, time)
+            }
+        }
+    }
+}
+
+/// State of `prev` / `since_prev`: the key's previous record.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PreviousState {
+    last_time: Option<i64>,
+    last_value: Option<Value>,
+}
+
+impl PreviousState {
+    fn update(&mut self, agg: Agg, time: i64, value: Option<&Value>) -> Value {
+        let result = match agg {
+            Agg::SincePrev => self
+                .last_time
+                .map_or(Value::Null, |last| Value::I64(time - last)),
+            _ => self.last_value.clone().unwrap_or(Value::Null),
+        };
+        self.last_time = Some(time);
+        if let Some(value) = value.filter(|value| !value.is_null()) {
+            self.last_value = Some(value.clone());
+        }
+        result
+    }
+}
+
+/// Running aggregates over a set of entries; what is maintained depends on
+/// the aggregation.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Running {
+    count: u64,
+    sum: f64,
+    sum_squares: f64,
+    /// Lifetime extremes (never shrink) or, for finite windows, rebuilt from
+    /// the monotonic deques.
+    min: f64,
+    max: f64,
+    distinct: FxHashMap<Value, u32>,
+}
+
+impl Running {
+    fn add(&mut self, agg: Agg, value: &Value) {
+        if self.count == 0 {
+            self.min = f64::INFINITY;
+            self.max = f64::NEG_INFINITY;
+        }
+        self.count += 1;
+        match agg {
+            Agg::DistinctCount => *self.distinct.entry(value.clone()).or_insert(0) += 1,
+            Agg::Count => {}
+            _ => {
+                let number = value.as_f64().unwrap_or(0.0);
+                self.sum += number;
+                self.sum_squares += number * number;
+                self.min = self.min.min(number);
+                self.max = self.max.max(number);
+            }
+        }
+    }
+
+    fn remove(&mut self, agg: Agg, value: &Value) {
+        self.count -= 1;
+        if self.count == 0 {
+            // Start again from exact zeros, so rounding left by subtraction
+            // does not outlive the records that caused it.
+            self.sum = 0.0;
+            self.sum_squares = 0.0;
+            self.distinct.clear();
+            return;
+        }
+        match agg {
+            Agg::DistinctCount => {
+                if let Some(count) = self.distinct.get_mut(value) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.distinct.remove(value);
+                    }
+                }
+            }
+            Agg::Count => {}
+            _ => {
+                let number = value.as_f64().unwrap_or(0.0);
+                self.sum -= number;
+                self.sum_squares -= number * number;
+            }
+        }
+    }
+
+    fn merge(&mut self, agg: Agg, other: &Running) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = other.clone();
+            return;
+        }
+        self.count += other.count;
+        self.sum += other.sum;
+        self.sum_squares += other.sum_squares;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        if agg == Agg::DistinctCount {
+            for (value, count) in &other.distinct {
+                *self.distinct.entry(value.clone()).or_insert(0) += count;
+            }
+        }
+    }
+
+    fn result(&self, agg: Agg) -> Value {
+        if self.count == 0 {
+            return Value::Null;
+        }
+        let n = self.count as f64;
+        match agg {
+            Agg::Count => Value::I64(self.count as i64),
+            Agg::Sum => Value::F64(self.sum),
+            Agg::Mean => Value::F64(self.sum / n),
+            Agg::Min => Value::F64(self.min),
+            Agg::Max => Value::F64(self.max),
+            Agg::Std => {
+                let variance = (self.sum_squares - self.sum * self.sum / n) / n;
+                Value::F64(variance.max(0.0).sqrt())
+            }
+            Agg::DistinctCount => Value::I64(self.distinct.len() as i64),
+            Agg::Prev | Agg::SincePrev => Value::Null,
+        }
+    }
+}
+
+/// One kept record: its event time and the aggregated value.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Entry {
+    time: i64,
+    value: Value,
+}
+
+/// State of a windowed aggregate for one key.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct WindowState {
+    /// Kept entries, sorted by event time (ties in arrival order).
+    entries: VecDeque<Entry>,
+    /// Newest event time seen for the key (over all its records).
+    newest: Option<i64>,
+    /// Finite windows: index of the first entry inside `(newest - W, newest]`.
+    start: usize,
+    /// Finite windows: aggregates of `entries[start..]`. Lifetime: of every
+    /// entry ever added.
+    running: Running,
+    /// Finite windows, min/max: indices of entries in the window forming the
+    /// monotonic deque; rebuilt when an out-of-order entry lands in it.
+    extremes: VecDeque<(i64, f64)>,
+    extremes_stale: bool,
+    /// Lifetime: aggregates of entries no longer kept.
+    settled: Running,
+}
+
+impl WindowState {
+    fn insert(
+        &mut self,
+        agg: Agg,
+        window: WindowMs,
+        bound_ms: i64,
+        time: i64,
+        entry: Option<Value>,
+    ) {
+        let newest = self.newest.map_or(time, |newest| newest.max(time));
+        self.newest = Some(newest);
+        if let Some(value) = entry {
+            let in_order = self.entries.back().is_none_or(|last| last.time <= time);
+            let position = if in_order {
+                self.entries.len()
+            } else {
+                self.entries.partition_point(|kept| kept.time <= time)
+            };
+            let inside_window = window.is_none_or(|w| time > newest - w);
+            if inside_window {
+                self.running.add(agg, &value);
+                if agg.tracks_extremes() && window.is_some() {
+                    if in_order {
+                        push_extreme(&mut self.extremes, agg, time, value.as_f64().unwrap_or(0.0));
+                    } else {
+                        self.extremes_stale = true;
+                    }
+                }
+            } else if position <= self.start {
+                self.start += 1;
+            }
+            self.entries.insert(position, Entry { time, value });
+        }
+        match window {
+            Some(w) => self.slide(agg, w, bound_ms, newest),
+            None => self.settle(agg, bound_ms, newest),
+        }
+    }
+
+    /// Finite windows: moves the window start up to `newest - w` and drops
+    /// entries no non-late record can need any more.
+    fn slide(&mut self, agg: Agg, w: i64, bound_ms: i64, newest: i64) {
+        while let Some(entry) = self.entries.get(self.start) {
+            if entry.time > newest - w {
+                break;
+            }
+            self.running.remove(agg, &entry.value);
+            self.start += 1;
+        }
+        while self
+            .extremes
+            .front()
+            .is_some_and(|(time, _)| *time <= newest - w)
+        {
+            self.extremes.pop_front();
+        }
+        let horizon = newest.saturating_sub(w).saturating_sub(bound_ms);
+        while self.start > 0
+            && self
+                .entries
+                .front()
+                .is_some_and(|entry| entry.time <= horizon)
+        {
+            self.entries.pop_front();
+            self.start -= 1;
+        }
+    }
+
+    /// Lifetime: folds entries older than the bound into `settled`.
+    fn settle(&mut self, agg: Agg, bound_ms: i64, newest: i64) {
+        let horizon = newest.saturating_sub(bound_ms);
+        while let Some(entry) = self.entries.front() {
+            if entry.time > horizon {
+                break;
+            }
+            let mut single = Running::default();
+            single.add(agg, &entry.value);
+            self.settled.merge(agg, &single);
+            self.entries.pop_front();
+        }
+    }
+
+    fn query(&mut self, agg: Agg, window: WindowMs, time: i64) -> Value {
+        if Some(time) == self.newest {
+            return self.query_newest(agg, window);
+        }
+        let mut running = match window {
+            Some(_) => Running::default(),
+            None => self.settled.clone(),
+        };
+        let low = window.map(|w| time - w);
+        for entry in &self.entries {
+            if entry.time > time {
+                break;
+            }
+            if low.is_none_or(|low| entry.time > low) {
+                running.add(agg, &entry.value);
+            }
+        }
+        running.result(agg)
+    }
+
+    fn query_newest(&mut self, agg: Agg, window: WindowMs) -> Value {
+        if window.is_none() || !agg.tracks_extremes() || self.running.count == 0 {
+            return self.running.result(agg);
+        }
+        if self.extremes_stale {
+            self.extremes.clear();
+            for entry in self.entries.range(self.start..) {
+                push_extreme(
+                    &mut self.extremes,
+                    agg,
+                    entry.time,
+                    entry.value.as_f64().unwrap_or(0.0),
+                );
+            }
+            self.extremes_stale = false;
+        }
+        self.extremes
+            .front()
+            .map_or(Value::Null, |(_, extreme)| Value::F64(*extreme))
+    }
+}
+
+/// Pushes onto a monotonic deque whose front is the window's min (or max).
+fn push_extreme(extremes: &mut VecDeque<(i64, f64)>, agg: Agg, time: i64, number: f64) {
+    let dominated = |kept: f64| {
+        if agg == Agg::Min {
+            kept >= number
+        } else {
+            kept <= number
+        }
+    };
+    while extremes.back().is_some_and(|(_, kept)| dominated(*kept)) {
+        extremes.pop_back();
+    }
+    extremes.push_back((time, number));
+}

@@ -1,0 +1,523 @@
+//! The inference stage: ONNX Runtime sessions that score batches of rows.
+//!
+//! The runtime library is loaded dynamically: from `ORT_DYLIB_PATH`, else
+//! from tideflow's own setup location (`scripts/setup-onnxruntime.sh`
+//! installs it from the `onnxruntime` wheel on PyPI). A batch's input
+//! columns are assembled into one contiguous float32 tensor, and each mapped
+//! output becomes a column. The same code scores micro-batches and bulk
+//! batches; only the batch size differs.
+
+use crate::plan::{Device, ModelPlan, OutputPlan};
+use crate::row::Row;
+use crate::schema::ColumnType;
+use crate::{Error, Result};
+use ort::session::Session;
+use ort::value::{TensorElementType, TensorRef, ValueType};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use tideflow_connectors::Value;
+
+/// The ONNX Runtime version tideflow targets (what `ort` was built for).
+pub const ORT_VERSION: &str = "1.31.1";
+
+/// Where `scripts/setup-onnxruntime.sh` installs the library.
+pub fn setup_location() -> PathBuf {
+    let cache = std::env::var_os("TIDEFLOW_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/tideflow"))
+        })
+        .unwrap_or_else(|| PathBuf::from(".cache/tideflow"));
+    cache
+        .join(format!("onnxruntime-{ORT_VERSION}"))
+        .join("libonnxruntime.so")
+}
+
+fn library_path() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
+        let path = PathBuf::from(path);
+        if path.is_file() {
+            return Ok(path);
+        }
+        return Err(Error::RuntimeMissing {
+            looked_at: format!("ORT_DYLIB_PATH={}", path.display()),
+            version: ORT_VERSION,
+        });
+    }
+    let path = setup_location();
+    if path.is_file() {
+        return Ok(path);
+    }
+    Err(Error::RuntimeMissing {
+        looked_at: format!("ORT_DYLIB_PATH (unset), {}", path.display()),
+        version: ORT_VERSION,
+    })
+}
+
+/// The process-wide ONNX Runtime environment, loaded on first use.
+fn environment() -> Result<&'static ort::environment::Environment> {
+    static ENVIRONMENT: OnceLock<std::result::Result<ort::environment::Environment, String>> =
+        OnceLock::new();
+    let loaded = ENVIRONMENT.get_or_init(|| {
+        let path = library_path().map_err(|error| error.to_string())?;
+        let builder = ort::init_from(&path)
+            .map_err(|error| format!("cannot load {}: {error}", path.display()))?;
+        builder
+            .with_name("tideflow")
+            .build()
+            .map_err(|error| format!("cannot start ONNX Runtime from {}: {error}", path.display()))
+    });
+    loaded.as_ref().map_err(|message| {
+        if message.contains("not found") {
+            library_path()
+                .err()
+                .unwrap_or_else(|| Error::Runtime(message.clone()))
+        } else {
+            Error::Runtime(message.clone())
+        }
+    })
+}
+
+/// What a model offers, as checked against its plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Signature {
+    /// `(name, description)` of every model input.
+    pub inputs: Vec<(String, String)>,
+    /// `(name, description)` of every model output.
+    pub outputs: Vec<(String, String)>,
+}
+
+/// A loaded model, ready to score batches.
+#[derive(Debug)]
+pub struct Model {
+    session: Session,
+    plan: ModelPlan,
+    input_name: String,
+    output_types: Vec<ColumnType>,
+    identity: String,
+    device: String,
+    /// Reused tensor buffer: rows x inputs.
+    tensor: Vec<f32>,
+}
+
+/// Describes a model's inputs and outputs (for `tideflow inspect`).
+pub fn inspect(path: &std::path::Path) -> Result<Signature> {
+    let session = open_session(path, Device::Cpu)?.0;
+    Ok(signature(&session))
+}
+
+fn model_error(path: &std::path::Path, message: impl Into<String>) -> Error {
+    Error::Model {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+fn open_session(path: &std::path::Path, device: Device) -> Result<(Session, String)> {
+    let environment = environment()?;
+    if !path.is_file() {
+        return Err(model_error(
+            path,
+            "no such file; check [model] path (relative paths are taken from the working directory)",
+        ));
+    }
+    let fail = |error: ort::Error| model_error(path, error.to_string());
+    let mut builder = Session::builder(environment).map_err(fail)?;
+    // One intra-op thread: tideflow parallelises over workers, and a
+    // thread pool per worker would oversubscribe the cores.
+    builder = builder
+        .with_intra_threads(1)
+        .map_err(|error| fail(error.into()))?;
+    let cuda_index = match device {
+        Device::Cpu => None,
+        Device::Auto => cuda_compiled_in().then_some(0),
+        Device::Cuda(index) => Some(index),
+    };
+    let mut used = "cpu".to_owned();
+    if let Some(index) = cuda_index {
+        let cuda = ort::ep::CUDA::default()
+            .with_device_id(index)
+            .build()
+            .error_on_failure();
+        match builder.with_execution_providers([cuda]) {
+            Ok(with_cuda) => {
+                builder = with_cuda;
+                used = format!("cuda:{index}");
+            }
+            Err(error) if device == Device::Auto => builder = error.recover(),
+            Err(error) => {
+                return Err(model_error(
+                    path,
+                    format!(
+                        "device cuda:{index} is unavailable: {error}; install the onnxruntime-gpu library or use device = \"cpu\""
+                    ),
+                ));
+            }
+        }
+    }
+    let session = builder.commit_from_file(path).map_err(fail)?;
+    Ok((session, used))
+}
+
+fn cuda_compiled_in() -> bool {
+    use ort::ep::ExecutionProvider;
+    ort::ep::CUDA::is_available().unwrap_or(false)
+}
+
+fn describe(dtype: &ValueType) -> String {
+    match dtype {
+        ValueType::Tensor { ty, shape, .. } => {
+            let dims: Vec<String> = shape
+                .iter()
+                .map(|dim| {
+                    if *dim < 0 {
+                        "?".to_owned()
+                    } else {
+                        dim.to_string()
+                    }
+                })
+                .collect();
+            format!("{ty:?}[{}]", dims.join(", "))
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+fn signature(session: &Session) -> Signature {
+    let list = |outlets: &[ort::value::Outlet]| {
+        outlets
+            .iter()
+            .map(|outlet| (outlet.name().to_owned(), describe(outlet.dtype())))
+            .collect()
+    };
+    Signature {
+        inputs: list(session.inputs()),
+        outputs: list(session.outputs()),
+    }
+}
+
+impl Model {
+    /// Loads the model of a plan and checks that its inputs and outputs fit
+    /// the plan's columns.
+    pub fn open(plan: &ModelPlan) -> Result<Model> {
+        let (session, device) = open_session(&plan.path, plan.device)?;
+        let input_name = check_input(&session, plan)?;
+        let output_types = plan
+            .outputs
+            .iter()
+            .map(|output| check_output(&session, plan, output))
+            .collect::<Result<Vec<_>>>()?;
+        let bytes = std::fs::read(&plan.path)
+            .map_err(|error| model_error(&plan.path, error.to_string()))?;
+        let version = session
+            .metadata()
+            .ok()
+            .and_then(|metadata| metadata.version())
+            .unwrap_or(0);
+        let identity = format!("{}:v{version}@{:016x}", plan.name, fnv64(&bytes));
+        Ok(Model {
+            session,
+            plan: plan.clone(),
+            input_name,
+            output_types,
+            identity,
+            device,
+            tensor: Vec::new(),
+        })
+    }
+
+    /// The column type of each mapped output, in plan order.
+    pub fn output_types(&self) -> &[ColumnType] {
+        &self.output_types
+    }
+
+    /// Name, version and content hash, as recorded in `_model`.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// The device the session runs on.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// The model's signature.
+    pub fn signature(&self) -> Signature {
+        signature(&self.session)
+    }
+
+    /// Scores `rows` in one run, writing the output columns into each row.
+    pub fn score(&mut self, rows: &mut [Row]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let width = self.plan.input_slots.len();
+        self.tensor.clear();
+        self.tensor.reserve(rows.len() * width);
+        for row in rows.iter() {
+            for slot in &self.plan.input_slots {
+                let value = row.values[*slot]
+                    .as_f64()
+                    .map_or(self.plan.fill_null, |value| value as f32);
+                self.tensor.push(value);
+            }
+        }
+        let outputs = run_matrix(
+            &mut self.session,
+            &self.input_name,
+            &self.tensor,
+            rows.len(),
+            width,
+            &self.plan.outputs,
+        )?;
+        for (output, column) in self.plan.outputs.iter().zip(outputs) {
+            for (row, value) in rows.iter_mut().zip(column) {
+                row.values[output.slot] = value;
+            }
+        }
+        Ok(())
+    }
+
+    /// Scores a `rows x width` matrix and returns one column per mapped
+    /// output. Used by [`Model::score`] and to check row independence.
+    fn score_matrix(&mut self, matrix: &[f32], rows: usize) -> Result<Vec<Vec<Value>>> {
+        let width = self.plan.input_slots.len();
+        run_matrix(
+            &mut self.session,
+            &self.input_name,
+            matrix,
+            rows,
+            width,
+            &self.plan.outputs,
+        )
+    }
+
+    /// Whether the model computes each row independently of the others in
+    /// its batch, bit for bit: a probe batch is scored whole and row by row.
+    /// Parity of model outputs across batching policies holds only then.
+    pub fn is_row_independent(&mut self) -> Result<bool> {
+        let width = self.plan.input_slots.len();
+        let rows = 37;
+        let probe: Vec<f32> = (0..rows * width)
+            .map(|index| ((index * 7919 % 1000) as f32) / 97.0 - 3.0)
+            .collect();
+        let whole = self.score_matrix(&probe, rows)?;
+        for row in 0..rows {
+            let single = self.score_matrix(&probe[row * width..(row + 1) * width], 1)?;
+            for (column, single_column) in whole.iter().zip(&single) {
+                if column[row] != single_column[0] {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Runs the session on a `rows x width` float32 matrix and returns one
+/// column of values per mapped output.
+fn run_matrix(
+    session: &mut Session,
+    input_name: &str,
+    matrix: &[f32],
+    rows: usize,
+    width: usize,
+    mapped: &[OutputPlan],
+) -> Result<Vec<Vec<Value>>> {
+    let fail = |error: ort::Error| Error::Inference {
+        rows,
+        message: error.to_string(),
+    };
+    let tensor = TensorRef::from_array_view(([rows, width], matrix)).map_err(fail)?;
+    let outputs = session
+        .run(ort::inputs![input_name => tensor])
+        .map_err(fail)?;
+    let mut columns = Vec::with_capacity(mapped.len());
+    for output in mapped {
+        let value = outputs
+            .get(&output.output)
+            .ok_or_else(|| Error::Inference {
+                rows,
+                message: format!("the model produced no output '{}'", output.output),
+            })?;
+        let matrix = extract(value, rows).map_err(fail)?;
+        let index = output.index.unwrap_or(0);
+        let column = matrix
+            .into_iter()
+            .map(|mut row| {
+                if index < row.len() {
+                    row.swap_remove(index)
+                } else {
+                    Value::Null
+                }
+            })
+            .collect();
+        columns.push(column);
+    }
+    Ok(columns)
+}
+
+/// A model output as rows x columns of values.
+fn extract(value: &ort::value::DynValue, rows: usize) -> ort::Result<Vec<Vec<Value>>> {
+    let per_row = |len: usize| if rows == 0 { 0 } else { len / rows };
+    if let Ok((_, data)) = value.try_extract_tensor::<f32>() {
+        let width = per_row(data.len());
+        return Ok(data
+            .chunks(width.max(1))
+            .map(|chunk| chunk.iter().map(|v| Value::F64(f64::from(*v))).collect())
+            .collect());
+    }
+    if let Ok((_, data)) = value.try_extract_tensor::<f64>() {
+        let width = per_row(data.len());
+        return Ok(data
+            .chunks(width.max(1))
+            .map(|chunk| chunk.iter().map(|v| Value::F64(*v)).collect())
+            .collect());
+    }
+    if let Ok((_, data)) = value.try_extract_tensor::<i64>() {
+        let width = per_row(data.len());
+        return Ok(data
+            .chunks(width.max(1))
+            .map(|chunk| chunk.iter().map(|v| Value::I64(*v)).collect())
+            .collect());
+    }
+    let (_, data) = value.try_extract_tensor::<i32>()?;
+    let width = per_row(data.len());
+    Ok(data
+        .chunks(width.max(1))
+        .map(|chunk| chunk.iter().map(|v| Value::I64(i64::from(*v))).collect())
+        .collect())
+}
+
+fn check_input(session: &Session, plan: &ModelPlan) -> Result<String> {
+    let inputs = session.inputs();
+    let listing = || {
+        inputs
+            .iter()
+            .map(|input| format!("{}: {}", input.name(), describe(input.dtype())))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let input = match &plan.input_name {
+        Some(name) => inputs
+            .iter()
+            .find(|input| input.name() == name)
+            .ok_or_else(|| {
+                model_error(
+                    &plan.path,
+                    format!("has no input '{name}'; its inputs are {}", listing()),
+                )
+            })?,
+        None if inputs.len() == 1 => &inputs[0],
+        None => {
+            return Err(model_error(
+                &plan.path,
+                format!(
+                    "has {} inputs ({}); name the one that takes the feature columns with input_name",
+                    inputs.len(),
+                    listing()
+                ),
+            ));
+        }
+    };
+    let ValueType::Tensor { ty, shape, .. } = input.dtype() else {
+        return Err(model_error(
+            &plan.path,
+            format!("input '{}' is not a tensor", input.name()),
+        ));
+    };
+    if *ty != TensorElementType::Float32 {
+        return Err(model_error(
+            &plan.path,
+            format!(
+                "input '{}' is {ty:?}; tideflow feeds float32 tensors",
+                input.name()
+            ),
+        ));
+    }
+    let width = plan.input_slots.len() as i64;
+    let fits = shape.len() == 2 && (shape[1] < 0 || shape[1] == width);
+    if !fits {
+        return Err(model_error(
+            &plan.path,
+            format!(
+                "input '{}' has shape {}, but the spec feeds {width} columns ({}); make [model] inputs list exactly the model's features, in order",
+                input.name(),
+                describe(input.dtype()),
+                plan.input_columns.join(", ")
+            ),
+        ));
+    }
+    Ok(input.name().to_owned())
+}
+
+fn check_output(session: &Session, plan: &ModelPlan, output: &OutputPlan) -> Result<ColumnType> {
+    let outputs = session.outputs();
+    let listing = || {
+        outputs
+            .iter()
+            .map(|outlet| format!("{}: {}", outlet.name(), describe(outlet.dtype())))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let outlet = outputs
+        .iter()
+        .find(|outlet| outlet.name() == output.output)
+        .ok_or_else(|| {
+            model_error(
+                &plan.path,
+                format!(
+                    "has no output '{}' (for column '{}'); its outputs are {}",
+                    output.output,
+                    output.column,
+                    listing()
+                ),
+            )
+        })?;
+    let ValueType::Tensor { ty, shape, .. } = outlet.dtype() else {
+        return Err(model_error(
+            &plan.path,
+            format!(
+                "output '{}' is not a tensor (export classifiers without ZipMap)",
+                output.output
+            ),
+        ));
+    };
+    let column_type = match ty {
+        TensorElementType::Float32 | TensorElementType::Float64 => ColumnType::F64,
+        TensorElementType::Int64 | TensorElementType::Int32 => ColumnType::I64,
+        other => {
+            return Err(model_error(
+                &plan.path,
+                format!(
+                    "output '{}' is {other:?}; tideflow reads float and integer outputs",
+                    output.output
+                ),
+            ));
+        }
+    };
+    match (output.index, shape.len()) {
+        (None, 1) => {}
+        (None, 2) if shape[1] == 1 => {}
+        (Some(index), 2) if shape[1] < 0 || (index as i64) < shape[1] => {}
+        _ => {
+            return Err(model_error(
+                &plan.path,
+                format!(
+                    "output '{}' has shape {}; map it as '{}' for 1 value per row, or '{}[i]' to pick column i",
+                    output.output,
+                    describe(outlet.dtype()),
+                    output.output,
+                    output.output
+                ),
+            ));
+        }
+    }
+    Ok(column_type)
+}
+
+fn fnv64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

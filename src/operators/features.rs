@@ -1,0 +1,127 @@
+//! The feature operators: one per stage, exchanging rows by the stage's
+//! key. A source-keyed stage computes each row as it arrives (its key's
+//! rows come from one partition, in offset order); any other stage holds
+//! rows until the watermark passes them and computes them in
+//! (event time, partition, offset) order.
+
+use super::RowStream;
+use crate::Error;
+use crate::features::{StagePlan, StageState};
+use crate::ordering::ReorderBuffer;
+use crate::row::Row;
+use crate::run::Shared;
+use std::sync::Arc;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+
+/// Computes the window features of a stage.
+pub trait ComputeFeatures<'scope> {
+    /// Routes rows by the stage's key and fills the stage's feature slots.
+    fn compute_features(self, stage: StagePlan, shared: Arc<Shared>) -> RowStream<'scope>;
+}
+
+impl<'scope> ComputeFeatures<'scope> for RowStream<'scope> {
+    fn compute_features(self, stage: StagePlan, shared: Arc<Shared>) -> RowStream<'scope> {
+        let name = format!("Features({})", stage.key_name);
+        if stage.source_keyed {
+            in_offset_order(self, name, stage, shared)
+        } else {
+            in_event_time_order(self, name, stage, shared)
+        }
+    }
+}
+
+fn apply_or_abort(
+    state: &mut StageState,
+    stage: &StagePlan,
+    shared: &Shared,
+    row: &mut Row,
+) -> bool {
+    match state.apply(stage, shared.plan.bound_ms, row) {
+        Ok(()) => true,
+        Err(conflict) => {
+            shared.abort(Error::KeyInTwoPartitions {
+                field: stage.key_name.clone(),
+                key: conflict.key,
+                first: conflict.first,
+                second: conflict.second,
+                offset: conflict.offset,
+            });
+            false
+        }
+    }
+}
+
+fn in_offset_order<'scope>(
+    stream: RowStream<'scope>,
+    name: String,
+    stage: StagePlan,
+    shared: Arc<Shared>,
+) -> RowStream<'scope> {
+    let key_slot = stage.key_slot;
+    let route = Exchange::new(move |row: &Row| row.values[key_slot].stable_hash());
+    stream.unary(route, &name, move |_capability, _info| {
+        let mut state = StageState::default();
+        move |input, output| {
+            input.for_each(|time, rows| {
+                if shared.is_aborted() {
+                    rows.clear();
+                    return;
+                }
+                for row in rows.iter_mut() {
+                    if !apply_or_abort(&mut state, &stage, &shared, row) {
+                        rows.clear();
+                        return;
+                    }
+                }
+                output.session(&time).give_container(rows);
+            });
+        }
+    })
+}
+
+fn in_event_time_order<'scope>(
+    stream: RowStream<'scope>,
+    name: String,
+    stage: StagePlan,
+    shared: Arc<Shared>,
+) -> RowStream<'scope> {
+    let key_slot = stage.key_slot;
+    let route = Exchange::new(move |row: &Row| row.values[key_slot].stable_hash());
+    stream.unary_frontier(route, &name, move |capability, _info| {
+        let mut state = StageState::default();
+        let mut buffer = ReorderBuffer::default();
+        let mut capability = Some(capability);
+        move |(input, frontier), output| {
+            input.for_each(|_time, rows| buffer_rows(&mut buffer, rows, &shared));
+            let watermark = frontier.frontier().iter().min().copied();
+            let Some(held) = capability.as_mut() else {
+                return;
+            };
+            let mut released = buffer.release(watermark);
+            if !released.is_empty() && !shared.is_aborted() {
+                let computed = released
+                    .iter_mut()
+                    .all(|row| apply_or_abort(&mut state, &stage, &shared, row));
+                if computed {
+                    output.session(&*held).give_container(&mut released);
+                }
+            }
+            match watermark {
+                Some(watermark) if watermark > *held.time() => held.downgrade(&watermark),
+                Some(_) => {}
+                None => capability = None,
+            }
+        }
+    })
+}
+
+fn buffer_rows(buffer: &mut ReorderBuffer, rows: &mut Vec<Row>, shared: &Shared) {
+    if shared.is_aborted() {
+        rows.clear();
+        return;
+    }
+    for row in rows.drain(..) {
+        buffer.push(row);
+    }
+}

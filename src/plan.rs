@@ -1,0 +1,772 @@
+//! The checked plan of a dataflow: the spec with every name resolved to a
+//! column slot, features grouped into stages, and every value validated.
+//!
+//! This is the second step of configuration (the spec is the first): the
+//! engine reads only the plan, so a mistake in a spec is reported here,
+//! with its line, before any record is read.
+
+use crate::features::expr::Expr;
+use crate::features::{Agg, StagePlan, WindowFeature};
+use crate::schema::{Column, ColumnType};
+use crate::spec::{self, SinkSpec, SourceSpec, Spec, SpecError, SpecSource, Window};
+use std::path::PathBuf;
+use std::time::Duration;
+use tideflow_connectors::files::FileFormat;
+use tideflow_connectors::generator::{GENERATOR_FIELDS, GeneratorConfig};
+
+/// Column names the engine adds to every output row.
+pub const RESERVED_COLUMNS: [&str; 3] = ["_partition", "_offset", "_model"];
+
+/// A checked dataflow.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The dataflow's name.
+    pub name: String,
+    /// Where records come from.
+    pub source: SourcePlan,
+    /// Every output column in slot order: fields, features, model outputs.
+    pub columns: Vec<Column>,
+    /// How many of the columns are schema fields.
+    pub field_count: usize,
+    /// Slot of the event-time field.
+    pub time_slot: usize,
+    /// Slots that must be present for a record to be processed (the event
+    /// time and every key).
+    pub required_slots: Vec<usize>,
+    /// The out-of-orderness bound, ms.
+    pub bound_ms: i64,
+    /// Window-feature stages; the source-keyed stage (if any) first.
+    pub stages: Vec<StagePlan>,
+    /// Expression features in spec order: (slot, expression).
+    pub expressions: Vec<(usize, Expr)>,
+    /// The model, if any.
+    pub model: Option<ModelPlan>,
+    /// Batching policy.
+    pub batching: BatchingPlan,
+    /// Output sinks.
+    pub sinks: Vec<SinkPlan>,
+    /// Where dead letters go.
+    pub dead_letters: SinkPlan,
+}
+
+impl Plan {
+    /// Whether records can be late: only when some feature aggregates
+    /// over a window, since otherwise no result depends on arrival order.
+    pub fn tracks_lateness(&self) -> bool {
+        !self.stages.is_empty()
+    }
+
+    /// Whether rows wait for the watermark (some stage is not source-keyed).
+    pub fn has_watermark_stages(&self) -> bool {
+        self.stages.iter().any(|stage| !stage.source_keyed)
+    }
+
+    /// The names of the schema fields, in order.
+    pub fn field_names(&self) -> Vec<String> {
+        self.columns[..self.field_count]
+            .iter()
+            .map(|column| column.name.clone())
+            .collect()
+    }
+}
+
+/// The source, resolved.
+#[derive(Clone, Debug)]
+pub enum SourcePlan {
+    /// File partitions.
+    Files {
+        /// The spec's path (a file or a directory).
+        path: PathBuf,
+        /// The format.
+        format: FileFormat,
+        /// Longest accepted record.
+        max_record_bytes: usize,
+    },
+    /// The generator.
+    Generator(GeneratorConfig),
+}
+
+/// The model stage, resolved.
+#[derive(Clone, Debug)]
+pub struct ModelPlan {
+    /// The `.onnx` file.
+    pub path: PathBuf,
+    /// Name recorded in `_model`.
+    pub name: String,
+    /// Slots fed to the model, in order.
+    pub input_slots: Vec<usize>,
+    /// Names of those columns (for messages).
+    pub input_columns: Vec<String>,
+    /// The model input receiving the tensor, if named in the spec.
+    pub input_name: Option<String>,
+    /// Output columns.
+    pub outputs: Vec<OutputPlan>,
+    /// Where the model runs.
+    pub device: Device,
+    /// Stand-in for null inputs.
+    pub fill_null: f32,
+}
+
+/// One model output column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputPlan {
+    /// Output column name.
+    pub column: String,
+    /// Slot written.
+    pub slot: usize,
+    /// The model output read.
+    pub output: String,
+    /// Column of a 2-D output, if selected.
+    pub index: Option<usize>,
+}
+
+/// Where inference runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// CUDA when the runtime and a GPU offer it, else CPU.
+    Auto,
+    /// CPU only.
+    Cpu,
+    /// The CUDA device with this index (an error if unavailable).
+    Cuda(i32),
+}
+
+impl Device {
+    /// Parses `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "auto" => Some(Device::Auto),
+            "cpu" => Some(Device::Cpu),
+            "cuda" => Some(Device::Cuda(0)),
+            other => other.strip_prefix("cuda:")?.parse().ok().map(Device::Cuda),
+        }
+    }
+}
+
+/// Which batching limits apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Small batches, short deadline: low latency.
+    Micro,
+    /// Large batches: throughput.
+    Bulk,
+    /// Bulk while a source is behind, micro once caught up.
+    Adaptive,
+}
+
+/// Limits of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Flush at this many rows.
+    pub max_rows: usize,
+    /// Flush when the oldest row has waited this long.
+    pub max_delay: Duration,
+}
+
+/// The batching policy and both sets of limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchingPlan {
+    /// The policy.
+    pub policy: Policy,
+    /// Micro-batch limits.
+    pub micro: BatchLimits,
+    /// Bulk limits.
+    pub bulk: BatchLimits,
+}
+
+/// A sink, resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SinkPlan {
+    /// JSONL files in a directory.
+    Jsonl(PathBuf),
+    /// Parquet files in a directory.
+    Parquet(PathBuf),
+    /// JSONL on standard output.
+    Stdout,
+    /// JSONL on standard error.
+    Stderr,
+    /// Count and drop.
+    Null,
+}
+
+impl SinkPlan {
+    fn from_spec(sink: &SinkSpec) -> Self {
+        match sink {
+            SinkSpec::Jsonl(path) => SinkPlan::Jsonl(path.path.clone()),
+            SinkSpec::Parquet(path) => SinkPlan::Parquet(path.path.clone()),
+            SinkSpec::Stdout(_) => SinkPlan::Stdout,
+            SinkSpec::Stderr(_) => SinkPlan::Stderr,
+            SinkSpec::Null(_) => SinkPlan::Null,
+        }
+    }
+
+    /// A short description for messages and the summary.
+    pub fn describe(&self) -> String {
+        match self {
+            SinkPlan::Jsonl(path) => format!("jsonl {}", path.display()),
+            SinkPlan::Parquet(path) => format!("parquet {}", path.display()),
+            SinkPlan::Stdout => "stdout".into(),
+            SinkPlan::Stderr => "stderr".into(),
+            SinkPlan::Null => "null".into(),
+        }
+    }
+}
+
+/// Reads, parses and checks a spec file with `--set` overrides.
+pub fn load(file: &std::path::Path, overrides: &[String]) -> Result<Plan, SpecError> {
+    let mut source = SpecSource::read(file)?;
+    source.overrides = overrides.to_vec();
+    let spec = source.parse()?;
+    Plan::from_spec(&spec, &source)
+}
+
+impl Plan {
+    /// Checks a parsed spec and resolves it into a plan.
+    pub fn from_spec(spec: &Spec, text: &SpecSource) -> Result<Plan, SpecError> {
+        Builder {
+            spec,
+            text,
+            columns: Vec::new(),
+        }
+        .build()
+    }
+}
+
+struct Builder<'a> {
+    spec: &'a Spec,
+    text: &'a SpecSource,
+    columns: Vec<Column>,
+}
+
+impl Builder<'_> {
+    fn fail<T>(
+        &self,
+        needle: &str,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Result<T, SpecError> {
+        Err(self.text.error(Some(needle), message, Some(hint.into())))
+    }
+
+    fn slot_of(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|column| column.name == name)
+    }
+
+    fn build(mut self) -> Result<Plan, SpecError> {
+        self.schema()?;
+        let field_count = self.columns.len();
+        let (time_slot, bound_ms) = self.time()?;
+        let source = self.source()?;
+        let (stages, expressions) = self.features()?;
+        let model = self.model()?;
+        let batching = self.batching()?;
+        if self.spec.sink.is_empty() {
+            return self.fail(
+                "name",
+                "the dataflow has no [[sink]]",
+                "add [[sink]] type = \"jsonl\" path = \"out/\" (or stdout, parquet)",
+            );
+        }
+        let mut required_slots = vec![time_slot];
+        required_slots.extend(stages.iter().map(|stage| stage.key_slot));
+        required_slots.dedup();
+        Ok(Plan {
+            name: self.spec.name.clone(),
+            source,
+            columns: self.columns,
+            field_count,
+            time_slot,
+            required_slots,
+            bound_ms,
+            stages,
+            expressions,
+            model,
+            batching,
+            sinks: self.spec.sink.iter().map(SinkPlan::from_spec).collect(),
+            dead_letters: self
+                .spec
+                .dead_letters
+                .as_ref()
+                .map_or(SinkPlan::Stderr, SinkPlan::from_spec),
+        })
+    }
+
+    fn schema(&mut self) -> Result<(), SpecError> {
+        if self.spec.schema.is_empty() {
+            return self.fail(
+                "[schema]",
+                "the schema is empty",
+                "list each field as name = \"type\" under [schema]",
+            );
+        }
+        for (name, type_name) in &self.spec.schema {
+            let Some(ty) = ColumnType::parse(type_name) else {
+                return self.fail(
+                    type_name,
+                    format!("field '{name}' has unknown type '{type_name}'"),
+                    "use string, i64, f64, bool or timestamp_ms",
+                );
+            };
+            if RESERVED_COLUMNS.contains(&name.as_str()) {
+                return self.fail(
+                    name,
+                    format!("'{name}' is a column the engine adds"),
+                    "rename the field",
+                );
+            }
+            self.columns.push(Column {
+                name: name.clone(),
+                ty,
+            });
+        }
+        Ok(())
+    }
+
+    fn time(&self) -> Result<(usize, i64), SpecError> {
+        let field = &self.spec.time.field;
+        let Some(slot) = self.slot_of(field) else {
+            return self.fail(
+                field,
+                format!("time.field '{field}' is not in [schema]"),
+                "add it to [schema] as timestamp_ms",
+            );
+        };
+        if !matches!(
+            self.columns[slot].ty,
+            ColumnType::TimestampMs | ColumnType::I64
+        ) {
+            return self.fail(
+                field,
+                format!("time.field '{field}' is not a timestamp"),
+                "declare it as timestamp_ms (epoch milliseconds)",
+            );
+        }
+        let bound = &self.spec.time.max_out_of_orderness;
+        let bound_ms = spec::parse_duration_ms(bound)
+            .or_else(|message| self.fail(bound, message, "write a duration such as \"5s\""))?;
+        Ok((slot, bound_ms))
+    }
+
+    fn source(&self) -> Result<SourcePlan, SpecError> {
+        if let Some(key) = self.spec.source.key() {
+            self.key_slot(key, "source.key")?;
+        }
+        match &self.spec.source {
+            SourceSpec::Files(files) => {
+                let format = match files.format.as_str() {
+                    "jsonl" => FileFormat::Jsonl,
+                    "parquet" => FileFormat::Parquet,
+                    other => {
+                        return self.fail(
+                            other,
+                            format!("unknown file format '{other}'"),
+                            "use jsonl or parquet",
+                        );
+                    }
+                };
+                Ok(SourcePlan::Files {
+                    path: files.path.clone(),
+                    format,
+                    max_record_bytes: files.max_record_bytes.unwrap_or(1 << 20),
+                })
+            }
+            SourceSpec::Generator(generator) => self.generator(generator),
+        }
+    }
+
+    fn generator(&self, spec: &spec::GeneratorSourceSpec) -> Result<SourcePlan, SpecError> {
+        for column in &self.columns {
+            if !GENERATOR_FIELDS
+                .iter()
+                .any(|(name, _)| *name == column.name)
+            {
+                let known: Vec<_> = GENERATOR_FIELDS
+                    .iter()
+                    .map(|(name, ty)| format!("{name} = \"{ty}\""))
+                    .collect();
+                return self.fail(
+                    &column.name,
+                    format!("the generator has no field '{}'", column.name),
+                    format!("its fields are {}", known.join(", ")),
+                );
+            }
+        }
+        let defaults = GeneratorConfig::default();
+        let count = match &spec.count {
+            None => defaults.count,
+            Some(toml::Value::Integer(count)) if *count >= 0 => Some(*count as u64),
+            Some(toml::Value::String(text)) if text == "unlimited" => None,
+            Some(other) => {
+                return self.fail(
+                    "count",
+                    format!("generator count {other} is not a number of records"),
+                    "write a whole number or \"unlimited\"",
+                );
+            }
+        };
+        let disorder_max_ms = match &spec.disorder_max {
+            None => 0,
+            Some(text) => spec::parse_duration_ms(text)
+                .or_else(|message| self.fail(text, message, "write a duration such as \"2s\""))?,
+        };
+        let config = GeneratorConfig {
+            seed: spec.seed.unwrap_or(defaults.seed),
+            users: spec.users.unwrap_or(defaults.users),
+            merchants: spec.merchants.unwrap_or(defaults.merchants),
+            partitions: spec.partitions.unwrap_or(defaults.partitions),
+            count,
+            rate: spec.rate,
+            start_ms: spec.start_ms.unwrap_or(defaults.start_ms),
+            spacing_ms: spec.spacing_ms.unwrap_or(defaults.spacing_ms),
+            disorder_fraction: spec.disorder_fraction.unwrap_or(0.0),
+            disorder_max_ms,
+        };
+        config.validate().or_else(|error| {
+            self.fail("generator", error.to_string(), "fix the [source] settings")
+        })?;
+        Ok(SourcePlan::Generator(config))
+    }
+
+    fn key_slot(&self, key: &str, what: &str) -> Result<usize, SpecError> {
+        let Some(slot) = self.slot_of(key) else {
+            return self.fail(
+                key,
+                format!("{what} '{key}' is not in [schema]"),
+                "key by a schema field",
+            );
+        };
+        if slot >= self.spec.schema.len() || !self.columns[slot].ty.is_key_type() {
+            return self.fail(
+                key,
+                format!("{what} '{key}' cannot be a key"),
+                "key by a string, i64, bool or timestamp field (not f64 or a feature)",
+            );
+        }
+        Ok(slot)
+    }
+
+    fn features(&mut self) -> Result<(Vec<StagePlan>, Vec<(usize, Expr)>), SpecError> {
+        let source_key = self.spec.source.key().map(str::to_owned);
+        let mut stages: Vec<StagePlan> = Vec::new();
+        let mut expressions = Vec::new();
+        for feature in &self.spec.feature {
+            let name = &feature.name;
+            if self.slot_of(name).is_some() || RESERVED_COLUMNS.contains(&name.as_str()) {
+                return self.fail(
+                    name,
+                    format!("feature '{name}' has the name of an existing column"),
+                    "give each feature a unique name",
+                );
+            }
+            let slot = self.columns.len();
+            match (&feature.agg, &feature.expr) {
+                (Some(agg), None) => {
+                    let (key_name, window_feature, ty) =
+                        self.window_feature(feature, agg, slot, source_key.as_deref())?;
+                    let key_slot =
+                        self.key_slot(&key_name, &format!("the key of feature '{name}'"))?;
+                    let source_keyed = source_key.as_deref() == Some(key_name.as_str());
+                    match stages.iter_mut().find(|stage| stage.key_name == key_name) {
+                        Some(stage) => stage.features.push(window_feature),
+                        None => stages.push(StagePlan {
+                            key_name,
+                            key_slot,
+                            source_keyed,
+                            features: vec![window_feature],
+                        }),
+                    }
+                    self.columns.push(Column {
+                        name: name.clone(),
+                        ty,
+                    });
+                }
+                (None, Some(text)) => {
+                    if feature.key.is_some() || feature.field.is_some() || feature.window.is_some()
+                    {
+                        return self.fail(
+                            name,
+                            format!("expression feature '{name}' also sets key, field or window"),
+                            "an expression feature has only name and expr",
+                        );
+                    }
+                    let columns = &self.columns;
+                    let resolve = |reference: &str| match columns
+                        .iter()
+                        .position(|column| column.name == reference)
+                    {
+                        Some(slot) if columns[slot].ty.is_numeric() => Ok(slot),
+                        Some(_) => Err(format!(
+                            "'{reference}' is a string; expressions compute with numbers"
+                        )),
+                        None => Err(format!(
+                            "unknown column '{reference}' (expressions may use fields and features defined above them)"
+                        )),
+                    };
+                    let expr = Expr::parse(text, &resolve).or_else(|message| {
+                        self.fail(
+                            text,
+                            format!("feature '{name}': {message}"),
+                            "see the expression reference in the README",
+                        )
+                    })?;
+                    expressions.push((slot, expr));
+                    self.columns.push(Column {
+                        name: name.clone(),
+                        ty: ColumnType::F64,
+                    });
+                }
+                _ => {
+                    return self.fail(
+                        name,
+                        format!("feature '{name}' needs exactly one of agg or expr"),
+                        "set agg (with field and window) or expr",
+                    );
+                }
+            }
+        }
+        stages.sort_by_key(|stage| !stage.source_keyed);
+        Ok((stages, expressions))
+    }
+
+    fn window_feature(
+        &self,
+        feature: &spec::FeatureSpec,
+        agg_name: &str,
+        slot: usize,
+        source_key: Option<&str>,
+    ) -> Result<(String, WindowFeature, ColumnType), SpecError> {
+        let name = &feature.name;
+        let Some(agg) = Agg::parse(agg_name) else {
+            return self.fail(
+                agg_name,
+                format!("feature '{name}' has unknown agg '{agg_name}'"),
+                "use count, sum, mean, min, max, std, distinct_count, prev or since_prev",
+            );
+        };
+        let key_name = match (&feature.key, source_key) {
+            (Some(key), _) => key.clone(),
+            (None, Some(key)) => key.to_owned(),
+            (None, None) => {
+                return self.fail(
+                    name,
+                    format!("feature '{name}' has no key"),
+                    "set key = \"<field>\" on the feature, or source.key",
+                );
+            }
+        };
+        let field = match (&feature.field, agg) {
+            (None, Agg::Count | Agg::SincePrev) => None,
+            (None, _) => {
+                return self.fail(
+                    name,
+                    format!("feature '{name}' ({agg_name}) needs a field"),
+                    "set field = \"<schema field>\"",
+                );
+            }
+            (Some(_), Agg::SincePrev) => {
+                return self.fail(
+                    name,
+                    format!("feature '{name}': since_prev takes no field"),
+                    "remove field",
+                );
+            }
+            (Some(field), _) => {
+                let Some(field_slot) = self
+                    .slot_of(field)
+                    .filter(|slot| *slot < self.spec.schema.len())
+                else {
+                    return self.fail(field, format!("feature '{name}' aggregates '{field}', which is not a schema field"), "aggregate a field of [schema]; compute derived values with expr features after");
+                };
+                if agg.needs_numeric_field() && !self.columns[field_slot].ty.is_numeric() {
+                    return self.fail(field, format!("feature '{name}': {agg_name} needs a numeric field, '{field}' is a string"), "use count or distinct_count on strings");
+                }
+                Some(field_slot)
+            }
+        };
+        let window = match &feature.window {
+            None => None,
+            Some(text) => match spec::parse_window(text).or_else(|message| {
+                self.fail(
+                    text,
+                    format!("feature '{name}': {message}"),
+                    "write a duration such as \"1h\", or \"lifetime\"",
+                )
+            })? {
+                Window::Lifetime => None,
+                Window::Millis(ms) => Some(ms),
+            },
+        };
+        if window.is_some() && matches!(agg, Agg::Prev | Agg::SincePrev) {
+            return self.fail(
+                name,
+                format!(
+                    "feature '{name}': {agg_name} looks at the previous record and takes no window"
+                ),
+                "remove window",
+            );
+        }
+        let ty = match agg {
+            Agg::Count | Agg::DistinctCount | Agg::SincePrev => ColumnType::I64,
+            Agg::Prev => self.columns[field.unwrap_or(0)].ty,
+            _ => ColumnType::F64,
+        };
+        Ok((
+            key_name,
+            WindowFeature {
+                name: name.clone(),
+                slot,
+                agg,
+                field,
+                window,
+            },
+            ty,
+        ))
+    }
+
+    fn model(&mut self) -> Result<Option<ModelPlan>, SpecError> {
+        let Some(model) = &self.spec.model else {
+            return Ok(None);
+        };
+        let mut input_slots = Vec::new();
+        for input in &model.inputs {
+            match self.slot_of(input) {
+                Some(slot) if self.columns[slot].ty.is_numeric() => input_slots.push(slot),
+                Some(_) => {
+                    return self.fail(
+                        input,
+                        format!("model input column '{input}' is a string"),
+                        "feed numeric fields or features",
+                    );
+                }
+                None => {
+                    return self.fail(
+                        input,
+                        format!("model input column '{input}' is neither a field nor a feature"),
+                        "list columns defined in [schema] or [[feature]]",
+                    );
+                }
+            }
+        }
+        if input_slots.is_empty() {
+            return self.fail(
+                "inputs",
+                "the model has no input columns",
+                "set inputs = [\"feature\", ...]",
+            );
+        }
+        let device = Device::parse(&model.device).map_or_else(
+            || {
+                self.fail(
+                    &model.device,
+                    format!("unknown device '{}'", model.device),
+                    "use auto, cpu, cuda or cuda:N",
+                )
+            },
+            Ok,
+        )?;
+        let mut outputs = Vec::new();
+        for (column, source) in &model.outputs {
+            if self.slot_of(column).is_some() || RESERVED_COLUMNS.contains(&column.as_str()) {
+                return self.fail(
+                    column,
+                    format!("model output column '{column}' has the name of an existing column"),
+                    "rename the output column",
+                );
+            }
+            let (output, index) = parse_output_source(source).or_else(|message| {
+                self.fail(source, message, "write \"output\" or \"output[i]\"")
+            })?;
+            let slot = self.columns.len();
+            self.columns.push(Column {
+                name: column.clone(),
+                ty: ColumnType::F64,
+            });
+            outputs.push(OutputPlan {
+                column: column.clone(),
+                slot,
+                output,
+                index,
+            });
+        }
+        if outputs.is_empty() {
+            return self.fail(
+                "[model]",
+                "the model maps no outputs to columns",
+                "add [model.outputs] column = \"model_output[i]\"",
+            );
+        }
+        let name = model.name.clone().unwrap_or_else(|| {
+            model
+                .path
+                .file_stem()
+                .map_or("model".into(), |stem| stem.to_string_lossy().into_owned())
+        });
+        Ok(Some(ModelPlan {
+            path: model.path.clone(),
+            name,
+            input_slots,
+            input_columns: model.inputs.clone(),
+            input_name: model.input_name.clone(),
+            outputs,
+            device,
+            fill_null: model.fill_null,
+        }))
+    }
+
+    fn batching(&self) -> Result<BatchingPlan, SpecError> {
+        let batching = &self.spec.batching;
+        let policy = match batching.policy.as_str() {
+            "micro" => Policy::Micro,
+            "bulk" => Policy::Bulk,
+            "adaptive" => Policy::Adaptive,
+            other => {
+                return self.fail(
+                    other,
+                    format!("unknown batching policy '{other}'"),
+                    "use micro, bulk or adaptive",
+                );
+            }
+        };
+        let limits = |spec: &spec::BatchLimitsSpec,
+                      default_rows: usize,
+                      default_delay: &str|
+         -> Result<BatchLimits, SpecError> {
+            let max_rows = spec.max_rows.unwrap_or(default_rows);
+            if max_rows == 0 {
+                return self.fail(
+                    "max_rows",
+                    "max_rows must be at least 1",
+                    "set max_rows to a positive number",
+                );
+            }
+            let delay = spec.max_delay.as_deref().unwrap_or(default_delay);
+            let delay_ms = spec::parse_duration_ms(delay)
+                .or_else(|message| self.fail(delay, message, "write a duration such as \"5ms\""))?;
+            Ok(BatchLimits {
+                max_rows,
+                max_delay: Duration::from_millis(delay_ms as u64),
+            })
+        };
+        Ok(BatchingPlan {
+            policy,
+            micro: limits(&batching.micro, 256, "5ms")?,
+            bulk: limits(&batching.bulk, 16384, "1s")?,
+        })
+    }
+}
+
+/// Splits `"probabilities[1]"` into `("probabilities", Some(1))`.
+fn parse_output_source(source: &str) -> Result<(String, Option<usize>), String> {
+    match source.split_once('[') {
+        None => Ok((source.trim().to_owned(), None)),
+        Some((name, rest)) => {
+            let index = rest
+                .strip_suffix(']')
+                .and_then(|index| index.trim().parse().ok());
+            match index {
+                Some(index) => Ok((name.trim().to_owned(), Some(index))),
+                None => Err(format!("'{source}' is not output[index]")),
+            }
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Running a plan: what the workers of one process share (the plan, the
+//! counters, the stop signal), and the run summary.
+
+use crate::Error;
+use crate::plan::Plan;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Counters of a run, shared by the workers of a process.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Records read from the source.
+    pub records_in: AtomicU64,
+    /// Rows written to the sinks.
+    pub rows_out: AtomicU64,
+    /// Dead letters other than late records.
+    pub dead: AtomicU64,
+    /// Late records (also dead letters, with reason `late`).
+    pub late: AtomicU64,
+    /// Batches scored.
+    pub batches: AtomicU64,
+    /// Largest batch.
+    pub max_batch: AtomicU64,
+}
+
+impl Stats {
+    /// Adds `count` to a counter.
+    pub fn add(counter: &AtomicU64, count: u64) {
+        counter.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Records a scored batch.
+    pub fn batch(&self, rows: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.max_batch.fetch_max(rows as u64, Ordering::Relaxed);
+    }
+
+    /// A consistent-enough copy of the counters.
+    pub fn snapshot(&self) -> Counts {
+        Counts {
+            records_in: self.records_in.load(Ordering::Relaxed),
+            rows_out: self.rows_out.load(Ordering::Relaxed),
+            dead: self.dead.load(Ordering::Relaxed),
+            late: self.late.load(Ordering::Relaxed),
+            batches: self.batches.load(Ordering::Relaxed),
+            max_batch: self.max_batch.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The counters of a finished run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Records read.
+    pub records_in: u64,
+    /// Output rows.
+    pub rows_out: u64,
+    /// Dead letters other than late ones.
+    pub dead: u64,
+    /// Late records.
+    pub late: u64,
+    /// Batches scored.
+    pub batches: u64,
+    /// Largest batch.
+    pub max_batch: u64,
+}
+
+impl Counts {
+    /// Whether every input record is accounted for exactly once.
+    pub fn reconciles(&self) -> bool {
+        self.records_in == self.rows_out + self.dead + self.late
+    }
+}
+
+/// What the workers of a process share.
+#[derive(Debug)]
+pub struct Shared {
+    /// The plan (with model output types resolved).
+    pub plan: Plan,
+    /// Counters.
+    pub stats: Stats,
+    /// How many source partitions are still behind their end.
+    pub partitions_behind: AtomicUsize,
+    /// Set when the run must stop; the first error is kept.
+    aborted: AtomicBool,
+    error: Mutex<Option<Error>>,
+    /// Per partition: (done, total) for the progress display.
+    pub progress: Mutex<std::collections::BTreeMap<u32, (u64, Option<u64>)>>,
+    /// `_model` of output rows.
+    pub model_identity: Option<String>,
+}
+
+impl Shared {
+    /// State for a run of `plan`.
+    pub fn new(plan: Plan, model_identity: Option<String>) -> Self {
+        Shared {
+            plan,
+            stats: Stats::default(),
+            partitions_behind: AtomicUsize::new(0),
+            aborted: AtomicBool::new(false),
+            error: Mutex::new(None),
+            progress: Mutex::new(Default::default()),
+            model_identity,
+        }
+    }
+
+    /// Stops the run with `error` (the first error wins).
+    pub fn abort(&self, error: Error) {
+        let mut slot = self
+            .error
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if slot.is_none() {
+            *slot = Some(error);
+        }
+        self.aborted.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the run is stopping.
+    pub fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::Relaxed)
+    }
+
+    /// Takes the error that stopped the run, if any.
+    pub fn take_error(&self) -> Option<Error> {
+        self.error
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+
+    /// Whether any source partition is behind (adaptive batching).
+    pub fn any_behind(&self) -> bool {
+        self.partitions_behind.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// The summary a run ends with.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// The dataflow's name.
+    pub name: String,
+    /// Counters.
+    pub counts: Counts,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Worker threads.
+    pub workers: usize,
+    /// `_model` and device, when a model scored the rows.
+    pub model: Option<String>,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let counts = &self.counts;
+        let seconds = self.elapsed.as_secs_f64().max(1e-9);
+        let scored = counts.rows_out.max(1);
+        writeln!(
+            f,
+            "tideflow {}: {} records in = {} rows out + {} dead letters + {} late{}",
+            self.name,
+            counts.records_in,
+            counts.rows_out,
+            counts.dead,
+            counts.late,
+            if counts.reconciles() {
+                ""
+            } else {
+                "  (COUNTS DO NOT RECONCILE)"
+            }
+        )?;
+        writeln!(
+            f,
+            "  {:.2} s, {:.0} records/s, {} workers; {} batches (mean {:.0} rows, max {})",
+            seconds,
+            counts.records_in as f64 / seconds,
+            self.workers,
+            counts.batches,
+            scored as f64 / counts.batches.max(1) as f64,
+            counts.max_batch
+        )?;
+        if let Some(model) = &self.model {
+            writeln!(f, "  model {model}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Prints progress to standard error while a run goes on: a line that
+/// rewrites itself on a terminal, a log line every few seconds otherwise.
+pub fn report_progress(shared: &Shared, started: Instant, done: &AtomicBool) {
+    use std::io::IsTerminal;
+    let terminal = std::io::stderr().is_terminal();
+    let interval = if terminal {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(5)
+    };
+    let mut next = started + interval;
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        if Instant::now() < next {
+            continue;
+        }
+        next += interval;
+        let counts = shared.stats.snapshot();
+        let seconds = started.elapsed().as_secs_f64();
+        let (done_units, total_units) = {
+            let progress = shared
+                .progress
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            progress
+                .values()
+                .fold((0u64, Some(0u64)), |(done, total), (d, t)| {
+                    (done + d, total.zip(*t).map(|(a, b)| a + b))
+                })
+        };
+        let rate = counts.records_in as f64 / seconds.max(1e-9);
+        let fraction = total_units
+            .filter(|total| *total > 0)
+            .map(|total| done_units as f64 / total as f64);
+        let position = match fraction {
+            Some(fraction) if fraction > 0.0 => {
+                let eta = seconds * (1.0 - fraction) / fraction;
+                format!("{:5.1}% ETA {eta:.0}s", fraction * 100.0)
+            }
+            _ => "live".to_owned(),
+        };
+        let line = format!(
+            "{position} | in {} out {} dead {} late {} | {rate:.0} records/s",
+            counts.records_in, counts.rows_out, counts.dead, counts.late
+        );
+        if terminal {
+            eprint!("\r{line}   ");
+        } else {
+            eprintln!("progress: {line}");
+        }
+    }
+    if terminal {
+        eprintln!();
+    }
+}

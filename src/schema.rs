@@ -1,0 +1,76 @@
+//! Column types: of schema fields, features and model outputs, and how
+//! each maps to JSON and Arrow.
+
+use arrow_schema::DataType;
+
+/// The type of an output column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColumnType {
+    /// UTF-8 text.
+    Str,
+    /// 64-bit integer.
+    I64,
+    /// 64-bit float.
+    F64,
+    /// Boolean.
+    Bool,
+    /// Epoch milliseconds.
+    TimestampMs,
+}
+
+impl ColumnType {
+    /// Parses a schema type name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "string" => ColumnType::Str,
+            "i64" => ColumnType::I64,
+            "f64" => ColumnType::F64,
+            "bool" => ColumnType::Bool,
+            "timestamp_ms" => ColumnType::TimestampMs,
+            _ => return None,
+        })
+    }
+
+    /// The name used in specs and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ColumnType::Str => "string",
+            ColumnType::I64 => "i64",
+            ColumnType::F64 => "f64",
+            ColumnType::Bool => "bool",
+            ColumnType::TimestampMs => "timestamp_ms",
+        }
+    }
+
+    /// The Arrow type of the column in Parquet outputs.
+    pub fn arrow_type(self) -> DataType {
+        match self {
+            ColumnType::Str => DataType::Utf8,
+            ColumnType::I64 => DataType::Int64,
+            ColumnType::F64 => DataType::Float64,
+            ColumnType::Bool => DataType::Boolean,
+            ColumnType::TimestampMs => {
+                DataType::Timestamp(arrow_schema::TimeUnit::Millisecond, None)
+            }
+        }
+    }
+
+    /// Whether values of this type can serve as a grouping key.
+    pub fn is_key_type(self) -> bool {
+        !matches!(self, ColumnType::F64)
+    }
+
+    /// Whether values of this type are numbers for arithmetic.
+    pub fn is_numeric(self) -> bool {
+        !matches!(self, ColumnType::Str)
+    }
+}
+
+/// A named, typed output column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Column {
+    /// Column name.
+    pub name: String,
+    /// Column type.
+    pub ty: ColumnType,
+}

@@ -1,0 +1,503 @@
+//! Sinks: where output rows and dead letters are written.
+//!
+//! Each worker writes its own file (`part-<worker>.jsonl` or `.parquet`)
+//! in the sink's directory, so workers never contend for a file; readers
+//! order rows by (`_partition`, `_offset`). JSON floats are written in
+//! their shortest exact form, so they read back bit for bit; JSON has no
+//! NaN or infinity, which are written as `null` (Parquet keeps them).
+
+use crate::decode::value_to_json;
+use crate::plan::{Plan, SinkPlan};
+use crate::row::{DeadLetter, Row};
+use crate::schema::{Column, ColumnType};
+use crate::{Error, Result};
+use arrow_array::builder::{
+    BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{Field, Schema};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tideflow_connectors::Value;
+
+/// Writes rows somewhere.
+pub trait RowWriter {
+    /// Writes a batch of rows.
+    fn write(&mut self, rows: &[Row]) -> Result<()>;
+    /// Flushes and closes; after this the output is complete and durable.
+    fn finish(&mut self) -> Result<()>;
+}
+
+/// Removes the part files of an earlier run from a sink's directory and
+/// creates it, so that a run's outputs are exactly its own.
+pub fn prepare_directory(sink: &SinkPlan) -> Result<()> {
+    let (SinkPlan::Jsonl(dir) | SinkPlan::Parquet(dir)) = sink else {
+        return Ok(());
+    };
+    let fail = |error: std::io::Error| Error::Sink {
+        sink: sink.describe(),
+        message: error.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    for entry in std::fs::read_dir(dir).map_err(fail)? {
+        let path = entry.map_err(fail)?.path();
+        let is_part = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with("part-"));
+        if is_part {
+            std::fs::remove_file(&path).map_err(fail)?;
+        }
+    }
+    Ok(())
+}
+
+/// The output row layout: columns and the model identity for `_model`.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// Every column in slot order.
+    pub columns: Vec<Column>,
+    /// How many columns are schema fields (`_partition` and `_offset`
+    /// follow them).
+    pub field_count: usize,
+    /// `_model`, when a model scores the rows.
+    pub model: Option<String>,
+}
+
+impl Layout {
+    /// The layout of a plan's outputs.
+    pub fn new(plan: &Plan, model: Option<String>) -> Self {
+        Layout {
+            columns: plan.columns.clone(),
+            field_count: plan.field_count,
+            model,
+        }
+    }
+
+    /// A row as one JSON line (without the newline).
+    pub fn json_line(&self, row: &Row, out: &mut Vec<u8>) {
+        out.push(b'{');
+        let mut first = true;
+        let mut key = |out: &mut Vec<u8>, name: &str| {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            serde_json::to_writer(&mut *out, name).expect("writing to a Vec cannot fail");
+            out.push(b':');
+        };
+        for (slot, column) in self.columns.iter().enumerate() {
+            if slot == self.field_count {
+                key(out, "_partition");
+                out.extend_from_slice(row.partition.to_string().as_bytes());
+                key(out, "_offset");
+                out.extend_from_slice(row.offset.to_string().as_bytes());
+            }
+            key(out, &column.name);
+            write_json_value(out, &row.values[slot]);
+        }
+        if self.field_count == self.columns.len() {
+            key(out, "_partition");
+            out.extend_from_slice(row.partition.to_string().as_bytes());
+            key(out, "_offset");
+            out.extend_from_slice(row.offset.to_string().as_bytes());
+        }
+        if let Some(model) = &self.model {
+            key(out, "_model");
+            serde_json::to_writer(&mut *out, model).expect("writing to a Vec cannot fail");
+        }
+        out.push(b'}');
+    }
+}
+
+fn write_json_value(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::F64(number) if number.is_finite() => {
+            let mut buffer = ryu_like(*number);
+            out.append(&mut buffer);
+        }
+        other => serde_json::to_writer(&mut *out, &value_to_json(other))
+            .expect("writing to a Vec cannot fail"),
+    }
+}
+
+/// Shortest round-trip text of a finite float, as JSON.
+fn ryu_like(number: f64) -> Vec<u8> {
+    serde_json::to_vec(&number).expect("finite floats serialize")
+}
+
+/// Opens the writer of `sink` for worker `worker`.
+pub fn open_row_writer(
+    sink: &SinkPlan,
+    layout: &Layout,
+    worker: usize,
+) -> Result<Box<dyn RowWriter>> {
+    Ok(match sink {
+        SinkPlan::Jsonl(dir) => Box::new(JsonlWriter::create(
+            &part_path(dir, worker, "jsonl"),
+            layout.clone(),
+            sink,
+        )?),
+        SinkPlan::Parquet(dir) => Box::new(ParquetWriter::create(
+            &part_path(dir, worker, "parquet"),
+            layout.clone(),
+            sink,
+        )?),
+        SinkPlan::Stdout => Box::new(StreamWriter {
+            layout: layout.clone(),
+            stderr: false,
+        }),
+        SinkPlan::Stderr => Box::new(StreamWriter {
+            layout: layout.clone(),
+            stderr: true,
+        }),
+        SinkPlan::Null => Box::new(NullWriter),
+    })
+}
+
+fn part_path(dir: &Path, worker: usize, extension: &str) -> PathBuf {
+    dir.join(format!("part-{worker:04}.{extension}"))
+}
+
+fn sink_error(sink: &SinkPlan, error: impl std::fmt::Display) -> Error {
+    Error::Sink {
+        sink: sink.describe(),
+        message: error.to_string(),
+    }
+}
+
+/// JSON lines into a file.
+struct JsonlWriter {
+    file: BufWriter<File>,
+    layout: Layout,
+    sink: SinkPlan,
+    line: Vec<u8>,
+}
+
+impl JsonlWriter {
+    fn create(path: &Path, layout: Layout, sink: &SinkPlan) -> Result<Self> {
+        let file = File::create(path)
+            .map_err(|error| sink_error(sink, format!("{}: {error}", path.display())))?;
+        Ok(JsonlWriter {
+            file: BufWriter::with_capacity(1 << 16, file),
+            layout,
+            sink: sink.clone(),
+            line: Vec::new(),
+        })
+    }
+}
+
+impl RowWriter for JsonlWriter {
+    fn write(&mut self, rows: &[Row]) -> Result<()> {
+        for row in rows {
+            self.line.clear();
+            self.layout.json_line(row, &mut self.line);
+            self.line.push(b'\n');
+            self.file
+                .write_all(&self.line)
+                .map_err(|error| sink_error(&self.sink, error))?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.file
+            .flush()
+            .map_err(|error| sink_error(&self.sink, error))?;
+        self.file
+            .get_ref()
+            .sync_data()
+            .map_err(|error| sink_error(&self.sink, error))
+    }
+}
+
+/// JSON lines on standard output or error.
+struct StreamWriter {
+    layout: Layout,
+    stderr: bool,
+}
+
+impl RowWriter for StreamWriter {
+    fn write(&mut self, rows: &[Row]) -> Result<()> {
+        let mut text = Vec::new();
+        for row in rows {
+            self.layout.json_line(row, &mut text);
+            text.push(b'\n');
+        }
+        let written = if self.stderr {
+            std::io::stderr().lock().write_all(&text)
+        } else {
+            std::io::stdout().lock().write_all(&text)
+        };
+        written.map_err(|error| Error::Sink {
+            sink: "stdout".into(),
+            message: error.to_string(),
+        })
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        std::io::stdout().flush().map_err(|error| Error::Sink {
+            sink: "stdout".into(),
+            message: error.to_string(),
+        })
+    }
+}
+
+/// Counts and drops (for benchmarks).
+struct NullWriter;
+
+impl RowWriter for NullWriter {
+    fn write(&mut self, _rows: &[Row]) -> Result<()> {
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Parquet, one row group per written batch of at least 64k rows.
+struct ParquetWriter {
+    writer: Option<parquet::arrow::ArrowWriter<File>>,
+    schema: Arc<Schema>,
+    layout: Layout,
+    sink: SinkPlan,
+    pending: Vec<Row>,
+}
+
+const PARQUET_BATCH_ROWS: usize = 65_536;
+
+impl ParquetWriter {
+    fn create(path: &Path, layout: Layout, sink: &SinkPlan) -> Result<Self> {
+        let mut fields = Vec::new();
+        for (slot, column) in layout.columns.iter().enumerate() {
+            if slot == layout.field_count {
+                fields.push(Field::new(
+                    "_partition",
+                    arrow_schema::DataType::Int64,
+                    false,
+                ));
+                fields.push(Field::new("_offset", arrow_schema::DataType::Int64, false));
+            }
+            fields.push(Field::new(&column.name, column.ty.arrow_type(), true));
+        }
+        if layout.field_count == layout.columns.len() {
+            fields.push(Field::new(
+                "_partition",
+                arrow_schema::DataType::Int64,
+                false,
+            ));
+            fields.push(Field::new("_offset", arrow_schema::DataType::Int64, false));
+        }
+        if layout.model.is_some() {
+            fields.push(Field::new("_model", arrow_schema::DataType::Utf8, false));
+        }
+        let schema = Arc::new(Schema::new(fields));
+        let file = File::create(path)
+            .map_err(|error| sink_error(sink, format!("{}: {error}", path.display())))?;
+        let writer = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None)
+            .map_err(|error| sink_error(sink, error))?;
+        Ok(ParquetWriter {
+            writer: Some(writer),
+            schema,
+            layout,
+            sink: sink.clone(),
+            pending: Vec::new(),
+        })
+    }
+
+    fn flush_pending(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut self.pending);
+        let mut arrays: Vec<ArrayRef> = Vec::new();
+        let origin = |arrays: &mut Vec<ArrayRef>| {
+            arrays.push(Arc::new(
+                rows.iter()
+                    .map(|row| Some(i64::from(row.partition)))
+                    .collect::<arrow_array::Int64Array>(),
+            ));
+            arrays.push(Arc::new(
+                rows.iter()
+                    .map(|row| Some(row.offset as i64))
+                    .collect::<arrow_array::Int64Array>(),
+            ));
+        };
+        for (slot, column) in self.layout.columns.iter().enumerate() {
+            if slot == self.layout.field_count {
+                origin(&mut arrays);
+            }
+            arrays.push(column_array(
+                column.ty,
+                rows.iter().map(|row| &row.values[slot]),
+            ));
+        }
+        if self.layout.field_count == self.layout.columns.len() {
+            origin(&mut arrays);
+        }
+        if let Some(model) = &self.layout.model {
+            arrays.push(Arc::new(arrow_array::StringArray::from(vec![
+                model.as_str();
+                rows.len()
+            ])));
+        }
+        let batch = RecordBatch::try_new(self.schema.clone(), arrays)
+            .map_err(|error| sink_error(&self.sink, error))?;
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| sink_error(&self.sink, "written after finish"))?;
+        writer
+            .write(&batch)
+            .map_err(|error| sink_error(&self.sink, error))
+    }
+}
+
+fn column_array<'a>(ty: ColumnType, values: impl Iterator<Item = &'a Value>) -> ArrayRef {
+    match ty {
+        ColumnType::Str => {
+            let mut builder = StringBuilder::new();
+            values.for_each(|value| match value {
+                Value::Str(text) => builder.append_value(text),
+                _ => builder.append_null(),
+            });
+            Arc::new(builder.finish())
+        }
+        ColumnType::I64 => {
+            let mut builder = Int64Builder::new();
+            values.for_each(|value| {
+                builder.append_option(if let Value::I64(number) = value {
+                    Some(*number)
+                } else {
+                    None
+                })
+            });
+            Arc::new(builder.finish())
+        }
+        ColumnType::TimestampMs => {
+            let mut builder = TimestampMillisecondBuilder::new();
+            values.for_each(|value| {
+                builder.append_option(if let Value::I64(number) = value {
+                    Some(*number)
+                } else {
+                    None
+                })
+            });
+            Arc::new(builder.finish())
+        }
+        ColumnType::F64 => {
+            let mut builder = Float64Builder::new();
+            values.for_each(|value| builder.append_option(value.as_f64()));
+            Arc::new(builder.finish())
+        }
+        ColumnType::Bool => {
+            let mut builder = BooleanBuilder::new();
+            values.for_each(|value| {
+                builder.append_option(if let Value::Bool(flag) = value {
+                    Some(*flag)
+                } else {
+                    None
+                })
+            });
+            Arc::new(builder.finish())
+        }
+    }
+}
+
+impl RowWriter for ParquetWriter {
+    fn write(&mut self, rows: &[Row]) -> Result<()> {
+        self.pending.extend_from_slice(rows);
+        if self.pending.len() >= PARQUET_BATCH_ROWS {
+            self.flush_pending()?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.flush_pending()?;
+        if let Some(writer) = self.writer.take() {
+            let file = writer
+                .into_inner()
+                .map_err(|error| sink_error(&self.sink, error))?;
+            file.sync_data()
+                .map_err(|error| sink_error(&self.sink, error))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes dead letters as JSON lines: `_partition`, `_offset`, `_error`, `_raw`.
+pub struct DeadLetterWriter {
+    inner: DeadLetterTarget,
+    sink: SinkPlan,
+}
+
+enum DeadLetterTarget {
+    File(BufWriter<File>),
+    Stdout,
+    Stderr,
+    Discard,
+}
+
+impl std::fmt::Debug for DeadLetterWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetterWriter")
+            .field("sink", &self.sink)
+            .finish()
+    }
+}
+
+impl DeadLetterWriter {
+    /// Opens the dead-letter output of worker `worker`.
+    pub fn open(sink: &SinkPlan, worker: usize) -> Result<Self> {
+        let inner = match sink {
+            SinkPlan::Jsonl(dir) | SinkPlan::Parquet(dir) => {
+                let path = part_path(dir, worker, "jsonl");
+                let file = File::create(&path)
+                    .map_err(|error| sink_error(sink, format!("{}: {error}", path.display())))?;
+                DeadLetterTarget::File(BufWriter::new(file))
+            }
+            SinkPlan::Stdout => DeadLetterTarget::Stdout,
+            SinkPlan::Stderr => DeadLetterTarget::Stderr,
+            SinkPlan::Null => DeadLetterTarget::Discard,
+        };
+        Ok(DeadLetterWriter {
+            inner,
+            sink: sink.clone(),
+        })
+    }
+
+    /// Writes one dead letter.
+    pub fn write(&mut self, letter: &DeadLetter) -> Result<()> {
+        let line = serde_json::json!({
+            "_partition": letter.partition,
+            "_offset": letter.offset,
+            "_error": letter.error,
+            "_raw": letter.raw,
+        });
+        let mut text = line.to_string();
+        text.push('\n');
+        let written = match &mut self.inner {
+            DeadLetterTarget::File(file) => file.write_all(text.as_bytes()),
+            DeadLetterTarget::Stdout => std::io::stdout().lock().write_all(text.as_bytes()),
+            DeadLetterTarget::Stderr => std::io::stderr().lock().write_all(text.as_bytes()),
+            DeadLetterTarget::Discard => Ok(()),
+        };
+        written.map_err(|error| sink_error(&self.sink, error))
+    }
+
+    /// Flushes to durable storage.
+    pub fn finish(&mut self) -> Result<()> {
+        if let DeadLetterTarget::File(file) = &mut self.inner {
+            file.flush()
+                .map_err(|error| sink_error(&self.sink, error))?;
+            file.get_ref()
+                .sync_data()
+                .map_err(|error| sink_error(&self.sink, error))?;
+        }
+        Ok(())
+    }
+}
