@@ -1,0 +1,92 @@
+//! Bad input never crashes a run and is never dropped in silence: each bad
+//! record becomes a dead letter with its reason and origin, and the counts
+//! reconcile exactly.
+
+mod common;
+
+use std::io::Write;
+
+const SPEC: &str = r#"
+name = "bad_input"
+[source]
+type = "files"
+path = "unset"
+format = "jsonl"
+key = "user_id"
+[schema]
+user_id = "string"
+amount = "f64"
+ts = "timestamp_ms"
+[time]
+field = "ts"
+[[feature]]
+name = "amount_sum"
+agg = "sum"
+field = "amount"
+window = "1h"
+[[sink]]
+type = "jsonl"
+path = "unset"
+[dead_letters]
+type = "jsonl"
+path = "unset"
+"#;
+
+#[test]
+fn bad_records_become_dead_letters_with_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let mut file = std::fs::File::create(input.join("a.jsonl")).unwrap();
+    writeln!(file, r#"{{"user_id":"u1","amount":1.5,"ts":1000}}"#).unwrap();
+    writeln!(file, r#"{{"user_id":"u1","amount":1.5,"ts":"#).unwrap();
+    writeln!(file, r#"{{"user_id":"u1","amount":"lots","ts":1001}}"#).unwrap();
+    writeln!(file, r#"{{"user_id":"u1","amount":2.0}}"#).unwrap();
+    writeln!(file, r#"{{"amount":2.0,"ts":1002}}"#).unwrap();
+    writeln!(file).unwrap();
+    writeln!(file, r#"[1, 2, 3]"#).unwrap();
+    file.write_all(b"{\"user_id\":\"u\xff\xfe\",\"amount\":1,\"ts\":1003}\n").unwrap();
+    writeln!(file, r#"{{"user_id":"u1","amount":"{}","ts":1004}}"#, "x".repeat(10 << 20)).unwrap();
+    writeln!(file, r#"{{"user_id":"u1","amount":2.5,"ts":1005}}"#).unwrap();
+    drop(file);
+    std::fs::File::create(input.join("b.jsonl")).unwrap();
+
+    let overrides = vec![
+        format!("source.path=\"{}\"", input.display()),
+        format!("sink[0].path=\"{}\"", dir.path().join("rows").display()),
+        format!("dead_letters.path=\"{}\"", dir.path().join("dead").display()),
+    ];
+    let summary = common::run_text(SPEC, &overrides, 2).unwrap();
+    assert_eq!((summary.counts.records_in, summary.counts.rows_out, summary.counts.dead), (10, 2, 8), "{summary}");
+    assert!(summary.counts.reconciles());
+
+    let rows = common::read_rows(&dir.path().join("rows"));
+    assert_eq!(rows[1]["amount_sum"], serde_json::json!(4.0));
+    let dead = common::read_rows(&dir.path().join("dead"));
+    let reasons: Vec<(u64, String)> = dead.iter().map(|d| (d["_offset"].as_u64().unwrap(), d["_error"].as_str().unwrap().to_owned())).collect();
+    let expect = [
+        (1, "malformed JSON"),
+        (2, "field 'amount': expected f64"),
+        (3, "missing event time field 'ts'"),
+        (4, "missing key field 'user_id'"),
+        (5, "empty record"),
+        (6, "not a JSON object"),
+        (7, "not valid UTF-8"),
+        (8, "exceeds max_record_bytes"),
+    ];
+    for ((offset, reason), (expected_offset, expected_reason)) in reasons.iter().zip(expect) {
+        assert_eq!(*offset, expected_offset);
+        assert!(reason.contains(expected_reason), "offset {offset}: {reason:?} should mention {expected_reason:?}");
+    }
+    assert!(dead.iter().all(|d| d["_partition"] == 0 && d["_raw"].is_string()));
+    assert!(dead[7]["_raw"].as_str().unwrap().len() <= 1024, "an over-long record keeps only a prefix");
+}
+
+#[test]
+fn spec_mistakes_name_their_line_and_a_fix() {
+    let text = SPEC.replace("field = \"amount\"", "field = \"amount_typo\"");
+    let error = common::run_text(&text, &[], 1).unwrap_err().to_string();
+    assert!(error.contains("test.toml:17"), "{error}");
+    assert!(error.contains("'amount_typo', which is not a schema field"), "{error}");
+    assert!(error.contains("hint:"), "{error}");
+}

@@ -1,0 +1,50 @@
+//! Shared helpers of the integration tests: finding the real ONNX Runtime,
+//! running a spec, and reading its outputs back in canonical order.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use tideflow::dataflow::{RunOptions, run};
+use tideflow::run::Summary;
+use tideflow::spec::SpecSource;
+
+/// Fails (never skips) when the ONNX Runtime library is not installed,
+/// naming the command that installs it.
+pub fn require_onnxruntime() {
+    let from_env = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from);
+    let path = from_env.unwrap_or_else(tideflow::inference::setup_location);
+    assert!(
+        path.is_file(),
+        "ONNX Runtime library not found at {}.\nInstall it with: scripts/setup-onnxruntime.sh (or run the whole suite with scripts/test.sh)",
+        path.display()
+    );
+}
+
+/// The repository root (tests run with the package root as working dir).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs a spec given as text, with overrides, on `workers` workers.
+pub fn run_text(text: &str, overrides: &[String], workers: usize) -> tideflow::Result<Summary> {
+    let source = SpecSource { file: "test.toml".into(), text: text.to_owned(), overrides: overrides.to_vec() };
+    let spec = source.parse()?;
+    let plan = tideflow::plan::Plan::from_spec(&spec, &source)?;
+    run(plan, &RunOptions { workers, progress: false })
+}
+
+/// Reads every JSONL file of a directory, one JSON value per line, sorted
+/// by (`_partition`, `_offset`) as the README tells readers to.
+pub fn read_rows(dir: &Path) -> Vec<serde_json::Value> {
+    let mut rows = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|error| panic!("{}: {error}", dir.display())) {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        rows.extend(text.lines().map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()));
+    }
+    rows.sort_by_key(|row| (row["_partition"].as_u64(), row["_offset"].as_u64()));
+    rows
+}
+
+/// The same rows as canonical text, one line each, for exact comparison.
+pub fn read_lines(dir: &Path) -> Vec<String> {
+    read_rows(dir).iter().map(|row| row.to_string()).collect()
+}
