@@ -359,34 +359,23 @@ fn run_matrix(
 
 /// A model output as rows x columns of values.
 fn extract(value: &ort::value::DynValue, rows: usize) -> ort::Result<Vec<Vec<Value>>> {
-    let per_row = |len: usize| if rows == 0 { 0 } else { len / rows };
+    fn split<T: Copy>(data: &[T], rows: usize, convert: impl Fn(T) -> Value) -> Vec<Vec<Value>> {
+        let width = data.len().checked_div(rows).unwrap_or(0).max(1);
+        data.chunks(width)
+            .map(|chunk| chunk.iter().map(|value| convert(*value)).collect())
+            .collect()
+    }
     if let Ok((_, data)) = value.try_extract_tensor::<f32>() {
-        let width = per_row(data.len());
-        return Ok(data
-            .chunks(width.max(1))
-            .map(|chunk| chunk.iter().map(|v| Value::F64(f64::from(*v))).collect())
-            .collect());
+        return Ok(split(data, rows, |value| Value::F64(f64::from(value))));
     }
     if let Ok((_, data)) = value.try_extract_tensor::<f64>() {
-        let width = per_row(data.len());
-        return Ok(data
-            .chunks(width.max(1))
-            .map(|chunk| chunk.iter().map(|v| Value::F64(*v)).collect())
-            .collect());
+        return Ok(split(data, rows, Value::F64));
     }
     if let Ok((_, data)) = value.try_extract_tensor::<i64>() {
-        let width = per_row(data.len());
-        return Ok(data
-            .chunks(width.max(1))
-            .map(|chunk| chunk.iter().map(|v| Value::I64(*v)).collect())
-            .collect());
+        return Ok(split(data, rows, Value::I64));
     }
     let (_, data) = value.try_extract_tensor::<i32>()?;
-    let width = per_row(data.len());
-    Ok(data
-        .chunks(width.max(1))
-        .map(|chunk| chunk.iter().map(|v| Value::I64(i64::from(*v))).collect())
-        .collect())
+    Ok(split(data, rows, |value| Value::I64(i64::from(value))))
 }
 
 fn check_input(session: &Session, plan: &ModelPlan) -> Result<String> {

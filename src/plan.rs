@@ -212,6 +212,9 @@ impl SinkPlan {
     }
 }
 
+/// Expression features in spec order: (slot, expression).
+type Expressions = Vec<(usize, Expr)>;
+
 /// Reads, parses and checks a spec file with `--set` overrides.
 pub fn load(file: &std::path::Path, overrides: &[String]) -> Result<Plan, SpecError> {
     let mut source = SpecSource::read(file)?;
@@ -445,7 +448,7 @@ impl Builder<'_> {
         Ok(slot)
     }
 
-    fn features(&mut self) -> Result<(Vec<StagePlan>, Vec<(usize, Expr)>), SpecError> {
+    fn features(&mut self) -> Result<(Vec<StagePlan>, Expressions), SpecError> {
         let source_key = self.spec.source.key().map(str::to_owned);
         let mut stages: Vec<StagePlan> = Vec::new();
         let mut expressions = Vec::new();

@@ -115,17 +115,11 @@ impl Layout {
 fn write_json_value(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::F64(number) if number.is_finite() => {
-            let mut buffer = ryu_like(*number);
-            out.append(&mut buffer);
+            serde_json::to_writer(&mut *out, number).expect("writing to a Vec cannot fail")
         }
         other => serde_json::to_writer(&mut *out, &value_to_json(other))
             .expect("writing to a Vec cannot fail"),
     }
-}
-
-/// Shortest round-trip text of a finite float, as JSON.
-fn ryu_like(number: f64) -> Vec<u8> {
-    serde_json::to_vec(&number).expect("finite floats serialize")
 }
 
 /// Opens the writer of `sink` for worker `worker`.

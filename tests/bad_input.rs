@@ -45,8 +45,14 @@ fn bad_records_become_dead_letters_with_reasons() {
     writeln!(file, r#"{{"amount":2.0,"ts":1002}}"#).unwrap();
     writeln!(file).unwrap();
     writeln!(file, r#"[1, 2, 3]"#).unwrap();
-    file.write_all(b"{\"user_id\":\"u\xff\xfe\",\"amount\":1,\"ts\":1003}\n").unwrap();
-    writeln!(file, r#"{{"user_id":"u1","amount":"{}","ts":1004}}"#, "x".repeat(10 << 20)).unwrap();
+    file.write_all(b"{\"user_id\":\"u\xff\xfe\",\"amount\":1,\"ts\":1003}\n")
+        .unwrap();
+    writeln!(
+        file,
+        r#"{{"user_id":"u1","amount":"{}","ts":1004}}"#,
+        "x".repeat(10 << 20)
+    )
+    .unwrap();
     writeln!(file, r#"{{"user_id":"u1","amount":2.5,"ts":1005}}"#).unwrap();
     drop(file);
     std::fs::File::create(input.join("b.jsonl")).unwrap();
@@ -54,16 +60,35 @@ fn bad_records_become_dead_letters_with_reasons() {
     let overrides = vec![
         format!("source.path=\"{}\"", input.display()),
         format!("sink[0].path=\"{}\"", dir.path().join("rows").display()),
-        format!("dead_letters.path=\"{}\"", dir.path().join("dead").display()),
+        format!(
+            "dead_letters.path=\"{}\"",
+            dir.path().join("dead").display()
+        ),
     ];
     let summary = common::run_text(SPEC, &overrides, 2).unwrap();
-    assert_eq!((summary.counts.records_in, summary.counts.rows_out, summary.counts.dead), (10, 2, 8), "{summary}");
+    assert_eq!(
+        (
+            summary.counts.records_in,
+            summary.counts.rows_out,
+            summary.counts.dead
+        ),
+        (10, 2, 8),
+        "{summary}"
+    );
     assert!(summary.counts.reconciles());
 
     let rows = common::read_rows(&dir.path().join("rows"));
     assert_eq!(rows[1]["amount_sum"], serde_json::json!(4.0));
     let dead = common::read_rows(&dir.path().join("dead"));
-    let reasons: Vec<(u64, String)> = dead.iter().map(|d| (d["_offset"].as_u64().unwrap(), d["_error"].as_str().unwrap().to_owned())).collect();
+    let reasons: Vec<(u64, String)> = dead
+        .iter()
+        .map(|d| {
+            (
+                d["_offset"].as_u64().unwrap(),
+                d["_error"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
     let expect = [
         (1, "malformed JSON"),
         (2, "field 'amount': expected f64"),
@@ -76,10 +101,19 @@ fn bad_records_become_dead_letters_with_reasons() {
     ];
     for ((offset, reason), (expected_offset, expected_reason)) in reasons.iter().zip(expect) {
         assert_eq!(*offset, expected_offset);
-        assert!(reason.contains(expected_reason), "offset {offset}: {reason:?} should mention {expected_reason:?}");
+        assert!(
+            reason.contains(expected_reason),
+            "offset {offset}: {reason:?} should mention {expected_reason:?}"
+        );
     }
-    assert!(dead.iter().all(|d| d["_partition"] == 0 && d["_raw"].is_string()));
-    assert!(dead[7]["_raw"].as_str().unwrap().len() <= 1024, "an over-long record keeps only a prefix");
+    assert!(
+        dead.iter()
+            .all(|d| d["_partition"] == 0 && d["_raw"].is_string())
+    );
+    assert!(
+        dead[7]["_raw"].as_str().unwrap().len() <= 1024,
+        "an over-long record keeps only a prefix"
+    );
 }
 
 #[test]
@@ -87,6 +121,9 @@ fn spec_mistakes_name_their_line_and_a_fix() {
     let text = SPEC.replace("field = \"amount\"", "field = \"amount_typo\"");
     let error = common::run_text(&text, &[], 1).unwrap_err().to_string();
     assert!(error.contains("test.toml:17"), "{error}");
-    assert!(error.contains("'amount_typo', which is not a schema field"), "{error}");
+    assert!(
+        error.contains("'amount_typo', which is not a schema field"),
+        "{error}"
+    );
     assert!(error.contains("hint:"), "{error}");
 }

@@ -23,7 +23,12 @@ fn compare(actual: &[serde_json::Value], golden_file: &Path) {
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
-    assert_eq!(actual.len(), expected.len(), "row count differs from {}", golden_file.display());
+    assert_eq!(
+        actual.len(),
+        expected.len(),
+        "row count differs from {}",
+        golden_file.display()
+    );
     for (actual, expected) in actual.iter().zip(&expected) {
         let (actual, expected) = (actual.as_object().unwrap(), expected.as_object().unwrap());
         let keys: Vec<_> = actual.keys().collect();
@@ -32,9 +37,18 @@ fn compare(actual: &[serde_json::Value], golden_file: &Path) {
             let golden = &expected[column];
             if MODEL_COLUMNS.contains(&column.as_str()) {
                 let (a, b) = (value.as_f64().unwrap(), golden.as_f64().unwrap());
-                assert!((a - b).abs() <= 1e-6, "{column} at {:?}/{:?}: {a} vs golden {b}", actual["_partition"], actual["_offset"]);
+                assert!(
+                    (a - b).abs() <= 1e-6,
+                    "{column} at {:?}/{:?}: {a} vs golden {b}",
+                    actual["_partition"],
+                    actual["_offset"]
+                );
             } else {
-                assert_eq!(value, golden, "{column} at {:?}/{:?}", actual["_partition"], actual["_offset"]);
+                assert_eq!(
+                    value, golden,
+                    "{column} at {:?}/{:?}",
+                    actual["_partition"], actual["_offset"]
+                );
             }
         }
     }
@@ -46,15 +60,45 @@ fn fraud_dataflow_matches_its_golden_output() {
     let root = common::root();
     let out = tempfile::tempdir().unwrap();
     let overrides = vec![
-        format!("source.path=\"{}\"", root.join("dataflows/data/tx").display()),
-        format!("model.path=\"{}\"", root.join("models/fraud_mlp.onnx").display()),
+        format!(
+            "source.path=\"{}\"",
+            root.join("dataflows/data/tx").display()
+        ),
+        format!(
+            "model.path=\"{}\"",
+            root.join("models/fraud_mlp.onnx").display()
+        ),
         format!("sink[0].path=\"{}\"", out.path().join("rows").display()),
-        format!("dead_letters.path=\"{}\"", out.path().join("dead").display()),
+        format!(
+            "dead_letters.path=\"{}\"",
+            out.path().join("dead").display()
+        ),
     ];
     let plan = tideflow::plan::load(&root.join("dataflows/fraud.toml"), &overrides).unwrap();
-    let summary = tideflow::dataflow::run(plan, &tideflow::dataflow::RunOptions { workers: 2, progress: false }).unwrap();
+    let summary = tideflow::dataflow::run(
+        plan,
+        &tideflow::dataflow::RunOptions {
+            workers: 2,
+            progress: false,
+        },
+    )
+    .unwrap();
     assert!(summary.counts.reconciles(), "{summary}");
-    assert_eq!((summary.counts.records_in, summary.counts.dead, summary.counts.late), (2004, 3, 1), "{summary}");
-    compare(&common::read_rows(&out.path().join("rows")), &root.join("tests/golden/fraud_rows.jsonl"));
-    compare(&common::read_rows(&out.path().join("dead")), &root.join("tests/golden/fraud_dead.jsonl"));
+    assert_eq!(
+        (
+            summary.counts.records_in,
+            summary.counts.dead,
+            summary.counts.late
+        ),
+        (2004, 3, 1),
+        "{summary}"
+    );
+    compare(
+        &common::read_rows(&out.path().join("rows")),
+        &root.join("tests/golden/fraud_rows.jsonl"),
+    );
+    compare(
+        &common::read_rows(&out.path().join("dead")),
+        &root.join("tests/golden/fraud_dead.jsonl"),
+    );
 }

@@ -15,7 +15,17 @@ use tideflow::row::Row;
 use tideflow_connectors::Value;
 
 const BOUND_MS: i64 = 50;
-const AGGS: [Agg; 9] = [Agg::Count, Agg::Sum, Agg::Mean, Agg::Min, Agg::Max, Agg::Std, Agg::DistinctCount, Agg::Prev, Agg::SincePrev];
+const AGGS: [Agg; 9] = [
+    Agg::Count,
+    Agg::Sum,
+    Agg::Mean,
+    Agg::Min,
+    Agg::Max,
+    Agg::Std,
+    Agg::DistinctCount,
+    Agg::Prev,
+    Agg::SincePrev,
+];
 const WINDOWS: [Option<i64>; 3] = [Some(30), Some(200), None];
 
 /// Slots: 0 key, 1 number (nullable), 2 label (nullable), then features.
@@ -32,10 +42,21 @@ fn plan(source_keyed: bool) -> StagePlan {
                 Agg::Count if window == Some(30) => None,
                 _ => Some(1),
             };
-            features.push(WindowFeature { name: format!("{agg:?}{window:?}"), slot: 3 + features.len(), agg, field, window });
+            features.push(WindowFeature {
+                name: format!("{agg:?}{window:?}"),
+                slot: 3 + features.len(),
+                agg,
+                field,
+                window,
+            });
         }
     }
-    StagePlan { key_name: "key".into(), key_slot: 0, source_keyed, features }
+    StagePlan {
+        key_name: "key".into(),
+        key_slot: 0,
+        source_keyed,
+        features,
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -50,7 +71,13 @@ struct Record {
 
 fn records() -> impl Strategy<Value = Vec<Record>> {
     let step = prop_oneof![3 => 0i64..20, 1 => -80i64..0];
-    let record = (0u32..3, step, 0u8..4, proptest::option::weighted(0.85, -500i32..500), proptest::option::weighted(0.9, 0u8..5));
+    let record = (
+        0u32..3,
+        step,
+        0u8..4,
+        proptest::option::weighted(0.85, -500i32..500),
+        proptest::option::weighted(0.9, 0u8..5),
+    );
     proptest::collection::vec(record, 1..160).prop_map(|raw| {
         let mut clocks = [1000i64; 3];
         let mut offsets = [0u64; 3];
@@ -59,7 +86,14 @@ fn records() -> impl Strategy<Value = Vec<Record>> {
                 let p = partition as usize;
                 clocks[p] += step;
                 offsets[p] += 1;
-                Record { partition, offset: offsets[p], time: clocks[p], key, number: number.map(|n| f64::from(n) / 4.0), label }
+                Record {
+                    partition,
+                    offset: offsets[p],
+                    time: clocks[p],
+                    key,
+                    number: number.map(|n| f64::from(n) / 4.0),
+                    label,
+                }
             })
             .collect()
     })
@@ -86,17 +120,33 @@ fn to_row(record: &Record, width: usize) -> Row {
     let mut values = vec![Value::Null; width];
     values[0] = Value::Str(format!("k{}", record.key));
     values[1] = record.number.map_or(Value::Null, Value::F64);
-    values[2] = record.label.map_or(Value::Null, |label| Value::Str(format!("l{label}")));
-    Row { partition: record.partition, offset: record.offset, time: record.time, values }
+    values[2] = record
+        .label
+        .map_or(Value::Null, |label| Value::Str(format!("l{label}")));
+    Row {
+        partition: record.partition,
+        offset: record.offset,
+        time: record.time,
+        values,
+    }
 }
 
 /// The naive reference: recompute from every earlier record of the key.
 fn reference(feature: &WindowFeature, earlier: &[&Row], row: &Row) -> Value {
     match feature.agg {
-        Agg::SincePrev => return earlier.last().map_or(Value::Null, |prev| Value::I64(row.time - prev.time)),
+        Agg::SincePrev => {
+            return earlier
+                .last()
+                .map_or(Value::Null, |prev| Value::I64(row.time - prev.time));
+        }
         Agg::Prev => {
             let slot = feature.field.unwrap();
-            return earlier.iter().rev().map(|prev| prev.values[slot].clone()).find(|value| !value.is_null()).unwrap_or(Value::Null);
+            return earlier
+                .iter()
+                .rev()
+                .map(|prev| prev.values[slot].clone())
+                .find(|value| !value.is_null())
+                .unwrap_or(Value::Null);
         }
         _ => {}
     }
@@ -104,13 +154,26 @@ fn reference(feature: &WindowFeature, earlier: &[&Row], row: &Row) -> Value {
         .iter()
         .copied()
         .chain([row])
-        .filter(|other| other.time <= row.time && feature.window.is_none_or(|w| other.time > row.time - w))
-        .filter(|other| feature.field.is_none_or(|slot| !other.values[slot].is_null()))
+        .filter(|other| {
+            other.time <= row.time && feature.window.is_none_or(|w| other.time > row.time - w)
+        })
+        .filter(|other| {
+            feature
+                .field
+                .is_none_or(|slot| !other.values[slot].is_null())
+        })
         .collect();
     if in_window.is_empty() {
         return Value::Null;
     }
-    let numbers: Vec<f64> = in_window.iter().map(|other| feature.field.map_or(1.0, |slot| other.values[slot].as_f64().unwrap_or(0.0))).collect();
+    let numbers: Vec<f64> = in_window
+        .iter()
+        .map(|other| {
+            feature
+                .field
+                .map_or(1.0, |slot| other.values[slot].as_f64().unwrap_or(0.0))
+        })
+        .collect();
     let n = numbers.len() as f64;
     let sum: f64 = numbers.iter().sum();
     match feature.agg {
@@ -125,7 +188,10 @@ fn reference(feature: &WindowFeature, earlier: &[&Row], row: &Row) -> Value {
         }
         Agg::DistinctCount => {
             let slot = feature.field.unwrap();
-            let distinct: std::collections::HashSet<_> = in_window.iter().map(|other| other.values[slot].clone()).collect();
+            let distinct: std::collections::HashSet<_> = in_window
+                .iter()
+                .map(|other| other.values[slot].clone())
+                .collect();
             Value::I64(distinct.len() as i64)
         }
         Agg::Prev | Agg::SincePrev => unreachable!(),
@@ -134,7 +200,9 @@ fn reference(feature: &WindowFeature, earlier: &[&Row], row: &Row) -> Value {
 
 fn close(agg: Agg, engine: &Value, expected: &Value) -> bool {
     match (engine, expected) {
-        (Value::F64(a), Value::F64(b)) if matches!(agg, Agg::Sum | Agg::Mean | Agg::Std) => (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+        (Value::F64(a), Value::F64(b)) if matches!(agg, Agg::Sum | Agg::Mean | Agg::Std) => {
+            (a - b).abs() <= 1e-6 * (1.0 + b.abs())
+        }
         _ => engine == expected,
     }
 }
@@ -147,12 +215,24 @@ fn check_stage(ordered: Vec<Row>, source_keyed: bool) -> Result<(), TestCaseErro
     let mut history: Vec<Row> = Vec::new();
     for mut row in ordered {
         prop_assert_eq!(row.values.len(), width);
-        state.apply(&plan, BOUND_MS, &mut row).map_err(|conflict| TestCaseError::fail(format!("{conflict:?}")))?;
-        let earlier: Vec<&Row> = history.iter().filter(|other| other.values[0] == row.values[0]).collect();
+        state
+            .apply(&plan, BOUND_MS, &mut row)
+            .map_err(|conflict| TestCaseError::fail(format!("{conflict:?}")))?;
+        let earlier: Vec<&Row> = history
+            .iter()
+            .filter(|other| other.values[0] == row.values[0])
+            .collect();
         for feature in &plan.features {
             let expected = reference(feature, &earlier, &row);
             let engine = &row.values[feature.slot];
-            prop_assert!(close(feature.agg, engine, &expected), "{} at {:?}: engine {:?}, reference {:?}", feature.name, row.canonical_order(), engine, expected);
+            prop_assert!(
+                close(feature.agg, engine, &expected),
+                "{} at {:?}: engine {:?}, reference {:?}",
+                feature.name,
+                row.canonical_order(),
+                engine,
+                expected
+            );
         }
         history.push(row);
     }
@@ -160,7 +240,11 @@ fn check_stage(ordered: Vec<Row>, source_keyed: bool) -> Result<(), TestCaseErro
 }
 
 fn config() -> Config {
-    Config { cases: 400, rng_seed: RngSeed::Fixed(0x7469_6465), ..Config::default() }
+    Config {
+        cases: 400,
+        rng_seed: RngSeed::Fixed(0x7469_6465),
+        ..Config::default()
+    }
 }
 
 proptest! {
@@ -191,9 +275,27 @@ fn a_key_in_two_partitions_of_a_keyed_source_is_reported() {
     let plan = plan(true);
     let width = 3 + plan.features.len();
     let mut state = StageState::default();
-    let first = Record { partition: 0, offset: 1, time: 10, key: 1, number: None, label: None };
-    let second = Record { partition: 2, offset: 7, ..first.clone() };
-    state.apply(&plan, BOUND_MS, &mut to_row(&first, width)).unwrap();
-    let conflict = state.apply(&plan, BOUND_MS, &mut to_row(&second, width)).unwrap_err();
-    assert_eq!((conflict.first, conflict.second, conflict.offset), (0, 2, 7));
+    let first = Record {
+        partition: 0,
+        offset: 1,
+        time: 10,
+        key: 1,
+        number: None,
+        label: None,
+    };
+    let second = Record {
+        partition: 2,
+        offset: 7,
+        ..first.clone()
+    };
+    state
+        .apply(&plan, BOUND_MS, &mut to_row(&first, width))
+        .unwrap();
+    let conflict = state
+        .apply(&plan, BOUND_MS, &mut to_row(&second, width))
+        .unwrap_err();
+    assert_eq!(
+        (conflict.first, conflict.second, conflict.offset),
+        (0, 2, 7)
+    );
 }

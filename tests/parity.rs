@@ -112,14 +112,28 @@ fn every_configuration_gives_identical_rows() {
             match &reference {
                 None => {
                     assert_eq!(summary.counts.records_in, 12000);
-                    assert!(summary.counts.late > 0, "the input is meant to hold late records: {summary}");
+                    assert!(
+                        summary.counts.late > 0,
+                        "the input is meant to hold late records: {summary}"
+                    );
                     reference = Some((rows, dead, summary.counts));
                 }
                 Some((expected_rows, expected_dead, counts)) => {
-                    let first_difference = expected_rows.iter().zip(&rows).position(|(a, b)| a != b);
-                    assert_eq!(first_difference, None, "{workers} workers, {policy}: rows differ");
-                    assert_eq!(expected_rows.len(), rows.len(), "{workers} workers, {policy}: row count");
-                    assert_eq!(expected_dead, &dead, "{workers} workers, {policy}: dead letters differ");
+                    let first_difference =
+                        expected_rows.iter().zip(&rows).position(|(a, b)| a != b);
+                    assert_eq!(
+                        first_difference, None,
+                        "{workers} workers, {policy}: rows differ"
+                    );
+                    assert_eq!(
+                        expected_rows.len(),
+                        rows.len(),
+                        "{workers} workers, {policy}: row count"
+                    );
+                    assert_eq!(
+                        expected_dead, &dead,
+                        "{workers} workers, {policy}: dead letters differ"
+                    );
                     assert_eq!(counts.late, summary.counts.late);
                 }
             }

@@ -81,10 +81,10 @@ impl GeneratorConfig {
                 "disorder_fraction must lie in [0, 1]".into(),
             ));
         }
-        if self.rate.is_some_and(|rate| !(rate > 0.0)) {
+        if self.rate.is_some_and(|rate| rate.is_nan() || rate <= 0.0) {
             return Err(Error::Generator("rate must be positive".into()));
         }
-        if !(self.spacing_ms >= 0.0) {
+        if self.spacing_ms.is_nan() || self.spacing_ms < 0.0 {
             return Err(Error::Generator("spacing must not be negative".into()));
         }
         Ok(())

@@ -26,19 +26,33 @@ pub fn root() -> PathBuf {
 
 /// Runs a spec given as text, with overrides, on `workers` workers.
 pub fn run_text(text: &str, overrides: &[String], workers: usize) -> tideflow::Result<Summary> {
-    let source = SpecSource { file: "test.toml".into(), text: text.to_owned(), overrides: overrides.to_vec() };
+    let source = SpecSource {
+        file: "test.toml".into(),
+        text: text.to_owned(),
+        overrides: overrides.to_vec(),
+    };
     let spec = source.parse()?;
     let plan = tideflow::plan::Plan::from_spec(&spec, &source)?;
-    run(plan, &RunOptions { workers, progress: false })
+    run(
+        plan,
+        &RunOptions {
+            workers,
+            progress: false,
+        },
+    )
 }
 
 /// Reads every JSONL file of a directory, one JSON value per line, sorted
 /// by (`_partition`, `_offset`) as the README tells readers to.
 pub fn read_rows(dir: &Path) -> Vec<serde_json::Value> {
     let mut rows = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap_or_else(|error| panic!("{}: {error}", dir.display())) {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|error| panic!("{}: {error}", dir.display()))
+    {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        rows.extend(text.lines().map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()));
+        rows.extend(
+            text.lines()
+                .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()),
+        );
     }
     rows.sort_by_key(|row| (row["_partition"].as_u64(), row["_offset"].as_u64()));
     rows
