@@ -30,24 +30,27 @@ impl Decoder {
     }
 
     /// Decodes one record into a row with every output slot allocated.
-    pub fn decode(&self, record: RawRecord) -> Result<Row, DeadLetter> {
-        let dead = |error: String, raw: String| DeadLetter {
-            partition: record.partition,
-            offset: record.offset,
+    pub fn decode(&self, mut record: RawRecord) -> Result<Row, DeadLetter> {
+        let (partition, offset) = (record.partition, record.offset);
+        let dead = move |error: String, raw: String| DeadLetter {
+            partition,
+            offset,
             error,
             raw,
         };
         let mut values = Vec::with_capacity(self.width);
-        match &record.body {
+        match &mut record.body {
             RawBody::Bytes(bytes) => {
                 if let Err(error) = self.decode_json(bytes, &mut values) {
                     return Err(dead(error, String::from_utf8_lossy(bytes).into_owned()));
                 }
             }
             RawBody::Fields(fields) => {
-                if let Err(error) = self.check_fields(fields, &mut values) {
+                if let Err(error) = self.check_fields(fields) {
                     return Err(dead(error, fields_as_json(&self.fields, fields)));
                 }
+                values = std::mem::take(fields);
+                values.reserve(self.width - values.len());
             }
             RawBody::Unreadable { reason, prefix } => {
                 return Err(dead(
@@ -63,7 +66,7 @@ impl Decoder {
                 } else {
                     "key"
                 };
-                let raw = raw_text(&record.body, &self.fields);
+                let raw = self.raw_text(&record.body, &values);
                 return Err(dead(
                     format!("missing {role} field '{}'", self.fields[*slot].name),
                     raw,
@@ -73,7 +76,7 @@ impl Decoder {
         let Value::I64(time) = values[self.time_slot] else {
             return Err(dead(
                 "event time is not an integer".into(),
-                raw_text(&record.body, &self.fields),
+                self.raw_text(&record.body, &values),
             ));
         };
         values.resize(self.width, Value::Null);
@@ -105,9 +108,22 @@ impl Decoder {
         Ok(())
     }
 
-    fn check_fields(&self, fields: &[Value], values: &mut Vec<Value>) -> Result<(), String> {
-        for (field, value) in self.fields.iter().zip(fields) {
-            values.push(typed_value(field, value.clone())?);
+    /// The original record as text; typed fields (moved into `values` by
+    /// then) are rendered as a JSON object.
+    fn raw_text(&self, body: &RawBody, values: &[Value]) -> String {
+        match body {
+            RawBody::Bytes(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            RawBody::Fields(_) => fields_as_json(&self.fields, values),
+            RawBody::Unreadable { prefix, .. } => String::from_utf8_lossy(prefix).into_owned(),
+        }
+    }
+
+    /// Checks typed fields against the schema in place, widening integers
+    /// given for float fields.
+    fn check_fields(&self, fields: &mut Vec<Value>) -> Result<(), String> {
+        fields.resize(self.fields.len(), Value::Null);
+        for (field, value) in self.fields.iter().zip(fields.iter_mut()) {
+            check_typed_value(field, value)?;
         }
         Ok(())
     }
@@ -142,29 +158,22 @@ fn json_value(field: &Column, json: serde_json::Value) -> Result<Value, String> 
     })
 }
 
-fn typed_value(field: &Column, value: Value) -> Result<Value, String> {
-    Ok(match (field.ty, value) {
-        (_, Value::Null) => Value::Null,
-        (ColumnType::Str, Value::Str(text)) => Value::Str(text),
-        (ColumnType::Bool, Value::Bool(flag)) => Value::Bool(flag),
-        (ColumnType::F64, Value::F64(number)) => Value::F64(number),
-        (ColumnType::F64, Value::I64(number)) => Value::F64(number as f64),
-        (ColumnType::I64 | ColumnType::TimestampMs, Value::I64(number)) => Value::I64(number),
-        (ty, other) => {
-            return Err(format!(
-                "field '{}': expected {}, got {other:?}",
-                field.name,
-                ty.name()
-            ));
+fn check_typed_value(field: &Column, value: &mut Value) -> Result<(), String> {
+    match (field.ty, &*value) {
+        (_, Value::Null)
+        | (ColumnType::Str, Value::Str(_))
+        | (ColumnType::Bool, Value::Bool(_))
+        | (ColumnType::F64, Value::F64(_))
+        | (ColumnType::I64 | ColumnType::TimestampMs, Value::I64(_)) => Ok(()),
+        (ColumnType::F64, Value::I64(number)) => {
+            *value = Value::F64(*number as f64);
+            Ok(())
         }
-    })
-}
-
-fn raw_text(body: &RawBody, fields: &[Column]) -> String {
-    match body {
-        RawBody::Bytes(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-        RawBody::Fields(values) => fields_as_json(fields, values),
-        RawBody::Unreadable { prefix, .. } => String::from_utf8_lossy(prefix).into_owned(),
+        (ty, other) => Err(format!(
+            "field '{}': expected {}, got {other:?}",
+            field.name,
+            ty.name()
+        )),
     }
 }
 

@@ -74,8 +74,48 @@ pub type WindowMs = Option<i64>;
 pub enum FeatureState {
     /// `prev` and `since_prev`.
     Previous(PreviousState),
-    /// Every windowed aggregate.
-    Window(WindowState),
+    /// Numeric windowed aggregates (and counts), keeping 16-byte entries.
+    Numbers(WindowState<f64>),
+    /// `distinct_count`, keeping the values themselves.
+    Values(WindowState<Value>),
+}
+
+/// What a window keeps of each record: a number, or the value itself.
+pub trait Sample: Clone + std::fmt::Debug {
+    /// The sample from a non-null field value (`None`: counting records).
+    fn from_value(value: Option<&Value>) -> Self;
+    /// The sample as a number, for sums and extremes.
+    fn number(&self) -> f64;
+    /// The sample as a value, for distinct counts.
+    fn distinct_key(&self) -> Value;
+}
+
+impl Sample for f64 {
+    fn from_value(value: Option<&Value>) -> Self {
+        value.and_then(Value::as_f64).unwrap_or(1.0)
+    }
+
+    fn number(&self) -> f64 {
+        *self
+    }
+
+    fn distinct_key(&self) -> Value {
+        Value::F64(*self)
+    }
+}
+
+impl Sample for Value {
+    fn from_value(value: Option<&Value>) -> Self {
+        value.cloned().unwrap_or(Value::Bool(true))
+    }
+
+    fn number(&self) -> f64 {
+        self.as_f64().unwrap_or(0.0)
+    }
+
+    fn distinct_key(&self) -> Value {
+        self.clone()
+    }
 }
 
 impl FeatureState {
@@ -83,7 +123,8 @@ impl FeatureState {
     pub fn new(agg: Agg) -> Self {
         match agg {
             Agg::Prev | Agg::SincePrev => FeatureState::Previous(PreviousState::default()),
-            _ => FeatureState::Window(WindowState::default()),
+            Agg::DistinctCount => FeatureState::Values(WindowState::default()),
+            _ => FeatureState::Numbers(WindowState::default()),
         }
     }
 
@@ -100,15 +141,8 @@ impl FeatureState {
     ) -> Value {
         match self {
             FeatureState::Previous(state) => state.update(agg, time, value),
-            FeatureState::Window(state) => {
-                let entry = match value {
-                    None => Some(Value::Bool(true)),
-                    Some(Value::Null) => None,
-                    Some(value) => Some(value.clone()),
-                };
-                state.insert(agg, window, bound_ms, time, entry);
-                state.query(agg, window, time)
-            }
+            FeatureState::Numbers(state) => state.update(agg, window, bound_ms, time, value),
+            FeatureState::Values(state) => state.update(agg, window, bound_ms, time, value),
         }
     }
 }
@@ -151,17 +185,17 @@ struct Running {
 }
 
 impl Running {
-    fn add(&mut self, agg: Agg, value: &Value) {
+    fn add<S: Sample>(&mut self, agg: Agg, sample: &S) {
         if self.count == 0 {
             self.min = f64::INFINITY;
             self.max = f64::NEG_INFINITY;
         }
         self.count += 1;
         match agg {
-            Agg::DistinctCount => *self.distinct.entry(value.clone()).or_insert(0) += 1,
+            Agg::DistinctCount => *self.distinct.entry(sample.distinct_key()).or_insert(0) += 1,
             Agg::Count => {}
             _ => {
-                let number = value.as_f64().unwrap_or(0.0);
+                let number = sample.number();
                 self.sum += number;
                 self.sum_squares += number * number;
                 self.min = self.min.min(number);
@@ -170,7 +204,7 @@ impl Running {
         }
     }
 
-    fn remove(&mut self, agg: Agg, value: &Value) {
+    fn remove<S: Sample>(&mut self, agg: Agg, sample: &S) {
         self.count -= 1;
         if self.count == 0 {
             // Start again from exact zeros, so rounding left by subtraction
@@ -182,16 +216,17 @@ impl Running {
         }
         match agg {
             Agg::DistinctCount => {
-                if let Some(count) = self.distinct.get_mut(value) {
+                let key = sample.distinct_key();
+                if let Some(count) = self.distinct.get_mut(&key) {
                     *count -= 1;
                     if *count == 0 {
-                        self.distinct.remove(value);
+                        self.distinct.remove(&key);
                     }
                 }
             }
             Agg::Count => {}
             _ => {
-                let number = value.as_f64().unwrap_or(0.0);
+                let number = sample.number();
                 self.sum -= number;
                 self.sum_squares -= number * number;
             }
@@ -239,18 +274,18 @@ impl Running {
     }
 }
 
-/// One kept record: its event time and the aggregated value.
+/// One kept record: its event time and its sample.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct Entry {
+struct Entry<S> {
     time: i64,
-    value: Value,
+    value: S,
 }
 
 /// State of a windowed aggregate for one key.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct WindowState {
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WindowState<S> {
     /// Kept entries, sorted by event time (ties in arrival order).
-    entries: VecDeque<Entry>,
+    entries: VecDeque<Entry<S>>,
     /// Newest event time seen for the key (over all its records).
     newest: Option<i64>,
     /// Finite windows: index of the first entry inside `(newest - W, newest]`.
@@ -266,15 +301,38 @@ pub struct WindowState {
     settled: Running,
 }
 
-impl WindowState {
-    fn insert(
+impl<S> Default for WindowState<S> {
+    fn default() -> Self {
+        WindowState {
+            entries: VecDeque::new(),
+            newest: None,
+            start: 0,
+            running: Running::default(),
+            extremes: VecDeque::new(),
+            extremes_stale: false,
+            settled: Running::default(),
+        }
+    }
+}
+
+impl<S: Sample> WindowState<S> {
+    fn update(
         &mut self,
         agg: Agg,
         window: WindowMs,
         bound_ms: i64,
         time: i64,
-        entry: Option<Value>,
-    ) {
+        value: Option<&Value>,
+    ) -> Value {
+        let entry = match value {
+            Some(Value::Null) => None,
+            value => Some(S::from_value(value)),
+        };
+        self.insert(agg, window, bound_ms, time, entry);
+        self.query(agg, window, time)
+    }
+
+    fn insert(&mut self, agg: Agg, window: WindowMs, bound_ms: i64, time: i64, entry: Option<S>) {
         let newest = self.newest.map_or(time, |newest| newest.max(time));
         self.newest = Some(newest);
         if let Some(value) = entry {
@@ -289,7 +347,7 @@ impl WindowState {
                 self.running.add(agg, &value);
                 if agg.tracks_extremes() && window.is_some() {
                     if in_order {
-                        push_extreme(&mut self.extremes, agg, time, value.as_f64().unwrap_or(0.0));
+                        push_extreme(&mut self.extremes, agg, time, value.number());
                     } else {
                         self.extremes_stale = true;
                     }
@@ -375,12 +433,7 @@ impl WindowState {
         if self.extremes_stale {
             self.extremes.clear();
             for entry in self.entries.range(self.start..) {
-                push_extreme(
-                    &mut self.extremes,
-                    agg,
-                    entry.time,
-                    entry.value.as_f64().unwrap_or(0.0),
-                );
+                push_extreme(&mut self.extremes, agg, entry.time, entry.value.number());
             }
             self.extremes_stale = false;
         }

@@ -369,7 +369,22 @@ impl SpecSource {
     }
 
     fn toml_error(&self, error: &toml::de::Error) -> SpecError {
-        let line = error.span().map(|span| line_at(&self.text, span.start));
+        let mut line = error.span().map(|span| line_at(&self.text, span.start));
+        // Inside tagged tables (source, sink) the parser points at the
+        // table; point at the unknown key itself when it can be found.
+        if let Some(name) = error
+            .message()
+            .split("unknown field `")
+            .nth(1)
+            .and_then(|rest| rest.split('`').next())
+        {
+            let key_line = self.text.lines().position(|text| {
+                text.trim_start()
+                    .strip_prefix(name)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            });
+            line = key_line.map(|index| index + 1).or(line);
+        }
         let message = error.message().trim().to_owned();
         let hint = if message.contains("unknown field") {
             Some("remove the field or fix its spelling; the README lists every field".to_owned())

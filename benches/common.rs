@@ -1,0 +1,56 @@
+//! Shared by the benchmark programs: running a spec text and timing it.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+use tideflow::dataflow::{RunOptions, run};
+use tideflow::run::Summary;
+use tideflow::spec::SpecSource;
+
+/// Runs a spec given as text and returns its summary and wall time.
+pub fn run_spec(text: &str, overrides: &[String], workers: usize) -> (Summary, Duration) {
+    let source = SpecSource {
+        file: "bench.toml".into(),
+        text: text.to_owned(),
+        overrides: overrides.to_vec(),
+    };
+    let spec = source.parse().unwrap_or_else(|error| panic!("{error}"));
+    let plan =
+        tideflow::plan::Plan::from_spec(&spec, &source).unwrap_or_else(|error| panic!("{error}"));
+    let started = Instant::now();
+    let summary = run(
+        plan,
+        &RunOptions {
+            workers,
+            progress: false,
+        },
+    )
+    .unwrap_or_else(|error| panic!("{error}"));
+    assert!(summary.counts.reconciles(), "{summary}");
+    (summary, started.elapsed())
+}
+
+/// The best (shortest) of `repeats` timings of `work`, with its result.
+pub fn best_of<T>(repeats: usize, mut work: impl FnMut() -> T) -> (T, Duration) {
+    let mut best: Option<(T, Duration)> = None;
+    for _ in 0..repeats.max(1) {
+        let started = Instant::now();
+        let result = work();
+        let elapsed = started.elapsed();
+        if best.as_ref().is_none_or(|(_, fastest)| elapsed < *fastest) {
+            best = Some((result, elapsed));
+        }
+    }
+    best.expect("at least one repeat")
+}
+
+/// Fails with the set-up command when ONNX Runtime is missing.
+pub fn require_onnxruntime() {
+    let path = std::env::var_os("ORT_DYLIB_PATH")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(tideflow::inference::setup_location);
+    assert!(
+        path.is_file(),
+        "ONNX Runtime not found at {}: run scripts/setup-onnxruntime.sh",
+        path.display()
+    );
+}
