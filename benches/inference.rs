@@ -67,14 +67,9 @@ fn input(rows: usize) -> Vec<f32> {
 }
 
 fn bare_ort(path: &std::path::Path, data: &[f32], batch: usize, repeats: usize) -> f64 {
-    let environment = ort::init_from(
-        std::env::var("ORT_DYLIB_PATH")
-            .unwrap_or_else(|_| tideflow::inference::setup_location().display().to_string()),
-    )
-    .expect("load ONNX Runtime")
-    .build()
-    .expect("environment");
-    let mut session = ort::session::Session::builder(&environment)
+    // The same process-wide environment the engine uses: ONNX Runtime allows one.
+    let environment = tideflow::inference::environment().expect("load ONNX Runtime");
+    let mut session = ort::session::Session::builder(environment)
         .expect("builder")
         .with_intra_threads(1)
         .expect("threads")

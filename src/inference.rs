@@ -55,7 +55,7 @@ fn library_path() -> Result<PathBuf> {
 }
 
 /// The process-wide ONNX Runtime environment, loaded on first use.
-fn environment() -> Result<&'static ort::environment::Environment> {
+pub fn environment() -> Result<&'static ort::environment::Environment> {
     static ENVIRONMENT: OnceLock<std::result::Result<ort::environment::Environment, String>> =
         OnceLock::new();
     let loaded = ENVIRONMENT.get_or_init(|| {
@@ -262,19 +262,19 @@ impl Model {
                 self.tensor.push(value);
             }
         }
-        let outputs = run_matrix(
+        let outputs = &self.plan.outputs;
+        let count = rows.len();
+        run_matrix(
             &mut self.session,
             &self.input_name,
             &self.tensor,
-            rows.len(),
+            count,
             width,
-            &self.plan.outputs,
+            outputs,
+            &mut |output, row, value| {
+                rows[row].values[outputs[output].slot] = value;
+            },
         )?;
-        for (output, column) in self.plan.outputs.iter().zip(outputs) {
-            for (row, value) in rows.iter_mut().zip(column) {
-                row.values[output.slot] = value;
-            }
-        }
         Ok(())
     }
 
@@ -282,6 +282,7 @@ impl Model {
     /// output. Used by [`Model::score`] and to check row independence.
     fn score_matrix(&mut self, matrix: &[f32], rows: usize) -> Result<Vec<Vec<Value>>> {
         let width = self.plan.input_slots.len();
+        let mut columns = vec![vec![Value::Null; rows]; self.plan.outputs.len()];
         run_matrix(
             &mut self.session,
             &self.input_name,
@@ -289,7 +290,11 @@ impl Model {
             rows,
             width,
             &self.plan.outputs,
-        )
+            &mut |output, row, value| {
+                columns[output][row] = value;
+            },
+        )?;
+        Ok(columns)
     }
 
     /// Whether the model computes each row independently of the others in
@@ -314,8 +319,8 @@ impl Model {
     }
 }
 
-/// Runs the session on a `rows x width` float32 matrix and returns one
-/// column of values per mapped output.
+/// Runs the session on a `rows x width` float32 matrix and hands each
+/// mapped output value to `emit(output, row, value)`.
 fn run_matrix(
     session: &mut Session,
     input_name: &str,
@@ -323,7 +328,8 @@ fn run_matrix(
     rows: usize,
     width: usize,
     mapped: &[OutputPlan],
-) -> Result<Vec<Vec<Value>>> {
+    emit: &mut dyn FnMut(usize, usize, Value),
+) -> Result<()> {
     let fail = |error: ort::Error| Error::Inference {
         rows,
         message: error.to_string(),
@@ -332,50 +338,61 @@ fn run_matrix(
     let outputs = session
         .run(ort::inputs![input_name => tensor])
         .map_err(fail)?;
-    let mut columns = Vec::with_capacity(mapped.len());
-    for output in mapped {
+    for (index, output) in mapped.iter().enumerate() {
         let value = outputs
             .get(&output.output)
             .ok_or_else(|| Error::Inference {
                 rows,
                 message: format!("the model produced no output '{}'", output.output),
             })?;
-        let matrix = extract(value, rows).map_err(fail)?;
-        let index = output.index.unwrap_or(0);
-        let column = matrix
-            .into_iter()
-            .map(|mut row| {
-                if index < row.len() {
-                    row.swap_remove(index)
-                } else {
-                    Value::Null
-                }
-            })
-            .collect();
-        columns.push(column);
+        emit_column(value, rows, output.index.unwrap_or(0), &mut |row, value| {
+            emit(index, row, value)
+        })
+        .map_err(fail)?;
     }
-    Ok(columns)
+    Ok(())
 }
 
-/// A model output as rows x columns of values.
-fn extract(value: &ort::value::DynValue, rows: usize) -> ort::Result<Vec<Vec<Value>>> {
-    fn split<T: Copy>(data: &[T], rows: usize, convert: impl Fn(T) -> Value) -> Vec<Vec<Value>> {
+/// Hands column `index` of a model output with `rows` rows to `emit(row, value)`.
+fn emit_column(
+    value: &ort::value::DynValue,
+    rows: usize,
+    index: usize,
+    emit: &mut dyn FnMut(usize, Value),
+) -> ort::Result<()> {
+    fn column<T: Copy>(
+        data: &[T],
+        rows: usize,
+        index: usize,
+        emit: &mut dyn FnMut(usize, Value),
+        convert: impl Fn(T) -> Value,
+    ) {
         let width = data.len().checked_div(rows).unwrap_or(0).max(1);
-        data.chunks(width)
-            .map(|chunk| chunk.iter().map(|value| convert(*value)).collect())
-            .collect()
+        for (row, value) in data
+            .iter()
+            .skip(index)
+            .step_by(width)
+            .take(rows)
+            .enumerate()
+        {
+            emit(row, convert(*value));
+        }
     }
     if let Ok((_, data)) = value.try_extract_tensor::<f32>() {
-        return Ok(split(data, rows, |value| Value::F64(f64::from(value))));
+        column(data, rows, index, emit, |value| {
+            Value::F64(f64::from(value))
+        });
+    } else if let Ok((_, data)) = value.try_extract_tensor::<f64>() {
+        column(data, rows, index, emit, Value::F64);
+    } else if let Ok((_, data)) = value.try_extract_tensor::<i64>() {
+        column(data, rows, index, emit, Value::I64);
+    } else {
+        let (_, data) = value.try_extract_tensor::<i32>()?;
+        column(data, rows, index, emit, |value| {
+            Value::I64(i64::from(value))
+        });
     }
-    if let Ok((_, data)) = value.try_extract_tensor::<f64>() {
-        return Ok(split(data, rows, Value::F64));
-    }
-    if let Ok((_, data)) = value.try_extract_tensor::<i64>() {
-        return Ok(split(data, rows, Value::I64));
-    }
-    let (_, data) = value.try_extract_tensor::<i32>()?;
-    Ok(split(data, rows, |value| Value::I64(i64::from(value))))
+    Ok(())
 }
 
 fn check_input(session: &Session, plan: &ModelPlan) -> Result<String> {
