@@ -54,3 +54,7 @@ pub fn require_onnxruntime() {
         path.display()
     );
 }
+
+/// The allocator the `tideflow` binary uses, so benchmarks measure the same.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -10,6 +10,12 @@ use std::path::{Path, PathBuf};
 use tideflow::dataflow::{RunOptions, prepare_model, run};
 use tideflow::plan;
 
+/// Every record allocates its row and its strings, and workers free rows
+/// other workers allocated; mimalloc's per-thread heaps make that markedly
+/// cheaper than the system allocator (benches/features.rs measures it).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tideflow",

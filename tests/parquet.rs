@@ -42,12 +42,26 @@ path = "unset"
 
 fn records() -> (Vec<String>, Vec<Option<f64>>, Vec<i64>) {
     let users = (0..500).map(|i| format!("u{}", i % 7)).collect();
-    let amounts = (0..500).map(|i| if i % 11 == 0 { None } else { Some(f64::from(i) * 0.25) }).collect();
-    let times = (0..500).map(|i| 1_000_000 + i64::from(i) * 700 - i64::from(i % 3) * 300).collect();
+    let amounts = (0..500)
+        .map(|i| {
+            if i % 11 == 0 {
+                None
+            } else {
+                Some(f64::from(i) * 0.25)
+            }
+        })
+        .collect();
+    let times = (0..500)
+        .map(|i| 1_000_000 + i64::from(i) * 700 - i64::from(i % 3) * 300)
+        .collect();
     (users, amounts, times)
 }
 
-fn run(dir: &std::path::Path, input: &std::path::Path, format: &str) -> (Vec<serde_json::Value>, std::path::PathBuf) {
+fn run(
+    dir: &std::path::Path,
+    input: &std::path::Path,
+    format: &str,
+) -> (Vec<serde_json::Value>, std::path::PathBuf) {
     let out = dir.join(format!("out-{format}"));
     let overrides = vec![
         format!("source.path=\"{}\"", input.display()),
@@ -57,7 +71,11 @@ fn run(dir: &std::path::Path, input: &std::path::Path, format: &str) -> (Vec<ser
         format!("dead_letters.path=\"{}\"", out.join("dead").display()),
     ];
     let summary = common::run_text(SPEC, &overrides, 2).unwrap();
-    assert_eq!((summary.counts.records_in, summary.counts.rows_out), (500, 500), "{summary}");
+    assert_eq!(
+        (summary.counts.records_in, summary.counts.rows_out),
+        (500, 500),
+        "{summary}"
+    );
     (common::read_rows(&out.join("jsonl")), out.join("parquet"))
 }
 
@@ -70,7 +88,12 @@ fn parquet_source_and_sink_agree_with_jsonl() {
         .iter()
         .zip(&amounts)
         .zip(&times)
-        .map(|((user, amount), ts)| format!("{}\n", serde_json::json!({"user_id": user, "amount": amount, "ts": ts})))
+        .map(|((user, amount), ts)| {
+            format!(
+                "{}\n",
+                serde_json::json!({"user_id": user, "amount": amount, "ts": ts})
+            )
+        })
         .collect();
     std::fs::write(&jsonl, lines).unwrap();
     let parquet = dir.path().join("in.parquet");
@@ -80,7 +103,12 @@ fn parquet_source_and_sink_agree_with_jsonl() {
         ("ts", Arc::new(Int64Array::from(times.clone())) as _),
     ])
     .unwrap();
-    let mut writer = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&parquet).unwrap(), batch.schema(), None).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&parquet).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
     writer.write(&batch).unwrap();
     writer.close().unwrap();
 
@@ -91,15 +119,43 @@ fn parquet_source_and_sink_agree_with_jsonl() {
     let mut sums = Vec::new();
     for entry in std::fs::read_dir(parquet_out).unwrap() {
         let file = std::fs::File::open(entry.unwrap().path()).unwrap();
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
         for batch in reader {
             let batch = batch.unwrap();
-            let partition = batch.column_by_name("_offset").unwrap().as_any().downcast_ref::<Int64Array>().unwrap().clone();
-            let sum = batch.column_by_name("amount_sum_1m").unwrap().as_any().downcast_ref::<Float64Array>().unwrap().clone();
-            sums.extend(partition.iter().zip(sum.iter()).map(|(offset, sum)| (offset.unwrap(), sum)));
+            let partition = batch
+                .column_by_name("_offset")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .clone();
+            let sum = batch
+                .column_by_name("amount_sum_1m")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap()
+                .clone();
+            sums.extend(
+                partition
+                    .iter()
+                    .zip(sum.iter())
+                    .map(|(offset, sum)| (offset.unwrap(), sum)),
+            );
         }
     }
     sums.sort_by_key(|(offset, _)| *offset);
-    let expected: Vec<(i64, Option<f64>)> = from_jsonl.iter().map(|row| (row["_offset"].as_i64().unwrap(), row["amount_sum_1m"].as_f64())).collect();
+    let expected: Vec<(i64, Option<f64>)> = from_jsonl
+        .iter()
+        .map(|row| {
+            (
+                row["_offset"].as_i64().unwrap(),
+                row["amount_sum_1m"].as_f64(),
+            )
+        })
+        .collect();
     assert_eq!(sums, expected);
 }
