@@ -59,15 +59,22 @@ pub struct KeyConflict {
 }
 
 /// Per-key state of one stage: what a worker keeps for the keys routed to it.
+///
+/// The feature states of all keys live in one flat vector, `features.len()`
+/// per key, so that a record touches its key's states without another
+/// pointer to chase.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct StageState {
-    keys: FxHashMap<Value, KeyState>,
+    keys: FxHashMap<Value, KeyEntry>,
+    states: Vec<FeatureState>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct KeyState {
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct KeyEntry {
+    /// Index of the key's first feature state in `states`.
+    first_state: usize,
+    /// The partition the key was first seen in.
     partition: u32,
-    features: Vec<FeatureState>,
 }
 
 impl StageState {
@@ -79,36 +86,78 @@ impl StageState {
         bound_ms: i64,
         row: &mut Row,
     ) -> Result<(), KeyConflict> {
+        self.apply_batch(plan, bound_ms, std::slice::from_mut(row))
+    }
+
+    /// Computes the stage's features for a batch of rows, in order.
+    ///
+    /// Per-key state is scattered over memory, so the work is bound by
+    /// cache misses. The batch is processed in two passes: all keys are
+    /// looked up first, then each row is computed while the states of a row
+    /// a few places ahead are touched, so their memory arrives in parallel
+    /// rather than one miss at a time (measured by benches/features.rs).
+    pub fn apply_batch(
+        &mut self,
+        plan: &StagePlan,
+        bound_ms: i64,
+        rows: &mut [Row],
+    ) -> Result<(), KeyConflict> {
+        const LOOKAHEAD: usize = 6;
+        let entries = rows
+            .iter()
+            .map(|row| self.entry_for(plan, row))
+            .collect::<Result<Vec<_>, _>>()?;
+        let width = plan.features.len();
+        for (index, row) in rows.iter_mut().enumerate() {
+            if let Some(ahead) = entries.get(index + LOOKAHEAD) {
+                let touched = self.states[ahead.first_state..ahead.first_state + width]
+                    .iter()
+                    .fold(0i64, |acc, state| acc ^ state.newest_entry_time());
+                std::hint::black_box(touched);
+            }
+            let first = entries[index].first_state;
+            for (feature, state) in plan
+                .features
+                .iter()
+                .zip(&mut self.states[first..first + width])
+            {
+                let value = feature.field.map(|slot| &row.values[slot]);
+                let result = state.update(feature.agg, feature.window, bound_ms, row.time, value);
+                row.values[feature.slot] = result;
+            }
+        }
+        Ok(())
+    }
+
+    /// The key's entry, created with fresh states on first sight; a key of
+    /// a source-keyed stage seen in a second partition is a conflict.
+    fn entry_for(&mut self, plan: &StagePlan, row: &Row) -> Result<KeyEntry, KeyConflict> {
         let key = &row.values[plan.key_slot];
-        let state = match self.keys.get_mut(key) {
-            Some(state) => state,
+        let entry = match self.keys.get(key) {
+            Some(entry) => *entry,
             None => {
-                let fresh = KeyState {
+                let entry = KeyEntry {
+                    first_state: self.states.len(),
                     partition: row.partition,
-                    features: plan
-                        .features
-                        .iter()
-                        .map(|feature| FeatureState::new(feature.agg))
-                        .collect(),
                 };
-                self.keys.entry(key.clone()).or_insert(fresh)
+                self.states.extend(
+                    plan.features
+                        .iter()
+                        .map(|feature| FeatureState::new(feature.agg)),
+                );
+                self.keys.insert(key.clone(), entry);
+                entry
             }
         };
-        if plan.source_keyed && state.partition != row.partition {
+        if plan.source_keyed && entry.partition != row.partition {
             return Err(KeyConflict {
                 key: render_key(key),
-                first: state.partition,
+                first: entry.partition,
                 second: row.partition,
                 offset: row.offset,
             });
         }
-        for (feature, feature_state) in plan.features.iter().zip(&mut state.features) {
-            let value = feature.field.map(|slot| &row.values[slot]);
-            let result =
-                feature_state.update(feature.agg, feature.window, bound_ms, row.time, value);
-            row.values[feature.slot] = result;
-        }
-        Ok(())
+        Ok(entry)
     }
 
     /// Number of keys held.

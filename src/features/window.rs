@@ -128,6 +128,16 @@ impl FeatureState {
         }
     }
 
+    /// The event time of the newest kept entry (0 if none); reading it
+    /// brings the entry's memory into cache.
+    pub fn newest_entry_time(&self) -> i64 {
+        match self {
+            FeatureState::Previous(state) => state.last_time.unwrap_or(0),
+            FeatureState::Numbers(state) => state.entries.back().map_or(0, |entry| entry.time),
+            FeatureState::Values(state) => state.entries.back().map_or(0, |entry| entry.time),
+        }
+    }
+
     /// Adds the record (event time `time`, field value `value`, or `None`
     /// when the feature counts records) and returns the feature's value for
     /// it.
@@ -181,7 +191,8 @@ struct Running {
     /// the monotonic deques.
     min: f64,
     max: f64,
-    distinct: FxHashMap<Value, u32>,
+    /// Value counts, for `distinct_count` only (boxed: most features have none).
+    distinct: Option<Box<FxHashMap<Value, u32>>>,
 }
 
 impl Running {
@@ -192,7 +203,13 @@ impl Running {
         }
         self.count += 1;
         match agg {
-            Agg::DistinctCount => *self.distinct.entry(sample.distinct_key()).or_insert(0) += 1,
+            Agg::DistinctCount => {
+                *self
+                    .distinct
+                    .get_or_insert_with(Default::default)
+                    .entry(sample.distinct_key())
+                    .or_insert(0) += 1
+            }
             Agg::Count => {}
             _ => {
                 let number = sample.number();
@@ -211,16 +228,20 @@ impl Running {
             // does not outlive the records that caused it.
             self.sum = 0.0;
             self.sum_squares = 0.0;
-            self.distinct.clear();
+            if let Some(distinct) = &mut self.distinct {
+                distinct.clear();
+            }
             return;
         }
         match agg {
             Agg::DistinctCount => {
                 let key = sample.distinct_key();
-                if let Some(count) = self.distinct.get_mut(&key) {
+                if let Some(distinct) = &mut self.distinct
+                    && let Some(count) = distinct.get_mut(&key)
+                {
                     *count -= 1;
                     if *count == 0 {
-                        self.distinct.remove(&key);
+                        distinct.remove(&key);
                     }
                 }
             }
@@ -247,8 +268,9 @@ impl Running {
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
         if agg == Agg::DistinctCount {
-            for (value, count) in &other.distinct {
-                *self.distinct.entry(value.clone()).or_insert(0) += count;
+            let distinct = self.distinct.get_or_insert_with(Default::default);
+            for (value, count) in other.distinct.iter().flat_map(|other| other.iter()) {
+                *distinct.entry(value.clone()).or_insert(0) += count;
             }
         }
     }
@@ -268,7 +290,9 @@ impl Running {
                 let variance = (self.sum_squares - self.sum * self.sum / n) / n;
                 Value::F64(variance.max(0.0).sqrt())
             }
-            Agg::DistinctCount => Value::I64(self.distinct.len() as i64),
+            Agg::DistinctCount => {
+                Value::I64(self.distinct.as_ref().map_or(0, |distinct| distinct.len()) as i64)
+            }
             Agg::Prev | Agg::SincePrev => Value::Null,
         }
     }
@@ -298,7 +322,7 @@ pub struct WindowState<S> {
     extremes: VecDeque<(i64, f64)>,
     extremes_stale: bool,
     /// Lifetime: aggregates of entries no longer kept.
-    settled: Running,
+    settled: Option<Box<Running>>,
 }
 
 impl<S> Default for WindowState<S> {
@@ -310,7 +334,7 @@ impl<S> Default for WindowState<S> {
             running: Running::default(),
             extremes: VecDeque::new(),
             extremes_stale: false,
-            settled: Running::default(),
+            settled: None,
         }
     }
 }
@@ -401,7 +425,9 @@ impl<S: Sample> WindowState<S> {
             }
             let mut single = Running::default();
             single.add(agg, &entry.value);
-            self.settled.merge(agg, &single);
+            self.settled
+                .get_or_insert_with(Default::default)
+                .merge(agg, &single);
             self.entries.pop_front();
         }
     }
@@ -412,7 +438,7 @@ impl<S: Sample> WindowState<S> {
         }
         let mut running = match window {
             Some(_) => Running::default(),
-            None => self.settled.clone(),
+            None => self.settled.as_deref().cloned().unwrap_or_default(),
         };
         let low = window.map(|w| time - w);
         for entry in &self.entries {

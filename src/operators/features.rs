@@ -35,9 +35,9 @@ fn apply_or_abort(
     state: &mut StageState,
     stage: &StagePlan,
     shared: &Shared,
-    row: &mut Row,
+    rows: &mut [Row],
 ) -> bool {
-    match state.apply(stage, shared.plan.bound_ms, row) {
+    match state.apply_batch(stage, shared.plan.bound_ms, rows) {
         Ok(()) => true,
         Err(conflict) => {
             shared.abort(Error::KeyInTwoPartitions {
@@ -68,11 +68,9 @@ fn in_offset_order<'scope>(
                     rows.clear();
                     return;
                 }
-                for row in rows.iter_mut() {
-                    if !apply_or_abort(&mut state, &stage, &shared, row) {
-                        rows.clear();
-                        return;
-                    }
+                if !apply_or_abort(&mut state, &stage, &shared, rows) {
+                    rows.clear();
+                    return;
                 }
                 output.session(&time).give_container(rows);
             });
@@ -100,10 +98,7 @@ fn in_event_time_order<'scope>(
             };
             let mut released = buffer.release(watermark);
             if !released.is_empty() && !shared.is_aborted() {
-                let computed = released
-                    .iter_mut()
-                    .all(|row| apply_or_abort(&mut state, &stage, &shared, row));
-                if computed {
+                if apply_or_abort(&mut state, &stage, &shared, &mut released) {
                     output.session(&*held).give_container(&mut released);
                 }
             }
