@@ -97,10 +97,11 @@ fn in_event_time_order<'scope>(
                 return;
             };
             let mut released = buffer.release(watermark);
-            if !released.is_empty() && !shared.is_aborted() {
-                if apply_or_abort(&mut state, &stage, &shared, &mut released) {
-                    output.session(&*held).give_container(&mut released);
-                }
+            if !released.is_empty()
+                && !shared.is_aborted()
+                && apply_or_abort(&mut state, &stage, &shared, &mut released)
+            {
+                output.session(&*held).give_container(&mut released);
             }
             match watermark {
                 Some(watermark) if watermark > *held.time() => held.downgrade(&watermark),
