@@ -299,3 +299,74 @@ fn a_key_in_two_partitions_of_a_keyed_source_is_reported() {
         (0, 2, 7)
     );
 }
+
+/// A long stream over many keys, with only finite windows: idle keys are
+/// forgotten (memory follows the windows, not the keys ever seen), keys
+/// that come back start afresh, and every result still matches the
+/// reference.
+#[test]
+fn idle_keys_are_forgotten_without_changing_results() {
+    let mut plan = plan(true);
+    plan.features.retain(|feature| {
+        feature.window.is_some() && !matches!(feature.agg, Agg::Prev | Agg::SincePrev)
+    });
+    for (index, feature) in plan.features.iter_mut().enumerate() {
+        feature.slot = 3 + index;
+    }
+    let width = 3 + plan.features.len();
+    let mut state = StageState::default();
+    let mut histories: std::collections::HashMap<Value, Vec<Row>> =
+        std::collections::HashMap::new();
+    let mut clocks = [PartitionClock::default(); 3];
+    let mut random = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        random
+    };
+    for index in 0..40_000u64 {
+        let partition = (next() % 3) as u32;
+        // Four phases of 10k rows; phases 0 and 2 (and 1 and 3) share their
+        // keys, so keys come back after having been forgotten.
+        let key = next() % 700 + 1000 * ((index / 10_000) % 2);
+        let time = 10_000 + index as i64 * 3 - (next() % 40) as i64;
+        let clock = &mut clocks[partition as usize];
+        if clock.is_late(time, BOUND_MS) {
+            continue;
+        }
+        clock.observe(time);
+        let record = Record {
+            partition,
+            offset: index,
+            time,
+            key: 0,
+            number: Some((next() % 100) as f64),
+            label: Some((next() % 4) as u8),
+        };
+        let mut row = to_row(&record, width);
+        row.values[0] = Value::Str(format!("k{partition}-{key}"));
+        let mut batch = [row];
+        state.apply_batch(&plan, BOUND_MS, &mut batch).unwrap();
+        let [row] = batch;
+        let history = histories.entry(row.values[0].clone()).or_default();
+        let earlier: Vec<&Row> = history.iter().collect();
+        for feature in &plan.features {
+            let expected = reference(feature, &earlier, &row);
+            assert!(
+                close(feature.agg, &row.values[feature.slot], &expected),
+                "{} at row {index}: engine {:?}, reference {:?}",
+                feature.name,
+                row.values[feature.slot],
+                expected
+            );
+        }
+        history.push(row);
+    }
+    assert!(
+        state.key_count() * 2 <= histories.len(),
+        "{} keys held of {} seen",
+        state.key_count(),
+        histories.len()
+    );
+}

@@ -63,11 +63,21 @@ pub struct KeyConflict {
 /// The feature states of all keys live in one flat vector, `features.len()`
 /// per key, so that a record touches its key's states without another
 /// pointer to chase.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StageState {
     keys: FxHashMap<Value, KeyEntry>,
     states: Vec<FeatureState>,
+    /// Blocks of `states` freed by evicted keys, reused by new keys.
+    free_blocks: Vec<usize>,
+    /// Newest event time seen per source partition, and over all rows.
+    partition_newest: Vec<i64>,
+    stage_newest: i64,
+    rows_since_sweep: usize,
 }
+
+/// Rows between sweeps for idle keys, at least (more when there are more
+/// keys, so a sweep costs O(1) per row).
+const SWEEP_EVERY_ROWS: usize = 4096;
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 struct KeyEntry {
@@ -75,6 +85,19 @@ struct KeyEntry {
     first_state: usize,
     /// The partition the key was first seen in.
     partition: u32,
+}
+
+impl Default for StageState {
+    fn default() -> Self {
+        StageState {
+            keys: FxHashMap::default(),
+            states: Vec::new(),
+            free_blocks: Vec::new(),
+            partition_newest: Vec::new(),
+            stage_newest: i64::MIN,
+            rows_since_sweep: 0,
+        }
+    }
 }
 
 impl StageState {
@@ -125,8 +148,72 @@ impl StageState {
                 let result = state.update(feature.agg, feature.window, bound_ms, row.time, value);
                 row.values[feature.slot] = result;
             }
+            self.observe(row.partition, row.time);
+        }
+        self.rows_since_sweep += rows.len();
+        if self.rows_since_sweep >= self.keys.len().max(SWEEP_EVERY_ROWS) {
+            self.rows_since_sweep = 0;
+            self.evict_idle_keys(plan, bound_ms);
         }
         Ok(())
+    }
+
+    fn observe(&mut self, partition: u32, time: i64) {
+        let index = partition as usize;
+        if index >= self.partition_newest.len() {
+            self.partition_newest.resize(index + 1, i64::MIN);
+        }
+        self.partition_newest[index] = self.partition_newest[index].max(time);
+        self.stage_newest = self.stage_newest.max(time);
+    }
+
+    /// Drops keys whose every window is empty and will stay empty: keeping
+    /// them would let memory grow with the number of keys ever seen rather
+    /// than with the windows. Only stages whose features all have finite
+    /// windows (no lifetime, `prev` or `since_prev`) can forget a key.
+    ///
+    /// A key is idle when its newest record is more than the longest window
+    /// plus the bound behind what any later record of it can carry: its
+    /// partition's newest time (offset-ordered stages, where a key lives in
+    /// one partition) or the stage's newest time (event-time-ordered stages,
+    /// whose rows arrive in event-time order).
+    fn evict_idle_keys(&mut self, plan: &StagePlan, bound_ms: i64) {
+        let Some(longest) = longest_finite_window(plan) else {
+            return;
+        };
+        let StageState {
+            keys,
+            states,
+            free_blocks,
+            partition_newest,
+            stage_newest,
+            ..
+        } = self;
+        let width = plan.features.len();
+        keys.retain(|_, entry| {
+            let reference = if plan.source_keyed {
+                partition_newest
+                    .get(entry.partition as usize)
+                    .copied()
+                    .unwrap_or(i64::MIN)
+            } else {
+                *stage_newest
+            };
+            let horizon = reference.saturating_sub(longest).saturating_sub(bound_ms);
+            let idle = states[entry.first_state]
+                .newest_time()
+                .is_some_and(|newest| newest <= horizon);
+            if idle {
+                for (state, feature) in states[entry.first_state..entry.first_state + width]
+                    .iter_mut()
+                    .zip(&plan.features)
+                {
+                    *state = FeatureState::new(feature.agg);
+                }
+                free_blocks.push(entry.first_state);
+            }
+            !idle
+        });
     }
 
     /// The key's entry, created with fresh states on first sight; a key of
@@ -136,15 +223,21 @@ impl StageState {
         let entry = match self.keys.get(key) {
             Some(entry) => *entry,
             None => {
+                let first_state = match self.free_blocks.pop() {
+                    Some(first_state) => first_state,
+                    None => {
+                        self.states.extend(
+                            plan.features
+                                .iter()
+                                .map(|feature| FeatureState::new(feature.agg)),
+                        );
+                        self.states.len() - plan.features.len()
+                    }
+                };
                 let entry = KeyEntry {
-                    first_state: self.states.len(),
+                    first_state,
                     partition: row.partition,
                 };
-                self.states.extend(
-                    plan.features
-                        .iter()
-                        .map(|feature| FeatureState::new(feature.agg)),
-                );
                 self.keys.insert(key.clone(), entry);
                 entry
             }
@@ -164,6 +257,19 @@ impl StageState {
     pub fn key_count(&self) -> usize {
         self.keys.len()
     }
+}
+
+/// The longest window of a stage whose features all have finite windows.
+fn longest_finite_window(plan: &StagePlan) -> Option<i64> {
+    plan.features
+        .iter()
+        .map(|feature| match feature.agg {
+            Agg::Prev | Agg::SincePrev => None,
+            _ => feature.window,
+        })
+        .try_fold(0, |longest, window| {
+            window.map(|window| longest.max(window))
+        })
 }
 
 fn render_key(key: &Value) -> String {

@@ -128,6 +128,15 @@ impl FeatureState {
         }
     }
 
+    /// The newest event time this state has seen for its key.
+    pub fn newest_time(&self) -> Option<i64> {
+        match self {
+            FeatureState::Previous(state) => state.last_time,
+            FeatureState::Numbers(state) => state.newest,
+            FeatureState::Values(state) => state.newest,
+        }
+    }
+
     /// The event time of the newest kept entry (0 if none); reading it
     /// brings the entry's memory into cache.
     pub fn newest_entry_time(&self) -> i64 {
