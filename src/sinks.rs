@@ -252,16 +252,13 @@ impl RowWriter for NullWriter {
     }
 }
 
-/// Parquet, one row group per written batch of at least 64k rows.
+/// Parquet; the Arrow writer decides row groups.
 struct ParquetWriter {
     writer: Option<parquet::arrow::ArrowWriter<File>>,
     schema: Arc<Schema>,
     layout: Layout,
     sink: SinkPlan,
-    pending: Vec<Row>,
 }
-
-const PARQUET_BATCH_ROWS: usize = 65_536;
 
 impl ParquetWriter {
     fn create(path: &Path, layout: Layout, sink: &SinkPlan) -> Result<Self> {
@@ -298,15 +295,15 @@ impl ParquetWriter {
             schema,
             layout,
             sink: sink.clone(),
-            pending: Vec::new(),
         })
     }
 
-    fn flush_pending(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
+    /// Converts rows to one Arrow batch and hands it to the Parquet writer,
+    /// which gathers batches into row groups itself.
+    fn write_batch(&mut self, rows: &[Row]) -> Result<()> {
+        if rows.is_empty() {
             return Ok(());
         }
-        let rows = std::mem::take(&mut self.pending);
         let mut arrays: Vec<ArrayRef> = Vec::new();
         let origin = |arrays: &mut Vec<ArrayRef>| {
             arrays.push(Arc::new(
@@ -403,15 +400,10 @@ fn column_array<'a>(ty: ColumnType, values: impl Iterator<Item = &'a Value>) -> 
 
 impl RowWriter for ParquetWriter {
     fn write(&mut self, rows: &[Row]) -> Result<()> {
-        self.pending.extend_from_slice(rows);
-        if self.pending.len() >= PARQUET_BATCH_ROWS {
-            self.flush_pending()?;
-        }
-        Ok(())
+        self.write_batch(rows)
     }
 
     fn finish(&mut self) -> Result<()> {
-        self.flush_pending()?;
         if let Some(writer) = self.writer.take() {
             let file = writer
                 .into_inner()
