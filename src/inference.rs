@@ -271,7 +271,7 @@ impl Model {
             count,
             width,
             outputs,
-            &mut |output, row, value| {
+            |output, row, value| {
                 rows[row].values[outputs[output].slot] = value;
             },
         )?;
@@ -290,7 +290,7 @@ impl Model {
             rows,
             width,
             &self.plan.outputs,
-            &mut |output, row, value| {
+            |output, row, value| {
                 columns[output][row] = value;
             },
         )?;
@@ -328,7 +328,7 @@ fn run_matrix(
     rows: usize,
     width: usize,
     mapped: &[OutputPlan],
-    emit: &mut dyn FnMut(usize, usize, Value),
+    mut emit: impl FnMut(usize, usize, Value),
 ) -> Result<()> {
     let fail = |error: ort::Error| Error::Inference {
         rows,
@@ -345,7 +345,7 @@ fn run_matrix(
                 rows,
                 message: format!("the model produced no output '{}'", output.output),
             })?;
-        emit_column(value, rows, output.index.unwrap_or(0), &mut |row, value| {
+        emit_column(value, rows, output.index.unwrap_or(0), |row, value| {
             emit(index, row, value)
         })
         .map_err(fail)?;
@@ -358,13 +358,13 @@ fn emit_column(
     value: &ort::value::DynValue,
     rows: usize,
     index: usize,
-    emit: &mut dyn FnMut(usize, Value),
+    mut emit: impl FnMut(usize, Value),
 ) -> ort::Result<()> {
     fn column<T: Copy>(
         data: &[T],
         rows: usize,
         index: usize,
-        emit: &mut dyn FnMut(usize, Value),
+        emit: &mut impl FnMut(usize, Value),
         convert: impl Fn(T) -> Value,
     ) {
         let width = data.len().checked_div(rows).unwrap_or(0).max(1);
@@ -379,16 +379,16 @@ fn emit_column(
         }
     }
     if let Ok((_, data)) = value.try_extract_tensor::<f32>() {
-        column(data, rows, index, emit, |value| {
+        column(data, rows, index, &mut emit, |value| {
             Value::F64(f64::from(value))
         });
     } else if let Ok((_, data)) = value.try_extract_tensor::<f64>() {
-        column(data, rows, index, emit, Value::F64);
+        column(data, rows, index, &mut emit, Value::F64);
     } else if let Ok((_, data)) = value.try_extract_tensor::<i64>() {
-        column(data, rows, index, emit, Value::I64);
+        column(data, rows, index, &mut emit, Value::I64);
     } else {
         let (_, data) = value.try_extract_tensor::<i32>()?;
-        column(data, rows, index, emit, |value| {
+        column(data, rows, index, &mut emit, |value| {
             Value::I64(i64::from(value))
         });
     }
