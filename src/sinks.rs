@@ -213,6 +213,15 @@ struct StreamWriter {
     stderr: bool,
 }
 
+impl StreamWriter {
+    fn failed(&self, error: std::io::Error) -> Error {
+        Error::Sink {
+            sink: if self.stderr { "stderr" } else { "stdout" }.into(),
+            message: error.to_string(),
+        }
+    }
+}
+
 impl RowWriter for StreamWriter {
     fn write(&mut self, rows: &[Row]) -> Result<()> {
         let mut text = Vec::new();
@@ -225,17 +234,16 @@ impl RowWriter for StreamWriter {
         } else {
             std::io::stdout().lock().write_all(&text)
         };
-        written.map_err(|error| Error::Sink {
-            sink: "stdout".into(),
-            message: error.to_string(),
-        })
+        written.map_err(|error| self.failed(error))
     }
 
     fn finish(&mut self) -> Result<()> {
-        std::io::stdout().flush().map_err(|error| Error::Sink {
-            sink: "stdout".into(),
-            message: error.to_string(),
-        })
+        let flushed = if self.stderr {
+            std::io::stderr().flush()
+        } else {
+            std::io::stdout().flush()
+        };
+        flushed.map_err(|error| self.failed(error))
     }
 }
 
