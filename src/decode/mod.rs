@@ -4,6 +4,8 @@
 //! already typed by the transport), not where the record came from. Every
 //! raw record ends as exactly one row or one dead letter.
 
+mod json;
+
 use crate::plan::Plan;
 use crate::row::{DeadLetter, Row};
 use crate::schema::{Column, ColumnType};
@@ -94,18 +96,7 @@ impl Decoder {
         }
         let text = std::str::from_utf8(bytes)
             .map_err(|error| format!("not valid UTF-8 (byte {})", error.valid_up_to()))?;
-        let parsed: serde_json::Value =
-            serde_json::from_str(text).map_err(|error| format!("malformed JSON: {error}"))?;
-        let serde_json::Value::Object(mut object) = parsed else {
-            return Err("not a JSON object".into());
-        };
-        for field in &self.fields {
-            let json = object
-                .remove(&field.name)
-                .unwrap_or(serde_json::Value::Null);
-            values.push(json_value(field, json)?);
-        }
-        Ok(())
+        json::decode_object(text, &self.fields, values)
     }
 
     /// The original record as text; typed fields (moved into `values` by
@@ -127,35 +118,6 @@ impl Decoder {
         }
         Ok(())
     }
-}
-
-fn json_value(field: &Column, json: serde_json::Value) -> Result<Value, String> {
-    use serde_json::Value as Json;
-    let wrong = |json: &Json| {
-        let shown = json.to_string();
-        let shown = if shown.len() > 40 {
-            format!("{}...", &shown[..shown.floor_char_boundary(40)])
-        } else {
-            shown
-        };
-        format!(
-            "field '{}': expected {}, got {shown}",
-            field.name,
-            field.ty.name()
-        )
-    };
-    Ok(match (field.ty, &json) {
-        (_, Json::Null) => Value::Null,
-        (ColumnType::Str, Json::String(text)) => Value::Str(text.clone()),
-        (ColumnType::Bool, Json::Bool(flag)) => Value::Bool(*flag),
-        (ColumnType::F64, Json::Number(number)) => {
-            Value::F64(number.as_f64().ok_or_else(|| wrong(&json))?)
-        }
-        (ColumnType::I64 | ColumnType::TimestampMs, Json::Number(number)) => {
-            Value::I64(number.as_i64().ok_or_else(|| wrong(&json))?)
-        }
-        _ => return Err(wrong(&json)),
-    })
 }
 
 fn check_typed_value(field: &Column, value: &mut Value) -> Result<(), String> {

@@ -1,0 +1,240 @@
+//! JSON records decoded straight into typed slots: a serde visitor walks
+//! the object once, keeps the schema's fields, and skips the rest without
+//! building a `serde_json::Value` tree.
+
+use crate::schema::{Column, ColumnType};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use std::fmt;
+use tideflow_connectors::Value;
+
+/// Decodes one JSON object into `values` (one slot per schema field, in
+/// schema order; absent fields stay null). The error is the dead-letter
+/// reason.
+pub fn decode_object(text: &str, fields: &[Column], values: &mut Vec<Value>) -> Result<(), String> {
+    values.clear();
+    values.resize(fields.len(), Value::Null);
+    let mut reason = None;
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let parsed = RecordSeed {
+        fields,
+        values,
+        reason: &mut reason,
+    }
+    .deserialize(&mut deserializer)
+    .and_then(|()| deserializer.end());
+    match parsed {
+        Ok(()) => Ok(()),
+        Err(_) if reason.is_some() => Err(reason.unwrap_or_default()),
+        Err(error) if error.is_data() => Err("not a JSON object".to_owned()),
+        Err(error) => Err(format!("malformed JSON: {error}")),
+    }
+}
+
+/// The whole record: a JSON object.
+struct RecordSeed<'a> {
+    fields: &'a [Column],
+    values: &'a mut Vec<Value>,
+    /// Set when a field has the wrong type: the precise reason.
+    reason: &'a mut Option<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match self.fields.iter().position(|field| field.name == key) {
+                Some(slot) => {
+                    let field = &self.fields[slot];
+                    self.values[slot] = map.next_value_seed(FieldSeed {
+                        field,
+                        reason: self.reason,
+                    })?;
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One field's value, checked against its schema type.
+struct FieldSeed<'a> {
+    field: &'a Column,
+    reason: &'a mut Option<String>,
+}
+
+impl FieldSeed<'_> {
+    fn wrong<E: serde::de::Error>(self, shown: &str) -> E {
+        let message = format!(
+            "field '{}': expected {}, got {shown}",
+            self.field.name,
+            self.field.ty.name()
+        );
+        *self.reason = Some(message.clone());
+        E::custom(message)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldSeed<'_> {
+    type Value = Value;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        write!(formatter, "a {} value", self.field.ty.name())
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, flag: bool) -> Result<Value, E> {
+        match self.field.ty {
+            ColumnType::Bool => Ok(Value::Bool(flag)),
+            _ => Err(self.wrong(&flag.to_string())),
+        }
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, number: i64) -> Result<Value, E> {
+        match self.field.ty {
+            ColumnType::I64 | ColumnType::TimestampMs => Ok(Value::I64(number)),
+            ColumnType::F64 => Ok(Value::F64(number as f64)),
+            _ => Err(self.wrong(&number.to_string())),
+        }
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, number: u64) -> Result<Value, E> {
+        match (self.field.ty, i64::try_from(number)) {
+            (ColumnType::I64 | ColumnType::TimestampMs, Ok(number)) => Ok(Value::I64(number)),
+            (ColumnType::F64, _) => Ok(Value::F64(number as f64)),
+            _ => Err(self.wrong(&number.to_string())),
+        }
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, number: f64) -> Result<Value, E> {
+        match self.field.ty {
+            ColumnType::F64 => Ok(Value::F64(number)),
+            _ => Err(self.wrong(&serde_json::Value::from(number).to_string())),
+        }
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Value, E> {
+        match self.field.ty {
+            ColumnType::Str => Ok(Value::Str(text.to_owned())),
+            _ => {
+                let shown = serde_json::Value::from(text).to_string();
+                let shown = if shown.len() > 40 {
+                    format!("{}...", &shown[..shown.floor_char_boundary(40)])
+                } else {
+                    shown
+                };
+                Err(self.wrong(&shown))
+            }
+        }
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _seq: A) -> Result<Value, A::Error> {
+        Err(self.wrong("an array"))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _map: A) -> Result<Value, A::Error> {
+        Err(self.wrong("an object"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields() -> Vec<Column> {
+        [
+            ("name", ColumnType::Str),
+            ("amount", ColumnType::F64),
+            ("ts", ColumnType::TimestampMs),
+            ("ok", ColumnType::Bool),
+        ]
+        .into_iter()
+        .map(|(name, ty)| Column {
+            name: name.into(),
+            ty,
+        })
+        .collect()
+    }
+
+    fn decode(text: &str) -> Result<Vec<Value>, String> {
+        let mut values = Vec::new();
+        decode_object(text, &fields(), &mut values).map(|()| values)
+    }
+
+    #[test]
+    fn typed_fields_are_kept_and_others_skipped() {
+        let values =
+            decode(r#"{"extra": [1, {"a": 2}], "amount": 3, "name": "n", "ts": 17, "ok": true}"#)
+                .unwrap();
+        assert_eq!(
+            values,
+            [
+                Value::Str("n".into()),
+                Value::F64(3.0),
+                Value::I64(17),
+                Value::Bool(true)
+            ]
+        );
+        assert_eq!(
+            decode(r#"{"amount": null}"#).unwrap(),
+            [Value::Null, Value::Null, Value::Null, Value::Null]
+        );
+    }
+
+    #[test]
+    fn every_bad_record_gets_its_reason() {
+        assert_eq!(
+            decode(r#"{"amount": "ten"}"#).unwrap_err(),
+            r#"field 'amount': expected f64, got "ten""#
+        );
+        assert_eq!(
+            decode(r#"{"ts": 1.5}"#).unwrap_err(),
+            "field 'ts': expected timestamp_ms, got 1.5"
+        );
+        assert_eq!(
+            decode(r#"{"name": [1]}"#).unwrap_err(),
+            "field 'name': expected string, got an array"
+        );
+        assert_eq!(decode("[1, 2]").unwrap_err(), "not a JSON object");
+        assert!(
+            decode(r#"{"name": "x""#)
+                .unwrap_err()
+                .starts_with("malformed JSON: EOF")
+        );
+        assert!(
+            decode(r#"{"name": "x"} trailing"#)
+                .unwrap_err()
+                .starts_with("malformed JSON: trailing")
+        );
+    }
+}
