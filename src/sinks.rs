@@ -11,9 +11,7 @@ use crate::plan::{Plan, SinkPlan};
 use crate::row::{DeadLetter, Row};
 use crate::schema::{Column, ColumnType};
 use crate::{Error, Result};
-use arrow_array::builder::{
-    BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
-};
+use arrow_array::builder::{BooleanBuilder, Float64Builder, StringBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{Field, Schema};
 use std::fs::File;
@@ -355,6 +353,14 @@ impl ParquetWriter {
     }
 }
 
+fn integer(value: &Value) -> Option<i64> {
+    if let Value::I64(number) = value {
+        Some(*number)
+    } else {
+        None
+    }
+}
+
 fn column_array<'a>(ty: ColumnType, values: impl Iterator<Item = &'a Value>) -> ArrayRef {
     match ty {
         ColumnType::Str => {
@@ -365,28 +371,12 @@ fn column_array<'a>(ty: ColumnType, values: impl Iterator<Item = &'a Value>) -> 
             });
             Arc::new(builder.finish())
         }
-        ColumnType::I64 => {
-            let mut builder = Int64Builder::new();
-            values.for_each(|value| {
-                builder.append_option(if let Value::I64(number) = value {
-                    Some(*number)
-                } else {
-                    None
-                })
-            });
-            Arc::new(builder.finish())
-        }
-        ColumnType::TimestampMs => {
-            let mut builder = TimestampMillisecondBuilder::new();
-            values.for_each(|value| {
-                builder.append_option(if let Value::I64(number) = value {
-                    Some(*number)
-                } else {
-                    None
-                })
-            });
-            Arc::new(builder.finish())
-        }
+        ColumnType::I64 => Arc::new(values.map(integer).collect::<arrow_array::Int64Array>()),
+        ColumnType::TimestampMs => Arc::new(
+            values
+                .map(integer)
+                .collect::<arrow_array::TimestampMillisecondArray>(),
+        ),
         ColumnType::F64 => {
             let mut builder = Float64Builder::new();
             values.for_each(|value| builder.append_option(value.as_f64()));

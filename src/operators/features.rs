@@ -52,30 +52,38 @@ fn apply_or_abort(
     }
 }
 
+/// Sends each row to the worker that owns its key (a stable hash, the same
+/// in every process).
+fn route_by_key(key_slot: usize) -> Exchange<Row, impl FnMut(&Row) -> u64 + 'static> {
+    Exchange::new(move |row: &Row| row.values[key_slot].stable_hash())
+}
+
 fn in_offset_order<'scope>(
     stream: RowStream<'scope>,
     name: String,
     stage: StagePlan,
     shared: Arc<Shared>,
 ) -> RowStream<'scope> {
-    let key_slot = stage.key_slot;
-    let route = Exchange::new(move |row: &Row| row.values[key_slot].stable_hash());
-    stream.unary(route, &name, move |_capability, _info| {
-        let mut state = StageState::default();
-        move |input, output| {
-            input.for_each(|time, rows| {
-                if shared.is_aborted() {
-                    rows.clear();
-                    return;
-                }
-                if !apply_or_abort(&mut state, &stage, &shared, rows) {
-                    rows.clear();
-                    return;
-                }
-                output.session(&time).give_container(rows);
-            });
-        }
-    })
+    stream.unary(
+        route_by_key(stage.key_slot),
+        &name,
+        move |_capability, _info| {
+            let mut state = StageState::default();
+            move |input, output| {
+                input.for_each(|time, rows| {
+                    if shared.is_aborted() {
+                        rows.clear();
+                        return;
+                    }
+                    if !apply_or_abort(&mut state, &stage, &shared, rows) {
+                        rows.clear();
+                        return;
+                    }
+                    output.session(&time).give_container(rows);
+                });
+            }
+        },
+    )
 }
 
 fn in_event_time_order<'scope>(
@@ -84,32 +92,34 @@ fn in_event_time_order<'scope>(
     stage: StagePlan,
     shared: Arc<Shared>,
 ) -> RowStream<'scope> {
-    let key_slot = stage.key_slot;
-    let route = Exchange::new(move |row: &Row| row.values[key_slot].stable_hash());
-    stream.unary_frontier(route, &name, move |capability, _info| {
-        let mut state = StageState::default();
-        let mut buffer = ReorderBuffer::default();
-        let mut capability = Some(capability);
-        move |(input, frontier), output| {
-            input.for_each(|_time, rows| buffer_rows(&mut buffer, rows, &shared));
-            let watermark = frontier.frontier().iter().min().copied();
-            let Some(held) = capability.as_mut() else {
-                return;
-            };
-            let mut released = buffer.release(watermark);
-            if !released.is_empty()
-                && !shared.is_aborted()
-                && apply_or_abort(&mut state, &stage, &shared, &mut released)
-            {
-                output.session(&*held).give_container(&mut released);
+    stream.unary_frontier(
+        route_by_key(stage.key_slot),
+        &name,
+        move |capability, _info| {
+            let mut state = StageState::default();
+            let mut buffer = ReorderBuffer::default();
+            let mut capability = Some(capability);
+            move |(input, frontier), output| {
+                input.for_each(|_time, rows| buffer_rows(&mut buffer, rows, &shared));
+                let watermark = frontier.frontier().iter().min().copied();
+                let Some(held) = capability.as_mut() else {
+                    return;
+                };
+                let mut released = buffer.release(watermark);
+                if !released.is_empty()
+                    && !shared.is_aborted()
+                    && apply_or_abort(&mut state, &stage, &shared, &mut released)
+                {
+                    output.session(&*held).give_container(&mut released);
+                }
+                match watermark {
+                    Some(watermark) if watermark > *held.time() => held.downgrade(&watermark),
+                    Some(_) => {}
+                    None => capability = None,
+                }
             }
-            match watermark {
-                Some(watermark) if watermark > *held.time() => held.downgrade(&watermark),
-                Some(_) => {}
-                None => capability = None,
-            }
-        }
-    })
+        },
+    )
 }
 
 fn buffer_rows(buffer: &mut ReorderBuffer, rows: &mut Vec<Row>, shared: &Shared) {
