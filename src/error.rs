@@ -10,7 +10,7 @@ use crate::spec::SpecError;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The spec is unreadable or inconsistent.
-    #[error("{0}")]
+    #[error(transparent)]
     Spec(#[from] SpecError),
     /// A connector failed (file missing, unreadable Parquet, ...).
     #[error(transparent)]
