@@ -253,13 +253,14 @@ impl Model {
         }
         let width = self.plan.input_slots.len();
         self.tensor.clear();
-        self.tensor.reserve(rows.len() * width);
-        for row in rows.iter() {
-            for slot in &self.plan.input_slots {
-                let value = row.values[*slot]
-                    .as_f64()
-                    .map_or(self.plan.fill_null, |value| value as f32);
-                self.tensor.push(value);
+        self.tensor.resize(rows.len() * width, 0.0);
+        let fill_null = self.plan.fill_null;
+        for (row, cells) in rows.iter().zip(self.tensor.chunks_exact_mut(width)) {
+            for (cell, slot) in cells.iter_mut().zip(&self.plan.input_slots) {
+                *cell = match &row.values[*slot] {
+                    Value::F64(value) => *value as f32,
+                    other => other.as_f64().map_or(fill_null, |value| value as f32),
+                };
             }
         }
         let outputs = &self.plan.outputs;
