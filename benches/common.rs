@@ -22,6 +22,7 @@ pub fn run_spec(text: &str, overrides: &[String], workers: usize) -> (Summary, D
         &RunOptions {
             workers,
             progress: false,
+            stop: None,
         },
     )
     .unwrap_or_else(|error| panic!("{error}"));

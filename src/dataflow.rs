@@ -22,6 +22,9 @@ pub struct RunOptions {
     pub workers: usize,
     /// Whether to print progress to standard error.
     pub progress: bool,
+    /// When set, sources stop reading; what was read is processed and
+    /// written, and the run ends with its summary (Ctrl-C on a live run).
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl Default for RunOptions {
@@ -29,6 +32,7 @@ impl Default for RunOptions {
         RunOptions {
             workers: 1,
             progress: false,
+            stop: None,
         }
     }
 }
@@ -59,10 +63,14 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
         prepare_directory(sink)?;
     }
     let workers = options.workers.max(1);
-    let shared = Arc::new(Shared::new(
+    let mut shared = Shared::new(
         plan,
         model_info.as_ref().map(|(identity, ..)| identity.clone()),
-    ));
+    );
+    if let Some(stop) = &options.stop {
+        shared.stop = stop.clone();
+    }
+    let shared = Arc::new(shared);
     let started = Instant::now();
     let done = Arc::new(AtomicBool::new(false));
     let reporter = options.progress.then(|| {

@@ -7,6 +7,8 @@
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tideflow::dataflow::{RunOptions, prepare_model, run};
 use tideflow::plan;
 
@@ -92,11 +94,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             quiet,
         } => {
             let plan = plan::load(&spec, &overrides)?;
+            let stop = Some(stop_on_interrupt()?);
             let summary = run(
                 plan,
                 &RunOptions {
                     workers,
                     progress: !quiet,
+                    stop,
                 },
             )?;
             eprint!("{summary}");
@@ -125,6 +129,21 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             out,
         } => demo(events, workers, &out),
     }
+}
+
+/// The first Ctrl-C (or SIGTERM) asks the run to stop reading and drain, so
+/// that everything read is written and counted; a second one exits at once.
+fn stop_on_interrupt() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ntideflow: stopping: finishing the records already read (Ctrl-C again to quit at once)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(stop)
 }
 
 fn check(spec: &Path, overrides: &[String]) -> anyhow::Result<()> {
@@ -180,11 +199,13 @@ fn demo(events: u64, workers: usize, out: &Path) -> anyhow::Result<()> {
         "tideflow demo: {events} synthetic card transactions -> user and merchant window features -> fraud MLP -> {}",
         out.display()
     );
+    let stop = Some(stop_on_interrupt()?);
     let summary = run(
         plan,
         &RunOptions {
             workers,
             progress: true,
+            stop,
         },
     )?;
     print!("{summary}");

@@ -89,6 +89,8 @@ pub struct Shared {
     pub progress: Mutex<std::collections::BTreeMap<u32, (u64, Option<u64>)>>,
     /// `_model` of output rows.
     pub model_identity: Option<String>,
+    /// Set to stop reading the source and drain (see `RunOptions::stop`).
+    pub stop: std::sync::Arc<AtomicBool>,
 }
 
 impl Shared {
@@ -102,7 +104,13 @@ impl Shared {
             error: Mutex::new(None),
             progress: Mutex::new(Default::default()),
             model_identity,
+            stop: Default::default(),
         }
+    }
+
+    /// Whether the sources should stop reading (the run then drains).
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
     }
 
     /// Stops the run with `error` (the first error wins).

@@ -80,6 +80,7 @@ fn fraud_dataflow_matches_its_golden_output() {
         &tideflow::dataflow::RunOptions {
             workers: 2,
             progress: false,
+            stop: None,
         },
     )
     .unwrap();

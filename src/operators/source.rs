@@ -184,7 +184,7 @@ pub fn read_source<'scope>(
                     output.session(&*held).give_container(&mut rows);
                 }
                 let all_finished = partitions.iter().all(|partition| partition.finished);
-                if all_finished || shared.is_aborted() {
+                if all_finished || shared.is_aborted() || shared.stop_requested() {
                     if let Err(error) = dead_letters.finish() {
                         shared.abort(error);
                     }

@@ -38,6 +38,7 @@ pub fn run_text(text: &str, overrides: &[String], workers: usize) -> tideflow::R
         &RunOptions {
             workers,
             progress: false,
+            stop: None,
         },
     )
 }
