@@ -57,14 +57,8 @@ fn bad_records_become_dead_letters_with_reasons() {
     drop(file);
     std::fs::File::create(input.join("b.jsonl")).unwrap();
 
-    let overrides = vec![
-        format!("source.path=\"{}\"", input.display()),
-        format!("sink[0].path=\"{}\"", dir.path().join("rows").display()),
-        format!(
-            "dead_letters.path=\"{}\"",
-            dir.path().join("dead").display()
-        ),
-    ];
+    let mut overrides = vec![format!("source.path=\"{}\"", input.display())];
+    overrides.extend(common::output_overrides(dir.path()));
     let summary = common::run_text(SPEC, &overrides, 2).unwrap();
     assert_eq!(
         (

@@ -59,31 +59,7 @@ fn fraud_dataflow_matches_its_golden_output() {
     common::require_onnxruntime();
     let root = common::root();
     let out = tempfile::tempdir().unwrap();
-    let overrides = vec![
-        format!(
-            "source.path=\"{}\"",
-            root.join("dataflows/data/tx").display()
-        ),
-        format!(
-            "model.path=\"{}\"",
-            root.join("models/fraud_mlp.onnx").display()
-        ),
-        format!("sink[0].path=\"{}\"", out.path().join("rows").display()),
-        format!(
-            "dead_letters.path=\"{}\"",
-            out.path().join("dead").display()
-        ),
-    ];
-    let plan = tideflow::plan::load(&root.join("dataflows/fraud.toml"), &overrides).unwrap();
-    let summary = tideflow::dataflow::run(
-        plan,
-        &tideflow::dataflow::RunOptions {
-            workers: 2,
-            progress: false,
-            stop: None,
-        },
-    )
-    .unwrap();
+    let summary = common::run_fraud("fraud_mlp", out.path(), 2).unwrap();
     assert!(summary.counts.reconciles(), "{summary}");
     assert_eq!(
         (

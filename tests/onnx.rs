@@ -22,26 +22,9 @@ fn tideflow(args: &[&str]) -> (bool, String, String) {
 #[test]
 fn both_models_load_and_score() {
     common::require_onnxruntime();
-    let root = common::root();
     for model in ["fraud_mlp", "fraud_gbt"] {
         let out = tempfile::tempdir().unwrap();
-        let overrides = vec![
-            format!(
-                "model.path=\"{}\"",
-                root.join(format!("models/{model}.onnx")).display()
-            ),
-            format!(
-                "source.path=\"{}\"",
-                root.join("dataflows/data/tx").display()
-            ),
-            format!("sink[0].path=\"{}\"", out.path().join("rows").display()),
-            format!(
-                "dead_letters.path=\"{}\"",
-                out.path().join("dead").display()
-            ),
-        ];
-        let plan = tideflow::plan::load(&root.join("dataflows/fraud.toml"), &overrides).unwrap();
-        let summary = tideflow::dataflow::run(plan, &Default::default()).unwrap();
+        let summary = common::run_fraud(model, out.path(), 1).unwrap();
         assert!(
             summary
                 .model

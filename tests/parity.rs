@@ -97,12 +97,11 @@ fn every_configuration_gives_identical_rows() {
     for workers in [1, 2, 4] {
         for policy in ["micro", "bulk", "adaptive"] {
             let out = dir.path().join(format!("{workers}-{policy}"));
-            let overrides = vec![
+            let mut overrides = vec![
                 format!("batching.policy={policy}"),
                 format!("model.path=\"{}\"", model.display()),
-                format!("sink[0].path=\"{}\"", out.join("rows").display()),
-                format!("dead_letters.path=\"{}\"", out.join("dead").display()),
             ];
+            overrides.extend(common::output_overrides(&out));
             let summary = common::run_text(SPEC, &overrides, workers).unwrap();
             assert!(summary.counts.reconciles(), "{summary}");
             let rows = common::read_lines(&out.join("rows"));

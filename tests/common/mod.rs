@@ -43,6 +43,41 @@ pub fn run_text(text: &str, overrides: &[String], workers: usize) -> tideflow::R
     )
 }
 
+/// Overrides that send a spec's first sink to `out/rows` and its dead
+/// letters to `out/dead`.
+pub fn output_overrides(out: &Path) -> Vec<String> {
+    vec![
+        format!("sink[0].path=\"{}\"", out.join("rows").display()),
+        format!("dead_letters.path=\"{}\"", out.join("dead").display()),
+    ]
+}
+
+/// Runs `dataflows/fraud.toml` on its committed sample data with the named
+/// model from `models/`, writing rows and dead letters under `out`.
+pub fn run_fraud(model: &str, out: &Path, workers: usize) -> tideflow::Result<Summary> {
+    let root = root();
+    let mut overrides = vec![
+        format!(
+            "source.path=\"{}\"",
+            root.join("dataflows/data/tx").display()
+        ),
+        format!(
+            "model.path=\"{}\"",
+            root.join(format!("models/{model}.onnx")).display()
+        ),
+    ];
+    overrides.extend(output_overrides(out));
+    let plan = tideflow::plan::load(&root.join("dataflows/fraud.toml"), &overrides)?;
+    run(
+        plan,
+        &RunOptions {
+            workers,
+            progress: false,
+            stop: None,
+        },
+    )
+}
+
 /// Reads every JSONL file of a directory, one JSON value per line, sorted
 /// by (`_partition`, `_offset`) as the README tells readers to.
 pub fn read_rows(dir: &Path) -> Vec<serde_json::Value> {
