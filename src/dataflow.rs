@@ -2,15 +2,18 @@
 //! feature stages → expressions → batching → inference → sinks, on timely
 //! worker threads.
 
+use crate::commit::OffsetLedger;
 use crate::inference::Model;
 use crate::operators::features::ComputeFeatures;
 use crate::operators::score::ScoreRows;
 use crate::operators::sink::WriteRows;
-use crate::operators::source::{open_assigned, read_source};
-use crate::plan::Plan;
+use crate::operators::source::{SourceOutputs, open_assigned, origin, read_source};
+use crate::plan::{Plan, SourcePlan};
 use crate::run::{Shared, Summary, report_progress};
 use crate::sinks::{DeadLetterWriter, Layout, open_row_writer, prepare_directory};
 use crate::{Error, Result};
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -116,8 +119,23 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
 fn build_and_run(worker: &mut timely::worker::Worker, shared: Arc<Shared>) -> Result<()> {
     let (index, peers) = (worker.index(), worker.peers());
     let plan = &shared.plan;
-    let readers = open_assigned(&plan.source, &plan.field_names(), index, peers)?;
-    let dead_letters = DeadLetterWriter::open(&plan.dead_letters, index)?;
+    let assigned = open_assigned(&plan.source, &plan.field_names(), index, peers)?;
+    let dead_letters = Rc::new(RefCell::new(DeadLetterWriter::open(
+        &plan.dead_letters,
+        index,
+        &origin(&plan.source),
+    )?));
+    let commit_interval = match &plan.source {
+        SourcePlan::Kafka(kafka) => Some(kafka.commit_interval),
+        _ => None,
+    };
+    let ledger = assigned.committer.map(|committer| {
+        Rc::new(RefCell::new(OffsetLedger::new(
+            committer,
+            dead_letters.clone(),
+            commit_interval.unwrap_or(Duration::from_secs(1)),
+        )))
+    });
     let model = plan.model.as_ref().map(Model::open).transpose()?;
     let layout = Layout::new(plan, shared.model_identity.clone());
     let writers = plan
@@ -125,14 +143,36 @@ fn build_and_run(worker: &mut timely::worker::Worker, shared: Arc<Shared>) -> Re
         .iter()
         .map(|sink| open_row_writer(sink, &layout, index))
         .collect::<Result<Vec<_>>>()?;
-    worker.dataflow::<i64, _, _>(|scope| {
-        let mut rows = read_source(scope, shared.clone(), readers, dead_letters);
+    let outputs = SourceOutputs {
+        dead_letters,
+        ledger: ledger.clone(),
+    };
+    let durable = worker.dataflow::<i64, _, _>(|scope| {
+        let mut rows = read_source(scope, shared.clone(), assigned.readers, outputs);
         for stage in &plan.stages {
             rows = rows.compute_features(stage.clone(), shared.clone());
         }
         rows.score_rows(model, shared.clone())
-            .write_rows(writers, shared.clone());
+            .write_rows(writers, shared.clone(), commit_interval)
     });
-    while worker.step_or_park(Some(Duration::from_millis(20))) {}
+    while worker.step_or_park(Some(Duration::from_millis(20))) {
+        if let Some(ledger) = &ledger
+            && !shared.is_aborted()
+        {
+            let mut ledger = ledger.borrow_mut();
+            ledger.outputs_durable_before(durable.with_frontier(|frontier| frontier.first().copied()));
+            if let Err(error) = ledger.commit(false) {
+                shared.abort(error);
+            }
+        }
+    }
+    if let Some(ledger) = &ledger
+        && !shared.is_aborted()
+    {
+        // Every sink has finished: everything read is durable.
+        let mut ledger = ledger.borrow_mut();
+        ledger.outputs_durable_before(None);
+        ledger.commit(true)?;
+    }
     Ok(())
 }

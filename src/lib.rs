@@ -9,8 +9,10 @@
 //! accounted for in the run's [`run::Summary`].
 
 pub mod batching;
+pub mod commit;
 pub mod dataflow;
 pub mod decode;
+pub mod demo;
 pub mod error;
 pub mod features;
 pub mod inference;

@@ -1,4 +1,4 @@
-//! The `tideflow` command line: run, check, inspect and demo.
+//! The `tideflow` command line: run, check, inspect, gen and demo.
 //!
 //! Arguments are parsed by clap into raw options, then turned into a
 //! checked [`tideflow::plan::Plan`]; `anyhow` is used only here, at the
@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tideflow::dataflow::{RunOptions, prepare_model, run};
+use tideflow::demo::{DemoOptions, run_demo};
 use tideflow::plan;
+use tideflow_connectors::generator::GeneratorConfig;
+use tideflow_connectors::kafka::{ClientOptions, GenerateOptions, produce_generated};
 
 /// Every record allocates its row and its strings, and workers free rows
 /// other workers allocated; mimalloc's per-thread heaps make that markedly
@@ -45,6 +48,46 @@ enum Command {
         /// Do not print progress.
         #[arg(long, short)]
         quiet: bool,
+        /// Kafka start position: earliest, latest, committed, an RFC 3339
+        /// time, epoch ms, or partition:offset,... (overrides source.from).
+        #[arg(long)]
+        from: Option<String>,
+        /// Kafka end: never (live), now (the high watermarks at start), or
+        /// a time (overrides source.until).
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Produce synthetic card transactions (the generator's records, as
+    /// JSON) to a Kafka topic, creating it if needed.
+    Gen {
+        /// `bootstrap.servers` of the brokers.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// The topic.
+        #[arg(long, default_value = "transactions")]
+        topic: String,
+        /// Records to produce; 0 produces until interrupted.
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        /// Records per second (0: as fast as the brokers take them).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Distinct users (keys).
+        #[arg(long, default_value_t = 1000)]
+        keys: u64,
+        /// Partitions of the topic (and of the generator).
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Stamp `ts` with the wall clock at send time (for live latency)
+        /// instead of the generated event time.
+        #[arg(long)]
+        wall_clock: bool,
+        /// A librdkafka producer option, KEY=VALUE (may be repeated).
+        #[arg(long = "option", short = 'X', value_name = "KEY=VALUE")]
+        options: Vec<String>,
     },
     /// Validate a spec: schema, feature references, and the model's inputs
     /// and outputs.
@@ -60,12 +103,16 @@ enum Command {
         /// The `.onnx` file.
         model: PathBuf,
     },
-    /// Self-contained showcase: synthetic transactions through features and
-    /// the fraud model into files, with a summary.
+    /// Self-contained showcase on an embedded Kafka broker: synthetic
+    /// transactions scored live, then replayed as a backfill; prints
+    /// throughput, live latency and whether the two runs agree.
     Demo {
-        /// Synthetic transactions to score.
-        #[arg(long, default_value_t = 200_000)]
+        /// Synthetic transactions to produce and score.
+        #[arg(long, default_value_t = 20_000)]
         events: u64,
+        /// Production rate, events per second.
+        #[arg(long, default_value_t = 2_000.0)]
+        rate: f64,
         /// Worker threads.
         #[arg(long, short, default_value_t = 2)]
         workers: usize,
@@ -90,9 +137,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run {
             spec,
             workers,
-            overrides,
+            mut overrides,
             quiet,
+            from,
+            until,
         } => {
+            for (key, value) in [("from", from), ("until", until)] {
+                if let Some(value) = value {
+                    overrides.push(format!("source.{key}={}", toml_string(&value)));
+                }
+            }
             let plan = plan::load(&spec, &overrides)?;
             let stop = Some(stop_on_interrupt()?);
             let summary = run(
@@ -110,6 +164,45 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Check { spec, overrides } => check(&spec, &overrides),
+        Command::Gen {
+            brokers,
+            topic,
+            count,
+            rate,
+            keys,
+            partitions,
+            seed,
+            wall_clock,
+            options,
+        } => {
+            let generator = GeneratorConfig {
+                seed,
+                users: keys,
+                partitions,
+                count: (count > 0).then_some(count),
+                rate: (rate > 0.0).then_some(rate),
+                ..GeneratorConfig::default()
+            };
+            generator.validate()?;
+            let options = GenerateOptions {
+                brokers,
+                topic,
+                options: parse_client_options(&options)?,
+                generator,
+                wall_clock,
+            };
+            let stop = stop_on_interrupt()?;
+            let started = std::time::Instant::now();
+            let produced = produce_generated(&options, &|| stop.load(Ordering::Relaxed))?;
+            let seconds = started.elapsed().as_secs_f64();
+            eprintln!(
+                "tideflow gen: {produced} records to {} at {} in {seconds:.2} s ({:.0} records/s)",
+                options.topic,
+                options.brokers,
+                produced as f64 / seconds.max(1e-9)
+            );
+            Ok(())
+        }
         Command::Inspect { model } => {
             let signature = tideflow::inference::inspect(&model)?;
             println!("{}", model.display());
@@ -125,10 +218,33 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo {
             events,
+            rate,
             workers,
             out,
-        } => demo(events, workers, &out),
+        } => demo(&DemoOptions {
+            events,
+            rate,
+            workers,
+            out,
+        }),
     }
+}
+
+/// A value as a TOML string literal, for `--set`-style overrides.
+fn toml_string(value: &str) -> String {
+    toml::Value::String(value.to_owned()).to_string()
+}
+
+/// `KEY=VALUE` librdkafka options from the command line.
+fn parse_client_options(pairs: &[String]) -> anyhow::Result<ClientOptions> {
+    let mut options = ClientOptions::default();
+    for pair in pairs {
+        let Some((key, value)) = pair.split_once('=') else {
+            bail!("option '{pair}' is not KEY=VALUE");
+        };
+        options.set(key.trim(), value.trim());
+    }
+    Ok(options)
 }
 
 /// The first Ctrl-C (or SIGTERM) asks the run to stop reading and drain, so
@@ -181,62 +297,23 @@ fn check(spec: &Path, overrides: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The spec the demo runs: the fraud dataflow over the generator.
-const DEMO_SPEC: &str = "dataflows/fraud_generator.toml";
-
-fn demo(events: u64, workers: usize, out: &Path) -> anyhow::Result<()> {
-    let spec = Path::new(DEMO_SPEC);
-    if !spec.is_file() {
-        bail!("{DEMO_SPEC} not found: run the demo from the root of the tideflow checkout");
-    }
-    let overrides = vec![
-        format!("source.count={events}"),
-        format!("sink[0].path=\"{}\"", out.join("scores").display()),
-        format!("dead_letters.path=\"{}\"", out.join("dead").display()),
-    ];
-    let plan = plan::load(spec, &overrides)?;
+fn demo(options: &DemoOptions) -> anyhow::Result<()> {
+    let report = run_demo(options)?;
+    let (p50, p99, max) = report.latency_ms;
+    let rate = |summary: &tideflow::run::Summary| {
+        summary.counts.records_in as f64 / summary.elapsed.as_secs_f64().max(1e-9)
+    };
+    println!();
+    println!("rows scored: live {}, backfill {}", report.live.counts.rows_out, report.backfill.counts.rows_out);
     println!(
-        "tideflow demo: {events} synthetic card transactions -> user and merchant window features -> fraud MLP -> {}",
-        out.display()
+        "throughput: live {:.0} events/s (paced by the producer), backfill {:.0} events/s",
+        rate(&report.live),
+        rate(&report.backfill)
     );
-    let stop = Some(stop_on_interrupt()?);
-    let summary = run(
-        plan,
-        &RunOptions {
-            workers,
-            progress: true,
-            stop,
-        },
-    )?;
-    print!("{summary}");
-    let scores = out.join("scores");
-    let (rows, flagged, example) = scan_scores(&scores).context("reading the demo's scores")?;
-    println!(
-        "scored rows in {}: {rows}; flagged as fraud (probability > 0.5): {flagged}",
-        scores.display()
-    );
-    if let Some(example) = example {
-        println!("highest-scoring row:\n  {example}");
+    println!("live latency, event sent -> score produced: p50 {p50} ms, p99 {p99} ms, max {max} ms");
+    match report.difference {
+        None => println!("parity: live and backfill outputs are identical, row for row"),
+        Some(difference) => bail!("parity: the live and backfill outputs differ; first difference:\n{difference}"),
     }
     Ok(())
-}
-
-/// Counts the demo's output rows and finds the highest fraud score.
-fn scan_scores(dir: &Path) -> anyhow::Result<(u64, u64, Option<String>)> {
-    let (mut rows, mut flagged, mut best) = (0, 0, None::<(f64, String)>);
-    for entry in std::fs::read_dir(dir)? {
-        let text = std::fs::read_to_string(entry?.path())?;
-        for line in text.lines() {
-            rows += 1;
-            let value: serde_json::Value = serde_json::from_str(line)?;
-            let score = value["fraud_probability"].as_f64().unwrap_or(0.0);
-            if score > 0.5 {
-                flagged += 1;
-            }
-            if best.as_ref().is_none_or(|(top, _)| score > *top) {
-                best = Some((score, line.to_owned()));
-            }
-        }
-    }
-    Ok((rows, flagged, best.map(|(_, line)| line)))
 }

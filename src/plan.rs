@@ -13,9 +13,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tideflow_connectors::files::FileFormat;
 use tideflow_connectors::generator::{GENERATOR_FIELDS, GeneratorConfig};
+use tideflow_connectors::kafka::{ClientOptions, KafkaSourceConfig};
 
 /// Column names the engine adds to every output row.
 pub const RESERVED_COLUMNS: [&str; 3] = ["_partition", "_offset", "_model"];
+
+/// The field filled from a Kafka message's key (a string).
+pub const KAFKA_KEY: &str = "kafka_key";
+
+/// The field filled from a Kafka message's timestamp (epoch ms).
+pub const KAFKA_TIMESTAMP: &str = "kafka_timestamp";
 
 /// A checked dataflow.
 #[derive(Clone, Debug)]
@@ -33,6 +40,10 @@ pub struct Plan {
     /// Slots that must be present for a record to be processed (the event
     /// time and every key).
     pub required_slots: Vec<usize>,
+    /// Fields filled from the transport's record metadata, not its body.
+    pub metadata_slots: MetadataSlots,
+    /// The slot of `source.key`, if declared.
+    pub source_key_slot: Option<usize>,
     /// The out-of-orderness bound, ms.
     pub bound_ms: i64,
     /// Window-feature stages; the source-keyed stage (if any) first.
@@ -61,6 +72,13 @@ impl Plan {
         self.stages.iter().any(|stage| !stage.source_keyed)
     }
 
+    /// The slot of the entity key: the source's key, else the first
+    /// feature stage's key.
+    pub fn entity_key_slot(&self) -> Option<usize> {
+        self.source_key_slot
+            .or_else(|| self.stages.first().map(|stage| stage.key_slot))
+    }
+
     /// The names of the schema fields, in order.
     pub fn field_names(&self) -> Vec<String> {
         self.columns[..self.field_count]
@@ -68,6 +86,27 @@ impl Plan {
             .map(|column| column.name.clone())
             .collect()
     }
+}
+
+/// Slots of fields that come from a Kafka message's metadata.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetadataSlots {
+    /// `kafka_key`: the message key as a string.
+    pub key: Option<usize>,
+    /// `kafka_timestamp`: the message timestamp, epoch ms.
+    pub timestamp: Option<usize>,
+}
+
+/// A Kafka source, resolved.
+#[derive(Clone, Debug)]
+pub struct KafkaPlan {
+    /// The client side: brokers, topic, group, options, start and end.
+    pub config: KafkaSourceConfig,
+    /// A caught-up partition quiet for this long no longer holds back the
+    /// watermark.
+    pub idle_timeout: Duration,
+    /// How often durable progress is committed.
+    pub commit_interval: Duration,
 }
 
 /// The source, resolved.
@@ -84,6 +123,8 @@ pub enum SourcePlan {
     },
     /// The generator.
     Generator(GeneratorConfig),
+    /// A Kafka topic.
+    Kafka(KafkaPlan),
 }
 
 /// The model stage, resolved.
@@ -187,17 +228,51 @@ pub enum SinkPlan {
     Stderr,
     /// Count and drop.
     Null,
+    /// JSON messages to a Kafka topic.
+    Kafka {
+        /// `bootstrap.servers`.
+        brokers: String,
+        /// The topic.
+        topic: String,
+        /// Producer options (secrets redacted in `Debug`).
+        options: ClientOptions,
+    },
 }
 
 impl SinkPlan {
-    fn from_spec(sink: &SinkSpec) -> Self {
-        match sink {
+    fn from_spec(sink: &SinkSpec, source: &SourcePlan) -> Result<Self, String> {
+        Ok(match sink {
             SinkSpec::Jsonl(path) => SinkPlan::Jsonl(path.path.clone()),
             SinkSpec::Parquet(path) => SinkPlan::Parquet(path.path.clone()),
             SinkSpec::Stdout(_) => SinkPlan::Stdout,
             SinkSpec::Stderr(_) => SinkPlan::Stderr,
             SinkSpec::Null(_) => SinkPlan::Null,
-        }
+            SinkSpec::Kafka(kafka) => {
+                let source = match source {
+                    SourcePlan::Kafka(plan) => Some(&plan.config),
+                    _ => None,
+                };
+                let brokers = match (&kafka.brokers, source) {
+                    (Some(brokers), _) => brokers.clone(),
+                    (None, Some(source)) => source.brokers.clone(),
+                    (None, None) => {
+                        return Err(format!(
+                            "the kafka sink to {} needs brokers (the source is not Kafka)",
+                            kafka.topic
+                        ));
+                    }
+                };
+                let mut options = source.map(|source| source.options.clone()).unwrap_or_default();
+                for (key, value) in client_options(&kafka.options)?.pairs() {
+                    options.set(key, value);
+                }
+                SinkPlan::Kafka {
+                    brokers,
+                    topic: kafka.topic.clone(),
+                    options,
+                }
+            }
+        })
     }
 
     /// A short description for messages and the summary.
@@ -208,8 +283,26 @@ impl SinkPlan {
             SinkPlan::Stdout => "stdout".into(),
             SinkPlan::Stderr => "stderr".into(),
             SinkPlan::Null => "null".into(),
+            SinkPlan::Kafka { brokers, topic, .. } => format!("kafka {topic} at {brokers}"),
         }
     }
+}
+
+/// librdkafka options from a spec table: strings, numbers and booleans, as
+/// text.
+fn client_options(table: &indexmap::IndexMap<String, toml::Value>) -> Result<ClientOptions, String> {
+    let mut options = ClientOptions::default();
+    for (key, value) in table {
+        let text = match value {
+            toml::Value::String(text) => text.clone(),
+            toml::Value::Integer(number) => number.to_string(),
+            toml::Value::Float(number) => number.to_string(),
+            toml::Value::Boolean(flag) => flag.to_string(),
+            _ => return Err(format!("option '{key}' must be a string, number or boolean")),
+        };
+        options.set(key.clone(), text);
+    }
+    Ok(options)
 }
 
 /// Expression features in spec order: (slot, expression).
@@ -257,6 +350,7 @@ impl Builder<'_> {
 
     fn build(mut self) -> Result<Plan, SpecError> {
         self.schema()?;
+        self.kafka_metadata_fields();
         let field_count = self.columns.len();
         let (time_slot, bound_ms) = self.time()?;
         let source = self.source()?;
@@ -270,6 +364,24 @@ impl Builder<'_> {
                 "add [[sink]] type = \"jsonl\" path = \"out/\" (or stdout, parquet)",
             );
         }
+        let sinks = self
+            .spec
+            .sink
+            .iter()
+            .map(|sink| self.sink(sink, &source))
+            .collect::<Result<Vec<_>, _>>()?;
+        let dead_letters = match &self.spec.dead_letters {
+            Some(sink) => self.sink(sink, &source)?,
+            None => SinkPlan::Stderr,
+        };
+        let metadata_slots = match source {
+            SourcePlan::Kafka(_) => MetadataSlots {
+                key: self.slot_of(KAFKA_KEY).filter(|slot| *slot < field_count),
+                timestamp: self.slot_of(KAFKA_TIMESTAMP).filter(|slot| *slot < field_count),
+            },
+            _ => MetadataSlots::default(),
+        };
+        let source_key_slot = self.spec.source.key().and_then(|key| self.slot_of(key));
         let mut required_slots = vec![time_slot];
         required_slots.extend(stages.iter().map(|stage| stage.key_slot));
         required_slots.dedup();
@@ -285,12 +397,10 @@ impl Builder<'_> {
             expressions,
             model,
             batching,
-            sinks: self.spec.sink.iter().map(SinkPlan::from_spec).collect(),
-            dead_letters: self
-                .spec
-                .dead_letters
-                .as_ref()
-                .map_or(SinkPlan::Stderr, SinkPlan::from_spec),
+            sinks,
+            dead_letters,
+            metadata_slots,
+            source_key_slot,
         })
     }
 
@@ -323,6 +433,40 @@ impl Builder<'_> {
             });
         }
         Ok(())
+    }
+
+    fn sink(&self, sink: &SinkSpec, source: &SourcePlan) -> Result<SinkPlan, SpecError> {
+        SinkPlan::from_spec(sink, source).or_else(|message| {
+            self.fail(
+                "type = \"kafka\"",
+                message,
+                "give the sink brokers = \"host:port\" and string option values",
+            )
+        })
+    }
+
+    /// Adds `kafka_key` and `kafka_timestamp` to the fields of a Kafka
+    /// source where the spec uses them without declaring them.
+    fn kafka_metadata_fields(&mut self) {
+        let SourceSpec::Kafka(kafka) = &self.spec.source else {
+            return;
+        };
+        let used = [
+            (KAFKA_KEY, kafka.key.as_deref() == Some(KAFKA_KEY), ColumnType::Str),
+            (
+                KAFKA_TIMESTAMP,
+                self.spec.time.field == KAFKA_TIMESTAMP,
+                ColumnType::TimestampMs,
+            ),
+        ];
+        for (name, is_used, ty) in used {
+            if is_used && self.slot_of(name).is_none() {
+                self.columns.push(Column {
+                    name: name.to_owned(),
+                    ty,
+                });
+            }
+        }
     }
 
     fn time(&self) -> Result<(usize, i64), SpecError> {
@@ -374,7 +518,50 @@ impl Builder<'_> {
                 })
             }
             SourceSpec::Generator(generator) => self.generator(generator),
+            SourceSpec::Kafka(kafka) => self.kafka(kafka),
         }
+    }
+
+    fn kafka(&self, spec: &spec::KafkaSourceSpec) -> Result<SourcePlan, SpecError> {
+        if spec.format != "json" {
+            return self.fail(
+                &spec.format,
+                format!("unknown Kafka message format '{}'", spec.format),
+                "use format = \"json\" (one JSON object per message value)",
+            );
+        }
+        let from = spec.from.as_deref().unwrap_or("committed");
+        let start = from
+            .parse()
+            .or_else(|message| self.fail(from, message, "see --from in the README"))?;
+        let until = spec.until.as_deref().unwrap_or("never");
+        let end = until
+            .parse()
+            .or_else(|message| self.fail(until, message, "see --until in the README"))?;
+        let duration = |text: &Option<String>, default: &str| -> Result<Duration, SpecError> {
+            let text = text.as_deref().unwrap_or(default);
+            let ms = spec::parse_duration_ms(text)
+                .or_else(|message| self.fail(text, message, "write a duration such as \"5s\""))?;
+            Ok(Duration::from_millis(ms.max(0) as u64))
+        };
+        let options = client_options(&spec.options).or_else(|message| {
+            self.fail("[source.options]", message, "quote the value: key = \"value\"")
+        })?;
+        Ok(SourcePlan::Kafka(KafkaPlan {
+            config: KafkaSourceConfig {
+                brokers: spec.brokers.clone(),
+                topic: spec.topic.clone(),
+                group_id: spec
+                    .group_id
+                    .clone()
+                    .unwrap_or_else(|| format!("tideflow-{}", self.spec.name)),
+                options,
+                start,
+                end,
+            },
+            idle_timeout: duration(&spec.idle_timeout, "5s")?,
+            commit_interval: duration(&spec.commit_interval, "1s")?,
+        }))
     }
 
     fn generator(&self, spec: &spec::GeneratorSourceSpec) -> Result<SourcePlan, SpecError> {

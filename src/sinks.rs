@@ -5,6 +5,11 @@
 //! order rows by (`_partition`, `_offset`). JSON floats are written in
 //! their shortest exact form, so they read back bit for bit; JSON has no
 //! NaN or infinity, which are written as `null` (Parquet keeps them).
+//!
+//! A Kafka sink writes each row as one JSON message keyed by the entity key.
+//! Writers say how far their output is durable (synced to disk, or
+//! acknowledged by the brokers), so that a Kafka source commits offsets only
+//! up to outputs that survive a crash.
 
 use crate::decode::value_to_json;
 use crate::plan::{Plan, SinkPlan};
@@ -19,11 +24,30 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tideflow_connectors::Value;
+use tideflow_connectors::kafka::{KafkaProducer, ProducerRecord};
+use std::time::Duration;
+
+/// How long finishing a Kafka sink waits for the brokers to acknowledge
+/// every record before the run fails.
+const KAFKA_FINISH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The record header naming the model that scored a row.
+pub const MODEL_HEADER: &str = "tideflow-model";
 
 /// Writes rows somewhere.
 pub trait RowWriter {
-    /// Writes a batch of rows.
-    fn write(&mut self, rows: &[Row]) -> Result<()>;
+    /// Writes a batch of rows that the dataflow carries at `time`.
+    fn write(&mut self, time: i64, rows: &[Row]) -> Result<()>;
+    /// Makes everything written so far durable where that is cheap enough
+    /// to do periodically (a file's data synced to disk), and reports
+    /// failures that happened in the background (Kafka deliveries).
+    fn sync(&mut self) -> Result<()>;
+    /// The smallest time whose rows may not be durable even after
+    /// [`RowWriter::sync`] (records the brokers have not acknowledged, or a
+    /// Parquet file whose footer is only written at the end).
+    fn oldest_undurable(&self) -> Option<i64> {
+        None
+    }
     /// Flushes and closes; after this the output is complete and durable.
     fn finish(&mut self) -> Result<()>;
 }
@@ -62,6 +86,8 @@ pub struct Layout {
     pub field_count: usize,
     /// `_model`, when a model scores the rows.
     pub model: Option<String>,
+    /// The entity key: the record key of Kafka outputs.
+    pub key_slot: Option<usize>,
 }
 
 impl Layout {
@@ -71,6 +97,7 @@ impl Layout {
             columns: plan.columns.clone(),
             field_count: plan.field_count,
             model,
+            key_slot: plan.entity_key_slot(),
         }
     }
 
@@ -146,6 +173,15 @@ pub fn open_row_writer(
             stderr: true,
         }),
         SinkPlan::Null => Box::new(NullWriter),
+        SinkPlan::Kafka {
+            brokers,
+            topic,
+            options,
+        } => Box::new(KafkaWriter {
+            producer: KafkaProducer::open(brokers, topic, options)?,
+            layout: layout.clone(),
+            value: Vec::new(),
+        }),
     })
 }
 
@@ -182,7 +218,7 @@ impl JsonlWriter {
 }
 
 impl RowWriter for JsonlWriter {
-    fn write(&mut self, rows: &[Row]) -> Result<()> {
+    fn write(&mut self, _time: i64, rows: &[Row]) -> Result<()> {
         for row in rows {
             self.line.clear();
             self.layout.json_line(row, &mut self.line);
@@ -194,7 +230,7 @@ impl RowWriter for JsonlWriter {
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<()> {
+    fn sync(&mut self) -> Result<()> {
         self.file
             .flush()
             .map_err(|error| sink_error(&self.sink, error))?;
@@ -202,6 +238,10 @@ impl RowWriter for JsonlWriter {
             .get_ref()
             .sync_data()
             .map_err(|error| sink_error(&self.sink, error))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.sync()
     }
 }
 
@@ -221,7 +261,7 @@ impl StreamWriter {
 }
 
 impl RowWriter for StreamWriter {
-    fn write(&mut self, rows: &[Row]) -> Result<()> {
+    fn write(&mut self, _time: i64, rows: &[Row]) -> Result<()> {
         let mut text = Vec::new();
         for row in rows {
             self.layout.json_line(row, &mut text);
@@ -235,6 +275,10 @@ impl RowWriter for StreamWriter {
         written.map_err(|error| self.failed(error))
     }
 
+    fn sync(&mut self) -> Result<()> {
+        self.finish()
+    }
+
     fn finish(&mut self) -> Result<()> {
         let flushed = if self.stderr {
             std::io::stderr().flush()
@@ -245,11 +289,67 @@ impl RowWriter for StreamWriter {
     }
 }
 
+/// JSON messages to a Kafka topic, keyed by the entity key, with the
+/// model's identity in a header.
+struct KafkaWriter {
+    producer: KafkaProducer,
+    layout: Layout,
+    value: Vec<u8>,
+}
+
+impl RowWriter for KafkaWriter {
+    fn write(&mut self, time: i64, rows: &[Row]) -> Result<()> {
+        let model = self.layout.model.as_deref().map(str::as_bytes);
+        let headers: Vec<(&str, &[u8])> = model.map(|model| (MODEL_HEADER, model)).into_iter().collect();
+        let mut key = String::new();
+        for row in rows {
+            self.value.clear();
+            self.layout.json_line(row, &mut self.value);
+            key.clear();
+            let has_key = match self.layout.key_slot.map(|slot| &row.values[slot]) {
+                Some(Value::Str(text)) => {
+                    key.push_str(text);
+                    true
+                }
+                Some(Value::Null) | None => false,
+                Some(other) => {
+                    key.push_str(&value_to_json(other).to_string());
+                    true
+                }
+            };
+            self.producer.send(&ProducerRecord {
+                key: has_key.then_some(key.as_bytes()),
+                value: &self.value,
+                headers: &headers,
+                partition: None,
+                ticket: time,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        Ok(self.producer.check()?)
+    }
+
+    fn oldest_undurable(&self) -> Option<i64> {
+        self.producer.oldest_outstanding()
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        Ok(self.producer.flush(KAFKA_FINISH_TIMEOUT)?)
+    }
+}
+
 /// Counts and drops (for benchmarks).
 struct NullWriter;
 
 impl RowWriter for NullWriter {
-    fn write(&mut self, _rows: &[Row]) -> Result<()> {
+    fn write(&mut self, _time: i64, _rows: &[Row]) -> Result<()> {
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<()> {
         Ok(())
     }
 
@@ -261,6 +361,7 @@ impl RowWriter for NullWriter {
 /// Parquet; the Arrow writer decides row groups.
 struct ParquetWriter {
     writer: Option<parquet::arrow::ArrowWriter<File>>,
+    first_time: Option<i64>,
     schema: Arc<Schema>,
     layout: Layout,
     sink: SinkPlan,
@@ -298,6 +399,7 @@ impl ParquetWriter {
             .map_err(|error| sink_error(sink, error))?;
         Ok(ParquetWriter {
             writer: Some(writer),
+            first_time: None,
             schema,
             layout,
             sink: sink.clone(),
@@ -397,11 +499,24 @@ fn column_array<'a>(ty: ColumnType, values: impl Iterator<Item = &'a Value>) -> 
 }
 
 impl RowWriter for ParquetWriter {
-    fn write(&mut self, rows: &[Row]) -> Result<()> {
+    fn write(&mut self, time: i64, rows: &[Row]) -> Result<()> {
+        if !rows.is_empty() {
+            self.first_time.get_or_insert(time);
+        }
         self.write_batch(rows)
     }
 
+    fn sync(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn oldest_undurable(&self) -> Option<i64> {
+        // A Parquet file is readable only once its footer is written.
+        self.first_time
+    }
+
     fn finish(&mut self) -> Result<()> {
+        self.first_time = None;
         if let Some(writer) = self.writer.take() {
             let file = writer
                 .into_inner()
@@ -413,10 +528,13 @@ impl RowWriter for ParquetWriter {
     }
 }
 
-/// Writes dead letters as JSON lines: `_partition`, `_offset`, `_error`, `_raw`.
+/// Writes dead letters as JSON lines: `_partition`, `_offset`, `_error`,
+/// `_raw`; to a Kafka topic, as the raw record with the reason and origin
+/// in headers.
 pub struct DeadLetterWriter {
     inner: DeadLetterTarget,
     sink: SinkPlan,
+    origin: String,
 }
 
 enum DeadLetterTarget {
@@ -424,7 +542,16 @@ enum DeadLetterTarget {
     Stdout,
     Stderr,
     Discard,
+    Kafka(KafkaProducer),
 }
+
+/// Headers of a dead letter on a Kafka topic.
+pub const DEAD_LETTER_HEADERS: [&str; 4] = [
+    "tideflow-error",
+    "tideflow-source",
+    "tideflow-partition",
+    "tideflow-offset",
+];
 
 impl std::fmt::Debug for DeadLetterWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -435,8 +562,9 @@ impl std::fmt::Debug for DeadLetterWriter {
 }
 
 impl DeadLetterWriter {
-    /// Opens the dead-letter output of worker `worker`.
-    pub fn open(sink: &SinkPlan, worker: usize) -> Result<Self> {
+    /// Opens the dead-letter output of worker `worker`; `origin` names the
+    /// source (a topic, a path) in Kafka headers.
+    pub fn open(sink: &SinkPlan, worker: usize, origin: &str) -> Result<Self> {
         let inner = match sink {
             SinkPlan::Jsonl(dir) | SinkPlan::Parquet(dir) => {
                 let path = part_path(dir, worker, "jsonl");
@@ -447,15 +575,38 @@ impl DeadLetterWriter {
             SinkPlan::Stdout => DeadLetterTarget::Stdout,
             SinkPlan::Stderr => DeadLetterTarget::Stderr,
             SinkPlan::Null => DeadLetterTarget::Discard,
+            SinkPlan::Kafka {
+                brokers,
+                topic,
+                options,
+            } => DeadLetterTarget::Kafka(KafkaProducer::open(brokers, topic, options)?),
         };
         Ok(DeadLetterWriter {
             inner,
             sink: sink.clone(),
+            origin: origin.to_owned(),
         })
     }
 
     /// Writes one dead letter.
     pub fn write(&mut self, letter: &DeadLetter) -> Result<()> {
+        if let DeadLetterTarget::Kafka(producer) = &self.inner {
+            let (partition, offset) = (letter.partition.to_string(), letter.offset.to_string());
+            let values = [
+                letter.error.as_bytes(),
+                self.origin.as_bytes(),
+                partition.as_bytes(),
+                offset.as_bytes(),
+            ];
+            let headers: Vec<(&str, &[u8])> = DEAD_LETTER_HEADERS.into_iter().zip(values).collect();
+            return Ok(producer.send(&ProducerRecord {
+                key: None,
+                value: letter.raw.as_bytes(),
+                headers: &headers,
+                partition: None,
+                ticket: 0,
+            })?);
+        }
         let line = serde_json::json!({
             "_partition": letter.partition,
             "_offset": letter.offset,
@@ -468,19 +619,24 @@ impl DeadLetterWriter {
             DeadLetterTarget::File(file) => file.write_all(text.as_bytes()),
             DeadLetterTarget::Stdout => std::io::stdout().lock().write_all(text.as_bytes()),
             DeadLetterTarget::Stderr => std::io::stderr().lock().write_all(text.as_bytes()),
-            DeadLetterTarget::Discard => Ok(()),
+            DeadLetterTarget::Discard | DeadLetterTarget::Kafka(_) => Ok(()),
         };
         written.map_err(|error| sink_error(&self.sink, error))
     }
 
-    /// Flushes to durable storage.
+    /// Flushes to durable storage (for Kafka: waits for every dead letter
+    /// to be acknowledged).
     pub fn finish(&mut self) -> Result<()> {
-        if let DeadLetterTarget::File(file) = &mut self.inner {
-            file.flush()
-                .map_err(|error| sink_error(&self.sink, error))?;
-            file.get_ref()
-                .sync_data()
-                .map_err(|error| sink_error(&self.sink, error))?;
+        match &mut self.inner {
+            DeadLetterTarget::File(file) => {
+                file.flush()
+                    .map_err(|error| sink_error(&self.sink, error))?;
+                file.get_ref()
+                    .sync_data()
+                    .map_err(|error| sink_error(&self.sink, error))?;
+            }
+            DeadLetterTarget::Kafka(producer) => producer.flush(KAFKA_FINISH_TIMEOUT)?,
+            DeadLetterTarget::Stdout | DeadLetterTarget::Stderr | DeadLetterTarget::Discard => {}
         }
         Ok(())
     }

@@ -211,6 +211,7 @@ impl PartitionReader for JsonlReader {
                 partition: self.partition,
                 offset: self.next_offset,
                 timestamp_ms: None,
+                key: None,
                 body,
             });
             self.next_offset += 1;
@@ -403,6 +404,7 @@ impl PartitionReader for ParquetReader {
                     partition: self.partition,
                     offset: self.next_offset,
                     timestamp_ms: None,
+                    key: None,
                     body,
                 });
                 self.next_offset += 1;

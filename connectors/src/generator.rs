@@ -116,6 +116,23 @@ impl GeneratorConfig {
     }
 }
 
+impl GeneratorConfig {
+    /// The record at `offset` of `partition` as a JSON object with the
+    /// generator's fields, and its key (the user id). `time` replaces the
+    /// generated event time where given (live demos stamp wall-clock time).
+    pub fn record_json(&self, partition: u32, offset: u64, time: Option<i64>) -> (String, String) {
+        let (user, merchant, amount, generated_time) = self.record(partition, offset);
+        let user = format!("u{user}");
+        let object = serde_json::json!({
+            "user_id": user,
+            "merchant_id": format!("m{merchant}"),
+            "amount": amount,
+            "ts": time.unwrap_or(generated_time),
+        });
+        (user, object.to_string())
+    }
+}
+
 /// Card amounts: log-normal around tens of units, with a thin tail of large
 /// ones, rounded to cents.
 fn fraud_like_amount(random: &mut SplitMix) -> f64 {
@@ -232,6 +249,7 @@ impl PartitionReader for GeneratorReader {
                 partition: self.partition,
                 offset,
                 timestamp_ms: None,
+                key: None,
                 body: self.body(offset),
             });
         }

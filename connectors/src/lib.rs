@@ -10,6 +10,7 @@
 
 pub mod files;
 pub mod generator;
+pub mod kafka;
 pub mod record;
 
 pub use record::{PartitionReader, Poll, RawBody, RawRecord, Value};
@@ -46,6 +47,15 @@ pub enum Error {
         /// The file.
         path: PathBuf,
         /// What the Parquet reader said.
+        message: String,
+    },
+    /// A Kafka client failed: what it was doing and what librdkafka said
+    /// (secrets redacted).
+    #[error("{context}: {message}")]
+    Kafka {
+        /// What was being done.
+        context: String,
+        /// The reason.
         message: String,
     },
     /// A generator setting is out of range.

@@ -142,6 +142,8 @@ pub struct RawRecord {
     /// The transport's own timestamp in milliseconds, where it has one
     /// (Kafka message timestamps); files have none.
     pub timestamp_ms: Option<i64>,
+    /// The transport's record key, where it has one (Kafka message keys).
+    pub key: Option<Vec<u8>>,
     /// The record itself.
     pub body: RawBody,
 }
@@ -176,4 +178,9 @@ pub trait PartitionReader: Send {
 
     /// Progress as (records or bytes done, total), where a total is known.
     fn progress(&self) -> (u64, Option<u64>);
+
+    /// Registers a function to call when records become available after a
+    /// poll returned [`Poll::Pending`], so the engine need not poll an idle
+    /// partition in a tight loop. Readers that are never idle ignore it.
+    fn set_wakeup(&mut self, _wake: std::sync::Arc<dyn Fn() + Send + Sync>) {}
 }

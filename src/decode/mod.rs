@@ -6,7 +6,7 @@
 
 mod json;
 
-use crate::plan::Plan;
+use crate::plan::{MetadataSlots, Plan};
 use crate::row::{DeadLetter, Row};
 use crate::schema::{Column, ColumnType};
 use tideflow_connectors::{RawBody, RawRecord, Value};
@@ -18,6 +18,7 @@ pub struct Decoder {
     width: usize,
     time_slot: usize,
     required_slots: Vec<usize>,
+    metadata_slots: MetadataSlots,
 }
 
 impl Decoder {
@@ -28,6 +29,7 @@ impl Decoder {
             width: plan.columns.len(),
             time_slot: plan.time_slot,
             required_slots: plan.required_slots.clone(),
+            metadata_slots: plan.metadata_slots,
         }
     }
 
@@ -61,6 +63,10 @@ impl Decoder {
                 ));
             }
         }
+        if let Err(error) = self.fill_metadata(&record, &mut values) {
+            let raw = self.raw_text(&record.body, &values);
+            return Err(dead(error, raw));
+        }
         for slot in &self.required_slots {
             if values[*slot].is_null() {
                 let role = if *slot == self.time_slot {
@@ -88,6 +94,24 @@ impl Decoder {
             time,
             values,
         })
+    }
+
+    /// Fills the fields that come from the record's metadata (the Kafka
+    /// message key and timestamp), replacing any body field of that name.
+    fn fill_metadata(&self, record: &RawRecord, values: &mut [Value]) -> Result<(), String> {
+        if let Some(slot) = self.metadata_slots.key {
+            values[slot] = match &record.key {
+                None => Value::Null,
+                Some(key) => Value::Str(
+                    String::from_utf8(key.clone())
+                        .map_err(|_| "the message key is not valid UTF-8".to_owned())?,
+                ),
+            };
+        }
+        if let Some(slot) = self.metadata_slots.timestamp {
+            values[slot] = record.timestamp_ms.map_or(Value::Null, Value::I64);
+        }
+        Ok(())
     }
 
     fn decode_json(&self, bytes: &[u8], values: &mut Vec<Value>) -> Result<(), String> {

@@ -1,19 +1,28 @@
 //! The source operator: reads this worker's partitions, decodes records,
 //! separates late ones, and advances the watermark.
+//!
+//! A partition that is caught up and quiet for the source's idle timeout
+//! (Kafka) stops holding the watermark back, so one silent partition does
+//! not stall the graph. Its records that arrive later behind the watermark
+//! the others have reached are late: they go to dead letters as `late`.
 
 use super::RowStream;
 use crate::decode::Decoder;
 use crate::ordering::PartitionClock;
+use crate::commit::OffsetLedger;
 use crate::plan::SourcePlan;
 use crate::row::{DeadLetter, LATE};
 use crate::run::{Shared, Stats};
 use crate::sinks::DeadLetterWriter;
 use crate::{Error, Result};
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tideflow_connectors::files::{discover_partitions, open_partition};
 use tideflow_connectors::generator::GeneratorReader;
+use tideflow_connectors::kafka::{self, OffsetCommitter};
 use tideflow_connectors::{PartitionReader, Poll, RawRecord};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Scope;
@@ -27,7 +36,36 @@ pub fn partition_count(plan: &SourcePlan) -> Result<usize> {
     Ok(match plan {
         SourcePlan::Files { path, format, .. } => discover_partitions(path, *format)?.len(),
         SourcePlan::Generator(config) => config.partitions as usize,
+        SourcePlan::Kafka(kafka) => kafka::partition_count(&kafka.config)? as usize,
     })
+}
+
+/// The partitions one worker reads, and the committer of their offsets
+/// where the source has committed progress (Kafka).
+pub struct Assigned {
+    /// One reader per partition.
+    pub readers: Vec<Box<dyn PartitionReader>>,
+    /// Commits the group's offsets.
+    pub committer: Option<OffsetCommitter>,
+}
+
+impl std::fmt::Debug for Assigned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let partitions: Vec<u32> = self.readers.iter().map(|reader| reader.partition()).collect();
+        f.debug_struct("Assigned")
+            .field("partitions", &partitions)
+            .field("committer", &self.committer)
+            .finish()
+    }
+}
+
+/// A description of the source for dead-letter headers and messages.
+pub fn origin(plan: &SourcePlan) -> String {
+    match plan {
+        SourcePlan::Files { path, .. } => path.display().to_string(),
+        SourcePlan::Generator(_) => "generator".into(),
+        SourcePlan::Kafka(kafka) => kafka.config.topic.clone(),
+    }
 }
 
 /// Opens the readers of the partitions assigned to worker `index` of
@@ -37,8 +75,9 @@ pub fn open_assigned(
     columns: &[String],
     index: usize,
     peers: usize,
-) -> Result<Vec<Box<dyn PartitionReader>>> {
+) -> Result<Assigned> {
     let mut readers: Vec<Box<dyn PartitionReader>> = Vec::new();
+    let mut committer = None;
     match plan {
         SourcePlan::Files {
             path,
@@ -64,8 +103,27 @@ pub fn open_assigned(
                 }
             }
         }
+        SourcePlan::Kafka(kafka) => {
+            let count = kafka::partition_count(&kafka.config)?;
+            let mine: Vec<u32> = (0..count)
+                .filter(|partition| *partition as usize % peers == index)
+                .collect();
+            let (kafka_readers, kafka_committer) = kafka::open_partitions(&kafka.config, &mine)?;
+            for reader in kafka_readers {
+                eprintln!(
+                    "tideflow: worker {index} reads {} partition {} from offset {} ({} .. {})",
+                    kafka.config.topic,
+                    reader.partition(),
+                    reader.start_offset(),
+                    kafka.config.start,
+                    kafka.config.end,
+                );
+                readers.push(Box::new(reader));
+            }
+            committer = kafka_committer;
+        }
     }
-    Ok(readers)
+    Ok(Assigned { readers, committer })
 }
 
 /// One assigned partition: its reader, its clock, and whether it ended.
@@ -74,6 +132,28 @@ struct Partition {
     clock: PartitionClock,
     finished: bool,
     behind: bool,
+    last_record: Instant,
+}
+
+impl Partition {
+    /// Whether the partition holds the watermark back: not when it ended,
+    /// nor when it is caught up and has been quiet for `idle_timeout`.
+    fn holds_watermark(&self, idle_timeout: Option<Duration>) -> bool {
+        !self.finished
+            && !idle_timeout.is_some_and(|timeout| {
+                !self.behind && self.last_record.elapsed() >= timeout
+            })
+    }
+}
+
+/// Where the source operator sends what it cannot emit as rows, and where
+/// it records progress.
+#[derive(Debug)]
+pub struct SourceOutputs {
+    /// Dead letters, written as records are read.
+    pub dead_letters: Rc<RefCell<DeadLetterWriter>>,
+    /// The offsets read, for commits once outputs are durable.
+    pub ledger: Option<Rc<RefCell<OffsetLedger>>>,
 }
 
 /// Builds the source operator of worker `scope.index()`.
@@ -81,11 +161,19 @@ pub fn read_source<'scope>(
     scope: Scope<'scope, i64>,
     shared: Arc<Shared>,
     readers: Vec<Box<dyn PartitionReader>>,
-    mut dead_letters: DeadLetterWriter,
+    outputs: SourceOutputs,
 ) -> RowStream<'scope> {
     let decoder = Decoder::new(&shared.plan);
     let bound_ms = shared.plan.bound_ms;
     let tracks_lateness = shared.plan.tracks_lateness();
+    let idle_timeout = match &shared.plan.source {
+        SourcePlan::Kafka(kafka) => Some(kafka.idle_timeout),
+        _ => None,
+    };
+    let SourceOutputs {
+        dead_letters,
+        ledger,
+    } = outputs;
     let mut partitions: Vec<Partition> = readers
         .into_iter()
         .map(|reader| {
@@ -98,6 +186,7 @@ pub fn read_source<'scope>(
                 clock: PartitionClock::default(),
                 finished: false,
                 behind,
+                last_record: Instant::now(),
             }
         })
         .collect();
@@ -106,13 +195,23 @@ pub fn read_source<'scope>(
         "Source",
         move |capability, info| {
             let activator = scope.activator_for(info.address.clone());
+            let wake = scope.worker().sync_activator_for(info.address.to_vec());
+            let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+                // Fails only once the dataflow has shut down.
+                let _ = wake.activate();
+            });
+            for partition in partitions.iter_mut() {
+                partition.reader.set_wakeup(wake.clone());
+            }
             let mut capability = Some(capability);
             let mut raw: Vec<RawRecord> = Vec::with_capacity(RECORDS_PER_POLL);
             move |output| {
                 let Some(held) = capability.as_mut() else {
                     return;
                 };
+                let mut dead_letters = dead_letters.borrow_mut();
                 let mut rows = Vec::new();
+                let mut read_up_to: Vec<(u32, u64)> = Vec::new();
                 let mut again: Option<Duration> = None;
                 for partition in partitions
                     .iter_mut()
@@ -130,11 +229,18 @@ pub fn read_source<'scope>(
                         }
                     };
                     Stats::add(&shared.stats.records_in, raw.len() as u64);
+                    if let Some(last) = raw.last() {
+                        read_up_to.push((last.partition, last.offset + 1));
+                        partition.last_record = Instant::now();
+                    }
                     for record in raw.drain(..) {
                         let letter = match decoder.decode(record) {
+                            // Behind the partition's own clock, or (after the
+                            // partition was idle) behind the watermark.
                             Ok(row)
                                 if tracks_lateness
-                                    && partition.clock.is_late(row.time, bound_ms) =>
+                                    && (partition.clock.is_late(row.time, bound_ms)
+                                        || row.time < *held.time()) =>
                             {
                                 Stats::add(&shared.stats.late, 1);
                                 DeadLetter {
@@ -183,6 +289,9 @@ pub fn read_source<'scope>(
                 if !rows.is_empty() {
                     output.session(&*held).give_container(&mut rows);
                 }
+                if let Some(ledger) = &ledger {
+                    ledger.borrow_mut().checkpoint(*held.time(), read_up_to);
+                }
                 let all_finished = partitions.iter().all(|partition| partition.finished);
                 if all_finished || shared.is_aborted() || shared.stop_requested() {
                     if let Err(error) = dead_letters.finish() {
@@ -197,16 +306,24 @@ pub fn read_source<'scope>(
                 }
                 let watermark = partitions
                     .iter()
-                    .filter(|partition| !partition.finished)
+                    .filter(|partition| partition.holds_watermark(idle_timeout))
                     .map(|partition| partition.clock.watermark(bound_ms))
-                    .min()
-                    .unwrap_or(i64::MAX);
-                if watermark > *held.time() {
+                    .min();
+                if let Some(watermark) = watermark
+                    && watermark > *held.time()
+                {
                     held.downgrade(&watermark);
                 }
-                match again {
-                    Some(Duration::ZERO) | None => activator.activate(),
-                    Some(wait) => activator.activate_after(wait),
+                let wait = match again {
+                    Some(Duration::ZERO) | None => Duration::ZERO,
+                    // A partition about to turn idle must be looked at again
+                    // when its timeout passes, data or not.
+                    Some(wait) => idle_timeout.map_or(wait, |timeout| wait.min(timeout / 4)),
+                };
+                if wait.is_zero() {
+                    activator.activate();
+                } else {
+                    activator.activate_after(wait);
                 }
             }
         },

@@ -53,6 +53,8 @@ pub enum SourceSpec {
     Files(FilesSourceSpec),
     /// Synthetic, deterministic card transactions.
     Generator(GeneratorSourceSpec),
+    /// A Kafka topic.
+    Kafka(KafkaSourceSpec),
 }
 
 impl SourceSpec {
@@ -61,6 +63,7 @@ impl SourceSpec {
         match self {
             SourceSpec::Files(files) => files.key.as_deref(),
             SourceSpec::Generator(generator) => generator.key.as_deref(),
+            SourceSpec::Kafka(kafka) => kafka.key.as_deref(),
         }
     }
 }
@@ -108,6 +111,47 @@ pub struct GeneratorSourceSpec {
     pub disorder_fraction: Option<f64>,
     /// How far back such records move at most, as a duration (default 0s).
     pub disorder_max: Option<String>,
+}
+
+/// `[source] type = "kafka"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceSpec {
+    /// `bootstrap.servers`: `host:port[,host:port...]`.
+    pub brokers: String,
+    /// The topic to read.
+    pub topic: String,
+    /// The message format: `json` (one object per message value).
+    #[serde(default = "json_format")]
+    pub format: String,
+    /// The field the topic's partitions are keyed by (checked at run time).
+    /// `kafka_key` keys by the message key.
+    pub key: Option<String>,
+    /// The consumer group offsets are committed for (default
+    /// `tideflow-<name>`). Partitions are assigned by tideflow, not by the
+    /// group.
+    pub group_id: Option<String>,
+    /// Start position: `earliest`, `latest`, `committed` (default), an
+    /// RFC 3339 time, epoch ms, or `partition:offset,...`. `--from` overrides.
+    pub from: Option<String>,
+    /// End: `never` (default, live), `now` (the high watermarks at start),
+    /// or a time. `--until` overrides.
+    pub until: Option<String>,
+    /// A caught-up partition without a record for this long stops holding
+    /// back the watermark (default `5s`); its records that arrive later
+    /// behind the watermark are late.
+    pub idle_timeout: Option<String>,
+    /// How often consumed offsets are committed once outputs are durable
+    /// (default `1s`).
+    pub commit_interval: Option<String>,
+    /// librdkafka options, passed through verbatim (`security.protocol`,
+    /// `sasl.*`, `ssl.*`, ...). Secret values never appear in logs.
+    #[serde(default)]
+    pub options: IndexMap<String, toml::Value>,
+}
+
+fn json_format() -> String {
+    "json".to_owned()
 }
 
 /// `[time]`.
@@ -243,6 +287,22 @@ pub enum SinkSpec {
     Stderr(NoOptions),
     /// Rows are counted and dropped (benchmarks).
     Null(NoOptions),
+    /// JSON messages to a Kafka topic.
+    Kafka(KafkaSinkSpec),
+}
+
+/// `type = "kafka"` for a sink or the dead letters.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkSpec {
+    /// `bootstrap.servers` (default: the Kafka source's).
+    pub brokers: Option<String>,
+    /// The topic written.
+    pub topic: String,
+    /// librdkafka producer options, passed through verbatim (default: the
+    /// Kafka source's options where they are client-wide, such as security).
+    #[serde(default)]
+    pub options: IndexMap<String, toml::Value>,
 }
 
 /// A sink writing into a directory.

@@ -1,0 +1,515 @@
+//! The Kafka source side: one consumer per worker, manually assigned the
+//! worker's partitions, each partition read through its own queue as a
+//! [`PartitionReader`], and a committer for the group's offsets.
+//!
+//! Start positions are resolved to offsets before the assignment, so a run
+//! reports exactly where it started. A time is looked up with the brokers'
+//! offsets-for-times; where a broker cannot answer, the offset is found by a
+//! binary search over message timestamps (and the log says so).
+
+use super::{ClientOptions, EndPosition, LOOKUP_TIMEOUT, LoggingContext, StartPosition, kafka_error};
+use crate::{Error, PartitionReader, Poll, RawBody, RawRecord, Result};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+impl ConsumerContext for LoggingContext {}
+
+type Consumer_ = BaseConsumer<LoggingContext>;
+
+/// How long an idle reader asks not to be polled, at most. Arriving
+/// messages wake the reader earlier through its wake-up callback.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+
+/// A Kafka source, resolved from the spec and the command line.
+#[derive(Clone, Debug)]
+pub struct KafkaSourceConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// The topic read.
+    pub topic: String,
+    /// The consumer group offsets are committed for.
+    pub group_id: String,
+    /// librdkafka options, passed through verbatim.
+    pub options: ClientOptions,
+    /// Where each partition starts.
+    pub start: StartPosition,
+    /// Where each partition ends.
+    pub end: EndPosition,
+}
+
+impl KafkaSourceConfig {
+    fn consumer(&self) -> Result<Consumer_> {
+        self.options
+            .client_config(&[
+                ("bootstrap.servers", &self.brokers),
+                ("group.id", &self.group_id),
+                // Offsets are committed by the engine, only once every sink
+                // has accepted the outputs up to them.
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                // Reaching the end of a partition is how a reader knows it
+                // has caught up, and how `--until now` ends.
+                ("enable.partition.eof", "true"),
+            ])
+            .create_with_context(LoggingContext::new(&self.options))
+            .map_err(|error| self.error("cannot create a Kafka consumer", &error))
+    }
+
+    fn error(&self, context: impl Into<String>, error: &KafkaError) -> Error {
+        kafka_error(
+            &self.options,
+            format!("{} (topic {} at {})", context.into(), self.topic, self.brokers),
+            error,
+        )
+    }
+}
+
+/// The number of partitions of the source's topic.
+pub fn partition_count(config: &KafkaSourceConfig) -> Result<u32> {
+    let consumer = config.consumer()?;
+    let metadata = consumer
+        .fetch_metadata(Some(&config.topic), LOOKUP_TIMEOUT)
+        .map_err(|error| config.error("cannot read the topic's metadata", &error))?;
+    let topic = metadata
+        .topics()
+        .iter()
+        .find(|topic| topic.name() == config.topic);
+    match topic {
+        Some(topic) if topic.error().is_none() && !topic.partitions().is_empty() => {
+            Ok(topic.partitions().len() as u32)
+        }
+        _ => Err(Error::Kafka {
+            context: format!("topic {} at {}", config.topic, config.brokers),
+            message: "the topic does not exist; create it (tideflow gen creates its topic) \
+                      or check source.topic"
+                .into(),
+        }),
+    }
+}
+
+/// Opens readers for `partitions` of the source's topic, sharing one
+/// consumer, and a committer for their offsets. Each reader starts at its
+/// resolved start position; the log names it.
+pub fn open_partitions(
+    config: &KafkaSourceConfig,
+    partitions: &[u32],
+) -> Result<(Vec<KafkaPartitionReader>, Option<OffsetCommitter>)> {
+    if partitions.is_empty() {
+        return Ok((Vec::new(), None));
+    }
+    let consumer = Arc::new(config.consumer()?);
+    let mut plans = Vec::with_capacity(partitions.len());
+    for &partition in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(&config.topic, partition as i32, LOOKUP_TIMEOUT)
+            .map_err(|error| {
+                config.error(format!("cannot read partition {partition}'s offsets"), &error)
+            })?;
+        let (low, high) = (low.max(0) as u64, high.max(0) as u64);
+        let start = resolve_start(config, &consumer, partition, low, high)?;
+        let end = match config.end {
+            EndPosition::Never => ReaderEnd::Never,
+            EndPosition::Now => ReaderEnd::Offset(high),
+            EndPosition::Time(ms) => ReaderEnd::Time(ms),
+        };
+        plans.push((partition, start, high, end));
+    }
+    let mut assignment = TopicPartitionList::new();
+    for (partition, start, ..) in &plans {
+        assignment
+            .add_partition_offset(&config.topic, *partition as i32, Offset::Offset(*start as i64))
+            .map_err(|error| config.error("cannot build the assignment", &error))?;
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|error| config.error("cannot assign partitions", &error))?;
+    let mut readers = Vec::with_capacity(plans.len());
+    for (partition, start, high, end) in plans {
+        let Some(queue) = consumer.split_partition_queue(&config.topic, partition as i32) else {
+            return Err(Error::Kafka {
+                context: format!("topic {} partition {partition}", config.topic),
+                message: "librdkafka has no queue for this partition".into(),
+            });
+        };
+        let finished = matches!(end, ReaderEnd::Offset(end) if start >= end);
+        readers.push(KafkaPartitionReader {
+            partition,
+            queue,
+            consumer: consumer.clone(),
+            options: config.options.clone(),
+            start,
+            next_offset: start,
+            high_at_start: high,
+            end,
+            finished,
+            caught_up: start >= high,
+            at_end: false,
+        });
+    }
+    let committer = OffsetCommitter {
+        consumer,
+        topic: config.topic.clone(),
+        options: config.options.clone(),
+    };
+    Ok((readers, Some(committer)))
+}
+
+/// Resolves a partition's start position to an offset in [low, high].
+fn resolve_start(
+    config: &KafkaSourceConfig,
+    consumer: &Consumer_,
+    partition: u32,
+    low: u64,
+    high: u64,
+) -> Result<u64> {
+    let topic = &config.topic;
+    let offset = match &config.start {
+        StartPosition::Earliest => low,
+        StartPosition::Latest => high,
+        StartPosition::Offsets(pairs) => pairs
+            .iter()
+            .find(|(listed, _)| *listed == partition)
+            .map_or(low, |(_, offset)| *offset),
+        StartPosition::Committed => {
+            let mut wanted = TopicPartitionList::new();
+            wanted.add_partition(topic, partition as i32);
+            let committed = consumer
+                .committed_offsets(wanted, LOOKUP_TIMEOUT)
+                .map_err(|error| config.error("cannot read committed offsets", &error))?;
+            match committed
+                .find_partition(topic, partition as i32)
+                .map(|entry| entry.offset())
+            {
+                Some(Offset::Offset(offset)) => offset.max(0) as u64,
+                _ => {
+                    eprintln!(
+                        "tideflow: group {} has no committed offset for {topic} partition {partition}: starting at the earliest record",
+                        config.group_id
+                    );
+                    low
+                }
+            }
+        }
+        StartPosition::Time(ms) => offset_for_time(config, consumer, partition, *ms, low, high)?,
+    };
+    Ok(offset.clamp(low, high))
+}
+
+/// The first offset whose message timestamp is at or after `ms` (the high
+/// watermark if none is), asked of the brokers, or found by binary search
+/// where they cannot answer.
+fn offset_for_time(
+    config: &KafkaSourceConfig,
+    consumer: &Consumer_,
+    partition: u32,
+    ms: i64,
+    low: u64,
+    high: u64,
+) -> Result<u64> {
+    let mut wanted = TopicPartitionList::new();
+    wanted
+        .add_partition_offset(&config.topic, partition as i32, Offset::Offset(ms))
+        .map_err(|error| config.error("cannot build an offsets-for-times request", &error))?;
+    let answer = consumer
+        .offsets_for_times(wanted, LOOKUP_TIMEOUT)
+        .ok()
+        .and_then(|list| {
+            let entry = list.find_partition(&config.topic, partition as i32)?;
+            entry.error().ok()?;
+            Some(entry.offset())
+        });
+    match answer {
+        Some(Offset::Offset(offset)) if offset >= 0 => Ok(offset as u64),
+        Some(Offset::End) => Ok(high),
+        _ => {
+            eprintln!(
+                "tideflow: the brokers did not answer offsets-for-times for {} partition {partition}: \
+                 finding the offset of {ms} by binary search over message timestamps",
+                config.topic
+            );
+            binary_search_time(config, partition, ms, low, high)
+        }
+    }
+}
+
+/// The first offset in [low, high) whose timestamp is at or after `ms`,
+/// assuming timestamps do not decrease along the partition; `high` if none.
+fn binary_search_time(
+    config: &KafkaSourceConfig,
+    partition: u32,
+    ms: i64,
+    low: u64,
+    high: u64,
+) -> Result<u64> {
+    let probe = config.consumer()?;
+    let (mut lo, mut hi) = (low, high);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let (offset, timestamp) = first_message_from(config, &probe, partition, mid)?;
+        if timestamp >= ms {
+            hi = mid;
+        } else {
+            // Offsets between mid and the message read (gaps left by
+            // compaction or transaction markers) hold no record.
+            lo = offset + 1;
+        }
+    }
+    Ok(lo)
+}
+
+/// The offset and timestamp of the first message at or after `offset`.
+fn first_message_from(
+    config: &KafkaSourceConfig,
+    probe: &Consumer_,
+    partition: u32,
+    offset: u64,
+) -> Result<(u64, i64)> {
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(&config.topic, partition as i32, Offset::Offset(offset as i64))
+        .map_err(|error| config.error("cannot build a probe assignment", &error))?;
+    probe
+        .assign(&assignment)
+        .map_err(|error| config.error("cannot assign a probe", &error))?;
+    let deadline = Instant::now() + LOOKUP_TIMEOUT;
+    while Instant::now() < deadline {
+        match probe.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let timestamp = message.timestamp().to_millis().ok_or_else(|| Error::Kafka {
+                    context: format!("topic {} partition {partition}", config.topic),
+                    message: format!(
+                        "message {} has no timestamp, so no offset can be found for a time",
+                        message.offset()
+                    ),
+                })?;
+                return Ok((message.offset() as u64, timestamp));
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(error)) => return Err(config.error("cannot read a probe message", &error)),
+        }
+    }
+    Err(Error::Kafka {
+        context: format!("topic {} partition {partition}", config.topic),
+        message: format!("no message at offset {offset} within {LOOKUP_TIMEOUT:?}"),
+    })
+}
+
+/// Where a reader stops.
+#[derive(Clone, Copy, Debug)]
+enum ReaderEnd {
+    Never,
+    Offset(u64),
+    Time(i64),
+}
+
+/// One Kafka partition, read through its own queue of the worker's consumer.
+pub struct KafkaPartitionReader {
+    partition: u32,
+    queue: rdkafka::consumer::base_consumer::PartitionQueue<LoggingContext>,
+    consumer: Arc<Consumer_>,
+    options: ClientOptions,
+    start: u64,
+    next_offset: u64,
+    high_at_start: u64,
+    end: ReaderEnd,
+    finished: bool,
+    caught_up: bool,
+    /// At the end of the partition: EOF seen, no record since.
+    at_end: bool,
+}
+
+impl std::fmt::Debug for KafkaPartitionReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaPartitionReader")
+            .field("partition", &self.partition)
+            .field("start", &self.start)
+            .field("next_offset", &self.next_offset)
+            .field("high_at_start", &self.high_at_start)
+            .field("end", &self.end)
+            .finish()
+    }
+}
+
+impl KafkaPartitionReader {
+    /// The offset the reader started at.
+    pub fn start_offset(&self) -> u64 {
+        self.start
+    }
+
+    /// Serves the consumer's events (errors, logs), which librdkafka only
+    /// delivers while its main queue is polled.
+    fn serve_events(&self) -> Result<()> {
+        match self.consumer.poll(Duration::ZERO) {
+            Some(Err(error)) if is_fatal(&error) => Err(kafka_error(
+                &self.options,
+                format!("partition {}", self.partition),
+                &error,
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn past_end_time(&self, timestamp: Option<i64>) -> bool {
+        matches!((self.end, timestamp), (ReaderEnd::Time(end), Some(ms)) if ms >= end)
+    }
+}
+
+/// Errors after which reading cannot go on (as opposed to brokers that are
+/// down or slow, which librdkafka retries on its own).
+fn is_fatal(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::Authentication
+                | RDKafkaErrorCode::Fatal
+        )
+    )
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64)
+}
+
+impl PartitionReader for KafkaPartitionReader {
+    fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    fn poll(&mut self, out: &mut Vec<RawRecord>, max_records: usize) -> Result<Poll> {
+        if self.finished {
+            return Ok(Poll::Finished);
+        }
+        self.serve_events()?;
+        let mut taken = 0;
+        while taken < max_records {
+            match self.queue.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(message)) => {
+                    let offset = message.offset().max(0) as u64;
+                    let timestamp = message.timestamp().to_millis();
+                    if self.past_end_time(timestamp)
+                        || matches!(self.end, ReaderEnd::Offset(end) if offset >= end)
+                    {
+                        self.finished = true;
+                        break;
+                    }
+                    out.push(RawRecord {
+                        partition: self.partition,
+                        offset,
+                        timestamp_ms: timestamp,
+                        key: message.key().map(<[u8]>::to_vec),
+                        body: RawBody::Bytes(message.payload().map(<[u8]>::to_vec).unwrap_or_default()),
+                    });
+                    taken += 1;
+                    self.at_end = false;
+                    self.next_offset = offset + 1;
+                    if self.next_offset >= self.high_at_start {
+                        self.caught_up = true;
+                    }
+                    if matches!(self.end, ReaderEnd::Offset(end) if self.next_offset >= end) {
+                        self.finished = true;
+                        break;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    self.caught_up = true;
+                    self.at_end = true;
+                    // The end of the partition is at or past the high
+                    // watermark seen at start, whatever gaps lie before it.
+                    if matches!(self.end, ReaderEnd::Offset(_)) {
+                        self.finished = true;
+                    }
+                    break;
+                }
+                Some(Err(error)) if is_fatal(&error) => {
+                    return Err(kafka_error(
+                        &self.options,
+                        format!("partition {}", self.partition),
+                        &error,
+                    ));
+                }
+                // Transient (a broker down, a timeout): librdkafka retries and
+                // the context has logged it; the next poll goes on.
+                Some(Err(_)) => break,
+            }
+        }
+        // librdkafka reports the end of a partition once; a time bound may
+        // pass later, while the partition stays at its end.
+        if self.at_end && matches!(self.end, ReaderEnd::Time(end) if now_ms() >= end) {
+            self.finished = true;
+        }
+        Ok(if taken > 0 {
+            Poll::Ready
+        } else if self.finished {
+            Poll::Finished
+        } else {
+            Poll::Pending(IDLE_POLL)
+        })
+    }
+
+    fn is_behind(&self) -> bool {
+        !self.caught_up
+    }
+
+    fn progress(&self) -> (u64, Option<u64>) {
+        let done = self.next_offset.saturating_sub(self.start);
+        match self.end {
+            ReaderEnd::Offset(end) => (done, Some(end.saturating_sub(self.start))),
+            _ => (done, None),
+        }
+    }
+
+    fn set_wakeup(&mut self, wake: Arc<dyn Fn() + Send + Sync>) {
+        self.queue.set_nonempty_callback(move || wake());
+    }
+}
+
+/// Commits offsets of one worker's partitions for the consumer group.
+pub struct OffsetCommitter {
+    consumer: Arc<Consumer_>,
+    topic: String,
+    options: ClientOptions,
+}
+
+impl std::fmt::Debug for OffsetCommitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OffsetCommitter")
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+impl OffsetCommitter {
+    /// Commits `(partition, next offset to read)` pairs, waiting for the
+    /// group coordinator to accept them.
+    pub fn commit(&self, offsets: &[(u32, u64)]) -> Result<()> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        for (partition, offset) in offsets {
+            list.add_partition_offset(&self.topic, *partition as i32, Offset::Offset(*offset as i64))
+                .map_err(|error| kafka_error(&self.options, "cannot build a commit", &error))?;
+        }
+        self.consumer
+            .commit(&list, CommitMode::Sync)
+            .map_err(|error| {
+                kafka_error(
+                    &self.options,
+                    format!("cannot commit offsets of topic {}", self.topic),
+                    &error,
+                )
+            })
+    }
+}

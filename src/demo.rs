@@ -1,0 +1,201 @@
+//! `tideflow demo`: one Kafka dataflow, run live and then as a backfill, on
+//! an embedded broker, with nothing to install.
+//!
+//! Synthetic transactions are produced at a steady rate (each stamped with
+//! the wall clock when it is sent) while `dataflows/fraud_kafka.toml` runs
+//! live with micro-batches. Once production is over, the same topic is
+//! replayed from the start as a bounded backfill with bulk batches. Both
+//! runs read exactly the records produced before one cut-off time, so their
+//! outputs must be identical, row for row: the demo checks it. Live latency
+//! is the score record's Kafka timestamp minus the event's send time (both
+//! in whole milliseconds).
+
+use crate::dataflow::{RunOptions, run};
+use crate::plan;
+use crate::run::Summary;
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tideflow_connectors::generator::GeneratorConfig;
+use tideflow_connectors::kafka::{
+    ClientOptions, EmbeddedBroker, GenerateOptions, produce_generated, read_topic,
+};
+
+/// The spec the demo runs.
+pub const DEMO_SPEC: &str = "dataflows/fraud_kafka.toml";
+
+const INPUT_TOPIC: &str = "transactions";
+const LIVE_SCORES: &str = "fraud-scores";
+const BACKFILL_SCORES: &str = "fraud-scores-backfill";
+const PARTITIONS: u32 = 4;
+
+/// What the demo does.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// Transactions produced.
+    pub events: u64,
+    /// Production rate, events per second.
+    pub rate: f64,
+    /// Worker threads of each run.
+    pub workers: usize,
+    /// Where the two runs write their score files.
+    pub out: PathBuf,
+}
+
+/// What the demo measured.
+#[derive(Debug)]
+pub struct DemoReport {
+    /// The live run's summary.
+    pub live: Summary,
+    /// The backfill's summary.
+    pub backfill: Summary,
+    /// Live latency percentiles (p50, p99, max), ms.
+    pub latency_ms: (i64, i64, i64),
+    /// `None` when the two runs' outputs are identical, else the first
+    /// difference.
+    pub difference: Option<String>,
+}
+
+/// Runs the demo.
+pub fn run_demo(options: &DemoOptions) -> Result<DemoReport> {
+    let spec = Path::new(DEMO_SPEC);
+    if !spec.is_file() {
+        return Err(Error::Runtime(format!(
+            "{DEMO_SPEC} not found: run the demo from the root of the tideflow checkout"
+        )));
+    }
+    let broker = EmbeddedBroker::start(1)?;
+    let brokers = broker.bootstrap_servers();
+    for (topic, partitions) in [(INPUT_TOPIC, PARTITIONS), (LIVE_SCORES, PARTITIONS), (BACKFILL_SCORES, PARTITIONS), ("fraud-dead-letters", 1)] {
+        broker.create_topic(topic, partitions)?;
+    }
+    let production = Duration::from_secs_f64(options.events as f64 / options.rate);
+    // Both runs read every record sent before this time: the producer
+    // finishes well before it.
+    let cut_off = now_ms() + production.as_millis() as i64 + 2_000;
+    let generate = GenerateOptions {
+        brokers: brokers.clone(),
+        topic: INPUT_TOPIC.into(),
+        options: ClientOptions::default(),
+        generator: GeneratorConfig {
+            users: 10_000,
+            merchants: 500,
+            partitions: PARTITIONS,
+            count: Some(options.events),
+            rate: Some(options.rate),
+            ..GeneratorConfig::default()
+        },
+        wall_clock: true,
+    };
+    println!(
+        "tideflow demo: embedded Kafka broker at {brokers}; producing {} transactions at {:.0}/s to '{INPUT_TOPIC}'",
+        options.events, options.rate
+    );
+    let producer = std::thread::spawn(move || produce_generated(&generate, &|| false));
+    println!("live run: {DEMO_SPEC}, micro-batches, scoring while the events arrive ...");
+    let live = run_spec(&brokers, "micro", LIVE_SCORES, &options.out.join("live"), cut_off, options.workers)?;
+    producer
+        .join()
+        .map_err(|_| Error::Runtime("the demo's producer thread panicked".into()))??;
+    println!("backfill: the same topic from the earliest offset, bulk batches ...");
+    let backfill = run_spec(&brokers, "bulk", BACKFILL_SCORES, &options.out.join("backfill"), cut_off, options.workers)?;
+    let latency_ms = live_latency(&brokers)?;
+    let difference = first_difference(&options.out.join("live"), &options.out.join("backfill"))?;
+    Ok(DemoReport {
+        live,
+        backfill,
+        latency_ms,
+        difference,
+    })
+}
+
+fn run_spec(
+    brokers: &str,
+    policy: &str,
+    scores_topic: &str,
+    out: &Path,
+    until_ms: i64,
+    workers: usize,
+) -> Result<Summary> {
+    let overrides = vec![
+        format!("source.brokers=\"{brokers}\""),
+        "source.from=\"earliest\"".into(),
+        format!("source.until=\"{until_ms}\""),
+        format!("source.group_id=\"tideflow-demo-{policy}\""),
+        format!("batching.policy=\"{policy}\""),
+        format!("sink[0].topic=\"{scores_topic}\""),
+        format!("sink[1].path=\"{}\"", out.display()),
+    ];
+    let plan = plan::load(Path::new(DEMO_SPEC), &overrides)?;
+    let summary = run(
+        plan,
+        &RunOptions {
+            workers,
+            progress: false,
+            stop: None,
+        },
+    )?;
+    print!("{summary}");
+    Ok(summary)
+}
+
+/// p50, p99 and max of (score record timestamp - event send time), ms.
+fn live_latency(brokers: &str) -> Result<(i64, i64, i64)> {
+    let mut latencies: Vec<i64> = read_topic(brokers, LIVE_SCORES, &ClientOptions::default())?
+        .iter()
+        .filter_map(|record| {
+            let row: serde_json::Value = serde_json::from_slice(&record.value).ok()?;
+            Some(record.timestamp_ms? - row["ts"].as_i64()?)
+        })
+        .collect();
+    if latencies.is_empty() {
+        return Err(Error::Runtime("the live run produced no scores".into()));
+    }
+    latencies.sort_unstable();
+    let at = |quantile: f64| latencies[((latencies.len() - 1) as f64 * quantile).round() as usize];
+    Ok((at(0.5), at(0.99), *latencies.last().expect("not empty")))
+}
+
+/// Compares two directories of JSONL score files row by row, in
+/// (`_partition`, `_offset`) order.
+fn first_difference(left: &Path, right: &Path) -> Result<Option<String>> {
+    let (left_rows, right_rows) = (sorted_rows(left)?, sorted_rows(right)?);
+    if left_rows.len() != right_rows.len() {
+        return Ok(Some(format!(
+            "{} rows live, {} rows in the backfill",
+            left_rows.len(),
+            right_rows.len()
+        )));
+    }
+    Ok(left_rows
+        .iter()
+        .zip(&right_rows)
+        .find(|(live, backfill)| live != backfill)
+        .map(|(live, backfill)| format!("live:     {live}\nbackfill: {backfill}")))
+}
+
+fn sorted_rows(dir: &Path) -> Result<Vec<serde_json::Value>> {
+    let read_error = |error: std::io::Error| Error::Sink {
+        sink: dir.display().to_string(),
+        message: error.to_string(),
+    };
+    let mut rows = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_error)? {
+        let text = std::fs::read_to_string(entry.map_err(read_error)?.path()).map_err(read_error)?;
+        for line in text.lines() {
+            let row: serde_json::Value = serde_json::from_str(line).map_err(|error| Error::Sink {
+                sink: dir.display().to_string(),
+                message: error.to_string(),
+            })?;
+            rows.push(row);
+        }
+    }
+    rows.sort_by_key(|row| (row["_partition"].as_u64(), row["_offset"].as_u64()));
+    Ok(rows)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64)
+}
