@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs the ONNX Runtime library
-# (from the onnxruntime wheel on PyPI) into ~/.cache/tideflow, then runs
-# every unit, integration and doc test against it.
+# (from the onnxruntime wheel on PyPI) and the test broker (tansu, built from
+# crates.io, about 15 minutes the first time) into ~/.cache/tideflow, then
+# runs every unit, integration and doc test against them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 ORT_DYLIB_PATH="$(scripts/setup-onnxruntime.sh | tail -n 1)"
-export ORT_DYLIB_PATH
+TIDEFLOW_TANSU="$(scripts/setup-tansu.sh | tail -n 1)"
+export ORT_DYLIB_PATH TIDEFLOW_TANSU
 cargo test --workspace "$@"

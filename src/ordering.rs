@@ -36,15 +36,27 @@ impl PartitionClock {
 }
 
 /// Rows held until the watermark passes them, released in canonical order.
+///
+/// Each row keeps the dataflow time it arrived at, so that the operator
+/// holding the buffer can hold a capability no later than its oldest row:
+/// downstream, a frontier past a time then means every row that arrived
+/// before it has been written (which offset commits rely on).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ReorderBuffer {
-    rows: BTreeMap<(i64, u32, u64), Row>,
+    rows: BTreeMap<(i64, u32, u64), (i64, Row)>,
+    arrivals: BTreeMap<i64, usize>,
 }
 
 impl ReorderBuffer {
-    /// Holds a row.
-    pub fn push(&mut self, row: Row) {
-        self.rows.insert(row.canonical_order(), row);
+    /// Holds a row that arrived at dataflow time `arrival`.
+    pub fn push(&mut self, row: Row, arrival: i64) {
+        *self.arrivals.entry(arrival).or_default() += 1;
+        self.rows.insert(row.canonical_order(), (arrival, row));
+    }
+
+    /// The earliest dataflow time a held row arrived at.
+    pub fn oldest_arrival(&self) -> Option<i64> {
+        self.arrivals.keys().next().copied()
     }
 
     /// Removes and returns, in canonical order, every row with event time
@@ -55,8 +67,18 @@ impl ReorderBuffer {
             None => BTreeMap::new(),
             Some(watermark) => self.rows.split_off(&(watermark, 0, 0)),
         };
-        std::mem::replace(&mut self.rows, kept)
+        let released = std::mem::replace(&mut self.rows, kept);
+        released
             .into_values()
+            .map(|(arrival, row)| {
+                if let Some(count) = self.arrivals.get_mut(&arrival) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.arrivals.remove(&arrival);
+                    }
+                }
+                row
+            })
             .collect()
     }
 
@@ -89,13 +111,15 @@ mod tests {
     fn rows_leave_in_canonical_order_once_the_watermark_passes() {
         let mut buffer = ReorderBuffer::default();
         for (time, partition, offset) in [(5, 1, 0), (3, 0, 7), (5, 0, 2), (9, 0, 3)] {
-            buffer.push(Row {
+            let row = Row {
                 partition,
                 offset,
                 time,
                 values: Vec::new(),
-            });
+            };
+            buffer.push(row, time - 3);
         }
+        assert_eq!(buffer.oldest_arrival(), Some(0));
         let released: Vec<_> = buffer
             .release(Some(6))
             .iter()
@@ -103,6 +127,8 @@ mod tests {
             .collect();
         assert_eq!(released, [(3, 0, 7), (5, 0, 2), (5, 1, 0)]);
         assert_eq!(buffer.len(), 1);
+        assert_eq!(buffer.oldest_arrival(), Some(6));
         assert_eq!(buffer.release(None).len(), 1);
+        assert_eq!(buffer.oldest_arrival(), None);
     }
 }

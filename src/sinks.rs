@@ -35,19 +35,20 @@ const KAFKA_FINISH_TIMEOUT: Duration = Duration::from_secs(120);
 pub const MODEL_HEADER: &str = "tideflow-model";
 
 /// Writes rows somewhere.
+///
+/// Durability is tracked in *sync epochs*: [`RowWriter::sync`] closes the
+/// current epoch, and [`RowWriter::is_durable`] says whether everything
+/// written up to the end of an epoch would survive a crash (file data
+/// synced to disk, Kafka records acknowledged by the brokers).
 pub trait RowWriter {
-    /// Writes a batch of rows that the dataflow carries at `time`.
-    fn write(&mut self, time: i64, rows: &[Row]) -> Result<()>;
-    /// Makes everything written so far durable where that is cheap enough
-    /// to do periodically (a file's data synced to disk), and reports
-    /// failures that happened in the background (Kafka deliveries).
-    fn sync(&mut self) -> Result<()>;
-    /// The smallest time whose rows may not be durable even after
-    /// [`RowWriter::sync`] (records the brokers have not acknowledged, or a
-    /// Parquet file whose footer is only written at the end).
-    fn oldest_undurable(&self) -> Option<i64> {
-        None
-    }
+    /// Writes a batch of rows.
+    fn write(&mut self, rows: &[Row]) -> Result<()>;
+    /// Closes the current epoch and returns its number. File data is
+    /// synced to disk before this returns; Kafka records are acknowledged
+    /// in the background (and earlier delivery failures are reported here).
+    fn sync(&mut self) -> Result<u64>;
+    /// Whether everything written up to the end of `epoch` is durable.
+    fn is_durable(&self, epoch: u64) -> bool;
     /// Flushes and closes; after this the output is complete and durable.
     fn finish(&mut self) -> Result<()>;
 }
@@ -167,18 +168,21 @@ pub fn open_row_writer(
         SinkPlan::Stdout => Box::new(StreamWriter {
             layout: layout.clone(),
             stderr: false,
+            epochs: Epochs::default(),
         }),
         SinkPlan::Stderr => Box::new(StreamWriter {
             layout: layout.clone(),
             stderr: true,
+            epochs: Epochs::default(),
         }),
-        SinkPlan::Null => Box::new(NullWriter),
+        SinkPlan::Null => Box::new(NullWriter(Epochs::default())),
         SinkPlan::Kafka {
             brokers,
             topic,
             options,
         } => Box::new(KafkaWriter {
             producer: KafkaProducer::open(brokers, topic, options)?,
+            epoch: 1,
             layout: layout.clone(),
             value: Vec::new(),
         }),
@@ -196,9 +200,27 @@ fn sink_error(sink: &SinkPlan, error: impl std::fmt::Display) -> Error {
     }
 }
 
+/// The sync epochs of a writer whose data is durable once `sync` returns.
+#[derive(Debug, Default)]
+struct Epochs {
+    closed: u64,
+}
+
+impl Epochs {
+    fn close(&mut self) -> Result<u64> {
+        self.closed += 1;
+        Ok(self.closed)
+    }
+
+    fn closed(&self, epoch: u64) -> bool {
+        epoch <= self.closed
+    }
+}
+
 /// JSON lines into a file.
 struct JsonlWriter {
     file: BufWriter<File>,
+    epochs: Epochs,
     layout: Layout,
     sink: SinkPlan,
     line: Vec<u8>,
@@ -210,6 +232,7 @@ impl JsonlWriter {
             .map_err(|error| sink_error(sink, format!("{}: {error}", path.display())))?;
         Ok(JsonlWriter {
             file: BufWriter::with_capacity(1 << 16, file),
+            epochs: Epochs::default(),
             layout,
             sink: sink.clone(),
             line: Vec::new(),
@@ -218,7 +241,7 @@ impl JsonlWriter {
 }
 
 impl RowWriter for JsonlWriter {
-    fn write(&mut self, _time: i64, rows: &[Row]) -> Result<()> {
+    fn write(&mut self, rows: &[Row]) -> Result<()> {
         for row in rows {
             self.line.clear();
             self.layout.json_line(row, &mut self.line);
@@ -230,7 +253,16 @@ impl RowWriter for JsonlWriter {
         Ok(())
     }
 
-    fn sync(&mut self) -> Result<()> {
+    fn sync(&mut self) -> Result<u64> {
+        self.finish()?;
+        self.epochs.close()
+    }
+
+    fn is_durable(&self, epoch: u64) -> bool {
+        self.epochs.closed(epoch)
+    }
+
+    fn finish(&mut self) -> Result<()> {
         self.file
             .flush()
             .map_err(|error| sink_error(&self.sink, error))?;
@@ -239,16 +271,13 @@ impl RowWriter for JsonlWriter {
             .sync_data()
             .map_err(|error| sink_error(&self.sink, error))
     }
-
-    fn finish(&mut self) -> Result<()> {
-        self.sync()
-    }
 }
 
 /// JSON lines on standard output or error.
 struct StreamWriter {
     layout: Layout,
     stderr: bool,
+    epochs: Epochs,
 }
 
 impl StreamWriter {
@@ -261,7 +290,7 @@ impl StreamWriter {
 }
 
 impl RowWriter for StreamWriter {
-    fn write(&mut self, _time: i64, rows: &[Row]) -> Result<()> {
+    fn write(&mut self, rows: &[Row]) -> Result<()> {
         let mut text = Vec::new();
         for row in rows {
             self.layout.json_line(row, &mut text);
@@ -275,8 +304,13 @@ impl RowWriter for StreamWriter {
         written.map_err(|error| self.failed(error))
     }
 
-    fn sync(&mut self) -> Result<()> {
-        self.finish()
+    fn sync(&mut self) -> Result<u64> {
+        self.finish()?;
+        self.epochs.close()
+    }
+
+    fn is_durable(&self, epoch: u64) -> bool {
+        self.epochs.closed(epoch)
     }
 
     fn finish(&mut self) -> Result<()> {
@@ -293,12 +327,14 @@ impl RowWriter for StreamWriter {
 /// model's identity in a header.
 struct KafkaWriter {
     producer: KafkaProducer,
+    /// The current sync epoch: the ticket of records sent now.
+    epoch: u64,
     layout: Layout,
     value: Vec<u8>,
 }
 
 impl RowWriter for KafkaWriter {
-    fn write(&mut self, time: i64, rows: &[Row]) -> Result<()> {
+    fn write(&mut self, rows: &[Row]) -> Result<()> {
         let model = self.layout.model.as_deref().map(str::as_bytes);
         let headers: Vec<(&str, &[u8])> = model.map(|model| (MODEL_HEADER, model)).into_iter().collect();
         let mut key = String::new();
@@ -322,18 +358,22 @@ impl RowWriter for KafkaWriter {
                 value: &self.value,
                 headers: &headers,
                 partition: None,
-                ticket: time,
+                ticket: self.epoch as i64,
             })?;
         }
         Ok(())
     }
 
-    fn sync(&mut self) -> Result<()> {
-        Ok(self.producer.check()?)
+    fn sync(&mut self) -> Result<u64> {
+        self.producer.check()?;
+        self.epoch += 1;
+        Ok(self.epoch - 1)
     }
 
-    fn oldest_undurable(&self) -> Option<i64> {
-        self.producer.oldest_outstanding()
+    fn is_durable(&self, epoch: u64) -> bool {
+        self.producer
+            .oldest_outstanding()
+            .is_none_or(|oldest| oldest > epoch as i64)
     }
 
     fn finish(&mut self) -> Result<()> {
@@ -342,15 +382,19 @@ impl RowWriter for KafkaWriter {
 }
 
 /// Counts and drops (for benchmarks).
-struct NullWriter;
+struct NullWriter(Epochs);
 
 impl RowWriter for NullWriter {
-    fn write(&mut self, _time: i64, _rows: &[Row]) -> Result<()> {
+    fn write(&mut self, _rows: &[Row]) -> Result<()> {
         Ok(())
     }
 
-    fn sync(&mut self) -> Result<()> {
-        Ok(())
+    fn sync(&mut self) -> Result<u64> {
+        self.0.close()
+    }
+
+    fn is_durable(&self, epoch: u64) -> bool {
+        self.0.closed(epoch)
     }
 
     fn finish(&mut self) -> Result<()> {
@@ -361,7 +405,7 @@ impl RowWriter for NullWriter {
 /// Parquet; the Arrow writer decides row groups.
 struct ParquetWriter {
     writer: Option<parquet::arrow::ArrowWriter<File>>,
-    first_time: Option<i64>,
+    epochs: Epochs,
     schema: Arc<Schema>,
     layout: Layout,
     sink: SinkPlan,
@@ -399,7 +443,7 @@ impl ParquetWriter {
             .map_err(|error| sink_error(sink, error))?;
         Ok(ParquetWriter {
             writer: Some(writer),
-            first_time: None,
+            epochs: Epochs::default(),
             schema,
             layout,
             sink: sink.clone(),
@@ -499,24 +543,20 @@ fn column_array<'a>(ty: ColumnType, values: impl Iterator<Item = &'a Value>) -> 
 }
 
 impl RowWriter for ParquetWriter {
-    fn write(&mut self, time: i64, rows: &[Row]) -> Result<()> {
-        if !rows.is_empty() {
-            self.first_time.get_or_insert(time);
-        }
+    fn write(&mut self, rows: &[Row]) -> Result<()> {
         self.write_batch(rows)
     }
 
-    fn sync(&mut self) -> Result<()> {
-        Ok(())
+    fn sync(&mut self) -> Result<u64> {
+        self.epochs.close()
     }
 
-    fn oldest_undurable(&self) -> Option<i64> {
+    fn is_durable(&self, _epoch: u64) -> bool {
         // A Parquet file is readable only once its footer is written.
-        self.first_time
+        self.writer.is_none()
     }
 
     fn finish(&mut self) -> Result<()> {
-        self.first_time = None;
         if let Some(writer) = self.writer.take() {
             let file = writer
                 .into_inner()

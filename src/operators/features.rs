@@ -100,7 +100,10 @@ fn in_event_time_order<'scope>(
             let mut buffer = ReorderBuffer::default();
             let mut capability = Some(capability);
             move |(input, frontier), output| {
-                input.for_each(|_time, rows| buffer_rows(&mut buffer, rows, &shared));
+                input.for_each(|time, rows| {
+                    let arrival = time.least().copied().unwrap_or(i64::MIN);
+                    buffer_rows(&mut buffer, rows, arrival, &shared);
+                });
                 let watermark = frontier.frontier().iter().min().copied();
                 let Some(held) = capability.as_mut() else {
                     return;
@@ -112,8 +115,13 @@ fn in_event_time_order<'scope>(
                 {
                     output.session(&*held).give_container(&mut released);
                 }
-                match watermark {
-                    Some(watermark) if watermark > *held.time() => held.downgrade(&watermark),
+                // Held no later than the oldest row still buffered.
+                match watermark.map(|watermark| {
+                    buffer
+                        .oldest_arrival()
+                        .map_or(watermark, |oldest| oldest.min(watermark))
+                }) {
+                    Some(time) if time > *held.time() => held.downgrade(&time),
                     Some(_) => {}
                     None => capability = None,
                 }
@@ -122,12 +130,12 @@ fn in_event_time_order<'scope>(
     )
 }
 
-fn buffer_rows(buffer: &mut ReorderBuffer, rows: &mut Vec<Row>, shared: &Shared) {
+fn buffer_rows(buffer: &mut ReorderBuffer, rows: &mut Vec<Row>, arrival: i64, shared: &Shared) {
     if shared.is_aborted() {
         rows.clear();
         return;
     }
     for row in rows.drain(..) {
-        buffer.push(row);
+        buffer.push(row, arrival);
     }
 }

@@ -7,6 +7,7 @@ use crate::batching::Batcher;
 use crate::inference::Model;
 use crate::row::Row;
 use crate::run::Shared;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 use tideflow_connectors::Value;
@@ -25,14 +26,18 @@ impl<'scope> ScoreRows<'scope> for RowStream<'scope> {
         self.unary_frontier(Pipeline, "Score", move |capability, info| {
             let activator = scope.activator_for(info.address.clone());
             let mut batcher = Batcher::new(shared.plan.batching);
+            // (dataflow time, rows) of the rows in the batcher, oldest first:
+            // the capability is held no later than the oldest.
+            let mut arrivals: VecDeque<(i64, usize)> = VecDeque::new();
             let mut capability = Some(capability);
             move |(input, frontier), output| {
                 let now = Instant::now();
-                input.for_each(|_time, rows| {
+                input.for_each(|time, rows| {
                     if shared.is_aborted() {
                         rows.clear();
                         return;
                     }
+                    arrivals.push_back((time.least().copied().unwrap_or(i64::MIN), rows.len()));
                     for row in rows.iter_mut() {
                         evaluate_expressions(&shared, row);
                     }
@@ -54,12 +59,18 @@ impl<'scope> ScoreRows<'scope> for RowStream<'scope> {
                         break;
                     }
                     shared.stats.batch(batch.len());
+                    forget_arrivals(&mut arrivals, batch.len());
                     output.session(&*held).give_container(&mut batch);
                 }
                 if let Some(wait) = batcher.time_to_deadline(behind, now) {
                     activator.activate_after(wait);
                 }
-                match frontier.frontier().iter().min() {
+                let hold = frontier.frontier().iter().min().map(|time| {
+                    arrivals
+                        .front()
+                        .map_or(*time, |(oldest, _)| (*oldest).min(*time))
+                });
+                match hold.as_ref() {
                     Some(time) if time > held.time() => held.downgrade(time),
                     Some(_) => {}
                     None if batcher.is_empty() || shared.is_aborted() => capability = None,
@@ -67,6 +78,21 @@ impl<'scope> ScoreRows<'scope> for RowStream<'scope> {
                 }
             }
         })
+    }
+}
+
+/// Removes `count` rows, oldest first, from the arrival record.
+fn forget_arrivals(arrivals: &mut VecDeque<(i64, usize)>, mut count: usize) {
+    while count > 0 {
+        let Some((_, rows)) = arrivals.front_mut() else {
+            return;
+        };
+        let taken = count.min(*rows);
+        *rows -= taken;
+        count -= taken;
+        if *rows == 0 {
+            arrivals.pop_front();
+        }
     }
 }
 

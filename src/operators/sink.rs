@@ -1,15 +1,20 @@
 //! The sink operator: writes each batch of rows to every sink of the plan,
 //! and tells the rest of the worker how far its outputs are durable.
 //!
-//! Its output stream carries no data: the operator holds a capability at
-//! the oldest time whose rows may not yet be durable (written since the
-//! last sync, or not yet acknowledged by Kafka brokers). A probe on that
-//! stream is therefore the *durable frontier* of all sinks of all workers,
-//! which is what source offsets may be committed up to.
+//! Its output stream carries no data: the operator holds a capability that
+//! trails its input frontier until the rows before it are durable. Every
+//! sync interval it syncs its writers, noting the input frontier `f` then;
+//! once each writer reports that sync durable (files at once, Kafka once
+//! the brokers acknowledge), the capability moves to `f`. Upstream
+//! operators hold a capability for every row they still hold, so `f` also
+//! covers rows that were re-timed on the way. A probe on the output is thus
+//! the *durable frontier* of all sinks of all workers: source offsets read
+//! before it may be committed.
 
 use super::RowStream;
 use crate::run::{Shared, Stats};
 use crate::sinks::RowWriter;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use timely::container::CapacityContainerBuilder;
@@ -45,16 +50,17 @@ impl WriteRows for RowStream<'_> {
             move |capability, info| {
                 let activator = scope.activator_for(info.address.clone());
                 let mut capability = Some(capability);
-                // Every row before this time has been written and synced.
-                let mut synced_before = i64::MIN;
+                // Syncs not yet durable: each writer's epoch, and the input
+                // frontier when the sync was made.
+                let mut pending: VecDeque<(Vec<u64>, i64)> = VecDeque::new();
                 let mut last_sync = Instant::now();
                 move |(input, frontier), _output| {
-                    input.for_each(|time, rows| {
+                    input.for_each(|_time, rows| {
                         if shared.is_aborted() {
                             return;
                         }
                         for writer in writers.iter_mut() {
-                            if let Err(error) = writer.write(time.least().copied().unwrap_or(i64::MIN), rows) {
+                            if let Err(error) = writer.write(rows) {
                                 shared.abort(error);
                                 return;
                             }
@@ -79,20 +85,28 @@ impl WriteRows for RowStream<'_> {
                         return;
                     };
                     if last_sync.elapsed() >= interval {
-                        for writer in writers.iter_mut() {
-                            if let Err(error) = writer.sync() {
-                                shared.abort(error);
+                        let epochs: Result<Vec<u64>, _> =
+                            writers.iter_mut().map(|writer| writer.sync()).collect();
+                        match epochs {
+                            Ok(epochs) => {
+                                pending.push_back((epochs, input_frontier.expect("checked above")))
                             }
+                            Err(error) => shared.abort(error),
                         }
-                        synced_before = input_frontier.expect("checked above");
                         last_sync = Instant::now();
                     }
-                    let durable_before = writers
-                        .iter()
-                        .filter_map(|writer| writer.oldest_undurable())
-                        .fold(synced_before, i64::min);
-                    if durable_before > *held.time() {
-                        held.downgrade(&durable_before);
+                    while let Some((epochs, synced_before)) = pending.front() {
+                        let durable = writers
+                            .iter()
+                            .zip(epochs)
+                            .all(|(writer, epoch)| writer.is_durable(*epoch));
+                        if !durable {
+                            break;
+                        }
+                        if *synced_before > *held.time() {
+                            held.downgrade(synced_before);
+                        }
+                        pending.pop_front();
                     }
                     if *held.time() < input_frontier.expect("checked above") {
                         // Nothing may arrive to wake the operator: look again

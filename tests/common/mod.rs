@@ -2,6 +2,8 @@
 //! running a spec, and reading its outputs back in canonical order.
 #![allow(dead_code)]
 
+pub mod broker;
+
 use std::path::{Path, PathBuf};
 use tideflow::dataflow::{RunOptions, run};
 use tideflow::run::Summary;

@@ -1,0 +1,430 @@
+//! Kafka end to end, against a real Kafka-protocol broker (tansu, started
+//! per test on a free loopback port): the same events scored live, as a
+//! backfill and as a catch-up give identical rows on any number of
+//! workers; every start position starts where it says; bad messages become
+//! dead letters with their origin; a killed run restarted from the committed
+//! offsets loses nothing.
+
+mod common;
+
+use common::broker::Broker;
+use common::{read_lines, read_rows, require_onnxruntime, root};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tideflow::dataflow::{RunOptions, run};
+use tideflow::run::Summary;
+use tideflow_connectors::generator::GeneratorConfig;
+use tideflow_connectors::kafka::{
+    ClientOptions, GenerateOptions, KafkaProducer, ProducerRecord, ensure_topic, produce_generated,
+    read_topic,
+};
+
+const PARTITIONS: u32 = 4;
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+fn generator(count: u64, rate: Option<f64>, seed: u64) -> GeneratorConfig {
+    GeneratorConfig {
+        seed,
+        users: 300,
+        merchants: 20,
+        partitions: PARTITIONS,
+        count: Some(count),
+        rate,
+        spacing_ms: 20.0,
+        disorder_fraction: 0.05,
+        disorder_max_ms: 3_000,
+        ..GeneratorConfig::default()
+    }
+}
+
+/// Produces the generator's records `offset_from..` of each partition.
+fn produce(broker: &Broker, topic: &str, config: GeneratorConfig) -> u64 {
+    produce_generated(
+        &GenerateOptions {
+            brokers: broker.brokers.clone(),
+            topic: topic.into(),
+            options: ClientOptions::default(),
+            generator: config,
+            wall_clock: false,
+        },
+        &|| false,
+    )
+    .expect("producing test events")
+}
+
+/// Creates the topics a fraud_kafka run writes to, named after `topic`.
+fn output_topics(broker: &Broker, topic: &str) {
+    for name in [format!("{topic}-scores"), format!("{topic}-dead")] {
+        ensure_topic(&broker.brokers, &ClientOptions::default(), &name, PARTITIONS).unwrap();
+    }
+}
+
+/// Runs `dataflows/fraud_kafka.toml` in process against `topic`.
+fn run_fraud_kafka(
+    brokers: &str,
+    topic: &str,
+    out: &Path,
+    from: &str,
+    until: &str,
+    workers: usize,
+) -> Summary {
+    let overrides = vec![
+        format!("source.brokers=\"{brokers}\""),
+        format!("source.topic=\"{topic}\""),
+        format!("source.group_id=\"{topic}-{}\"", out.file_name().unwrap().to_string_lossy()),
+        format!("source.from=\"{from}\""),
+        format!("source.until=\"{until}\""),
+        "time.max_out_of_orderness=\"2s\"".into(),
+        format!("sink[0].topic=\"{topic}-scores\""),
+        format!("sink[1].path=\"{}\"", out.display()),
+        format!("dead_letters.topic=\"{topic}-dead\""),
+        format!("model.path=\"{}\"", root().join("models/fraud_mlp.onnx").display()),
+    ];
+    let plan = tideflow::plan::load(&root().join("dataflows/fraud_kafka.toml"), &overrides)
+        .expect("fraud_kafka.toml loads");
+    let summary = run(
+        plan,
+        &RunOptions {
+            workers,
+            progress: false,
+            stop: None,
+        },
+    )
+    .expect("the run succeeds");
+    assert!(summary.counts.reconciles(), "{summary}");
+    summary
+}
+
+#[test]
+fn live_backfill_and_catch_up_give_identical_rows_on_any_number_of_workers() {
+    require_onnxruntime();
+    let broker = Broker::start();
+    let out = tempfile::tempdir().unwrap();
+    let count = 2_400;
+
+    // Backfill: everything produced first, then read up to the high
+    // watermarks, on 1 and 4 workers.
+    let topic = "parity-backfill";
+    produce(&broker, topic, generator(count, None, 7));
+    output_topics(&broker, topic);
+    let backfill = out.path().join("backfill-1");
+    let summary = run_fraud_kafka(&broker.brokers, topic, &backfill, "earliest", "now", 1);
+    assert_eq!(summary.counts.records_in, count);
+    assert!(summary.counts.late > 0, "the input should hold late records: {summary}");
+    let expected = read_lines(&backfill);
+    assert!(!expected.is_empty());
+    let four = out.path().join("backfill-4");
+    run_fraud_kafka(&broker.brokers, topic, &four, "earliest", "now", 4);
+    assert_eq!(read_lines(&four), expected, "backfill on 4 workers differs");
+
+    // Live: the run starts first and consumes while the events are produced.
+    // Both live runs stop at a cut-off time after the last event is sent.
+    let rate = 1_200.0;
+    let cut_off = now_ms() + (count as f64 / rate * 1000.0) as i64 + 3_000;
+    let topic = "parity-live";
+    ensure_topic(&broker.brokers, &ClientOptions::default(), topic, PARTITIONS).unwrap();
+    output_topics(&broker, topic);
+    let live = out.path().join("live");
+    let running = {
+        let (brokers, live) = (broker.brokers.clone(), live.clone());
+        std::thread::spawn(move || {
+            run_fraud_kafka(&brokers, "parity-live", &live, "earliest", &cut_off.to_string(), 2)
+        })
+    };
+    produce(&broker, topic, generator(count, Some(rate), 7));
+    running.join().unwrap();
+    assert_eq!(read_lines(&live), expected, "live rows differ from the backfill");
+
+    // Catch-up: half the events are history when the run starts, the rest
+    // arrive while it runs.
+    let cut_off = now_ms() + (count as f64 / 2.0 / rate * 1000.0) as i64 + 3_000;
+    let topic = "parity-catch-up";
+    produce(&broker, topic, generator(count / 2, None, 7));
+    output_topics(&broker, topic);
+    let catch_up = out.path().join("catch-up");
+    let running = {
+        let (brokers, catch_up) = (broker.brokers.clone(), catch_up.clone());
+        std::thread::spawn(move || {
+            run_fraud_kafka(&brokers, "parity-catch-up", &catch_up, "earliest", &cut_off.to_string(), 2)
+        })
+    };
+    let second_half = GenerateOptions {
+        brokers: broker.brokers.clone(),
+        topic: topic.into(),
+        options: ClientOptions::default(),
+        generator: generator(count, Some(rate), 7),
+        wall_clock: false,
+    };
+    produce_from(&second_half, count / 2);
+    running.join().unwrap();
+    assert_eq!(read_lines(&catch_up), expected, "catch-up rows differ from the backfill");
+}
+
+/// Produces the generator's records from global sequence number `skip` on,
+/// at the configured rate, to the same partitions `produce` uses.
+fn produce_from(options: &GenerateOptions, skip: u64) {
+    let config = &options.generator;
+    let producer = KafkaProducer::open(&options.brokers, &options.topic, &options.options).unwrap();
+    let partitions = u64::from(config.partitions);
+    let started = std::time::Instant::now();
+    let total = config.count.unwrap();
+    for (index, sequence) in (skip..total).enumerate() {
+        if let Some(rate) = config.rate {
+            let due = started + Duration::from_secs_f64(index as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let partition = (sequence % partitions) as u32;
+        let (key, value) = config.record_json(partition, sequence / partitions, None);
+        producer
+            .send(&ProducerRecord {
+                key: Some(key.as_bytes()),
+                value: value.as_bytes(),
+                headers: &[],
+                partition: Some(partition),
+                ticket: 0,
+            })
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+}
+
+/// The rows of a run keyed by (partition, offset).
+fn origins(dir: &Path) -> Vec<(u64, u64)> {
+    read_rows(dir)
+        .iter()
+        .map(|row| (row["_partition"].as_u64().unwrap(), row["_offset"].as_u64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn every_start_position_starts_where_it_says() {
+    require_onnxruntime();
+    let broker = Broker::start();
+    let out = tempfile::tempdir().unwrap();
+    let topic = "positions";
+    output_topics(&broker, topic);
+    let brokers = broker.brokers.as_str();
+    // Phase one: 200 records; the group "committed" reads them all.
+    produce(&broker, topic, generator(200, None, 3));
+    let first = out.path().join("committed-first");
+    let summary = run_fraud_kafka(brokers, topic, &first, "earliest", "now", 2);
+    assert_eq!(summary.counts.records_in, 200, "{summary}");
+    std::thread::sleep(Duration::from_millis(50));
+    let middle = now_ms();
+    std::thread::sleep(Duration::from_millis(50));
+    // Phase two: 200 more, produced after `middle`.
+    let phase_two = GenerateOptions {
+        brokers: brokers.to_owned(),
+        topic: topic.into(),
+        options: ClientOptions::default(),
+        generator: generator(400, None, 3),
+        wall_clock: false,
+    };
+    produce_from(&phase_two, 200);
+
+    let run_from = |name: &str, from: &str| {
+        let dir = out.path().join(name);
+        let summary = run_fraud_kafka(brokers, topic, &dir, from, "now", 2);
+        (summary, origins(&dir))
+    };
+    let (summary, all) = run_from("earliest", "earliest");
+    assert_eq!(summary.counts.records_in, 400, "--until now reads up to the high watermarks");
+    assert_eq!(all.len() as u64, summary.counts.rows_out);
+    for partition in 0..4 {
+        let offsets: Vec<u64> = all.iter().filter(|(p, _)| *p == partition).map(|(_, o)| *o).collect();
+        assert_eq!(offsets.first(), Some(&0), "partition {partition} starts at 0");
+    }
+
+    let (summary, _) = run_from("latest", "latest");
+    assert_eq!(summary.counts.records_in, 0, "latest reads nothing already produced");
+
+    let (summary, _) = run_from("time", &middle.to_string());
+    assert_eq!(summary.counts.records_in, 200, "a time starts at the first record after it");
+    let rfc3339 = humantime_string(middle);
+    let (summary, _) = run_from("time-rfc3339", &rfc3339);
+    assert_eq!(summary.counts.records_in, 200, "{rfc3339} starts at the first record after it");
+
+    let (summary, explicit) = run_from("offsets", "0:10,1:20,2:30");
+    assert_eq!(summary.counts.records_in, 400 - 60, "{summary}");
+    for (partition, first) in [(0, 10), (1, 20), (2, 30), (3, 0)] {
+        let lowest = explicit.iter().filter(|(p, _)| *p == partition).map(|(_, o)| *o).min();
+        assert!(lowest.is_none_or(|lowest| lowest >= first), "partition {partition} from {first}");
+    }
+
+    // The group of the first run committed everything it read.
+    let dir = out.path().join("committed-first");
+    let again = run_fraud_kafka(brokers, topic, &dir.with_file_name("committed-first"), "committed", "now", 2);
+    assert_eq!(again.counts.records_in, 200, "committed resumes after what was read: {again}");
+}
+
+fn humantime_string(ms: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(ms as u64);
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+#[test]
+fn malformed_messages_become_dead_letters_with_their_origin() {
+    let broker = Broker::start();
+    let brokers = broker.brokers.as_str();
+    let (topic, dead_topic) = ("malformed", "malformed-dead");
+    for name in [topic, dead_topic] {
+        ensure_topic(brokers, &ClientOptions::default(), name, 1).unwrap();
+    }
+    let producer = KafkaProducer::open(brokers, topic, &ClientOptions::default()).unwrap();
+    let messages: [(Option<&str>, &str); 6] = [
+        (Some("u1"), r#"{"amount": 1.5, "ts": 1000}"#),
+        (Some("u1"), "not json"),
+        (Some("u1"), r#"{"amount": "ten", "ts": 1001}"#),
+        (Some("u1"), ""),
+        (None, r#"{"amount": 2.0, "ts": 1002}"#),
+        (Some("u2"), r#"{"amount": 3.0, "ts": 1003}"#),
+    ];
+    for (key, value) in messages {
+        producer
+            .send(&ProducerRecord {
+                key: key.map(str::as_bytes),
+                value: value.as_bytes(),
+                headers: &[],
+                partition: Some(0),
+                ticket: 0,
+            })
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let spec = format!(
+        r#"
+name = "malformed"
+[source]
+type = "kafka"
+brokers = "{brokers}"
+topic = "{topic}"
+key = "kafka_key"
+from = "earliest"
+until = "now"
+[schema]
+amount = "f64"
+ts = "timestamp_ms"
+[time]
+field = "ts"
+[[feature]]
+name = "amount_sum"
+agg = "sum"
+field = "amount"
+[[sink]]
+type = "jsonl"
+path = "{}"
+[dead_letters]
+type = "kafka"
+topic = "{dead_topic}"
+"#,
+        out.path().display()
+    );
+    let summary = common::run_text(&spec, &[], 1).expect("the run succeeds");
+    assert_eq!(summary.counts.records_in, 6, "{summary}");
+    assert_eq!(summary.counts.rows_out, 2, "{summary}");
+    assert_eq!(summary.counts.dead, 4, "{summary}");
+    assert!(summary.counts.reconciles());
+    let rows = read_rows(out.path());
+    assert_eq!(rows[0]["kafka_key"], "u1");
+    assert_eq!(rows[1]["kafka_key"], "u2");
+
+    let letters = read_topic(brokers, dead_topic, &ClientOptions::default()).unwrap();
+    let header = |letter: &tideflow_connectors::kafka::TopicRecord, name: &str| {
+        let (_, value) = letter.headers.iter().find(|(key, _)| key == name).unwrap();
+        String::from_utf8(value.clone()).unwrap()
+    };
+    let found: Vec<(String, String, String, String)> = letters
+        .iter()
+        .map(|letter| {
+            (
+                header(letter, "tideflow-offset"),
+                header(letter, "tideflow-error"),
+                header(letter, "tideflow-source"),
+                String::from_utf8(letter.value.clone()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(found.len(), 4, "{found:?}");
+    let reasons: Vec<(&str, &str)> = found.iter().map(|(offset, error, ..)| (offset.as_str(), error.as_str())).collect();
+    assert!(reasons[0].0 == "1" && reasons[0].1.contains("JSON"), "{reasons:?}");
+    assert!(reasons[1].0 == "2" && reasons[1].1.contains("amount"), "{reasons:?}");
+    assert!(reasons[2].0 == "3" && reasons[2].1.contains("empty"), "{reasons:?}");
+    assert!(reasons[3].0 == "4" && reasons[3].1.contains("kafka_key"), "{reasons:?}");
+    assert!(found.iter().all(|(_, _, source, _)| source == topic));
+    assert_eq!(found[0].3, "not json");
+    for letter in &letters {
+        assert_eq!(header(letter, "tideflow-partition"), "0");
+    }
+}
+
+#[test]
+fn a_killed_run_restarted_from_committed_offsets_loses_nothing() {
+    require_onnxruntime();
+    let broker = Broker::start();
+    let topic = "killed";
+    let count = 40_000;
+    produce(&broker, topic, generator(count, None, 11));
+    output_topics(&broker, topic);
+    let out = tempfile::tempdir().unwrap();
+    let command = |out: &Path| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tideflow"));
+        command
+            .current_dir(root())
+            .args(["run", "dataflows/fraud_kafka.toml", "--workers", "2", "--quiet"])
+            .args(["--from", "committed", "--until", "now"])
+            .args(["--set", &format!("source.brokers=\"{}\"", broker.brokers)])
+            .args(["--set", &format!("source.topic=\"{topic}\"")])
+            .args(["--set", "source.group_id=\"killed\""])
+            .args(["--set", "source.commit_interval=\"100ms\""])
+            .args(["--set", &format!("sink[0].topic=\"{topic}-scores\"")])
+            .args(["--set", &format!("sink[1].path=\"{}\"", out.display())])
+            .args(["--set", &format!("dead_letters.topic=\"{topic}-dead\"")])
+            .stderr(std::process::Stdio::null());
+        command
+    };
+    let mut first = command(&out.path().join("first")).spawn().unwrap();
+    // Kill it once part of the input has been scored and committed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(first.try_wait().unwrap().is_none(), "the first run ended before it could be killed; raise the event count");
+        assert!(std::time::Instant::now() < deadline, "no output within 60 s");
+        let scored = read_topic(&broker.brokers, &format!("{topic}-scores"), &ClientOptions::default()).unwrap().len();
+        if scored > 2_000 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let scored_before_restart = read_topic(&broker.brokers, &format!("{topic}-scores"), &ClientOptions::default()).unwrap().len();
+    assert!((scored_before_restart as u64) < count, "the kill came too late to test anything");
+
+    let status = command(&out.path().join("second")).status().unwrap();
+    assert!(status.success(), "the restarted run failed: {status}");
+
+    let scores = read_topic(&broker.brokers, &format!("{topic}-scores"), &ClientOptions::default()).unwrap();
+    let dead = read_topic(&broker.brokers, &format!("{topic}-dead"), &ClientOptions::default()).unwrap();
+    let mut by_origin: std::collections::BTreeMap<(u64, u64), String> = Default::default();
+    for record in &scores {
+        let row: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+        let origin = (row["_partition"].as_u64().unwrap(), row["_offset"].as_u64().unwrap());
+        let text = row.to_string();
+        if let Some(earlier) = by_origin.insert(origin, text.clone()) {
+            assert_eq!(earlier, text, "a row produced twice differs at {origin:?}");
+        }
+    }
+    for letter in &dead {
+        let header = |name: &str| {
+            let (_, value) = letter.headers.iter().find(|(key, _)| key == name).unwrap();
+            String::from_utf8(value.clone()).unwrap().parse::<u64>().unwrap()
+        };
+        by_origin.insert((header("tideflow-partition"), header("tideflow-offset")), String::new());
+    }
+    assert_eq!(by_origin.len() as u64, count, "every input record has its output row or dead letter");
+}
