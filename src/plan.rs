@@ -323,6 +323,7 @@ impl Plan {
             spec,
             text,
             columns: Vec::new(),
+            field_count: 0,
         }
         .build()
     }
@@ -332,6 +333,8 @@ struct Builder<'a> {
     spec: &'a Spec,
     text: &'a SpecSource,
     columns: Vec<Column>,
+    /// Schema fields (and metadata fields) come first among the columns.
+    field_count: usize,
 }
 
 impl Builder<'_> {
@@ -352,6 +355,7 @@ impl Builder<'_> {
         self.schema()?;
         self.kafka_metadata_fields();
         let field_count = self.columns.len();
+        self.field_count = field_count;
         let (time_slot, bound_ms) = self.time()?;
         let source = self.source()?;
         let (stages, expressions) = self.features()?;
@@ -625,7 +629,7 @@ impl Builder<'_> {
                 "key by a schema field",
             );
         };
-        if slot >= self.spec.schema.len() || !self.columns[slot].ty.is_key_type() {
+        if slot >= self.field_count || !self.columns[slot].ty.is_key_type() {
             return self.fail(
                 key,
                 format!("{what} '{key}' cannot be a key"),

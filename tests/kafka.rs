@@ -385,7 +385,7 @@ fn a_killed_run_restarted_from_committed_offsets_loses_nothing() {
             .args(["--set", &format!("sink[0].topic=\"{topic}-scores\"")])
             .args(["--set", &format!("sink[1].path=\"{}\"", out.display())])
             .args(["--set", &format!("dead_letters.topic=\"{topic}-dead\"")])
-            .stderr(std::process::Stdio::null());
+            .stderr(std::process::Stdio::inherit());
         command
     };
     let mut first = command(&out.path().join("first")).spawn().unwrap();

@@ -92,8 +92,8 @@ pub struct TopicRecord {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
-/// Every record of a topic from the earliest offset to the end of each
-/// partition, in (partition, offset) order: for demos and tests that check
+/// Every record of a topic from the earliest offset to the high watermark
+/// of each partition when called, in (partition, offset) order: for demos and tests that check
 /// what a run produced.
 pub fn read_topic(brokers: &str, topic: &str, options: &ClientOptions) -> Result<Vec<TopicRecord>> {
     let consumer: BaseConsumer = options
@@ -113,19 +113,26 @@ pub fn read_topic(brokers: &str, topic: &str, options: &ClientOptions) -> Result
         .iter()
         .find(|found| found.name() == topic)
         .map_or(0, |found| found.partitions().len());
+    // Read each partition up to its high watermark now.
     let mut assignment = TopicPartitionList::new();
+    let mut ends = std::collections::BTreeMap::new();
     for partition in 0..partitions {
-        assignment
-            .add_partition_offset(topic, partition as i32, Offset::Beginning)
-            .map_err(|error| kafka_error(options, "cannot build an assignment", &error))?;
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition as i32, LOOKUP_TIMEOUT)
+            .map_err(|error| kafka_error(options, format!("cannot read offsets of {topic}"), &error))?;
+        if high > low {
+            ends.insert(partition as i32, high);
+            assignment
+                .add_partition_offset(topic, partition as i32, Offset::Offset(low))
+                .map_err(|error| kafka_error(options, "cannot build an assignment", &error))?;
+        }
     }
     consumer
         .assign(&assignment)
         .map_err(|error| kafka_error(options, "cannot assign", &error))?;
     let mut records = Vec::new();
-    let mut ended = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while ended.len() < partitions {
+    while !ends.is_empty() {
         if Instant::now() > deadline {
             return Err(Error::Kafka {
                 context: format!("reading topic {topic}"),
@@ -134,7 +141,11 @@ pub fn read_topic(brokers: &str, topic: &str, options: &ClientOptions) -> Result
         }
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
-            Some(Ok(message)) => records.push(TopicRecord {
+            Some(Ok(message)) => {
+                if ends.get(&message.partition()).is_some_and(|end| message.offset() + 1 >= *end) {
+                    ends.remove(&message.partition());
+                }
+                records.push(TopicRecord {
                 partition: message.partition() as u32,
                 offset: message.offset() as u64,
                 timestamp_ms: message.timestamp().to_millis(),
@@ -154,10 +165,9 @@ pub fn read_topic(brokers: &str, topic: &str, options: &ClientOptions) -> Result
                             .collect()
                     })
                     .unwrap_or_default(),
-            }),
-            Some(Err(KafkaError::PartitionEOF(partition))) => {
-                ended.insert(partition);
+                })
             }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(error)) => {
                 eprintln!("tideflow: reading {topic}: {}", options.redact(&error.to_string()));
             }
