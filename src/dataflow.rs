@@ -160,7 +160,9 @@ fn build_and_run(worker: &mut timely::worker::Worker, shared: Arc<Shared>) -> Re
             && !shared.is_aborted()
         {
             let mut ledger = ledger.borrow_mut();
-            ledger.outputs_durable_before(durable.with_frontier(|frontier| frontier.first().copied()));
+            ledger.outputs_durable_before(
+                durable.with_frontier(|frontier| frontier.first().copied()),
+            );
             if let Err(error) = ledger.commit(false) {
                 shared.abort(error);
             }

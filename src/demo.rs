@@ -66,7 +66,12 @@ pub fn run_demo(options: &DemoOptions) -> Result<DemoReport> {
     }
     let broker = EmbeddedBroker::start(1)?;
     let brokers = broker.bootstrap_servers();
-    for (topic, partitions) in [(INPUT_TOPIC, PARTITIONS), (LIVE_SCORES, PARTITIONS), (BACKFILL_SCORES, PARTITIONS), ("fraud-dead-letters", 1)] {
+    for (topic, partitions) in [
+        (INPUT_TOPIC, PARTITIONS),
+        (LIVE_SCORES, PARTITIONS),
+        (BACKFILL_SCORES, PARTITIONS),
+        ("fraud-dead-letters", 1),
+    ] {
         broker.create_topic(topic, partitions)?;
     }
     let production = Duration::from_secs_f64(options.events as f64 / options.rate);
@@ -93,12 +98,26 @@ pub fn run_demo(options: &DemoOptions) -> Result<DemoReport> {
     );
     let producer = std::thread::spawn(move || produce_generated(&generate, &|| false));
     println!("live run: {DEMO_SPEC}, micro-batches, scoring while the events arrive ...");
-    let live = run_spec(&brokers, "micro", LIVE_SCORES, &options.out.join("live"), cut_off, options.workers)?;
+    let live = run_spec(
+        &brokers,
+        "micro",
+        LIVE_SCORES,
+        &options.out.join("live"),
+        cut_off,
+        options.workers,
+    )?;
     producer
         .join()
         .map_err(|_| Error::Runtime("the demo's producer thread panicked".into()))??;
     println!("backfill: the same topic from the earliest offset, bulk batches ...");
-    let backfill = run_spec(&brokers, "bulk", BACKFILL_SCORES, &options.out.join("backfill"), cut_off, options.workers)?;
+    let backfill = run_spec(
+        &brokers,
+        "bulk",
+        BACKFILL_SCORES,
+        &options.out.join("backfill"),
+        cut_off,
+        options.workers,
+    )?;
     let latency_ms = live_latency(&brokers)?;
     let difference = first_difference(&options.out.join("live"), &options.out.join("backfill"))?;
     Ok(DemoReport {
@@ -181,12 +200,14 @@ fn sorted_rows(dir: &Path) -> Result<Vec<serde_json::Value>> {
     };
     let mut rows = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(read_error)? {
-        let text = std::fs::read_to_string(entry.map_err(read_error)?.path()).map_err(read_error)?;
+        let text =
+            std::fs::read_to_string(entry.map_err(read_error)?.path()).map_err(read_error)?;
         for line in text.lines() {
-            let row: serde_json::Value = serde_json::from_str(line).map_err(|error| Error::Sink {
-                sink: dir.display().to_string(),
-                message: error.to_string(),
-            })?;
+            let row: serde_json::Value =
+                serde_json::from_str(line).map_err(|error| Error::Sink {
+                    sink: dir.display().to_string(),
+                    message: error.to_string(),
+                })?;
             rows.push(row);
         }
     }

@@ -304,16 +304,23 @@ fn demo(options: &DemoOptions) -> anyhow::Result<()> {
         summary.counts.records_in as f64 / summary.elapsed.as_secs_f64().max(1e-9)
     };
     println!();
-    println!("rows scored: live {}, backfill {}", report.live.counts.rows_out, report.backfill.counts.rows_out);
+    println!(
+        "rows scored: live {}, backfill {}",
+        report.live.counts.rows_out, report.backfill.counts.rows_out
+    );
     println!(
         "throughput: live {:.0} events/s (paced by the producer), backfill {:.0} events/s",
         rate(&report.live),
         rate(&report.backfill)
     );
-    println!("live latency, event sent -> score produced: p50 {p50} ms, p99 {p99} ms, max {max} ms");
+    println!(
+        "live latency, event sent -> score produced: p50 {p50} ms, p99 {p99} ms, max {max} ms"
+    );
     match report.difference {
         None => println!("parity: live and backfill outputs are identical, row for row"),
-        Some(difference) => bail!("parity: the live and backfill outputs differ; first difference:\n{difference}"),
+        Some(difference) => {
+            bail!("parity: the live and backfill outputs differ; first difference:\n{difference}")
+        }
     }
     Ok(())
 }

@@ -262,7 +262,9 @@ impl SinkPlan {
                         ));
                     }
                 };
-                let mut options = source.map(|source| source.options.clone()).unwrap_or_default();
+                let mut options = source
+                    .map(|source| source.options.clone())
+                    .unwrap_or_default();
                 for (key, value) in client_options(&kafka.options)?.pairs() {
                     options.set(key, value);
                 }
@@ -290,7 +292,9 @@ impl SinkPlan {
 
 /// librdkafka options from a spec table: strings, numbers and booleans, as
 /// text.
-fn client_options(table: &indexmap::IndexMap<String, toml::Value>) -> Result<ClientOptions, String> {
+fn client_options(
+    table: &indexmap::IndexMap<String, toml::Value>,
+) -> Result<ClientOptions, String> {
     let mut options = ClientOptions::default();
     for (key, value) in table {
         let text = match value {
@@ -298,7 +302,11 @@ fn client_options(table: &indexmap::IndexMap<String, toml::Value>) -> Result<Cli
             toml::Value::Integer(number) => number.to_string(),
             toml::Value::Float(number) => number.to_string(),
             toml::Value::Boolean(flag) => flag.to_string(),
-            _ => return Err(format!("option '{key}' must be a string, number or boolean")),
+            _ => {
+                return Err(format!(
+                    "option '{key}' must be a string, number or boolean"
+                ));
+            }
         };
         options.set(key.clone(), text);
     }
@@ -381,7 +389,9 @@ impl Builder<'_> {
         let metadata_slots = match source {
             SourcePlan::Kafka(_) => MetadataSlots {
                 key: self.slot_of(KAFKA_KEY).filter(|slot| *slot < field_count),
-                timestamp: self.slot_of(KAFKA_TIMESTAMP).filter(|slot| *slot < field_count),
+                timestamp: self
+                    .slot_of(KAFKA_TIMESTAMP)
+                    .filter(|slot| *slot < field_count),
             },
             _ => MetadataSlots::default(),
         };
@@ -456,7 +466,11 @@ impl Builder<'_> {
             return;
         };
         let used = [
-            (KAFKA_KEY, kafka.key.as_deref() == Some(KAFKA_KEY), ColumnType::Str),
+            (
+                KAFKA_KEY,
+                kafka.key.as_deref() == Some(KAFKA_KEY),
+                ColumnType::Str,
+            ),
             (
                 KAFKA_TIMESTAMP,
                 self.spec.time.field == KAFKA_TIMESTAMP,
@@ -549,7 +563,11 @@ impl Builder<'_> {
             Ok(Duration::from_millis(ms.max(0) as u64))
         };
         let options = client_options(&spec.options).or_else(|message| {
-            self.fail("[source.options]", message, "quote the value: key = \"value\"")
+            self.fail(
+                "[source.options]",
+                message,
+                "quote the value: key = \"value\"",
+            )
         })?;
         Ok(SourcePlan::Kafka(KafkaPlan {
             config: KafkaSourceConfig {

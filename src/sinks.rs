@@ -23,9 +23,9 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tideflow_connectors::Value;
 use tideflow_connectors::kafka::{KafkaProducer, ProducerRecord};
-use std::time::Duration;
 
 /// How long finishing a Kafka sink waits for the brokers to acknowledge
 /// every record before the run fails.
@@ -336,7 +336,10 @@ struct KafkaWriter {
 impl RowWriter for KafkaWriter {
     fn write(&mut self, rows: &[Row]) -> Result<()> {
         let model = self.layout.model.as_deref().map(str::as_bytes);
-        let headers: Vec<(&str, &[u8])> = model.map(|model| (MODEL_HEADER, model)).into_iter().collect();
+        let headers: Vec<(&str, &[u8])> = model
+            .map(|model| (MODEL_HEADER, model))
+            .into_iter()
+            .collect();
         let mut key = String::new();
         for row in rows {
             self.value.clear();

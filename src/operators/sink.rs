@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Probe;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::{Stream, operators::probe::Handle};
-use timely::dataflow::operators::Probe;
 
 /// Writes rows to sinks.
 pub trait WriteRows {
@@ -44,78 +44,78 @@ impl WriteRows for RowStream<'_> {
         sync_interval: Option<Duration>,
     ) -> Handle<i64> {
         let scope = self.scope();
-        let durable: Stream<'_, i64, Vec<()>> = self.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
-            Pipeline,
-            "Sink",
-            move |capability, info| {
-                let activator = scope.activator_for(info.address.clone());
-                let mut capability = Some(capability);
-                // Syncs not yet durable: each writer's epoch, and the input
-                // frontier when the sync was made.
-                let mut pending: VecDeque<(Vec<u64>, i64)> = VecDeque::new();
-                let mut last_sync = Instant::now();
-                move |(input, frontier), _output| {
-                    input.for_each(|_time, rows| {
-                        if shared.is_aborted() {
-                            return;
-                        }
-                        for writer in writers.iter_mut() {
-                            if let Err(error) = writer.write(rows) {
-                                shared.abort(error);
+        let durable: Stream<'_, i64, Vec<()>> = self
+            .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                Pipeline,
+                "Sink",
+                move |capability, info| {
+                    let activator = scope.activator_for(info.address.clone());
+                    let mut capability = Some(capability);
+                    // Syncs not yet durable: each writer's epoch, and the input
+                    // frontier when the sync was made.
+                    let mut pending: VecDeque<(Vec<u64>, i64)> = VecDeque::new();
+                    let mut last_sync = Instant::now();
+                    move |(input, frontier), _output| {
+                        input.for_each(|_time, rows| {
+                            if shared.is_aborted() {
                                 return;
                             }
-                        }
-                        Stats::add(&shared.stats.rows_out, rows.len() as u64);
-                    });
-                    let Some(held) = capability.as_mut() else {
-                        return;
-                    };
-                    let input_frontier = frontier.frontier().first().copied();
-                    if input_frontier.is_none() {
-                        for writer in writers.iter_mut() {
-                            if let Err(error) = writer.finish() {
-                                shared.abort(error);
+                            for writer in writers.iter_mut() {
+                                if let Err(error) = writer.write(rows) {
+                                    shared.abort(error);
+                                    return;
+                                }
                             }
-                        }
-                        capability = None;
-                        return;
-                    }
-                    let Some(interval) = sync_interval else {
-                        held.downgrade(&input_frontier.expect("checked above"));
-                        return;
-                    };
-                    if last_sync.elapsed() >= interval {
-                        let epochs: Result<Vec<u64>, _> =
-                            writers.iter_mut().map(|writer| writer.sync()).collect();
-                        match epochs {
-                            Ok(epochs) => {
-                                pending.push_back((epochs, input_frontier.expect("checked above")))
+                            Stats::add(&shared.stats.rows_out, rows.len() as u64);
+                        });
+                        let Some(held) = capability.as_mut() else {
+                            return;
+                        };
+                        let input_frontier = frontier.frontier().first().copied();
+                        if input_frontier.is_none() {
+                            for writer in writers.iter_mut() {
+                                if let Err(error) = writer.finish() {
+                                    shared.abort(error);
+                                }
                             }
-                            Err(error) => shared.abort(error),
+                            capability = None;
+                            return;
                         }
-                        last_sync = Instant::now();
-                    }
-                    while let Some((epochs, synced_before)) = pending.front() {
-                        let durable = writers
-                            .iter()
-                            .zip(epochs)
-                            .all(|(writer, epoch)| writer.is_durable(*epoch));
-                        if !durable {
-                            break;
+                        let Some(interval) = sync_interval else {
+                            held.downgrade(&input_frontier.expect("checked above"));
+                            return;
+                        };
+                        if last_sync.elapsed() >= interval {
+                            let epochs: Result<Vec<u64>, _> =
+                                writers.iter_mut().map(|writer| writer.sync()).collect();
+                            match epochs {
+                                Ok(epochs) => pending
+                                    .push_back((epochs, input_frontier.expect("checked above"))),
+                                Err(error) => shared.abort(error),
+                            }
+                            last_sync = Instant::now();
                         }
-                        if *synced_before > *held.time() {
-                            held.downgrade(synced_before);
+                        while let Some((epochs, synced_before)) = pending.front() {
+                            let durable = writers
+                                .iter()
+                                .zip(epochs)
+                                .all(|(writer, epoch)| writer.is_durable(*epoch));
+                            if !durable {
+                                break;
+                            }
+                            if *synced_before > *held.time() {
+                                held.downgrade(synced_before);
+                            }
+                            pending.pop_front();
                         }
-                        pending.pop_front();
+                        if *held.time() < input_frontier.expect("checked above") {
+                            // Nothing may arrive to wake the operator: look again
+                            // when the next sync is due.
+                            activator.activate_after(interval.saturating_sub(last_sync.elapsed()));
+                        }
                     }
-                    if *held.time() < input_frontier.expect("checked above") {
-                        // Nothing may arrive to wake the operator: look again
-                        // when the next sync is due.
-                        activator.activate_after(interval.saturating_sub(last_sync.elapsed()));
-                    }
-                }
-            },
-        );
+                },
+            );
         let (probe, _) = durable.probe();
         probe
     }

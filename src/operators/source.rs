@@ -7,9 +7,9 @@
 //! the others have reached are late: they go to dead letters as `late`.
 
 use super::RowStream;
+use crate::commit::OffsetLedger;
 use crate::decode::Decoder;
 use crate::ordering::PartitionClock;
-use crate::commit::OffsetLedger;
 use crate::plan::SourcePlan;
 use crate::row::{DeadLetter, LATE};
 use crate::run::{Shared, Stats};
@@ -51,7 +51,11 @@ pub struct Assigned {
 
 impl std::fmt::Debug for Assigned {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let partitions: Vec<u32> = self.readers.iter().map(|reader| reader.partition()).collect();
+        let partitions: Vec<u32> = self
+            .readers
+            .iter()
+            .map(|reader| reader.partition())
+            .collect();
         f.debug_struct("Assigned")
             .field("partitions", &partitions)
             .field("committer", &self.committer)
@@ -140,9 +144,8 @@ impl Partition {
     /// nor when it is caught up and has been quiet for `idle_timeout`.
     fn holds_watermark(&self, idle_timeout: Option<Duration>) -> bool {
         !self.finished
-            && !idle_timeout.is_some_and(|timeout| {
-                !self.behind && self.last_record.elapsed() >= timeout
-            })
+            && !idle_timeout
+                .is_some_and(|timeout| !self.behind && self.last_record.elapsed() >= timeout)
     }
 }
 

@@ -26,12 +26,16 @@ impl Drop for Broker {
 /// The tansu binary: `TIDEFLOW_TANSU`, else where `scripts/setup-tansu.sh`
 /// installs it. Fails, naming the command that installs it, when missing.
 fn tansu_binary() -> PathBuf {
-    let path = std::env::var_os("TIDEFLOW_TANSU").map(PathBuf::from).unwrap_or_else(|| {
-        let cache = std::env::var_os("TIDEFLOW_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/tideflow"));
-        cache.join("tools/tansu-0.6.0/bin/tansu")
-    });
+    let path = std::env::var_os("TIDEFLOW_TANSU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("TIDEFLOW_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/tideflow")
+                });
+            cache.join("tools/tansu-0.6.0/bin/tansu")
+        });
     assert!(
         path.is_file(),
         "the test broker (tansu 0.6.0) is not installed at {}.\nInstall it with: scripts/setup-tansu.sh (or run the whole suite with scripts/test.sh)",
@@ -55,7 +59,13 @@ impl Broker {
         let url = format!("tcp://127.0.0.1:{port}");
         let mut process = Command::new(tansu_binary())
             .current_dir(dir.path())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             // Not memory://: its high watermarks and offsets-for-times are wrong.
             .args(["--storage-engine", "sqlite://tansu.db"])
             .stdout(Stdio::piped())
@@ -76,7 +86,10 @@ impl Broker {
             if let Ok(Some(status)) = process.try_wait() {
                 panic!("tansu exited at start with {status}");
             }
-            assert!(Instant::now() < deadline, "tansu did not become ready within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not become ready within 30 s"
+            );
         }
         Broker {
             process,

@@ -107,7 +107,9 @@ pub fn read_topic(brokers: &str, topic: &str, options: &ClientOptions) -> Result
         .map_err(|error| kafka_error(options, "cannot create a consumer", &error))?;
     let metadata = consumer
         .fetch_metadata(Some(topic), LOOKUP_TIMEOUT)
-        .map_err(|error| kafka_error(options, format!("cannot read metadata of {topic}"), &error))?;
+        .map_err(|error| {
+            kafka_error(options, format!("cannot read metadata of {topic}"), &error)
+        })?;
     let partitions = metadata
         .topics()
         .iter()
@@ -119,7 +121,9 @@ pub fn read_topic(brokers: &str, topic: &str, options: &ClientOptions) -> Result
     for partition in 0..partitions {
         let (low, high) = consumer
             .fetch_watermarks(topic, partition as i32, LOOKUP_TIMEOUT)
-            .map_err(|error| kafka_error(options, format!("cannot read offsets of {topic}"), &error))?;
+            .map_err(|error| {
+                kafka_error(options, format!("cannot read offsets of {topic}"), &error)
+            })?;
         if high > low {
             ends.insert(partition as i32, high);
             assignment
@@ -142,34 +146,40 @@ pub fn read_topic(brokers: &str, topic: &str, options: &ClientOptions) -> Result
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(message)) => {
-                if ends.get(&message.partition()).is_some_and(|end| message.offset() + 1 >= *end) {
+                if ends
+                    .get(&message.partition())
+                    .is_some_and(|end| message.offset() + 1 >= *end)
+                {
                     ends.remove(&message.partition());
                 }
                 records.push(TopicRecord {
-                partition: message.partition() as u32,
-                offset: message.offset() as u64,
-                timestamp_ms: message.timestamp().to_millis(),
-                key: message.key().map(<[u8]>::to_vec),
-                value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                headers: message
-                    .headers()
-                    .map(|headers| {
-                        headers
-                            .iter()
-                            .map(|header| {
-                                (
-                                    header.key.to_owned(),
-                                    header.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                    partition: message.partition() as u32,
+                    offset: message.offset() as u64,
+                    timestamp_ms: message.timestamp().to_millis(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    headers: message
+                        .headers()
+                        .map(|headers| {
+                            headers
+                                .iter()
+                                .map(|header| {
+                                    (
+                                        header.key.to_owned(),
+                                        header.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 })
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(error)) => {
-                eprintln!("tideflow: reading {topic}: {}", options.redact(&error.to_string()));
+                eprintln!(
+                    "tideflow: reading {topic}: {}",
+                    options.redact(&error.to_string())
+                );
             }
         }
     }

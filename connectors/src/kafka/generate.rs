@@ -33,7 +33,12 @@ pub struct GenerateOptions {
 /// acknowledged. Unbounded generators run until `stop` returns true.
 pub fn produce_generated(options: &GenerateOptions, stop: &dyn Fn() -> bool) -> Result<u64> {
     let config = &options.generator;
-    ensure_topic(&options.brokers, &options.options, &options.topic, config.partitions)?;
+    ensure_topic(
+        &options.brokers,
+        &options.options,
+        &options.topic,
+        config.partitions,
+    )?;
     let producer = KafkaProducer::open(&options.brokers, &options.topic, &options.options)?;
     let started = Instant::now();
     let mut produced = 0u64;

@@ -15,11 +15,11 @@ mod producer;
 mod source;
 
 pub use embedded::{EmbeddedBroker, TopicRecord, read_topic};
-pub use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 pub use generate::{GenerateOptions, produce_generated};
 pub use options::{ClientOptions, REDACTED};
 pub use position::{EndPosition, StartPosition, parse_time};
 pub use producer::{DeliveryTracker, KafkaProducer, ProducerRecord};
+pub use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 pub use source::{
     KafkaPartitionReader, KafkaSourceConfig, OffsetCommitter, open_partitions, partition_count,
 };
@@ -118,10 +118,9 @@ pub fn ensure_topic(
         .inner()
         .fetch_metadata(Some(topic), LOOKUP_TIMEOUT)
         .map_err(|error| kafka_error(options, format!("cannot reach {brokers}"), &error))?;
-    let exists = metadata
-        .topics()
-        .iter()
-        .any(|found| found.name() == topic && found.error().is_none() && !found.partitions().is_empty());
+    let exists = metadata.topics().iter().any(|found| {
+        found.name() == topic && found.error().is_none() && !found.partitions().is_empty()
+    });
     if exists {
         return Ok(false);
     }

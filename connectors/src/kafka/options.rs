@@ -34,7 +34,11 @@ impl ClientOptions {
     /// Sets an option.
     pub fn set(&mut self, key: impl Into<String>, value: impl Into<String>) {
         let (key, value) = (key.into(), value.into());
-        match self.entries.iter_mut().find(|(existing, _)| *existing == key) {
+        match self
+            .entries
+            .iter_mut()
+            .find(|(existing, _)| *existing == key)
+        {
             Some(entry) => entry.1 = value,
             None => self.entries.push((key, value)),
         }
@@ -59,9 +63,16 @@ impl ClientOptions {
     /// secrets, tokens, private keys, and whole JAAS or OAuth configs.
     pub fn is_secret(key: &str) -> bool {
         let key = key.to_ascii_lowercase();
-        ["password", "secret", "token", "credential", "jaas", "oauthbearer.config"]
-            .iter()
-            .any(|word| key.contains(word))
+        [
+            "password",
+            "secret",
+            "token",
+            "credential",
+            "jaas",
+            "oauthbearer.config",
+        ]
+        .iter()
+        .any(|word| key.contains(word))
             || key == "ssl.key.pem"
             || key.ends_with(".key.pem")
     }

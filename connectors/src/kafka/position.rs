@@ -124,7 +124,11 @@ fn format_time(ms: i64) -> String {
 
 fn parse_offsets(text: &str) -> Result<Vec<(u32, u64)>, String> {
     let mut pairs: Vec<(u32, u64)> = Vec::new();
-    for pair in text.split(',').map(str::trim).filter(|pair| !pair.is_empty()) {
+    for pair in text
+        .split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+    {
         let parsed = pair.split_once(':').and_then(|(partition, offset)| {
             Some((partition.trim().parse().ok()?, offset.trim().parse().ok()?))
         });
@@ -181,7 +185,12 @@ mod tests {
 
     #[test]
     fn positions_print_as_they_parse() {
-        for text in ["earliest", "committed", "0:10,3:7", "2023-11-14T22:13:20.000Z"] {
+        for text in [
+            "earliest",
+            "committed",
+            "0:10,3:7",
+            "2023-11-14T22:13:20.000Z",
+        ] {
             let position: StartPosition = text.parse().unwrap();
             assert_eq!(position.to_string(), text);
         }

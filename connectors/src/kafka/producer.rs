@@ -151,7 +151,13 @@ impl KafkaProducer {
         let producer = with_defaults
             .client_config(&[])
             .create_with_context(tracker)
-            .map_err(|error| kafka_error(options, format!("cannot create a producer for {topic}"), &error))?;
+            .map_err(|error| {
+                kafka_error(
+                    options,
+                    format!("cannot create a producer for {topic}"),
+                    &error,
+                )
+            })?;
         Ok(KafkaProducer {
             producer,
             topic: topic.to_owned(),

@@ -7,7 +7,9 @@
 //! offsets-for-times; where a broker cannot answer, the offset is found by a
 //! binary search over message timestamps (and the log says so).
 
-use super::{ClientOptions, EndPosition, LOOKUP_TIMEOUT, LoggingContext, StartPosition, kafka_error};
+use super::{
+    ClientOptions, EndPosition, LOOKUP_TIMEOUT, LoggingContext, StartPosition, kafka_error,
+};
 use crate::{Error, PartitionReader, Poll, RawBody, RawRecord, Result};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -63,7 +65,12 @@ impl KafkaSourceConfig {
     fn error(&self, context: impl Into<String>, error: &KafkaError) -> Error {
         kafka_error(
             &self.options,
-            format!("{} (topic {} at {})", context.into(), self.topic, self.brokers),
+            format!(
+                "{} (topic {} at {})",
+                context.into(),
+                self.topic,
+                self.brokers
+            ),
             error,
         )
     }
@@ -108,7 +115,10 @@ pub fn open_partitions(
         let (low, high) = consumer
             .fetch_watermarks(&config.topic, partition as i32, LOOKUP_TIMEOUT)
             .map_err(|error| {
-                config.error(format!("cannot read partition {partition}'s offsets"), &error)
+                config.error(
+                    format!("cannot read partition {partition}'s offsets"),
+                    &error,
+                )
             })?;
         let (low, high) = (low.max(0) as u64, high.max(0) as u64);
         let start = resolve_start(config, &consumer, partition, low, high)?;
@@ -122,7 +132,11 @@ pub fn open_partitions(
     let mut assignment = TopicPartitionList::new();
     for (partition, start, ..) in &plans {
         assignment
-            .add_partition_offset(&config.topic, *partition as i32, Offset::Offset(*start as i64))
+            .add_partition_offset(
+                &config.topic,
+                *partition as i32,
+                Offset::Offset(*start as i64),
+            )
             .map_err(|error| config.error("cannot build the assignment", &error))?;
     }
     consumer
@@ -271,7 +285,11 @@ fn first_message_from(
 ) -> Result<(u64, i64)> {
     let mut assignment = TopicPartitionList::new();
     assignment
-        .add_partition_offset(&config.topic, partition as i32, Offset::Offset(offset as i64))
+        .add_partition_offset(
+            &config.topic,
+            partition as i32,
+            Offset::Offset(offset as i64),
+        )
         .map_err(|error| config.error("cannot build a probe assignment", &error))?;
     probe
         .assign(&assignment)
@@ -280,13 +298,16 @@ fn first_message_from(
     while Instant::now() < deadline {
         match probe.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
-                let timestamp = message.timestamp().to_millis().ok_or_else(|| Error::Kafka {
-                    context: format!("topic {} partition {partition}", config.topic),
-                    message: format!(
-                        "message {} has no timestamp, so no offset can be found for a time",
-                        message.offset()
-                    ),
-                })?;
+                let timestamp = message
+                    .timestamp()
+                    .to_millis()
+                    .ok_or_else(|| Error::Kafka {
+                        context: format!("topic {} partition {partition}", config.topic),
+                        message: format!(
+                            "message {} has no timestamp, so no offset can be found for a time",
+                            message.offset()
+                        ),
+                    })?;
                 return Ok((message.offset() as u64, timestamp));
             }
             Some(Err(KafkaError::PartitionEOF(_))) | None => {}
@@ -409,7 +430,9 @@ impl PartitionReader for KafkaPartitionReader {
                         offset,
                         timestamp_ms: timestamp,
                         key: message.key().map(<[u8]>::to_vec),
-                        body: RawBody::Bytes(message.payload().map(<[u8]>::to_vec).unwrap_or_default()),
+                        body: RawBody::Bytes(
+                            message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                        ),
                     });
                     taken += 1;
                     self.at_end = false;
@@ -499,8 +522,12 @@ impl OffsetCommitter {
         }
         let mut list = TopicPartitionList::new();
         for (partition, offset) in offsets {
-            list.add_partition_offset(&self.topic, *partition as i32, Offset::Offset(*offset as i64))
-                .map_err(|error| kafka_error(&self.options, "cannot build a commit", &error))?;
+            list.add_partition_offset(
+                &self.topic,
+                *partition as i32,
+                Offset::Offset(*offset as i64),
+            )
+            .map_err(|error| kafka_error(&self.options, "cannot build a commit", &error))?;
         }
         self.consumer
             .commit(&list, CommitMode::Sync)
