@@ -17,15 +17,8 @@ pub fn run_spec(text: &str, overrides: &[String], workers: usize) -> (Summary, D
     let plan =
         tideflow::plan::Plan::from_spec(&spec, &source).unwrap_or_else(|error| panic!("{error}"));
     let started = Instant::now();
-    let summary = run(
-        plan,
-        &RunOptions {
-            workers,
-            progress: false,
-            stop: None,
-        },
-    )
-    .unwrap_or_else(|error| panic!("{error}"));
+    let summary =
+        run(plan, &RunOptions::with_workers(workers)).unwrap_or_else(|error| panic!("{error}"));
     assert!(summary.counts.reconciles(), "{summary}");
     (summary, started.elapsed())
 }

@@ -40,6 +40,16 @@ impl Default for RunOptions {
     }
 }
 
+impl RunOptions {
+    /// `workers` worker threads, no progress output, no stop signal.
+    pub fn with_workers(workers: usize) -> Self {
+        RunOptions {
+            workers,
+            ..RunOptions::default()
+        }
+    }
+}
+
 /// Resolves the model's output column types into the plan and returns the
 /// model's identity and device, checking the model against the spec.
 pub fn prepare_model(plan: &mut Plan) -> Result<Option<(String, String, bool)>> {

@@ -98,26 +98,23 @@ pub fn run_demo(options: &DemoOptions) -> Result<DemoReport> {
     );
     let producer = std::thread::spawn(move || produce_generated(&generate, &|| false));
     println!("live run: {DEMO_SPEC}, micro-batches, scoring while the events arrive ...");
-    let live = run_spec(
-        &brokers,
-        "micro",
-        LIVE_SCORES,
-        &options.out.join("live"),
-        cut_off,
-        options.workers,
-    )?;
+    let run_pass = |policy: &str, scores_topic: &str, dir: &str| {
+        let out = options.out.join(dir);
+        run_spec(
+            &brokers,
+            policy,
+            scores_topic,
+            &out,
+            cut_off,
+            options.workers,
+        )
+    };
+    let live = run_pass("micro", LIVE_SCORES, "live")?;
     producer
         .join()
         .map_err(|_| Error::Runtime("the demo's producer thread panicked".into()))??;
     println!("backfill: the same topic from the earliest offset, bulk batches ...");
-    let backfill = run_spec(
-        &brokers,
-        "bulk",
-        BACKFILL_SCORES,
-        &options.out.join("backfill"),
-        cut_off,
-        options.workers,
-    )?;
+    let backfill = run_pass("bulk", BACKFILL_SCORES, "backfill")?;
     let latency_ms = live_latency(&brokers)?;
     let difference = first_difference(&options.out.join("live"), &options.out.join("backfill"))?;
     Ok(DemoReport {
@@ -146,14 +143,7 @@ fn run_spec(
         format!("sink[1].path=\"{}\"", out.display()),
     ];
     let plan = plan::load(Path::new(DEMO_SPEC), &overrides)?;
-    let summary = run(
-        plan,
-        &RunOptions {
-            workers,
-            progress: false,
-            stop: None,
-        },
-    )?;
+    let summary = run(plan, &RunOptions::with_workers(workers))?;
     print!("{summary}");
     Ok(summary)
 }

@@ -110,15 +110,7 @@ fn run_fraud_kafka(
     ];
     let plan = tideflow::plan::load(&root().join("dataflows/fraud_kafka.toml"), &overrides)
         .expect("fraud_kafka.toml loads");
-    let summary = run(
-        plan,
-        &RunOptions {
-            workers,
-            progress: false,
-            stop: None,
-        },
-    )
-    .expect("the run succeeds");
+    let summary = run(plan, &RunOptions::with_workers(workers)).expect("the run succeeds");
     assert!(summary.counts.reconciles(), "{summary}");
     summary
 }
@@ -163,19 +155,7 @@ fn live_backfill_and_catch_up_give_identical_rows_on_any_number_of_workers() {
     .unwrap();
     output_topics(&broker, topic);
     let live = out.path().join("live");
-    let running = {
-        let (brokers, live) = (broker.brokers.clone(), live.clone());
-        std::thread::spawn(move || {
-            run_fraud_kafka(
-                &brokers,
-                "parity-live",
-                &live,
-                "earliest",
-                &cut_off.to_string(),
-                2,
-            )
-        })
-    };
+    let running = run_until_in_background(&broker, topic, &live, cut_off);
     produce(&broker, topic, generator(count, Some(rate), 7));
     running.join().unwrap();
     assert_eq!(
@@ -191,19 +171,7 @@ fn live_backfill_and_catch_up_give_identical_rows_on_any_number_of_workers() {
     produce(&broker, topic, generator(count / 2, None, 7));
     output_topics(&broker, topic);
     let catch_up = out.path().join("catch-up");
-    let running = {
-        let (brokers, catch_up) = (broker.brokers.clone(), catch_up.clone());
-        std::thread::spawn(move || {
-            run_fraud_kafka(
-                &brokers,
-                "parity-catch-up",
-                &catch_up,
-                "earliest",
-                &cut_off.to_string(),
-                2,
-            )
-        })
-    };
+    let running = run_until_in_background(&broker, topic, &catch_up, cut_off);
     let second_half = GenerateOptions {
         brokers: broker.brokers.clone(),
         topic: topic.into(),
@@ -218,6 +186,21 @@ fn live_backfill_and_catch_up_give_identical_rows_on_any_number_of_workers() {
         expected,
         "catch-up rows differ from the backfill"
     );
+}
+
+/// Starts a 2-worker run of `topic` from the earliest offset until the
+/// message timestamp `cut_off`, in a thread, so events can be produced
+/// while it consumes them.
+fn run_until_in_background(
+    broker: &Broker,
+    topic: &str,
+    out: &Path,
+    cut_off: i64,
+) -> std::thread::JoinHandle<Summary> {
+    let (brokers, topic, out) = (broker.brokers.clone(), topic.to_owned(), out.to_owned());
+    std::thread::spawn(move || {
+        run_fraud_kafka(&brokers, &topic, &out, "earliest", &cut_off.to_string(), 2)
+    })
 }
 
 /// Produces the generator's records from global sequence number `skip` on,
@@ -449,22 +432,19 @@ topic = "{dead_topic}"
         .iter()
         .map(|(offset, error, ..)| (offset.as_str(), error.as_str()))
         .collect();
-    assert!(
-        reasons[0].0 == "1" && reasons[0].1.contains("JSON"),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons[1].0 == "2" && reasons[1].1.contains("amount"),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons[2].0 == "3" && reasons[2].1.contains("empty"),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons[3].0 == "4" && reasons[3].1.contains("kafka_key"),
-        "{reasons:?}"
-    );
+    let expected = [
+        ("1", "JSON"),
+        ("2", "amount"),
+        ("3", "empty"),
+        ("4", "kafka_key"),
+    ];
+    assert_eq!(reasons.len(), expected.len(), "{reasons:?}");
+    for ((offset, error), (expected_offset, word)) in reasons.iter().zip(expected) {
+        assert!(
+            *offset == expected_offset && error.contains(word),
+            "dead letter at offset {offset} ({error}) should be offset {expected_offset}, mentioning {word}"
+        );
+    }
     assert!(found.iter().all(|(_, _, source, _)| source == topic));
     assert_eq!(found[0].3, "not json");
     for letter in &letters {

@@ -35,14 +35,7 @@ pub fn run_text(text: &str, overrides: &[String], workers: usize) -> tideflow::R
     };
     let spec = source.parse()?;
     let plan = tideflow::plan::Plan::from_spec(&spec, &source)?;
-    run(
-        plan,
-        &RunOptions {
-            workers,
-            progress: false,
-            stop: None,
-        },
-    )
+    run(plan, &RunOptions::with_workers(workers))
 }
 
 /// Overrides that send a spec's first sink to `out/rows` and its dead
@@ -70,14 +63,7 @@ pub fn run_fraud(model: &str, out: &Path, workers: usize) -> tideflow::Result<Su
     ];
     overrides.extend(output_overrides(out));
     let plan = tideflow::plan::load(&root.join("dataflows/fraud.toml"), &overrides)?;
-    run(
-        plan,
-        &RunOptions {
-            workers,
-            progress: false,
-            stop: None,
-        },
-    )
+    run(plan, &RunOptions::with_workers(workers))
 }
 
 /// Reads every JSONL file of a directory, one JSON value per line, sorted
