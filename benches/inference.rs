@@ -142,6 +142,7 @@ fn engine(path: &std::path::Path, data: &[f32], batch: usize, repeats: usize) ->
                     offset: offset as u64,
                     time: 0,
                     values,
+                    warm_up: false,
                 }
             })
             .collect();

@@ -126,6 +126,7 @@ mod tests {
                 offset,
                 time: 0,
                 values: Vec::new(),
+                warm_up: false,
             })
             .collect()
     }

@@ -17,6 +17,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use timely::dataflow::operators::vec::Filter;
 
 /// How a run is executed.
 #[derive(Clone, Debug)]
@@ -162,7 +163,9 @@ fn build_and_run(worker: &mut timely::worker::Worker, shared: Arc<Shared>) -> Re
         for stage in &plan.stages {
             rows = rows.compute_features(stage.clone(), shared.clone());
         }
-        rows.score_rows(model, shared.clone())
+        // Replayed rows have rebuilt the windows; they are not the run's own.
+        rows.filter(|row| !row.warm_up)
+            .score_rows(model, shared.clone())
             .write_rows(writers, shared.clone(), commit_interval)
     });
     while worker.step_or_park(Some(Duration::from_millis(20))) {

@@ -116,6 +116,7 @@ mod tests {
                 offset,
                 time,
                 values: Vec::new(),
+                warm_up: false,
             };
             buffer.push(row, time - 3);
         }

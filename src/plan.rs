@@ -46,6 +46,9 @@ pub struct Plan {
     pub source_key_slot: Option<usize>,
     /// The out-of-orderness bound, ms.
     pub bound_ms: i64,
+    /// How far ahead of the slowest partition's watermark a partition is
+    /// read, ms.
+    pub skew_ms: i64,
     /// Window-feature stages; the source-keyed stage (if any) first.
     pub stages: Vec<StagePlan>,
     /// Expression features in spec order: (slot, expression).
@@ -364,7 +367,7 @@ impl Builder<'_> {
         self.kafka_metadata_fields();
         let field_count = self.columns.len();
         self.field_count = field_count;
-        let (time_slot, bound_ms) = self.time()?;
+        let (time_slot, bound_ms, skew_ms) = self.time()?;
         let source = self.source()?;
         let (stages, expressions) = self.features()?;
         let model = self.model()?;
@@ -407,6 +410,7 @@ impl Builder<'_> {
             time_slot,
             required_slots,
             bound_ms,
+            skew_ms,
             stages,
             expressions,
             model,
@@ -487,7 +491,7 @@ impl Builder<'_> {
         }
     }
 
-    fn time(&self) -> Result<(usize, i64), SpecError> {
+    fn time(&self) -> Result<(usize, i64, i64), SpecError> {
         let field = &self.spec.time.field;
         let Some(slot) = self.slot_of(field) else {
             return self.fail(
@@ -509,7 +513,10 @@ impl Builder<'_> {
         let bound = &self.spec.time.max_out_of_orderness;
         let bound_ms = spec::parse_duration_ms(bound)
             .or_else(|message| self.fail(bound, message, "write a duration such as \"5s\""))?;
-        Ok((slot, bound_ms))
+        let skew = &self.spec.time.max_partition_skew;
+        let skew_ms = spec::parse_duration_ms(skew)
+            .or_else(|message| self.fail(skew, message, "write a duration such as \"10s\""))?;
+        Ok((slot, bound_ms, skew_ms))
     }
 
     fn source(&self) -> Result<SourcePlan, SpecError> {
@@ -556,6 +563,17 @@ impl Builder<'_> {
         let end = until
             .parse()
             .or_else(|message| self.fail(until, message, "see --until in the README"))?;
+        let warm_up = match spec.warm_up.as_deref().unwrap_or("earliest") {
+            "earliest" => true,
+            "none" => false,
+            other => {
+                return self.fail(
+                    other,
+                    format!("warm_up '{other}' is not earliest or none"),
+                    "earliest rebuilds window state from the topic's history; none starts empty",
+                );
+            }
+        };
         let duration = |text: &Option<String>, default: &str| -> Result<Duration, SpecError> {
             let text = text.as_deref().unwrap_or(default);
             let ms = spec::parse_duration_ms(text)
@@ -580,6 +598,7 @@ impl Builder<'_> {
                 options,
                 start,
                 end,
+                warm_up,
             },
             idle_timeout: duration(&spec.idle_timeout, "5s")?,
             commit_interval: duration(&spec.commit_interval, "1s")?,

@@ -19,6 +19,9 @@ pub struct Row {
     pub time: i64,
     /// One value per output column.
     pub values: Vec<Value>,
+    /// Replayed only to rebuild window state (before the run's start
+    /// position): it updates features and is dropped before scoring.
+    pub warm_up: bool,
 }
 
 impl Row {

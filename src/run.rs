@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 pub struct Stats {
     /// Records read from the source.
     pub records_in: AtomicU64,
+    /// Records replayed to rebuild window state (before the start position;
+    /// not part of `records_in`).
+    pub replayed: AtomicU64,
     /// Rows written to the sinks.
     pub rows_out: AtomicU64,
     /// Dead letters other than late records.
@@ -40,6 +43,7 @@ impl Stats {
     pub fn snapshot(&self) -> Counts {
         Counts {
             records_in: self.records_in.load(Ordering::Relaxed),
+            replayed: self.replayed.load(Ordering::Relaxed),
             rows_out: self.rows_out.load(Ordering::Relaxed),
             dead: self.dead.load(Ordering::Relaxed),
             late: self.late.load(Ordering::Relaxed),
@@ -54,6 +58,8 @@ impl Stats {
 pub struct Counts {
     /// Records read.
     pub records_in: u64,
+    /// Records replayed to rebuild window state, outside `records_in`.
+    pub replayed: u64,
     /// Output rows.
     pub rows_out: u64,
     /// Dead letters other than late ones.
@@ -91,6 +97,9 @@ pub struct Shared {
     pub model_identity: Option<String>,
     /// Set to stop reading the source and drain (see `RunOptions::stop`).
     pub stop: std::sync::Arc<AtomicBool>,
+    /// Per worker, the watermark of its partitions that hold it back;
+    /// absent while all of a worker's partitions are idle or finished.
+    active_watermarks: Mutex<std::collections::BTreeMap<usize, i64>>,
 }
 
 impl Shared {
@@ -105,7 +114,32 @@ impl Shared {
             progress: Mutex::new(Default::default()),
             model_identity,
             stop: Default::default(),
+            active_watermarks: Mutex::new(Default::default()),
         }
+    }
+
+    /// Publishes worker `worker`'s watermark: `None` when none of its
+    /// partitions holds it back.
+    pub fn publish_watermark(&self, worker: usize, watermark: Option<i64>) {
+        let mut active = self
+            .active_watermarks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match watermark {
+            Some(watermark) => active.insert(worker, watermark),
+            None => active.remove(&worker),
+        };
+    }
+
+    /// The slowest watermark of the workers whose partitions hold one:
+    /// where a worker whose partitions are all idle moves its own to, so
+    /// that it does not hold the others back.
+    pub fn slowest_active_watermark(&self) -> Option<i64> {
+        let active = self
+            .active_watermarks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        active.values().min().copied()
     }
 
     /// Whether the sources should stop reading (the run then drains).
@@ -188,6 +222,13 @@ impl std::fmt::Display for Summary {
             scored as f64 / counts.batches.max(1) as f64,
             counts.max_batch
         )?;
+        if counts.replayed > 0 {
+            writeln!(
+                f,
+                "  {} earlier records replayed to rebuild window state (source.warm_up)",
+                counts.replayed
+            )?;
+        }
         if let Some(model) = &self.model {
             writeln!(f, "  model {model}")?;
         }

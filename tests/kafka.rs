@@ -2,7 +2,9 @@
 //! per test on a free loopback port): the same events scored live, as a
 //! backfill and as a catch-up give identical rows on any number of
 //! workers; every start position starts where it says; bad messages become
-//! dead letters with their origin. The tests take one broker each and run
+//! dead letters with their origin; a killed run restarted from its
+//! committed offsets loses nothing; an external client (Python
+//! confluent-kafka) reads the scores. The tests take one broker each and run
 //! one at a time: live runs depend on timely production, which a loaded
 //! 2-core machine does not give when several run at once.
 
@@ -16,8 +18,8 @@ use tideflow::dataflow::{RunOptions, run};
 use tideflow::run::Summary;
 use tideflow_connectors::generator::GeneratorConfig;
 use tideflow_connectors::kafka::{
-    ClientOptions, GenerateOptions, KafkaProducer, ProducerRecord, ensure_topic, produce_generated,
-    read_topic,
+    ClientOptions, GenerateOptions, KafkaProducer, ProducerRecord, committed_offsets, ensure_topic,
+    produce_generated, read_topic,
 };
 
 const PARTITIONS: u32 = 4;
@@ -449,5 +451,190 @@ topic = "{dead_topic}"
     assert_eq!(found[0].3, "not json");
     for letter in &letters {
         assert_eq!(header(letter, "tideflow-partition"), "0");
+    }
+}
+
+#[test]
+fn a_killed_run_restarted_from_committed_offsets_loses_nothing() {
+    let _serial = one_at_a_time();
+    require_onnxruntime();
+    let broker = Broker::start();
+    let topic = "killed";
+    let count = 40_000;
+    produce(&broker, topic, generator(count, None, 11));
+    output_topics(&broker, topic);
+    let out = tempfile::tempdir().unwrap();
+    let command = |out: &Path| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tideflow"));
+        command
+            .current_dir(root())
+            .args([
+                "run",
+                "dataflows/fraud_kafka.toml",
+                "--workers",
+                "2",
+                "--quiet",
+            ])
+            .args(["--from", "committed", "--until", "now"])
+            .args(["--set", &format!("source.brokers=\"{}\"", broker.brokers)])
+            .args(["--set", &format!("source.topic=\"{topic}\"")])
+            .args(["--set", "source.group_id=\"killed\""])
+            .args(["--set", "source.commit_interval=\"100ms\""])
+            .args(["--set", "batching.policy=\"micro\""])
+            .args(["--set", &format!("sink[0].topic=\"{topic}-scores\"")])
+            .args(["--set", &format!("sink[1].path=\"{}\"", out.display())])
+            .args(["--set", &format!("dead_letters.topic=\"{topic}-dead\"")]);
+        command
+    };
+    let mut first = command(&out.path().join("first")).spawn().unwrap();
+    // Kill it once it has committed part of the input.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first run ended before it could be killed; raise the event count"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no commit within 120 s"
+        );
+        let committed =
+            committed_offsets(&broker.brokers, "killed", topic, &ClientOptions::default()).unwrap();
+        if !committed.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+
+    let status = command(&out.path().join("second")).status().unwrap();
+    assert!(status.success(), "the restarted run failed: {status}");
+    let restarted = origins(&out.path().join("second"));
+    assert!(
+        restarted.len() < count as usize,
+        "the restart read everything again: it did not start from the committed offsets"
+    );
+
+    let scores = read_topic(
+        &broker.brokers,
+        &format!("{topic}-scores"),
+        &ClientOptions::default(),
+    )
+    .unwrap();
+    let dead = read_topic(
+        &broker.brokers,
+        &format!("{topic}-dead"),
+        &ClientOptions::default(),
+    )
+    .unwrap();
+    let mut by_origin: std::collections::BTreeMap<(u64, u64), String> = Default::default();
+    for record in &scores {
+        let row: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+        let origin = (
+            row["_partition"].as_u64().unwrap(),
+            row["_offset"].as_u64().unwrap(),
+        );
+        let text = row.to_string();
+        if let Some(earlier) = by_origin.insert(origin, text.clone()) {
+            assert_eq!(earlier, text, "a row produced twice differs at {origin:?}");
+        }
+    }
+    for letter in &dead {
+        let header = |name: &str| {
+            let (_, value) = letter.headers.iter().find(|(key, _)| key == name).unwrap();
+            String::from_utf8(value.clone())
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        };
+        by_origin.insert(
+            (header("tideflow-partition"), header("tideflow-offset")),
+            String::new(),
+        );
+    }
+    assert_eq!(
+        by_origin.len() as u64,
+        count,
+        "every input record has its output row or dead letter"
+    );
+}
+
+/// The python of the test clients' environment: `TIDEFLOW_TEST_PYTHON`,
+/// else where `scripts/setup-test-clients.sh` installs it. Fails, naming
+/// the command that installs it, when missing.
+fn test_clients_python() -> std::path::PathBuf {
+    let path = std::env::var_os("TIDEFLOW_TEST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var("HOME").unwrap_or_default();
+            Path::new(&home).join(".cache/tideflow/test-clients/bin/python")
+        });
+    assert!(
+        path.is_file(),
+        "the test clients' python (with confluent-kafka) is not installed at {}.\nInstall it with: scripts/setup-test-clients.sh (or run the whole suite with scripts/test.sh)",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn an_external_client_reads_every_score_as_json_with_its_fields() {
+    let _serial = one_at_a_time();
+    require_onnxruntime();
+    let python = test_clients_python();
+    let broker = Broker::start();
+    let topic = "external";
+    produce(&broker, topic, generator(2_000, None, 13));
+    output_topics(&broker, topic);
+    let out = tempfile::tempdir().unwrap();
+    let summary = run_fraud_kafka(
+        &broker.brokers,
+        topic,
+        &out.path().join("rows"),
+        "earliest",
+        "now",
+        2,
+    );
+    assert!(summary.counts.rows_out > 0, "{summary}");
+    let fields = [
+        "user_id",
+        "merchant_id",
+        "amount",
+        "ts",
+        "_partition",
+        "_offset",
+        "amount_sum_1h",
+        "merchant_tx_count_10m",
+        "amount_ratio",
+        "fraud_probability",
+        "fraud_label",
+        "_model",
+    ];
+    let output = std::process::Command::new(&python)
+        .arg(root().join("tests/clients/read_scores.py"))
+        .args([
+            &broker.brokers,
+            &format!("{topic}-scores"),
+            &summary.counts.rows_out.to_string(),
+        ])
+        .args(fields)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the Python client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+            panic!(
+                "the client's report is not JSON ({error}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        });
+    assert_eq!(report["records"], summary.counts.rows_out, "{report}");
+    for problem in ["not_json", "missing_fields", "no_model_header"] {
+        assert_eq!(report[problem], 0, "{problem}: {report}");
     }
 }

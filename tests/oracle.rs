@@ -128,6 +128,7 @@ fn to_row(record: &Record, width: usize) -> Row {
         offset: record.offset,
         time: record.time,
         values,
+        warm_up: false,
     }
 }
 

@@ -179,6 +179,13 @@ pub trait PartitionReader: Send {
     /// Progress as (records or bytes done, total), where a total is known.
     fn progress(&self) -> (u64, Option<u64>);
 
+    /// The first offset whose record is the run's own: records before it
+    /// are replayed only to rebuild window state (a Kafka run started after
+    /// the beginning of its topic) and produce no output.
+    fn first_output_offset(&self) -> u64 {
+        0
+    }
+
     /// Registers a function to call when records become available after a
     /// poll returned [`Poll::Pending`], so the engine need not poll an idle
     /// partition in a tight loop. Readers that are never idle ignore it.

@@ -93,6 +93,7 @@ impl Decoder {
             offset: record.offset,
             time,
             values,
+            warm_up: false,
         })
     }
 

@@ -5,6 +5,15 @@
 //! (Kafka) stops holding the watermark back, so one silent partition does
 //! not stall the graph. Its records that arrive later behind the watermark
 //! the others have reached are late: they go to dead letters as `late`.
+//! A worker whose partitions are all idle moves its watermark up to the
+//! slowest of the other workers', for the same reason.
+//!
+//! Partitions are read in step by event time: one whose watermark is more
+//! than `time.max_partition_skew` ahead of the slowest partition of all
+//! workers (the frontier of the source's output) waits until the others
+//! catch up. Brokers that fill fetches from one partition first would
+//! otherwise have event-time features buffer a whole backfill, and hold
+//! back offset commits until every partition had been reached.
 
 use super::RowStream;
 use crate::commit::OffsetLedger;
@@ -27,9 +36,17 @@ use tideflow_connectors::{PartitionReader, Poll, RawRecord};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Scope;
 use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::operators::probe::{Handle, Probe};
 
 /// How many records one activation reads from a partition, at most.
 const RECORDS_PER_POLL: usize = 1024;
+
+/// How soon a source whose partitions wait for slower ones looks again.
+const ALIGNMENT_RECHECK: Duration = Duration::from_millis(1);
+
+/// How soon a source whose partitions are all idle looks again at the
+/// other workers' watermarks.
+const IDLE_FOLLOW: Duration = Duration::from_millis(50);
 
 /// The number of partitions of a source.
 pub fn partition_count(plan: &SourcePlan) -> Result<usize> {
@@ -167,7 +184,10 @@ pub fn read_source<'scope>(
     outputs: SourceOutputs,
 ) -> RowStream<'scope> {
     let decoder = Decoder::new(&shared.plan);
-    let bound_ms = shared.plan.bound_ms;
+    let (bound_ms, skew_ms) = (shared.plan.bound_ms, shared.plan.skew_ms);
+    let worker = scope.index();
+    let slowest = Handle::<i64>::new();
+    let slowest_in_source = slowest.clone();
     let tracks_lateness = shared.plan.tracks_lateness();
     let idle_timeout = match &shared.plan.source {
         SourcePlan::Kafka(kafka) => Some(kafka.idle_timeout),
@@ -193,7 +213,7 @@ pub fn read_source<'scope>(
             }
         })
         .collect();
-    source::<i64, CapacityContainerBuilder<Vec<crate::row::Row>>, _, _>(
+    let rows = source::<i64, CapacityContainerBuilder<Vec<crate::row::Row>>, _, _>(
         scope,
         "Source",
         move |capability, info| {
@@ -216,12 +236,26 @@ pub fn read_source<'scope>(
                 let mut rows = Vec::new();
                 let mut read_up_to: Vec<(u32, u64)> = Vec::new();
                 let mut again: Option<Duration> = None;
+                let read_up_to_watermark = slowest_in_source
+                    .with_frontier(|frontier| frontier.first().copied())
+                    .map(|slowest| slowest.saturating_add(skew_ms));
                 for partition in partitions
                     .iter_mut()
                     .filter(|partition| !partition.finished)
                 {
                     if shared.is_aborted() {
                         break;
+                    }
+                    if partition.holds_watermark(idle_timeout)
+                        && read_up_to_watermark
+                            .is_some_and(|limit| partition.clock.watermark(bound_ms) > limit)
+                    {
+                        // Too far ahead of the slowest partition: look again
+                        // once the frontier has moved.
+                        again = Some(
+                            again.map_or(ALIGNMENT_RECHECK, |other| other.min(ALIGNMENT_RECHECK)),
+                        );
+                        continue;
                     }
                     raw.clear();
                     let polled = match partition.reader.poll(&mut raw, RECORDS_PER_POLL) {
@@ -231,12 +265,21 @@ pub fn read_source<'scope>(
                             break;
                         }
                     };
-                    Stats::add(&shared.stats.records_in, raw.len() as u64);
+                    let first_output = partition.reader.first_output_offset();
+                    let replayed = raw
+                        .iter()
+                        .filter(|record| record.offset < first_output)
+                        .count();
+                    Stats::add(&shared.stats.replayed, replayed as u64);
+                    Stats::add(&shared.stats.records_in, (raw.len() - replayed) as u64);
                     if let Some(last) = raw.last() {
-                        read_up_to.push((last.partition, last.offset + 1));
+                        if last.offset >= first_output {
+                            read_up_to.push((last.partition, last.offset + 1));
+                        }
                         partition.last_record = Instant::now();
                     }
                     for record in raw.drain(..) {
+                        let warm_up = record.offset < first_output;
                         let letter = match decoder.decode(record) {
                             // Behind the partition's own clock, or (after the
                             // partition was idle) behind the watermark.
@@ -245,6 +288,11 @@ pub fn read_source<'scope>(
                                     && (partition.clock.is_late(row.time, bound_ms)
                                         || row.time < *held.time()) =>
                             {
+                                if warm_up {
+                                    // Its dead letter was written by the run
+                                    // that first read it.
+                                    continue;
+                                }
                                 Stats::add(&shared.stats.late, 1);
                                 DeadLetter {
                                     partition: row.partition,
@@ -253,11 +301,13 @@ pub fn read_source<'scope>(
                                     raw: late_raw(&shared, &row),
                                 }
                             }
-                            Ok(row) => {
+                            Ok(mut row) => {
                                 partition.clock.observe(row.time);
+                                row.warm_up = warm_up;
                                 rows.push(row);
                                 continue;
                             }
+                            Err(_) if warm_up => continue,
                             Err(letter) => {
                                 Stats::add(&shared.stats.dead, 1);
                                 letter
@@ -304,6 +354,7 @@ pub fn read_source<'scope>(
                         partition.behind = false;
                         shared.partitions_behind.fetch_sub(1, Ordering::SeqCst);
                     }
+                    shared.publish_watermark(worker, None);
                     capability = None;
                     return;
                 }
@@ -312,7 +363,13 @@ pub fn read_source<'scope>(
                     .filter(|partition| partition.holds_watermark(idle_timeout))
                     .map(|partition| partition.clock.watermark(bound_ms))
                     .min();
-                if let Some(watermark) = watermark
+                shared.publish_watermark(worker, watermark);
+                if watermark.is_none() {
+                    // Every partition here is idle: follow the other workers,
+                    // and look again soon to keep following them.
+                    again = Some(again.map_or(IDLE_FOLLOW, |other| other.min(IDLE_FOLLOW)));
+                }
+                if let Some(watermark) = watermark.or_else(|| shared.slowest_active_watermark())
                     && watermark > *held.time()
                 {
                     held.downgrade(&watermark);
@@ -330,7 +387,8 @@ pub fn read_source<'scope>(
                 }
             }
         },
-    )
+    );
+    rows.probe_with(&slowest)
 }
 
 /// The original record of a late row, rebuilt as JSON from its fields.

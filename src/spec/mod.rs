@@ -144,6 +144,12 @@ pub struct KafkaSourceSpec {
     /// How often consumed offsets are committed once outputs are durable
     /// (default `1s`).
     pub commit_interval: Option<String>,
+    /// How window state is rebuilt when a run starts after the beginning
+    /// of its topic (`committed`, `latest`, a time, offsets): `earliest`
+    /// (default) replays each partition from its earliest retained offset
+    /// up to the start position, without output, so features are exactly
+    /// those of a backfill; `none` starts with empty windows.
+    pub warm_up: Option<String>,
     /// librdkafka options, passed through verbatim (`security.protocol`,
     /// `sasl.*`, `ssl.*`, ...). Secret values never appear in logs.
     #[serde(default)]
@@ -164,6 +170,16 @@ pub struct TimeSpec {
     /// and still count (default `0s`). Older records are late.
     #[serde(default = "zero_duration")]
     pub max_out_of_orderness: String,
+    /// How far a partition's watermark may run ahead of the slowest
+    /// partition's (over all workers) before the source stops reading it
+    /// until the others catch up (default `10s`). Bounds what event-time
+    /// features buffer when partitions are fetched unevenly.
+    #[serde(default = "default_partition_skew")]
+    pub max_partition_skew: String,
+}
+
+fn default_partition_skew() -> String {
+    "10s".to_owned()
 }
 
 fn zero_duration() -> String {

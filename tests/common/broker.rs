@@ -1,10 +1,17 @@
 //! A real Kafka-protocol broker for integration tests: tansu 0.6 with its
 //! SQLite storage, started on a free loopback port in a temporary directory
 //! and killed when the handle drops.
+//!
+//! tansu 0.6's SQLite schema has no index on record headers, so every
+//! fetch scans all the headers in the database for each record it returns:
+//! once a few tens of thousands of records with headers are stored (scores
+//! carry the model version, dead letters their origin), one fetch takes
+//! longer than clients wait and the broker stops answering anyone. The
+//! harness adds the missing index once tansu has created its tables.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -91,10 +98,26 @@ impl Broker {
                 "tansu did not become ready within 30 s"
             );
         }
+        index_headers(&dir.path().join("tansu.db"));
         Broker {
             process,
             brokers: format!("127.0.0.1:{port}"),
             _dir: dir,
         }
     }
+}
+
+/// Adds the index on `header (topition, offset_id)` that fetches need.
+fn index_headers(database: &Path) {
+    let connection = rusqlite::Connection::open(database)
+        .unwrap_or_else(|error| panic!("opening tansu's database {}: {error}", database.display()));
+    connection
+        .busy_timeout(Duration::from_secs(10))
+        .expect("setting a busy timeout");
+    connection
+        .execute(
+            "create index if not exists header_by_record on header (topition, offset_id)",
+            [],
+        )
+        .expect("indexing tansu's record headers");
 }

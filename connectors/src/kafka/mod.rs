@@ -9,13 +9,15 @@
 
 mod embedded;
 mod generate;
+mod inspect;
 mod options;
 mod position;
 mod producer;
 mod source;
 
-pub use embedded::{EmbeddedBroker, TopicRecord, read_topic};
+pub use embedded::EmbeddedBroker;
 pub use generate::{GenerateOptions, produce_generated};
+pub use inspect::{TopicRecord, committed_offsets, read_topic};
 pub use options::{ClientOptions, REDACTED};
 pub use position::{EndPosition, StartPosition, parse_time};
 pub use producer::{DeliveryTracker, KafkaProducer, ProducerRecord};

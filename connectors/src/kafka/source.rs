@@ -42,6 +42,9 @@ pub struct KafkaSourceConfig {
     pub start: StartPosition,
     /// Where each partition ends.
     pub end: EndPosition,
+    /// Replay each partition from its earliest offset up to the start
+    /// position, to rebuild window state, before the run's own records.
+    pub warm_up: bool,
 }
 
 impl KafkaSourceConfig {
@@ -127,15 +130,27 @@ pub fn open_partitions(
             EndPosition::Now => ReaderEnd::Offset(high),
             EndPosition::Time(ms) => ReaderEnd::Time(ms),
         };
-        plans.push((partition, start, high, end));
+        let nothing_to_read = matches!(end, ReaderEnd::Offset(end) if start >= end);
+        let read_from = if config.warm_up && !nothing_to_read {
+            low
+        } else {
+            start
+        };
+        if read_from < start {
+            eprintln!(
+                "tideflow: replaying {} partition {partition} offsets {read_from}..{start} to rebuild window state (source.warm_up)",
+                config.topic
+            );
+        }
+        plans.push((partition, read_from, start, high, end));
     }
     let mut assignment = TopicPartitionList::new();
-    for (partition, start, ..) in &plans {
+    for (partition, read_from, ..) in &plans {
         assignment
             .add_partition_offset(
                 &config.topic,
                 *partition as i32,
-                Offset::Offset(*start as i64),
+                Offset::Offset(*read_from as i64),
             )
             .map_err(|error| config.error("cannot build the assignment", &error))?;
     }
@@ -143,7 +158,8 @@ pub fn open_partitions(
         .assign(&assignment)
         .map_err(|error| config.error("cannot assign partitions", &error))?;
     let mut readers = Vec::with_capacity(plans.len());
-    for (partition, start, high, end) in plans {
+    let early = EarlyDeliveries::default();
+    for (partition, read_from, start, high, end) in plans {
         let Some(queue) = consumer.split_partition_queue(&config.topic, partition as i32) else {
             return Err(Error::Kafka {
                 context: format!("topic {} partition {partition}", config.topic),
@@ -157,12 +173,13 @@ pub fn open_partitions(
             consumer: consumer.clone(),
             options: config.options.clone(),
             start,
-            next_offset: start,
+            next_offset: read_from,
             high_at_start: high,
             end,
             finished,
             caught_up: start >= high,
             at_end: false,
+            early: early.clone(),
         });
     }
     let committer = OffsetCommitter {
@@ -237,34 +254,77 @@ fn offset_for_time(
             entry.error().ok()?;
             Some(entry.offset())
         });
+    let answer = match answer {
+        Some(Offset::Offset(offset)) if offset >= 0 => Some((offset as u64).clamp(low, high)),
+        Some(Offset::End) => Some(high),
+        _ => None,
+    };
+    let probe = config.consumer()?;
     match answer {
-        Some(Offset::Offset(offset)) if offset >= 0 => Ok(offset as u64),
-        Some(Offset::End) => Ok(high),
-        _ => {
+        Some(offset) if answer_holds(config, &probe, partition, ms, offset, low, high)? => {
+            Ok(offset)
+        }
+        Some(offset) => {
+            eprintln!(
+                "tideflow: the brokers answered offset {offset} for time {ms} on {} partition {partition}, \
+                 but the records around it say otherwise: finding the offset by binary search over message timestamps",
+                config.topic
+            );
+            binary_search_time(config, &probe, partition, ms, low, high)
+        }
+        None => {
             eprintln!(
                 "tideflow: the brokers did not answer offsets-for-times for {} partition {partition}: \
                  finding the offset of {ms} by binary search over message timestamps",
                 config.topic
             );
-            binary_search_time(config, partition, ms, low, high)
+            binary_search_time(config, &probe, partition, ms, low, high)
         }
     }
+}
+
+/// Whether `offset` is the first record at or after `ms`: the record there
+/// (if any) is at or after it, and the one before (if any) is not. Brokers
+/// that cannot look times up may answer anyway (librdkafka's mock cluster
+/// answers the high watermark), so the answer is checked before it is used.
+fn answer_holds(
+    config: &KafkaSourceConfig,
+    probe: &Consumer_,
+    partition: u32,
+    ms: i64,
+    offset: u64,
+    low: u64,
+    high: u64,
+) -> Result<bool> {
+    if offset < high {
+        let (_, timestamp) = first_message_from(config, probe, partition, offset)?;
+        if timestamp < ms {
+            return Ok(false);
+        }
+    }
+    if offset > low {
+        let (found, timestamp) = first_message_from(config, probe, partition, offset - 1)?;
+        if found < offset && timestamp >= ms {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The first offset in [low, high) whose timestamp is at or after `ms`,
 /// assuming timestamps do not decrease along the partition; `high` if none.
 fn binary_search_time(
     config: &KafkaSourceConfig,
+    probe: &Consumer_,
     partition: u32,
     ms: i64,
     low: u64,
     high: u64,
 ) -> Result<u64> {
-    let probe = config.consumer()?;
     let (mut lo, mut hi) = (low, high);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        let (offset, timestamp) = first_message_from(config, &probe, partition, mid)?;
+        let (offset, timestamp) = first_message_from(config, probe, partition, mid)?;
         if timestamp >= ms {
             hi = mid;
         } else {
@@ -342,7 +402,38 @@ pub struct KafkaPartitionReader {
     caught_up: bool,
     /// At the end of the partition: EOF seen, no record since.
     at_end: bool,
+    /// What librdkafka delivered on the consumer's main queue, by partition.
+    early: EarlyDeliveries,
 }
+
+/// A message or end of partition, as a reader consumes it.
+enum Fetched {
+    Record(RawRecord),
+    End,
+    Failed(KafkaError),
+}
+
+impl Fetched {
+    fn from_message(message: &impl Message) -> RawRecord {
+        RawRecord {
+            partition: message.partition() as u32,
+            offset: message.offset().max(0) as u64,
+            timestamp_ms: message.timestamp().to_millis(),
+            key: message.key().map(<[u8]>::to_vec),
+            body: RawBody::Bytes(message.payload().map(<[u8]>::to_vec).unwrap_or_default()),
+        }
+    }
+}
+
+/// Messages and ends of partition that librdkafka delivered on the
+/// consumer's main queue instead of a partition's own queue: those fetched
+/// between the assignment and the split of the partition queues (librdkafka
+/// undoes splits made before an assignment, so the window cannot be
+/// closed). Shared by the readers of one consumer; whichever reader drains
+/// the main queue keeps them here for the partition's reader, which takes
+/// them before anything on its own queue, so nothing is lost or reordered.
+type EarlyDeliveries =
+    Arc<std::sync::Mutex<std::collections::BTreeMap<u32, std::collections::VecDeque<Fetched>>>>;
 
 impl std::fmt::Debug for KafkaPartitionReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -363,16 +454,57 @@ impl KafkaPartitionReader {
     }
 
     /// Serves the consumer's events (errors, logs), which librdkafka only
-    /// delivers while its main queue is polled.
+    /// delivers while its main queue is polled, and keeps any message or
+    /// end of partition found there for its partition's reader.
     fn serve_events(&self) -> Result<()> {
-        match self.consumer.poll(Duration::ZERO) {
-            Some(Err(error)) if is_fatal(&error) => Err(kafka_error(
-                &self.options,
-                format!("partition {}", self.partition),
-                &error,
-            )),
-            _ => Ok(()),
+        loop {
+            match self.consumer.poll(Duration::ZERO) {
+                None => return Ok(()),
+                Some(Ok(message)) => {
+                    let record = Fetched::from_message(&message);
+                    self.keep_early(record.partition, Fetched::Record(record));
+                }
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    self.keep_early(partition as u32, Fetched::End);
+                }
+                Some(Err(error)) if is_fatal(&error) => {
+                    return Err(kafka_error(
+                        &self.options,
+                        format!("partition {}", self.partition),
+                        &error,
+                    ));
+                }
+                // Logged by the context; librdkafka retries.
+                Some(Err(_)) => {}
+            }
         }
+    }
+
+    fn keep_early(&self, partition: u32, fetched: Fetched) {
+        self.early
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(partition)
+            .or_default()
+            .push_back(fetched);
+    }
+
+    /// The next message or end of this partition: first what arrived on
+    /// the main queue, then the partition's own queue.
+    fn next_fetched(&mut self) -> Option<Fetched> {
+        let early = self
+            .early
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get_mut(&self.partition)
+            .and_then(|kept| kept.pop_front());
+        early.or_else(|| {
+            self.queue.poll(Duration::ZERO).map(|polled| match polled {
+                Ok(message) => Fetched::Record(Fetched::from_message(&message)),
+                Err(KafkaError::PartitionEOF(_)) => Fetched::End,
+                Err(error) => Fetched::Failed(error),
+            })
+        })
     }
 
     fn past_end_time(&self, timestamp: Option<i64>) -> bool {
@@ -414,26 +546,17 @@ impl PartitionReader for KafkaPartitionReader {
         self.serve_events()?;
         let mut taken = 0;
         while taken < max_records {
-            match self.queue.poll(Duration::ZERO) {
+            match self.next_fetched() {
                 None => break,
-                Some(Ok(message)) => {
-                    let offset = message.offset().max(0) as u64;
-                    let timestamp = message.timestamp().to_millis();
-                    if self.past_end_time(timestamp)
+                Some(Fetched::Record(record)) => {
+                    let offset = record.offset;
+                    if self.past_end_time(record.timestamp_ms)
                         || matches!(self.end, ReaderEnd::Offset(end) if offset >= end)
                     {
                         self.finished = true;
                         break;
                     }
-                    out.push(RawRecord {
-                        partition: self.partition,
-                        offset,
-                        timestamp_ms: timestamp,
-                        key: message.key().map(<[u8]>::to_vec),
-                        body: RawBody::Bytes(
-                            message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                        ),
-                    });
+                    out.push(record);
                     taken += 1;
                     self.at_end = false;
                     self.next_offset = offset + 1;
@@ -445,7 +568,7 @@ impl PartitionReader for KafkaPartitionReader {
                         break;
                     }
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => {
+                Some(Fetched::End) => {
                     self.caught_up = true;
                     self.at_end = true;
                     // The end of the partition is at or past the high
@@ -455,7 +578,7 @@ impl PartitionReader for KafkaPartitionReader {
                     }
                     break;
                 }
-                Some(Err(error)) if is_fatal(&error) => {
+                Some(Fetched::Failed(error)) if is_fatal(&error) => {
                     return Err(kafka_error(
                         &self.options,
                         format!("partition {}", self.partition),
@@ -464,7 +587,7 @@ impl PartitionReader for KafkaPartitionReader {
                 }
                 // Transient (a broker down, a timeout): librdkafka retries and
                 // the context has logged it; the next poll goes on.
-                Some(Err(_)) => break,
+                Some(Fetched::Failed(_)) => break,
             }
         }
         // librdkafka reports the end of a partition once; a time bound may
@@ -483,6 +606,10 @@ impl PartitionReader for KafkaPartitionReader {
 
     fn is_behind(&self) -> bool {
         !self.caught_up
+    }
+
+    fn first_output_offset(&self) -> u64 {
+        self.start
     }
 
     fn progress(&self) -> (u64, Option<u64>) {

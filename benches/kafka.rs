@@ -1,0 +1,437 @@
+//! Kafka benchmarks, on the embedded broker (librdkafka's mock cluster, in
+//! this process): tansu's SQLite storage takes in a few thousand records a
+//! second, far too few for millions of events or 50k events/s, and these
+//! programs measure tideflow, not the broker. Both sides of each ratio read
+//! the same topic from the same broker in the same run.
+//!
+//! - `ingest`: engine rows/s reading a topic of small JSON events (decode +
+//!   one window feature, null sink) against a bare rdkafka `BaseConsumer`
+//!   reading the same topic.
+//! - `latency`: Kafka → features → MLP → Kafka at fixed rates with an
+//!   open-loop producer. Each event's `ts` is the time it was *due* to be
+//!   sent, so a producer or engine that falls behind shows as latency
+//!   (coordinated omission corrected); latency is the score message's
+//!   timestamp (set when tideflow produced it) minus `ts`, in an
+//!   HdrHistogram.
+//! - `catchup`: a backlog, then live events at a fixed rate: seconds until
+//!   the engine keeps up, and the latency after that.
+//!
+//! Run: `cargo bench --bench kafka -- ingest --events 5000000`,
+//! `cargo bench --bench kafka -- latency --rates 1000,10000,50000`,
+//! `cargo bench --bench kafka -- catchup --backlog 2000000 --rate 5000`.
+
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use rdkafka::Offset;
+use rdkafka::TopicPartitionList;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tideflow::dataflow::{RunOptions, run};
+use tideflow_connectors::generator::GeneratorConfig;
+use tideflow_connectors::kafka::{
+    ClientOptions, EmbeddedBroker, GenerateOptions, KafkaProducer, ProducerRecord,
+    produce_generated,
+};
+
+#[path = "common.rs"]
+mod common;
+
+const PARTITIONS: u32 = 4;
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[command(subcommand)]
+    which: Option<Which>,
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Which {
+    /// Engine vs bare consumer on one topic.
+    Ingest {
+        #[arg(long, default_value_t = 5_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
+    /// Live latency at fixed rates.
+    Latency {
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,50000")]
+        rates: Vec<u64>,
+        /// Seconds of production per rate.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
+    /// Backlog, then live.
+    Catchup {
+        #[arg(long, default_value_t = 2_000_000)]
+        backlog: u64,
+        #[arg(long, default_value_t = 5_000)]
+        rate: u64,
+        /// Seconds of live production.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
+}
+
+fn main() {
+    common::require_onnxruntime();
+    match Args::parse().which {
+        Some(Which::Ingest { events, workers }) => ingest(events, workers),
+        Some(Which::Latency {
+            rates,
+            seconds,
+            workers,
+        }) => rates
+            .iter()
+            .for_each(|rate| latency(*rate, seconds, workers)),
+        Some(Which::Catchup {
+            backlog,
+            rate,
+            seconds,
+            workers,
+        }) => catchup(backlog, rate, seconds, workers),
+        None => {
+            ingest(5_000_000, 2);
+            for rate in [1_000, 10_000, 50_000] {
+                latency(rate, 10, 2);
+            }
+            catchup(2_000_000, 5_000, 30, 2);
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+fn generator(count: Option<u64>) -> GeneratorConfig {
+    GeneratorConfig {
+        users: 100_000,
+        merchants: 1_000,
+        partitions: PARTITIONS,
+        count,
+        spacing_ms: 1.0,
+        ..GeneratorConfig::default()
+    }
+}
+
+/// A broker with the input topic (`tx`) holding `events` generated events,
+/// and an empty `scores` topic.
+fn broker_with(events: u64) -> EmbeddedBroker {
+    let broker = EmbeddedBroker::start(1).expect("embedded broker");
+    for topic in ["tx", "scores", "dead"] {
+        broker.create_topic(topic, PARTITIONS).expect("topic");
+    }
+    if events > 0 {
+        let produced = produce_generated(
+            &GenerateOptions {
+                brokers: broker.bootstrap_servers(),
+                topic: "tx".into(),
+                options: ClientOptions::default(),
+                generator: generator(Some(events)),
+                wall_clock: false,
+            },
+            &|| false,
+        )
+        .expect("producing the events");
+        assert_eq!(produced, events);
+    }
+    broker
+}
+
+fn ingest(events: u64, workers: usize) {
+    let started = Instant::now();
+    let broker = broker_with(events);
+    println!(
+        "ingest: {events} events on {PARTITIONS} partitions (produced in {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    let (bytes, bare) = common::best_of(1, || bare_consumer(&broker.bootstrap_servers(), events));
+    let spec = format!(
+        r#"
+name = "ingest"
+[source]
+type = "kafka"
+brokers = "{brokers}"
+topic = "tx"
+key = "user_id"
+from = "earliest"
+until = "now"
+[schema]
+user_id = "string"
+merchant_id = "string"
+amount = "f64"
+ts = "timestamp_ms"
+[time]
+field = "ts"
+[[feature]]
+name = "tx_count_1h"
+agg = "count"
+window = "1h"
+[batching]
+policy = "bulk"
+[[sink]]
+type = "null"
+[dead_letters]
+type = "null"
+"#,
+        brokers = broker.bootstrap_servers()
+    );
+    let (summary, engine) = common::run_spec(&spec, &[], workers);
+    assert_eq!(summary.counts.records_in, events, "{summary}");
+    let bare_rate = events as f64 / bare.as_secs_f64();
+    let engine_rate = events as f64 / engine.as_secs_f64();
+    println!(
+        "  bare BaseConsumer (1 thread, no decode): {bare_rate:.0} records/s ({:.0} MB/s)",
+        bytes as f64 / bare.as_secs_f64() / 1e6
+    );
+    println!(
+        "  engine, {workers} workers (decode + 1 feature, null sink): {engine_rate:.0} records/s; engine / bare = {:.2}",
+        engine_rate / bare_rate
+    );
+}
+
+/// Reads `events` messages of `tx` with a bare consumer; returns the bytes.
+fn bare_consumer(brokers: &str, events: u64) -> u64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bare")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..PARTITIONS as i32 {
+        assignment
+            .add_partition_offset("tx", partition, Offset::Beginning)
+            .expect("assignment");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let (mut read, mut bytes) = (0, 0);
+    while read < events {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            read += 1;
+            bytes += message.payload().map_or(0, <[u8]>::len) as u64;
+        }
+    }
+    bytes
+}
+
+/// Overrides that run `dataflows/fraud_kafka.toml` on the broker's `tx`.
+fn fraud_kafka_overrides(brokers: &str, from: &str, until_ms: i64) -> Vec<String> {
+    vec![
+        format!("source.brokers=\"{brokers}\""),
+        "source.topic=\"tx\"".into(),
+        "source.group_id=\"bench\"".into(),
+        format!("source.from=\"{from}\""),
+        format!("source.until=\"{until_ms}\""),
+        "sink[0].topic=\"scores\"".into(),
+        "sink[1].type=\"null\"".into(),
+        "dead_letters.topic=\"dead\"".into(),
+        format!(
+            "model.path=\"{}\"",
+            root().join("models/fraud_mlp.onnx").display()
+        ),
+    ]
+}
+
+/// Starts fraud_kafka on the broker in a thread, until `until_ms`.
+fn start_engine(
+    brokers: &str,
+    from: &str,
+    until_ms: i64,
+    workers: usize,
+) -> std::thread::JoinHandle<tideflow::run::Summary> {
+    let overrides = fraud_kafka_overrides(brokers, from, until_ms);
+    std::thread::spawn(move || {
+        let plan = tideflow::plan::load(&root().join("dataflows/fraud_kafka.toml"), &overrides)
+            .unwrap_or_else(|error| panic!("{error}"));
+        run(plan, &RunOptions::with_workers(workers)).unwrap_or_else(|error| panic!("{error}"))
+    })
+}
+
+/// Produces events `first..first + rate * seconds` open loop at `rate`,
+/// each stamped with the time it was due.
+fn produce_open_loop(brokers: &str, first: u64, rate: u64, seconds: u64) {
+    let producer = KafkaProducer::open(brokers, "tx", &ClientOptions::default()).expect("producer");
+    let config = generator(None);
+    let (started, started_ms) = (Instant::now(), now_ms());
+    for index in 0..rate * seconds {
+        let due = Duration::from_secs_f64(index as f64 / rate as f64);
+        if let Some(wait) = (started + due).checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let sequence = first + index;
+        let partition = (sequence % u64::from(PARTITIONS)) as u32;
+        let due_ms = started_ms + due.as_millis() as i64;
+        let (key, value) =
+            config.record_json(partition, sequence / u64::from(PARTITIONS), Some(due_ms));
+        producer
+            .send(&ProducerRecord {
+                key: Some(key.as_bytes()),
+                value: value.as_bytes(),
+                headers: &[],
+                partition: Some(partition),
+                ticket: 0,
+            })
+            .expect("send");
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+}
+
+/// Collects (due time, latency ms) of every score until `stop`.
+fn collect_scores(
+    brokers: &str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(i64, i64)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "latency")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..PARTITIONS as i32 {
+        assignment
+            .add_partition_offset("scores", partition, Offset::Beginning)
+            .expect("assignment");
+    }
+    consumer.assign(&assignment).expect("assign");
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let row: serde_json::Value =
+                serde_json::from_slice(message.payload().unwrap_or_default()).expect("score JSON");
+            let due = row["ts"].as_i64().expect("ts");
+            let produced = message.timestamp().to_millis().expect("score timestamp");
+            seen.push((due, produced - due));
+        }
+        seen
+    })
+}
+
+fn histogram(latencies: impl Iterator<Item = i64>) -> Histogram<u64> {
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).expect("histogram");
+    for latency in latencies {
+        // Whole milliseconds (message timestamps); 0 ms recorded as 1.
+        histogram.saturating_record(latency.max(1) as u64);
+    }
+    histogram
+}
+
+fn describe(histogram: &Histogram<u64>) -> String {
+    format!(
+        "p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms ({} events)",
+        histogram.value_at_quantile(0.5),
+        histogram.value_at_quantile(0.99),
+        histogram.value_at_quantile(0.999),
+        histogram.max(),
+        histogram.len()
+    )
+}
+
+fn latency(rate: u64, seconds: u64, workers: usize) {
+    let broker = broker_with(0);
+    let brokers = broker.bootstrap_servers();
+    let stop = Arc::new(AtomicBool::new(false));
+    let scores = collect_scores(&brokers, stop.clone());
+    let until = now_ms() + (seconds as i64 + 3) * 1000;
+    let engine = start_engine(&brokers, "earliest", until, workers);
+    std::thread::sleep(Duration::from_secs(1));
+    let started_ms = now_ms();
+    produce_open_loop(&brokers, 0, rate, seconds);
+    let summary = engine.join().expect("engine");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let seen = scores.join().expect("collector");
+    // The first second warms the engine up (allocations, ONNX sessions).
+    let measured = histogram(
+        seen.iter()
+            .filter(|(due, _)| *due >= started_ms + 1_000)
+            .map(|(_, latency)| *latency),
+    );
+    println!(
+        "latency at {rate} events/s for {seconds} s, {workers} workers (Kafka -> features -> MLP -> Kafka): {}",
+        describe(&measured)
+    );
+    println!(
+        "  {} events scored of {} produced ({} rows out, {} dead, {} late)",
+        seen.len(),
+        rate * seconds,
+        summary.counts.rows_out,
+        summary.counts.dead,
+        summary.counts.late
+    );
+}
+
+fn catchup(backlog: u64, rate: u64, seconds: u64, workers: usize) {
+    let started = Instant::now();
+    let broker = broker_with(backlog);
+    println!(
+        "catch-up: {backlog} events of backlog (produced in {:.1} s), then {rate} events/s for {seconds} s, {workers} workers",
+        started.elapsed().as_secs_f64()
+    );
+    let brokers = broker.bootstrap_servers();
+    let stop = Arc::new(AtomicBool::new(false));
+    let scores = collect_scores(&brokers, stop.clone());
+    let until = now_ms() + (seconds as i64 + 3) * 1000;
+    let engine_started_ms = now_ms();
+    let engine = start_engine(&brokers, "earliest", until, workers);
+    // Live events continue the generator's sequence after the backlog, so
+    // each partition's event times keep increasing.
+    produce_open_loop(&brokers, backlog, rate, seconds);
+    let summary = engine.join().expect("engine");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let seen = scores.join().expect("collector");
+    let mut live: Vec<(i64, i64)> = seen
+        .into_iter()
+        .filter(|(due, _)| *due >= engine_started_ms)
+        .collect();
+    live.sort_unstable();
+    // Caught up from the first live event after which every event was
+    // scored within 100 ms.
+    let caught_up = live
+        .iter()
+        .rposition(|(_, latency)| *latency > 100)
+        .map_or(0, |last_slow| last_slow + 1);
+    match live.get(caught_up) {
+        Some((due, _)) => {
+            println!(
+                "  lag zero after {:.1} s; after that: {}",
+                (*due - engine_started_ms) as f64 / 1000.0,
+                describe(&histogram(
+                    live[caught_up..].iter().map(|(_, latency)| *latency)
+                ))
+            );
+        }
+        None => println!("  never caught up within the {seconds} s of live events"),
+    }
+    println!(
+        "  {} rows out, {} dead, {} late; {} live events scored",
+        summary.counts.rows_out,
+        summary.counts.dead,
+        summary.counts.late,
+        live.len()
+    );
+}
