@@ -2,7 +2,10 @@
 //! this process): tansu's SQLite storage takes in a few thousand records a
 //! second, far too few for millions of events or 50k events/s, and these
 //! programs measure tideflow, not the broker. Both sides of each ratio read
-//! the same topic from the same broker in the same run.
+//! the same topic from the same broker in the same run. The mock cluster
+//! keeps at most 100,000 messages or 5 MB per partition (older ones are
+//! deleted), so topics with millions of events are spread over enough
+//! partitions to keep every event.
 //!
 //! - `ingest`: engine rows/s reading a topic of small JSON events (decode +
 //!   one window feature, null sink) against a bare rdkafka `BaseConsumer`
@@ -41,13 +44,12 @@ use tideflow_connectors::kafka::{
 #[path = "common.rs"]
 mod common;
 
-const PARTITIONS: u32 = 4;
-
 #[derive(Debug, Parser)]
 struct Args {
     #[command(subcommand)]
     which: Option<Which>,
-    #[arg(long, hide = true)]
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true, global = true)]
     bench: bool,
 }
 
@@ -57,6 +59,8 @@ enum Which {
     Ingest {
         #[arg(long, default_value_t = 5_000_000)]
         events: u64,
+        #[arg(long, default_value_t = 128)]
+        partitions: u32,
         #[arg(long, default_value_t = 2)]
         workers: usize,
     },
@@ -67,6 +71,8 @@ enum Which {
         /// Seconds of production per rate.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        #[arg(long, default_value_t = 8)]
+        partitions: u32,
         #[arg(long, default_value_t = 2)]
         workers: usize,
     },
@@ -77,8 +83,10 @@ enum Which {
         #[arg(long, default_value_t = 5_000)]
         rate: u64,
         /// Seconds of live production.
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 60)]
         seconds: u64,
+        #[arg(long, default_value_t = 64)]
+        partitions: u32,
         #[arg(long, default_value_t = 2)]
         workers: usize,
     },
@@ -87,26 +95,32 @@ enum Which {
 fn main() {
     common::require_onnxruntime();
     match Args::parse().which {
-        Some(Which::Ingest { events, workers }) => ingest(events, workers),
+        Some(Which::Ingest {
+            events,
+            partitions,
+            workers,
+        }) => ingest(events, partitions, workers),
         Some(Which::Latency {
             rates,
             seconds,
+            partitions,
             workers,
         }) => rates
             .iter()
-            .for_each(|rate| latency(*rate, seconds, workers)),
+            .for_each(|rate| latency(*rate, seconds, partitions, workers)),
         Some(Which::Catchup {
             backlog,
             rate,
             seconds,
+            partitions,
             workers,
-        }) => catchup(backlog, rate, seconds, workers),
+        }) => catchup(backlog, rate, seconds, partitions, workers),
         None => {
-            ingest(5_000_000, 2);
+            ingest(5_000_000, 128, 2);
             for rate in [1_000, 10_000, 50_000] {
-                latency(rate, 10, 2);
+                latency(rate, 10, 8, 2);
             }
-            catchup(2_000_000, 5_000, 30, 2);
+            catchup(2_000_000, 5_000, 60, 64, 2);
         }
     }
 }
@@ -122,11 +136,11 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn generator(count: Option<u64>) -> GeneratorConfig {
+fn generator(count: Option<u64>, partitions: u32) -> GeneratorConfig {
     GeneratorConfig {
         users: 100_000,
         merchants: 1_000,
-        partitions: PARTITIONS,
+        partitions,
         count,
         spacing_ms: 1.0,
         ..GeneratorConfig::default()
@@ -135,10 +149,10 @@ fn generator(count: Option<u64>) -> GeneratorConfig {
 
 /// A broker with the input topic (`tx`) holding `events` generated events,
 /// and an empty `scores` topic.
-fn broker_with(events: u64) -> EmbeddedBroker {
+fn broker_with(events: u64, partitions: u32) -> EmbeddedBroker {
     let broker = EmbeddedBroker::start(1).expect("embedded broker");
     for topic in ["tx", "scores", "dead"] {
-        broker.create_topic(topic, PARTITIONS).expect("topic");
+        broker.create_topic(topic, partitions).expect("topic");
     }
     if events > 0 {
         let produced = produce_generated(
@@ -146,7 +160,7 @@ fn broker_with(events: u64) -> EmbeddedBroker {
                 brokers: broker.bootstrap_servers(),
                 topic: "tx".into(),
                 options: ClientOptions::default(),
-                generator: generator(Some(events)),
+                generator: generator(Some(events), partitions),
                 wall_clock: false,
             },
             &|| false,
@@ -157,14 +171,16 @@ fn broker_with(events: u64) -> EmbeddedBroker {
     broker
 }
 
-fn ingest(events: u64, workers: usize) {
+fn ingest(events: u64, partitions: u32, workers: usize) {
     let started = Instant::now();
-    let broker = broker_with(events);
+    let broker = broker_with(events, partitions);
     println!(
-        "ingest: {events} events on {PARTITIONS} partitions (produced in {:.1} s)",
+        "ingest: {events} events on {partitions} partitions (produced in {:.1} s)",
         started.elapsed().as_secs_f64()
     );
-    let (bytes, bare) = common::best_of(1, || bare_consumer(&broker.bootstrap_servers(), events));
+    let (bytes, bare) = common::best_of(1, || {
+        bare_consumer(&broker.bootstrap_servers(), partitions, events)
+    });
     let spec = format!(
         r#"
 name = "ingest"
@@ -209,21 +225,27 @@ type = "null"
     );
 }
 
-/// Reads `events` messages of `tx` with a bare consumer; returns the bytes.
-fn bare_consumer(brokers: &str, events: u64) -> u64 {
+/// A plain consumer assigned every partition of `topic` from the beginning.
+fn consumer_from_beginning(brokers: &str, topic: &str, partitions: u32) -> BaseConsumer {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", "bare")
+        .set("group.id", "bench")
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
     let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS as i32 {
+    for partition in 0..partitions as i32 {
         assignment
-            .add_partition_offset("tx", partition, Offset::Beginning)
+            .add_partition_offset(topic, partition, Offset::Beginning)
             .expect("assignment");
     }
     consumer.assign(&assignment).expect("assign");
+    consumer
+}
+
+/// Reads `events` messages of `tx` with a bare consumer; returns the bytes.
+fn bare_consumer(brokers: &str, partitions: u32, events: u64) -> u64 {
+    let consumer = consumer_from_beginning(brokers, "tx", partitions);
     let (mut read, mut bytes) = (0, 0);
     while read < events {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
@@ -234,16 +256,25 @@ fn bare_consumer(brokers: &str, events: u64) -> u64 {
     bytes
 }
 
-/// Overrides that run `dataflows/fraud_kafka.toml` on the broker's `tx`.
-fn fraud_kafka_overrides(brokers: &str, from: &str, until_ms: i64) -> Vec<String> {
+/// Overrides that run `dataflows/fraud_kafka.toml` on the broker's `tx`,
+/// its file sink writing under `out`.
+fn fraud_kafka_overrides(
+    brokers: &str,
+    from: &str,
+    until_ms: i64,
+    out: &std::path::Path,
+) -> Vec<String> {
     vec![
         format!("source.brokers=\"{brokers}\""),
         "source.topic=\"tx\"".into(),
         "source.group_id=\"bench\"".into(),
         format!("source.from=\"{from}\""),
+        // The mock cluster holds a fetch for its whole wait time when the
+        // partition has nothing new (a real broker answers as data arrives).
+        "source.options.\"fetch.wait.max.ms\"=\"5\"".into(),
         format!("source.until=\"{until_ms}\""),
         "sink[0].topic=\"scores\"".into(),
-        "sink[1].type=\"null\"".into(),
+        format!("sink[1].path=\"{}\"", out.display()),
         "dead_letters.topic=\"dead\"".into(),
         format!(
             "model.path=\"{}\"",
@@ -259,8 +290,10 @@ fn start_engine(
     until_ms: i64,
     workers: usize,
 ) -> std::thread::JoinHandle<tideflow::run::Summary> {
-    let overrides = fraud_kafka_overrides(brokers, from, until_ms);
+    let out = tempfile::tempdir().expect("temporary directory");
+    let overrides = fraud_kafka_overrides(brokers, from, until_ms, out.path());
     std::thread::spawn(move || {
+        let _out = out;
         let plan = tideflow::plan::load(&root().join("dataflows/fraud_kafka.toml"), &overrides)
             .unwrap_or_else(|error| panic!("{error}"));
         run(plan, &RunOptions::with_workers(workers)).unwrap_or_else(|error| panic!("{error}"))
@@ -269,9 +302,9 @@ fn start_engine(
 
 /// Produces events `first..first + rate * seconds` open loop at `rate`,
 /// each stamped with the time it was due.
-fn produce_open_loop(brokers: &str, first: u64, rate: u64, seconds: u64) {
+fn produce_open_loop(brokers: &str, partitions: u32, first: u64, rate: u64, seconds: u64) {
     let producer = KafkaProducer::open(brokers, "tx", &ClientOptions::default()).expect("producer");
-    let config = generator(None);
+    let config = generator(None, partitions);
     let (started, started_ms) = (Instant::now(), now_ms());
     for index in 0..rate * seconds {
         let due = Duration::from_secs_f64(index as f64 / rate as f64);
@@ -279,10 +312,10 @@ fn produce_open_loop(brokers: &str, first: u64, rate: u64, seconds: u64) {
             std::thread::sleep(wait);
         }
         let sequence = first + index;
-        let partition = (sequence % u64::from(PARTITIONS)) as u32;
+        let partition = (sequence % u64::from(partitions)) as u32;
         let due_ms = started_ms + due.as_millis() as i64;
         let (key, value) =
-            config.record_json(partition, sequence / u64::from(PARTITIONS), Some(due_ms));
+            config.record_json(partition, sequence / u64::from(partitions), Some(due_ms));
         producer
             .send(&ProducerRecord {
                 key: Some(key.as_bytes()),
@@ -299,21 +332,10 @@ fn produce_open_loop(brokers: &str, first: u64, rate: u64, seconds: u64) {
 /// Collects (due time, latency ms) of every score until `stop`.
 fn collect_scores(
     brokers: &str,
+    partitions: u32,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<Vec<(i64, i64)>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "latency")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS as i32 {
-        assignment
-            .add_partition_offset("scores", partition, Offset::Beginning)
-            .expect("assignment");
-    }
-    consumer.assign(&assignment).expect("assign");
+    let consumer = consumer_from_beginning(brokers, "scores", partitions);
     std::thread::spawn(move || {
         let mut seen = Vec::new();
         while !stop.load(Ordering::Relaxed) {
@@ -350,16 +372,16 @@ fn describe(histogram: &Histogram<u64>) -> String {
     )
 }
 
-fn latency(rate: u64, seconds: u64, workers: usize) {
-    let broker = broker_with(0);
+fn latency(rate: u64, seconds: u64, partitions: u32, workers: usize) {
+    let broker = broker_with(0, partitions);
     let brokers = broker.bootstrap_servers();
     let stop = Arc::new(AtomicBool::new(false));
-    let scores = collect_scores(&brokers, stop.clone());
+    let scores = collect_scores(&brokers, partitions, stop.clone());
     let until = now_ms() + (seconds as i64 + 3) * 1000;
     let engine = start_engine(&brokers, "earliest", until, workers);
     std::thread::sleep(Duration::from_secs(1));
     let started_ms = now_ms();
-    produce_open_loop(&brokers, 0, rate, seconds);
+    produce_open_loop(&brokers, partitions, 0, rate, seconds);
     let summary = engine.join().expect("engine");
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
@@ -371,7 +393,7 @@ fn latency(rate: u64, seconds: u64, workers: usize) {
             .map(|(_, latency)| *latency),
     );
     println!(
-        "latency at {rate} events/s for {seconds} s, {workers} workers (Kafka -> features -> MLP -> Kafka): {}",
+        "latency at {rate} events/s for {seconds} s, {partitions} partitions, {workers} workers (Kafka -> features -> MLP -> Kafka): {}",
         describe(&measured)
     );
     println!(
@@ -384,22 +406,22 @@ fn latency(rate: u64, seconds: u64, workers: usize) {
     );
 }
 
-fn catchup(backlog: u64, rate: u64, seconds: u64, workers: usize) {
+fn catchup(backlog: u64, rate: u64, seconds: u64, partitions: u32, workers: usize) {
     let started = Instant::now();
-    let broker = broker_with(backlog);
+    let broker = broker_with(backlog, partitions);
     println!(
-        "catch-up: {backlog} events of backlog (produced in {:.1} s), then {rate} events/s for {seconds} s, {workers} workers",
+        "catch-up: {backlog} events of backlog on {partitions} partitions (produced in {:.1} s), then {rate} events/s for {seconds} s, {workers} workers",
         started.elapsed().as_secs_f64()
     );
     let brokers = broker.bootstrap_servers();
     let stop = Arc::new(AtomicBool::new(false));
-    let scores = collect_scores(&brokers, stop.clone());
+    let scores = collect_scores(&brokers, partitions, stop.clone());
     let until = now_ms() + (seconds as i64 + 3) * 1000;
     let engine_started_ms = now_ms();
     let engine = start_engine(&brokers, "earliest", until, workers);
     // Live events continue the generator's sequence after the backlog, so
     // each partition's event times keep increasing.
-    produce_open_loop(&brokers, backlog, rate, seconds);
+    produce_open_loop(&brokers, partitions, backlog, rate, seconds);
     let summary = engine.join().expect("engine");
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
@@ -409,23 +431,32 @@ fn catchup(backlog: u64, rate: u64, seconds: u64, workers: usize) {
         .filter(|(due, _)| *due >= engine_started_ms)
         .collect();
     live.sort_unstable();
-    // Caught up from the first live event after which every event was
-    // scored within 100 ms.
-    let caught_up = live
-        .iter()
-        .rposition(|(_, latency)| *latency > 100)
-        .map_or(0, |last_slow| last_slow + 1);
-    match live.get(caught_up) {
-        Some((due, _)) => {
+    // Lag is zero once the backlog and the live events queued behind it
+    // are drained: from the first live event scored within 100 ms.
+    match live.iter().position(|(_, latency)| *latency <= 100) {
+        Some(caught_up) => {
+            let (due, _) = live[caught_up];
             println!(
                 "  lag zero after {:.1} s; after that: {}",
-                (*due - engine_started_ms) as f64 / 1000.0,
+                (due - engine_started_ms) as f64 / 1000.0,
                 describe(&histogram(
                     live[caught_up..].iter().map(|(_, latency)| *latency)
                 ))
             );
+            let last_seconds = live.last().map_or(0, |(due, _)| *due) - 10_000;
+            println!(
+                "  last 10 s: {}",
+                describe(&histogram(
+                    live.iter()
+                        .filter(|(due, _)| *due >= last_seconds)
+                        .map(|(_, latency)| *latency)
+                ))
+            );
         }
-        None => println!("  never caught up within the {seconds} s of live events"),
+        None => println!(
+            "  never caught up within the {seconds} s of live events; their latency: {}",
+            describe(&histogram(live.iter().map(|(_, latency)| *latency)))
+        ),
     }
     println!(
         "  {} rows out, {} dead, {} late; {} live events scored",

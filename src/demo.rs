@@ -138,6 +138,9 @@ fn run_spec(
         "source.from=\"earliest\"".into(),
         format!("source.until=\"{until_ms}\""),
         format!("source.group_id=\"tideflow-demo-{policy}\""),
+        // The embedded broker holds a fetch for its whole wait time when a
+        // partition has nothing new (a real broker answers as data arrives).
+        "source.options.\"fetch.wait.max.ms\"=\"5\"".into(),
         format!("batching.policy=\"{policy}\""),
         format!("sink[0].topic=\"{scores_topic}\""),
         format!("sink[1].path=\"{}\"", out.display()),

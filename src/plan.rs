@@ -242,6 +242,22 @@ pub enum SinkPlan {
     },
 }
 
+/// Prefixes of librdkafka options that only consumers take.
+const CONSUMER_ONLY_OPTIONS: &[&str] = &[
+    "fetch.",
+    "group.",
+    "auto.",
+    "enable.auto.",
+    "enable.partition.eof",
+    "isolation.level",
+    "max.poll.",
+    "session.timeout.",
+    "heartbeat.",
+    "partition.assignment.",
+    "queued.",
+    "check.crcs",
+];
+
 impl SinkPlan {
     fn from_spec(sink: &SinkSpec, source: &SourcePlan) -> Result<Self, String> {
         Ok(match sink {
@@ -265,9 +281,18 @@ impl SinkPlan {
                         ));
                     }
                 };
-                let mut options = source
-                    .map(|source| source.options.clone())
-                    .unwrap_or_default();
+                // The sink inherits the source's connection and security
+                // options, not its consumer settings (librdkafka warns about
+                // those on a producer).
+                let mut options = ClientOptions::default();
+                for (key, value) in source.iter().flat_map(|source| source.options.pairs()) {
+                    if !CONSUMER_ONLY_OPTIONS
+                        .iter()
+                        .any(|prefix| key.starts_with(prefix))
+                    {
+                        options.set(key, value);
+                    }
+                }
                 for (key, value) in client_options(&kafka.options)?.pairs() {
                     options.set(key, value);
                 }

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{read_rows, require_onnxruntime, root};
+use common::{now_ms, one_at_a_time, read_rows, require_onnxruntime, root};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -21,16 +21,6 @@ use tideflow_connectors::kafka::{
 };
 
 const PARTITIONS: u32 = 3;
-
-/// Serialises the tests of this file: each runs a dataflow whose speed
-/// the injected faults are timed against.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// A mock cluster of three brokers with `topic` and its output topics, and
 /// `count` generated events on `topic`.
@@ -288,11 +278,4 @@ fn a_time_start_is_found_by_binary_search_where_the_broker_cannot_look_it_up() {
     let (readers, _) = open_partitions(&config, &[0, 1]).unwrap();
     let starts: Vec<u64> = readers.iter().map(|reader| reader.start_offset()).collect();
     assert_eq!(starts, before, "the start offsets of time {mark}");
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }

@@ -11,9 +11,9 @@
 mod common;
 
 use common::broker::Broker;
-use common::{read_lines, read_rows, require_onnxruntime, root};
+use common::{now_ms, one_at_a_time, read_lines, read_rows, require_onnxruntime, root};
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 use tideflow::dataflow::{RunOptions, run};
 use tideflow::run::Summary;
 use tideflow_connectors::generator::GeneratorConfig;
@@ -23,22 +23,6 @@ use tideflow_connectors::kafka::{
 };
 
 const PARTITIONS: u32 = 4;
-
-/// Serialises the tests of this file.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 fn generator(count: u64, rate: Option<f64>, seed: u64) -> GeneratorConfig {
     GeneratorConfig {

@@ -22,26 +22,59 @@ enum Step {
     Index(usize),
 }
 
+/// Splits a dotted path into keys and indexes. A key may be quoted, as in
+/// TOML, when it holds dots itself: `source.options."fetch.wait.max.ms"`.
 fn parse_path(path: &str) -> Result<Vec<Step>, String> {
     let mut steps = Vec::new();
-    for part in path.split('.') {
-        let (key, mut rest) = part.split_at(part.find('[').unwrap_or(part.len()));
+    let mut chars = path.chars().peekable();
+    loop {
+        let mut key = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('"') => break,
+                    Some(c) => key.push(c),
+                    None => return Err(format!("'{path}' has an unclosed quote")),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' || c == '[' {
+                    break;
+                }
+                if c == '"' {
+                    return Err(format!("'{path}': quote the whole key, not part of it"));
+                }
+                key.push(c);
+                chars.next();
+            }
+        }
         if key.is_empty() {
             return Err(format!("'{path}' has an empty key"));
         }
-        steps.push(Step::Key(key.to_owned()));
-        while let Some(inner) = rest.strip_prefix('[') {
-            let close = inner
-                .find(']')
-                .ok_or_else(|| format!("'{path}' has an unclosed ["))?;
-            let index = inner[..close]
+        steps.push(Step::Key(key));
+        while chars.peek() == Some(&'[') {
+            chars.next();
+            let mut digits = String::new();
+            loop {
+                match chars.next() {
+                    Some(']') => break,
+                    Some(c) => digits.push(c),
+                    None => return Err(format!("'{path}' has an unclosed [")),
+                }
+            }
+            let index = digits
                 .parse()
-                .map_err(|_| format!("'{}' is not an array index", &inner[..close]))?;
+                .map_err(|_| format!("'{digits}' is not an array index"))?;
             steps.push(Step::Index(index));
-            rest = &inner[close + 1..];
+        }
+        match chars.next() {
+            None => return Ok(steps),
+            Some('.') => {}
+            Some(c) => return Err(format!("'{path}' has '{c}' where a '.' belongs")),
         }
     }
-    Ok(steps)
 }
 
 fn parse_value(raw: &str) -> toml::Value {
@@ -99,5 +132,48 @@ impl<'a> TableOrArray<'a> {
             }
             (_, step) => Err(format!("{step:?} does not fit the spec's structure there")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(path: &str) -> Vec<String> {
+        parse_path(path)
+            .unwrap()
+            .iter()
+            .map(|step| match step {
+                Step::Key(key) => key.clone(),
+                Step::Index(index) => format!("[{index}]"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn paths_split_on_dots_outside_quotes_and_take_indexes() {
+        assert_eq!(keys("sink[0].path"), ["sink", "[0]", "path"]);
+        assert_eq!(
+            keys(r#"source.options."fetch.wait.max.ms""#),
+            ["source", "options", "fetch.wait.max.ms"]
+        );
+        assert_eq!(keys(r#""a.b"[2][1].c"#), ["a.b", "[2]", "[1]", "c"]);
+    }
+
+    #[test]
+    fn malformed_paths_are_errors() {
+        for path in ["", "a..b", "a.", r#"a."b"#, "a[1", "a[x]", r#"a"b""#] {
+            assert!(parse_path(path).is_err(), "{path} should not parse");
+        }
+    }
+
+    #[test]
+    fn a_quoted_key_sets_a_dotted_option() {
+        let mut table: toml::Table = toml::from_str("[source]\ntopic = \"t\"").unwrap();
+        apply_override(&mut table, r#"source.options."fetch.wait.max.ms"="5""#).unwrap();
+        assert_eq!(
+            table["source"]["options"]["fetch.wait.max.ms"].as_str(),
+            Some("5")
+        );
     }
 }

@@ -86,3 +86,23 @@ pub fn read_rows(dir: &Path) -> Vec<serde_json::Value> {
 pub fn read_lines(dir: &Path) -> Vec<String> {
     read_rows(dir).iter().map(|row| row.to_string()).collect()
 }
+
+/// Serialises the tests of one test program that run dataflows whose
+/// timing matters (live runs, injected faults): a loaded 2-core machine
+/// does not give them timely production when several run at once.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds the test's turn until dropped.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The wall clock, epoch ms.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}

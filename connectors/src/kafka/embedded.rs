@@ -2,7 +2,8 @@
 //! inside the process. `tideflow demo` uses it so that a Kafka dataflow runs
 //! with nothing installed, and fault-injection tests use it to take brokers
 //! down and fail requests on purpose. It is not a stand-in for a real broker
-//! in the main tests: it cannot answer offsets-for-times, for one.
+//! in the main tests: it answers every offsets-for-times lookup with the
+//! high watermark, for one.
 
 use super::ClientOptions;
 use super::kafka_error;
