@@ -73,6 +73,7 @@ pub fn prepare_model(plan: &mut Plan) -> Result<Option<(String, String, bool)>> 
 /// process is stopped) and returns its summary.
 pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
     let model_info = prepare_model(&mut plan)?;
+    plan.resolve_source()?;
     for sink in plan.sinks.iter().chain([&plan.dead_letters]) {
         prepare_directory(sink)?;
     }
@@ -135,6 +136,7 @@ fn build_and_run(worker: &mut timely::worker::Worker, shared: Arc<Shared>) -> Re
         &plan.dead_letters,
         index,
         &origin(&plan.source),
+        plan.origins(),
     )?));
     let commit_interval = match &plan.source {
         SourcePlan::Kafka(kafka) => Some(kafka.commit_interval),

@@ -7,16 +7,19 @@
 
 use crate::features::expr::Expr;
 use crate::features::{Agg, StagePlan, WindowFeature};
+use crate::row::Origins;
 use crate::schema::{Column, ColumnType};
 use crate::spec::{self, SinkSpec, SourceSpec, Spec, SpecError, SpecSource, Window};
 use std::path::PathBuf;
 use std::time::Duration;
 use tideflow_connectors::files::FileFormat;
 use tideflow_connectors::generator::{GENERATOR_FIELDS, GeneratorConfig};
-use tideflow_connectors::kafka::{ClientOptions, KafkaSourceConfig};
+use tideflow_connectors::kafka::{
+    ClientOptions, KafkaSourceConfig, StartPosition, TopicPartitions,
+};
 
 /// Column names the engine adds to every output row.
-pub const RESERVED_COLUMNS: [&str; 3] = ["_partition", "_offset", "_model"];
+pub const RESERVED_COLUMNS: [&str; 4] = ["_topic", "_partition", "_offset", "_model"];
 
 /// The field filled from a Kafka message's key (a string).
 pub const KAFKA_KEY: &str = "kafka_key";
@@ -89,6 +92,30 @@ impl Plan {
             .map(|column| column.name.clone())
             .collect()
     }
+
+    /// Asks the source what the spec cannot say: how many partitions each
+    /// of a Kafka source's topics has. Done once, before the workers start,
+    /// so that they all number the partitions alike.
+    pub fn resolve_source(&mut self) -> crate::Result<()> {
+        if let SourcePlan::Kafka(kafka) = &mut self.source
+            && kafka.partitions.is_none()
+        {
+            let partitions = TopicPartitions::discover(&kafka.config)?;
+            kafka.partitions = Some(std::sync::Arc::new(partitions));
+        }
+        Ok(())
+    }
+
+    /// How outputs name the origin of a row.
+    pub fn origins(&self) -> Origins {
+        match &self.source {
+            SourcePlan::Kafka(KafkaPlan {
+                partitions: Some(partitions),
+                ..
+            }) => Origins::over_topics(partitions.clone()),
+            _ => Origins::by_index(),
+        }
+    }
 }
 
 /// Slots of fields that come from a Kafka message's metadata.
@@ -110,6 +137,9 @@ pub struct KafkaPlan {
     pub idle_timeout: Duration,
     /// How often durable progress is committed.
     pub commit_interval: Duration,
+    /// The topics' partitions, asked of the brokers when a run starts
+    /// (see [`Plan::resolve_source`]).
+    pub partitions: Option<std::sync::Arc<TopicPartitions>>,
 }
 
 /// The source, resolved.
@@ -580,10 +610,47 @@ impl Builder<'_> {
                 "use format = \"json\" (one JSON object per message value)",
             );
         }
+        let topics = match (&spec.topic, &spec.topics) {
+            (Some(topic), None) => vec![topic.clone()],
+            (None, Some(topics)) if !topics.is_empty() => topics.clone(),
+            (Some(_), Some(_)) => {
+                return self.fail(
+                    "topics",
+                    "the Kafka source names both topic and topics",
+                    "keep one: topic = \"a\" or topics = [\"a\", \"b\"]",
+                );
+            }
+            (None, _) => {
+                return self.fail(
+                    "[source]",
+                    "the Kafka source names no topic",
+                    "add topic = \"name\" or topics = [\"a\", \"b\"]",
+                );
+            }
+        };
+        if let Some(twice) = topics
+            .iter()
+            .enumerate()
+            .find_map(|(at, topic)| topics[..at].contains(topic).then_some(topic))
+        {
+            return self.fail(
+                twice,
+                format!("topic {twice} is listed twice"),
+                "list each topic once",
+            );
+        }
         let from = spec.from.as_deref().unwrap_or("committed");
-        let start = from
+        let start: StartPosition = from
             .parse()
             .or_else(|message| self.fail(from, message, "see --from in the README"))?;
+        if topics.len() > 1 && matches!(start, StartPosition::Offsets(_)) {
+            return self.fail(
+                from,
+                "explicit partition:offset pairs name the partitions of one topic, \
+                 and this source reads several",
+                "start several topics from earliest, latest, committed or a time",
+            );
+        }
         let until = spec.until.as_deref().unwrap_or("never");
         let end = until
             .parse()
@@ -615,7 +682,7 @@ impl Builder<'_> {
         Ok(SourcePlan::Kafka(KafkaPlan {
             config: KafkaSourceConfig {
                 brokers: spec.brokers.clone(),
-                topic: spec.topic.clone(),
+                topics,
                 group_id: spec
                     .group_id
                     .clone()
@@ -627,6 +694,7 @@ impl Builder<'_> {
             },
             idle_timeout: duration(&spec.idle_timeout, "5s")?,
             commit_interval: duration(&spec.commit_interval, "1s")?,
+            partitions: None,
         }))
     }
 

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 use tideflow_connectors::Value;
+use tideflow_connectors::kafka::TopicPartitions;
 
 /// One record on its way through the graph.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -47,3 +48,41 @@ pub struct DeadLetter {
 
 /// The reason given to late records.
 pub const LATE: &str = "late";
+
+/// How outputs name a row's origin. A source partition index is the
+/// `_partition` itself, except where a Kafka source reads several topics:
+/// there the index is translated back to `_topic` and the Kafka
+/// `_partition` within it.
+#[derive(Clone, Debug, Default)]
+pub struct Origins {
+    topics: Option<std::sync::Arc<TopicPartitions>>,
+}
+
+impl Origins {
+    /// Origins named by source partition index alone.
+    pub fn by_index() -> Self {
+        Origins::default()
+    }
+
+    /// Origins over `partitions`: with `_topic` where there are several
+    /// topics.
+    pub fn over_topics(partitions: std::sync::Arc<TopicPartitions>) -> Self {
+        Origins {
+            topics: partitions.is_multi_topic().then_some(partitions),
+        }
+    }
+
+    /// Whether outputs carry a `_topic` column.
+    pub fn has_topic(&self) -> bool {
+        self.topics.is_some()
+    }
+
+    /// The topic (where outputs carry one) and the partition of source
+    /// partition `index`.
+    pub fn locate(&self, index: u32) -> (Option<&str>, u32) {
+        match self.topics.as_ref().and_then(|topics| topics.locate(index)) {
+            Some((topic, partition)) => (Some(topic), partition),
+            None => (None, index),
+        }
+    }
+}

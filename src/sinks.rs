@@ -13,7 +13,7 @@
 
 use crate::decode::value_to_json;
 use crate::plan::{Plan, SinkPlan};
-use crate::row::{DeadLetter, Row};
+use crate::row::{DeadLetter, Origins, Row};
 use crate::schema::{Column, ColumnType};
 use crate::{Error, Result};
 use arrow_array::builder::{BooleanBuilder, Float64Builder, StringBuilder};
@@ -89,6 +89,8 @@ pub struct Layout {
     pub model: Option<String>,
     /// The entity key: the record key of Kafka outputs.
     pub key_slot: Option<usize>,
+    /// How `_topic` and `_partition` are written.
+    pub origins: Origins,
 }
 
 impl Layout {
@@ -99,6 +101,7 @@ impl Layout {
             field_count: plan.field_count,
             model,
             key_slot: plan.entity_key_slot(),
+            origins: plan.origins(),
         }
     }
 
@@ -106,36 +109,45 @@ impl Layout {
     pub fn json_line(&self, row: &Row, out: &mut Vec<u8>) {
         out.push(b'{');
         let mut first = true;
-        let mut key = |out: &mut Vec<u8>, name: &str| {
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            serde_json::to_writer(&mut *out, name).expect("writing to a Vec cannot fail");
-            out.push(b':');
-        };
         for (slot, column) in self.columns.iter().enumerate() {
             if slot == self.field_count {
-                key(out, "_partition");
-                out.extend_from_slice(row.partition.to_string().as_bytes());
-                key(out, "_offset");
-                out.extend_from_slice(row.offset.to_string().as_bytes());
+                self.json_origin(row, out, &mut first);
             }
-            key(out, &column.name);
+            json_key(out, &mut first, &column.name);
             write_json_value(out, &row.values[slot]);
         }
         if self.field_count == self.columns.len() {
-            key(out, "_partition");
-            out.extend_from_slice(row.partition.to_string().as_bytes());
-            key(out, "_offset");
-            out.extend_from_slice(row.offset.to_string().as_bytes());
+            self.json_origin(row, out, &mut first);
         }
         if let Some(model) = &self.model {
-            key(out, "_model");
+            json_key(out, &mut first, "_model");
             serde_json::to_writer(&mut *out, model).expect("writing to a Vec cannot fail");
         }
         out.push(b'}');
     }
+
+    /// `_topic` (with several topics), `_partition` and `_offset`.
+    fn json_origin(&self, row: &Row, out: &mut Vec<u8>, first: &mut bool) {
+        let (topic, partition) = self.origins.locate(row.partition);
+        if let Some(topic) = topic {
+            json_key(out, first, "_topic");
+            serde_json::to_writer(&mut *out, topic).expect("writing to a Vec cannot fail");
+        }
+        json_key(out, first, "_partition");
+        out.extend_from_slice(partition.to_string().as_bytes());
+        json_key(out, first, "_offset");
+        out.extend_from_slice(row.offset.to_string().as_bytes());
+    }
+}
+
+/// Writes `"name":` after a comma unless it is the object's first key.
+fn json_key(out: &mut Vec<u8>, first: &mut bool, name: &str) {
+    if !*first {
+        out.push(b',');
+    }
+    *first = false;
+    serde_json::to_writer(&mut *out, name).expect("writing to a Vec cannot fail");
+    out.push(b':');
 }
 
 fn write_json_value(out: &mut Vec<u8>, value: &Value) {
@@ -416,25 +428,26 @@ struct ParquetWriter {
 
 impl ParquetWriter {
     fn create(path: &Path, layout: Layout, sink: &SinkPlan) -> Result<Self> {
-        let mut fields = Vec::new();
-        for (slot, column) in layout.columns.iter().enumerate() {
-            if slot == layout.field_count {
-                fields.push(Field::new(
-                    "_partition",
-                    arrow_schema::DataType::Int64,
-                    false,
-                ));
-                fields.push(Field::new("_offset", arrow_schema::DataType::Int64, false));
+        let origin_fields = |fields: &mut Vec<Field>| {
+            if layout.origins.has_topic() {
+                fields.push(Field::new("_topic", arrow_schema::DataType::Utf8, false));
             }
-            fields.push(Field::new(&column.name, column.ty.arrow_type(), true));
-        }
-        if layout.field_count == layout.columns.len() {
             fields.push(Field::new(
                 "_partition",
                 arrow_schema::DataType::Int64,
                 false,
             ));
             fields.push(Field::new("_offset", arrow_schema::DataType::Int64, false));
+        };
+        let mut fields = Vec::new();
+        for (slot, column) in layout.columns.iter().enumerate() {
+            if slot == layout.field_count {
+                origin_fields(&mut fields);
+            }
+            fields.push(Field::new(&column.name, column.ty.arrow_type(), true));
+        }
+        if layout.field_count == layout.columns.len() {
+            origin_fields(&mut fields);
         }
         if layout.model.is_some() {
             fields.push(Field::new("_model", arrow_schema::DataType::Utf8, false));
@@ -460,10 +473,18 @@ impl ParquetWriter {
             return Ok(());
         }
         let mut arrays: Vec<ArrayRef> = Vec::new();
+        let origins = &self.layout.origins;
         let origin = |arrays: &mut Vec<ArrayRef>| {
+            if origins.has_topic() {
+                arrays.push(Arc::new(
+                    rows.iter()
+                        .map(|row| origins.locate(row.partition).0)
+                        .collect::<arrow_array::StringArray>(),
+                ));
+            }
             arrays.push(Arc::new(
                 rows.iter()
-                    .map(|row| Some(i64::from(row.partition)))
+                    .map(|row| Some(i64::from(origins.locate(row.partition).1)))
                     .collect::<arrow_array::Int64Array>(),
             ));
             arrays.push(Arc::new(
@@ -578,6 +599,7 @@ pub struct DeadLetterWriter {
     inner: DeadLetterTarget,
     sink: SinkPlan,
     origin: String,
+    origins: Origins,
 }
 
 enum DeadLetterTarget {
@@ -606,8 +628,9 @@ impl std::fmt::Debug for DeadLetterWriter {
 
 impl DeadLetterWriter {
     /// Opens the dead-letter output of worker `worker`; `origin` names the
-    /// source (a topic, a path) in Kafka headers.
-    pub fn open(sink: &SinkPlan, worker: usize, origin: &str) -> Result<Self> {
+    /// source (a topic, a path) in Kafka headers, unless `origins` names
+    /// each letter's topic.
+    pub fn open(sink: &SinkPlan, worker: usize, origin: &str, origins: Origins) -> Result<Self> {
         let inner = match sink {
             SinkPlan::Jsonl(dir) | SinkPlan::Parquet(dir) => {
                 let path = part_path(dir, worker, "jsonl");
@@ -628,16 +651,18 @@ impl DeadLetterWriter {
             inner,
             sink: sink.clone(),
             origin: origin.to_owned(),
+            origins,
         })
     }
 
     /// Writes one dead letter.
     pub fn write(&mut self, letter: &DeadLetter) -> Result<()> {
+        let (topic, partition) = self.origins.locate(letter.partition);
         if let DeadLetterTarget::Kafka(producer) = &self.inner {
-            let (partition, offset) = (letter.partition.to_string(), letter.offset.to_string());
+            let (partition, offset) = (partition.to_string(), letter.offset.to_string());
             let values = [
                 letter.error.as_bytes(),
-                self.origin.as_bytes(),
+                topic.unwrap_or(&self.origin).as_bytes(),
                 partition.as_bytes(),
                 offset.as_bytes(),
             ];
@@ -650,12 +675,15 @@ impl DeadLetterWriter {
                 ticket: 0,
             })?);
         }
-        let line = serde_json::json!({
-            "_partition": letter.partition,
+        let mut line = serde_json::json!({
+            "_partition": partition,
             "_offset": letter.offset,
             "_error": letter.error,
             "_raw": letter.raw,
         });
+        if let Some(topic) = topic {
+            line["_topic"] = topic.into();
+        }
         let mut text = line.to_string();
         text.push('\n');
         let written = match &mut self.inner {

@@ -16,7 +16,7 @@ use tideflow::dataflow::{RunOptions, run};
 use tideflow_connectors::generator::GeneratorConfig;
 use tideflow_connectors::kafka::{
     ClientOptions, EmbeddedBroker, EndPosition, GenerateOptions, KafkaProducer, KafkaSourceConfig,
-    ProducerRecord, RDKafkaApiKey, RDKafkaRespErr, StartPosition, open_partitions,
+    ProducerRecord, RDKafkaApiKey, RDKafkaRespErr, StartPosition, TopicPartitions, open_partitions,
     produce_generated, read_topic,
 };
 
@@ -268,14 +268,15 @@ fn a_time_start_is_found_by_binary_search_where_the_broker_cannot_look_it_up() {
 
     let config = KafkaSourceConfig {
         brokers,
-        topic: topic.into(),
+        topics: vec![topic.into()],
         group_id: "searched".into(),
         options: ClientOptions::default(),
         start: StartPosition::Time(mark),
         end: EndPosition::Now,
         warm_up: false,
     };
-    let (readers, _) = open_partitions(&config, &[0, 1]).unwrap();
+    let partitions = std::sync::Arc::new(TopicPartitions::discover(&config).unwrap());
+    let (readers, _) = open_partitions(&config, &partitions, &[0, 1]).unwrap();
     let starts: Vec<u64> = readers.iter().map(|reader| reader.start_offset()).collect();
     assert_eq!(starts, before, "the start offsets of time {mark}");
 }

@@ -76,26 +76,46 @@ fn run_fraud_kafka(
     until: &str,
     workers: usize,
 ) -> Summary {
-    let overrides = vec![
+    let mut overrides = vec![format!("source.topic=\"{topic}\"")];
+    overrides.extend(fraud_kafka_overrides(brokers, topic, out, from, until));
+    run_spec(
+        &root().join("dataflows/fraud_kafka.toml"),
+        &overrides,
+        workers,
+    )
+}
+
+/// Overrides that point a fraud_kafka run at the test broker, with a group
+/// and output topics named after `name`.
+fn fraud_kafka_overrides(
+    brokers: &str,
+    name: &str,
+    out: &Path,
+    from: &str,
+    until: &str,
+) -> Vec<String> {
+    vec![
         format!("source.brokers=\"{brokers}\""),
-        format!("source.topic=\"{topic}\""),
         format!(
-            "source.group_id=\"{topic}-{}\"",
+            "source.group_id=\"{name}-{}\"",
             out.file_name().unwrap().to_string_lossy()
         ),
         format!("source.from=\"{from}\""),
         format!("source.until=\"{until}\""),
         "time.max_out_of_orderness=\"2s\"".into(),
-        format!("sink[0].topic=\"{topic}-scores\""),
+        format!("sink[0].topic=\"{name}-scores\""),
         format!("sink[1].path=\"{}\"", out.display()),
-        format!("dead_letters.topic=\"{topic}-dead\""),
+        format!("dead_letters.topic=\"{name}-dead\""),
         format!(
             "model.path=\"{}\"",
             root().join("models/fraud_mlp.onnx").display()
         ),
-    ];
-    let plan = tideflow::plan::load(&root().join("dataflows/fraud_kafka.toml"), &overrides)
-        .expect("fraud_kafka.toml loads");
+    ]
+}
+
+/// Runs a spec in process and checks that its counts reconcile.
+fn run_spec(spec: &Path, overrides: &[String], workers: usize) -> Summary {
+    let plan = tideflow::plan::load(spec, overrides).expect("the spec loads");
     let summary = run(plan, &RunOptions::with_workers(workers)).expect("the run succeeds");
     assert!(summary.counts.reconciles(), "{summary}");
     summary
@@ -621,4 +641,129 @@ fn an_external_client_reads_every_score_as_json_with_its_fields() {
     for problem in ["not_json", "missing_fields", "no_model_header"] {
         assert_eq!(report[problem], 0, "{problem}: {report}");
     }
+}
+
+#[test]
+fn several_topics_read_as_one_source_give_the_rows_of_one_topic() {
+    let _serial = one_at_a_time();
+    require_onnxruntime();
+    let broker = Broker::start();
+    let out = tempfile::tempdir().unwrap();
+    let no_options = ClientOptions::default();
+    // The same records on one 4-partition topic, and split over two
+    // 2-partition topics: partitions 0 and 1 on `split-a`, 2 and 3 on
+    // `split-b`. Read in that order, the two topics number their
+    // partitions 0..4 like the single topic.
+    let count = 1_600;
+    let config = generator(count, None, 11);
+    produce(&broker, "whole", config.clone());
+    for topic in ["split-a", "split-b"] {
+        ensure_topic(&broker.brokers, &no_options, topic, 2).unwrap();
+    }
+    let split = ["split-a", "split-b"]
+        .map(|topic| KafkaProducer::open(&broker.brokers, topic, &no_options).unwrap());
+    for sequence in 0..count {
+        let partition = (sequence % u64::from(PARTITIONS)) as u32;
+        let (key, value) = config.record_json(partition, sequence / u64::from(PARTITIONS), None);
+        split[partition as usize / 2]
+            .send(&ProducerRecord {
+                key: Some(key.as_bytes()),
+                value: value.as_bytes(),
+                headers: &[],
+                partition: Some(partition % 2),
+                ticket: 0,
+            })
+            .unwrap();
+    }
+    for producer in &split {
+        producer.flush(Duration::from_secs(60)).unwrap();
+    }
+    output_topics(&broker, "whole");
+    output_topics(&broker, "split");
+
+    let whole_out = out.path().join("whole");
+    let whole = run_fraud_kafka(&broker.brokers, "whole", &whole_out, "earliest", "now", 2);
+    let spec_text = std::fs::read_to_string(root().join("dataflows/fraud_kafka.toml")).unwrap();
+    let spec = out.path().join("fraud_topics.toml");
+    std::fs::write(
+        &spec,
+        spec_text.replace(
+            "topic = \"transactions\"",
+            "topics = [\"split-a\", \"split-b\"]",
+        ),
+    )
+    .unwrap();
+    let split_out = out.path().join("split");
+    let overrides = fraud_kafka_overrides(&broker.brokers, "split", &split_out, "earliest", "now");
+    let summary = run_spec(&spec, &overrides, 2);
+    assert_eq!(summary.counts, whole.counts, "{summary}\n{whole}");
+    assert!(summary.counts.late > 0, "{summary}");
+
+    // Every row names its topic and Kafka partition; mapped back to the
+    // single topic's partitions, the rows are the same.
+    let mut rows = read_rows(&split_out);
+    for row in &mut rows {
+        let topic = row["_topic"].as_str().unwrap().to_owned();
+        let partition = row["_partition"].as_u64().unwrap();
+        assert!(partition < 2, "{row}");
+        let first = if topic == "split-a" { 0 } else { 2 };
+        assert!(topic == "split-a" || topic == "split-b", "{row}");
+        row["_partition"] = (first + partition).into();
+        row.as_object_mut().unwrap().remove("_topic");
+    }
+    rows.sort_by_key(|row| (row["_partition"].as_u64(), row["_offset"].as_u64()));
+    let rows: Vec<String> = rows.iter().map(|row| row.to_string()).collect();
+    assert_eq!(rows, read_lines(&whole_out));
+
+    // Dead letters name the topic they came from; offsets are committed
+    // per topic, to the end of each partition.
+    let dead = read_topic(&broker.brokers, "split-dead", &no_options).unwrap();
+    assert_eq!(dead.len() as u64, summary.counts.dead + summary.counts.late);
+    for letter in &dead {
+        let source = letter
+            .headers
+            .iter()
+            .find(|(name, _)| name == "tideflow-source")
+            .map(|(_, value)| String::from_utf8_lossy(value).into_owned());
+        assert!(
+            matches!(source.as_deref(), Some("split-a" | "split-b")),
+            "{source:?}"
+        );
+    }
+    let group = format!("split-{}", split_out.file_name().unwrap().to_string_lossy());
+    for topic in ["split-a", "split-b"] {
+        let committed = committed_offsets(&broker.brokers, &group, topic, &no_options).unwrap();
+        let total: u64 = committed.values().sum();
+        assert_eq!(committed.len(), 2, "{topic}: {committed:?}");
+        assert_eq!(total, count / 2, "{topic}: {committed:?}");
+    }
+}
+
+#[test]
+fn a_source_names_topic_or_topics_not_both() {
+    let spec = root().join("dataflows/fraud_kafka.toml");
+    let both = tideflow::plan::load(&spec, &["source.topics=[\"a\", \"b\"]".into()]);
+    let error = both.unwrap_err().to_string();
+    assert!(error.contains("both topic and topics"), "{error}");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let twice = dir.path().join("twice.toml");
+    std::fs::write(
+        &twice,
+        text.replace("topic = \"transactions\"", "topics = [\"a\", \"a\"]"),
+    )
+    .unwrap();
+    let error = tideflow::plan::load(&twice, &[]).unwrap_err().to_string();
+    assert!(error.contains("listed twice"), "{error}");
+    let several = dir.path().join("several.toml");
+    std::fs::write(
+        &several,
+        text.replace("topic = \"transactions\"", "topics = [\"a\", \"b\"]"),
+    )
+    .unwrap();
+    let error = tideflow::plan::load(&several, &["source.from=\"0:5\"".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("several"), "{error}");
+    tideflow::plan::load(&several, &[]).expect("topics alone is a valid source");
 }

@@ -48,15 +48,6 @@ const ALIGNMENT_RECHECK: Duration = Duration::from_millis(1);
 /// other workers' watermarks.
 const IDLE_FOLLOW: Duration = Duration::from_millis(50);
 
-/// The number of partitions of a source.
-pub fn partition_count(plan: &SourcePlan) -> Result<usize> {
-    Ok(match plan {
-        SourcePlan::Files { path, format, .. } => discover_partitions(path, *format)?.len(),
-        SourcePlan::Generator(config) => config.partitions as usize,
-        SourcePlan::Kafka(kafka) => kafka::partition_count(&kafka.config)? as usize,
-    })
-}
-
 /// The partitions one worker reads, and the committer of their offsets
 /// where the source has committed progress (Kafka).
 pub struct Assigned {
@@ -85,7 +76,7 @@ pub fn origin(plan: &SourcePlan) -> String {
     match plan {
         SourcePlan::Files { path, .. } => path.display().to_string(),
         SourcePlan::Generator(_) => "generator".into(),
-        SourcePlan::Kafka(kafka) => kafka.config.topic.clone(),
+        SourcePlan::Kafka(kafka) => kafka.config.topics.join(","),
     }
 }
 
@@ -125,16 +116,19 @@ pub fn open_assigned(
             }
         }
         SourcePlan::Kafka(kafka) => {
-            let count = kafka::partition_count(&kafka.config)?;
-            let mine: Vec<u32> = (0..count)
+            let partitions = match &kafka.partitions {
+                Some(partitions) => partitions.clone(),
+                None => Arc::new(kafka::TopicPartitions::discover(&kafka.config)?),
+            };
+            let mine: Vec<u32> = (0..partitions.len())
                 .filter(|partition| *partition as usize % peers == index)
                 .collect();
-            let (kafka_readers, kafka_committer) = kafka::open_partitions(&kafka.config, &mine)?;
+            let (kafka_readers, kafka_committer) =
+                kafka::open_partitions(&kafka.config, &partitions, &mine)?;
             for reader in kafka_readers {
+                let (topic, partition) = reader.topic_partition();
                 eprintln!(
-                    "tideflow: worker {index} reads {} partition {} from offset {} ({} .. {})",
-                    kafka.config.topic,
-                    reader.partition(),
+                    "tideflow: worker {index} reads {topic} partition {partition} from offset {} ({} .. {})",
                     reader.start_offset(),
                     kafka.config.start,
                     kafka.config.end,

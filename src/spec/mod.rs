@@ -119,8 +119,11 @@ pub struct GeneratorSourceSpec {
 pub struct KafkaSourceSpec {
     /// `bootstrap.servers`: `host:port[,host:port...]`.
     pub brokers: String,
-    /// The topic to read.
-    pub topic: String,
+    /// The topic to read (or `topics`).
+    pub topic: Option<String>,
+    /// Several topics read as one source: their partitions are numbered
+    /// one after the other, and outputs carry `_topic`.
+    pub topics: Option<Vec<String>>,
     /// The message format: `json` (one object per message value).
     #[serde(default = "json_format")]
     pub format: String,

@@ -1,4 +1,4 @@
-//! Kafka: a topic's partitions as [`crate::PartitionReader`]s, offset
+//! Kafka: the partitions of one or more topics as [`crate::PartitionReader`]s, offset
 //! commits for a consumer group, a producer that knows which outputs the
 //! brokers have acknowledged, and topic administration for tools and tests.
 //!
@@ -14,6 +14,7 @@ mod options;
 mod position;
 mod producer;
 mod source;
+mod topics;
 
 pub use embedded::EmbeddedBroker;
 pub use generate::{GenerateOptions, produce_generated};
@@ -22,9 +23,8 @@ pub use options::{ClientOptions, REDACTED};
 pub use position::{EndPosition, StartPosition, parse_time};
 pub use producer::{DeliveryTracker, KafkaProducer, ProducerRecord};
 pub use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-pub use source::{
-    KafkaPartitionReader, KafkaSourceConfig, OffsetCommitter, open_partitions, partition_count,
-};
+pub use source::{KafkaPartitionReader, KafkaSourceConfig, OffsetCommitter, open_partitions};
+pub use topics::TopicPartitions;
 
 use crate::{Error, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};

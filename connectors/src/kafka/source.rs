@@ -8,7 +8,8 @@
 //! binary search over message timestamps (and the log says so).
 
 use super::{
-    ClientOptions, EndPosition, LOOKUP_TIMEOUT, LoggingContext, StartPosition, kafka_error,
+    ClientOptions, EndPosition, LOOKUP_TIMEOUT, LoggingContext, StartPosition, TopicPartitions,
+    kafka_error,
 };
 use crate::{Error, PartitionReader, Poll, RawBody, RawRecord, Result};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
@@ -32,8 +33,9 @@ const IDLE_POLL: Duration = Duration::from_millis(50);
 pub struct KafkaSourceConfig {
     /// `bootstrap.servers`.
     pub brokers: String,
-    /// The topic read.
-    pub topic: String,
+    /// The topics read, in order (their partitions are numbered one after
+    /// the other: see [`TopicPartitions`]).
+    pub topics: Vec<String>,
     /// The consumer group offsets are committed for.
     pub group_id: String,
     /// librdkafka options, passed through verbatim.
@@ -48,7 +50,7 @@ pub struct KafkaSourceConfig {
 }
 
 impl KafkaSourceConfig {
-    fn consumer(&self) -> Result<Consumer_> {
+    pub(super) fn consumer(&self) -> Result<Consumer_> {
         self.options
             .client_config(&[
                 ("bootstrap.servers", &self.brokers),
@@ -65,13 +67,13 @@ impl KafkaSourceConfig {
             .map_err(|error| self.error("cannot create a Kafka consumer", &error))
     }
 
-    fn error(&self, context: impl Into<String>, error: &KafkaError) -> Error {
+    pub(super) fn error(&self, context: impl Into<String>, error: &KafkaError) -> Error {
         kafka_error(
             &self.options,
             format!(
                 "{} (topic {} at {})",
                 context.into(),
-                self.topic,
+                self.topics.join(", "),
                 self.brokers
             ),
             error,
@@ -79,52 +81,41 @@ impl KafkaSourceConfig {
     }
 }
 
-/// The number of partitions of the source's topic.
-pub fn partition_count(config: &KafkaSourceConfig) -> Result<u32> {
-    let consumer = config.consumer()?;
-    let metadata = consumer
-        .fetch_metadata(Some(&config.topic), LOOKUP_TIMEOUT)
-        .map_err(|error| config.error("cannot read the topic's metadata", &error))?;
-    let topic = metadata
-        .topics()
-        .iter()
-        .find(|topic| topic.name() == config.topic);
-    match topic {
-        Some(topic) if topic.error().is_none() && !topic.partitions().is_empty() => {
-            Ok(topic.partitions().len() as u32)
-        }
-        _ => Err(Error::Kafka {
-            context: format!("topic {} at {}", config.topic, config.brokers),
-            message: "the topic does not exist; create it (tideflow gen creates its topic) \
-                      or check source.topic"
-                .into(),
-        }),
-    }
-}
-
-/// Opens readers for `partitions` of the source's topic, sharing one
-/// consumer, and a committer for their offsets. Each reader starts at its
-/// resolved start position; the log names it.
+/// Opens readers for source partitions `indexes` (numbered over the
+/// source's topics by `partitions`), sharing one consumer, and a committer
+/// for their offsets. Each reader starts at its resolved start position;
+/// the log names it.
 pub fn open_partitions(
     config: &KafkaSourceConfig,
-    partitions: &[u32],
+    partitions: &Arc<TopicPartitions>,
+    indexes: &[u32],
 ) -> Result<(Vec<KafkaPartitionReader>, Option<OffsetCommitter>)> {
-    if partitions.is_empty() {
+    if indexes.is_empty() {
         return Ok((Vec::new(), None));
     }
     let consumer = Arc::new(config.consumer()?);
-    let mut plans = Vec::with_capacity(partitions.len());
-    for &partition in partitions {
+    let mut plans = Vec::with_capacity(indexes.len());
+    for &index in indexes {
+        let Some((topic, partition)) = partitions.locate(index) else {
+            return Err(Error::Kafka {
+                context: format!("source partition {index}"),
+                message: format!(
+                    "the topics {} have only {} partitions",
+                    config.topics.join(", "),
+                    partitions.len()
+                ),
+            });
+        };
         let (low, high) = consumer
-            .fetch_watermarks(&config.topic, partition as i32, LOOKUP_TIMEOUT)
+            .fetch_watermarks(topic, partition as i32, LOOKUP_TIMEOUT)
             .map_err(|error| {
                 config.error(
-                    format!("cannot read partition {partition}'s offsets"),
+                    format!("cannot read {topic} partition {partition}'s offsets"),
                     &error,
                 )
             })?;
         let (low, high) = (low.max(0) as u64, high.max(0) as u64);
-        let start = resolve_start(config, &consumer, partition, low, high)?;
+        let start = resolve_start(config, &consumer, topic, partition, low, high)?;
         let end = match config.end {
             EndPosition::Never => ReaderEnd::Never,
             EndPosition::Now => ReaderEnd::Offset(high),
@@ -138,20 +129,15 @@ pub fn open_partitions(
         };
         if read_from < start {
             eprintln!(
-                "tideflow: replaying {} partition {partition} offsets {read_from}..{start} to rebuild window state (source.warm_up)",
-                config.topic
+                "tideflow: replaying {topic} partition {partition} offsets {read_from}..{start} to rebuild window state (source.warm_up)"
             );
         }
-        plans.push((partition, read_from, start, high, end));
+        plans.push((index, topic, partition, read_from, start, high, end));
     }
     let mut assignment = TopicPartitionList::new();
-    for (partition, read_from, ..) in &plans {
+    for (_, topic, partition, read_from, ..) in &plans {
         assignment
-            .add_partition_offset(
-                &config.topic,
-                *partition as i32,
-                Offset::Offset(*read_from as i64),
-            )
+            .add_partition_offset(topic, *partition as i32, Offset::Offset(*read_from as i64))
             .map_err(|error| config.error("cannot build the assignment", &error))?;
     }
     consumer
@@ -159,16 +145,19 @@ pub fn open_partitions(
         .map_err(|error| config.error("cannot assign partitions", &error))?;
     let mut readers = Vec::with_capacity(plans.len());
     let early = EarlyDeliveries::default();
-    for (partition, read_from, start, high, end) in plans {
-        let Some(queue) = consumer.split_partition_queue(&config.topic, partition as i32) else {
+    for (index, topic, partition, read_from, start, high, end) in plans {
+        let Some(queue) = consumer.split_partition_queue(topic, partition as i32) else {
             return Err(Error::Kafka {
-                context: format!("topic {} partition {partition}", config.topic),
+                context: format!("topic {topic} partition {partition}"),
                 message: "librdkafka has no queue for this partition".into(),
             });
         };
         let finished = matches!(end, ReaderEnd::Offset(end) if start >= end);
         readers.push(KafkaPartitionReader {
+            index,
+            topic: topic.to_owned(),
             partition,
+            partitions: partitions.clone(),
             queue,
             consumer: consumer.clone(),
             options: config.options.clone(),
@@ -184,7 +173,7 @@ pub fn open_partitions(
     }
     let committer = OffsetCommitter {
         consumer,
-        topic: config.topic.clone(),
+        partitions: partitions.clone(),
         options: config.options.clone(),
     };
     Ok((readers, Some(committer)))
@@ -194,11 +183,11 @@ pub fn open_partitions(
 fn resolve_start(
     config: &KafkaSourceConfig,
     consumer: &Consumer_,
+    topic: &str,
     partition: u32,
     low: u64,
     high: u64,
 ) -> Result<u64> {
-    let topic = &config.topic;
     let offset = match &config.start {
         StartPosition::Earliest => low,
         StartPosition::Latest => high,
@@ -226,7 +215,9 @@ fn resolve_start(
                 }
             }
         }
-        StartPosition::Time(ms) => offset_for_time(config, consumer, partition, *ms, low, high)?,
+        StartPosition::Time(ms) => {
+            offset_for_time(config, consumer, topic, partition, *ms, low, high)?
+        }
     };
     Ok(offset.clamp(low, high))
 }
@@ -237,6 +228,7 @@ fn resolve_start(
 fn offset_for_time(
     config: &KafkaSourceConfig,
     consumer: &Consumer_,
+    topic: &str,
     partition: u32,
     ms: i64,
     low: u64,
@@ -244,13 +236,13 @@ fn offset_for_time(
 ) -> Result<u64> {
     let mut wanted = TopicPartitionList::new();
     wanted
-        .add_partition_offset(&config.topic, partition as i32, Offset::Offset(ms))
+        .add_partition_offset(topic, partition as i32, Offset::Offset(ms))
         .map_err(|error| config.error("cannot build an offsets-for-times request", &error))?;
     let answer = consumer
         .offsets_for_times(wanted, LOOKUP_TIMEOUT)
         .ok()
         .and_then(|list| {
-            let entry = list.find_partition(&config.topic, partition as i32)?;
+            let entry = list.find_partition(topic, partition as i32)?;
             entry.error().ok()?;
             Some(entry.offset())
         });
@@ -261,24 +253,22 @@ fn offset_for_time(
     };
     let probe = config.consumer()?;
     match answer {
-        Some(offset) if answer_holds(config, &probe, partition, ms, offset, low, high)? => {
+        Some(offset) if answer_holds(config, &probe, topic, partition, ms, offset, low, high)? => {
             Ok(offset)
         }
         Some(offset) => {
             eprintln!(
-                "tideflow: the brokers answered offset {offset} for time {ms} on {} partition {partition}, \
-                 but the records around it say otherwise: finding the offset by binary search over message timestamps",
-                config.topic
+                "tideflow: the brokers answered offset {offset} for time {ms} on {topic} partition {partition}, \
+                 but the records around it say otherwise: finding the offset by binary search over message timestamps"
             );
-            binary_search_time(config, &probe, partition, ms, low, high)
+            binary_search_time(config, &probe, topic, partition, ms, low, high)
         }
         None => {
             eprintln!(
-                "tideflow: the brokers did not answer offsets-for-times for {} partition {partition}: \
-                 finding the offset of {ms} by binary search over message timestamps",
-                config.topic
+                "tideflow: the brokers did not answer offsets-for-times for {topic} partition {partition}: \
+                 finding the offset of {ms} by binary search over message timestamps"
             );
-            binary_search_time(config, &probe, partition, ms, low, high)
+            binary_search_time(config, &probe, topic, partition, ms, low, high)
         }
     }
 }
@@ -290,6 +280,7 @@ fn offset_for_time(
 fn answer_holds(
     config: &KafkaSourceConfig,
     probe: &Consumer_,
+    topic: &str,
     partition: u32,
     ms: i64,
     offset: u64,
@@ -297,13 +288,13 @@ fn answer_holds(
     high: u64,
 ) -> Result<bool> {
     if offset < high {
-        let (_, timestamp) = first_message_from(config, probe, partition, offset)?;
+        let (_, timestamp) = first_message_from(config, probe, topic, partition, offset)?;
         if timestamp < ms {
             return Ok(false);
         }
     }
     if offset > low {
-        let (found, timestamp) = first_message_from(config, probe, partition, offset - 1)?;
+        let (found, timestamp) = first_message_from(config, probe, topic, partition, offset - 1)?;
         if found < offset && timestamp >= ms {
             return Ok(false);
         }
@@ -316,6 +307,7 @@ fn answer_holds(
 fn binary_search_time(
     config: &KafkaSourceConfig,
     probe: &Consumer_,
+    topic: &str,
     partition: u32,
     ms: i64,
     low: u64,
@@ -324,7 +316,7 @@ fn binary_search_time(
     let (mut lo, mut hi) = (low, high);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        let (offset, timestamp) = first_message_from(config, probe, partition, mid)?;
+        let (offset, timestamp) = first_message_from(config, probe, topic, partition, mid)?;
         if timestamp >= ms {
             hi = mid;
         } else {
@@ -340,16 +332,13 @@ fn binary_search_time(
 fn first_message_from(
     config: &KafkaSourceConfig,
     probe: &Consumer_,
+    topic: &str,
     partition: u32,
     offset: u64,
 ) -> Result<(u64, i64)> {
     let mut assignment = TopicPartitionList::new();
     assignment
-        .add_partition_offset(
-            &config.topic,
-            partition as i32,
-            Offset::Offset(offset as i64),
-        )
+        .add_partition_offset(topic, partition as i32, Offset::Offset(offset as i64))
         .map_err(|error| config.error("cannot build a probe assignment", &error))?;
     probe
         .assign(&assignment)
@@ -362,7 +351,7 @@ fn first_message_from(
                     .timestamp()
                     .to_millis()
                     .ok_or_else(|| Error::Kafka {
-                        context: format!("topic {} partition {partition}", config.topic),
+                        context: format!("topic {topic} partition {partition}"),
                         message: format!(
                             "message {} has no timestamp, so no offset can be found for a time",
                             message.offset()
@@ -375,7 +364,7 @@ fn first_message_from(
         }
     }
     Err(Error::Kafka {
-        context: format!("topic {} partition {partition}", config.topic),
+        context: format!("topic {topic} partition {partition}"),
         message: format!("no message at offset {offset} within {LOOKUP_TIMEOUT:?}"),
     })
 }
@@ -390,7 +379,12 @@ enum ReaderEnd {
 
 /// One Kafka partition, read through its own queue of the worker's consumer.
 pub struct KafkaPartitionReader {
+    /// The source partition index (see [`TopicPartitions`]).
+    index: u32,
+    topic: String,
+    /// The Kafka partition within the topic.
     partition: u32,
+    partitions: Arc<TopicPartitions>,
     queue: rdkafka::consumer::base_consumer::PartitionQueue<LoggingContext>,
     consumer: Arc<Consumer_>,
     options: ClientOptions,
@@ -414,9 +408,10 @@ enum Fetched {
 }
 
 impl Fetched {
-    fn from_message(message: &impl Message) -> RawRecord {
+    /// A message as a record of source partition `index`.
+    fn from_message(index: u32, message: &impl Message) -> RawRecord {
         RawRecord {
-            partition: message.partition() as u32,
+            partition: index,
             offset: message.offset().max(0) as u64,
             timestamp_ms: message.timestamp().to_millis(),
             key: message.key().map(<[u8]>::to_vec),
@@ -438,6 +433,7 @@ type EarlyDeliveries =
 impl std::fmt::Debug for KafkaPartitionReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaPartitionReader")
+            .field("topic", &self.topic)
             .field("partition", &self.partition)
             .field("start", &self.start)
             .field("next_offset", &self.next_offset)
@@ -453,6 +449,11 @@ impl KafkaPartitionReader {
         self.start
     }
 
+    /// The topic and the Kafka partition read.
+    pub fn topic_partition(&self) -> (&str, u32) {
+        (&self.topic, self.partition)
+    }
+
     /// Serves the consumer's events (errors, logs), which librdkafka only
     /// delivers while its main queue is polled, and keeps any message or
     /// end of partition found there for its partition's reader.
@@ -461,16 +462,28 @@ impl KafkaPartitionReader {
             match self.consumer.poll(Duration::ZERO) {
                 None => return Ok(()),
                 Some(Ok(message)) => {
-                    let record = Fetched::from_message(&message);
-                    self.keep_early(record.partition, Fetched::Record(record));
+                    if let Some(index) = self
+                        .partitions
+                        .index_of(message.topic(), message.partition() as u32)
+                    {
+                        let record = Fetched::from_message(index, &message);
+                        self.keep_early(index, Fetched::Record(record));
+                    }
                 }
+                // librdkafka does not say which topic's partition ended;
+                // the partition's reader learns it again from its own queue
+                // once new messages arrive, or on its next end of partition.
                 Some(Err(KafkaError::PartitionEOF(partition))) => {
-                    self.keep_early(partition as u32, Fetched::End);
+                    if !self.partitions.is_multi_topic()
+                        && let Some(index) = self.partitions.index_of(&self.topic, partition as u32)
+                    {
+                        self.keep_early(index, Fetched::End);
+                    }
                 }
                 Some(Err(error)) if is_fatal(&error) => {
                     return Err(kafka_error(
                         &self.options,
-                        format!("partition {}", self.partition),
+                        format!("topic {} partition {}", self.topic, self.partition),
                         &error,
                     ));
                 }
@@ -480,11 +493,11 @@ impl KafkaPartitionReader {
         }
     }
 
-    fn keep_early(&self, partition: u32, fetched: Fetched) {
+    fn keep_early(&self, index: u32, fetched: Fetched) {
         self.early
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .entry(partition)
+            .entry(index)
             .or_default()
             .push_back(fetched);
     }
@@ -496,11 +509,11 @@ impl KafkaPartitionReader {
             .early
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get_mut(&self.partition)
+            .get_mut(&self.index)
             .and_then(|kept| kept.pop_front());
         early.or_else(|| {
             self.queue.poll(Duration::ZERO).map(|polled| match polled {
-                Ok(message) => Fetched::Record(Fetched::from_message(&message)),
+                Ok(message) => Fetched::Record(Fetched::from_message(self.index, &message)),
                 Err(KafkaError::PartitionEOF(_)) => Fetched::End,
                 Err(error) => Fetched::Failed(error),
             })
@@ -536,7 +549,7 @@ fn now_ms() -> i64 {
 
 impl PartitionReader for KafkaPartitionReader {
     fn partition(&self) -> u32 {
-        self.partition
+        self.index
     }
 
     fn poll(&mut self, out: &mut Vec<RawRecord>, max_records: usize) -> Result<Poll> {
@@ -581,7 +594,7 @@ impl PartitionReader for KafkaPartitionReader {
                 Some(Fetched::Failed(error)) if is_fatal(&error) => {
                     return Err(kafka_error(
                         &self.options,
-                        format!("partition {}", self.partition),
+                        format!("topic {} partition {}", self.topic, self.partition),
                         &error,
                     ));
                 }
@@ -628,42 +641,35 @@ impl PartitionReader for KafkaPartitionReader {
 /// Commits offsets of one worker's partitions for the consumer group.
 pub struct OffsetCommitter {
     consumer: Arc<Consumer_>,
-    topic: String,
+    partitions: Arc<TopicPartitions>,
     options: ClientOptions,
 }
 
 impl std::fmt::Debug for OffsetCommitter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OffsetCommitter")
-            .field("topic", &self.topic)
+            .field("partitions", &self.partitions)
             .finish()
     }
 }
 
 impl OffsetCommitter {
-    /// Commits `(partition, next offset to read)` pairs, waiting for the
-    /// group coordinator to accept them.
+    /// Commits `(source partition, next offset to read)` pairs, waiting for
+    /// the group coordinator to accept them.
     pub fn commit(&self, offsets: &[(u32, u64)]) -> Result<()> {
         if offsets.is_empty() {
             return Ok(());
         }
         let mut list = TopicPartitionList::new();
-        for (partition, offset) in offsets {
-            list.add_partition_offset(
-                &self.topic,
-                *partition as i32,
-                Offset::Offset(*offset as i64),
-            )
-            .map_err(|error| kafka_error(&self.options, "cannot build a commit", &error))?;
+        for (index, offset) in offsets {
+            let Some((topic, partition)) = self.partitions.locate(*index) else {
+                continue;
+            };
+            list.add_partition_offset(topic, partition as i32, Offset::Offset(*offset as i64))
+                .map_err(|error| kafka_error(&self.options, "cannot build a commit", &error))?;
         }
         self.consumer
             .commit(&list, CommitMode::Sync)
-            .map_err(|error| {
-                kafka_error(
-                    &self.options,
-                    format!("cannot commit offsets of topic {}", self.topic),
-                    &error,
-                )
-            })
+            .map_err(|error| kafka_error(&self.options, "cannot commit offsets", &error))
     }
 }
