@@ -2,6 +2,7 @@
 //! feature stages → expressions → batching → inference → sinks, on timely
 //! worker threads.
 
+use crate::cluster::{Cluster, WatermarkGossip, gather_counts, stop_when_a_peer_is_lost};
 use crate::commit::OffsetLedger;
 use crate::inference::Model;
 use crate::operators::features::ComputeFeatures;
@@ -9,7 +10,7 @@ use crate::operators::score::ScoreRows;
 use crate::operators::sink::WriteRows;
 use crate::operators::source::{SourceOutputs, open_assigned, origin, read_source};
 use crate::plan::{Plan, SourcePlan};
-use crate::run::{Shared, Summary, report_progress};
+use crate::run::{Counts, Shared, Summary, SummaryScope, report_progress};
 use crate::sinks::{DeadLetterWriter, Layout, open_row_writer, prepare_directory};
 use crate::{Error, Result};
 use std::cell::RefCell;
@@ -29,6 +30,8 @@ pub struct RunOptions {
     /// When set, sources stop reading; what was read is processed and
     /// written, and the run ends with its summary (Ctrl-C on a live run).
     pub stop: Option<Arc<AtomicBool>>,
+    /// This process's place in a cluster of processes; `None` runs alone.
+    pub cluster: Option<Cluster>,
 }
 
 impl Default for RunOptions {
@@ -37,6 +40,7 @@ impl Default for RunOptions {
             workers: 1,
             progress: false,
             stop: None,
+            cluster: None,
         }
     }
 }
@@ -70,14 +74,31 @@ pub fn prepare_model(plan: &mut Plan) -> Result<Option<(String, String, bool)>> 
 }
 
 /// Runs a plan to completion (or until its source is unbounded and the
-/// process is stopped) and returns its summary.
+/// process is stopped) and returns its summary. In a cluster, this runs
+/// one process of it; process 0's summary counts the whole cluster.
 pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
     let model_info = prepare_model(&mut plan)?;
     plan.resolve_source()?;
-    for sink in plan.sinks.iter().chain([&plan.dead_letters]) {
-        prepare_directory(sink)?;
-    }
     let workers = options.workers.max(1);
+    let (config, local) = match &options.cluster {
+        Some(cluster) => {
+            cluster.validate().map_err(Error::Cluster)?;
+            stop_when_a_peer_is_lost(cluster);
+            let first = cluster.process * workers;
+            (cluster.timely_config(workers), first..first + workers)
+        }
+        None => (timely::Config::process(workers), 0..workers),
+    };
+    let all_workers = options
+        .cluster
+        .as_ref()
+        .map_or(workers, |cluster| cluster.processes * workers);
+    let is_first_process = local.start == 0;
+    let owned =
+        |worker: usize| local.contains(&worker) || (is_first_process && worker >= all_workers);
+    for sink in plan.sinks.iter().chain([&plan.dead_letters]) {
+        prepare_directory(sink, &owned)?;
+    }
     let mut shared = Shared::new(
         plan,
         model_info.as_ref().map(|(identity, ..)| identity.clone()),
@@ -92,10 +113,28 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
         let (shared, done) = (shared.clone(), done.clone());
         std::thread::spawn(move || report_progress(&shared, started, &done))
     });
+    if let Some(cluster) = &options.cluster {
+        stop_a_failed_member(cluster, shared.clone(), done.clone());
+    }
     let worker_shared = shared.clone();
-    let guards = timely::execute(timely::Config::process(workers), move |worker| {
-        if let Err(error) = build_and_run(worker, worker_shared.clone()) {
+    let gathered = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let worker_gathered = gathered.clone();
+    let in_cluster = options.cluster.is_some();
+    let guards = timely::execute(config, move |worker| {
+        let gossip = in_cluster
+            .then(|| WatermarkGossip::build(worker, worker_shared.clone(), local.clone()));
+        if let Err(error) = build_and_run(worker, worker_shared.clone(), gossip) {
             worker_shared.abort(error);
+        }
+        if in_cluster {
+            // One worker of each process sends the process's counts.
+            let counts = (worker.index() == local.start).then(|| worker_shared.stats.snapshot());
+            let counts = gather_counts(worker, counts);
+            if !counts.is_empty() {
+                *worker_gathered
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = counts;
+            }
         }
     })
     .map_err(Error::Runtime)?;
@@ -110,9 +149,30 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
     if let Some(error) = shared.take_error() {
         return Err(error);
     }
+    let gathered = std::mem::take(
+        &mut *gathered
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    );
+    let (counts, scope) = match &options.cluster {
+        None => (shared.stats.snapshot(), SummaryScope::Process),
+        Some(cluster) if cluster.process == 0 => (
+            Counts::total(&gathered),
+            SummaryScope::Cluster {
+                processes: cluster.processes,
+            },
+        ),
+        Some(cluster) => (
+            shared.stats.snapshot(),
+            SummaryScope::Member {
+                process: cluster.process,
+                processes: cluster.processes,
+            },
+        ),
+    };
     Ok(Summary {
         name: shared.plan.name.clone(),
-        counts: shared.stats.snapshot(),
+        counts,
         elapsed: started.elapsed(),
         workers,
         model: model_info.map(|(identity, device, independent)| {
@@ -125,10 +185,46 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
                 }
             )
         }),
+        scope,
     })
 }
 
-fn build_and_run(worker: &mut timely::worker::Worker, shared: Arc<Shared>) -> Result<()> {
+/// How long a cluster member that failed waits for its workers to finish
+/// on their own before it exits: its peers cannot finish without it, so
+/// it must not wait for the cluster.
+const FAILED_MEMBER_GRACE: Duration = Duration::from_secs(3);
+
+/// Watches a cluster member: once its run fails, it reports the error and
+/// exits if its workers have not finished within the grace period. Its
+/// peers then lose their connections to it and stop, naming it.
+fn stop_a_failed_member(cluster: &Cluster, shared: Arc<Shared>, done: Arc<AtomicBool>) {
+    let label = cluster.label();
+    std::thread::spawn(move || {
+        while !done.load(Ordering::Relaxed) {
+            if shared.is_aborted() {
+                let failed = Instant::now();
+                while failed.elapsed() < FAILED_MEMBER_GRACE {
+                    if done.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                match shared.take_error() {
+                    Some(error) => eprintln!("error: {label} failed: {error}"),
+                    None => eprintln!("error: {label} failed"),
+                }
+                std::process::exit(1);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+}
+
+fn build_and_run(
+    worker: &mut timely::worker::Worker,
+    shared: Arc<Shared>,
+    mut gossip: Option<WatermarkGossip>,
+) -> Result<()> {
     let (index, peers) = (worker.index(), worker.peers());
     let plan = &shared.plan;
     let assigned = open_assigned(&plan.source, &plan.field_names(), index, peers)?;
@@ -171,6 +267,13 @@ fn build_and_run(worker: &mut timely::worker::Worker, shared: Arc<Shared>) -> Re
             .write_rows(writers, shared.clone(), commit_interval)
     });
     while worker.step_or_park(Some(Duration::from_millis(20))) {
+        if let Some(gossip) = &mut gossip {
+            if durable.done() {
+                gossip.close();
+            } else {
+                gossip.share();
+            }
+        }
         if let Some(ledger) = &ledger
             && !shared.is_aborted()
         {

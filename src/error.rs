@@ -69,6 +69,10 @@ pub enum Error {
     /// The timely runtime failed (a worker panicked, a thread could not start).
     #[error("dataflow runtime: {0}")]
     Runtime(String),
+    /// A cluster that cannot form or went wrong: a bad hosts file, a
+    /// process that stopped, a launch that failed.
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 impl Error {

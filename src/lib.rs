@@ -9,6 +9,7 @@
 //! accounted for in the run's [`run::Summary`].
 
 pub mod batching;
+pub mod cluster;
 pub mod commit;
 pub mod dataflow;
 pub mod decode;
@@ -16,6 +17,7 @@ pub mod demo;
 pub mod error;
 pub mod features;
 pub mod inference;
+pub mod launch;
 pub mod operators;
 pub mod ordering;
 pub mod plan;

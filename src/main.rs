@@ -1,4 +1,4 @@
-//! The `tideflow` command line: run, check, inspect, gen and demo.
+//! The `tideflow` command line: run, launch, check, inspect, gen and demo.
 //!
 //! Arguments are parsed by clap into raw options, then turned into a
 //! checked [`tideflow::plan::Plan`]; `anyhow` is used only here, at the
@@ -9,8 +9,10 @@ use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tideflow::cluster::Cluster;
 use tideflow::dataflow::{RunOptions, prepare_model, run};
 use tideflow::demo::{DemoOptions, run_demo};
+use tideflow::launch::{LaunchOptions, count_interrupts, launch};
 use tideflow::plan;
 use tideflow_connectors::generator::GeneratorConfig;
 use tideflow_connectors::kafka::{ClientOptions, GenerateOptions, produce_generated};
@@ -34,28 +36,33 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a dataflow spec.
+    /// Run a dataflow spec: alone, or as one process of a cluster.
     Run {
         /// The dataflow spec (TOML).
         spec: PathBuf,
-        /// Worker threads.
-        #[arg(long, short, default_value_t = 1)]
-        workers: usize,
-        /// Override a spec value: KEY=VALUE with a dotted key, array items by
-        /// index (sink[0].path=/tmp/out/). May be repeated.
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        overrides: Vec<String>,
-        /// Do not print progress.
-        #[arg(long, short)]
-        quiet: bool,
-        /// Kafka start position: earliest, latest, committed, an RFC 3339
-        /// time, epoch ms, or partition:offset,... (overrides source.from).
+        #[command(flatten)]
+        run: RunArgs,
+        /// Processes in the cluster (each started with its own --process).
+        #[arg(long, default_value_t = 1)]
+        processes: usize,
+        /// This process's index in the cluster, 0..processes.
+        #[arg(long, default_value_t = 0)]
+        process: usize,
+        /// The cluster's hosts file: one host:port a line, in process order
+        /// (needed with --processes above 1).
         #[arg(long)]
-        from: Option<String>,
-        /// Kafka end: never (live), now (the high watermarks at start), or
-        /// a time (overrides source.until).
-        #[arg(long)]
-        until: Option<String>,
+        hosts: Option<PathBuf>,
+    },
+    /// Run a dataflow spec as a cluster of local processes on free
+    /// loopback ports, with their output prefixed by [pI].
+    Launch {
+        /// The dataflow spec (TOML).
+        spec: PathBuf,
+        /// Processes to start.
+        #[arg(long, default_value_t = 2)]
+        processes: usize,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// Produce synthetic card transactions (the generator's records, as
     /// JSON) to a Kafka topic, creating it if needed.
@@ -136,32 +143,28 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run {
             spec,
-            workers,
-            mut overrides,
-            quiet,
-            from,
-            until,
+            run,
+            processes,
+            process,
+            hosts,
+        } => run_here(&spec, &run, processes, process, hosts.as_deref()),
+        Command::Launch {
+            spec,
+            processes,
+            run,
         } => {
-            for (key, value) in [("from", from), ("until", until)] {
-                if let Some(value) = value {
-                    overrides.push(format!("source.{key}={}", toml_string(&value)));
-                }
-            }
-            let plan = plan::load(&spec, &overrides)?;
-            let stop = Some(stop_on_interrupt()?);
-            let summary = run(
-                plan,
-                &RunOptions {
-                    workers,
-                    progress: !quiet,
-                    stop,
-                },
-            )?;
-            eprint!("{summary}");
-            if !summary.counts.reconciles() {
-                bail!("input records do not reconcile with outputs and dead letters");
-            }
-            Ok(())
+            // Fail here, not in N processes at once, on a spec that does
+            // not load.
+            plan::load(&spec, &run.overrides())?;
+            let interrupts = count_interrupts()?;
+            let options = LaunchOptions {
+                program: std::env::current_exe().context("finding the tideflow executable")?,
+                spec,
+                processes,
+                workers: run.workers,
+                run_args: run.to_args(),
+            };
+            Ok(launch(&options, &interrupts)?)
         }
         Command::Check { spec, overrides } => check(&spec, &overrides),
         Command::Gen {
@@ -228,6 +231,94 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             out,
         }),
     }
+}
+
+/// The options of a run, shared by `run` and `launch`.
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Worker threads (per process).
+    #[arg(long, short, default_value_t = 1)]
+    workers: usize,
+    /// Override a spec value: KEY=VALUE with a dotted key, array items by
+    /// index (sink[0].path=/tmp/out/). May be repeated.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Do not print progress.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Kafka start position: earliest, latest, committed, an RFC 3339
+    /// time, epoch ms, or partition:offset,... (overrides source.from).
+    #[arg(long)]
+    from: Option<String>,
+    /// Kafka end: never (live), now (the high watermarks at start), or
+    /// a time (overrides source.until).
+    #[arg(long)]
+    until: Option<String>,
+}
+
+impl RunArgs {
+    /// The spec overrides, with --from and --until as source settings.
+    fn overrides(&self) -> Vec<String> {
+        let mut overrides = self.overrides.clone();
+        for (key, value) in [("from", &self.from), ("until", &self.until)] {
+            if let Some(value) = value {
+                overrides.push(format!("source.{key}={}", toml_string(value)));
+            }
+        }
+        overrides
+    }
+
+    /// The same options as `tideflow run` arguments, but for --workers
+    /// (the launcher gives it).
+    fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        for value in &self.overrides {
+            args.extend(["--set".to_owned(), value.clone()]);
+        }
+        if self.quiet {
+            args.push("--quiet".into());
+        }
+        for (flag, value) in [("--from", &self.from), ("--until", &self.until)] {
+            if let Some(value) = value {
+                args.extend([flag.to_owned(), value.clone()]);
+            }
+        }
+        args
+    }
+}
+
+/// Runs a spec in this process, alone or as member `process` of a cluster.
+fn run_here(
+    spec: &Path,
+    run_args: &RunArgs,
+    processes: usize,
+    process: usize,
+    hosts: Option<&Path>,
+) -> anyhow::Result<()> {
+    let cluster = match (processes, hosts) {
+        (1, None) => None,
+        (_, Some(hosts)) => Some(Cluster::from_hosts_file(hosts, processes, process)?),
+        (_, None) => bail!(
+            "--processes {processes} needs --hosts FILE (one host:port a line); \
+             `tideflow launch` starts a local cluster without one"
+        ),
+    };
+    let plan = plan::load(spec, &run_args.overrides())?;
+    let stop = Some(stop_on_interrupt()?);
+    let summary = run(
+        plan,
+        &RunOptions {
+            workers: run_args.workers,
+            progress: !run_args.quiet,
+            stop,
+            cluster,
+        },
+    )?;
+    eprint!("{summary}");
+    if !summary.reconciles() {
+        bail!("input records do not reconcile with outputs and dead letters");
+    }
+    Ok(())
 }
 
 /// A value as a TOML string literal, for `--set`-style overrides.

@@ -54,7 +54,7 @@ impl Stats {
 }
 
 /// The counters of a finished run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
     /// Records read.
     pub records_in: u64,
@@ -73,6 +73,19 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// The counts of several processes together.
+    pub fn total(parts: &[Counts]) -> Counts {
+        parts.iter().fold(Counts::default(), |sum, part| Counts {
+            records_in: sum.records_in + part.records_in,
+            replayed: sum.replayed + part.replayed,
+            rows_out: sum.rows_out + part.rows_out,
+            dead: sum.dead + part.dead,
+            late: sum.late + part.late,
+            batches: sum.batches + part.batches,
+            max_batch: sum.max_batch.max(part.max_batch),
+        })
+    }
+
     /// Whether every input record is accounted for exactly once.
     pub fn reconciles(&self) -> bool {
         self.records_in == self.rows_out + self.dead + self.late
@@ -131,6 +144,15 @@ impl Shared {
         };
     }
 
+    /// The watermark worker `worker` last published.
+    pub fn watermark_of(&self, worker: usize) -> Option<i64> {
+        let active = self
+            .active_watermarks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        active.get(&worker).copied()
+    }
+
     /// The slowest watermark of the workers whose partitions hold one:
     /// where a worker whose partitions are all idle moves its own to, so
     /// that it does not hold the others back.
@@ -187,10 +209,41 @@ pub struct Summary {
     pub counts: Counts,
     /// Wall time.
     pub elapsed: Duration,
-    /// Worker threads.
+    /// Worker threads (of each process, in a cluster).
     pub workers: usize,
     /// `_model` and device, when a model scored the rows.
     pub model: Option<String>,
+    /// What the counts cover.
+    pub scope: SummaryScope,
+}
+
+/// Which part of a run a summary counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SummaryScope {
+    /// The run of a single process.
+    Process,
+    /// Every process of a cluster (process 0's summary).
+    Cluster {
+        /// Processes in the cluster.
+        processes: usize,
+    },
+    /// One process of a cluster (the others' summaries).
+    Member {
+        /// This process.
+        process: usize,
+        /// Processes in the cluster.
+        processes: usize,
+    },
+}
+
+impl Summary {
+    /// Whether the summary's counts account for every input record. A
+    /// member of a cluster has no such check: rows are written where
+    /// their key lands, not where they were read; process 0 checks the
+    /// cluster's total.
+    pub fn reconciles(&self) -> bool {
+        matches!(self.scope, SummaryScope::Member { .. }) || self.counts.reconciles()
+    }
 }
 
 impl std::fmt::Display for Summary {
@@ -198,26 +251,46 @@ impl std::fmt::Display for Summary {
         let counts = &self.counts;
         let seconds = self.elapsed.as_secs_f64().max(1e-9);
         let scored = counts.rows_out.max(1);
+        let (scope, workers) = match self.scope {
+            SummaryScope::Process => (String::new(), format!("{} workers", self.workers)),
+            SummaryScope::Cluster { processes } => (
+                format!(" (cluster total of {processes} processes)"),
+                format!("{processes}x{} workers", self.workers),
+            ),
+            SummaryScope::Member { process, processes } => (
+                format!(" (process {process} of {processes} only; process 0 prints the total)"),
+                format!("{} workers", self.workers),
+            ),
+        };
+        if let SummaryScope::Member { .. } = self.scope {
+            // Rows are written where their key lands, not where they were
+            // read: one process's counts do not add up on their own.
+            writeln!(
+                f,
+                "tideflow {}{scope}: {} records read; {} rows written, {} dead letters, {} late here",
+                self.name, counts.records_in, counts.rows_out, counts.dead, counts.late
+            )?;
+        } else {
+            writeln!(
+                f,
+                "tideflow {}{scope}: {} records in = {} rows out + {} dead letters + {} late{}",
+                self.name,
+                counts.records_in,
+                counts.rows_out,
+                counts.dead,
+                counts.late,
+                if counts.reconciles() {
+                    ""
+                } else {
+                    "  (COUNTS DO NOT RECONCILE)"
+                }
+            )?;
+        }
         writeln!(
             f,
-            "tideflow {}: {} records in = {} rows out + {} dead letters + {} late{}",
-            self.name,
-            counts.records_in,
-            counts.rows_out,
-            counts.dead,
-            counts.late,
-            if counts.reconciles() {
-                ""
-            } else {
-                "  (COUNTS DO NOT RECONCILE)"
-            }
-        )?;
-        writeln!(
-            f,
-            "  {:.2} s, {:.0} records/s, {} workers; {} batches (mean {:.0} rows, max {})",
+            "  {:.2} s, {:.0} records/s, {workers}; {} batches (mean {:.0} rows, max {})",
             seconds,
             counts.records_in as f64 / seconds,
-            self.workers,
             counts.batches,
             scored as f64 / counts.batches.max(1) as f64,
             counts.max_batch

@@ -54,8 +54,12 @@ pub trait RowWriter {
 }
 
 /// Removes the part files of an earlier run from a sink's directory and
-/// creates it, so that a run's outputs are exactly its own.
-pub fn prepare_directory(sink: &SinkPlan) -> Result<()> {
+/// creates it, so that a run's outputs are exactly its own. `owned` says
+/// which worker's part files this process may remove: in a cluster that
+/// shares the directory, each process removes its own workers' files (the
+/// first also those of workers beyond the cluster's), so that no process
+/// removes what another has started to write.
+pub fn prepare_directory(sink: &SinkPlan, owned: &dyn Fn(usize) -> bool) -> Result<()> {
     let (SinkPlan::Jsonl(dir) | SinkPlan::Parquet(dir)) = sink else {
         return Ok(());
     };
@@ -66,12 +70,19 @@ pub fn prepare_directory(sink: &SinkPlan) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(fail)?;
     for entry in std::fs::read_dir(dir).map_err(fail)? {
         let path = entry.map_err(fail)?.path();
-        let is_part = path
+        let worker = path
             .file_name()
             .and_then(|name| name.to_str())
-            .is_some_and(|name| name.starts_with("part-"));
-        if is_part {
-            std::fs::remove_file(&path).map_err(fail)?;
+            .and_then(|name| name.strip_prefix("part-"))
+            .map(|rest| {
+                rest.split('.')
+                    .next()
+                    .and_then(|index| index.parse::<usize>().ok())
+            });
+        match worker {
+            Some(Some(worker)) if !owned(worker) => {}
+            Some(_) => std::fs::remove_file(&path).map_err(fail)?,
+            None => {}
         }
     }
     Ok(())

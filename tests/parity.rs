@@ -1,91 +1,10 @@
 //! One parity harness: the same input through every configuration the
 //! engine offers (workers 1/2/4 x batching micro/bulk/adaptive) must give
 //! identical output rows, features and model outputs bit for bit, and the
-//! same dead letters.
+//! same dead letters; so must one process and a cluster of processes
+//! started with `tideflow launch`.
 
 mod common;
-
-const SPEC: &str = r#"
-name = "parity"
-[source]
-type = "generator"
-key = "user_id"
-users = 300
-merchants = 40
-partitions = 4
-count = 12000
-spacing_ms = 200.0
-disorder_fraction = 0.08
-disorder_max = "8s"
-[schema]
-user_id = "string"
-merchant_id = "string"
-amount = "f64"
-ts = "timestamp_ms"
-[time]
-field = "ts"
-max_out_of_orderness = "5s"
-[[feature]]
-name = "amount_sum_1h"
-agg = "sum"
-field = "amount"
-window = "1h"
-[[feature]]
-name = "tx_count_10m"
-agg = "count"
-window = "10m"
-[[feature]]
-name = "amount_std_1h"
-agg = "std"
-field = "amount"
-window = "1h"
-[[feature]]
-name = "amount_min_life"
-agg = "min"
-field = "amount"
-[[feature]]
-name = "since_prev_ms"
-agg = "since_prev"
-[[feature]]
-name = "merchant_count_10m"
-key = "merchant_id"
-agg = "count"
-window = "10m"
-[[feature]]
-name = "merchant_amount_max_1h"
-key = "merchant_id"
-agg = "max"
-field = "amount"
-window = "1h"
-[[feature]]
-name = "merchant_users_1h"
-key = "merchant_id"
-agg = "distinct_count"
-field = "user_id"
-window = "1h"
-[[feature]]
-name = "log_amount"
-expr = "log1p(amount)"
-[[feature]]
-name = "ratio"
-expr = "amount / (amount_sum_1h / tx_count_10m + 1)"
-[model]
-path = "models/fraud_mlp.onnx"
-inputs = ["log_amount", "ratio", "tx_count_10m", "amount_sum_1h", "amount_std_1h", "merchant_count_10m", "merchant_amount_max_1h", "merchant_users_1h"]
-device = "cpu"
-[model.outputs]
-score = "probabilities[1]"
-label = "label"
-[batching]
-micro = { max_rows = 64, max_delay = "2ms" }
-bulk = { max_rows = 4096 }
-[[sink]]
-type = "jsonl"
-path = "unset"
-[dead_letters]
-type = "jsonl"
-path = "unset"
-"#;
 
 #[test]
 fn every_configuration_gives_identical_rows() {
@@ -102,7 +21,7 @@ fn every_configuration_gives_identical_rows() {
                 format!("model.path=\"{}\"", model.display()),
             ];
             overrides.extend(common::output_overrides(&out));
-            let summary = common::run_text(SPEC, &overrides, workers).unwrap();
+            let summary = common::run_text(common::PARITY_SPEC, &overrides, workers).unwrap();
             assert!(summary.counts.reconciles(), "{summary}");
             let rows = common::read_lines(&out.join("rows"));
             let dead = common::read_lines(&out.join("dead"));
@@ -136,6 +55,90 @@ fn every_configuration_gives_identical_rows() {
                     assert_eq!(counts.late, summary.counts.late);
                 }
             }
+        }
+    }
+}
+
+/// Runs the parity spec with `tideflow launch` (`processes` x `workers`),
+/// writing under `out`, and returns the launcher's standard error.
+fn launch(
+    spec: &std::path::Path,
+    out: &std::path::Path,
+    processes: usize,
+    workers: usize,
+) -> String {
+    let model = common::root().join("models/fraud_mlp.onnx");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tideflow"));
+    command
+        .arg("launch")
+        .arg(spec)
+        .args(["--processes", &processes.to_string()])
+        .args(["--workers", &workers.to_string()])
+        .args(["--set", "batching.policy=adaptive"])
+        .args(["--set", &format!("model.path=\"{}\"", model.display())]);
+    for value in common::output_overrides(out) {
+        command.args(["--set", &value]);
+    }
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "launch {processes}x{workers} failed: {}\n{stderr}",
+        output.status
+    );
+    stderr
+}
+
+#[test]
+fn processes_give_identical_rows() {
+    common::require_onnxruntime();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("parity.toml");
+    std::fs::write(&spec, common::PARITY_SPEC).unwrap();
+    let model = common::root().join("models/fraud_mlp.onnx");
+
+    let single = dir.path().join("1x1");
+    let mut overrides = vec![format!("model.path=\"{}\"", model.display())];
+    overrides.extend(common::output_overrides(&single));
+    let summary = common::run_text(common::PARITY_SPEC, &overrides, 1).unwrap();
+    let expected_rows = common::read_lines(&single.join("rows"));
+    let expected_dead = common::read_lines(&single.join("dead"));
+    assert_eq!(expected_rows.len() as u64, summary.counts.rows_out);
+
+    for (processes, workers) in [(1, 4), (2, 2)] {
+        let out = dir.path().join(format!("{processes}x{workers}"));
+        let log = launch(&spec, &out, processes, workers);
+        let rows = common::read_lines(&out.join("rows"));
+        let first_difference = expected_rows.iter().zip(&rows).position(|(a, b)| a != b);
+        assert_eq!(first_difference, None, "{processes}x{workers}: rows differ");
+        assert_eq!(expected_rows.len(), rows.len(), "{processes}x{workers}");
+        assert_eq!(
+            common::read_lines(&out.join("dead")),
+            expected_dead,
+            "{processes}x{workers}: dead letters differ"
+        );
+        // Every process's output is prefixed, and process 0 prints the
+        // cluster's total, which matches the single process's counts.
+        for process in 0..processes {
+            assert!(log.contains(&format!("[p{process}] ")), "{log}");
+        }
+        let total = format!(
+            "{} records in = {} rows out + {} dead letters + {} late",
+            summary.counts.records_in,
+            summary.counts.rows_out,
+            summary.counts.dead,
+            summary.counts.late
+        );
+        let total_line = log
+            .lines()
+            .find(|line| line.starts_with("[p0] tideflow parity"))
+            .unwrap_or_else(|| panic!("no summary from process 0:\n{log}"));
+        assert!(total_line.contains(&total), "{total_line} vs {total}");
+        if processes > 1 {
+            assert!(
+                total_line.contains("cluster total of 2 processes"),
+                "{total_line}"
+            );
         }
     }
 }

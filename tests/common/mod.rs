@@ -21,6 +21,91 @@ pub fn require_onnxruntime() {
     );
 }
 
+/// A generator workload with late and out-of-order records, source-keyed
+/// and merchant-keyed features, expressions and the MLP: the input of the
+/// parity harnesses (threads, batching policies, processes).
+pub const PARITY_SPEC: &str = r#"
+name = "parity"
+[source]
+type = "generator"
+key = "user_id"
+users = 300
+merchants = 40
+partitions = 4
+count = 12000
+spacing_ms = 200.0
+disorder_fraction = 0.08
+disorder_max = "8s"
+[schema]
+user_id = "string"
+merchant_id = "string"
+amount = "f64"
+ts = "timestamp_ms"
+[time]
+field = "ts"
+max_out_of_orderness = "5s"
+[[feature]]
+name = "amount_sum_1h"
+agg = "sum"
+field = "amount"
+window = "1h"
+[[feature]]
+name = "tx_count_10m"
+agg = "count"
+window = "10m"
+[[feature]]
+name = "amount_std_1h"
+agg = "std"
+field = "amount"
+window = "1h"
+[[feature]]
+name = "amount_min_life"
+agg = "min"
+field = "amount"
+[[feature]]
+name = "since_prev_ms"
+agg = "since_prev"
+[[feature]]
+name = "merchant_count_10m"
+key = "merchant_id"
+agg = "count"
+window = "10m"
+[[feature]]
+name = "merchant_amount_max_1h"
+key = "merchant_id"
+agg = "max"
+field = "amount"
+window = "1h"
+[[feature]]
+name = "merchant_users_1h"
+key = "merchant_id"
+agg = "distinct_count"
+field = "user_id"
+window = "1h"
+[[feature]]
+name = "log_amount"
+expr = "log1p(amount)"
+[[feature]]
+name = "ratio"
+expr = "amount / (amount_sum_1h / tx_count_10m + 1)"
+[model]
+path = "models/fraud_mlp.onnx"
+inputs = ["log_amount", "ratio", "tx_count_10m", "amount_sum_1h", "amount_std_1h", "merchant_count_10m", "merchant_amount_max_1h", "merchant_users_1h"]
+device = "cpu"
+[model.outputs]
+score = "probabilities[1]"
+label = "label"
+[batching]
+micro = { max_rows = 64, max_delay = "2ms" }
+bulk = { max_rows = 4096 }
+[[sink]]
+type = "jsonl"
+path = "unset"
+[dead_letters]
+type = "jsonl"
+path = "unset"
+"#;
+
 /// The repository root (tests run with the package root as working dir).
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

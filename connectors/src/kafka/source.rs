@@ -156,7 +156,7 @@ pub fn open_partitions(
         readers.push(KafkaPartitionReader {
             index,
             topic: topic.to_owned(),
-            partition,
+            kafka_partition: partition,
             partitions: partitions.clone(),
             queue,
             consumer: consumer.clone(),
@@ -383,7 +383,7 @@ pub struct KafkaPartitionReader {
     index: u32,
     topic: String,
     /// The Kafka partition within the topic.
-    partition: u32,
+    kafka_partition: u32,
     partitions: Arc<TopicPartitions>,
     queue: rdkafka::consumer::base_consumer::PartitionQueue<LoggingContext>,
     consumer: Arc<Consumer_>,
@@ -434,7 +434,7 @@ impl std::fmt::Debug for KafkaPartitionReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaPartitionReader")
             .field("topic", &self.topic)
-            .field("partition", &self.partition)
+            .field("partition", &self.kafka_partition)
             .field("start", &self.start)
             .field("next_offset", &self.next_offset)
             .field("high_at_start", &self.high_at_start)
@@ -451,7 +451,7 @@ impl KafkaPartitionReader {
 
     /// The topic and the Kafka partition read.
     pub fn topic_partition(&self) -> (&str, u32) {
-        (&self.topic, self.partition)
+        (&self.topic, self.kafka_partition)
     }
 
     /// Serves the consumer's events (errors, logs), which librdkafka only
@@ -483,7 +483,7 @@ impl KafkaPartitionReader {
                 Some(Err(error)) if is_fatal(&error) => {
                     return Err(kafka_error(
                         &self.options,
-                        format!("topic {} partition {}", self.topic, self.partition),
+                        format!("topic {} partition {}", self.topic, self.kafka_partition),
                         &error,
                     ));
                 }
@@ -594,7 +594,7 @@ impl PartitionReader for KafkaPartitionReader {
                 Some(Fetched::Failed(error)) if is_fatal(&error) => {
                     return Err(kafka_error(
                         &self.options,
-                        format!("topic {} partition {}", self.topic, self.partition),
+                        format!("topic {} partition {}", self.topic, self.kafka_partition),
                         &error,
                     ));
                 }
