@@ -133,6 +133,7 @@ fn start_member(options: &LaunchOptions, index: usize, hosts: &Path) -> Result<M
                 options.program.display()
             ))
         })?;
+    eprintln!("tideflow launch: process {index} is pid {}", child.id());
     let prefix = format!("[p{index}] ");
     let mut relays = Vec::new();
     if let Some(stdout) = child.stdout.take() {

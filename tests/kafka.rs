@@ -520,6 +520,13 @@ fn a_killed_run_restarted_from_committed_offsets_loses_nothing() {
         "the restart read everything again: it did not start from the committed offsets"
     );
 
+    assert_every_record_has_one_output(&broker, topic, count);
+}
+
+/// Checks the outputs of `topic` after runs that may have repeated work:
+/// every input record has a score or a dead letter, and a row produced
+/// twice is the same both times.
+fn assert_every_record_has_one_output(broker: &Broker, topic: &str, count: u64) {
     let scores = read_topic(
         &broker.brokers,
         &format!("{topic}-scores"),
@@ -766,4 +773,161 @@ fn a_source_names_topic_or_topics_not_both() {
         .to_string();
     assert!(error.contains("several"), "{error}");
     tideflow::plan::load(&several, &[]).expect("topics alone is a valid source");
+}
+
+/// `tideflow launch` of `dataflows/fraud_kafka.toml` against `topic`:
+/// `processes` x `workers`, writing rows under `out`.
+fn launch_fraud_kafka(
+    broker: &Broker,
+    topic: &str,
+    out: &Path,
+    processes: usize,
+    workers: usize,
+) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tideflow"));
+    command
+        .current_dir(root())
+        .args(["launch", "dataflows/fraud_kafka.toml", "--quiet"])
+        .args(["--processes", &processes.to_string()])
+        .args(["--workers", &workers.to_string()])
+        .args(["--set", &format!("source.topic=\"{topic}\"")]);
+    for value in fraud_kafka_overrides(&broker.brokers, topic, out, "committed", "now") {
+        command.args(["--set", &value]);
+    }
+    command
+}
+
+#[test]
+fn a_cluster_of_processes_gives_the_rows_of_one_process() {
+    let _serial = one_at_a_time();
+    require_onnxruntime();
+    let broker = Broker::start();
+    let out = tempfile::tempdir().unwrap();
+    let topic = "cluster-parity";
+    let count = 2_400;
+    produce(&broker, topic, generator(count, None, 5));
+    output_topics(&broker, topic);
+    let single = out.path().join("single");
+    let summary = run_fraud_kafka(&broker.brokers, topic, &single, "earliest", "now", 1);
+    assert_eq!(summary.counts.records_in, count);
+
+    let cluster = out.path().join("cluster");
+    let output = launch_fraud_kafka(&broker, topic, &cluster, 2, 2)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{}\n{log}", output.status);
+    assert_eq!(read_lines(&cluster), read_lines(&single), "2x2 rows differ");
+    let total = format!(
+        "{count} records in = {} rows out + {} dead letters + {} late",
+        summary.counts.rows_out, summary.counts.dead, summary.counts.late
+    );
+    assert!(
+        log.contains(&total),
+        "no cluster total '{total}' in:\n{log}"
+    );
+    // Both processes committed their partitions for the group.
+    let group = format!("{topic}-cluster");
+    let committed =
+        committed_offsets(&broker.brokers, &group, topic, &ClientOptions::default()).unwrap();
+    assert_eq!(committed.values().sum::<u64>(), count, "{committed:?}");
+}
+
+#[test]
+fn killing_one_process_stops_the_cluster_and_a_restart_loses_nothing() {
+    let _serial = one_at_a_time();
+    require_onnxruntime();
+    let broker = Broker::start();
+    let out = tempfile::tempdir().unwrap();
+    let topic = "cluster-killed";
+    let count = 40_000;
+    produce(&broker, topic, generator(count, None, 13));
+    output_topics(&broker, topic);
+    let group = format!("{topic}-first");
+    let command = |name: &str| {
+        let mut command = launch_fraud_kafka(&broker, topic, &out.path().join(name), 2, 1);
+        command
+            .args(["--set", &format!("source.group_id=\"{group}\"")])
+            .args(["--set", "source.commit_interval=\"100ms\""])
+            .args(["--set", "batching.policy=\"micro\""]);
+        command
+    };
+    let mut first = command("first")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = first.stderr.take().unwrap();
+    let (lines_in, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let _ = lines_in.send(line.unwrap());
+        }
+    });
+    let mut log = Vec::new();
+    let pid = loop {
+        let line = lines.recv_timeout(Duration::from_secs(60)).unwrap();
+        log.push(line.clone());
+        if let Some(pid) = line.strip_prefix("tideflow launch: process 1 is pid ") {
+            break pid.parse::<i32>().unwrap();
+        }
+    };
+    // Kill process 1 once the cluster has committed part of the input.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while committed_offsets(&broker.brokers, &group, topic, &ClientOptions::default())
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first run ended before it could be killed; raise the event count"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no commit within 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let killed = std::time::Instant::now();
+    // The whole run ends, with an error naming the process (not a hang:
+    // the wait is bounded only to report one).
+    let status = loop {
+        if let Some(status) = first.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "the cluster still runs 60 s after one of its processes was killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("the cluster stopped {:?} after the kill", killed.elapsed());
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(5)) {
+        log.push(line);
+    }
+    let log = log.join("\n");
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("process 1 of 2 was killed by signal 9"),
+        "the error does not name the killed process:\n{log}"
+    );
+    assert!(
+        log.contains("lost the connection to process 1"),
+        "process 0 does not say which peer it lost:\n{log}"
+    );
+
+    // The restarted cluster resumes from the committed offsets.
+    let status = command("second").status().unwrap();
+    assert!(status.success(), "the restarted cluster failed: {status}");
+    let restarted = origins(&out.path().join("second"));
+    assert!(
+        restarted.len() < count as usize,
+        "the restart read everything again: it did not start from the committed offsets"
+    );
+    assert_every_record_has_one_output(&broker, topic, count);
 }
