@@ -78,6 +78,11 @@ impl OffsetLedger {
         }
     }
 
+    /// Whether every durable offset has been committed.
+    pub fn is_up_to_date(&self) -> bool {
+        self.durable == self.committed
+    }
+
     /// Commits the durable offsets if `interval` has passed since the last
     /// commit, or now when `force`d (at the end of a run).
     pub fn commit(&mut self, force: bool) -> Result<()> {

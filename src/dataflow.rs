@@ -5,6 +5,7 @@
 use crate::cluster::{Cluster, WatermarkGossip, gather_counts, stop_when_a_peer_is_lost};
 use crate::commit::OffsetLedger;
 use crate::inference::Model;
+use crate::metrics::Metrics;
 use crate::operators::features::ComputeFeatures;
 use crate::operators::score::ScoreRows;
 use crate::operators::sink::WriteRows;
@@ -32,6 +33,9 @@ pub struct RunOptions {
     pub stop: Option<Arc<AtomicBool>>,
     /// This process's place in a cluster of processes; `None` runs alone.
     pub cluster: Option<Cluster>,
+    /// Where the run counts and measures itself (for a metrics endpoint);
+    /// a fresh registry by default.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Default for RunOptions {
@@ -41,6 +45,7 @@ impl Default for RunOptions {
             progress: false,
             stop: None,
             cluster: None,
+            metrics: None,
         }
     }
 }
@@ -99,9 +104,15 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
     for sink in plan.sinks.iter().chain([&plan.dead_letters]) {
         prepare_directory(sink, &owned)?;
     }
+    let metrics = options.metrics.clone().unwrap_or_default();
+    *metrics
+        .source
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = origin(&plan.source);
     let mut shared = Shared::new(
         plan,
         model_info.as_ref().map(|(identity, ..)| identity.clone()),
+        metrics,
     );
     if let Some(stop) = &options.stop {
         shared.stop = stop.clone();
@@ -281,8 +292,10 @@ fn build_and_run(
             ledger.outputs_durable_before(
                 durable.with_frontier(|frontier| frontier.first().copied()),
             );
-            if let Err(error) = ledger.commit(false) {
-                shared.abort(error);
+            match ledger.commit(false) {
+                Ok(()) if ledger.is_up_to_date() => shared.metrics.committed(),
+                Ok(()) => {}
+                Err(error) => shared.abort(error),
             }
         }
     }
@@ -293,6 +306,7 @@ fn build_and_run(
         let mut ledger = ledger.borrow_mut();
         ledger.outputs_durable_before(None);
         ledger.commit(true)?;
+        shared.metrics.committed();
     }
     Ok(())
 }

@@ -73,6 +73,9 @@ pub enum Error {
     /// process that stopped, a launch that failed.
     #[error("cluster: {0}")]
     Cluster(String),
+    /// The metrics endpoint cannot be served.
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 impl Error {

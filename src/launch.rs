@@ -40,6 +40,9 @@ pub struct LaunchOptions {
     pub workers: usize,
     /// Further `tideflow run` arguments, given to every process.
     pub run_args: Vec<String>,
+    /// Where process 0 serves metrics; process I serves them on the port
+    /// plus I.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// One launched process and how it ended.
@@ -121,6 +124,11 @@ fn start_member(options: &LaunchOptions, index: usize, hosts: &Path) -> Result<M
         .arg(hosts)
         .args(["--workers", &options.workers.to_string()])
         .args(&options.run_args)
+        .args(options.metrics.iter().flat_map(|address| {
+            let mut address = *address;
+            address.set_port(address.port() + index as u16);
+            ["--metrics".to_owned(), address.to_string()]
+        }))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

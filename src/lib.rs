@@ -18,6 +18,7 @@ pub mod error;
 pub mod features;
 pub mod inference;
 pub mod launch;
+pub mod metrics;
 pub mod operators;
 pub mod ordering;
 pub mod plan;

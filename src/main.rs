@@ -13,6 +13,7 @@ use tideflow::cluster::Cluster;
 use tideflow::dataflow::{RunOptions, prepare_model, run};
 use tideflow::demo::{DemoOptions, run_demo};
 use tideflow::launch::{LaunchOptions, count_interrupts, launch};
+use tideflow::metrics::{Metrics, MetricsServer, parse_address};
 use tideflow::plan;
 use tideflow_connectors::generator::GeneratorConfig;
 use tideflow_connectors::kafka::{ClientOptions, GenerateOptions, produce_generated};
@@ -163,6 +164,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 processes,
                 workers: run.workers,
                 run_args: run.to_args(),
+                metrics: run.metrics.as_deref().map(parse_address).transpose()?,
             };
             Ok(launch(&options, &interrupts)?)
         }
@@ -254,6 +256,10 @@ struct RunArgs {
     /// a time (overrides source.until).
     #[arg(long)]
     until: Option<String>,
+    /// Serve Prometheus metrics at HOST:PORT (a bare port binds
+    /// 127.0.0.1). `launch` gives process I the port plus I.
+    #[arg(long, value_name = "ADDRESS")]
+    metrics: Option<String>,
 }
 
 impl RunArgs {
@@ -305,6 +311,15 @@ fn run_here(
     };
     let plan = plan::load(spec, &run_args.overrides())?;
     let stop = Some(stop_on_interrupt()?);
+    let metrics = Arc::new(Metrics::default());
+    let _server = match &run_args.metrics {
+        Some(address) => {
+            let server = MetricsServer::start(parse_address(address)?, metrics.clone())?;
+            eprintln!("tideflow: metrics at http://{}/metrics", server.address());
+            Some(server)
+        }
+        None => None,
+    };
     let summary = run(
         plan,
         &RunOptions {
@@ -312,6 +327,7 @@ fn run_here(
             progress: !run_args.quiet,
             stop,
             cluster,
+            metrics: Some(metrics),
         },
     )?;
     eprint!("{summary}");

@@ -28,6 +28,11 @@ impl PartitionClock {
         self.newest = Some(self.newest.map_or(time, |newest| newest.max(time)));
     }
 
+    /// Whether any record has been seen.
+    pub fn has_seen(&self) -> bool {
+        self.newest.is_some()
+    }
+
     /// The partition's watermark: no non-late record from it can be older.
     pub fn watermark(&self, bound_ms: i64) -> i64 {
         self.newest

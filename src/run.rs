@@ -2,9 +2,10 @@
 //! counters, the stop signal), and the run summary.
 
 use crate::Error;
+use crate::metrics::Metrics;
 use crate::plan::Plan;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Counters of a run, shared by the workers of a process.
@@ -97,15 +98,15 @@ impl Counts {
 pub struct Shared {
     /// The plan (with model output types resolved).
     pub plan: Plan,
-    /// Counters.
-    pub stats: Stats,
+    /// Counters (also those of `metrics`).
+    pub stats: Arc<Stats>,
+    /// Metrics, served where the run was asked to.
+    pub metrics: Arc<Metrics>,
     /// How many source partitions are still behind their end.
     pub partitions_behind: AtomicUsize,
     /// Set when the run must stop; the first error is kept.
     aborted: AtomicBool,
     error: Mutex<Option<Error>>,
-    /// Per partition: (done, total) for the progress display.
-    pub progress: Mutex<std::collections::BTreeMap<u32, (u64, Option<u64>)>>,
     /// `_model` of output rows.
     pub model_identity: Option<String>,
     /// Set to stop reading the source and drain (see `RunOptions::stop`).
@@ -116,15 +117,15 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// State for a run of `plan`.
-    pub fn new(plan: Plan, model_identity: Option<String>) -> Self {
+    /// State for a run of `plan`, counting into `metrics`.
+    pub fn new(plan: Plan, model_identity: Option<String>, metrics: Arc<Metrics>) -> Self {
         Shared {
             plan,
-            stats: Stats::default(),
+            stats: metrics.stats.clone(),
+            metrics,
             partitions_behind: AtomicUsize::new(0),
             aborted: AtomicBool::new(false),
             error: Mutex::new(None),
-            progress: Mutex::new(Default::default()),
             model_identity,
             stop: Default::default(),
             active_watermarks: Mutex::new(Default::default()),
@@ -328,17 +329,7 @@ pub fn report_progress(shared: &Shared, started: Instant, done: &AtomicBool) {
         next += interval;
         let counts = shared.stats.snapshot();
         let seconds = started.elapsed().as_secs_f64();
-        let (done_units, total_units) = {
-            let progress = shared
-                .progress
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            progress
-                .values()
-                .fold((0u64, Some(0u64)), |(done, total), (d, t)| {
-                    (done + d, total.zip(*t).map(|(a, b)| a + b))
-                })
-        };
+        let (done_units, total_units) = shared.metrics.progress();
         let rate = counts.records_in as f64 / seconds.max(1e-9);
         let fraction = total_units
             .filter(|total| *total > 0)
@@ -346,7 +337,11 @@ pub fn report_progress(shared: &Shared, started: Instant, done: &AtomicBool) {
         let position = match fraction {
             Some(fraction) if fraction > 0.0 => {
                 let eta = seconds * (1.0 - fraction) / fraction;
-                format!("{:5.1}% ETA {eta:.0}s", fraction * 100.0)
+                format!(
+                    "{:5.1}% {done_units}/{} offsets ETA {eta:.0}s",
+                    fraction * 100.0,
+                    total_units.unwrap_or(0)
+                )
             }
             _ => "live".to_owned(),
         };

@@ -931,3 +931,61 @@ fn killing_one_process_stops_the_cluster_and_a_restart_loses_nothing() {
     );
     assert_every_record_has_one_output(&broker, topic, count);
 }
+
+#[test]
+fn metrics_report_each_partitions_lag_behind_its_high_watermark() {
+    let _serial = one_at_a_time();
+    require_onnxruntime();
+    let broker = Broker::start();
+    let topic = "lagging";
+    let count = 40_000;
+    produce(&broker, topic, generator(count, None, 17));
+    output_topics(&broker, topic);
+    let out = tempfile::tempdir().unwrap();
+    let mut overrides = vec![format!("source.topic=\"{topic}\"")];
+    overrides.extend(fraud_kafka_overrides(
+        &broker.brokers,
+        topic,
+        out.path(),
+        "earliest",
+        "now",
+    ));
+    let plan = tideflow::plan::load(&root().join("dataflows/fraud_kafka.toml"), &overrides)
+        .expect("fraud_kafka.toml loads");
+    let metrics = std::sync::Arc::new(tideflow::metrics::Metrics::default());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let options = RunOptions {
+        metrics: Some(metrics.clone()),
+        stop: Some(stop.clone()),
+        ..RunOptions::with_workers(2)
+    };
+    let running = std::thread::spawn(move || run(plan, &options));
+    // Stop the backfill part-way: what it did not read is its lag.
+    while metrics.stats.snapshot().records_in == 0 {
+        assert!(!running.is_finished(), "the run ended before reading");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let summary = running.join().unwrap().unwrap();
+    let text = metrics.render();
+    let lags: Vec<u64> = (0..PARTITIONS)
+        .map(|partition| {
+            let name = format!("tideflow_partition_lag{{partition=\"{partition}\"}} ");
+            text.lines()
+                .find_map(|line| line.strip_prefix(&name))
+                .unwrap_or_else(|| panic!("no lag of partition {partition} in:\n{text}"))
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        summary.counts.records_in < count,
+        "the run read everything before it was stopped: raise the count"
+    );
+    assert_eq!(
+        lags.iter().sum::<u64>(),
+        count - summary.counts.records_in,
+        "lags {lags:?} after reading {} of {count}",
+        summary.counts.records_in
+    );
+}

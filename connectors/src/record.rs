@@ -186,6 +186,12 @@ pub trait PartitionReader: Send {
         0
     }
 
+    /// Records available at the source and not yet read, where the
+    /// transport knows (a Kafka partition's lag behind its high watermark).
+    fn lag(&self) -> Option<u64> {
+        None
+    }
+
     /// Registers a function to call when records become available after a
     /// poll returned [`Poll::Pending`], so the engine need not poll an idle
     /// partition in a tight loop. Readers that are never idle ignore it.

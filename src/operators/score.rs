@@ -52,13 +52,17 @@ impl<'scope> ScoreRows<'scope> for RowStream<'scope> {
                     if shared.is_aborted() {
                         break;
                     }
-                    if let Some(model) = model.as_mut()
-                        && let Err(error) = model.score(&mut batch)
-                    {
-                        shared.abort(error);
-                        break;
+                    if let Some(model) = model.as_mut() {
+                        let scoring = Instant::now();
+                        if let Err(error) = model.score(&mut batch) {
+                            shared.abort(error);
+                            break;
+                        }
+                        let seconds = scoring.elapsed().as_secs_f64();
+                        shared.metrics.inference_seconds.observe(seconds);
                     }
                     shared.stats.batch(batch.len());
+                    shared.metrics.batch_rows.observe(batch.len() as f64);
                     forget_arrivals(&mut arrivals, batch.len());
                     output.session(&*held).give_container(&mut batch);
                 }

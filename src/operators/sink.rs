@@ -44,6 +44,12 @@ impl WriteRows for RowStream<'_> {
         sync_interval: Option<Duration>,
     ) -> Handle<i64> {
         let scope = self.scope();
+        let sink_names: Vec<String> = shared
+            .plan
+            .sinks
+            .iter()
+            .map(|sink| sink.describe())
+            .collect();
         let durable: Stream<'_, i64, Vec<()>> = self
             .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
                 Pipeline,
@@ -60,13 +66,19 @@ impl WriteRows for RowStream<'_> {
                             if shared.is_aborted() {
                                 return;
                             }
-                            for writer in writers.iter_mut() {
+                            for (writer, name) in writers.iter_mut().zip(&sink_names) {
                                 if let Err(error) = writer.write(rows) {
                                     shared.abort(error);
                                     return;
                                 }
+                                shared.metrics.sink_wrote(name, rows.len() as u64);
                             }
                             Stats::add(&shared.stats.rows_out, rows.len() as u64);
+                            let now_ms = epoch_ms();
+                            for row in rows.iter() {
+                                let seconds = (now_ms - row.time) as f64 / 1000.0;
+                                shared.metrics.event_to_output_seconds.observe(seconds);
+                            }
                         });
                         let Some(held) = capability.as_mut() else {
                             return;
@@ -119,4 +131,10 @@ impl WriteRows for RowStream<'_> {
         let (probe, _) = durable.probe();
         probe
     }
+}
+
+fn epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64)
 }

@@ -18,6 +18,7 @@
 use super::RowStream;
 use crate::commit::OffsetLedger;
 use crate::decode::Decoder;
+use crate::metrics::PartitionStatus;
 use crate::ordering::PartitionClock;
 use crate::plan::SourcePlan;
 use crate::row::{DeadLetter, LATE};
@@ -327,11 +328,19 @@ pub fn read_source<'scope>(
                             shared.partitions_behind.fetch_sub(1, Ordering::SeqCst);
                         }
                     }
-                    let mut progress = shared
-                        .progress
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    progress.insert(partition.reader.partition(), partition.reader.progress());
+                    let (done, total) = partition.reader.progress();
+                    shared.metrics.partition(
+                        partition.reader.partition(),
+                        PartitionStatus {
+                            done,
+                            total,
+                            lag: partition.reader.lag(),
+                            watermark: partition
+                                .clock
+                                .has_seen()
+                                .then(|| partition.clock.watermark(bound_ms)),
+                        },
+                    );
                 }
                 if !rows.is_empty() {
                     output.session(&*held).give_container(&mut rows);

@@ -45,6 +45,9 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct LoggingContext {
     options: ClientOptions,
     last_message: Mutex<String>,
+    /// High watermarks from librdkafka's statistics, by topic and
+    /// partition (where `statistics.interval.ms` is set).
+    high_watermarks: Mutex<std::collections::HashMap<(String, i32), i64>>,
 }
 
 impl LoggingContext {
@@ -52,7 +55,17 @@ impl LoggingContext {
         LoggingContext {
             options: options.clone(),
             last_message: Mutex::new(String::new()),
+            high_watermarks: Mutex::default(),
         }
+    }
+
+    /// The high watermark of a partition from the latest statistics.
+    pub(crate) fn high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.high_watermarks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&(topic.to_owned(), partition))
+            .copied()
     }
 
     fn report(&self, message: String) {
@@ -80,6 +93,22 @@ impl ClientContext for LoggingContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         if (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
             self.report(format!("{facility}: {message}"));
+        }
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut known = self
+            .high_watermarks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (name, topic) in statistics.topics {
+            for (partition, stats) in topic.partitions {
+                // librdkafka reports -1 (and its internal partition -1)
+                // until it knows.
+                if partition >= 0 && stats.hi_offset >= 0 {
+                    known.insert((name.clone(), partition), stats.hi_offset);
+                }
+            }
         }
     }
 

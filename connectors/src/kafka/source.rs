@@ -62,6 +62,8 @@ impl KafkaSourceConfig {
                 // Reaching the end of a partition is how a reader knows it
                 // has caught up, and how `--until now` ends.
                 ("enable.partition.eof", "true"),
+                // Statistics carry the high watermarks the lag is measured by.
+                ("statistics.interval.ms", "1000"),
             ])
             .create_with_context(LoggingContext::new(&self.options))
             .map_err(|error| self.error("cannot create a Kafka consumer", &error))
@@ -631,6 +633,19 @@ impl PartitionReader for KafkaPartitionReader {
             ReaderEnd::Offset(end) => (done, Some(end.saturating_sub(self.start))),
             _ => (done, None),
         }
+    }
+
+    fn lag(&self) -> Option<u64> {
+        let latest = self
+            .consumer
+            .context()
+            .high_watermark(&self.topic, self.kafka_partition as i32)
+            .map_or(0, |high| high.max(0) as u64);
+        Some(
+            latest
+                .max(self.high_at_start)
+                .saturating_sub(self.next_offset),
+        )
     }
 
     fn set_wakeup(&mut self, wake: Arc<dyn Fn() + Send + Sync>) {
