@@ -6,6 +6,49 @@ use tideflow::dataflow::{RunOptions, run};
 use tideflow::run::Summary;
 use tideflow::spec::SpecSource;
 
+/// The feature workload: generator transactions keyed by user, four
+/// window features, no model, bulk batches, null sink (benches/features.rs
+/// and benches/scaling.rs).
+pub const FEATURE_SPEC: &str = r#"
+name = "features_bench"
+[source]
+type = "generator"
+key = "user_id"
+partitions = 4
+spacing_ms = 5.0
+[schema]
+user_id = "string"
+amount = "f64"
+ts = "timestamp_ms"
+[time]
+field = "ts"
+[[feature]]
+name = "amount_sum_1h"
+agg = "sum"
+field = "amount"
+window = "1h"
+[[feature]]
+name = "count_10m"
+agg = "count"
+window = "10m"
+[[feature]]
+name = "amount_mean_24h"
+agg = "mean"
+field = "amount"
+window = "24h"
+[[feature]]
+name = "amount_max_1h"
+agg = "max"
+field = "amount"
+window = "1h"
+[batching]
+policy = "bulk"
+[[sink]]
+type = "null"
+[dead_letters]
+type = "null"
+"#;
+
 /// Runs a spec given as text and returns its summary and wall time.
 pub fn run_spec(text: &str, overrides: &[String], workers: usize) -> (Summary, Duration) {
     let source = SpecSource {

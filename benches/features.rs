@@ -31,46 +31,6 @@ struct Args {
     bench: bool,
 }
 
-const SPEC: &str = r#"
-name = "features_bench"
-[source]
-type = "generator"
-key = "user_id"
-partitions = 4
-spacing_ms = 5.0
-[schema]
-user_id = "string"
-amount = "f64"
-ts = "timestamp_ms"
-[time]
-field = "ts"
-[[feature]]
-name = "amount_sum_1h"
-agg = "sum"
-field = "amount"
-window = "1h"
-[[feature]]
-name = "count_10m"
-agg = "count"
-window = "10m"
-[[feature]]
-name = "amount_mean_24h"
-agg = "mean"
-field = "amount"
-window = "24h"
-[[feature]]
-name = "amount_max_1h"
-agg = "max"
-field = "amount"
-window = "1h"
-[batching]
-policy = "bulk"
-[[sink]]
-type = "null"
-[dead_letters]
-type = "null"
-"#;
-
 /// Per-user state of the hand-written loop: one deque per window length.
 #[derive(Default)]
 struct UserWindows {
@@ -176,8 +136,12 @@ fn main() {
             format!("source.users={keys}"),
             format!("source.count={}", args.events),
         ];
-        let ((_, one), _) = common::best_of(args.repeats, || common::run_spec(SPEC, &overrides, 1));
-        let ((_, two), _) = common::best_of(args.repeats, || common::run_spec(SPEC, &overrides, 2));
+        let ((_, one), _) = common::best_of(args.repeats, || {
+            common::run_spec(common::FEATURE_SPEC, &overrides, 1)
+        });
+        let ((_, two), _) = common::best_of(args.repeats, || {
+            common::run_spec(common::FEATURE_SPEC, &overrides, 2)
+        });
         let rate = |elapsed: std::time::Duration| args.events as f64 / elapsed.as_secs_f64();
         let (loop_rate, one_rate, two_rate) = (rate(loop_time), rate(one), rate(two) / 2.0);
         println!(

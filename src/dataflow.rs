@@ -131,7 +131,9 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
     let gathered = Arc::new(std::sync::Mutex::new(Vec::new()));
     let worker_gathered = gathered.clone();
     let in_cluster = options.cluster.is_some();
+    let worker_started = shared.clone();
     let guards = timely::execute(config, move |worker| {
+        worker_started.started.get_or_init(Instant::now);
         let gossip = in_cluster
             .then(|| WatermarkGossip::build(worker, worker_shared.clone(), local.clone()));
         if let Err(error) = build_and_run(worker, worker_shared.clone(), gossip) {
@@ -184,7 +186,9 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
     Ok(Summary {
         name: shared.plan.name.clone(),
         counts,
-        elapsed: started.elapsed(),
+        // From when the workers started: a cluster's connection set-up
+        // is not part of the run.
+        elapsed: shared.started.get().unwrap_or(&started).elapsed(),
         workers,
         model: model_info.map(|(identity, device, independent)| {
             format!(

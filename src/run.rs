@@ -109,6 +109,8 @@ pub struct Shared {
     error: Mutex<Option<Error>>,
     /// `_model` of output rows.
     pub model_identity: Option<String>,
+    /// When the first worker started.
+    pub started: std::sync::OnceLock<Instant>,
     /// Set to stop reading the source and drain (see `RunOptions::stop`).
     pub stop: std::sync::Arc<AtomicBool>,
     /// Per worker, the watermark of its partitions that hold it back;
@@ -127,6 +129,7 @@ impl Shared {
             aborted: AtomicBool::new(false),
             error: Mutex::new(None),
             model_identity,
+            started: std::sync::OnceLock::new(),
             stop: Default::default(),
             active_watermarks: Mutex::new(Default::default()),
         }

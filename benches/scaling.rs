@@ -1,0 +1,109 @@
+//! Scaling: the feature workload (benches/features.rs) on 1 worker, on 2
+//! worker threads of one process, and on 2 processes of 1 worker each
+//! (started with `tideflow launch`, exchanging records by key over
+//! loopback TCP), measured in one run. Prints events/s and the ratio to
+//! 1 worker: what a second worker gives, and what crossing processes
+//! costs against threads.
+//!
+//! Each figure is the run summary's own rate (records over the time from
+//! when the workers started, so a cluster's connection set-up is left
+//! out), the best of `--repeats`.
+//!
+//! Run: `cargo bench --bench scaling -- --events 2000000`
+
+use clap::Parser;
+
+#[path = "common.rs"]
+mod common;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Events per measurement.
+    #[arg(long, default_value_t = 2_000_000)]
+    events: u64,
+    /// Distinct users (keys).
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// Repeats per measurement (the best is kept).
+    #[arg(long, default_value_t = 2)]
+    repeats: usize,
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// Events/s of the workload in this process on `workers` threads.
+fn in_process(overrides: &[String], workers: usize, events: u64) -> f64 {
+    let (summary, _) = common::run_spec(common::FEATURE_SPEC, overrides, workers);
+    assert_eq!(summary.counts.records_in, events);
+    events as f64 / summary.elapsed.as_secs_f64()
+}
+
+/// Events/s of the workload on `processes` launched processes of one
+/// worker, from process 0's summary of the whole cluster.
+fn launched(overrides: &[String], processes: usize, events: u64) -> f64 {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let spec = dir.path().join("features.toml");
+    std::fs::write(&spec, common::FEATURE_SPEC).expect("writing the spec");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tideflow"));
+    command
+        .arg("launch")
+        .arg(&spec)
+        .args(["--processes", &processes.to_string(), "--workers", "1"])
+        .arg("--quiet");
+    for value in overrides {
+        command.args(["--set", value]);
+    }
+    let output = command.output().expect("starting tideflow launch");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    let total = format!("{events} records in = {events} rows out");
+    assert!(
+        log.contains(&total),
+        "no cluster total '{total}' in:\n{log}"
+    );
+    // "[p0]   1.41 s, 8533 records/s, 2x1 workers; ..."
+    let rate = log
+        .lines()
+        .filter_map(|line| line.strip_prefix("[p0]   "))
+        .find_map(|line| {
+            let (_, rest) = line.split_once(" s, ")?;
+            rest.split_once(" records/s")?.0.parse::<f64>().ok()
+        });
+    rate.unwrap_or_else(|| panic!("no rate in process 0's summary:\n{log}"))
+}
+
+fn main() {
+    let args = Args::parse();
+    common::require_onnxruntime();
+    let overrides = vec![
+        format!("source.users={}", args.keys),
+        format!("source.count={}", args.events),
+    ];
+    let best = |measure: &dyn Fn() -> f64| {
+        (0..args.repeats.max(1))
+            .map(|_| measure())
+            .fold(0.0_f64, f64::max)
+    };
+    let one = best(&|| in_process(&overrides, 1, args.events));
+    let threads = best(&|| in_process(&overrides, 2, args.events));
+    let processes = best(&|| launched(&overrides, 2, args.events));
+    println!(
+        "scaling: {} events, {} keys, 4 window features, generator source, null sink",
+        args.events, args.keys
+    );
+    println!(
+        "{:<26} {:>14} {:>12}",
+        "configuration", "events/s", "vs 1 worker"
+    );
+    for (name, rate) in [
+        ("1 process x 1 worker", one),
+        ("1 process x 2 workers", threads),
+        ("2 processes x 1 worker", processes),
+    ] {
+        println!("{name:<26} {rate:>14.0} {:>12.2}", rate / one);
+    }
+    println!(
+        "2 processes / 2 threads: {:.2} (the cost of exchanging by key over TCP instead of in memory)",
+        processes / threads
+    );
+}
