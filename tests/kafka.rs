@@ -67,6 +67,15 @@ fn output_topics(broker: &Broker, topic: &str) {
     }
 }
 
+/// Starts a broker holding `count` generator events (seeded by `seed`) on
+/// `topic`, with the output topics a fraud_kafka run writes to.
+fn broker_with_events(topic: &str, count: u64, seed: u64) -> Broker {
+    let broker = Broker::start();
+    produce(&broker, topic, generator(count, None, seed));
+    output_topics(&broker, topic);
+    broker
+}
+
 /// Runs `dataflows/fraud_kafka.toml` in process against `topic`.
 fn run_fraud_kafka(
     brokers: &str,
@@ -462,11 +471,9 @@ topic = "{dead_topic}"
 fn a_killed_run_restarted_from_committed_offsets_loses_nothing() {
     let _serial = one_at_a_time();
     require_onnxruntime();
-    let broker = Broker::start();
     let topic = "killed";
     let count = 40_000;
-    produce(&broker, topic, generator(count, None, 11));
-    output_topics(&broker, topic);
+    let broker = broker_with_events(topic, count, 11);
     let out = tempfile::tempdir().unwrap();
     let command = |out: &Path| {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tideflow"));
@@ -594,10 +601,8 @@ fn an_external_client_reads_every_score_as_json_with_its_fields() {
     let _serial = one_at_a_time();
     require_onnxruntime();
     let python = test_clients_python();
-    let broker = Broker::start();
     let topic = "external";
-    produce(&broker, topic, generator(2_000, None, 13));
-    output_topics(&broker, topic);
+    let broker = broker_with_events(topic, 2_000, 13);
     let out = tempfile::tempdir().unwrap();
     let summary = run_fraud_kafka(
         &broker.brokers,
@@ -801,12 +806,10 @@ fn launch_fraud_kafka(
 fn a_cluster_of_processes_gives_the_rows_of_one_process() {
     let _serial = one_at_a_time();
     require_onnxruntime();
-    let broker = Broker::start();
-    let out = tempfile::tempdir().unwrap();
     let topic = "cluster-parity";
     let count = 2_400;
-    produce(&broker, topic, generator(count, None, 5));
-    output_topics(&broker, topic);
+    let broker = broker_with_events(topic, count, 5);
+    let out = tempfile::tempdir().unwrap();
     let single = out.path().join("single");
     let summary = run_fraud_kafka(&broker.brokers, topic, &single, "earliest", "now", 1);
     assert_eq!(summary.counts.records_in, count);
@@ -837,12 +840,10 @@ fn a_cluster_of_processes_gives_the_rows_of_one_process() {
 fn killing_one_process_stops_the_cluster_and_a_restart_loses_nothing() {
     let _serial = one_at_a_time();
     require_onnxruntime();
-    let broker = Broker::start();
-    let out = tempfile::tempdir().unwrap();
     let topic = "cluster-killed";
     let count = 40_000;
-    produce(&broker, topic, generator(count, None, 13));
-    output_topics(&broker, topic);
+    let broker = broker_with_events(topic, count, 13);
+    let out = tempfile::tempdir().unwrap();
     let group = format!("{topic}-first");
     let command = |name: &str| {
         let mut command = launch_fraud_kafka(&broker, topic, &out.path().join(name), 2, 1);
@@ -936,11 +937,9 @@ fn killing_one_process_stops_the_cluster_and_a_restart_loses_nothing() {
 fn metrics_report_each_partitions_lag_behind_its_high_watermark() {
     let _serial = one_at_a_time();
     require_onnxruntime();
-    let broker = Broker::start();
     let topic = "lagging";
     let count = 40_000;
-    produce(&broker, topic, generator(count, None, 17));
-    output_topics(&broker, topic);
+    let broker = broker_with_events(topic, count, 17);
     let out = tempfile::tempdir().unwrap();
     let mut overrides = vec![format!("source.topic=\"{topic}\"")];
     overrides.extend(fraud_kafka_overrides(
