@@ -51,7 +51,14 @@ struct Args {
     /// Passed by `cargo bench`.
     #[arg(long, hide = true, global = true)]
     bench: bool,
+    /// Overrides of the engine's spec (as `tideflow run --set`), for
+    /// trying settings: `--set 'batching.micro.max_delay="1ms"'`.
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    overrides: Vec<String>,
 }
+
+/// The `--set` overrides of this run.
+static EXTRA_OVERRIDES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 
 #[derive(Debug, Subcommand)]
 enum Which {
@@ -94,7 +101,9 @@ enum Which {
 
 fn main() {
     common::require_onnxruntime();
-    match Args::parse().which {
+    let args = Args::parse();
+    EXTRA_OVERRIDES.get_or_init(|| args.overrides.clone());
+    match args.which {
         Some(Which::Ingest {
             events,
             partitions,
@@ -231,6 +240,7 @@ fn consumer_from_beginning(brokers: &str, topic: &str, partitions: u32) -> BaseC
         .set("bootstrap.servers", brokers)
         .set("group.id", "bench")
         .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", FETCH_WAIT_MS)
         .create()
         .expect("consumer");
     let mut assignment = TopicPartitionList::new();
@@ -256,6 +266,11 @@ fn bare_consumer(brokers: &str, partitions: u32, events: u64) -> u64 {
     bytes
 }
 
+/// How long a fetch may wait for data, for the engine and the bare
+/// consumers alike: the mock cluster holds a fetch for its whole wait time
+/// when a partition has nothing new (a real broker answers as data arrives).
+const FETCH_WAIT_MS: &str = "5";
+
 /// Overrides that run `dataflows/fraud_kafka.toml` on the broker's `tx`,
 /// its file sink writing under `out`.
 fn fraud_kafka_overrides(
@@ -269,9 +284,7 @@ fn fraud_kafka_overrides(
         "source.topic=\"tx\"".into(),
         "source.group_id=\"bench\"".into(),
         format!("source.from=\"{from}\""),
-        // The mock cluster holds a fetch for its whole wait time when the
-        // partition has nothing new (a real broker answers as data arrives).
-        "source.options.\"fetch.wait.max.ms\"=\"5\"".into(),
+        format!("source.options.\"fetch.wait.max.ms\"=\"{FETCH_WAIT_MS}\""),
         format!("source.until=\"{until_ms}\""),
         "sink[0].topic=\"scores\"".into(),
         format!("sink[1].path=\"{}\"", out.display()),
@@ -291,7 +304,8 @@ fn start_engine(
     workers: usize,
 ) -> std::thread::JoinHandle<tideflow::run::Summary> {
     let out = tempfile::tempdir().expect("temporary directory");
-    let overrides = fraud_kafka_overrides(brokers, from, until_ms, out.path());
+    let mut overrides = fraud_kafka_overrides(brokers, from, until_ms, out.path());
+    overrides.extend(EXTRA_OVERRIDES.get().into_iter().flatten().cloned());
     std::thread::spawn(move || {
         let _out = out;
         let plan = tideflow::plan::load(&root().join("dataflows/fraud_kafka.toml"), &overrides)
@@ -303,7 +317,12 @@ fn start_engine(
 /// Produces events `first..first + rate * seconds` open loop at `rate`,
 /// each stamped with the time it was due.
 fn produce_open_loop(brokers: &str, partitions: u32, first: u64, rate: u64, seconds: u64) {
-    let producer = KafkaProducer::open(brokers, "tx", &ClientOptions::default()).expect("producer");
+    // Each event goes out when it is due, not after librdkafka's default
+    // 5 ms linger: the latency measured is tideflow's, not the load
+    // generator's batching.
+    let mut options = ClientOptions::default();
+    options.set("linger.ms", "0");
+    let producer = KafkaProducer::open(brokers, "tx", &options).expect("producer");
     let config = generator(None, partitions);
     let (started, started_ms) = (Instant::now(), now_ms());
     for index in 0..rate * seconds {
@@ -372,7 +391,54 @@ fn describe(histogram: &Histogram<u64>) -> String {
     )
 }
 
+/// Latencies of events due in the steady part of a run: not in its first
+/// second (warm-up: allocations, ONNX sessions), nor in its last (the last
+/// events wait for the end of the run, since no later event moves the
+/// watermark past them).
+fn steady(seen: &[(i64, i64)], started_ms: i64, seconds: u64) -> Histogram<u64> {
+    let (from, until) = (
+        started_ms + 1_000,
+        started_ms + (seconds as i64 - 1) * 1_000,
+    );
+    histogram(
+        seen.iter()
+            .filter(|(due, _)| (from..until).contains(due))
+            .map(|(_, latency)| *latency),
+    )
+}
+
+/// The baseline: a bare consumer reading the same events from the same
+/// broker, latency = when it has the event minus when the event was due.
+fn bare_latency(rate: u64, seconds: u64, partitions: u32) -> Histogram<u64> {
+    let broker = broker_with(0, partitions);
+    let brokers = broker.bootstrap_servers();
+    let consumer = consumer_from_beginning(&brokers, "tx", partitions);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        while !stopped.load(Ordering::Relaxed) {
+            let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let received = now_ms();
+            let event: serde_json::Value =
+                serde_json::from_slice(message.payload().unwrap_or_default()).expect("event JSON");
+            let due = event["ts"].as_i64().expect("ts");
+            seen.push((due, received - due));
+        }
+        seen
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let started_ms = now_ms();
+    produce_open_loop(&brokers, partitions, 0, rate, seconds);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    steady(&reader.join().expect("bare reader"), started_ms, seconds)
+}
+
 fn latency(rate: u64, seconds: u64, partitions: u32, workers: usize) {
+    let bare = bare_latency(rate, seconds, partitions);
     let broker = broker_with(0, partitions);
     let brokers = broker.bootstrap_servers();
     let stop = Arc::new(AtomicBool::new(false));
@@ -386,15 +452,22 @@ fn latency(rate: u64, seconds: u64, partitions: u32, workers: usize) {
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let seen = scores.join().expect("collector");
-    // The first second warms the engine up (allocations, ONNX sessions).
-    let measured = histogram(
-        seen.iter()
-            .filter(|(due, _)| *due >= started_ms + 1_000)
-            .map(|(_, latency)| *latency),
+    let measured = steady(&seen, started_ms, seconds);
+    println!(
+        "latency at {rate} events/s for {seconds} s, {partitions} partitions, {workers} workers:"
     );
     println!(
-        "latency at {rate} events/s for {seconds} s, {partitions} partitions, {workers} workers (Kafka -> features -> MLP -> Kafka): {}",
+        "  bare consumer (broker -> client):              {}",
+        describe(&bare)
+    );
+    println!(
+        "  engine (Kafka -> features -> MLP -> Kafka):    {}",
         describe(&measured)
+    );
+    println!(
+        "  engine - bare: p50 {} ms, p99 {} ms",
+        measured.value_at_quantile(0.5) as i64 - bare.value_at_quantile(0.5) as i64,
+        measured.value_at_quantile(0.99) as i64 - bare.value_at_quantile(0.99) as i64
     );
     println!(
         "  {} events scored of {} produced ({} rows out, {} dead, {} late)",
