@@ -252,7 +252,8 @@ impl Model {
             return Ok(());
         }
         let width = self.plan.input_slots.len();
-        self.tensor.clear();
+        // Every cell is written below; the buffer keeps its capacity
+        // from batch to batch.
         self.tensor.resize(rows.len() * width, 0.0);
         let fill_null = self.plan.fill_null;
         for (row, cells) in rows.iter().zip(self.tensor.chunks_exact_mut(width)) {

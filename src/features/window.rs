@@ -388,7 +388,11 @@ impl<S: Sample> WindowState<S> {
             } else if position <= self.start {
                 self.start += 1;
             }
-            self.entries.insert(position, Entry { time, value });
+            if in_order {
+                self.entries.push_back(Entry { time, value });
+            } else {
+                self.entries.insert(position, Entry { time, value });
+            }
         }
         match window {
             Some(w) => self.slide(agg, w, bound_ms, newest),
