@@ -105,7 +105,7 @@ fn bare_ort(path: &std::path::Path, data: &[f32], batch: usize, repeats: usize) 
         .expect("session");
     let mut tensor_data = Vec::new();
     let (mut scores, mut labels) = (Vec::new(), Vec::new());
-    let rate = timed_batches(repeats, data, batch, |chunk, time| {
+    timed_batches(repeats, data, batch, |chunk, time| {
         tensor_data.clear();
         tensor_data.extend_from_slice(chunk);
         time(&mut || {
@@ -127,8 +127,7 @@ fn bare_ort(path: &std::path::Path, data: &[f32], batch: usize, repeats: usize) 
             labels.extend_from_slice(label);
         });
         std::hint::black_box((&scores, &labels));
-    });
-    rate
+    })
 }
 
 fn engine(path: &std::path::Path, data: &[f32], batch: usize, repeats: usize) -> f64 {
