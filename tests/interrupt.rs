@@ -1,6 +1,8 @@
 //! Stopping a live run: the first Ctrl-C (SIGINT) stops the sources, the
 //! records already read are processed and written, and the run ends with
-//! its summary, counts reconciled. Nothing read is lost.
+//! its summary, counts reconciled. Nothing read is lost. The same holds for
+//! a cluster started by `tideflow launch`, which forwards SIGTERM to every
+//! process.
 
 mod common;
 
@@ -32,38 +34,28 @@ type = "jsonl"
 path = "unset"
 "#;
 
-#[test]
-fn ctrl_c_drains_and_summarises_a_live_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("live.toml");
-    std::fs::write(&spec, SPEC).unwrap();
-    let out = dir.path().join("rows");
-    let child = Command::new(env!("CARGO_BIN_EXE_tideflow"))
-        .args([
-            "run",
-            spec.to_str().unwrap(),
-            "--workers",
-            "2",
-            "--quiet",
-            "--set",
-        ])
-        .arg(format!("sink[0].path=\"{}\"", out.display()))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+/// Starts `command` on the live spec (rows to `out`), sends `signal` after
+/// a while, and checks that it drains and summarises: the summary's counts
+/// reconcile and every row it counts is in the sink.
+fn stop_and_check(mut command: Command, signal: &str, out: &std::path::Path) -> String {
+    let child = command.stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
     let signalled = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
-    assert!(signalled.success(), "kill -INT failed");
+    assert!(signalled.success(), "kill {signal} failed");
     let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("stopping"), "{stderr}");
     let summary = stderr
         .lines()
-        .find(|line| line.contains("records in ="))
+        .find_map(|line| {
+            line.split_once(": ")
+                .filter(|(_, counts)| counts.contains("records in ="))
+        })
+        .map(|(_, counts)| counts)
         .unwrap_or_else(|| panic!("no summary: {stderr}"));
     let numbers: Vec<u64> = summary
         .split_whitespace()
@@ -73,8 +65,44 @@ fn ctrl_c_drains_and_summarises_a_live_run() {
     assert!(records_in > 0, "{summary}");
     assert_eq!(records_in, rows_out + dead + late, "{summary}");
     assert_eq!(
-        common::read_rows(&out).len() as u64,
+        common::read_rows(out).len() as u64,
         rows_out,
         "every counted row is in the sink"
     );
+    stderr
+}
+
+/// `tideflow SUBCOMMAND live.toml --quiet --set sink[0].path=OUT`.
+fn tideflow(subcommand: &str, spec: &std::path::Path, out: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tideflow"));
+    command
+        .arg(subcommand)
+        .arg(spec)
+        .args(["--quiet", "--set"])
+        .arg(format!("sink[0].path=\"{}\"", out.display()));
+    command
+}
+
+#[test]
+fn ctrl_c_drains_and_summarises_a_live_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("live.toml");
+    std::fs::write(&spec, SPEC).unwrap();
+    let out = dir.path().join("rows");
+    let mut command = tideflow("run", &spec, &out);
+    command.args(["--workers", "2"]);
+    stop_and_check(command, "-INT", &out);
+}
+
+#[test]
+fn sigterm_to_the_launcher_drains_every_process_of_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("live.toml");
+    std::fs::write(&spec, SPEC).unwrap();
+    let out = dir.path().join("rows");
+    let mut command = tideflow("launch", &spec, &out);
+    command.args(["--processes", "2", "--workers", "1"]);
+    let log = stop_and_check(command, "-TERM", &out);
+    assert!(log.contains("cluster total of 2 processes"), "{log}");
+    assert!(log.contains("[p1] "), "{log}");
 }
