@@ -120,9 +120,13 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
     let shared = Arc::new(shared);
     let started = Instant::now();
     let done = Arc::new(AtomicBool::new(false));
+    let label = options
+        .cluster
+        .as_ref()
+        .map_or(String::new(), |cluster| format!("{}: ", cluster.label()));
     let reporter = options.progress.then(|| {
         let (shared, done) = (shared.clone(), done.clone());
-        std::thread::spawn(move || report_progress(&shared, started, &done))
+        std::thread::spawn(move || report_progress(&shared, started, &done, &label))
     });
     if let Some(cluster) = &options.cluster {
         stop_a_failed_member(cluster, shared.clone(), done.clone());

@@ -313,9 +313,13 @@ impl std::fmt::Display for Summary {
     }
 }
 
-/// Prints progress to standard error while a run goes on: a line that
+/// Width of the progress bar, in characters.
+const BAR_WIDTH: usize = 24;
+
+/// Prints progress to standard error while a run goes on: a bar that
 /// rewrites itself on a terminal, a log line every few seconds otherwise.
-pub fn report_progress(shared: &Shared, started: Instant, done: &AtomicBool) {
+/// `label` names the process in a cluster.
+pub fn report_progress(shared: &Shared, started: Instant, done: &AtomicBool, label: &str) {
     use std::io::IsTerminal;
     let terminal = std::io::stderr().is_terminal();
     let interval = if terminal {
@@ -340,8 +344,18 @@ pub fn report_progress(shared: &Shared, started: Instant, done: &AtomicBool) {
         let position = match fraction {
             Some(fraction) if fraction > 0.0 => {
                 let eta = seconds * (1.0 - fraction) / fraction;
+                let bar = if terminal {
+                    let filled = ((fraction.min(1.0) * BAR_WIDTH as f64) as usize).min(BAR_WIDTH);
+                    format!(
+                        "[{}{}] ",
+                        "#".repeat(filled),
+                        ".".repeat(BAR_WIDTH - filled)
+                    )
+                } else {
+                    String::new()
+                };
                 format!(
-                    "{:5.1}% {done_units}/{} offsets ETA {eta:.0}s",
+                    "{bar}{:5.1}% {done_units}/{} offsets ETA {eta:.0}s",
                     fraction * 100.0,
                     total_units.unwrap_or(0)
                 )
@@ -353,9 +367,9 @@ pub fn report_progress(shared: &Shared, started: Instant, done: &AtomicBool) {
             counts.records_in, counts.rows_out, counts.dead, counts.late
         );
         if terminal {
-            eprint!("\r{line}   ");
+            eprint!("\r{label}{line}   ");
         } else {
-            eprintln!("progress: {line}");
+            eprintln!("progress: {label}{line}");
         }
     }
     if terminal {

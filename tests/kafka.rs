@@ -814,26 +814,30 @@ fn a_cluster_of_processes_gives_the_rows_of_one_process() {
     let summary = run_fraud_kafka(&broker.brokers, topic, &single, "earliest", "now", 1);
     assert_eq!(summary.counts.records_in, count);
 
-    let cluster = out.path().join("cluster");
-    let output = launch_fraud_kafka(&broker, topic, &cluster, 2, 2)
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{}\n{log}", output.status);
-    assert_eq!(read_lines(&cluster), read_lines(&single), "2x2 rows differ");
-    let total = format!(
-        "{count} records in = {} rows out + {} dead letters + {} late",
-        summary.counts.rows_out, summary.counts.dead, summary.counts.late
-    );
-    assert!(
-        log.contains(&total),
-        "no cluster total '{total}' in:\n{log}"
-    );
-    // Both processes committed their partitions for the group.
-    let group = format!("{topic}-cluster");
-    let committed =
-        committed_offsets(&broker.brokers, &group, topic, &ClientOptions::default()).unwrap();
-    assert_eq!(committed.values().sum::<u64>(), count, "{committed:?}");
+    for (processes, workers) in [(1, 4), (2, 2)] {
+        let name = format!("cluster-{processes}x{workers}");
+        let cluster = out.path().join(&name);
+        let output = launch_fraud_kafka(&broker, topic, &cluster, processes, workers)
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{}\n{log}", output.status);
+        assert_eq!(
+            read_lines(&cluster),
+            read_lines(&single),
+            "{processes}x{workers} rows differ"
+        );
+        let total = format!(
+            "{count} records in = {} rows out + {} dead letters + {} late",
+            summary.counts.rows_out, summary.counts.dead, summary.counts.late
+        );
+        assert!(log.contains(&total), "no total '{total}' in:\n{log}");
+        // Every process committed its partitions for the group.
+        let group = format!("{topic}-{name}");
+        let committed =
+            committed_offsets(&broker.brokers, &group, topic, &ClientOptions::default()).unwrap();
+        assert_eq!(committed.values().sum::<u64>(), count, "{committed:?}");
+    }
 }
 
 #[test]
