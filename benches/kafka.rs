@@ -37,8 +37,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tideflow::dataflow::{RunOptions, run};
 use tideflow_connectors::generator::GeneratorConfig;
 use tideflow_connectors::kafka::{
-    ClientOptions, EmbeddedBroker, GenerateOptions, KafkaProducer, ProducerRecord,
-    produce_generated,
+    ClientOptions, EmbeddedBroker, GenerateOptions, produce_generated,
 };
 
 #[path = "common.rs"]
@@ -170,6 +169,7 @@ fn broker_with(events: u64, partitions: u32) -> EmbeddedBroker {
                 topic: "tx".into(),
                 options: ClientOptions::default(),
                 generator: generator(Some(events), partitions),
+                first: 0,
                 wall_clock: false,
             },
             &|| false,
@@ -322,30 +322,21 @@ fn produce_open_loop(brokers: &str, partitions: u32, first: u64, rate: u64, seco
     // generator's batching.
     let mut options = ClientOptions::default();
     options.set("linger.ms", "0");
-    let producer = KafkaProducer::open(brokers, "tx", &options).expect("producer");
-    let config = generator(None, partitions);
-    let (started, started_ms) = (Instant::now(), now_ms());
-    for index in 0..rate * seconds {
-        let due = Duration::from_secs_f64(index as f64 / rate as f64);
-        if let Some(wait) = (started + due).checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-        let sequence = first + index;
-        let partition = (sequence % u64::from(partitions)) as u32;
-        let due_ms = started_ms + due.as_millis() as i64;
-        let (key, value) =
-            config.record_json(partition, sequence / u64::from(partitions), Some(due_ms));
-        producer
-            .send(&ProducerRecord {
-                key: Some(key.as_bytes()),
-                value: value.as_bytes(),
-                headers: &[],
-                partition: Some(partition),
-                ticket: 0,
-            })
-            .expect("send");
-    }
-    producer.flush(Duration::from_secs(60)).expect("flush");
+    let mut config = generator(Some(rate * seconds), partitions);
+    config.rate = Some(rate as f64);
+    let produced = produce_generated(
+        &GenerateOptions {
+            brokers: brokers.into(),
+            topic: "tx".into(),
+            options,
+            generator: config,
+            first,
+            wall_clock: true,
+        },
+        &|| false,
+    )
+    .expect("producing the live events");
+    assert_eq!(produced, rate * seconds);
 }
 
 /// Collects (due time, latency ms) of every score until `stop`.

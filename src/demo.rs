@@ -90,6 +90,7 @@ pub fn run_demo(options: &DemoOptions) -> Result<DemoReport> {
             rate: Some(options.rate),
             ..GeneratorConfig::default()
         },
+        first: 0,
         wall_clock: true,
     };
     println!(

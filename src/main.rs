@@ -89,8 +89,9 @@ enum Command {
         /// Seed of the generator.
         #[arg(long, default_value_t = 42)]
         seed: u64,
-        /// Stamp `ts` with the wall clock at send time (for live latency)
-        /// instead of the generated event time.
+        /// Stamp `ts` with the wall-clock time each record is due (its send
+        /// time while the producer keeps up; for live latency) instead of
+        /// the generated event time.
         #[arg(long)]
         wall_clock: bool,
         /// A librdkafka producer option, KEY=VALUE (may be repeated).
@@ -194,6 +195,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 topic,
                 options: parse_client_options(&options)?,
                 generator,
+                first: 0,
                 wall_clock,
             };
             let stop = stop_on_interrupt()?;

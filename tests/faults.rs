@@ -47,6 +47,7 @@ fn cluster_with_events(topic: &str, count: u64) -> EmbeddedBroker {
             topic: topic.into(),
             options: ClientOptions::default(),
             generator,
+            first: 0,
             wall_clock: false,
         },
         &|| false,

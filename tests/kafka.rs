@@ -47,6 +47,7 @@ fn produce(broker: &Broker, topic: &str, config: GeneratorConfig) -> u64 {
             topic: topic.into(),
             options: ClientOptions::default(),
             generator: config,
+            first: 0,
             wall_clock: false,
         },
         &|| false,
@@ -191,10 +192,11 @@ fn live_backfill_and_catch_up_give_identical_rows_on_any_number_of_workers() {
         brokers: broker.brokers.clone(),
         topic: topic.into(),
         options: ClientOptions::default(),
-        generator: generator(count, Some(rate), 7),
+        generator: generator(count - count / 2, Some(rate), 7),
+        first: count / 2,
         wall_clock: false,
     };
-    produce_from(&second_half, count / 2);
+    produce_generated(&second_half, &|| false).unwrap();
     running.join().unwrap();
     assert_eq!(
         read_lines(&catch_up),
@@ -216,36 +218,6 @@ fn run_until_in_background(
     std::thread::spawn(move || {
         run_fraud_kafka(&brokers, &topic, &out, "earliest", &cut_off.to_string(), 2)
     })
-}
-
-/// Produces the generator's records from global sequence number `skip` on,
-/// at the configured rate, to the same partitions `produce` uses.
-fn produce_from(options: &GenerateOptions, skip: u64) {
-    let config = &options.generator;
-    let producer = KafkaProducer::open(&options.brokers, &options.topic, &options.options).unwrap();
-    let partitions = u64::from(config.partitions);
-    let started = std::time::Instant::now();
-    let total = config.count.unwrap();
-    for (index, sequence) in (skip..total).enumerate() {
-        if let Some(rate) = config.rate {
-            let due = started + Duration::from_secs_f64(index as f64 / rate);
-            if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
-                std::thread::sleep(wait);
-            }
-        }
-        let partition = (sequence % partitions) as u32;
-        let (key, value) = config.record_json(partition, sequence / partitions, None);
-        producer
-            .send(&ProducerRecord {
-                key: Some(key.as_bytes()),
-                value: value.as_bytes(),
-                headers: &[],
-                partition: Some(partition),
-                ticket: 0,
-            })
-            .unwrap();
-    }
-    producer.flush(Duration::from_secs(60)).unwrap();
 }
 
 /// The rows of a run keyed by (partition, offset).
@@ -283,10 +255,11 @@ fn every_start_position_starts_where_it_says() {
         brokers: brokers.to_owned(),
         topic: topic.into(),
         options: ClientOptions::default(),
-        generator: generator(400, None, 3),
+        generator: generator(200, None, 3),
+        first: 200,
         wall_clock: false,
     };
-    produce_from(&phase_two, 200);
+    produce_generated(&phase_two, &|| false).unwrap();
 
     let run_from = |name: &str, from: &str| {
         let dir = out.path().join(name);
@@ -675,8 +648,7 @@ fn several_topics_read_as_one_source_give_the_rows_of_one_topic() {
     let split = ["split-a", "split-b"]
         .map(|topic| KafkaProducer::open(&broker.brokers, topic, &no_options).unwrap());
     for sequence in 0..count {
-        let partition = (sequence % u64::from(PARTITIONS)) as u32;
-        let (key, value) = config.record_json(partition, sequence / u64::from(PARTITIONS), None);
+        let (partition, key, value) = config.sequenced_json(sequence, None);
         split[partition as usize / 2]
             .send(&ProducerRecord {
                 key: Some(key.as_bytes()),

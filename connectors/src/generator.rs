@@ -131,6 +131,17 @@ impl GeneratorConfig {
         });
         (user, object.to_string())
     }
+
+    /// Record number `sequence` in production order (the generator's
+    /// partitions taken in turn: partition `sequence % partitions`, its
+    /// record `sequence / partitions`), as (partition, key, JSON value).
+    /// `time` replaces the generated event time where given.
+    pub fn sequenced_json(&self, sequence: u64, time: Option<i64>) -> (u32, String, String) {
+        let partitions = u64::from(self.partitions.max(1));
+        let partition = (sequence % partitions) as u32;
+        let (key, value) = self.record_json(partition, sequence / partitions, time);
+        (partition, key, value)
+    }
 }
 
 /// Card amounts: log-normal around tens of units, with a thin tail of large

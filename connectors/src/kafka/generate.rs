@@ -22,15 +22,22 @@ pub struct GenerateOptions {
     pub topic: String,
     /// Producer options.
     pub options: ClientOptions,
-    /// The records: seed, users, partitions, count, rate.
+    /// The records: seed, users, partitions, rate, and how many (`count`).
     pub generator: GeneratorConfig,
-    /// Stamp each record's `ts` with the wall clock at send time instead of
-    /// the generated event time (for live latency measurements).
+    /// The sequence number of the first record produced (see
+    /// [`GeneratorConfig::sequenced_json`]): 0, or where an earlier
+    /// production of the same generator stopped, to continue it.
+    pub first: u64,
+    /// Stamp each record's `ts` with the wall-clock time it is due (its
+    /// send time while the producer keeps up) instead of the generated
+    /// event time, for live latency measurements: a producer that falls
+    /// behind shows as latency (coordinated omission corrected).
     pub wall_clock: bool,
 }
 
-/// Produces the generator's records; returns how many were produced and
-/// acknowledged. Unbounded generators run until `stop` returns true.
+/// Produces the generator's records `first..first + count` (unbounded
+/// generators: until `stop` returns true); returns how many were produced
+/// and acknowledged.
 pub fn produce_generated(options: &GenerateOptions, stop: &dyn Fn() -> bool) -> Result<u64> {
     let config = &options.generator;
     ensure_topic(
@@ -40,23 +47,25 @@ pub fn produce_generated(options: &GenerateOptions, stop: &dyn Fn() -> bool) -> 
         config.partitions,
     )?;
     let producer = KafkaProducer::open(&options.brokers, &options.topic, &options.options)?;
-    let started = Instant::now();
+    let (started, started_ms) = (Instant::now(), now_ms());
     let mut produced = 0u64;
-    let partitions = u64::from(config.partitions);
     loop {
         if config.count.is_some_and(|count| produced >= count) || stop() {
             break;
         }
-        if let Some(rate) = config.rate {
-            let due = started + Duration::from_secs_f64(produced as f64 / rate);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
+        let due = config
+            .rate
+            .map(|rate| Duration::from_secs_f64(produced as f64 / rate));
+        if let Some(wait) =
+            due.and_then(|due| (started + due).checked_duration_since(Instant::now()))
+        {
+            std::thread::sleep(wait);
         }
-        let partition = (produced % partitions) as u32;
-        let offset = produced / partitions;
-        let time = options.wall_clock.then(now_ms);
-        let (key, value) = config.record_json(partition, offset, time);
+        let time = options.wall_clock.then(|| match due {
+            Some(due) => started_ms + due.as_millis() as i64,
+            None => now_ms(),
+        });
+        let (partition, key, value) = config.sequenced_json(options.first + produced, time);
         producer.send(&ProducerRecord {
             key: Some(key.as_bytes()),
             value: value.as_bytes(),
