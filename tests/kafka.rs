@@ -68,13 +68,35 @@ fn output_topics(broker: &Broker, topic: &str) {
     }
 }
 
-/// Starts a broker holding `count` generator events (seeded by `seed`) on
-/// `topic`, with the output topics a fraud_kafka run writes to.
-fn broker_with_events(topic: &str, count: u64, seed: u64) -> Broker {
-    let broker = Broker::start();
-    produce(&broker, topic, generator(count, None, seed));
-    output_topics(&broker, topic);
-    broker
+/// What a Kafka test holds: its turn (the tests run one at a time), a
+/// broker of its own and a scratch directory. Destructure it in the order
+/// declared, so that the broker stops before the turn passes on.
+struct KafkaTest {
+    turn: std::sync::MutexGuard<'static, ()>,
+    broker: Broker,
+    out: tempfile::TempDir,
+}
+
+impl KafkaTest {
+    /// Waits for the test's turn, checks for ONNX Runtime, starts a broker.
+    fn start() -> Self {
+        let turn = one_at_a_time();
+        require_onnxruntime();
+        KafkaTest {
+            turn,
+            broker: Broker::start(),
+            out: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// As [`KafkaTest::start`], with `count` generator events (seeded by
+    /// `seed`) on `topic` and the output topics a fraud_kafka run writes to.
+    fn with_events(topic: &str, count: u64, seed: u64) -> Self {
+        let test = KafkaTest::start();
+        produce(&test.broker, topic, generator(count, None, seed));
+        output_topics(&test.broker, topic);
+        test
+    }
 }
 
 /// Runs `dataflows/fraud_kafka.toml` in process against `topic`.
@@ -133,10 +155,11 @@ fn run_spec(spec: &Path, overrides: &[String], workers: usize) -> Summary {
 
 #[test]
 fn live_backfill_and_catch_up_give_identical_rows_on_any_number_of_workers() {
-    let _serial = one_at_a_time();
-    require_onnxruntime();
-    let broker = Broker::start();
-    let out = tempfile::tempdir().unwrap();
+    let KafkaTest {
+        turn: _turn,
+        broker,
+        out,
+    } = KafkaTest::start();
     let count = 2_400;
 
     // Backfill: everything produced first, then read up to the high
@@ -235,10 +258,11 @@ fn origins(dir: &Path) -> Vec<(u64, u64)> {
 
 #[test]
 fn every_start_position_starts_where_it_says() {
-    let _serial = one_at_a_time();
-    require_onnxruntime();
-    let broker = Broker::start();
-    let out = tempfile::tempdir().unwrap();
+    let KafkaTest {
+        turn: _turn,
+        broker,
+        out,
+    } = KafkaTest::start();
     let topic = "positions";
     output_topics(&broker, topic);
     let brokers = broker.brokers.as_str();
@@ -442,12 +466,13 @@ topic = "{dead_topic}"
 
 #[test]
 fn a_killed_run_restarted_from_committed_offsets_loses_nothing() {
-    let _serial = one_at_a_time();
-    require_onnxruntime();
     let topic = "killed";
     let count = 40_000;
-    let broker = broker_with_events(topic, count, 11);
-    let out = tempfile::tempdir().unwrap();
+    let KafkaTest {
+        turn: _turn,
+        broker,
+        out,
+    } = KafkaTest::with_events(topic, count, 11);
     let command = |out: &Path| {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tideflow"));
         command
@@ -571,12 +596,13 @@ fn test_clients_python() -> std::path::PathBuf {
 
 #[test]
 fn an_external_client_reads_every_score_as_json_with_its_fields() {
-    let _serial = one_at_a_time();
-    require_onnxruntime();
     let python = test_clients_python();
     let topic = "external";
-    let broker = broker_with_events(topic, 2_000, 13);
-    let out = tempfile::tempdir().unwrap();
+    let KafkaTest {
+        turn: _turn,
+        broker,
+        out,
+    } = KafkaTest::with_events(topic, 2_000, 13);
     let summary = run_fraud_kafka(
         &broker.brokers,
         topic,
@@ -630,10 +656,11 @@ fn an_external_client_reads_every_score_as_json_with_its_fields() {
 
 #[test]
 fn several_topics_read_as_one_source_give_the_rows_of_one_topic() {
-    let _serial = one_at_a_time();
-    require_onnxruntime();
-    let broker = Broker::start();
-    let out = tempfile::tempdir().unwrap();
+    let KafkaTest {
+        turn: _turn,
+        broker,
+        out,
+    } = KafkaTest::start();
     let no_options = ClientOptions::default();
     // The same records on one 4-partition topic, and split over two
     // 2-partition topics: partitions 0 and 1 on `split-a`, 2 and 3 on
@@ -776,12 +803,13 @@ fn launch_fraud_kafka(
 
 #[test]
 fn a_cluster_of_processes_gives_the_rows_of_one_process() {
-    let _serial = one_at_a_time();
-    require_onnxruntime();
     let topic = "cluster-parity";
     let count = 2_400;
-    let broker = broker_with_events(topic, count, 5);
-    let out = tempfile::tempdir().unwrap();
+    let KafkaTest {
+        turn: _turn,
+        broker,
+        out,
+    } = KafkaTest::with_events(topic, count, 5);
     let single = out.path().join("single");
     let summary = run_fraud_kafka(&broker.brokers, topic, &single, "earliest", "now", 1);
     assert_eq!(summary.counts.records_in, count);
@@ -814,12 +842,13 @@ fn a_cluster_of_processes_gives_the_rows_of_one_process() {
 
 #[test]
 fn killing_one_process_stops_the_cluster_and_a_restart_loses_nothing() {
-    let _serial = one_at_a_time();
-    require_onnxruntime();
     let topic = "cluster-killed";
     let count = 40_000;
-    let broker = broker_with_events(topic, count, 13);
-    let out = tempfile::tempdir().unwrap();
+    let KafkaTest {
+        turn: _turn,
+        broker,
+        out,
+    } = KafkaTest::with_events(topic, count, 13);
     let group = format!("{topic}-first");
     let command = |name: &str| {
         let mut command = launch_fraud_kafka(&broker, topic, &out.path().join(name), 2, 1);
@@ -911,12 +940,13 @@ fn killing_one_process_stops_the_cluster_and_a_restart_loses_nothing() {
 
 #[test]
 fn metrics_report_each_partitions_lag_behind_its_high_watermark() {
-    let _serial = one_at_a_time();
-    require_onnxruntime();
     let topic = "lagging";
     let count = 40_000;
-    let broker = broker_with_events(topic, count, 17);
-    let out = tempfile::tempdir().unwrap();
+    let KafkaTest {
+        turn: _turn,
+        broker,
+        out,
+    } = KafkaTest::with_events(topic, count, 17);
     let mut overrides = vec![format!("source.topic=\"{topic}\"")];
     overrides.extend(fraud_kafka_overrides(
         &broker.brokers,
