@@ -212,7 +212,7 @@ fn close(agg: Agg, engine: &Value, expected: &Value) -> bool {
 fn check_stage(ordered: Vec<Row>, source_keyed: bool) -> Result<(), TestCaseError> {
     let plan = plan(source_keyed);
     let width = 3 + plan.features.len();
-    let mut state = StageState::default();
+    let mut state = StageState::new(&plan);
     let mut history: Vec<Row> = Vec::new();
     for mut row in ordered {
         prop_assert_eq!(row.values.len(), width);
@@ -275,7 +275,7 @@ proptest! {
 fn a_key_in_two_partitions_of_a_keyed_source_is_reported() {
     let plan = plan(true);
     let width = 3 + plan.features.len();
-    let mut state = StageState::default();
+    let mut state = StageState::new(&plan);
     let first = Record {
         partition: 0,
         offset: 1,
@@ -315,7 +315,7 @@ fn idle_keys_are_forgotten_without_changing_results() {
         feature.slot = 3 + index;
     }
     let width = 3 + plan.features.len();
-    let mut state = StageState::default();
+    let mut state = StageState::new(&plan);
     let mut histories: std::collections::HashMap<Value, Vec<Row>> =
         std::collections::HashMap::new();
     let mut clocks = [PartitionClock::default(); 3];

@@ -9,9 +9,11 @@
 //! [`crate::operators`] only feed it rows.
 
 pub mod expr;
+pub mod numbers;
 pub mod window;
 
 use crate::row::Row;
+use numbers::{NumericState, Touch};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tideflow_connectors::Value;
@@ -60,15 +62,21 @@ pub struct KeyConflict {
 
 /// Per-key state of one stage: what a worker keeps for the keys routed to it.
 ///
-/// The feature states of all keys live in one flat vector, `features.len()`
-/// per key, so that a record touches its key's states without another
-/// pointer to chase.
+/// Each key has a slot. Its numeric window features live in a
+/// [`NumericState`] (one record list per key, shared by the features);
+/// `distinct_count`, `prev` and `since_prev` keep a [`FeatureState`] each,
+/// in one flat vector, `others.len()` per key.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StageState {
     keys: FxHashMap<Value, KeyEntry>,
-    states: Vec<FeatureState>,
-    /// Blocks of `states` freed by evicted keys, reused by new keys.
-    free_blocks: Vec<usize>,
+    /// Newest event time per key slot (`i64::MIN` before its first record).
+    newest: Vec<i64>,
+    numbers: NumericState,
+    /// Stage indices of the features that keep a [`FeatureState`].
+    others: Vec<usize>,
+    other_states: Vec<FeatureState>,
+    /// Slots freed by evicted keys, reused by new keys.
+    free_slots: Vec<usize>,
     /// Newest event time seen per source partition, and over all rows.
     partition_newest: Vec<i64>,
     stage_newest: i64,
@@ -81,26 +89,29 @@ const SWEEP_EVERY_ROWS: usize = 4096;
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 struct KeyEntry {
-    /// Index of the key's first feature state in `states`.
-    first_state: usize,
+    slot: usize,
     /// The partition the key was first seen in.
     partition: u32,
 }
 
-impl Default for StageState {
-    fn default() -> Self {
+impl StageState {
+    /// Empty state for a stage.
+    pub fn new(plan: &StagePlan) -> Self {
         StageState {
             keys: FxHashMap::default(),
-            states: Vec::new(),
-            free_blocks: Vec::new(),
+            newest: Vec::new(),
+            numbers: NumericState::new(&plan.features),
+            others: (0..plan.features.len())
+                .filter(|index| !numbers::is_numeric(plan.features[*index].agg))
+                .collect(),
+            other_states: Vec::new(),
+            free_slots: Vec::new(),
             partition_newest: Vec::new(),
             stage_newest: i64::MIN,
             rows_since_sweep: 0,
         }
     }
-}
 
-impl StageState {
     /// Computes the stage's features for `row` (which must come in the
     /// stage's order) and writes them into the row's slots.
     pub fn apply(
@@ -115,40 +126,37 @@ impl StageState {
     /// Computes the stage's features for a batch of rows, in order.
     ///
     /// Per-key state is scattered over memory, so the work is bound by
-    /// cache misses. The batch is processed in two passes: all keys are
-    /// looked up first, then each row is computed while the states of a row
-    /// a few places ahead are touched, so their memory arrives in parallel
-    /// rather than one miss at a time (measured by benches/features.rs).
+    /// cache misses. All keys are looked up first; then, a chunk of rows at
+    /// a time, tight loops read the state the chunk's rows will touch (the
+    /// key headers, then the records they point at), so that many misses
+    /// are in flight at once, and the rows are computed from the cache
+    /// (measured by benches/features.rs).
     pub fn apply_batch(
         &mut self,
         plan: &StagePlan,
         bound_ms: i64,
         rows: &mut [Row],
     ) -> Result<(), KeyConflict> {
-        const LOOKAHEAD: usize = 6;
-        let entries = rows
+        const CHUNK_ROWS: usize = 128;
+        let slots = rows
             .iter()
-            .map(|row| self.entry_for(plan, row))
+            .map(|row| self.slot_for(plan, row))
             .collect::<Result<Vec<_>, _>>()?;
-        let width = plan.features.len();
-        for (index, row) in rows.iter_mut().enumerate() {
-            if let Some(ahead) = entries.get(index + LOOKAHEAD) {
-                let touched = self.states[ahead.first_state..ahead.first_state + width]
+        for (rows, slots) in rows.chunks_mut(CHUNK_ROWS).zip(slots.chunks(CHUNK_ROWS)) {
+            for step in [Touch::Headers, Touch::Records] {
+                let touched = slots
                     .iter()
-                    .fold(0i64, |acc, state| acc ^ state.newest_entry_time());
+                    .fold(0, |touched, slot| touched ^ self.numbers.touch(*slot, step));
                 std::hint::black_box(touched);
             }
-            let first = entries[index].first_state;
-            for (feature, state) in plan
-                .features
-                .iter()
-                .zip(&mut self.states[first..first + width])
-            {
-                let value = feature.field.map(|slot| &row.values[slot]);
-                let result = state.update(feature.agg, feature.window, bound_ms, row.time, value);
-                row.values[feature.slot] = result;
+            for (row, slot) in rows.iter_mut().zip(slots) {
+                let newest = self.newest[*slot].max(row.time);
+                self.newest[*slot] = newest;
+                self.numbers
+                    .update(*slot, bound_ms, newest, row.time, &mut row.values);
+                self.update_others(plan, bound_ms, *slot, row);
+                self.observe(row.partition, row.time);
             }
-            self.observe(row.partition, row.time);
         }
         self.rows_since_sweep += rows.len();
         if self.rows_since_sweep >= self.keys.len().max(SWEEP_EVERY_ROWS) {
@@ -156,6 +164,17 @@ impl StageState {
             self.evict_idle_keys(plan, bound_ms);
         }
         Ok(())
+    }
+
+    fn update_others(&mut self, plan: &StagePlan, bound_ms: i64, slot: usize, row: &mut Row) {
+        let width = self.others.len();
+        let states = &mut self.other_states[slot * width..(slot + 1) * width];
+        for (index, state) in self.others.iter().zip(states) {
+            let feature = &plan.features[*index];
+            let value = feature.field.map(|slot| &row.values[slot]);
+            let result = state.update(feature.agg, feature.window, bound_ms, row.time, value);
+            row.values[feature.slot] = result;
+        }
     }
 
     fn observe(&mut self, partition: u32, time: i64) {
@@ -183,13 +202,12 @@ impl StageState {
         };
         let StageState {
             keys,
-            states,
-            free_blocks,
+            newest,
             partition_newest,
             stage_newest,
             ..
         } = self;
-        let width = plan.features.len();
+        let mut evicted = Vec::new();
         keys.retain(|_, entry| {
             let reference = if plan.source_keyed {
                 partition_newest
@@ -200,42 +218,53 @@ impl StageState {
                 *stage_newest
             };
             let horizon = reference.saturating_sub(longest).saturating_sub(bound_ms);
-            let idle = states[entry.first_state]
-                .newest_time()
-                .is_some_and(|newest| newest <= horizon);
+            let idle = newest[entry.slot] <= horizon;
             if idle {
-                for (state, feature) in states[entry.first_state..entry.first_state + width]
-                    .iter_mut()
-                    .zip(&plan.features)
-                {
-                    *state = FeatureState::new(feature.agg);
-                }
-                free_blocks.push(entry.first_state);
+                evicted.push(entry.slot);
             }
             !idle
         });
+        for slot in evicted {
+            self.reset_slot(plan, slot);
+            self.free_slots.push(slot);
+        }
     }
 
-    /// The key's entry, created with fresh states on first sight; a key of
-    /// a source-keyed stage seen in a second partition is a conflict.
-    fn entry_for(&mut self, plan: &StagePlan, row: &Row) -> Result<KeyEntry, KeyConflict> {
+    /// Fresh state in `slot`: a new slot at the end, or a freed one.
+    fn reset_slot(&mut self, plan: &StagePlan, slot: usize) {
+        let fresh = self
+            .others
+            .iter()
+            .map(|index| FeatureState::new(plan.features[*index].agg));
+        let width = self.others.len();
+        if slot == self.newest.len() {
+            self.newest.push(i64::MIN);
+            self.other_states.extend(fresh);
+        } else {
+            self.newest[slot] = i64::MIN;
+            for (state, fresh) in self.other_states[slot * width..(slot + 1) * width]
+                .iter_mut()
+                .zip(fresh)
+            {
+                *state = fresh;
+            }
+        }
+        self.numbers.reset(slot);
+    }
+
+    /// The key's slot, with fresh state on first sight; a key of a
+    /// source-keyed stage seen in a second partition is a conflict.
+    fn slot_for(&mut self, plan: &StagePlan, row: &Row) -> Result<usize, KeyConflict> {
         let key = &row.values[plan.key_slot];
         let entry = match self.keys.get(key) {
             Some(entry) => *entry,
             None => {
-                let first_state = match self.free_blocks.pop() {
-                    Some(first_state) => first_state,
-                    None => {
-                        self.states.extend(
-                            plan.features
-                                .iter()
-                                .map(|feature| FeatureState::new(feature.agg)),
-                        );
-                        self.states.len() - plan.features.len()
-                    }
-                };
+                let slot = self.free_slots.pop().unwrap_or(self.newest.len());
+                if slot == self.newest.len() {
+                    self.reset_slot(plan, slot);
+                }
                 let entry = KeyEntry {
-                    first_state,
+                    slot,
                     partition: row.partition,
                 };
                 self.keys.insert(key.clone(), entry);
@@ -250,7 +279,7 @@ impl StageState {
                 offset: row.offset,
             });
         }
-        Ok(entry)
+        Ok(entry.slot)
     }
 
     /// Number of keys held.

@@ -10,6 +10,11 @@
 //! newer than `newest - W - bound`. In-order records (the common case) are
 //! answered from running aggregates; a record behind the newest one is
 //! answered by scanning the entries its window covers.
+//!
+//! The numeric aggregates of a key share one record list
+//! ([`super::numbers`]) built on the running aggregates here; this module
+//! keeps the features with state of their own: `distinct_count`, whose
+//! entries are values, and `prev` / `since_prev`.
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -69,13 +74,12 @@ impl Agg {
 /// A window length in ms; `None` is the lifetime of the key.
 pub type WindowMs = Option<i64>;
 
-/// The state of one feature for one key.
+/// The state of one feature for one key, for the aggregations that are
+/// not numeric (see [`super::numbers::is_numeric`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum FeatureState {
     /// `prev` and `since_prev`.
     Previous(PreviousState),
-    /// Numeric windowed aggregates (and counts), keeping 16-byte entries.
-    Numbers(WindowState<f64>),
     /// `distinct_count`, keeping the values themselves.
     Values(WindowState<Value>),
 }
@@ -123,27 +127,7 @@ impl FeatureState {
     pub fn new(agg: Agg) -> Self {
         match agg {
             Agg::Prev | Agg::SincePrev => FeatureState::Previous(PreviousState::default()),
-            Agg::DistinctCount => FeatureState::Values(WindowState::default()),
-            _ => FeatureState::Numbers(WindowState::default()),
-        }
-    }
-
-    /// The newest event time this state has seen for its key.
-    pub fn newest_time(&self) -> Option<i64> {
-        match self {
-            FeatureState::Previous(state) => state.last_time,
-            FeatureState::Numbers(state) => state.newest,
-            FeatureState::Values(state) => state.newest,
-        }
-    }
-
-    /// The event time of the newest kept entry (0 if none); reading it
-    /// brings the entry's memory into cache.
-    pub fn newest_entry_time(&self) -> i64 {
-        match self {
-            FeatureState::Previous(state) => state.last_time.unwrap_or(0),
-            FeatureState::Numbers(state) => state.entries.back().map_or(0, |entry| entry.time),
-            FeatureState::Values(state) => state.entries.back().map_or(0, |entry| entry.time),
+            _ => FeatureState::Values(WindowState::default()),
         }
     }
 
@@ -160,7 +144,6 @@ impl FeatureState {
     ) -> Value {
         match self {
             FeatureState::Previous(state) => state.update(agg, time, value),
-            FeatureState::Numbers(state) => state.update(agg, window, bound_ms, time, value),
             FeatureState::Values(state) => state.update(agg, window, bound_ms, time, value),
         }
     }
@@ -192,8 +175,8 @@ impl PreviousState {
 /// Running aggregates over a set of entries; what is maintained depends on
 /// the aggregation.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct Running {
-    count: u64,
+pub(super) struct Running {
+    pub(super) count: u64,
     sum: f64,
     sum_squares: f64,
     /// Lifetime extremes (never shrink) or, for finite windows, rebuilt from
@@ -205,7 +188,7 @@ struct Running {
 }
 
 impl Running {
-    fn add<S: Sample>(&mut self, agg: Agg, sample: &S) {
+    pub(super) fn add<S: Sample>(&mut self, agg: Agg, sample: &S) {
         if self.count == 0 {
             self.min = f64::INFINITY;
             self.max = f64::NEG_INFINITY;
@@ -230,7 +213,7 @@ impl Running {
         }
     }
 
-    fn remove<S: Sample>(&mut self, agg: Agg, sample: &S) {
+    pub(super) fn remove<S: Sample>(&mut self, agg: Agg, sample: &S) {
         self.count -= 1;
         if self.count == 0 {
             // Start again from exact zeros, so rounding left by subtraction
@@ -263,7 +246,7 @@ impl Running {
         }
     }
 
-    fn merge(&mut self, agg: Agg, other: &Running) {
+    pub(super) fn merge(&mut self, agg: Agg, other: &Running) {
         if other.count == 0 {
             return;
         }
@@ -284,7 +267,7 @@ impl Running {
         }
     }
 
-    fn result(&self, agg: Agg) -> Value {
+    pub(super) fn result(&self, agg: Agg) -> Value {
         if self.count == 0 {
             return Value::Null;
         }
@@ -483,7 +466,7 @@ impl<S: Sample> WindowState<S> {
 }
 
 /// Pushes onto a monotonic deque whose front is the window's min (or max).
-fn push_extreme(extremes: &mut VecDeque<(i64, f64)>, agg: Agg, time: i64, number: f64) {
+pub(super) fn push_extreme(extremes: &mut VecDeque<(i64, f64)>, agg: Agg, time: i64, number: f64) {
     let dominated = |kept: f64| {
         if agg == Agg::Min {
             kept >= number

@@ -68,7 +68,7 @@ fn in_offset_order<'scope>(
         route_by_key(stage.key_slot),
         &name,
         move |_capability, _info| {
-            let mut state = StageState::default();
+            let mut state = StageState::new(&stage);
             move |input, output| {
                 input.for_each(|time, rows| {
                     if shared.is_aborted() {
@@ -96,7 +96,7 @@ fn in_event_time_order<'scope>(
         route_by_key(stage.key_slot),
         &name,
         move |capability, _info| {
-            let mut state = StageState::default();
+            let mut state = StageState::new(&stage);
             let mut buffer = ReorderBuffer::default();
             let mut capability = Some(capability);
             move |(input, frontier), output| {

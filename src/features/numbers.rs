@@ -1,0 +1,539 @@
+//! The numeric window features of a key (count, sum, mean, min, max, std)
+//! over one shared list of the key's records.
+//!
+//! A stage's numeric features differ only in their field, their window and
+//! what they read from the aggregate, so a key keeps its records once (an
+//! event time and one sample per aggregated field, in one ring buffer) and
+//! each distinct (field, window) pair keeps a cursor into that list and a
+//! running aggregate. A record then touches one buffer instead of one per
+//! feature, which is what bounds throughput when the keys outgrow the cache.
+//! The semantics are exactly those of [`super::window`]: the same entries
+//! are added and removed in the same order, so every result is the same to
+//! the bit.
+
+use super::window::{Agg, Running, WindowMs, push_extreme};
+use crate::features::WindowFeature;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use tideflow_connectors::Value;
+
+/// The sample of a null field value: a NaN payload no data value carries,
+/// since real NaNs are stored as the canonical one.
+const NULL_SAMPLE: u64 = 0x7ff8_dead_beef_0001;
+
+/// How a stage's numeric features map onto columns, groups and extremes;
+/// resolved once from the stage plan.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct NumericLayout {
+    /// Row slots of the aggregated fields, one sample column each.
+    columns: Vec<usize>,
+    /// One running aggregate per distinct (column, window).
+    groups: Vec<GroupPlan>,
+    /// The numeric features, in stage order.
+    features: Vec<NumericFeature>,
+    /// Number of min/max features over finite windows (each keeps a
+    /// monotonic deque).
+    extremes: usize,
+    /// The longest finite window; records older than this plus the bound
+    /// are needed by no group (lifetime groups fold them in first).
+    longest_finite: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct GroupPlan {
+    /// Sample column, or `None` to count every record.
+    column: Option<usize>,
+    window: WindowMs,
+    /// The aggregation the running aggregate is kept for: `Count` when
+    /// every feature of the group only counts, else one that keeps sums and
+    /// extremes too.
+    keeps: Agg,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct NumericFeature {
+    slot: usize,
+    agg: Agg,
+    group: usize,
+    /// Index of the feature's monotonic deque (finite min/max only).
+    extremes: Option<usize>,
+}
+
+impl NumericLayout {
+    /// The layout of the numeric features among `features` (those for
+    /// which [`is_numeric`] holds).
+    fn new(features: &[WindowFeature]) -> Self {
+        let mut layout = NumericLayout::default();
+        for feature in features.iter().filter(|feature| is_numeric(feature.agg)) {
+            let column = feature.field.map(|slot| {
+                layout
+                    .columns
+                    .iter()
+                    .position(|kept| *kept == slot)
+                    .unwrap_or_else(|| {
+                        layout.columns.push(slot);
+                        layout.columns.len() - 1
+                    })
+            });
+            let group = layout
+                .groups
+                .iter()
+                .position(|group| group.column == column && group.window == feature.window)
+                .unwrap_or_else(|| {
+                    layout.groups.push(GroupPlan {
+                        column,
+                        window: feature.window,
+                        keeps: Agg::Count,
+                    });
+                    layout.groups.len() - 1
+                });
+            if feature.agg != Agg::Count {
+                layout.groups[group].keeps = Agg::Sum;
+            }
+            let extremes = (matches!(feature.agg, Agg::Min | Agg::Max) && feature.window.is_some())
+                .then(|| {
+                    layout.extremes += 1;
+                    layout.extremes - 1
+                });
+            layout.features.push(NumericFeature {
+                slot: feature.slot,
+                agg: feature.agg,
+                group,
+                extremes,
+            });
+            if let Some(window) = feature.window {
+                layout.longest_finite = Some(layout.longest_finite.unwrap_or(0).max(window));
+            }
+        }
+        layout
+    }
+
+    /// Whether the stage has numeric features at all.
+    fn is_empty(&self) -> bool {
+        self.features.is_empty()
+    }
+
+    /// Words per record in the ring: the time, then one per column.
+    fn stride(&self) -> usize {
+        1 + self.columns.len()
+    }
+}
+
+/// Whether an aggregation is kept by [`KeyNumbers`] (the others keep state
+/// of their own: `distinct_count` the values, `prev`/`since_prev` the last
+/// record).
+pub fn is_numeric(agg: Agg) -> bool {
+    !matches!(agg, Agg::DistinctCount | Agg::Prev | Agg::SincePrev)
+}
+
+/// The numeric window state of a stage's keys, in flat blocks indexed by
+/// key slot (a record ring, then the key's groups and extremes side by
+/// side), so a key's state is found without chasing a pointer per feature.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NumericState {
+    layout: NumericLayout,
+    rings: Vec<RecordRing>,
+    groups: Vec<WindowGroup>,
+    extremes: Vec<Extremes>,
+}
+
+impl NumericState {
+    /// Empty state for a stage's features.
+    pub fn new(features: &[WindowFeature]) -> Self {
+        NumericState {
+            layout: NumericLayout::new(features),
+            ..NumericState::default()
+        }
+    }
+
+    /// Gives key slot `slot` fresh state: the next new slot, or one freed
+    /// by an evicted key.
+    pub fn reset(&mut self, slot: usize) {
+        if self.layout.is_empty() {
+            return;
+        }
+        let (groups, extremes) = (self.layout.groups.len(), self.layout.extremes);
+        if slot == self.rings.len() {
+            self.rings.push(RecordRing::default());
+            self.groups
+                .resize_with((slot + 1) * groups, WindowGroup::default);
+            self.extremes
+                .resize_with((slot + 1) * extremes, Extremes::default);
+            return;
+        }
+        self.rings[slot] = RecordRing::default();
+        self.groups[slot * groups..(slot + 1) * groups].fill_with(WindowGroup::default);
+        self.extremes[slot * extremes..(slot + 1) * extremes].fill_with(Extremes::default);
+    }
+
+    /// Adds a record of the key in `slot` (event time `time`, fields in
+    /// `values`; the key's newest time, this record included, is
+    /// `newest`, at most `bound_ms` ahead of `time`) and writes every
+    /// numeric feature's value for it into `values`.
+    pub fn update(
+        &mut self,
+        slot: usize,
+        bound_ms: i64,
+        newest: i64,
+        time: i64,
+        values: &mut [Value],
+    ) {
+        if self.layout.is_empty() {
+            return;
+        }
+        let (groups, extremes) = (self.layout.groups.len(), self.layout.extremes);
+        KeyNumbers {
+            layout: &self.layout,
+            ring: &mut self.rings[slot],
+            groups: &mut self.groups[slot * groups..(slot + 1) * groups],
+            extremes: &mut self.extremes[slot * extremes..(slot + 1) * extremes],
+        }
+        .update(bound_ms, newest, time, values);
+    }
+
+    /// Reads the memory the next update of `slot` will touch, in two steps
+    /// a few rows apart: first the key's headers (`Headers`), then, with
+    /// those in cache, the records they point at (`Records`: the newest,
+    /// and each window's first). Returns something derived from what it
+    /// read, so that a caller running ahead of the updates brings that
+    /// memory into cache.
+    pub fn touch(&self, slot: usize, step: Touch) -> i64 {
+        let Some(ring) = self.rings.get(slot) else {
+            return 0;
+        };
+        let groups = &self.groups[slot * self.layout.groups.len()..][..self.layout.groups.len()];
+        let extremes = &self.extremes[slot * self.layout.extremes..][..self.layout.extremes];
+        match step {
+            Touch::Headers => {
+                let touched = groups.iter().fold(ring.len as i64, |touched, group| {
+                    touched ^ group.start as i64
+                });
+                extremes.iter().fold(touched, |touched, extremes| {
+                    touched ^ extremes.deque.len() as i64
+                })
+            }
+            Touch::Records => {
+                let stride = self.layout.stride();
+                let mut touched = ring.last_time(stride).unwrap_or(0);
+                for group in groups {
+                    if group.start < ring.len {
+                        touched ^= ring.time(stride, group.start);
+                    }
+                }
+                extremes.iter().fold(touched, |touched, extremes| {
+                    let (front, back) = (extremes.deque.front(), extremes.deque.back());
+                    touched ^ front.map_or(0, |(time, _)| *time) ^ back.map_or(0, |(time, _)| *time)
+                })
+            }
+        }
+    }
+}
+
+/// What [`NumericState::touch`] reads.
+#[derive(Clone, Copy, Debug)]
+pub enum Touch {
+    /// The key's ring header and running aggregates.
+    Headers,
+    /// The records the ring header points at.
+    Records,
+}
+
+/// One key's part of a [`NumericState`].
+struct KeyNumbers<'state> {
+    layout: &'state NumericLayout,
+    ring: &'state mut RecordRing,
+    groups: &'state mut [WindowGroup],
+    extremes: &'state mut [Extremes],
+}
+
+/// A running aggregate over one column and window.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct WindowGroup {
+    /// Finite windows: ring index of the first record inside
+    /// `(newest - W, newest]`.
+    start: usize,
+    /// Finite windows: aggregate of the non-null samples from `start` on.
+    /// Lifetime: of every non-null sample ever added.
+    running: Running,
+    /// Lifetime: aggregate of the samples no longer in the ring.
+    settled: Option<Box<Running>>,
+}
+
+/// The monotonic deque of a min/max over a finite window: (time, value),
+/// its front the extreme; rebuilt when an out-of-order record lands in it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Extremes {
+    deque: VecDeque<(i64, f64)>,
+    stale: bool,
+}
+
+impl KeyNumbers<'_> {
+    fn update(&mut self, bound_ms: i64, newest: i64, time: i64, values: &mut [Value]) {
+        let layout = self.layout;
+        let stride = layout.stride();
+        let in_order = self.ring.last_time(stride).is_none_or(|last| last <= time);
+        let position = if in_order {
+            self.ring.len
+        } else {
+            self.ring.partition_point(stride, time)
+        };
+        let samples = self.ring.insert(stride, position, time);
+        for (sample, slot) in samples.iter_mut().zip(&layout.columns) {
+            *sample = to_sample(&values[*slot]);
+        }
+        self.add_to_groups(newest, time, position, in_order);
+        self.slide(newest);
+        self.forget(bound_ms, newest);
+        for feature in &layout.features {
+            values[feature.slot] = self.query(feature, newest, time);
+        }
+    }
+
+    fn add_to_groups(&mut self, newest: i64, time: i64, position: usize, in_order: bool) {
+        let layout = self.layout;
+        let stride = layout.stride();
+        for (group, plan) in self.groups.iter_mut().zip(&layout.groups) {
+            let inside = plan.window.is_none_or(|w| time > newest - w);
+            if !inside {
+                // Landed before the window's start.
+                group.start += 1;
+                continue;
+            }
+            if let Some(number) = self.ring.sample(stride, position, plan.column) {
+                group.running.add(plan.keeps, &number);
+            }
+        }
+        for feature in &layout.features {
+            let Some(index) = feature.extremes else {
+                continue;
+            };
+            let plan = &layout.groups[feature.group];
+            let inside = plan.window.is_none_or(|w| time > newest - w);
+            let Some(number) = self.ring.sample(stride, position, plan.column) else {
+                continue;
+            };
+            if inside {
+                let extremes = &mut self.extremes[index];
+                if in_order {
+                    push_extreme(&mut extremes.deque, feature.agg, time, number);
+                } else {
+                    extremes.stale = true;
+                }
+            }
+        }
+    }
+
+    /// Moves each finite window's start up to `newest - W`.
+    fn slide(&mut self, newest: i64) {
+        let layout = self.layout;
+        let stride = layout.stride();
+        for (group, plan) in self.groups.iter_mut().zip(&layout.groups) {
+            let Some(w) = plan.window else {
+                continue;
+            };
+            while group.start < self.ring.len && self.ring.time(stride, group.start) <= newest - w {
+                if let Some(number) = self.ring.sample(stride, group.start, plan.column) {
+                    group.running.remove(plan.keeps, &number);
+                }
+                group.start += 1;
+            }
+        }
+        for feature in &layout.features {
+            let (Some(index), Some(w)) = (feature.extremes, layout.groups[feature.group].window)
+            else {
+                continue;
+            };
+            let deque = &mut self.extremes[index].deque;
+            while deque.front().is_some_and(|(time, _)| *time <= newest - w) {
+                deque.pop_front();
+            }
+        }
+    }
+
+    /// Drops records no non-late record can need any more: older than the
+    /// longest finite window plus the bound (or the bound alone when every
+    /// window is lifetime). Lifetime groups fold them into `settled` first.
+    fn forget(&mut self, bound_ms: i64, newest: i64) {
+        let layout = self.layout;
+        let stride = layout.stride();
+        let horizon = newest
+            .saturating_sub(layout.longest_finite.unwrap_or(0))
+            .saturating_sub(bound_ms);
+        while self.ring.len > 0 && self.ring.time(stride, 0) <= horizon {
+            for (group, plan) in self.groups.iter_mut().zip(&layout.groups) {
+                if plan.window.is_some() {
+                    group.start -= 1;
+                } else if let Some(number) = self.ring.sample(stride, 0, plan.column) {
+                    let mut single = Running::default();
+                    single.add(plan.keeps, &number);
+                    group
+                        .settled
+                        .get_or_insert_with(Default::default)
+                        .merge(plan.keeps, &single);
+                }
+            }
+            self.ring.pop_front(stride);
+        }
+    }
+
+    fn query(&mut self, feature: &NumericFeature, newest: i64, time: i64) -> Value {
+        let layout = self.layout;
+        let plan = &layout.groups[feature.group];
+        let group = &self.groups[feature.group];
+        if time != newest {
+            return self.scan(feature, time);
+        }
+        let (Some(index), true) = (feature.extremes, group.running.count > 0) else {
+            return group.running.result(feature.agg);
+        };
+        let stride = layout.stride();
+        let extremes = &mut self.extremes[index];
+        if extremes.stale {
+            extremes.deque.clear();
+            for position in group.start..self.ring.len {
+                if let Some(number) = self.ring.sample(stride, position, plan.column) {
+                    let time = self.ring.time(stride, position);
+                    push_extreme(&mut extremes.deque, feature.agg, time, number);
+                }
+            }
+            extremes.stale = false;
+        }
+        extremes
+            .deque
+            .front()
+            .map_or(Value::Null, |(_, extreme)| Value::F64(*extreme))
+    }
+
+    /// The value for a record behind the key's newest: computed from the
+    /// records its own window covers.
+    fn scan(&self, feature: &NumericFeature, time: i64) -> Value {
+        let layout = self.layout;
+        let plan = &layout.groups[feature.group];
+        let stride = layout.stride();
+        let mut running = match plan.window {
+            Some(_) => Running::default(),
+            None => self.groups[feature.group]
+                .settled
+                .as_deref()
+                .cloned()
+                .unwrap_or_default(),
+        };
+        let low = plan.window.map(|w| time - w);
+        for position in 0..self.ring.len {
+            let kept = self.ring.time(stride, position);
+            if kept > time {
+                break;
+            }
+            if low.is_none_or(|low| kept > low)
+                && let Some(number) = self.ring.sample(stride, position, plan.column)
+            {
+                running.add(feature.agg, &number);
+            }
+        }
+        running.result(feature.agg)
+    }
+}
+
+/// A field value as a sample: its number, 1 for a non-null value that is
+/// not a number (what `count(field)` needs), or the null marker.
+fn to_sample(value: &Value) -> u64 {
+    match value {
+        Value::Null => NULL_SAMPLE,
+        value => match value.as_f64() {
+            Some(number) if number.is_nan() => f64::NAN.to_bits(),
+            Some(number) => number.to_bits(),
+            None => 1.0f64.to_bits(),
+        },
+    }
+}
+
+/// The records of one key, oldest first, in one ring buffer of fixed-size
+/// entries: the event time, then one sample per column. The entry size
+/// (the stride) is the stage's, passed in rather than stored per key.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct RecordRing {
+    /// `capacity * stride` words; the capacity is a power of two.
+    words: Vec<u64>,
+    /// Entry index of the oldest record.
+    head: usize,
+    len: usize,
+}
+
+impl RecordRing {
+    fn capacity(&self, stride: usize) -> usize {
+        self.words.len() / stride
+    }
+
+    /// Word index of entry `position`.
+    fn base(&self, stride: usize, position: usize) -> usize {
+        ((self.head + position) & (self.capacity(stride) - 1)) * stride
+    }
+
+    fn time(&self, stride: usize, position: usize) -> i64 {
+        self.words[self.base(stride, position)] as i64
+    }
+
+    fn last_time(&self, stride: usize) -> Option<i64> {
+        (self.len > 0).then(|| self.time(stride, self.len - 1))
+    }
+
+    /// The sample of `column` (`None`: counting records, which every entry
+    /// is) at `position`; `None` when the field was null.
+    fn sample(&self, stride: usize, position: usize, column: Option<usize>) -> Option<f64> {
+        let Some(column) = column else {
+            return Some(1.0);
+        };
+        let word = self.words[self.base(stride, position) + 1 + column];
+        (word != NULL_SAMPLE).then(|| f64::from_bits(word))
+    }
+
+    /// The first position whose time is after `time` (records of equal
+    /// time keep their arrival order).
+    fn partition_point(&self, stride: usize, time: i64) -> usize {
+        let (mut low, mut high) = (0, self.len);
+        while low < high {
+            let middle = (low + high) / 2;
+            if self.time(stride, middle) <= time {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        low
+    }
+
+    /// Inserts an entry at `position` with its time set, and returns its
+    /// sample words to fill.
+    fn insert(&mut self, stride: usize, position: usize, time: i64) -> &mut [u64] {
+        if self.len == self.capacity(stride) {
+            self.grow(stride);
+        }
+        self.len += 1;
+        // Entries after the position move one place towards the back.
+        for moved in (position + 1..self.len).rev() {
+            let (to, from) = (self.base(stride, moved), self.base(stride, moved - 1));
+            self.words.copy_within(from..from + stride, to);
+        }
+        let base = self.base(stride, position);
+        self.words[base] = time as u64;
+        &mut self.words[base + 1..base + stride]
+    }
+
+    fn pop_front(&mut self, stride: usize) {
+        self.head = (self.head + 1) & (self.capacity(stride) - 1);
+        self.len -= 1;
+    }
+
+    /// Doubles the capacity, moving the entries to the front in order.
+    fn grow(&mut self, stride: usize) {
+        let capacity = (self.capacity(stride) * 2).max(4);
+        let mut words = vec![0; capacity * stride];
+        for position in 0..self.len {
+            let from = self.base(stride, position);
+            words[position * stride..(position + 1) * stride]
+                .copy_from_slice(&self.words[from..from + stride]);
+        }
+        self.words = words;
+        self.head = 0;
+    }
+}
