@@ -12,7 +12,7 @@ use proptest::test_runner::{Config, RngSeed};
 use tideflow::features::{Agg, StagePlan, StageState, WindowFeature};
 use tideflow::ordering::PartitionClock;
 use tideflow::row::Row;
-use tideflow_connectors::Value;
+use tideflow_connectors::{Value, format_compact};
 
 const BOUND_MS: i64 = 50;
 const AGGS: [Agg; 9] = [
@@ -118,11 +118,11 @@ fn without_late(records: &[Record]) -> Vec<Record> {
 
 fn to_row(record: &Record, width: usize) -> Row {
     let mut values = vec![Value::Null; width];
-    values[0] = Value::Str(format!("k{}", record.key));
+    values[0] = Value::Str(format_compact!("k{}", record.key));
     values[1] = record.number.map_or(Value::Null, Value::F64);
     values[2] = record
         .label
-        .map_or(Value::Null, |label| Value::Str(format!("l{label}")));
+        .map_or(Value::Null, |label| Value::Str(format_compact!("l{label}")));
     Row {
         partition: record.partition,
         offset: record.offset,
@@ -346,7 +346,7 @@ fn idle_keys_are_forgotten_without_changing_results() {
             label: Some((next() % 4) as u8),
         };
         let mut row = to_row(&record, width);
-        row.values[0] = Value::Str(format!("k{partition}-{key}"));
+        row.values[0] = Value::Str(format_compact!("k{partition}-{key}"));
         let mut batch = [row];
         state.apply_batch(&plan, BOUND_MS, &mut batch).unwrap();
         let [row] = batch;

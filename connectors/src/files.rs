@@ -331,9 +331,9 @@ fn arrow_value(array: &dyn Array, row: usize) -> std::result::Result<Value, Data
             Value::F64(array.as_primitive::<types::Float32Type>().value(row).into())
         }
         DataType::Float64 => Value::F64(array.as_primitive::<types::Float64Type>().value(row)),
-        DataType::Utf8 => Value::Str(array.as_string::<i32>().value(row).to_owned()),
-        DataType::LargeUtf8 => Value::Str(array.as_string::<i64>().value(row).to_owned()),
-        DataType::Utf8View => Value::Str(array.as_string_view().value(row).to_owned()),
+        DataType::Utf8 => Value::Str(array.as_string::<i32>().value(row).into()),
+        DataType::LargeUtf8 => Value::Str(array.as_string::<i64>().value(row).into()),
+        DataType::Utf8View => Value::Str(array.as_string_view().value(row).into()),
         DataType::Timestamp(unit, _) => {
             let raw = match unit {
                 TimeUnit::Second => array

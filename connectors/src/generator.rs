@@ -7,7 +7,7 @@
 //! their index, so the source is keyed by `user_id` as a Kafka topic keyed by
 //! user would be.
 
-use crate::record::{PartitionReader, Poll, RawBody, RawRecord, Value};
+use crate::record::{PartitionReader, Poll, RawBody, RawRecord, Value, format_compact};
 use crate::{Error, Result};
 use std::time::{Duration, Instant};
 
@@ -223,8 +223,8 @@ impl GeneratorReader {
             .column_fields
             .iter()
             .map(|field| match field {
-                Some(0) => Value::Str(format!("u{user}")),
-                Some(1) => Value::Str(format!("m{merchant}")),
+                Some(0) => Value::Str(format_compact!("u{user}")),
+                Some(1) => Value::Str(format_compact!("m{merchant}")),
                 Some(2) => Value::F64(amount),
                 Some(3) => Value::I64(time),
                 _ => Value::Null,

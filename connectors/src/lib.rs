@@ -13,7 +13,7 @@ pub mod generator;
 pub mod kafka;
 pub mod record;
 
-pub use record::{PartitionReader, Poll, RawBody, RawRecord, Value};
+pub use record::{CompactString, PartitionReader, Poll, RawBody, RawRecord, Value, format_compact};
 
 use std::path::PathBuf;
 

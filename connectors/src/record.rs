@@ -4,6 +4,7 @@
 //! happens to it later, an output row or a dead letter, can name where it
 //! came from.
 
+pub use compact_str::{CompactString, format_compact};
 use serde::{Deserialize, Serialize};
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
@@ -24,8 +25,8 @@ pub enum Value {
     I64(i64),
     /// A 64-bit float.
     F64(f64),
-    /// A UTF-8 string.
-    Str(String),
+    /// A UTF-8 string (inline up to 24 bytes).
+    Str(CompactString),
 }
 
 impl Value {

@@ -145,7 +145,7 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
 
     fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Value, E> {
         match self.field.ty {
-            ColumnType::Str => Ok(Value::Str(text.to_owned())),
+            ColumnType::Str => Ok(Value::Str(text.into())),
             _ => {
                 let shown = serde_json::Value::from(text).to_string();
                 let shown = if shown.len() > 40 {

@@ -104,8 +104,9 @@ impl Decoder {
             values[slot] = match &record.key {
                 None => Value::Null,
                 Some(key) => Value::Str(
-                    String::from_utf8(key.clone())
-                        .map_err(|_| "the message key is not valid UTF-8".to_owned())?,
+                    std::str::from_utf8(key)
+                        .map_err(|_| "the message key is not valid UTF-8".to_owned())?
+                        .into(),
                 ),
             };
         }
@@ -183,6 +184,6 @@ pub fn value_to_json(value: &Value) -> serde_json::Value {
         Value::I64(number) => serde_json::Value::from(*number),
         Value::F64(number) => serde_json::Number::from_f64(*number)
             .map_or(serde_json::Value::Null, serde_json::Value::Number),
-        Value::Str(text) => serde_json::Value::String(text.clone()),
+        Value::Str(text) => serde_json::Value::String(text.to_string()),
     }
 }

@@ -126,11 +126,12 @@ impl StageState {
     /// Computes the stage's features for a batch of rows, in order.
     ///
     /// Per-key state is scattered over memory, so the work is bound by
-    /// cache misses. All keys are looked up first; then, a chunk of rows at
-    /// a time, tight loops read the state the chunk's rows will touch (the
-    /// key headers, then the records they point at), so that many misses
-    /// are in flight at once, and the rows are computed from the cache
-    /// (measured by benches/features.rs).
+    /// cache misses. A chunk of rows at a time, the keys are looked up,
+    /// then tight loops read the state the chunk's rows will touch (the key
+    /// headers, then the records they point at), so that many misses are in
+    /// flight at once, and the rows are computed from the cache (measured
+    /// by benches/features.rs). A chunk is small enough that its rows and
+    /// their state stay in cache between the passes.
     pub fn apply_batch(
         &mut self,
         plan: &StagePlan,
@@ -138,18 +139,19 @@ impl StageState {
         rows: &mut [Row],
     ) -> Result<(), KeyConflict> {
         const CHUNK_ROWS: usize = 128;
-        let slots = rows
-            .iter()
-            .map(|row| self.slot_for(plan, row))
-            .collect::<Result<Vec<_>, _>>()?;
-        for (rows, slots) in rows.chunks_mut(CHUNK_ROWS).zip(slots.chunks(CHUNK_ROWS)) {
+        let mut slots = Vec::with_capacity(CHUNK_ROWS);
+        for rows in rows.chunks_mut(CHUNK_ROWS) {
+            slots.clear();
+            for row in rows.iter() {
+                slots.push(self.slot_for(plan, row)?);
+            }
             for step in [Touch::Headers, Touch::Records] {
                 let touched = slots
                     .iter()
                     .fold(0, |touched, slot| touched ^ self.numbers.touch(*slot, step));
                 std::hint::black_box(touched);
             }
-            for (row, slot) in rows.iter_mut().zip(slots) {
+            for (row, slot) in rows.iter_mut().zip(&slots) {
                 let newest = self.newest[*slot].max(row.time);
                 self.newest[*slot] = newest;
                 self.numbers
