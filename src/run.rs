@@ -168,6 +168,18 @@ impl Shared {
         active.values().min().copied()
     }
 
+    /// The slowest watermark of all `workers` workers of the run, when
+    /// each has one published (none idle, finished or not yet started).
+    pub fn slowest_watermark_of_all(&self, workers: usize) -> Option<i64> {
+        let active = self
+            .active_watermarks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (active.len() == workers)
+            .then(|| active.values().min().copied())
+            .flatten()
+    }
+
     /// Whether the sources should stop reading (the run then drains).
     pub fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::Relaxed)

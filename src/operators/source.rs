@@ -180,7 +180,7 @@ pub fn read_source<'scope>(
 ) -> RowStream<'scope> {
     let decoder = Decoder::new(&shared.plan);
     let (bound_ms, skew_ms) = (shared.plan.bound_ms, shared.plan.skew_ms);
-    let worker = scope.index();
+    let (worker, peers) = (scope.index(), scope.peers());
     let slowest = Handle::<i64>::new();
     let slowest_in_source = slowest.clone();
     let tracks_lateness = shared.plan.tracks_lateness();
@@ -233,6 +233,14 @@ pub fn read_source<'scope>(
                 let mut again: Option<Duration> = None;
                 let read_up_to_watermark = slowest_in_source
                     .with_frontier(|frontier| frontier.first().copied())
+                    .map(|slowest| {
+                        // The probe sees this worker's own progress a step
+                        // late; where every worker has published its
+                        // watermark, their least is the same bound, now.
+                        shared
+                            .slowest_watermark_of_all(peers)
+                            .map_or(slowest, |published| published.max(slowest))
+                    })
                     .map(|slowest| slowest.saturating_add(skew_ms));
                 for partition in partitions
                     .iter_mut()
