@@ -322,7 +322,8 @@ impl Model {
 }
 
 /// Runs the session on a `rows x width` float32 matrix and hands each
-/// mapped output value to `emit(output, row, value)`.
+/// mapped output value to `emit(output, row, value)`, row by row (every
+/// output of a row together, so a row's memory is visited once).
 fn run_matrix(
     session: &mut Session,
     input_name: &str,
@@ -340,61 +341,71 @@ fn run_matrix(
     let outputs = session
         .run(ort::inputs![input_name => tensor])
         .map_err(fail)?;
-    for (index, output) in mapped.iter().enumerate() {
-        let value = outputs
-            .get(&output.output)
-            .ok_or_else(|| Error::Inference {
-                rows,
-                message: format!("the model produced no output '{}'", output.output),
-            })?;
-        emit_column(value, rows, output.index.unwrap_or(0), |row, value| {
-            emit(index, row, value)
+    let columns = mapped
+        .iter()
+        .map(|output| {
+            let value = outputs
+                .get(&output.output)
+                .ok_or_else(|| Error::Inference {
+                    rows,
+                    message: format!("the model produced no output '{}'", output.output),
+                })?;
+            OutputColumn::new(value, rows, output.index.unwrap_or(0)).map_err(fail)
         })
-        .map_err(fail)?;
+        .collect::<Result<Vec<_>>>()?;
+    for row in 0..rows {
+        for (index, column) in columns.iter().enumerate() {
+            emit(index, row, column.value(row));
+        }
     }
     Ok(())
 }
 
-/// Hands column `index` of a model output with `rows` rows to `emit(row, value)`.
-fn emit_column(
-    value: &ort::value::DynValue,
-    rows: usize,
+/// Column `index` of a model output: its data, whatever the element type,
+/// and the output's row width.
+struct OutputColumn<'output> {
+    data: OutputData<'output>,
+    width: usize,
     index: usize,
-    mut emit: impl FnMut(usize, Value),
-) -> ort::Result<()> {
-    fn column<T: Copy>(
-        data: &[T],
-        rows: usize,
-        index: usize,
-        emit: &mut impl FnMut(usize, Value),
-        convert: impl Fn(T) -> Value,
-    ) {
-        let width = data.len().checked_div(rows).unwrap_or(0).max(1);
-        for (row, value) in data
-            .iter()
-            .skip(index)
-            .step_by(width)
-            .take(rows)
-            .enumerate()
-        {
-            emit(row, convert(*value));
-        }
+}
+
+enum OutputData<'output> {
+    F32(&'output [f32]),
+    F64(&'output [f64]),
+    I64(&'output [i64]),
+    I32(&'output [i32]),
+}
+
+impl<'output> OutputColumn<'output> {
+    fn new(value: &'output ort::value::DynValue, rows: usize, index: usize) -> ort::Result<Self> {
+        let (data, len) = if let Ok((_, data)) = value.try_extract_tensor::<f32>() {
+            (OutputData::F32(data), data.len())
+        } else if let Ok((_, data)) = value.try_extract_tensor::<f64>() {
+            (OutputData::F64(data), data.len())
+        } else if let Ok((_, data)) = value.try_extract_tensor::<i64>() {
+            (OutputData::I64(data), data.len())
+        } else {
+            let (_, data) = value.try_extract_tensor::<i32>()?;
+            (OutputData::I32(data), data.len())
+        };
+        Ok(OutputColumn {
+            data,
+            width: len.checked_div(rows).unwrap_or(0).max(1),
+            index,
+        })
     }
-    if let Ok((_, data)) = value.try_extract_tensor::<f32>() {
-        column(data, rows, index, &mut emit, |value| {
-            Value::F64(f64::from(value))
-        });
-    } else if let Ok((_, data)) = value.try_extract_tensor::<f64>() {
-        column(data, rows, index, &mut emit, Value::F64);
-    } else if let Ok((_, data)) = value.try_extract_tensor::<i64>() {
-        column(data, rows, index, &mut emit, Value::I64);
-    } else {
-        let (_, data) = value.try_extract_tensor::<i32>()?;
-        column(data, rows, index, &mut emit, |value| {
-            Value::I64(i64::from(value))
-        });
+
+    /// The value of `row`, or null past the end of a short output.
+    fn value(&self, row: usize) -> Value {
+        let at = row * self.width + self.index;
+        let value = match self.data {
+            OutputData::F32(data) => data.get(at).map(|value| Value::F64(f64::from(*value))),
+            OutputData::F64(data) => data.get(at).map(|value| Value::F64(*value)),
+            OutputData::I64(data) => data.get(at).map(|value| Value::I64(*value)),
+            OutputData::I32(data) => data.get(at).map(|value| Value::I64(i64::from(*value))),
+        };
+        value.unwrap_or(Value::Null)
     }
-    Ok(())
 }
 
 fn check_input(session: &Session, plan: &ModelPlan) -> Result<String> {
