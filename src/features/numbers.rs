@@ -119,7 +119,7 @@ impl NumericLayout {
     }
 }
 
-/// Whether an aggregation is kept by [`KeyNumbers`] (the others keep state
+/// Whether an aggregation is kept by [`NumericState`] (the others keep state
 /// of their own: `distinct_count` the values, `prev`/`since_prev` the last
 /// record).
 pub fn is_numeric(agg: Agg) -> bool {
