@@ -537,3 +537,89 @@ impl RecordRing {
         self.head = 0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn times(ring: &RecordRing, stride: usize) -> Vec<i64> {
+        (0..ring.len)
+            .map(|position| ring.time(stride, position))
+            .collect()
+    }
+
+    /// Entries keep time order through growth, wrap-around and insertion
+    /// behind the newest, with their samples alongside.
+    #[test]
+    fn the_ring_keeps_records_in_order_across_growth_and_wrap_around() {
+        let stride = 2;
+        let mut ring = RecordRing::default();
+        let push = |ring: &mut RecordRing, time: i64| {
+            let position = ring.partition_point(stride, time);
+            ring.insert(stride, position, time)[0] = (time * 10) as u64;
+        };
+        for time in 0..5 {
+            push(&mut ring, time);
+        }
+        for _ in 0..3 {
+            ring.pop_front(stride);
+        }
+        // Wrapped around the end of the buffer: an insertion moves entries
+        // across the wrap, then the buffer grows.
+        for time in [5, 6, 8, 9, 7, 10, 11, 3] {
+            push(&mut ring, time);
+        }
+        assert_eq!(times(&ring, stride), vec![3, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+        let samples: Vec<u64> = (0..ring.len)
+            .map(|position| ring.words[ring.base(stride, position) + 1])
+            .collect();
+        assert_eq!(samples, vec![30, 30, 40, 50, 60, 70, 80, 90, 100, 110]);
+    }
+
+    /// Nulls are kept as records (a count of records sees them) but skipped
+    /// by every aggregate of the field.
+    #[test]
+    fn null_samples_are_skipped_by_aggregates_of_their_field() {
+        let feature = |slot, agg, field| WindowFeature {
+            name: format!("f{slot}"),
+            slot,
+            agg,
+            field,
+            window: Some(1_000),
+        };
+        let features = [
+            feature(1, Agg::Count, None),
+            feature(2, Agg::Count, Some(0)),
+            feature(3, Agg::Sum, Some(0)),
+            feature(4, Agg::Max, Some(0)),
+        ];
+        let mut state = NumericState::new(&features);
+        state.reset(0);
+        let mut newest = i64::MIN;
+        let mut results = Vec::new();
+        for (time, amount) in [(1, Value::F64(2.0)), (2, Value::Null), (3, Value::F64(5.0))] {
+            let mut values = vec![amount, Value::Null, Value::Null, Value::Null, Value::Null];
+            newest = newest.max(time);
+            state.update(0, 0, newest, time, &mut values);
+            results.push(values[1..].to_vec());
+        }
+        assert_eq!(
+            results[1],
+            vec![
+                Value::I64(2),
+                Value::I64(1),
+                Value::F64(2.0),
+                Value::F64(2.0)
+            ]
+        );
+        assert_eq!(
+            results[2],
+            vec![
+                Value::I64(3),
+                Value::I64(2),
+                Value::F64(7.0),
+                Value::F64(5.0)
+            ]
+        );
+    }
+}
