@@ -372,7 +372,7 @@ impl KeyNumbers<'_> {
                         .merge(plan.keeps, &single);
                 }
             }
-            self.ring.pop_front(stride);
+            self.ring.pop_front();
         }
     }
 
@@ -452,21 +452,20 @@ fn to_sample(value: &Value) -> u64 {
 /// (the stride) is the stage's, passed in rather than stored per key.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct RecordRing {
-    /// `capacity * stride` words; the capacity is a power of two.
+    /// `capacity * stride` words.
     words: Vec<u64>,
+    /// Entries the words hold: a power of two (or zero), kept rather than
+    /// divided out of `words.len()` on every access.
+    capacity: usize,
     /// Entry index of the oldest record.
     head: usize,
     len: usize,
 }
 
 impl RecordRing {
-    fn capacity(&self, stride: usize) -> usize {
-        self.words.len() / stride
-    }
-
     /// Word index of entry `position`.
     fn base(&self, stride: usize, position: usize) -> usize {
-        ((self.head + position) & (self.capacity(stride) - 1)) * stride
+        ((self.head + position) & (self.capacity - 1)) * stride
     }
 
     fn time(&self, stride: usize, position: usize) -> i64 {
@@ -505,7 +504,7 @@ impl RecordRing {
     /// Inserts an entry at `position` with its time set, and returns its
     /// sample words to fill.
     fn insert(&mut self, stride: usize, position: usize, time: i64) -> &mut [u64] {
-        if self.len == self.capacity(stride) {
+        if self.len == self.capacity {
             self.grow(stride);
         }
         self.len += 1;
@@ -519,14 +518,14 @@ impl RecordRing {
         &mut self.words[base + 1..base + stride]
     }
 
-    fn pop_front(&mut self, stride: usize) {
-        self.head = (self.head + 1) & (self.capacity(stride) - 1);
+    fn pop_front(&mut self) {
+        self.head = (self.head + 1) & (self.capacity - 1);
         self.len -= 1;
     }
 
     /// Doubles the capacity, moving the entries to the front in order.
     fn grow(&mut self, stride: usize) {
-        let capacity = (self.capacity(stride) * 2).max(4);
+        let capacity = (self.capacity * 2).max(4);
         let mut words = vec![0; capacity * stride];
         for position in 0..self.len {
             let from = self.base(stride, position);
@@ -534,6 +533,7 @@ impl RecordRing {
                 .copy_from_slice(&self.words[from..from + stride]);
         }
         self.words = words;
+        self.capacity = capacity;
         self.head = 0;
     }
 }
@@ -562,7 +562,7 @@ mod tests {
             push(&mut ring, time);
         }
         for _ in 0..3 {
-            ring.pop_front(stride);
+            ring.pop_front();
         }
         // Wrapped around the end of the buffer: an insertion moves entries
         // across the wrap, then the buffer grows.
