@@ -72,24 +72,24 @@ fn stop_and_check(mut command: Command, signal: &str, out: &std::path::Path) -> 
     stderr
 }
 
-/// `tideflow SUBCOMMAND live.toml --quiet --set sink[0].path=OUT`.
-fn tideflow(subcommand: &str, spec: &std::path::Path, out: &std::path::Path) -> Command {
+/// `tideflow SUBCOMMAND live.toml --quiet --set sink[0].path=OUT`, with
+/// the spec and `OUT` in `dir`; returns the command and `OUT`.
+fn tideflow(subcommand: &str, dir: &std::path::Path) -> (Command, std::path::PathBuf) {
+    let spec = common::write_spec(dir, "live.toml", SPEC);
+    let out = dir.join("rows");
     let mut command = Command::new(env!("CARGO_BIN_EXE_tideflow"));
     command
         .arg(subcommand)
         .arg(spec)
         .args(["--quiet", "--set"])
         .arg(format!("sink[0].path=\"{}\"", out.display()));
-    command
+    (command, out)
 }
 
 #[test]
 fn ctrl_c_drains_and_summarises_a_live_run() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("live.toml");
-    std::fs::write(&spec, SPEC).unwrap();
-    let out = dir.path().join("rows");
-    let mut command = tideflow("run", &spec, &out);
+    let (mut command, out) = tideflow("run", dir.path());
     command.args(["--workers", "2"]);
     stop_and_check(command, "-INT", &out);
 }
@@ -97,10 +97,7 @@ fn ctrl_c_drains_and_summarises_a_live_run() {
 #[test]
 fn sigterm_to_the_launcher_drains_every_process_of_the_cluster() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("live.toml");
-    std::fs::write(&spec, SPEC).unwrap();
-    let out = dir.path().join("rows");
-    let mut command = tideflow("launch", &spec, &out);
+    let (mut command, out) = tideflow("launch", dir.path());
     command.args(["--processes", "2", "--workers", "1"]);
     let log = stop_and_check(command, "-TERM", &out);
     assert!(log.contains("cluster total of 2 processes"), "{log}");

@@ -68,13 +68,13 @@ fn output_topics(broker: &Broker, topic: &str) {
     }
 }
 
-/// What a Kafka test holds: its turn (the tests run one at a time), a
-/// broker of its own and a scratch directory. Destructure it in the order
-/// declared, so that the broker stops before the turn passes on.
+/// What a Kafka test holds: a broker of its own, a scratch directory and
+/// its turn (the tests run one at a time). Fields drop in the order
+/// declared, so the broker stops before the turn passes on.
 struct KafkaTest {
-    turn: std::sync::MutexGuard<'static, ()>,
     broker: Broker,
     out: tempfile::TempDir,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl KafkaTest {
@@ -83,9 +83,9 @@ impl KafkaTest {
         let turn = one_at_a_time();
         require_onnxruntime();
         KafkaTest {
-            turn,
             broker: Broker::start(),
             out: tempfile::tempdir().unwrap(),
+            _turn: turn,
         }
     }
 
@@ -155,18 +155,15 @@ fn run_spec(spec: &Path, overrides: &[String], workers: usize) -> Summary {
 
 #[test]
 fn live_backfill_and_catch_up_give_identical_rows_on_any_number_of_workers() {
-    let KafkaTest {
-        turn: _turn,
-        broker,
-        out,
-    } = KafkaTest::start();
+    let test = KafkaTest::start();
+    let (broker, out) = (&test.broker, &test.out);
     let count = 2_400;
 
     // Backfill: everything produced first, then read up to the high
     // watermarks, on 1 and 4 workers.
     let topic = "parity-backfill";
-    produce(&broker, topic, generator(count, None, 7));
-    output_topics(&broker, topic);
+    produce(broker, topic, generator(count, None, 7));
+    output_topics(broker, topic);
     let backfill = out.path().join("backfill-1");
     let summary = run_fraud_kafka(&broker.brokers, topic, &backfill, "earliest", "now", 1);
     assert_eq!(summary.counts.records_in, count);
@@ -192,10 +189,10 @@ fn live_backfill_and_catch_up_give_identical_rows_on_any_number_of_workers() {
         PARTITIONS,
     )
     .unwrap();
-    output_topics(&broker, topic);
+    output_topics(broker, topic);
     let live = out.path().join("live");
-    let running = run_until_in_background(&broker, topic, &live, cut_off);
-    produce(&broker, topic, generator(count, Some(rate), 7));
+    let running = run_until_in_background(broker, topic, &live, cut_off);
+    produce(broker, topic, generator(count, Some(rate), 7));
     running.join().unwrap();
     assert_eq!(
         read_lines(&live),
@@ -207,10 +204,10 @@ fn live_backfill_and_catch_up_give_identical_rows_on_any_number_of_workers() {
     // arrive while it runs.
     let cut_off = now_ms() + (count as f64 / 2.0 / rate * 1000.0) as i64 + 3_000;
     let topic = "parity-catch-up";
-    produce(&broker, topic, generator(count / 2, None, 7));
-    output_topics(&broker, topic);
+    produce(broker, topic, generator(count / 2, None, 7));
+    output_topics(broker, topic);
     let catch_up = out.path().join("catch-up");
-    let running = run_until_in_background(&broker, topic, &catch_up, cut_off);
+    let running = run_until_in_background(broker, topic, &catch_up, cut_off);
     let second_half = GenerateOptions {
         brokers: broker.brokers.clone(),
         topic: topic.into(),
@@ -258,16 +255,13 @@ fn origins(dir: &Path) -> Vec<(u64, u64)> {
 
 #[test]
 fn every_start_position_starts_where_it_says() {
-    let KafkaTest {
-        turn: _turn,
-        broker,
-        out,
-    } = KafkaTest::start();
+    let test = KafkaTest::start();
+    let (broker, out) = (&test.broker, &test.out);
     let topic = "positions";
-    output_topics(&broker, topic);
+    output_topics(broker, topic);
     let brokers = broker.brokers.as_str();
     // Phase one: 200 records; the group "committed" reads them all.
-    produce(&broker, topic, generator(200, None, 3));
+    produce(broker, topic, generator(200, None, 3));
     let first = out.path().join("committed-first");
     let summary = run_fraud_kafka(brokers, topic, &first, "earliest", "now", 2);
     assert_eq!(summary.counts.records_in, 200, "{summary}");
@@ -468,64 +462,61 @@ topic = "{dead_topic}"
 fn a_killed_run_restarted_from_committed_offsets_loses_nothing() {
     let topic = "killed";
     let count = 40_000;
-    let KafkaTest {
-        turn: _turn,
-        broker,
-        out,
-    } = KafkaTest::with_events(topic, count, 11);
-    let command = |out: &Path| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tideflow"));
-        command
-            .current_dir(root())
-            .args([
-                "run",
-                "dataflows/fraud_kafka.toml",
-                "--workers",
-                "2",
-                "--quiet",
-            ])
-            .args(["--from", "committed", "--until", "now"])
-            .args(["--set", &format!("source.brokers=\"{}\"", broker.brokers)])
-            .args(["--set", &format!("source.topic=\"{topic}\"")])
-            .args(["--set", "source.group_id=\"killed\""])
-            .args(["--set", "source.commit_interval=\"100ms\""])
-            .args(["--set", "batching.policy=\"micro\""])
-            .args(["--set", &format!("sink[0].topic=\"{topic}-scores\"")])
-            .args(["--set", &format!("sink[1].path=\"{}\"", out.display())])
-            .args(["--set", &format!("dead_letters.topic=\"{topic}-dead\"")]);
+    let test = KafkaTest::with_events(topic, count, 11);
+    let (broker, out) = (&test.broker, &test.out);
+    let command = |name: &str| {
+        let mut command = fraud_kafka_command("run", broker, topic, &out.path().join(name));
+        command.args(["--workers", "2"]);
+        committing_often_as(&mut command, "killed");
         command
     };
-    let mut first = command(&out.path().join("first")).spawn().unwrap();
-    // Kill it once it has committed part of the input.
+    let mut first = command("first").spawn().unwrap();
+    wait_for_a_commit(&mut first, broker, "killed", topic);
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+
+    assert_the_restart_resumes(command("second"), &out.path().join("second"), count);
+    assert_every_record_has_one_output(broker, topic, count);
+}
+
+/// Sets the consumer group, and commits and micro-batches often, so that a
+/// run can be stopped part way with some of its input committed.
+fn committing_often_as(command: &mut std::process::Command, group: &str) {
+    command
+        .args(["--set", &format!("source.group_id=\"{group}\"")])
+        .args(["--set", "source.commit_interval=\"100ms\""])
+        .args(["--set", "batching.policy=\"micro\""]);
+}
+
+/// Waits (up to 120 s) until `group` has committed offsets of `topic`,
+/// failing if `run` ends first.
+fn wait_for_a_commit(run: &mut std::process::Child, broker: &Broker, group: &str, topic: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
+    while committed_offsets(&broker.brokers, group, topic, &ClientOptions::default())
+        .unwrap()
+        .is_empty()
+    {
         assert!(
-            first.try_wait().unwrap().is_none(),
+            run.try_wait().unwrap().is_none(),
             "the first run ended before it could be killed; raise the event count"
         );
         assert!(
             std::time::Instant::now() < deadline,
             "no commit within 120 s"
         );
-        let committed =
-            committed_offsets(&broker.brokers, "killed", topic, &ClientOptions::default()).unwrap();
-        if !committed.is_empty() {
-            break;
-        }
         std::thread::sleep(Duration::from_millis(50));
     }
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
+}
 
-    let status = command(&out.path().join("second")).status().unwrap();
+/// Runs `restart` (from the committed offsets) and checks that it
+/// succeeds and reads less than the whole input into `out`.
+fn assert_the_restart_resumes(mut restart: std::process::Command, out: &Path, count: u64) {
+    let status = restart.status().unwrap();
     assert!(status.success(), "the restarted run failed: {status}");
-    let restarted = origins(&out.path().join("second"));
     assert!(
-        restarted.len() < count as usize,
+        origins(out).len() < count as usize,
         "the restart read everything again: it did not start from the committed offsets"
     );
-
-    assert_every_record_has_one_output(&broker, topic, count);
 }
 
 /// Checks the outputs of `topic` after runs that may have repeated work:
@@ -598,11 +589,8 @@ fn test_clients_python() -> std::path::PathBuf {
 fn an_external_client_reads_every_score_as_json_with_its_fields() {
     let python = test_clients_python();
     let topic = "external";
-    let KafkaTest {
-        turn: _turn,
-        broker,
-        out,
-    } = KafkaTest::with_events(topic, 2_000, 13);
+    let test = KafkaTest::with_events(topic, 2_000, 13);
+    let (broker, out) = (&test.broker, &test.out);
     let summary = run_fraud_kafka(
         &broker.brokers,
         topic,
@@ -656,11 +644,8 @@ fn an_external_client_reads_every_score_as_json_with_its_fields() {
 
 #[test]
 fn several_topics_read_as_one_source_give_the_rows_of_one_topic() {
-    let KafkaTest {
-        turn: _turn,
-        broker,
-        out,
-    } = KafkaTest::start();
+    let test = KafkaTest::start();
+    let (broker, out) = (&test.broker, &test.out);
     let no_options = ClientOptions::default();
     // The same records on one 4-partition topic, and split over two
     // 2-partition topics: partitions 0 and 1 on `split-a`, 2 and 3 on
@@ -668,7 +653,7 @@ fn several_topics_read_as_one_source_give_the_rows_of_one_topic() {
     // partitions 0..4 like the single topic.
     let count = 1_600;
     let config = generator(count, None, 11);
-    produce(&broker, "whole", config.clone());
+    produce(broker, "whole", config.clone());
     for topic in ["split-a", "split-b"] {
         ensure_topic(&broker.brokers, &no_options, topic, 2).unwrap();
     }
@@ -689,8 +674,8 @@ fn several_topics_read_as_one_source_give_the_rows_of_one_topic() {
     for producer in &split {
         producer.flush(Duration::from_secs(60)).unwrap();
     }
-    output_topics(&broker, "whole");
-    output_topics(&broker, "split");
+    output_topics(broker, "whole");
+    output_topics(broker, "split");
 
     let whole_out = out.path().join("whole");
     let whole = run_fraud_kafka(&broker.brokers, "whole", &whole_out, "earliest", "now", 2);
@@ -788,12 +773,25 @@ fn launch_fraud_kafka(
     processes: usize,
     workers: usize,
 ) -> std::process::Command {
+    let mut command = fraud_kafka_command("launch", broker, topic, out);
+    command
+        .args(["--processes", &processes.to_string()])
+        .args(["--workers", &workers.to_string()]);
+    command
+}
+
+/// `tideflow SUBCOMMAND dataflows/fraud_kafka.toml --quiet` on `topic`,
+/// from the committed offsets until now, with rows written under `out`.
+fn fraud_kafka_command(
+    subcommand: &str,
+    broker: &Broker,
+    topic: &str,
+    out: &Path,
+) -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tideflow"));
     command
         .current_dir(root())
-        .args(["launch", "dataflows/fraud_kafka.toml", "--quiet"])
-        .args(["--processes", &processes.to_string()])
-        .args(["--workers", &workers.to_string()])
+        .args([subcommand, "dataflows/fraud_kafka.toml", "--quiet"])
         .args(["--set", &format!("source.topic=\"{topic}\"")]);
     for value in fraud_kafka_overrides(&broker.brokers, topic, out, "committed", "now") {
         command.args(["--set", &value]);
@@ -805,11 +803,8 @@ fn launch_fraud_kafka(
 fn a_cluster_of_processes_gives_the_rows_of_one_process() {
     let topic = "cluster-parity";
     let count = 2_400;
-    let KafkaTest {
-        turn: _turn,
-        broker,
-        out,
-    } = KafkaTest::with_events(topic, count, 5);
+    let test = KafkaTest::with_events(topic, count, 5);
+    let (broker, out) = (&test.broker, &test.out);
     let single = out.path().join("single");
     let summary = run_fraud_kafka(&broker.brokers, topic, &single, "earliest", "now", 1);
     assert_eq!(summary.counts.records_in, count);
@@ -817,7 +812,7 @@ fn a_cluster_of_processes_gives_the_rows_of_one_process() {
     for (processes, workers) in [(1, 4), (2, 2)] {
         let name = format!("cluster-{processes}x{workers}");
         let cluster = out.path().join(&name);
-        let output = launch_fraud_kafka(&broker, topic, &cluster, processes, workers)
+        let output = launch_fraud_kafka(broker, topic, &cluster, processes, workers)
             .output()
             .unwrap();
         let log = String::from_utf8_lossy(&output.stderr);
@@ -844,18 +839,12 @@ fn a_cluster_of_processes_gives_the_rows_of_one_process() {
 fn killing_one_process_stops_the_cluster_and_a_restart_loses_nothing() {
     let topic = "cluster-killed";
     let count = 40_000;
-    let KafkaTest {
-        turn: _turn,
-        broker,
-        out,
-    } = KafkaTest::with_events(topic, count, 13);
+    let test = KafkaTest::with_events(topic, count, 13);
+    let (broker, out) = (&test.broker, &test.out);
     let group = format!("{topic}-first");
     let command = |name: &str| {
-        let mut command = launch_fraud_kafka(&broker, topic, &out.path().join(name), 2, 1);
-        command
-            .args(["--set", &format!("source.group_id=\"{group}\"")])
-            .args(["--set", "source.commit_interval=\"100ms\""])
-            .args(["--set", "batching.policy=\"micro\""]);
+        let mut command = launch_fraud_kafka(broker, topic, &out.path().join(name), 2, 1);
+        committing_often_as(&mut command, &group);
         command
     };
     let mut first = command("first")
@@ -879,21 +868,7 @@ fn killing_one_process_stops_the_cluster_and_a_restart_loses_nothing() {
         }
     };
     // Kill process 1 once the cluster has committed part of the input.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while committed_offsets(&broker.brokers, &group, topic, &ClientOptions::default())
-        .unwrap()
-        .is_empty()
-    {
-        assert!(
-            first.try_wait().unwrap().is_none(),
-            "the first run ended before it could be killed; raise the event count"
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no commit within 120 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_a_commit(&mut first, broker, &group, topic);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -928,25 +903,16 @@ fn killing_one_process_stops_the_cluster_and_a_restart_loses_nothing() {
     );
 
     // The restarted cluster resumes from the committed offsets.
-    let status = command("second").status().unwrap();
-    assert!(status.success(), "the restarted cluster failed: {status}");
-    let restarted = origins(&out.path().join("second"));
-    assert!(
-        restarted.len() < count as usize,
-        "the restart read everything again: it did not start from the committed offsets"
-    );
-    assert_every_record_has_one_output(&broker, topic, count);
+    assert_the_restart_resumes(command("second"), &out.path().join("second"), count);
+    assert_every_record_has_one_output(broker, topic, count);
 }
 
 #[test]
 fn metrics_report_each_partitions_lag_behind_its_high_watermark() {
     let topic = "lagging";
     let count = 40_000;
-    let KafkaTest {
-        turn: _turn,
-        broker,
-        out,
-    } = KafkaTest::with_events(topic, count, 17);
+    let test = KafkaTest::with_events(topic, count, 17);
+    let (broker, out) = (&test.broker, &test.out);
     let mut overrides = vec![format!("source.topic=\"{topic}\"")];
     overrides.extend(fraud_kafka_overrides(
         &broker.brokers,

@@ -116,8 +116,7 @@ fn the_metrics_endpoint_moves_during_a_run_and_agrees_with_its_summary() {
 fn a_bounded_run_off_a_terminal_logs_progress_lines() {
     common::require_onnxruntime();
     let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("parity.toml");
-    std::fs::write(&spec, common::PARITY_SPEC).unwrap();
+    let spec = common::write_spec(dir.path(), "parity.toml", common::PARITY_SPEC);
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tideflow"));
     command.arg("run").arg(&spec);
     for value in paced_overrides(dir.path(), 18_000, 2_500.0) {

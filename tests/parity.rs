@@ -93,8 +93,7 @@ fn launch(
 fn processes_give_identical_rows() {
     common::require_onnxruntime();
     let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("parity.toml");
-    std::fs::write(&spec, common::PARITY_SPEC).unwrap();
+    let spec = common::write_spec(dir.path(), "parity.toml", common::PARITY_SPEC);
     let model = common::root().join("models/fraud_mlp.onnx");
 
     let single = dir.path().join("1x1");

@@ -106,6 +106,13 @@ type = "jsonl"
 path = "unset"
 "#;
 
+/// Writes a spec text to `dir/name` and returns its path.
+pub fn write_spec(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// The repository root (tests run with the package root as working dir).
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
