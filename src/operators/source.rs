@@ -22,7 +22,7 @@ use crate::metrics::PartitionStatus;
 use crate::ordering::PartitionClock;
 use crate::plan::SourcePlan;
 use crate::row::{DeadLetter, LATE};
-use crate::run::{Shared, Stats};
+use crate::run::{Shared, Stats, Waker};
 use crate::sinks::DeadLetterWriter;
 use crate::{Error, Result};
 use std::cell::RefCell;
@@ -254,7 +254,9 @@ pub fn read_source<'scope>(
                             .is_some_and(|limit| partition.clock.watermark(bound_ms) > limit)
                     {
                         // Too far ahead of the slowest partition: look again
-                        // once the frontier has moved.
+                        // once another worker's watermark moves, or the
+                        // frontier has (checked on a timer).
+                        shared.wait_for_alignment(worker, Waker(wake.clone()));
                         again = Some(
                             again.map_or(ALIGNMENT_RECHECK, |other| other.min(ALIGNMENT_RECHECK)),
                         );
