@@ -256,12 +256,25 @@ impl Model {
         // from batch to batch.
         self.tensor.resize(rows.len() * width, 0.0);
         let fill_null = self.plan.fill_null;
-        for (row, cells) in rows.iter().zip(self.tensor.chunks_exact_mut(width)) {
-            for (cell, slot) in cells.iter_mut().zip(&self.plan.input_slots) {
-                *cell = match &row.values[*slot] {
-                    Value::F64(value) => *value as f32,
-                    other => other.as_f64().map_or(fill_null, |value| value as f32),
-                };
+        let slots = &self.plan.input_slots;
+        let first = slots.first().copied().unwrap_or(0);
+        if slots
+            .iter()
+            .enumerate()
+            .all(|(index, slot)| *slot == first + index)
+        {
+            // Inputs side by side in the row (the common case): one slice
+            // per row, no index per cell.
+            for (row, cells) in rows.iter().zip(self.tensor.chunks_exact_mut(width)) {
+                for (cell, value) in cells.iter_mut().zip(&row.values[first..first + width]) {
+                    *cell = to_cell(value, fill_null);
+                }
+            }
+        } else {
+            for (row, cells) in rows.iter().zip(self.tensor.chunks_exact_mut(width)) {
+                for (cell, slot) in cells.iter_mut().zip(slots) {
+                    *cell = to_cell(&row.values[*slot], fill_null);
+                }
             }
         }
         let outputs = &self.plan.outputs;
@@ -318,6 +331,16 @@ impl Model {
             }
         }
         Ok(true)
+    }
+}
+
+/// A tensor cell from a value: numbers narrowed to `f32`, anything else
+/// the null fill.
+#[inline]
+fn to_cell(value: &Value, fill_null: f32) -> f32 {
+    match value {
+        Value::F64(value) => *value as f32,
+        other => other.as_f64().map_or(fill_null, |value| value as f32),
     }
 }
 
