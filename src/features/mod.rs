@@ -128,7 +128,8 @@ impl StageState {
     /// Per-key state is scattered over memory, so the work is bound by
     /// cache misses. A chunk of rows at a time, the keys are looked up,
     /// then tight loops read the state the chunk's rows will touch (the key
-    /// headers, then the records they point at), so that many misses are in
+    /// headers and newest times, then the records they point at), so that
+    /// many misses are in
     /// flight at once, and the rows are computed from the cache (measured
     /// by benches/features.rs). A chunk is small enough that its rows and
     /// their state stay in cache between the passes.
@@ -146,9 +147,13 @@ impl StageState {
                 slots.push(self.slot_for(plan, row)?);
             }
             for step in [Touch::Headers, Touch::Records] {
-                let touched = slots
-                    .iter()
-                    .fold(0, |touched, slot| touched ^ self.numbers.touch(*slot, step));
+                let touched = slots.iter().fold(0, |touched, slot| {
+                    let newest = match step {
+                        Touch::Headers => self.newest[*slot],
+                        Touch::Records => 0,
+                    };
+                    touched ^ newest ^ self.numbers.touch(*slot, step)
+                });
                 std::hint::black_box(touched);
             }
             for (row, slot) in rows.iter_mut().zip(&slots) {
