@@ -118,11 +118,15 @@ impl GeneratorConfig {
 
 /// An id such as `u123`: a letter and a number, formatted without the
 /// `fmt` machinery, which costs more than the rest of a generated record.
-fn entity_id(letter: char, number: u64) -> CompactString {
-    let mut id = CompactString::default();
-    id.push(letter);
-    id.push_str(itoa::Buffer::new().format(number));
-    id
+fn entity_id(letter: u8, number: u64) -> CompactString {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(number).as_bytes();
+    // A letter and at most 20 digits: inline, built in one go rather than
+    // pushed a character at a time.
+    let mut text = [0; 21];
+    text[0] = letter;
+    text[1..=digits.len()].copy_from_slice(digits);
+    CompactString::from_utf8(&text[..=digits.len()]).unwrap_or_default()
 }
 
 impl GeneratorConfig {
@@ -196,6 +200,9 @@ pub struct GeneratorReader {
     partition: u32,
     /// For each requested column, which generator field fills it.
     column_fields: Vec<Option<usize>>,
+    /// Values each record's fields have room for (see
+    /// [`GeneratorReader::with_room_for`]).
+    room: usize,
     next_offset: u64,
     end: Option<u64>,
     started: Instant,
@@ -214,10 +221,19 @@ impl GeneratorReader {
             config: config.clone(),
             partition,
             column_fields,
+            room: columns.len(),
             next_offset: 0,
             end: config.partition_count(partition),
             started: Instant::now(),
         })
+    }
+
+    /// Allocates each record's fields with room for `values` values in
+    /// all, so that a consumer that appends columns of its own (the
+    /// engine's feature and model slots) does not reallocate them.
+    pub fn with_room_for(mut self, values: usize) -> Self {
+        self.room = values.max(self.column_fields.len());
+        self
     }
 
     /// How many records the rate allows by now, if rate-limited.
@@ -228,17 +244,14 @@ impl GeneratorReader {
 
     fn body(&self, offset: u64) -> RawBody {
         let (user, merchant, amount, time) = self.config.record(self.partition, offset);
-        let fields = self
-            .column_fields
-            .iter()
-            .map(|field| match field {
-                Some(0) => Value::Str(entity_id('u', user)),
-                Some(1) => Value::Str(entity_id('m', merchant)),
-                Some(2) => Value::F64(amount),
-                Some(3) => Value::I64(time),
-                _ => Value::Null,
-            })
-            .collect();
+        let mut fields = Vec::with_capacity(self.room);
+        fields.extend(self.column_fields.iter().map(|field| match field {
+            Some(0) => Value::Str(entity_id(b'u', user)),
+            Some(1) => Value::Str(entity_id(b'm', merchant)),
+            Some(2) => Value::F64(amount),
+            Some(3) => Value::I64(time),
+            _ => Value::Null,
+        }));
         RawBody::Fields(fields)
     }
 }
@@ -296,6 +309,13 @@ mod tests {
             .iter()
             .map(|(name, _)| name.to_string())
             .collect()
+    }
+
+    #[test]
+    fn entity_ids_are_the_letter_then_the_number() {
+        assert_eq!(entity_id(b'u', 0), "u0");
+        assert_eq!(entity_id(b'u', 4217), "u4217");
+        assert_eq!(entity_id(b'm', u64::MAX), format!("m{}", u64::MAX));
     }
 
     #[test]

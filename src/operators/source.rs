@@ -82,10 +82,12 @@ pub fn origin(plan: &SourcePlan) -> String {
 }
 
 /// Opens the readers of the partitions assigned to worker `index` of
-/// `peers`: partition `p` goes to worker `p % peers`.
+/// `peers`: partition `p` goes to worker `p % peers`. Rows are
+/// `row_width` values wide (readers that allocate them leave room).
 pub fn open_assigned(
     plan: &SourcePlan,
     columns: &[String],
+    row_width: usize,
     index: usize,
     peers: usize,
 ) -> Result<Assigned> {
@@ -112,7 +114,8 @@ pub fn open_assigned(
         SourcePlan::Generator(config) => {
             for partition in 0..config.partitions {
                 if partition as usize % peers == index {
-                    readers.push(Box::new(GeneratorReader::open(config, partition, columns)?));
+                    let reader = GeneratorReader::open(config, partition, columns)?;
+                    readers.push(Box::new(reader.with_room_for(row_width)));
                 }
             }
         }
