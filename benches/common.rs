@@ -9,7 +9,17 @@ use tideflow::spec::SpecSource;
 /// The feature workload: generator transactions keyed by user, four
 /// window features, no model, bulk batches, null sink (benches/features.rs
 /// and benches/scaling.rs).
-pub const FEATURE_SPEC: &str = r#"
+pub fn feature_spec() -> String {
+    format!("{PIPELINE_HEAD}{FOUR_FEATURES}{PIPELINE_TAIL}")
+}
+
+/// The same workload without its features: what the rest of the engine
+/// (generator, decode, operators, sink) costs on its own.
+pub fn pipeline_spec() -> String {
+    format!("{PIPELINE_HEAD}{PIPELINE_TAIL}")
+}
+
+const PIPELINE_HEAD: &str = r#"
 name = "features_bench"
 [source]
 type = "generator"
@@ -22,6 +32,9 @@ amount = "f64"
 ts = "timestamp_ms"
 [time]
 field = "ts"
+"#;
+
+const FOUR_FEATURES: &str = r#"
 [[feature]]
 name = "amount_sum_1h"
 agg = "sum"
@@ -41,6 +54,9 @@ name = "amount_max_1h"
 agg = "max"
 field = "amount"
 window = "1h"
+"#;
+
+const PIPELINE_TAIL: &str = r#"
 [batching]
 policy = "bulk"
 [[sink]]

@@ -7,6 +7,11 @@
 //! bulk batching, null sink. The loop generates the same records and keeps
 //! per-user deques with running sums, which is what one would write by hand.
 //!
+//! The last column runs the engine on the same records without features
+//! (generator, decode, operators, null sink): the ratio one worker could
+//! reach if features cost nothing, so a gap to the loop shows whether it
+//! lies in the feature operator or in the rest of the engine.
+//!
 //! Run: `cargo bench --bench features -- --events 2000000`
 
 use clap::Parser;
@@ -113,13 +118,14 @@ fn main() {
         args.events
     );
     println!(
-        "{:>9} {:>16} {:>18} {:>18} {:>12} {:>16}",
+        "{:>9} {:>14} {:>15} {:>17} {:>10} {:>16} {:>22}",
         "keys",
         "loop events/s",
         "engine 1w ev/s",
         "engine 2w ev/s/w",
         "1w / loop",
-        "2w per w / loop"
+        "2w per w / loop",
+        "1w no features / loop"
     );
     for keys in &args.keys {
         let config = GeneratorConfig {
@@ -136,18 +142,21 @@ fn main() {
             format!("source.users={keys}"),
             format!("source.count={}", args.events),
         ];
-        let ((_, one), _) = common::best_of(args.repeats, || {
-            common::run_spec(common::FEATURE_SPEC, &overrides, 1)
-        });
-        let ((_, two), _) = common::best_of(args.repeats, || {
-            common::run_spec(common::FEATURE_SPEC, &overrides, 2)
-        });
-        let rate = |elapsed: std::time::Duration| args.events as f64 / elapsed.as_secs_f64();
-        let (loop_rate, one_rate, two_rate) = (rate(loop_time), rate(one), rate(two) / 2.0);
+        let timed = |spec: &str, workers| {
+            let ((_, elapsed), _) =
+                common::best_of(args.repeats, || common::run_spec(spec, &overrides, workers));
+            args.events as f64 / elapsed.as_secs_f64()
+        };
+        let (features, pipeline) = (common::feature_spec(), common::pipeline_spec());
+        let one_rate = timed(&features, 1);
+        let two_rate = timed(&features, 2) / 2.0;
+        let pipeline_rate = timed(&pipeline, 1);
+        let loop_rate = args.events as f64 / loop_time.as_secs_f64();
         println!(
-            "{keys:>9} {loop_rate:>16.0} {one_rate:>18.0} {two_rate:>18.0} {:>12.2} {:>16.2}",
+            "{keys:>9} {loop_rate:>14.0} {one_rate:>15.0} {two_rate:>17.0} {:>10.2} {:>16.2} {:>22.2}",
             one_rate / loop_rate,
-            two_rate / loop_rate
+            two_rate / loop_rate,
+            pipeline_rate / loop_rate
         );
     }
 }

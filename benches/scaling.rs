@@ -33,7 +33,7 @@ struct Args {
 
 /// Events/s of the workload in this process on `workers` threads.
 fn in_process(overrides: &[String], workers: usize, events: u64) -> f64 {
-    let (summary, _) = common::run_spec(common::FEATURE_SPEC, overrides, workers);
+    let (summary, _) = common::run_spec(&common::feature_spec(), overrides, workers);
     assert_eq!(summary.counts.records_in, events);
     events as f64 / summary.elapsed.as_secs_f64()
 }
@@ -43,7 +43,7 @@ fn in_process(overrides: &[String], workers: usize, events: u64) -> f64 {
 fn launched(overrides: &[String], processes: usize, events: u64) -> f64 {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let spec = dir.path().join("features.toml");
-    std::fs::write(&spec, common::FEATURE_SPEC).expect("writing the spec");
+    std::fs::write(&spec, common::feature_spec()).expect("writing the spec");
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tideflow"));
     command
         .arg("launch")
