@@ -117,6 +117,7 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
     if let Some(stop) = &options.stop {
         shared.stop = stop.clone();
     }
+    shared.in_cluster = options.cluster.is_some();
     let shared = Arc::new(shared);
     let started = Instant::now();
     let done = Arc::new(AtomicBool::new(false));

@@ -113,6 +113,12 @@ pub struct Shared {
     pub started: std::sync::OnceLock<Instant>,
     /// Set to stop reading the source and drain (see `RunOptions::stop`).
     pub stop: std::sync::Arc<AtomicBool>,
+    /// Whether the run is one process of a cluster (set before the
+    /// workers start).
+    pub in_cluster: bool,
+    /// The partition of each key of the source-keyed stage kept by a
+    /// worker of this process.
+    pub key_claims: crate::features::claims::KeyClaims,
     /// Per worker, the watermark of its partitions that hold it back;
     /// absent while all of a worker's partitions are idle or finished.
     active_watermarks: Mutex<std::collections::BTreeMap<usize, i64>>,
@@ -144,6 +150,8 @@ impl Shared {
             model_identity,
             started: std::sync::OnceLock::new(),
             stop: Default::default(),
+            in_cluster: false,
+            key_claims: Default::default(),
             active_watermarks: Mutex::new(Default::default()),
             aligning: Mutex::new(Default::default()),
         }

@@ -121,3 +121,47 @@ fn spec_mistakes_name_their_line_and_a_fix() {
     );
     assert!(error.contains("hint:"), "{error}");
 }
+
+/// A source declared keyed by a field whose keys are not confined to one
+/// partition stops the run with the key and both partitions named, however
+/// many workers read the partitions (with several, the two partitions are
+/// read by different workers, which compute their keys apart).
+#[test]
+fn a_source_key_found_in_two_partitions_stops_the_run_on_any_number_of_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    for (name, users) in [
+        ("a.jsonl", ["u1", "u2", "u3"]),
+        ("b.jsonl", ["u4", "u5", "u1"]),
+    ] {
+        let mut file = std::fs::File::create(input.join(name)).unwrap();
+        for (index, user) in users.iter().enumerate() {
+            writeln!(file, r#"{{"user_id":"{user}","amount":1.0,"ts":{index}}}"#).unwrap();
+        }
+    }
+    for workers in [1, 2, 4] {
+        let mut overrides = vec![format!("source.path=\"{}\"", input.display())];
+        overrides.extend(common::output_overrides(
+            &dir.path().join(format!("out{workers}")),
+        ));
+        let error = common::run_text(SPEC, &overrides, workers).unwrap_err();
+        let tideflow::Error::KeyInTwoPartitions {
+            key,
+            first,
+            second,
+            offset,
+            ..
+        } = &error
+        else {
+            panic!("{workers} workers: expected a key conflict, got: {error}");
+        };
+        assert_eq!(key, "'u1'", "{workers} workers");
+        // Whichever partition reached u1 second is named with the offset
+        // of u1 in it.
+        assert!(
+            matches!((first, second, offset), (0, 1, 2) | (1, 0, 0)),
+            "{workers} workers: {error}"
+        );
+    }
+}

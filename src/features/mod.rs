@@ -8,6 +8,7 @@
 //! state here is plain and serializable; the timely operators in
 //! [`crate::operators`] only feed it rows.
 
+pub mod claims;
 pub mod expr;
 pub mod numbers;
 pub mod window;
@@ -81,6 +82,19 @@ pub struct StageState {
     partition_newest: Vec<i64>,
     stage_newest: i64,
     rows_since_sweep: usize,
+    /// Keys started and forgotten since [`StageState::take_key_changes`],
+    /// kept only once [`StageState::track_key_changes`] was called.
+    key_changes: Option<KeyChanges>,
+}
+
+/// Keys a stage started keeping (with the partition and offset of their
+/// first record) and forgot (with their partition).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct KeyChanges {
+    /// Keys started: (key, partition, offset).
+    pub started: Vec<(Value, u32, u64)>,
+    /// Keys forgotten: (key, partition).
+    pub forgotten: Vec<(Value, u32)>,
 }
 
 /// Rows between sweeps for idle keys, at least (more when there are more
@@ -109,7 +123,23 @@ impl StageState {
             partition_newest: Vec::new(),
             stage_newest: i64::MIN,
             rows_since_sweep: 0,
+            key_changes: None,
         }
+    }
+
+    /// Records from now on the keys started and forgotten (for claims of
+    /// keys across workers; see [`claims`]).
+    pub fn track_key_changes(&mut self) {
+        self.key_changes.get_or_insert_with(KeyChanges::default);
+    }
+
+    /// The keys started and forgotten since the last call (nothing unless
+    /// tracked).
+    pub fn take_key_changes(&mut self) -> KeyChanges {
+        self.key_changes
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Computes the stage's features for `row` (which must come in the
@@ -212,10 +242,11 @@ impl StageState {
             newest,
             partition_newest,
             stage_newest,
+            key_changes,
             ..
         } = self;
         let mut evicted = Vec::new();
-        keys.retain(|_, entry| {
+        keys.retain(|key, entry| {
             let reference = if plan.source_keyed {
                 partition_newest
                     .get(entry.partition as usize)
@@ -228,6 +259,9 @@ impl StageState {
             let idle = newest[entry.slot] <= horizon;
             if idle {
                 evicted.push(entry.slot);
+                if let Some(changes) = key_changes {
+                    changes.forgotten.push((key.clone(), entry.partition));
+                }
             }
             !idle
         });
@@ -275,6 +309,11 @@ impl StageState {
                     partition: row.partition,
                 };
                 self.keys.insert(key.clone(), entry);
+                if let Some(changes) = &mut self.key_changes {
+                    changes
+                        .started
+                        .push((key.clone(), row.partition, row.offset));
+                }
                 entry
             }
         };
@@ -308,7 +347,8 @@ fn longest_finite_window(plan: &StagePlan) -> Option<i64> {
         })
 }
 
-fn render_key(key: &Value) -> String {
+/// A key as error messages show it.
+pub(crate) fn render_key(key: &Value) -> String {
     match key {
         Value::Str(text) => format!("'{text}'"),
         other => format!("{other:?}"),

@@ -1,8 +1,12 @@
-//! The feature operators: one per stage, exchanging rows by the stage's
-//! key. A source-keyed stage computes each row as it arrives (its key's
-//! rows come from one partition, in offset order); any other stage holds
-//! rows until the watermark passes them and computes them in
-//! (event time, partition, offset) order.
+//! The feature operators: one per stage. A source-keyed stage computes
+//! each row as it arrives (its key's rows come from one partition, in
+//! offset order), on the worker that reads the row's partition: within a
+//! process, rows need not move between workers, and the keys each worker
+//! keeps are claimed in [`crate::features::claims`] so that a key found in
+//! two partitions still stops the run. (Across processes rows are sent to
+//! the worker that owns their key, which sees every partition of it.) Any
+//! other stage exchanges rows by its key, holds them until the watermark
+//! passes them and computes them in (event time, partition, offset) order.
 
 use super::RowStream;
 use crate::Error;
@@ -58,24 +62,70 @@ fn route_by_key(key_slot: usize) -> Exchange<Row, impl FnMut(&Row) -> u64 + 'sta
     Exchange::new(move |row: &Row| row.values[key_slot].stable_hash())
 }
 
+/// Sends each row of a source-keyed stage to the worker that reads its
+/// partition (partition `p` is read by worker `p % workers`, and timely
+/// routes `p` to that worker) or, in a cluster, to the owner of its key.
+fn route_by_partition_or_key(
+    key_slot: usize,
+    by_key: bool,
+) -> Exchange<Row, impl FnMut(&Row) -> u64 + 'static> {
+    Exchange::new(move |row: &Row| {
+        if by_key {
+            row.values[key_slot].stable_hash()
+        } else {
+            u64::from(row.partition)
+        }
+    })
+}
+
+/// Claims the keys a worker started keeping since the last batch and
+/// releases those it forgot; a key another partition holds stops the run.
+fn claim_keys(state: &mut StageState, stage: &StagePlan, shared: &Shared) -> bool {
+    let changes = state.take_key_changes();
+    for (key, partition) in &changes.forgotten {
+        shared.key_claims.release(key, *partition);
+    }
+    for (key, partition, offset) in &changes.started {
+        if let Err(first) = shared.key_claims.claim(key, *partition) {
+            shared.abort(Error::KeyInTwoPartitions {
+                field: stage.key_name.clone(),
+                key: crate::features::render_key(key),
+                first,
+                second: *partition,
+                offset: *offset,
+            });
+            return false;
+        }
+    }
+    true
+}
+
 fn in_offset_order<'scope>(
     stream: RowStream<'scope>,
     name: String,
     stage: StagePlan,
     shared: Arc<Shared>,
 ) -> RowStream<'scope> {
+    let by_key = shared.in_cluster;
+    // Alone, a worker sees every partition: nothing to claim.
+    let claiming = !by_key && stream.scope().peers() > 1;
     stream.unary(
-        route_by_key(stage.key_slot),
+        route_by_partition_or_key(stage.key_slot, by_key),
         &name,
         move |_capability, _info| {
             let mut state = StageState::new(&stage);
+            if claiming {
+                state.track_key_changes();
+            }
             move |input, output| {
                 input.for_each(|time, rows| {
                     if shared.is_aborted() {
                         rows.clear();
                         return;
                     }
-                    if !apply_or_abort(&mut state, &stage, &shared, rows) {
+                    if !apply_or_abort(&mut state, &stage, &shared, rows)
+                        || (claiming && !claim_keys(&mut state, &stage, &shared))
+                    {
                         rows.clear();
                         return;
                     }
