@@ -96,6 +96,22 @@ pub fn best_of<T>(repeats: usize, mut work: impl FnMut() -> T) -> (T, Duration) 
     best.expect("at least one repeat")
 }
 
+/// The fastest of `rounds` timings of each measurement, taken in rounds
+/// (each measurement once per round) rather than one after the other, so
+/// that noise from other work on a shared machine falls on all of them.
+pub fn fastest_interleaved(
+    rounds: usize,
+    measurements: &mut [&mut dyn FnMut() -> Duration],
+) -> Vec<Duration> {
+    let mut fastest = vec![Duration::MAX; measurements.len()];
+    for _ in 0..rounds.max(1) {
+        for (measure, best) in measurements.iter_mut().zip(&mut fastest) {
+            *best = (*best).min(measure());
+        }
+    }
+    fastest
+}
+
 /// Fails with the set-up command when ONNX Runtime is missing.
 pub fn require_onnxruntime() {
     let path = std::env::var_os("ORT_DYLIB_PATH")

@@ -29,7 +29,8 @@ struct Args {
     /// User counts to measure.
     #[arg(long, value_delimiter = ',', default_value = "1000,100000,1000000")]
     keys: Vec<u64>,
-    /// Repeats per measurement (the best is kept).
+    /// Rounds of the four measurements, interleaved so that a burst of
+    /// noise on the machine hits them alike (each one's best is kept).
     #[arg(long, default_value_t = 2)]
     repeats: usize,
     #[arg(long, hide = true)]
@@ -135,23 +136,29 @@ fn main() {
             spacing_ms: 5.0,
             ..GeneratorConfig::default()
         };
-        let (_, loop_time) = common::best_of(args.repeats, || {
-            std::hint::black_box(hand_written_loop(&config))
-        });
         let overrides = vec![
             format!("source.users={keys}"),
             format!("source.count={}", args.events),
         ];
-        let timed = |spec: &str, workers| {
-            let ((_, elapsed), _) =
-                common::best_of(args.repeats, || common::run_spec(spec, &overrides, workers));
-            args.events as f64 / elapsed.as_secs_f64()
-        };
         let (features, pipeline) = (common::feature_spec(), common::pipeline_spec());
-        let one_rate = timed(&features, 1);
-        let two_rate = timed(&features, 2) / 2.0;
-        let pipeline_rate = timed(&pipeline, 1);
-        let loop_rate = args.events as f64 / loop_time.as_secs_f64();
+        let engine = |spec: &str, workers| common::run_spec(spec, &overrides, workers).1;
+        let fastest = common::fastest_interleaved(
+            args.repeats,
+            &mut [
+                &mut || {
+                    let started = std::time::Instant::now();
+                    std::hint::black_box(hand_written_loop(&config));
+                    started.elapsed()
+                },
+                &mut || engine(&features, 1),
+                &mut || engine(&features, 2),
+                &mut || engine(&pipeline, 1),
+            ],
+        );
+        let rate = |elapsed: &std::time::Duration| args.events as f64 / elapsed.as_secs_f64();
+        let [loop_rate, one_rate, two_rate, pipeline_rate] =
+            [0, 1, 2, 3].map(|index| rate(&fastest[index]));
+        let two_rate = two_rate / 2.0;
         println!(
             "{keys:>9} {loop_rate:>14.0} {one_rate:>15.0} {two_rate:>17.0} {:>10.2} {:>16.2} {:>22.2}",
             one_rate / loop_rate,
