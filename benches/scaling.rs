@@ -7,7 +7,7 @@
 //!
 //! Each figure is the run summary's own rate (records over the time from
 //! when the workers started, so a cluster's connection set-up is left
-//! out), the best of `--repeats`.
+//! out), the best of `--repeats` rounds taken in turn.
 //!
 //! Run: `cargo bench --bench scaling -- --events 2000000`
 
@@ -24,7 +24,8 @@ struct Args {
     /// Distinct users (keys).
     #[arg(long, default_value_t = 100_000)]
     keys: u64,
-    /// Repeats per measurement (the best is kept).
+    /// Rounds of the three measurements, interleaved (each one's best is
+    /// kept).
     #[arg(long, default_value_t = 2)]
     repeats: usize,
     #[arg(long, hide = true)]
@@ -79,14 +80,17 @@ fn main() {
         format!("source.users={}", args.keys),
         format!("source.count={}", args.events),
     ];
-    let best = |measure: &dyn Fn() -> f64| {
-        (0..args.repeats.max(1))
-            .map(|_| measure())
-            .fold(0.0_f64, f64::max)
-    };
-    let one = best(&|| in_process(&overrides, 1, args.events));
-    let threads = best(&|| in_process(&overrides, 2, args.events));
-    let processes = best(&|| launched(&overrides, 2, args.events));
+    let events = args.events as f64;
+    let as_time = |rate: f64| std::time::Duration::from_secs_f64(events / rate);
+    let fastest = common::fastest_interleaved(
+        args.repeats,
+        &mut [
+            &mut || as_time(in_process(&overrides, 1, args.events)),
+            &mut || as_time(in_process(&overrides, 2, args.events)),
+            &mut || as_time(launched(&overrides, 2, args.events)),
+        ],
+    );
+    let [one, threads, processes] = [0, 1, 2].map(|index| events / fastest[index].as_secs_f64());
     println!(
         "scaling: {} events, {} keys, 4 window features, generator source, null sink",
         args.events, args.keys
@@ -103,7 +107,7 @@ fn main() {
         println!("{name:<26} {rate:>14.0} {:>12.2}", rate / one);
     }
     println!(
-        "2 processes / 2 threads: {:.2} (the cost of exchanging by key over TCP instead of in memory)",
+        "2 processes / 2 threads: {:.2} (processes exchange rows by key over TCP; the threads of one process keep each partition's rows on the worker that reads it)",
         processes / threads
     );
 }
