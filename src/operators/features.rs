@@ -82,9 +82,6 @@ fn route_by_partition_or_key(
 /// releases those it forgot; a key another partition holds stops the run.
 fn claim_keys(state: &mut StageState, stage: &StagePlan, shared: &Shared) -> bool {
     let changes = state.take_key_changes();
-    for (key, partition) in &changes.forgotten {
-        shared.key_claims.release(key, *partition);
-    }
     for (key, partition, offset) in &changes.started {
         if let Err(first) = shared.key_claims.claim(key, *partition) {
             shared.abort(Error::KeyInTwoPartitions {
@@ -96,6 +93,11 @@ fn claim_keys(state: &mut StageState, stage: &StagePlan, shared: &Shared) -> boo
             });
             return false;
         }
+    }
+    // After the claims: keys are forgotten only at the end of a batch, so
+    // a key both started and forgotten in it must end unclaimed.
+    for (key, partition) in &changes.forgotten {
+        shared.key_claims.release(key, *partition);
     }
     true
 }
@@ -187,5 +189,77 @@ fn buffer_rows(buffer: &mut ReorderBuffer, rows: &mut Vec<Row>, arrival: i64, sh
     }
     for row in rows.drain(..) {
         buffer.push(row, arrival);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::SpecSource;
+    use tideflow_connectors::Value;
+
+    const SPEC: &str = r#"
+name = "claims"
+[source]
+type = "generator"
+key = "user_id"
+[schema]
+user_id = "string"
+amount = "f64"
+ts = "timestamp_ms"
+[time]
+field = "ts"
+[[feature]]
+name = "amount_sum_1m"
+agg = "sum"
+field = "amount"
+window = "1m"
+[[sink]]
+type = "null"
+[dead_letters]
+type = "null"
+"#;
+
+    fn row(user: &str, partition: u32, offset: u64, time: i64) -> Row {
+        let mut values = vec![Value::Null; 4];
+        values[0] = Value::Str(user.into());
+        values[1] = Value::F64(1.0);
+        values[2] = Value::I64(time);
+        Row {
+            partition,
+            offset,
+            time,
+            values,
+            warm_up: false,
+        }
+    }
+
+    /// A key started and forgotten within one batch (it went idle at once)
+    /// ends unclaimed, as a worker that forgot it would accept it from
+    /// another partition.
+    #[test]
+    fn a_key_started_and_forgotten_in_one_batch_is_left_unclaimed() {
+        let source = SpecSource {
+            file: "claims.toml".into(),
+            text: SPEC.to_owned(),
+            overrides: Vec::new(),
+        };
+        let spec = source.parse().unwrap_or_else(|error| panic!("{error}"));
+        let plan =
+            crate::plan::Plan::from_spec(&spec, &source).unwrap_or_else(|error| panic!("{error}"));
+        let stage = plan.stages[0].clone();
+        let shared = Shared::new(plan, None, Arc::default());
+        let mut state = StageState::new(&stage);
+        state.track_key_changes();
+        // "old" first, then enough rows of other keys an hour later for a
+        // sweep, which finds "old" idle.
+        let mut rows = vec![row("old", 0, 0, 0)];
+        rows.extend((1..5000).map(|offset| row(&format!("u{offset}"), 0, offset, 3_600_000)));
+        assert!(apply_or_abort(&mut state, &stage, &shared, &mut rows));
+        assert!(claim_keys(&mut state, &stage, &shared));
+        let old = Value::Str("old".into());
+        assert_eq!(shared.key_claims.claim(&old, 1), Ok(()));
+        // Keys still kept stay claimed for their partition.
+        assert_eq!(shared.key_claims.claim(&Value::Str("u1".into()), 1), Err(0));
     }
 }
