@@ -200,24 +200,12 @@ mod tests {
 
     const SPEC: &str = r#"
 name = "claims"
-[source]
-type = "generator"
-key = "user_id"
-[schema]
-user_id = "string"
-amount = "f64"
-ts = "timestamp_ms"
-[time]
-field = "ts"
-[[feature]]
-name = "amount_sum_1m"
-agg = "sum"
-field = "amount"
-window = "1m"
-[[sink]]
-type = "null"
-[dead_letters]
-type = "null"
+source = { type = "generator", key = "user_id" }
+schema = { user_id = "string", amount = "f64", ts = "timestamp_ms" }
+time = { field = "ts" }
+feature = [{ name = "amount_sum_1m", agg = "sum", field = "amount", window = "1m" }]
+sink = [{ type = "null" }]
+dead_letters = { type = "null" }
 "#;
 
     fn row(user: &str, partition: u32, offset: u64, time: i64) -> Row {
