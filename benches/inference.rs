@@ -6,12 +6,13 @@
 //! timed: its input is prepared just before, warm in cache, as the stage
 //! before inference leaves it in the engine.
 //!
-//! Run: `cargo bench --bench inference -- --rows 200000`
+//! Run: `cargo bench --bench inference -- --rows 200000`; on a GPU, with
+//! the CUDA build of the runtime, `-- --device cuda`.
 
 use clap::Parser;
 use std::time::Instant;
 use tideflow::inference::Model;
-use tideflow::plan::{Device, ModelPlan, OutputPlan};
+use tideflow::plan::{Device, ModelPlan, OutputPlan, RunRows};
 use tideflow::row::Row;
 use tideflow_connectors::Value;
 
@@ -29,6 +30,14 @@ struct Args {
     /// Model file.
     #[arg(long, default_value = "models/fraud_mlp.onnx")]
     model: std::path::PathBuf,
+    /// Where both sides score: cpu, cuda or cuda:N (the CUDA build of the
+    /// runtime: `scripts/setup-onnxruntime.sh --gpu`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Rows in each of the engine's ONNX Runtime runs (`[model] run_rows`);
+    /// 0: one run per batch, as bare ort does.
+    #[arg(long, default_value_t = 0)]
+    run_rows: usize,
     /// Repeats per measurement (the best is kept).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
@@ -38,7 +47,7 @@ struct Args {
 
 const WIDTH: usize = 8;
 
-fn plan(path: &std::path::Path) -> ModelPlan {
+fn plan(path: &std::path::Path, device: Device, run_rows: usize) -> ModelPlan {
     ModelPlan {
         path: path.to_owned(),
         name: "bench".into(),
@@ -59,8 +68,12 @@ fn plan(path: &std::path::Path) -> ModelPlan {
                 index: None,
             },
         ],
-        device: Device::Cpu,
+        device,
         fill_null: 0.0,
+        run_rows: match run_rows {
+            0 => RunRows::PerBatch,
+            rows => RunRows::Fixed(rows),
+        },
     }
 }
 
@@ -94,15 +107,34 @@ fn timed_batches(
     rows as f64 / best
 }
 
-fn bare_ort(path: &std::path::Path, data: &[f32], batch: usize, repeats: usize) -> f64 {
+fn bare_ort(
+    path: &std::path::Path,
+    device: Device,
+    data: &[f32],
+    batch: usize,
+    repeats: usize,
+) -> f64 {
     // The same process-wide environment the engine uses: ONNX Runtime allows one.
     let environment = tideflow::inference::environment().expect("load ONNX Runtime");
-    let mut session = ort::session::Session::builder(environment)
+    let mut builder = ort::session::Session::builder(environment)
         .expect("builder")
         .with_intra_threads(1)
-        .expect("threads")
-        .commit_from_file(path)
-        .expect("session");
+        .expect("threads");
+    if let Device::Cuda(index) = device {
+        // The options the engine sets, so both sides run the same kernels.
+        let cuda = ort::ep::CUDA::default()
+            .with_device_id(index)
+            .with_tf32(false)
+            .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic)
+            .build()
+            .error_on_failure();
+        builder = builder
+            .with_deterministic_compute(true)
+            .expect("deterministic")
+            .with_execution_providers([cuda])
+            .expect("CUDA");
+    }
+    let mut session = builder.commit_from_file(path).expect("session");
     let mut tensor_data = Vec::new();
     let (mut scores, mut labels) = (Vec::new(), Vec::new());
     timed_batches(repeats, data, batch, |chunk, time| {
@@ -130,8 +162,15 @@ fn bare_ort(path: &std::path::Path, data: &[f32], batch: usize, repeats: usize) 
     })
 }
 
-fn engine(path: &std::path::Path, data: &[f32], batch: usize, repeats: usize) -> f64 {
-    let mut model = Model::open(&plan(path)).expect("model");
+fn engine(
+    path: &std::path::Path,
+    device: Device,
+    run_rows: usize,
+    data: &[f32],
+    batch: usize,
+    repeats: usize,
+) -> f64 {
+    let mut model = Model::open(&plan(path, device, run_rows)).expect("model");
     timed_batches(repeats, data, batch, |chunk, time| {
         let mut rows: Vec<Row> = chunk
             .chunks(WIDTH)
@@ -159,11 +198,21 @@ fn engine(path: &std::path::Path, data: &[f32], batch: usize, repeats: usize) ->
 fn main() {
     common::require_onnxruntime();
     let args = Args::parse();
+    // Both sides must name the same device, so `auto` is not offered.
+    let device = match Device::parse(&args.device) {
+        Some(Device::Auto) | None => panic!("--device: cpu, cuda or cuda:N"),
+        Some(device) => device,
+    };
     let data = input(args.rows);
     println!(
-        "inference: {} rows of {WIDTH} features, {}, CPU, 1 intra-op thread",
+        "inference: {} rows of {WIDTH} features, {}, {}, 1 intra-op thread, engine runs of {}",
         args.rows,
-        args.model.display()
+        args.model.display(),
+        args.device,
+        match args.run_rows {
+            0 => "the batch size".to_owned(),
+            rows => format!("{rows} rows"),
+        }
     );
     println!(
         "{:>7} {:>16} {:>16} {:>8}",
@@ -171,8 +220,15 @@ fn main() {
     );
     let started = Instant::now();
     for batch in &args.batches {
-        let bare = bare_ort(&args.model, &data, *batch, args.repeats);
-        let ours = engine(&args.model, &data, *batch, args.repeats);
+        let bare = bare_ort(&args.model, device, &data, *batch, args.repeats);
+        let ours = engine(
+            &args.model,
+            device,
+            args.run_rows,
+            &data,
+            *batch,
+            args.repeats,
+        );
         println!("{batch:>7} {bare:>16.0} {ours:>16.0} {:>8.2}", ours / bare);
     }
     eprintln!("({:.1} s)", started.elapsed().as_secs_f64());

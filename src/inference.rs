@@ -2,7 +2,8 @@
 //!
 //! The runtime library is loaded dynamically: from `ORT_DYLIB_PATH`, else
 //! from tideflow's own setup location (`scripts/setup-onnxruntime.sh`
-//! installs it from the `onnxruntime` wheel on PyPI). A batch's input
+//! installs it from the `onnxruntime` wheel on PyPI, or with `--gpu` the
+//! CUDA build from `onnxruntime-gpu`). A batch's input
 //! columns are assembled into one contiguous float32 tensor, and each mapped
 //! output becomes a column. The same code scores micro-batches and bulk
 //! batches; only the batch size differs.
@@ -20,19 +21,31 @@ use tideflow_connectors::Value;
 /// The ONNX Runtime version tideflow targets (what `ort` was built for).
 pub const ORT_VERSION: &str = "1.31.1";
 
-/// Where `scripts/setup-onnxruntime.sh` installs the library.
+/// Where `scripts/setup-onnxruntime.sh` installs the CPU build.
 pub fn setup_location() -> PathBuf {
-    let cache = std::env::var_os("TIDEFLOW_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/tideflow"))
-        })
-        .unwrap_or_else(|| PathBuf::from(".cache/tideflow"));
-    cache
+    cache_dir()
         .join(format!("onnxruntime-{ORT_VERSION}"))
         .join("libonnxruntime.so")
 }
 
+/// Where `scripts/setup-onnxruntime.sh --gpu` installs the CUDA build.
+pub fn gpu_setup_location() -> PathBuf {
+    cache_dir()
+        .join(format!("onnxruntime-gpu-{ORT_VERSION}"))
+        .join("libonnxruntime.so")
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("TIDEFLOW_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/tideflow"))
+        })
+        .unwrap_or_else(|| PathBuf::from(".cache/tideflow"))
+}
+
+/// `ORT_DYLIB_PATH` when set; else the CUDA build if it was installed (it
+/// runs on the CPU as well), else the CPU build.
 fn library_path() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
         let path = PathBuf::from(path);
@@ -44,12 +57,16 @@ fn library_path() -> Result<PathBuf> {
             version: ORT_VERSION,
         });
     }
-    let path = setup_location();
-    if path.is_file() {
-        return Ok(path);
+    let candidates = [gpu_setup_location(), setup_location()];
+    if let Some(found) = candidates.iter().find(|path| path.is_file()) {
+        return Ok(found.clone());
     }
     Err(Error::RuntimeMissing {
-        looked_at: format!("ORT_DYLIB_PATH (unset), {}", path.display()),
+        looked_at: format!(
+            "ORT_DYLIB_PATH (unset), {}, {}",
+            candidates[0].display(),
+            candidates[1].display()
+        ),
         version: ORT_VERSION,
     })
 }
@@ -90,9 +107,8 @@ pub struct Signature {
 /// A loaded model, ready to score batches.
 #[derive(Debug)]
 pub struct Model {
-    session: Session,
+    runs: Runs,
     plan: ModelPlan,
-    input_name: String,
     output_types: Vec<ColumnType>,
     identity: String,
     device: String,
@@ -121,42 +137,66 @@ fn open_session(path: &std::path::Path, device: Device) -> Result<(Session, Stri
             "no such file; check [model] path (relative paths are taken from the working directory)",
         ));
     }
-    let fail = |error: ort::Error| model_error(path, error.to_string());
-    let mut builder = Session::builder(environment).map_err(fail)?;
+    let fail = |error: ort::Error| model_error(path, error.to_string().trim_end());
+    match device {
+        Device::Cpu => session_on(environment, path, None).map_err(fail),
+        Device::Cuda(index) => session_on(environment, path, Some(index)).map_err(|error| {
+            model_error(
+                path,
+                format!(
+                    "device cuda:{index} is unavailable: {}\n  fix: install the CUDA build with `scripts/setup-onnxruntime.sh --gpu` (it needs an NVIDIA GPU and the CUDA 13 and cuDNN 9 libraries on the loader's path, e.g. LD_LIBRARY_PATH), or use device = \"cpu\"",
+                    error.to_string().trim_end()
+                ),
+            )
+        }),
+        Device::Auto if cuda_compiled_in() => {
+            // The CUDA build without a usable GPU (no device, no CUDA
+            // libraries) fails at registration or at commit: either way
+            // the model is scored on the CPU, and the user is told why.
+            session_on(environment, path, Some(0)).or_else(|error| {
+                static TOLD: std::sync::Once = std::sync::Once::new();
+                TOLD.call_once(|| {
+                    let reason = error.to_string();
+                    eprintln!(
+                        "tideflow: device auto: CUDA unavailable ({}); scoring on the CPU",
+                        reason.trim_end()
+                    );
+                });
+                session_on(environment, path, None).map_err(fail)
+            })
+        }
+        Device::Auto => session_on(environment, path, None).map_err(fail),
+    }
+}
+
+/// A session for the model at `path` on the CPU, or on the CUDA device
+/// `cuda_index`, with the name of the device it runs on.
+fn session_on(
+    environment: &ort::environment::Environment,
+    path: &std::path::Path,
+    cuda_index: Option<i32>,
+) -> std::result::Result<(Session, String), ort::Error> {
     // One intra-op thread: tideflow parallelises over workers, and a
     // thread pool per worker would oversubscribe the cores.
-    builder = builder
-        .with_intra_threads(1)
-        .map_err(|error| fail(error.into()))?;
-    let cuda_index = match device {
-        Device::Cpu => None,
-        Device::Auto => cuda_compiled_in().then_some(0),
-        Device::Cuda(index) => Some(index),
-    };
+    let mut builder = Session::builder(environment)?.with_intra_threads(1)?;
     let mut used = "cpu".to_owned();
     if let Some(index) = cuda_index {
+        // Scores must not depend on the device's mood: full float32
+        // precision (no TF32 matrix products, which would differ from the
+        // CPU in the third digit), convolution algorithms chosen by rule
+        // rather than by timing, and deterministic kernels.
         let cuda = ort::ep::CUDA::default()
             .with_device_id(index)
+            .with_tf32(false)
+            .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic)
             .build()
             .error_on_failure();
-        match builder.with_execution_providers([cuda]) {
-            Ok(with_cuda) => {
-                builder = with_cuda;
-                used = format!("cuda:{index}");
-            }
-            Err(error) if device == Device::Auto => builder = error.recover(),
-            Err(error) => {
-                return Err(model_error(
-                    path,
-                    format!(
-                        "device cuda:{index} is unavailable: {error}; install the onnxruntime-gpu library or use device = \"cpu\""
-                    ),
-                ));
-            }
-        }
+        builder = builder
+            .with_deterministic_compute(true)?
+            .with_execution_providers([cuda])?;
+        used = format!("cuda:{index}");
     }
-    let session = builder.commit_from_file(path).map_err(fail)?;
-    Ok((session, used))
+    Ok((builder.commit_from_file(path)?, used))
 }
 
 fn cuda_compiled_in() -> bool {
@@ -215,10 +255,14 @@ impl Model {
             .and_then(|metadata| metadata.version())
             .unwrap_or(0);
         let identity = format!("{}:v{version}@{:016x}", plan.name, fnv64(&bytes));
+        let run_rows = plan.run_rows.fixed(device.starts_with("cuda"));
         Ok(Model {
-            session,
+            runs: Runs {
+                session,
+                input_name,
+                run_rows,
+            },
             plan: plan.clone(),
-            input_name,
             output_types,
             identity,
             device,
@@ -243,7 +287,7 @@ impl Model {
 
     /// The model's signature.
     pub fn signature(&self) -> Signature {
-        signature(&self.session)
+        signature(&self.runs.session)
     }
 
     /// Scores `rows` in one run, writing the output columns into each row.
@@ -252,9 +296,12 @@ impl Model {
             return Ok(());
         }
         let width = self.plan.input_slots.len();
-        // Every cell is written below; the buffer keeps its capacity
-        // from batch to batch.
-        self.tensor.resize(rows.len() * width, 0.0);
+        let count = rows.len();
+        // Every cell of the rows is written below, and the padding of a
+        // last short run is zeroed; the buffer keeps its capacity from
+        // batch to batch.
+        self.tensor.resize(self.padded(count) * width, 0.0);
+        self.tensor[count * width..].fill(0.0);
         let fill_null = self.plan.fill_null;
         let slots = &self.plan.input_slots;
         let first = slots.first().copied().unwrap_or(0);
@@ -278,32 +325,31 @@ impl Model {
             }
         }
         let outputs = &self.plan.outputs;
-        let count = rows.len();
-        run_matrix(
-            &mut self.session,
-            &self.input_name,
-            &self.tensor,
-            count,
-            width,
-            outputs,
-            |output, row, value| {
+        self.runs
+            .score(&self.tensor, width, count, outputs, |output, row, value| {
                 rows[row].values[outputs[output].slot] = value;
-            },
-        )?;
-        Ok(())
+            })
+    }
+
+    /// Rows held by the runs that score `rows` rows: `rows` rounded up to
+    /// whole runs when runs have a fixed size.
+    fn padded(&self, rows: usize) -> usize {
+        self.runs
+            .run_rows
+            .map_or(rows, |run_rows| rows.div_ceil(run_rows) * run_rows)
     }
 
     /// Scores a `rows x width` matrix and returns one column per mapped
-    /// output. Used by [`Model::score`] and to check row independence.
+    /// output. Used to check row independence.
     fn score_matrix(&mut self, matrix: &[f32], rows: usize) -> Result<Vec<Vec<Value>>> {
         let width = self.plan.input_slots.len();
+        let mut padded = matrix.to_vec();
+        padded.resize(self.padded(rows) * width, 0.0);
         let mut columns = vec![vec![Value::Null; rows]; self.plan.outputs.len()];
-        run_matrix(
-            &mut self.session,
-            &self.input_name,
-            matrix,
-            rows,
+        self.runs.score(
+            &padded,
             width,
+            rows,
             &self.plan.outputs,
             |output, row, value| {
                 columns[output][row] = value;
@@ -344,44 +390,87 @@ fn to_cell(value: &Value, fill_null: f32) -> f32 {
     }
 }
 
-/// Runs the session on a `rows x width` float32 matrix and hands each
-/// mapped output value to `emit(output, row, value)`, row by row (every
-/// output of a row together, so a row's memory is visited once).
-fn run_matrix(
-    session: &mut Session,
-    input_name: &str,
-    matrix: &[f32],
-    rows: usize,
-    width: usize,
-    mapped: &[OutputPlan],
-    mut emit: impl FnMut(usize, usize, Value),
-) -> Result<()> {
-    let fail = |error: ort::Error| Error::Inference {
-        rows,
-        message: error.to_string(),
-    };
-    let tensor = TensorRef::from_array_view(([rows, width], matrix)).map_err(fail)?;
-    let outputs = session
-        .run(ort::inputs![input_name => tensor])
-        .map_err(fail)?;
-    let columns = mapped
-        .iter()
-        .map(|output| {
-            let value = outputs
-                .get(&output.output)
-                .ok_or_else(|| Error::Inference {
-                    rows,
-                    message: format!("the model produced no output '{}'", output.output),
-                })?;
-            OutputColumn::new(value, rows, output.index.unwrap_or(0)).map_err(fail)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    for row in 0..rows {
-        for (index, column) in columns.iter().enumerate() {
-            emit(index, row, column.value(row));
+/// A session and how its runs are shaped.
+#[derive(Debug)]
+struct Runs {
+    session: Session,
+    /// The model input fed the tensor.
+    input_name: String,
+    /// Rows in every run, if fixed.
+    run_rows: Option<usize>,
+}
+
+impl Runs {
+    /// Scores the first `rows` rows of `matrix` (`width` cells each): in
+    /// one run, or with a fixed run size in runs of exactly that many
+    /// rows, `matrix` then holding whole runs (the rows past `rows` are
+    /// padding). Each mapped value goes to `emit(output, row, value)`.
+    fn score(
+        &mut self,
+        matrix: &[f32],
+        width: usize,
+        rows: usize,
+        mapped: &[OutputPlan],
+        mut emit: impl FnMut(usize, usize, Value),
+    ) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
         }
+        let per_run = self.run_rows.unwrap_or(rows);
+        for (index, run) in matrix.chunks(per_run * width).enumerate() {
+            let first = index * per_run;
+            if first >= rows {
+                break;
+            }
+            let used = (rows - first).min(per_run);
+            self.run_once(run, width, used, mapped, |output, row, value| {
+                emit(output, first + row, value)
+            })?;
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Runs the session once on a float32 matrix of `width` columns and
+    /// hands each mapped output value of its first `used` rows (the rest
+    /// is padding) to `emit(output, row, value)`, row by row (every output
+    /// of a row together, so a row's memory is visited once).
+    fn run_once(
+        &mut self,
+        matrix: &[f32],
+        width: usize,
+        used: usize,
+        mapped: &[OutputPlan],
+        mut emit: impl FnMut(usize, usize, Value),
+    ) -> Result<()> {
+        let rows = matrix.len() / width;
+        let fail = |error: ort::Error| Error::Inference {
+            rows,
+            message: error.to_string(),
+        };
+        let tensor = TensorRef::from_array_view(([rows, width], matrix)).map_err(fail)?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => tensor])
+            .map_err(fail)?;
+        let columns = mapped
+            .iter()
+            .map(|output| {
+                let value = outputs
+                    .get(&output.output)
+                    .ok_or_else(|| Error::Inference {
+                        rows,
+                        message: format!("the model produced no output '{}'", output.output),
+                    })?;
+                OutputColumn::new(value, rows, output.index.unwrap_or(0)).map_err(fail)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for row in 0..used {
+            for (index, column) in columns.iter().enumerate() {
+                emit(index, row, column.value(row));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Column `index` of a model output: its data, whatever the element type,

@@ -179,6 +179,41 @@ pub struct ModelPlan {
     pub device: Device,
     /// Stand-in for null inputs.
     pub fill_null: f32,
+    /// How many rows each ONNX Runtime run takes.
+    pub run_rows: RunRows,
+}
+
+/// The default run size on a GPU: large enough that a bulk batch is not
+/// slowed by the fixed cost of each run (on an H100 with the example MLP,
+/// 4 workers scored 720,977 rows/s in runs of 4096 and 485,823 in runs of
+/// 256, against 723,107 with one run per batch), small enough that padding
+/// a micro-batch up to it adds well under a millisecond for such a model.
+pub const GPU_RUN_ROWS: usize = 4096;
+
+/// How many rows each ONNX Runtime run takes. GPU kernels are chosen by
+/// the number of rows, so a row scored in batches of different sizes may
+/// get different low-order bits; runs of one fixed size (the last padded)
+/// make its scores independent of the batching.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunRows {
+    /// One run per batch, whatever its size.
+    PerBatch,
+    /// Runs of exactly this many rows.
+    Fixed(usize),
+    /// `Fixed` on a GPU, `PerBatch` on the CPU (whose kernels compute
+    /// each row alike at any batch size, which the engine checks).
+    FixedOnGpu(usize),
+}
+
+impl RunRows {
+    /// The fixed run size on a device, if any.
+    pub fn fixed(self, on_gpu: bool) -> Option<usize> {
+        match self {
+            RunRows::PerBatch => None,
+            RunRows::Fixed(rows) => Some(rows),
+            RunRows::FixedOnGpu(rows) => on_gpu.then_some(rows),
+        }
+    }
 }
 
 /// One model output column.
@@ -1034,6 +1069,11 @@ impl Builder<'_> {
             outputs,
             device,
             fill_null: model.fill_null,
+            run_rows: match model.run_rows {
+                Some(0) => RunRows::PerBatch,
+                Some(rows) => RunRows::Fixed(rows),
+                None => RunRows::FixedOnGpu(GPU_RUN_ROWS),
+            },
         }))
     }
 

@@ -98,3 +98,46 @@ fn a_model_that_does_not_fit_the_spec_is_rejected_by_check_and_run() {
         "{stderr}"
     );
 }
+
+#[test]
+fn device_cuda_on_the_cpu_build_is_refused_with_the_fix_and_auto_scores_on_the_cpu() {
+    use ort::ep::ExecutionProvider;
+    common::require_onnxruntime();
+    tideflow::inference::environment().unwrap();
+    assert!(
+        !ort::ep::CUDA::is_available().unwrap(),
+        "this test needs the CPU build of ONNX Runtime, which scripts/test.sh provides \
+         (ORT_DYLIB_PATH=$(scripts/setup-onnxruntime.sh | tail -1)); \
+         the CUDA build is tested by scripts/test-cuda.sh"
+    );
+    let out = tempfile::tempdir().unwrap();
+    let error = common::run_fraud_with("fraud_mlp", out.path(), 1, &["model.device=\"cuda\""])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("device cuda:0 is unavailable")
+            && error.contains("scripts/setup-onnxruntime.sh --gpu"),
+        "{error}"
+    );
+    let summary =
+        common::run_fraud_with("fraud_mlp", out.path(), 1, &["model.device=\"auto\""]).unwrap();
+    assert!(
+        summary.model.as_deref().unwrap().contains(" on cpu "),
+        "{summary}"
+    );
+}
+
+#[test]
+fn runs_of_a_fixed_size_score_every_row_as_one_run_per_batch_does() {
+    common::require_onnxruntime();
+    let dir = tempfile::tempdir().unwrap();
+    let per_batch = dir.path().join("per-batch");
+    let fixed = dir.path().join("fixed");
+    common::run_fraud_with("fraud_mlp", &per_batch, 1, &["model.run_rows=0"]).unwrap();
+    // 7 rows a run: a 256-row micro-batch is 36 whole runs and a padded one.
+    let summary = common::run_fraud_with("fraud_mlp", &fixed, 1, &["model.run_rows=7"]).unwrap();
+    assert!(summary.counts.reconciles(), "{summary}");
+    let expected = common::read_lines(&per_batch.join("rows"));
+    assert_eq!(expected.len(), 2000);
+    assert_eq!(expected, common::read_lines(&fixed.join("rows")));
+}

@@ -230,6 +230,12 @@ pub struct ModelSpec {
     /// The value fed to the model in place of a null input (default 0).
     #[serde(default)]
     pub fill_null: f32,
+    /// Rows in every ONNX Runtime run: batches are split into runs of
+    /// this many rows, the last one padded, so that a row's scores do not
+    /// depend on its batch's size. `0`: one run per batch, whatever its
+    /// size. Default: 4096 on a GPU (whose kernels change with the number
+    /// of rows), `0` on the CPU.
+    pub run_rows: Option<usize>,
 }
 
 fn auto_device() -> String {

@@ -142,6 +142,16 @@ pub fn output_overrides(out: &Path) -> Vec<String> {
 /// Runs `dataflows/fraud.toml` on its committed sample data with the named
 /// model from `models/`, writing rows and dead letters under `out`.
 pub fn run_fraud(model: &str, out: &Path, workers: usize) -> tideflow::Result<Summary> {
+    run_fraud_with(model, out, workers, &[])
+}
+
+/// [`run_fraud`] with more overrides (`model.device=...`, say).
+pub fn run_fraud_with(
+    model: &str,
+    out: &Path,
+    workers: usize,
+    extra: &[&str],
+) -> tideflow::Result<Summary> {
     let root = root();
     let mut overrides = vec![
         format!(
@@ -154,6 +164,7 @@ pub fn run_fraud(model: &str, out: &Path, workers: usize) -> tideflow::Result<Su
         ),
     ];
     overrides.extend(output_overrides(out));
+    overrides.extend(extra.iter().map(|text| text.to_string()));
     let plan = tideflow::plan::load(&root.join("dataflows/fraud.toml"), &overrides)?;
     run(plan, &RunOptions::with_workers(workers))
 }
