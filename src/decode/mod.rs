@@ -42,19 +42,22 @@ impl Decoder {
             error,
             raw,
         };
-        let mut values = Vec::with_capacity(self.width);
-        match &mut record.body {
+        let mut values = match &mut record.body {
             RawBody::Bytes(bytes) => {
+                let mut values = Vec::with_capacity(self.width);
                 if let Err(error) = self.decode_json(bytes, &mut values) {
                     return Err(dead(error, String::from_utf8_lossy(bytes).into_owned()));
                 }
+                values
             }
             RawBody::Fields(fields) => {
                 if let Err(error) = self.check_fields(fields) {
                     return Err(dead(error, fields_as_json(&self.fields, fields)));
                 }
-                values = std::mem::take(fields);
+                // The record's own vector becomes the row's: no allocation.
+                let mut values = std::mem::take(fields);
                 values.reserve(self.width - values.len());
+                values
             }
             RawBody::Unreadable { reason, prefix } => {
                 return Err(dead(
@@ -62,7 +65,7 @@ impl Decoder {
                     String::from_utf8_lossy(prefix).into_owned(),
                 ));
             }
-        }
+        };
         if let Err(error) = self.fill_metadata(&record, &mut values) {
             let raw = self.raw_text(&record.body, &values);
             return Err(dead(error, raw));
