@@ -245,9 +245,14 @@ pub fn read_source<'scope>(
                             .map_or(slowest, |published| published.max(slowest))
                     })
                     .map(|slowest| slowest.saturating_add(skew_ms));
-                for partition in partitions
+                let unfinished = partitions
+                    .iter()
+                    .filter(|partition| !partition.finished)
+                    .count();
+                for (index, partition) in partitions
                     .iter_mut()
                     .filter(|partition| !partition.finished)
+                    .enumerate()
                 {
                     if shared.is_aborted() {
                         break;
@@ -286,6 +291,10 @@ pub fn read_source<'scope>(
                         }
                         partition.last_record = Instant::now();
                     }
+                    // Room for as much again from each partition left:
+                    // grown a row at a time, the vector would copy its rows
+                    // at every doubling.
+                    rows.reserve(raw.len() * (unfinished - index));
                     for record in raw.drain(..) {
                         let warm_up = record.offset < first_output;
                         let letter = match decoder.decode(record) {
