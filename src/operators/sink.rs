@@ -75,10 +75,9 @@ impl WriteRows for RowStream<'_> {
                             }
                             Stats::add(&shared.stats.rows_out, rows.len() as u64);
                             let now_ms = epoch_ms();
-                            for row in rows.iter() {
-                                let seconds = (now_ms - row.time) as f64 / 1000.0;
-                                shared.metrics.event_to_output_seconds.observe(seconds);
-                            }
+                            shared.metrics.event_to_output_seconds.observe_all(
+                                rows.iter().map(|row| (now_ms - row.time) as f64 / 1000.0),
+                            );
                         });
                         let Some(held) = capability.as_mut() else {
                             return;
