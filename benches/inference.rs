@@ -116,24 +116,13 @@ fn bare_ort(
 ) -> f64 {
     // The same process-wide environment the engine uses: ONNX Runtime allows one.
     let environment = tideflow::inference::environment().expect("load ONNX Runtime");
-    let mut builder = ort::session::Session::builder(environment)
-        .expect("builder")
-        .with_intra_threads(1)
-        .expect("threads");
-    if let Device::Cuda(index) = device {
-        // The options the engine sets, so both sides run the same kernels.
-        let cuda = ort::ep::CUDA::default()
-            .with_device_id(index)
-            .with_tf32(false)
-            .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic)
-            .build()
-            .error_on_failure();
-        builder = builder
-            .with_deterministic_compute(true)
-            .expect("deterministic")
-            .with_execution_providers([cuda])
-            .expect("CUDA");
-    }
+    let cuda_index = match device {
+        Device::Cuda(index) => Some(index),
+        _ => None,
+    };
+    // The engine's own session settings, so both sides run the same kernels.
+    let mut builder =
+        tideflow::inference::session_builder(environment, cuda_index).expect("builder");
     let mut session = builder.commit_from_file(path).expect("session");
     let mut tensor_data = Vec::new();
     let (mut scores, mut labels) = (Vec::new(), Vec::new());

@@ -176,27 +176,37 @@ fn session_on(
     path: &std::path::Path,
     cuda_index: Option<i32>,
 ) -> std::result::Result<(Session, String), ort::Error> {
+    let used = cuda_index.map_or("cpu".to_owned(), |index| format!("cuda:{index}"));
+    let session = session_builder(environment, cuda_index)?.commit_from_file(path)?;
+    Ok((session, used))
+}
+
+/// A session builder set up as tideflow runs its models, on the CPU or on
+/// the CUDA device `cuda_index` (public so that benchmarks compare like
+/// with like).
+pub fn session_builder(
+    environment: &ort::environment::Environment,
+    cuda_index: Option<i32>,
+) -> std::result::Result<ort::session::builder::SessionBuilder, ort::Error> {
     // One intra-op thread: tideflow parallelises over workers, and a
     // thread pool per worker would oversubscribe the cores.
-    let mut builder = Session::builder(environment)?.with_intra_threads(1)?;
-    let mut used = "cpu".to_owned();
-    if let Some(index) = cuda_index {
-        // Scores must not depend on the device's mood: full float32
-        // precision (no TF32 matrix products, which would differ from the
-        // CPU in the third digit), convolution algorithms chosen by rule
-        // rather than by timing, and deterministic kernels.
-        let cuda = ort::ep::CUDA::default()
-            .with_device_id(index)
-            .with_tf32(false)
-            .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic)
-            .build()
-            .error_on_failure();
-        builder = builder
-            .with_deterministic_compute(true)?
-            .with_execution_providers([cuda])?;
-        used = format!("cuda:{index}");
-    }
-    Ok((builder.commit_from_file(path)?, used))
+    let builder = Session::builder(environment)?.with_intra_threads(1)?;
+    let Some(index) = cuda_index else {
+        return Ok(builder);
+    };
+    // Scores must not depend on the device's mood: full float32 precision
+    // (no TF32 matrix products, which would differ from the CPU in the
+    // third digit), convolution algorithms chosen by rule rather than by
+    // timing, and deterministic kernels.
+    let cuda = ort::ep::CUDA::default()
+        .with_device_id(index)
+        .with_tf32(false)
+        .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic)
+        .build()
+        .error_on_failure();
+    Ok(builder
+        .with_deterministic_compute(true)?
+        .with_execution_providers([cuda])?)
 }
 
 fn cuda_compiled_in() -> bool {
