@@ -500,15 +500,25 @@ enum OutputData<'output> {
 
 impl<'output> OutputColumn<'output> {
     fn new(value: &'output ort::value::DynValue, rows: usize, index: usize) -> ort::Result<Self> {
-        let (data, len) = if let Ok((_, data)) = value.try_extract_tensor::<f32>() {
-            (OutputData::F32(data), data.len())
-        } else if let Ok((_, data)) = value.try_extract_tensor::<f64>() {
-            (OutputData::F64(data), data.len())
-        } else if let Ok((_, data)) = value.try_extract_tensor::<i64>() {
-            (OutputData::I64(data), data.len())
-        } else {
-            let (_, data) = value.try_extract_tensor::<i32>()?;
-            (OutputData::I32(data), data.len())
+        // Extracted as the element type the value has: a failed attempt
+        // builds an error message, which costs more than a small batch's
+        // scatter.
+        let element = match value.dtype() {
+            ValueType::Tensor { ty, .. } => Some(*ty),
+            _ => None,
+        };
+        let data = match element {
+            Some(TensorElementType::Float64) => OutputData::F64(value.try_extract_tensor()?.1),
+            Some(TensorElementType::Int64) => OutputData::I64(value.try_extract_tensor()?.1),
+            Some(TensorElementType::Int32) => OutputData::I32(value.try_extract_tensor()?.1),
+            // Float32, and anything else, whose error the extraction gives.
+            _ => OutputData::F32(value.try_extract_tensor()?.1),
+        };
+        let len = match data {
+            OutputData::F32(data) => data.len(),
+            OutputData::F64(data) => data.len(),
+            OutputData::I64(data) => data.len(),
+            OutputData::I32(data) => data.len(),
         };
         Ok(OutputColumn {
             data,
