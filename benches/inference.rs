@@ -1,6 +1,6 @@
-//! Inference: the engine's scoring path (tensor assembly from rows, one
-//! ONNX Runtime run, output columns written back) against bare `ort` session
-//! runs on a ready tensor that read the same two outputs (the fraud
+//! Inference: the engine's scoring path (tensor assembly from a batch's
+//! computed input columns, one ONNX Runtime run, outputs added as
+//! columns) against bare `ort` session runs on a ready tensor that read the same two outputs (the fraud
 //! probability and the label of every row) into plain vectors, same model
 //! and batch size, in the same run. Only the scoring of each batch is
 //! timed: its input is prepared just before, warm in cache, as the stage
@@ -11,6 +11,7 @@
 
 use clap::Parser;
 use std::time::Instant;
+use tideflow::batch::Batch;
 use tideflow::inference::Model;
 use tideflow::plan::{Device, ModelPlan, OutputPlan, RunRows};
 use tideflow::row::Row;
@@ -161,26 +162,30 @@ fn engine(
 ) -> f64 {
     let mut model = Model::open(&plan(path, device, run_rows)).expect("model");
     timed_batches(repeats, data, batch, |chunk, time| {
-        let mut rows: Vec<Row> = chunk
-            .chunks(WIDTH)
-            .enumerate()
-            .map(|(offset, values)| {
-                let mut values: Vec<Value> = values
-                    .iter()
-                    .map(|value| Value::F64(f64::from(*value)))
-                    .collect();
-                values.extend([Value::Null, Value::Null]);
-                Row {
-                    partition: 0,
-                    offset: offset as u64,
-                    time: 0,
-                    values,
-                    warm_up: false,
-                }
+        // As the feature stages leave a batch: rows with a slot for every
+        // column, the inputs computed as float columns beside them.
+        let rows: Vec<Row> = (0..chunk.len() / WIDTH)
+            .map(|offset| Row {
+                partition: 0,
+                offset: offset as u64,
+                time: 0,
+                values: vec![Value::Null; WIDTH + 2],
+                warm_up: false,
             })
             .collect();
-        time(&mut || model.score(&mut rows).expect("score"));
-        std::hint::black_box(&rows);
+        let mut batch = Batch::from_rows(rows);
+        for column in 0..WIDTH {
+            batch.set_numbers(
+                column,
+                chunk
+                    .iter()
+                    .skip(column)
+                    .step_by(WIDTH)
+                    .map(|value| Some(f64::from(*value))),
+            );
+        }
+        time(&mut || model.score(&mut batch).expect("score"));
+        std::hint::black_box(&batch);
     })
 }
 

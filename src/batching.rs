@@ -7,15 +7,15 @@
 //! (a backfill) and micro once every source has caught up. Batch boundaries
 //! never change a row's values, only when it leaves.
 
+use crate::batch::Batch;
 use crate::plan::{BatchLimits, BatchingPlan, Policy};
-use crate::row::Row;
 use std::time::{Duration, Instant};
 
 /// Rows waiting to be scored, and the policy that decides when they go.
 #[derive(Debug)]
 pub struct Batcher {
     plan: BatchingPlan,
-    pending: Vec<Row>,
+    pending: Batch,
     oldest: Option<Instant>,
 }
 
@@ -24,7 +24,7 @@ impl Batcher {
     pub fn new(plan: BatchingPlan) -> Self {
         Batcher {
             plan,
-            pending: Vec::new(),
+            pending: Batch::default(),
             oldest: None,
         }
     }
@@ -39,9 +39,9 @@ impl Batcher {
     }
 
     /// Adds rows to the pending batch.
-    pub fn extend(&mut self, rows: impl IntoIterator<Item = Row>, now: Instant) {
+    pub fn extend(&mut self, rows: Batch, now: Instant) {
         let before = self.pending.len();
-        self.pending.extend(rows);
+        self.pending.append(rows);
         if before == 0 && !self.pending.is_empty() {
             self.oldest = Some(now);
         }
@@ -50,12 +50,7 @@ impl Batcher {
     /// The next batch to send, if one is due: a full batch, whatever is
     /// pending once the input has ended, or a batch whose oldest row has
     /// waited `max_delay`.
-    pub fn next_batch(
-        &mut self,
-        behind: bool,
-        input_ended: bool,
-        now: Instant,
-    ) -> Option<Vec<Row>> {
+    pub fn next_batch(&mut self, behind: bool, input_ended: bool, now: Instant) -> Option<Batch> {
         if self.pending.is_empty() {
             return None;
         }
@@ -104,6 +99,7 @@ impl Batcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::row::Row;
 
     fn plan(policy: Policy) -> BatchingPlan {
         BatchingPlan {
@@ -119,8 +115,8 @@ mod tests {
         }
     }
 
-    fn rows(count: u64) -> Vec<Row> {
-        (0..count)
+    fn rows(count: u64) -> Batch {
+        let rows = (0..count)
             .map(|offset| Row {
                 partition: 0,
                 offset,
@@ -128,7 +124,8 @@ mod tests {
                 values: Vec::new(),
                 warm_up: false,
             })
-            .collect()
+            .collect();
+        Batch::from_rows(rows)
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use timely::dataflow::operators::vec::Filter;
+use timely::dataflow::operators::vec::Map;
 
 /// How a run is executed.
 #[derive(Clone, Debug)]
@@ -288,7 +288,7 @@ fn build_and_run(
             rows = rows.compute_features(stage.clone(), shared.clone());
         }
         // Replayed rows have rebuilt the windows; they are not the run's own.
-        rows.filter(|row| !row.warm_up)
+        rows.map_in_place(|batch| batch.retain(|row| !row.warm_up))
             .score_rows(model, shared.clone())
             .write_rows(writers, shared.clone(), commit_interval)
     });

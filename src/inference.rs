@@ -8,8 +8,8 @@
 //! output becomes a column. The same code scores micro-batches and bulk
 //! batches; only the batch size differs.
 
+use crate::batch::{Batch, Cells, SlotCells};
 use crate::plan::{Device, ModelPlan, OutputPlan};
-use crate::row::Row;
 use crate::schema::ColumnType;
 use crate::{Error, Result};
 use ort::session::Session;
@@ -300,45 +300,46 @@ impl Model {
         signature(&self.runs.session)
     }
 
-    /// Scores `rows` in one run, writing the output columns into each row.
-    pub fn score(&mut self, rows: &mut [Row]) -> Result<()> {
-        if rows.is_empty() {
+    /// Scores the rows of `batch` (in runs of `run_rows`, or one run) and
+    /// adds the mapped outputs to it as columns.
+    pub fn score(&mut self, batch: &mut Batch) -> Result<()> {
+        if batch.is_empty() {
             return Ok(());
         }
         let width = self.plan.input_slots.len();
-        let count = rows.len();
+        let count = batch.len();
         // Every cell of the rows is written below, and the padding of a
         // last short run is zeroed; the buffer keeps its capacity from
         // batch to batch.
         self.tensor.resize(self.padded(count) * width, 0.0);
         self.tensor[count * width..].fill(0.0);
-        let fill_null = self.plan.fill_null;
-        let slots = &self.plan.input_slots;
-        let first = slots.first().copied().unwrap_or(0);
-        if slots
+        gather_inputs(
+            batch,
+            &self.plan.input_slots,
+            self.plan.fill_null,
+            &mut self.tensor[..count * width],
+        );
+        let mut columns: Vec<Cells> = self
+            .output_types
             .iter()
-            .enumerate()
-            .all(|(index, slot)| *slot == first + index)
-        {
-            // Inputs side by side in the row (the common case): one slice
-            // per row, no index per cell.
-            for (row, cells) in rows.iter().zip(self.tensor.chunks_exact_mut(width)) {
-                for (cell, value) in cells.iter_mut().zip(&row.values[first..first + width]) {
-                    *cell = to_cell(value, fill_null);
+            .map(|ty| Cells::for_type(*ty, count))
+            .collect();
+        self.runs.score(
+            &self.tensor,
+            width,
+            count,
+            &self.plan.outputs,
+            |outputs, used| {
+                for (cells, output) in columns.iter_mut().zip(outputs) {
+                    output.append_to(cells, used);
                 }
-            }
-        } else {
-            for (row, cells) in rows.iter().zip(self.tensor.chunks_exact_mut(width)) {
-                for (cell, slot) in cells.iter_mut().zip(slots) {
-                    *cell = to_cell(&row.values[*slot], fill_null);
-                }
-            }
+            },
+        )?;
+
+        for (cells, output) in columns.into_iter().zip(&self.plan.outputs) {
+            batch.set_cells(output.slot, cells);
         }
-        let outputs = &self.plan.outputs;
-        self.runs
-            .score(&self.tensor, width, count, outputs, |output, row, value| {
-                rows[row].values[outputs[output].slot] = value;
-            })
+        Ok(())
     }
 
     /// Rows held by the runs that score `rows` rows: `rows` rounded up to
@@ -355,16 +356,13 @@ impl Model {
         let width = self.plan.input_slots.len();
         let mut padded = matrix.to_vec();
         padded.resize(self.padded(rows) * width, 0.0);
-        let mut columns = vec![vec![Value::Null; rows]; self.plan.outputs.len()];
-        self.runs.score(
-            &padded,
-            width,
-            rows,
-            &self.plan.outputs,
-            |output, row, value| {
-                columns[output][row] = value;
-            },
-        )?;
+        let mut columns = vec![Vec::with_capacity(rows); self.plan.outputs.len()];
+        self.runs
+            .score(&padded, width, rows, &self.plan.outputs, |outputs, used| {
+                for (values, output) in columns.iter_mut().zip(outputs) {
+                    values.extend((0..used).map(|row| output.value(row)));
+                }
+            })?;
         Ok(columns)
     }
 
@@ -393,10 +391,92 @@ impl Model {
 /// A tensor cell from a value: numbers narrowed to `f32`, anything else
 /// the null fill.
 #[inline]
-fn to_cell(value: &Value, fill_null: f32) -> f32 {
-    match value {
-        Value::F64(value) => *value as f32,
-        other => other.as_f64().map_or(fill_null, |value| value as f32),
+/// Writes the input cells of every row of `batch` into `tensor`, row by
+/// row (`slots.len()` cells each); nulls and non-numbers become
+/// `fill_null`.
+fn gather_inputs(batch: &Batch, slots: &[usize], fill_null: f32, tensor: &mut [f32]) {
+    let width = slots.len();
+    let readers: Vec<SlotCells<'_>> = slots.iter().map(|slot| batch.cells(*slot)).collect();
+    let floats: Option<Vec<(&[f64], &[bool])>> = readers.iter().map(SlotCells::floats).collect();
+    match floats {
+        // Inputs computed as float columns (features, expressions): the
+        // common case, read straight from the vectors, a block of rows at
+        // a time so that the block's part of the tensor stays in L1.
+        Some(columns) => gather_floats(&columns, fill_null, tensor),
+        // Some inputs in the rows (fields, or features that travelled
+        // with their rows): column by column, each read the way it is held.
+        None => {
+            for (column, reader) in readers.iter().enumerate() {
+                let rows = tensor.chunks_exact_mut(width);
+                match reader.floats() {
+                    Some((values, present)) => {
+                        for (cells, (value, present)) in rows.zip(values.iter().zip(present)) {
+                            cells[column] = if *present { *value as f32 } else { fill_null };
+                        }
+                    }
+                    None => {
+                        for (index, cells) in rows.enumerate() {
+                            cells[column] = reader
+                                .number(index)
+                                .map_or(fill_null, |number| number as f32);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Row by row, the cells of float columns into `tensor`: every value
+/// first, then `fill_null` over the nulls of the columns that have any.
+/// A model's width is known here only at run time; for the widths of
+/// small models the loop over a row's cells is compiled for that width,
+/// which the compiler unrolls (measured by benches/inference.rs: the
+/// general loop with a null check per cell took several times as long).
+fn gather_floats(columns: &[(&[f64], &[bool])], fill_null: f32, tensor: &mut [f32]) {
+    let width = columns.len();
+    let values: Vec<&[f64]> = columns.iter().map(|(values, _)| *values).collect();
+    copy_values(&values, tensor);
+    for (column, (_, present)) in columns.iter().enumerate() {
+        // Not `all`: without its early exit the check is vectorized.
+        if present.iter().fold(true, |all, present| all & present) {
+            continue;
+        }
+        for (cells, present) in tensor.chunks_exact_mut(width).zip(*present) {
+            if !present {
+                cells[column] = fill_null;
+            }
+        }
+    }
+}
+
+/// `tensor[row * width + column] = columns[column][row]`, narrowed.
+fn copy_values(columns: &[&[f64]], tensor: &mut [f32]) {
+    macro_rules! fixed_widths {
+        ($($width:literal)*) => {
+            match columns.len() {
+                $($width => {
+                    if let Ok(columns) = <&[_; $width]>::try_from(columns) {
+                        return copy_fixed::<$width>(columns, tensor);
+                    }
+                })*
+                _ => {}
+            }
+        };
+    }
+    fixed_widths!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+    for (row, cells) in tensor.chunks_exact_mut(columns.len()).enumerate() {
+        for (cell, values) in cells.iter_mut().zip(columns) {
+            *cell = values[row] as f32;
+        }
+    }
+}
+
+fn copy_fixed<const WIDTH: usize>(columns: &[&[f64]; WIDTH], tensor: &mut [f32]) {
+    for (row, cells) in tensor.chunks_exact_mut(WIDTH).enumerate() {
+        for (cell, values) in cells.iter_mut().zip(columns) {
+            *cell = values[row] as f32;
+        }
     }
 }
 
@@ -414,14 +494,15 @@ impl Runs {
     /// Scores the first `rows` rows of `matrix` (`width` cells each): in
     /// one run, or with a fixed run size in runs of exactly that many
     /// rows, `matrix` then holding whole runs (the rows past `rows` are
-    /// padding). Each mapped value goes to `emit(output, row, value)`.
+    /// padding). Each run's mapped outputs go to `take(outputs, used)`,
+    /// in row order, `used` being the run's rows that are not padding.
     fn score(
         &mut self,
         matrix: &[f32],
         width: usize,
         rows: usize,
         mapped: &[OutputPlan],
-        mut emit: impl FnMut(usize, usize, Value),
+        mut take: impl FnMut(&[OutputColumn<'_>], usize),
     ) -> Result<()> {
         if rows == 0 {
             return Ok(());
@@ -433,24 +514,21 @@ impl Runs {
                 break;
             }
             let used = (rows - first).min(per_run);
-            self.run_once(run, width, used, mapped, |output, row, value| {
-                emit(output, first + row, value)
-            })?;
+            self.run_once(run, width, used, mapped, &mut take)?;
         }
         Ok(())
     }
 
     /// Runs the session once on a float32 matrix of `width` columns and
-    /// hands each mapped output value of its first `used` rows (the rest
-    /// is padding) to `emit(output, row, value)`, row by row (every output
-    /// of a row together, so a row's memory is visited once).
+    /// hands its mapped outputs to `take(outputs, used)`, `used` being
+    /// the rows that are not padding.
     fn run_once(
         &mut self,
         matrix: &[f32],
         width: usize,
         used: usize,
         mapped: &[OutputPlan],
-        mut emit: impl FnMut(usize, usize, Value),
+        take: &mut impl FnMut(&[OutputColumn<'_>], usize),
     ) -> Result<()> {
         let rows = matrix.len() / width;
         let fail = |error: ort::Error| Error::Inference {
@@ -474,11 +552,7 @@ impl Runs {
                 OutputColumn::new(value, rows, output.index.unwrap_or(0)).map_err(fail)
             })
             .collect::<Result<Vec<_>>>()?;
-        for row in 0..used {
-            for (index, column) in columns.iter().enumerate() {
-                emit(index, row, column.value(row));
-            }
-        }
+        take(&columns, used);
         Ok(())
     }
 }
@@ -514,17 +588,45 @@ impl<'output> OutputColumn<'output> {
             // Float32, and anything else, whose error the extraction gives.
             _ => OutputData::F32(value.try_extract_tensor()?.1),
         };
-        let len = match data {
+        let mut column = OutputColumn {
+            data,
+            width: 1,
+            index,
+        };
+        column.width = column.len().checked_div(rows).unwrap_or(0).max(1);
+        Ok(column)
+    }
+
+    /// Appends the values of the first `rows` rows to `cells`: copied
+    /// in bulk where the cells have the output's type (widened), value by
+    /// value otherwise.
+    fn append_to(&self, cells: &mut Cells, rows: usize) {
+        let column = |len: usize| (self.index..len).step_by(self.width).take(rows);
+        let complete = rows * self.width <= self.len();
+        match (&self.data, complete) {
+            (OutputData::F32(data), true) => {
+                cells.extend_f64(column(data.len()).map(|at| f64::from(data[at])))
+            }
+            (OutputData::F64(data), true) => {
+                cells.extend_f64(column(data.len()).map(|at| data[at]))
+            }
+            (OutputData::I64(data), true) => {
+                cells.extend_i64(column(data.len()).map(|at| data[at]))
+            }
+            (OutputData::I32(data), true) => {
+                cells.extend_i64(column(data.len()).map(|at| i64::from(data[at])))
+            }
+            _ => (0..rows).for_each(|row| cells.push(self.value(row))),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self.data {
             OutputData::F32(data) => data.len(),
             OutputData::F64(data) => data.len(),
             OutputData::I64(data) => data.len(),
             OutputData::I32(data) => data.len(),
-        };
-        Ok(OutputColumn {
-            data,
-            width: len.checked_div(rows).unwrap_or(0).max(1),
-            index,
-        })
+        }
     }
 
     /// The value of `row`, or null past the end of a short output.

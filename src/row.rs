@@ -2,15 +2,16 @@
 //!
 //! A row is one input record with its origin and event time, and a value
 //! slot for every output column: schema fields first, then features, then
-//! model outputs. Stages fill their slots in place, so a row is allocated
-//! once, when it is decoded.
+//! model outputs. A row is allocated once, when it is decoded; what stages
+//! compute for it travels beside it, as a column of its
+//! [`crate::batch::Batch`], until rows must travel alone.
 
 use serde::{Deserialize, Serialize};
 use tideflow_connectors::Value;
 use tideflow_connectors::kafka::TopicPartitions;
 
 /// One record on its way through the graph.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Row {
     /// Source partition.
     pub partition: u32,

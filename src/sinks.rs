@@ -11,6 +11,7 @@
 //! acknowledged by the brokers), so that a Kafka source commits offsets only
 //! up to outputs that survive a crash.
 
+use crate::batch::{Batch, RowCells, SlotCells};
 use crate::decode::value_to_json;
 use crate::plan::{Plan, SinkPlan};
 use crate::row::{DeadLetter, Origins, Row};
@@ -42,7 +43,7 @@ pub const MODEL_HEADER: &str = "tideflow-model";
 /// synced to disk, Kafka records acknowledged by the brokers).
 pub trait RowWriter {
     /// Writes a batch of rows.
-    fn write(&mut self, rows: &[Row]) -> Result<()>;
+    fn write(&mut self, batch: &Batch) -> Result<()>;
     /// Closes the current epoch and returns its number. File data is
     /// synced to disk before this returns; Kafka records are acknowledged
     /// in the background (and earlier delivery failures are reported here).
@@ -117,7 +118,8 @@ impl Layout {
     }
 
     /// A row as one JSON line (without the newline).
-    pub fn json_line(&self, row: &Row, out: &mut Vec<u8>) {
+    pub fn json_line(&self, cells: &RowCells<'_, '_>, out: &mut Vec<u8>) {
+        let row = cells.row();
         out.push(b'{');
         let mut first = true;
         for (slot, column) in self.columns.iter().enumerate() {
@@ -125,7 +127,7 @@ impl Layout {
                 self.json_origin(row, out, &mut first);
             }
             json_key(out, &mut first, &column.name);
-            write_json_value(out, &row.values[slot]);
+            write_json_value(out, &cells.value(slot));
         }
         if self.field_count == self.columns.len() {
             self.json_origin(row, out, &mut first);
@@ -264,10 +266,11 @@ impl JsonlWriter {
 }
 
 impl RowWriter for JsonlWriter {
-    fn write(&mut self, rows: &[Row]) -> Result<()> {
-        for row in rows {
+    fn write(&mut self, batch: &Batch) -> Result<()> {
+        let readers = batch.readers();
+        for index in 0..batch.len() {
             self.line.clear();
-            self.layout.json_line(row, &mut self.line);
+            self.layout.json_line(&readers.row(index), &mut self.line);
             self.line.push(b'\n');
             self.file
                 .write_all(&self.line)
@@ -313,10 +316,11 @@ impl StreamWriter {
 }
 
 impl RowWriter for StreamWriter {
-    fn write(&mut self, rows: &[Row]) -> Result<()> {
+    fn write(&mut self, batch: &Batch) -> Result<()> {
         let mut text = Vec::new();
-        for row in rows {
-            self.layout.json_line(row, &mut text);
+        let readers = batch.readers();
+        for index in 0..batch.len() {
+            self.layout.json_line(&readers.row(index), &mut text);
             text.push(b'\n');
         }
         let written = if self.stderr {
@@ -357,18 +361,21 @@ struct KafkaWriter {
 }
 
 impl RowWriter for KafkaWriter {
-    fn write(&mut self, rows: &[Row]) -> Result<()> {
+    fn write(&mut self, batch: &Batch) -> Result<()> {
         let model = self.layout.model.as_deref().map(str::as_bytes);
         let headers: Vec<(&str, &[u8])> = model
             .map(|model| (MODEL_HEADER, model))
             .into_iter()
             .collect();
         let mut key = String::new();
-        for row in rows {
+        let readers = batch.readers();
+        for index in 0..batch.len() {
+            let cells = readers.row(index);
             self.value.clear();
-            self.layout.json_line(row, &mut self.value);
+            self.layout.json_line(&cells, &mut self.value);
             key.clear();
-            let has_key = match self.layout.key_slot.map(|slot| &row.values[slot]) {
+            let entity = self.layout.key_slot.map(|slot| cells.value(slot));
+            let has_key = match entity.as_deref() {
                 Some(Value::Str(text)) => {
                     key.push_str(text);
                     true
@@ -411,7 +418,7 @@ impl RowWriter for KafkaWriter {
 struct NullWriter(Epochs);
 
 impl RowWriter for NullWriter {
-    fn write(&mut self, _rows: &[Row]) -> Result<()> {
+    fn write(&mut self, _batch: &Batch) -> Result<()> {
         Ok(())
     }
 
@@ -479,10 +486,11 @@ impl ParquetWriter {
 
     /// Converts rows to one Arrow batch and hands it to the Parquet writer,
     /// which gathers batches into row groups itself.
-    fn write_batch(&mut self, rows: &[Row]) -> Result<()> {
-        if rows.is_empty() {
+    fn write_batch(&mut self, batch: &Batch) -> Result<()> {
+        if batch.is_empty() {
             return Ok(());
         }
+        let rows = batch.rows();
         let mut arrays: Vec<ArrayRef> = Vec::new();
         let origins = &self.layout.origins;
         let origin = |arrays: &mut Vec<ArrayRef>| {
@@ -508,10 +516,7 @@ impl ParquetWriter {
             if slot == self.layout.field_count {
                 origin(&mut arrays);
             }
-            arrays.push(column_array(
-                column.ty,
-                rows.iter().map(|row| &row.values[slot]),
-            ));
+            arrays.push(column_array(column.ty, batch.cells(slot), rows.len()));
         }
         if self.layout.field_count == self.layout.columns.len() {
             origin(&mut arrays);
@@ -542,20 +547,33 @@ fn integer(value: &Value) -> Option<i64> {
     }
 }
 
-fn column_array<'a>(ty: ColumnType, values: impl Iterator<Item = &'a Value>) -> ArrayRef {
+/// The Arrow array of one output column of a batch.
+fn column_array(ty: ColumnType, cells: SlotCells<'_>, rows: usize) -> ArrayRef {
+    if let (ColumnType::F64, Some((values, present))) = (ty, cells.floats()) {
+        // A computed float column: its vectors are the array.
+        return Arc::new(arrow_array::Float64Array::new(
+            values.to_vec().into(),
+            Some(present.iter().copied().collect()),
+        ));
+    }
+    let values = (0..rows).map(|index| cells.value(index));
     match ty {
         ColumnType::Str => {
             let mut builder = StringBuilder::new();
-            values.for_each(|value| match value {
+            values.for_each(|value| match value.as_ref() {
                 Value::Str(text) => builder.append_value(text),
                 _ => builder.append_null(),
             });
             Arc::new(builder.finish())
         }
-        ColumnType::I64 => Arc::new(values.map(integer).collect::<arrow_array::Int64Array>()),
+        ColumnType::I64 => Arc::new(
+            values
+                .map(|value| integer(&value))
+                .collect::<arrow_array::Int64Array>(),
+        ),
         ColumnType::TimestampMs => Arc::new(
             values
-                .map(integer)
+                .map(|value| integer(&value))
                 .collect::<arrow_array::TimestampMillisecondArray>(),
         ),
         ColumnType::F64 => {
@@ -566,7 +584,7 @@ fn column_array<'a>(ty: ColumnType, values: impl Iterator<Item = &'a Value>) -> 
         ColumnType::Bool => {
             let mut builder = BooleanBuilder::new();
             values.for_each(|value| {
-                builder.append_option(if let Value::Bool(flag) = value {
+                builder.append_option(if let Value::Bool(flag) = value.as_ref() {
                     Some(*flag)
                 } else {
                     None
@@ -578,8 +596,8 @@ fn column_array<'a>(ty: ColumnType, values: impl Iterator<Item = &'a Value>) -> 
 }
 
 impl RowWriter for ParquetWriter {
-    fn write(&mut self, rows: &[Row]) -> Result<()> {
-        self.write_batch(rows)
+    fn write(&mut self, batch: &Batch) -> Result<()> {
+        self.write_batch(batch)
     }
 
     fn sync(&mut self) -> Result<u64> {

@@ -347,9 +347,7 @@ fn idle_keys_are_forgotten_without_changing_results() {
         };
         let mut row = to_row(&record, width);
         row.values[0] = Value::Str(format_compact!("k{partition}-{key}"));
-        let mut batch = [row];
-        state.apply_batch(&plan, BOUND_MS, &mut batch).unwrap();
-        let [row] = batch;
+        state.apply(&plan, BOUND_MS, &mut row).unwrap();
         let history = histories.entry(row.values[0].clone()).or_default();
         let earlier: Vec<&Row> = history.iter().collect();
         for feature in &plan.features {

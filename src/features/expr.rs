@@ -108,11 +108,11 @@ impl Expr {
         }
     }
 
-    /// Evaluates the expression on a row's values; `None` is null.
-    pub fn eval(&self, row: &[Value]) -> Option<f64> {
+    /// Evaluates the expression on a row's numbers; `None` is null.
+    pub fn eval<R: Numbers + ?Sized>(&self, row: &R) -> Option<f64> {
         match self {
             Expr::Number(value) => Some(*value),
-            Expr::Column(slot) => row[*slot].as_f64(),
+            Expr::Column(slot) => row.number(*slot),
             Expr::Negate(inner) => inner.eval(row).map(|value| -value),
             Expr::Binary(op, left, right) => {
                 let (left, right) = (left.eval(row)?, right.eval(row)?);
@@ -120,6 +120,25 @@ impl Expr {
             }
             Expr::Call(function, args) => call(*function, args, row),
         }
+    }
+}
+
+/// Where an expression reads a row's columns, as numbers (see
+/// [`Value::as_f64`]).
+pub trait Numbers {
+    /// The number in `slot`; `None` for null or a non-number.
+    fn number(&self, slot: usize) -> Option<f64>;
+}
+
+impl Numbers for [Value] {
+    fn number(&self, slot: usize) -> Option<f64> {
+        self[slot].as_f64()
+    }
+}
+
+impl Numbers for Vec<Value> {
+    fn number(&self, slot: usize) -> Option<f64> {
+        self[slot].as_f64()
     }
 }
 
@@ -139,7 +158,7 @@ fn apply_binary(op: BinaryOp, left: f64, right: f64) -> f64 {
     }
 }
 
-fn call(function: Function, args: &[Expr], row: &[Value]) -> Option<f64> {
+fn call<R: Numbers + ?Sized>(function: Function, args: &[Expr], row: &R) -> Option<f64> {
     match function {
         Function::Ln => args[0].eval(row).map(f64::ln),
         Function::Log1p => args[0].eval(row).map(f64::ln_1p),
@@ -160,7 +179,11 @@ fn call(function: Function, args: &[Expr], row: &[Value]) -> Option<f64> {
     }
 }
 
-fn fold_all(args: &[Expr], row: &[Value], combine: fn(f64, f64) -> f64) -> Option<f64> {
+fn fold_all<R: Numbers + ?Sized>(
+    args: &[Expr],
+    row: &R,
+    combine: fn(f64, f64) -> f64,
+) -> Option<f64> {
     let mut result = args[0].eval(row)?;
     for arg in &args[1..] {
         result = combine(result, arg.eval(row)?);
@@ -380,7 +403,7 @@ mod tests {
     fn eval(text: &str) -> Option<f64> {
         compile(text)
             .unwrap()
-            .eval(&[Value::F64(6.0), Value::I64(3), Value::Null])
+            .eval(&[Value::F64(6.0), Value::I64(3), Value::Null][..])
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod expr;
 pub mod numbers;
 pub mod window;
 
+use crate::batch::{Batch, Cells};
 use crate::row::Row;
 use numbers::{NumericState, Touch};
 use rustc_hash::FxHashMap;
@@ -46,6 +47,15 @@ pub struct StagePlan {
     pub source_keyed: bool,
     /// The features, in spec order.
     pub features: Vec<WindowFeature>,
+}
+
+impl StagePlan {
+    /// The slots the stage reads from its rows: the key and the
+    /// aggregated fields.
+    pub fn read_slots(&self) -> Vec<usize> {
+        let fields = self.features.iter().filter_map(|feature| feature.field);
+        std::iter::once(self.key_slot).chain(fields).collect()
+    }
 }
 
 /// A key seen in two partitions of a source keyed by it.
@@ -150,41 +160,45 @@ impl StageState {
         bound_ms: i64,
         row: &mut Row,
     ) -> Result<(), KeyConflict> {
-        self.apply_batch(plan, bound_ms, std::slice::from_mut(row))
+        let mut batch = Batch::from_rows(vec![std::mem::take(row)]);
+        let applied = self.apply_batch(plan, bound_ms, &mut batch);
+        if let Some(computed) = batch.into_rows().pop() {
+            *row = computed;
+        }
+        applied
     }
 
-    /// Computes the stage's features for a batch of rows, in order.
+    /// Computes the stage's features for a batch of rows, in order, and
+    /// adds them to the batch as columns.
     ///
     /// Per-key state is scattered over memory, so the work is bound by
     /// cache misses. A chunk of rows at a time, the keys are looked up,
-    /// then tight loops read the memory the chunk's rows will touch (the
-    /// rows' feature cells, the key headers and newest times, then the
-    /// records they point at), so that many misses are in flight at once,
-    /// and the rows are computed from the cache (measured by
-    /// benches/features.rs). A chunk is small enough that its rows and
-    /// their state stay in cache between the passes.
+    /// then tight loops read the state the chunk's rows will touch (the key
+    /// headers and newest times, then the records they point at), so that
+    /// many misses are in flight at once, and the rows are computed from
+    /// the cache (measured by benches/features.rs). A chunk is small enough
+    /// that its rows and their state stay in cache between the passes.
     pub fn apply_batch(
         &mut self,
         plan: &StagePlan,
         bound_ms: i64,
-        rows: &mut [Row],
+        batch: &mut Batch,
     ) -> Result<(), KeyConflict> {
         const CHUNK_ROWS: usize = 128;
+        // The stage reads its key and fields from the rows.
+        batch.materialize_slots(&plan.read_slots());
+        let rows = batch.rows();
+        let mut columns: Vec<Cells> = plan
+            .features
+            .iter()
+            .map(|feature| Cells::for_type(feature.agg.output_type(), rows.len()))
+            .collect();
         let mut slots = Vec::with_capacity(CHUNK_ROWS);
-        let (first_slot, last_slot) = feature_slot_span(plan);
-        for rows in rows.chunks_mut(CHUNK_ROWS) {
+        for rows in rows.chunks(CHUNK_ROWS) {
             slots.clear();
-            for row in rows.iter() {
+            for row in rows {
                 slots.push(self.slot_for(plan, row)?);
             }
-            // The rows' feature cells, written below, have left the cache
-            // since decoding: they are brought back with the key state.
-            let cells = rows.iter().fold(0, |touched, row| {
-                touched
-                    ^ i64::from(matches!(row.values.get(first_slot), Some(Value::Null)))
-                    ^ i64::from(matches!(row.values.get(last_slot), Some(Value::Null)))
-            });
-            std::hint::black_box(cells);
             for step in [Touch::Headers, Touch::Records] {
                 let touched = slots.iter().fold(0, |touched, slot| {
                     let newest = match step {
@@ -195,16 +209,20 @@ impl StageState {
                 });
                 std::hint::black_box(touched);
             }
-            for (row, slot) in rows.iter_mut().zip(&slots) {
+            for (row, slot) in rows.iter().zip(&slots) {
                 let newest = self.newest[*slot].max(row.time);
                 self.newest[*slot] = newest;
                 self.numbers
-                    .update(*slot, bound_ms, newest, row.time, &mut row.values);
-                self.update_others(plan, bound_ms, *slot, row);
+                    .update(*slot, bound_ms, newest, row.time, &row.values, &mut columns);
+                self.update_others(plan, bound_ms, *slot, row, &mut columns);
                 self.observe(row.partition, row.time);
             }
         }
-        self.rows_since_sweep += rows.len();
+        let count = rows.len();
+        for (cells, feature) in columns.into_iter().zip(&plan.features) {
+            batch.set_cells(feature.slot, cells);
+        }
+        self.rows_since_sweep += count;
         if self.rows_since_sweep >= self.keys.len().max(SWEEP_EVERY_ROWS) {
             self.rows_since_sweep = 0;
             self.evict_idle_keys(plan, bound_ms);
@@ -212,14 +230,26 @@ impl StageState {
         Ok(())
     }
 
-    fn update_others(&mut self, plan: &StagePlan, bound_ms: i64, slot: usize, row: &mut Row) {
+    fn update_others(
+        &mut self,
+        plan: &StagePlan,
+        bound_ms: i64,
+        slot: usize,
+        row: &Row,
+        columns: &mut [Cells],
+    ) {
         let width = self.others.len();
         let states = &mut self.other_states[slot * width..(slot + 1) * width];
         for (index, state) in self.others.iter().zip(states) {
             let feature = &plan.features[*index];
             let value = feature.field.map(|slot| &row.values[slot]);
-            let result = state.update(feature.agg, feature.window, bound_ms, row.time, value);
-            row.values[feature.slot] = result;
+            columns[*index].push(state.update(
+                feature.agg,
+                feature.window,
+                bound_ms,
+                row.time,
+                value,
+            ));
         }
     }
 
@@ -354,12 +384,6 @@ fn longest_finite_window(plan: &StagePlan) -> Option<i64> {
         .try_fold(0, |longest, window| {
             window.map(|window| longest.max(window))
         })
-}
-
-/// The lowest and highest slot a stage writes.
-fn feature_slot_span(plan: &StagePlan) -> (usize, usize) {
-    let slots = plan.features.iter().map(|feature| feature.slot);
-    (slots.clone().min().unwrap_or(0), slots.max().unwrap_or(0))
 }
 
 /// A key as error messages show it.

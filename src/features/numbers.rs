@@ -12,6 +12,7 @@
 //! the bit.
 
 use super::window::{Agg, Running, WindowMs, push_extreme};
+use crate::batch::Cells;
 use crate::features::WindowFeature;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -52,7 +53,8 @@ struct GroupPlan {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct NumericFeature {
-    slot: usize,
+    /// The feature's index in its stage: the column it is written to.
+    output: usize,
     agg: Agg,
     group: usize,
     /// Index of the feature's monotonic deque (finite min/max only).
@@ -64,7 +66,11 @@ impl NumericLayout {
     /// which [`is_numeric`] holds).
     fn new(features: &[WindowFeature]) -> Self {
         let mut layout = NumericLayout::default();
-        for feature in features.iter().filter(|feature| is_numeric(feature.agg)) {
+        let numeric = features
+            .iter()
+            .enumerate()
+            .filter(|(_, feature)| is_numeric(feature.agg));
+        for (output, feature) in numeric {
             let column = feature.field.map(|slot| {
                 layout
                     .columns
@@ -96,7 +102,7 @@ impl NumericLayout {
                     layout.extremes - 1
                 });
             layout.features.push(NumericFeature {
-                slot: feature.slot,
+                output,
                 agg: feature.agg,
                 group,
                 extremes,
@@ -168,15 +174,17 @@ impl NumericState {
 
     /// Adds a record of the key in `slot` (event time `time`, fields in
     /// `values`; the key's newest time, this record included, is
-    /// `newest`, at most `bound_ms` ahead of `time`) and writes every
-    /// numeric feature's value for it into `values`.
+    /// `newest`, at most `bound_ms` ahead of `time`) and appends every
+    /// numeric feature's value for it to the feature's column (`columns`
+    /// has one per feature of the stage, in stage order).
     pub fn update(
         &mut self,
         slot: usize,
         bound_ms: i64,
         newest: i64,
         time: i64,
-        values: &mut [Value],
+        values: &[Value],
+        columns: &mut [Cells],
     ) {
         if self.layout.is_empty() {
             return;
@@ -188,7 +196,7 @@ impl NumericState {
             groups: &mut self.groups[slot * groups..(slot + 1) * groups],
             extremes: &mut self.extremes[slot * extremes..(slot + 1) * extremes],
         }
-        .update(bound_ms, newest, time, values);
+        .update(bound_ms, newest, time, values, columns);
     }
 
     /// Reads the memory the next update of `slot` will touch, in two steps
@@ -268,7 +276,14 @@ struct Extremes {
 }
 
 impl KeyNumbers<'_> {
-    fn update(&mut self, bound_ms: i64, newest: i64, time: i64, values: &mut [Value]) {
+    fn update(
+        &mut self,
+        bound_ms: i64,
+        newest: i64,
+        time: i64,
+        values: &[Value],
+        columns: &mut [Cells],
+    ) {
         let layout = self.layout;
         let stride = layout.stride();
         let in_order = self.ring.last_time(stride).is_none_or(|last| last <= time);
@@ -285,7 +300,12 @@ impl KeyNumbers<'_> {
         self.slide(newest);
         self.forget(bound_ms, newest);
         for feature in &layout.features {
-            values[feature.slot] = self.query(feature, newest, time);
+            let number = self.query(feature, newest, time);
+            let column = &mut columns[feature.output];
+            match feature.agg {
+                Agg::Count => column.push_i64(number.map(|count| count as i64)),
+                _ => column.push_f64(number),
+            }
         }
     }
 
@@ -376,7 +396,8 @@ impl KeyNumbers<'_> {
         }
     }
 
-    fn query(&mut self, feature: &NumericFeature, newest: i64, time: i64) -> Value {
+    /// The feature's value for a record at `time` (see [`Running::number`]).
+    fn query(&mut self, feature: &NumericFeature, newest: i64, time: i64) -> Option<f64> {
         let layout = self.layout;
         let plan = &layout.groups[feature.group];
         let group = &self.groups[feature.group];
@@ -384,7 +405,7 @@ impl KeyNumbers<'_> {
             return self.scan(feature, time);
         }
         let (Some(index), true) = (feature.extremes, group.running.count > 0) else {
-            return group.running.result(feature.agg);
+            return group.running.number(feature.agg);
         };
         let stride = layout.stride();
         let extremes = &mut self.extremes[index];
@@ -398,15 +419,12 @@ impl KeyNumbers<'_> {
             }
             extremes.stale = false;
         }
-        extremes
-            .deque
-            .front()
-            .map_or(Value::Null, |(_, extreme)| Value::F64(*extreme))
+        extremes.deque.front().map(|(_, extreme)| *extreme)
     }
 
     /// The value for a record behind the key's newest: computed from the
     /// records its own window covers.
-    fn scan(&self, feature: &NumericFeature, time: i64) -> Value {
+    fn scan(&self, feature: &NumericFeature, time: i64) -> Option<f64> {
         let layout = self.layout;
         let plan = &layout.groups[feature.group];
         let stride = layout.stride();
@@ -430,7 +448,7 @@ impl KeyNumbers<'_> {
                 running.add(feature.agg, &number);
             }
         }
-        running.result(feature.agg)
+        running.number(feature.agg)
     }
 }
 
@@ -541,6 +559,7 @@ impl RecordRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::ColumnType;
 
     fn times(ring: &RecordRing, stride: usize) -> Vec<i64> {
         (0..ring.len)
@@ -596,13 +615,22 @@ mod tests {
         let mut state = NumericState::new(&features);
         state.reset(0);
         let mut newest = i64::MIN;
-        let mut results = Vec::new();
+        let mut columns: Vec<Cells> = (0..features.len())
+            .map(|_| Cells::for_type(ColumnType::Str, 3))
+            .collect();
         for (time, amount) in [(1, Value::F64(2.0)), (2, Value::Null), (3, Value::F64(5.0))] {
-            let mut values = vec![amount, Value::Null, Value::Null, Value::Null, Value::Null];
             newest = newest.max(time);
-            state.update(0, 0, newest, time, &mut values);
-            results.push(values[1..].to_vec());
+            state.update(0, 0, newest, time, &[amount], &mut columns);
         }
+        let columns: Vec<Vec<Value>> = columns.into_iter().map(Cells::into_values).collect();
+        let results: Vec<Vec<Value>> = (0..3)
+            .map(|record| {
+                columns
+                    .iter()
+                    .map(|column| column[record].clone())
+                    .collect()
+            })
+            .collect();
         // (count, count of the field, sum, max) after each record: the null
         // counts as a record and nowhere else.
         use Value::{F64, I64};

@@ -16,6 +16,7 @@
 //! keeps the features with state of their own: `distinct_count`, whose
 //! entries are values, and `prev` / `since_prev`.
 
+use crate::schema::ColumnType;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -64,6 +65,17 @@ impl Agg {
     /// Whether the aggregation reads a field's numbers.
     pub fn needs_numeric_field(self) -> bool {
         matches!(self, Agg::Sum | Agg::Mean | Agg::Min | Agg::Max | Agg::Std)
+    }
+
+    /// How a column of this aggregation's results is best stored: the
+    /// type its results have, where that does not depend on the field
+    /// (`prev` gives the field's own values, kept as values).
+    pub fn output_type(self) -> ColumnType {
+        match self {
+            Agg::Count | Agg::DistinctCount | Agg::SincePrev => ColumnType::I64,
+            Agg::Prev => ColumnType::Str,
+            Agg::Sum | Agg::Mean | Agg::Min | Agg::Max | Agg::Std => ColumnType::F64,
+        }
     }
 
     fn tracks_extremes(self) -> bool {
@@ -265,6 +277,28 @@ impl Running {
                 *distinct.entry(value.clone()).or_insert(0) += count;
             }
         }
+    }
+
+    /// The result of a numeric aggregation (`count` as a float, exact
+    /// below 2^53), `None` when the aggregate is empty. Numbers go
+    /// straight into a column, never through a [`Value`].
+    pub(super) fn number(&self, agg: Agg) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let n = self.count as f64;
+        Some(match agg {
+            Agg::Count => n,
+            Agg::Sum => self.sum,
+            Agg::Mean => self.sum / n,
+            Agg::Min => self.min,
+            Agg::Max => self.max,
+            Agg::Std => {
+                let variance = (self.sum_squares - self.sum * self.sum / n) / n;
+                variance.max(0.0).sqrt()
+            }
+            Agg::DistinctCount | Agg::Prev | Agg::SincePrev => return None,
+        })
     }
 
     pub(super) fn result(&self, agg: Agg) -> Value {

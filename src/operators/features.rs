@@ -1,47 +1,56 @@
 //! The feature operators: one per stage. A source-keyed stage computes
-//! each row as it arrives (its key's rows come from one partition, in
-//! offset order), on the worker that reads the row's partition: within a
-//! process, rows need not move between workers, and the keys each worker
-//! keeps are claimed in [`crate::features::claims`] so that a key found in
-//! two partitions still stops the run. (Across processes rows are sent to
-//! the worker that owns their key, which sees every partition of it.) Any
-//! other stage exchanges rows by its key, holds them until the watermark
-//! passes them and computes them in (event time, partition, offset) order.
+//! each batch as it arrives (its key's rows come from one partition, in
+//! offset order), on the worker that reads the rows' partitions: within a
+//! process, batches need not move between workers, and the keys each
+//! worker keeps are claimed in [`crate::features::claims`] so that a key
+//! found in two partitions still stops the run. (Across processes rows are
+//! sent one by one to the worker that owns their key, which sees every
+//! partition of it.) Any other stage exchanges rows by its key, holds them
+//! until the watermark passes them and computes them in (event time,
+//! partition, offset) order.
 
-use super::RowStream;
+use super::{BatchStream, RowStream};
 use crate::Error;
+use crate::batch::Batch;
 use crate::features::{StagePlan, StageState};
 use crate::ordering::ReorderBuffer;
 use crate::row::Row;
 use crate::run::Shared;
 use std::sync::Arc;
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Map;
 
 /// Computes the window features of a stage.
 pub trait ComputeFeatures<'scope> {
-    /// Routes rows by the stage's key and fills the stage's feature slots.
-    fn compute_features(self, stage: StagePlan, shared: Arc<Shared>) -> RowStream<'scope>;
+    /// Routes rows by the stage's key and adds the stage's feature columns.
+    fn compute_features(self, stage: StagePlan, shared: Arc<Shared>) -> BatchStream<'scope>;
 }
 
-impl<'scope> ComputeFeatures<'scope> for RowStream<'scope> {
-    fn compute_features(self, stage: StagePlan, shared: Arc<Shared>) -> RowStream<'scope> {
+impl<'scope> ComputeFeatures<'scope> for BatchStream<'scope> {
+    fn compute_features(self, stage: StagePlan, shared: Arc<Shared>) -> BatchStream<'scope> {
         let name = format!("Features({})", stage.key_name);
-        if stage.source_keyed {
-            in_offset_order(self, name, stage, shared)
-        } else {
-            in_event_time_order(self, name, stage, shared)
+        match (stage.source_keyed, shared.in_cluster) {
+            (true, false) => where_read(self, name, stage, shared),
+            (true, true) => in_offset_order_by_key(one_by_one(self), name, stage, shared),
+            (false, _) => in_event_time_order(one_by_one(self), name, stage, shared),
         }
     }
+}
+
+/// The rows of each batch, each carrying its computed columns, to be sent
+/// by key.
+fn one_by_one(batches: BatchStream<'_>) -> RowStream<'_> {
+    batches.flat_map(Batch::into_rows)
 }
 
 fn apply_or_abort(
     state: &mut StageState,
     stage: &StagePlan,
     shared: &Shared,
-    rows: &mut [Row],
+    batch: &mut Batch,
 ) -> bool {
-    match state.apply_batch(stage, shared.plan.bound_ms, rows) {
+    match state.apply_batch(stage, shared.plan.bound_ms, batch) {
         Ok(()) => true,
         Err(conflict) => {
             shared.abort(Error::KeyInTwoPartitions {
@@ -60,22 +69,6 @@ fn apply_or_abort(
 /// in every process).
 fn route_by_key(key_slot: usize) -> Exchange<Row, impl FnMut(&Row) -> u64 + 'static> {
     Exchange::new(move |row: &Row| row.values[key_slot].stable_hash())
-}
-
-/// Sends each row of a source-keyed stage to the worker that reads its
-/// partition (partition `p` is read by worker `p % workers`, and timely
-/// routes `p` to that worker) or, in a cluster, to the owner of its key.
-fn route_by_partition_or_key(
-    key_slot: usize,
-    by_key: bool,
-) -> Exchange<Row, impl FnMut(&Row) -> u64 + 'static> {
-    Exchange::new(move |row: &Row| {
-        if by_key {
-            row.values[key_slot].stable_hash()
-        } else {
-            u64::from(row.partition)
-        }
-    })
 }
 
 /// Claims the keys a worker started keeping since the last batch and
@@ -102,36 +95,62 @@ fn claim_keys(state: &mut StageState, stage: &StagePlan, shared: &Shared) -> boo
     true
 }
 
-fn in_offset_order<'scope>(
+/// A source-keyed stage in one process: partition `p` is read by worker
+/// `p % workers`, which then holds every row of `p`'s keys, so batches
+/// stay on the worker that read them (the plan puts this stage before
+/// any stage that exchanges rows).
+fn where_read<'scope>(
+    stream: BatchStream<'scope>,
+    name: String,
+    stage: StagePlan,
+    shared: Arc<Shared>,
+) -> BatchStream<'scope> {
+    // Alone, a worker sees every partition: nothing to claim.
+    let claiming = stream.scope().peers() > 1;
+    stream.unary(Pipeline, &name, move |_capability, _info| {
+        let mut state = StageState::new(&stage);
+        if claiming {
+            state.track_key_changes();
+        }
+        move |input, output| {
+            input.for_each(|time, batches| {
+                for mut batch in batches.drain(..) {
+                    if shared.is_aborted()
+                        || !apply_or_abort(&mut state, &stage, &shared, &mut batch)
+                        || (claiming && !claim_keys(&mut state, &stage, &shared))
+                    {
+                        return;
+                    }
+                    output.session(&time).give(batch);
+                }
+            });
+        }
+    })
+}
+
+/// A source-keyed stage across processes: rows go to the worker that owns
+/// their key, which sees every partition of it, in offset order.
+fn in_offset_order_by_key<'scope>(
     stream: RowStream<'scope>,
     name: String,
     stage: StagePlan,
     shared: Arc<Shared>,
-) -> RowStream<'scope> {
-    let by_key = shared.in_cluster;
-    // Alone, a worker sees every partition: nothing to claim.
-    let claiming = !by_key && stream.scope().peers() > 1;
+) -> BatchStream<'scope> {
     stream.unary(
-        route_by_partition_or_key(stage.key_slot, by_key),
+        route_by_key(stage.key_slot),
         &name,
         move |_capability, _info| {
             let mut state = StageState::new(&stage);
-            if claiming {
-                state.track_key_changes();
-            }
             move |input, output| {
                 input.for_each(|time, rows| {
                     if shared.is_aborted() {
                         rows.clear();
                         return;
                     }
-                    if !apply_or_abort(&mut state, &stage, &shared, rows)
-                        || (claiming && !claim_keys(&mut state, &stage, &shared))
-                    {
-                        rows.clear();
-                        return;
+                    let mut batch = Batch::from_rows(std::mem::take(rows));
+                    if apply_or_abort(&mut state, &stage, &shared, &mut batch) {
+                        output.session(&time).give(batch);
                     }
-                    output.session(&time).give_container(rows);
                 });
             }
         },
@@ -143,7 +162,7 @@ fn in_event_time_order<'scope>(
     name: String,
     stage: StagePlan,
     shared: Arc<Shared>,
-) -> RowStream<'scope> {
+) -> BatchStream<'scope> {
     stream.unary_frontier(
         route_by_key(stage.key_slot),
         &name,
@@ -160,12 +179,12 @@ fn in_event_time_order<'scope>(
                 let Some(held) = capability.as_mut() else {
                     return;
                 };
-                let mut released = buffer.release(watermark);
+                let mut released = Batch::from_rows(buffer.release(watermark));
                 if !released.is_empty()
                     && !shared.is_aborted()
                     && apply_or_abort(&mut state, &stage, &shared, &mut released)
                 {
-                    output.session(&*held).give_container(&mut released);
+                    output.session(&*held).give(released);
                 }
                 // Held no later than the oldest row still buffered.
                 match watermark.map(|watermark| {
@@ -243,7 +262,8 @@ dead_letters = { type = "null" }
         // sweep, which finds "old" idle.
         let mut rows = vec![row("old", 0, 0, 0)];
         rows.extend((1..5000).map(|offset| row(&format!("u{offset}"), 0, offset, 3_600_000)));
-        assert!(apply_or_abort(&mut state, &stage, &shared, &mut rows));
+        let mut batch = Batch::from_rows(rows);
+        assert!(apply_or_abort(&mut state, &stage, &shared, &mut batch));
         assert!(claim_keys(&mut state, &stage, &shared));
         let old = Value::Str("old".into());
         assert_eq!(shared.key_claims.claim(&old, 1), Ok(()));

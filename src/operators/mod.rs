@@ -1,5 +1,5 @@
 //! The timely operators of the graph, one per file, each a thin shell that
-//! feeds batches of rows to plain state (decoder, feature stages, batcher,
+//! feeds batches to plain state (decoder, feature stages, batcher,
 //! model, writers) and handles capabilities and frontiers.
 //!
 //! Timestamps are event-time watermarks in epoch ms: a source sends its
@@ -11,5 +11,9 @@ pub mod score;
 pub mod sink;
 pub mod source;
 
-/// A stream of rows in a tideflow graph.
+/// A stream of batches in a tideflow graph.
+pub type BatchStream<'scope> = timely::dataflow::Stream<'scope, i64, Vec<crate::batch::Batch>>;
+
+/// A stream of single rows: how rows travel where they are exchanged by
+/// key (see [`crate::batch::Batch::into_rows`]).
 pub type RowStream<'scope> = timely::dataflow::Stream<'scope, i64, Vec<crate::row::Row>>;

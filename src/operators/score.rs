@@ -2,26 +2,25 @@
 //! batches by the batching policy, and runs the model on each batch.
 //! Micro, bulk and adaptive batching all pass through this one operator.
 
-use super::RowStream;
+use super::BatchStream;
+use crate::batch::Batch;
 use crate::batching::Batcher;
 use crate::inference::Model;
-use crate::row::Row;
 use crate::run::Shared;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
-use tideflow_connectors::Value;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
 /// Batches rows and scores them with a model.
 pub trait ScoreRows<'scope> {
     /// Expressions, then batching, then the model (when there is one).
-    fn score_rows(self, model: Option<Model>, shared: Arc<Shared>) -> RowStream<'scope>;
+    fn score_rows(self, model: Option<Model>, shared: Arc<Shared>) -> BatchStream<'scope>;
 }
 
-impl<'scope> ScoreRows<'scope> for RowStream<'scope> {
-    fn score_rows(self, mut model: Option<Model>, shared: Arc<Shared>) -> RowStream<'scope> {
+impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
+    fn score_rows(self, mut model: Option<Model>, shared: Arc<Shared>) -> BatchStream<'scope> {
         let scope = self.scope();
         self.unary_frontier(Pipeline, "Score", move |capability, info| {
             let activator = scope.activator_for(info.address.clone());
@@ -32,16 +31,16 @@ impl<'scope> ScoreRows<'scope> for RowStream<'scope> {
             let mut capability = Some(capability);
             move |(input, frontier), output| {
                 let now = Instant::now();
-                input.for_each(|time, rows| {
-                    if shared.is_aborted() {
-                        rows.clear();
-                        return;
+                input.for_each(|time, batches| {
+                    for mut batch in batches.drain(..) {
+                        if shared.is_aborted() || batch.is_empty() {
+                            continue;
+                        }
+                        let arrival = time.least().copied().unwrap_or(i64::MIN);
+                        arrivals.push_back((arrival, batch.len()));
+                        evaluate_expressions(&shared, &mut batch);
+                        batcher.extend(batch, now);
                     }
-                    arrivals.push_back((time.least().copied().unwrap_or(i64::MIN), rows.len()));
-                    for row in rows.iter_mut() {
-                        evaluate_expressions(&shared, row);
-                    }
-                    batcher.extend(rows.drain(..), now);
                 });
                 let Some(held) = capability.as_mut() else {
                     return;
@@ -64,7 +63,7 @@ impl<'scope> ScoreRows<'scope> for RowStream<'scope> {
                     shared.stats.batch(batch.len());
                     shared.metrics.batch_rows.observe(batch.len() as f64);
                     forget_arrivals(&mut arrivals, batch.len());
-                    output.session(&*held).give_container(&mut batch);
+                    output.session(&*held).give(batch);
                 }
                 if let Some(wait) = batcher.time_to_deadline(behind, now) {
                     activator.activate_after(wait);
@@ -100,8 +99,15 @@ fn forget_arrivals(arrivals: &mut VecDeque<(i64, usize)>, mut count: usize) {
     }
 }
 
-fn evaluate_expressions(shared: &Shared, row: &mut Row) {
+/// Adds a column per expression; each may read the columns before it.
+fn evaluate_expressions(shared: &Shared, batch: &mut Batch) {
     for (slot, expr) in &shared.plan.expressions {
-        row.values[*slot] = expr.eval(&row.values).map_or(Value::Null, Value::F64);
+        let numbers: Vec<Option<f64>> = {
+            let readers = batch.readers();
+            (0..batch.len())
+                .map(|index| expr.eval(&readers.row(index)))
+                .collect()
+        };
+        batch.set_numbers(*slot, numbers);
     }
 }

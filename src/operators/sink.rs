@@ -11,7 +11,8 @@
 //! the *durable frontier* of all sinks of all workers: source offsets read
 //! before it may be committed.
 
-use super::RowStream;
+use super::BatchStream;
+use crate::batch::Batch;
 use crate::run::{Shared, Stats};
 use crate::sinks::RowWriter;
 use std::collections::VecDeque;
@@ -36,7 +37,7 @@ pub trait WriteRows {
     ) -> Handle<i64>;
 }
 
-impl WriteRows for RowStream<'_> {
+impl WriteRows for BatchStream<'_> {
     fn write_rows(
         self,
         mut writers: Vec<Box<dyn RowWriter>>,
@@ -62,22 +63,13 @@ impl WriteRows for RowStream<'_> {
                     let mut pending: VecDeque<(Vec<u64>, i64)> = VecDeque::new();
                     let mut last_sync = Instant::now();
                     move |(input, frontier), _output| {
-                        input.for_each(|_time, rows| {
-                            if shared.is_aborted() {
-                                return;
-                            }
-                            for (writer, name) in writers.iter_mut().zip(&sink_names) {
-                                if let Err(error) = writer.write(rows) {
-                                    shared.abort(error);
+                        input.for_each(|_time, batches| {
+                            for batch in batches.iter() {
+                                if shared.is_aborted() {
                                     return;
                                 }
-                                shared.metrics.sink_wrote(name, rows.len() as u64);
+                                write_batch(&mut writers, &sink_names, &shared, batch);
                             }
-                            Stats::add(&shared.stats.rows_out, rows.len() as u64);
-                            let now_ms = epoch_ms();
-                            shared.metrics.event_to_output_seconds.observe_all(
-                                rows.iter().map(|row| (now_ms - row.time) as f64 / 1000.0),
-                            );
                         });
                         let Some(held) = capability.as_mut() else {
                             return;
@@ -130,6 +122,30 @@ impl WriteRows for RowStream<'_> {
         let (probe, _) = durable.probe();
         probe
     }
+}
+
+/// Writes a batch to every writer and counts it.
+fn write_batch(
+    writers: &mut [Box<dyn RowWriter>],
+    sink_names: &[String],
+    shared: &Shared,
+    batch: &Batch,
+) {
+    for (writer, name) in writers.iter_mut().zip(sink_names) {
+        if let Err(error) = writer.write(batch) {
+            shared.abort(error);
+            return;
+        }
+        shared.metrics.sink_wrote(name, batch.len() as u64);
+    }
+    Stats::add(&shared.stats.rows_out, batch.len() as u64);
+    let now_ms = epoch_ms();
+    shared.metrics.event_to_output_seconds.observe_all(
+        batch
+            .rows()
+            .iter()
+            .map(|row| (now_ms - row.time) as f64 / 1000.0),
+    );
 }
 
 fn epoch_ms() -> i64 {

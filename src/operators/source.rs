@@ -15,7 +15,8 @@
 //! otherwise have event-time features buffer a whole backfill, and hold
 //! back offset commits until every partition had been reached.
 
-use super::RowStream;
+use super::BatchStream;
+use crate::batch::Batch;
 use crate::commit::OffsetLedger;
 use crate::decode::Decoder;
 use crate::metrics::PartitionStatus;
@@ -180,7 +181,7 @@ pub fn read_source<'scope>(
     shared: Arc<Shared>,
     readers: Vec<Box<dyn PartitionReader>>,
     outputs: SourceOutputs,
-) -> RowStream<'scope> {
+) -> BatchStream<'scope> {
     let decoder = Decoder::new(&shared.plan);
     let (bound_ms, skew_ms) = (shared.plan.bound_ms, shared.plan.skew_ms);
     let (worker, peers) = (scope.index(), scope.peers());
@@ -211,7 +212,7 @@ pub fn read_source<'scope>(
             }
         })
         .collect();
-    let rows = source::<i64, CapacityContainerBuilder<Vec<crate::row::Row>>, _, _>(
+    let rows = source::<i64, CapacityContainerBuilder<Vec<Batch>>, _, _>(
         scope,
         "Source",
         move |capability, info| {
@@ -365,7 +366,7 @@ pub fn read_source<'scope>(
                     );
                 }
                 if !rows.is_empty() {
-                    output.session(&*held).give_container(&mut rows);
+                    output.session(&*held).give(Batch::from_rows(rows));
                 }
                 if let Some(ledger) = &ledger {
                     ledger.borrow_mut().checkpoint(*held.time(), read_up_to);

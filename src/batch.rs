@@ -1,0 +1,652 @@
+//! The batch: what moves between the operators of the dataflow graph.
+//!
+//! A batch is a run of rows plus the columns computed for them on the way
+//! (window features, expressions, model outputs). Each row is allocated
+//! once, when it is decoded, with a value slot for every output column;
+//! a computed column lives beside the rows instead, in one typed vector,
+//! and its slot in the rows stays null. A column of numbers is then
+//! written and read in order, a cell every 8 bytes, which is what the
+//! model's input tensor and a columnar file want; a row's cells would be
+//! written one cache line per row (and those lines have mostly left the
+//! cache since decoding).
+//!
+//! Where rows must travel or wait one by one (exchanged by a key, held in
+//! event-time order), [`Batch::into_rows`] moves the columns into the rows'
+//! slots first, so a row carries everything computed for it.
+
+use crate::features::expr::Numbers;
+use crate::row::Row;
+use crate::schema::ColumnType;
+use std::borrow::Cow;
+use tideflow_connectors::Value;
+
+/// Rows and the columns computed for them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Batch {
+    rows: Vec<Row>,
+    /// Computed columns, each as long as `rows`, in the order added.
+    columns: Vec<Column>,
+}
+
+/// A computed column: the slot it fills and its cells, one per row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Column {
+    slot: usize,
+    cells: Cells,
+}
+
+/// The cells of a computed column: typed where its producer knows the
+/// type (numeric features, expressions, model outputs), values otherwise
+/// (and once a cell does not fit the type).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cells {
+    /// Floats, with whether each is present (not null).
+    F64 {
+        values: Vec<f64>,
+        present: Vec<bool>,
+    },
+    /// Integers, with whether each is present (not null).
+    I64 {
+        values: Vec<i64>,
+        present: Vec<bool>,
+    },
+    /// Any values.
+    Values(Vec<Value>),
+}
+
+impl Batch {
+    /// A batch of rows with no computed columns.
+    pub fn from_rows(rows: Vec<Row>) -> Self {
+        Batch {
+            rows,
+            columns: Vec::new(),
+        }
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether the batch has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The rows. A slot held by a computed column is null in them: read
+    /// cells through [`Batch::value`] or [`Batch::number`].
+    pub fn rows(&self) -> &[Row] {
+        &self.rows
+    }
+
+    /// The rows, with every computed column moved into their slots.
+    pub fn into_rows(mut self) -> Vec<Row> {
+        self.materialize();
+        self.rows
+    }
+
+    /// Moves every computed column into the rows' slots.
+    pub fn materialize(&mut self) {
+        for column in std::mem::take(&mut self.columns) {
+            let slot = column.slot;
+            for (row, value) in self.rows.iter_mut().zip(column.cells.into_values()) {
+                row.values[slot] = value;
+            }
+        }
+    }
+
+    /// Moves the computed columns of `slots` (if any) into the rows, for
+    /// code that reads those slots from the rows.
+    pub fn materialize_slots(&mut self, slots: &[usize]) {
+        if self
+            .columns
+            .iter()
+            .any(|column| slots.contains(&column.slot))
+        {
+            self.materialize();
+        }
+    }
+
+    /// The index of the computed column that fills `slot`.
+    fn column_of(&self, slot: usize) -> Option<usize> {
+        // Few columns: a scan beats a map.
+        self.columns.iter().position(|column| column.slot == slot)
+    }
+
+    /// The value of `slot` in row `index`.
+    pub fn value(&self, slot: usize, index: usize) -> Cow<'_, Value> {
+        match self.column_of(slot) {
+            Some(column) => self.columns[column].cells.value(index),
+            None => Cow::Borrowed(&self.rows[index].values[slot]),
+        }
+    }
+
+    /// A reader of `slot` for every row, resolved once.
+    pub fn cells(&self, slot: usize) -> SlotCells<'_> {
+        match self.column_of(slot) {
+            Some(column) => SlotCells::Column(&self.columns[column].cells),
+            None => SlotCells::Rows(&self.rows, slot),
+        }
+    }
+
+    /// Readers of every slot, resolved once, for reading row by row.
+    pub fn readers(&self) -> SlotReaders<'_> {
+        let width = self.rows.first().map_or(0, |row| row.values.len());
+        SlotReaders {
+            rows: &self.rows,
+            slots: (0..width).map(|slot| self.cells(slot)).collect(),
+        }
+    }
+
+    /// Adds a computed column for `slot` (of type `ty`) with one value
+    /// per row, replacing the slot's former column if there was one.
+    pub fn set_column(
+        &mut self,
+        slot: usize,
+        ty: ColumnType,
+        values: impl IntoIterator<Item = Value>,
+    ) {
+        let mut cells = Cells::for_type(ty, self.rows.len());
+        for value in values {
+            cells.push(value);
+        }
+        debug_assert_eq!(cells.len(), self.rows.len());
+        self.set_cells(slot, cells);
+    }
+
+    /// Adds a computed column of numbers for `slot` (of type F64): `None`
+    /// is null.
+    pub fn set_numbers(&mut self, slot: usize, numbers: impl IntoIterator<Item = Option<f64>>) {
+        let (values, present): (Vec<f64>, Vec<bool>) = numbers
+            .into_iter()
+            .map(|number| (number.unwrap_or(0.0), number.is_some()))
+            .unzip();
+        debug_assert_eq!(values.len(), self.rows.len());
+        self.set_cells(slot, Cells::F64 { values, present });
+    }
+
+    /// Adds a computed column for `slot`, replacing the slot's former
+    /// column if there was one.
+    pub(crate) fn set_cells(&mut self, slot: usize, cells: Cells) {
+        debug_assert_eq!(cells.len(), self.rows.len());
+        match self.column_of(slot) {
+            Some(column) => self.columns[column].cells = cells,
+            None => self.columns.push(Column { slot, cells }),
+        }
+    }
+
+    /// Appends the rows of `other`. Both keep their columns where they
+    /// hold the same slots (batches from one point of a graph do); else
+    /// both are materialized first.
+    pub fn append(&mut self, mut other: Batch) {
+        if self.rows.is_empty() {
+            *self = other;
+            return;
+        }
+        let same_columns = self.columns.len() == other.columns.len()
+            && self
+                .columns
+                .iter()
+                .zip(&other.columns)
+                .all(|(mine, theirs)| mine.slot == theirs.slot);
+        if !same_columns {
+            self.materialize();
+            other.materialize();
+        }
+        for (mine, theirs) in self.columns.iter_mut().zip(other.columns) {
+            mine.cells.append(theirs.cells);
+        }
+        self.rows.append(&mut other.rows);
+    }
+
+    /// Splits the batch in two at row `at`: this batch keeps the rows
+    /// before it, and the rows from it on are returned.
+    pub fn split_off(&mut self, at: usize) -> Batch {
+        Batch {
+            rows: self.rows.split_off(at),
+            columns: self
+                .columns
+                .iter_mut()
+                .map(|column| Column {
+                    slot: column.slot,
+                    cells: column.cells.split_off(at),
+                })
+                .collect(),
+        }
+    }
+
+    /// Keeps only the rows for which `keep` holds, with their cells.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Row) -> bool) {
+        let kept: Vec<bool> = self.rows.iter().map(&mut keep).collect();
+        if kept.iter().all(|kept| *kept) {
+            return;
+        }
+        let mut flags = kept.iter();
+        self.rows.retain(|_| *flags.next().unwrap_or(&false));
+        for column in &mut self.columns {
+            column.cells.retain(&kept);
+        }
+    }
+}
+
+/// The cells of one slot, row by row: from a computed column or from the
+/// rows.
+#[derive(Clone, Copy, Debug)]
+pub enum SlotCells<'batch> {
+    /// A computed column.
+    Column(&'batch Cells),
+    /// The rows' own slot.
+    Rows(&'batch [Row], usize),
+}
+
+impl<'batch> SlotCells<'batch> {
+    /// The value of row `index`.
+    #[inline]
+    pub fn value(&self, index: usize) -> Cow<'batch, Value> {
+        match self {
+            SlotCells::Column(cells) => cells.value(index),
+            SlotCells::Rows(rows, slot) => Cow::Borrowed(&rows[index].values[*slot]),
+        }
+    }
+
+    /// The value of row `index` as a number (see [`Value::as_f64`]).
+    #[inline]
+    pub fn number(&self, index: usize) -> Option<f64> {
+        match self {
+            SlotCells::Column(cells) => cells.number(index),
+            SlotCells::Rows(rows, slot) => rows[index].values[*slot].as_f64(),
+        }
+    }
+
+    /// The floats of a computed F64 column and whether each is present,
+    /// for readers that take them in bulk.
+    pub fn floats(&self) -> Option<(&'batch [f64], &'batch [bool])> {
+        match self {
+            SlotCells::Column(Cells::F64 { values, present }) => Some((values, present)),
+            _ => None,
+        }
+    }
+}
+
+/// Every slot of a batch, resolved: [`SlotReaders::row`] reads one row's
+/// cells.
+#[derive(Debug)]
+pub struct SlotReaders<'batch> {
+    rows: &'batch [Row],
+    slots: Vec<SlotCells<'batch>>,
+}
+
+impl<'batch> SlotReaders<'batch> {
+    /// The cells of row `index`.
+    pub fn row(&self, index: usize) -> RowCells<'_, 'batch> {
+        RowCells {
+            readers: self,
+            index,
+        }
+    }
+}
+
+/// One row's cells, wherever each is held.
+#[derive(Clone, Copy, Debug)]
+pub struct RowCells<'readers, 'batch> {
+    readers: &'readers SlotReaders<'batch>,
+    index: usize,
+}
+
+impl<'batch> RowCells<'_, 'batch> {
+    /// The row itself (its origin and event time; its slots held by
+    /// columns are null).
+    pub fn row(&self) -> &'batch Row {
+        &self.readers.rows[self.index]
+    }
+
+    /// The value of `slot`.
+    pub fn value(&self, slot: usize) -> Cow<'batch, Value> {
+        self.readers.slots[slot].value(self.index)
+    }
+}
+
+impl Numbers for RowCells<'_, '_> {
+    #[inline]
+    fn number(&self, slot: usize) -> Option<f64> {
+        self.readers.slots[slot].number(self.index)
+    }
+}
+
+impl Cells {
+    /// Empty cells for a column of type `ty`, with room for `rows`.
+    pub(crate) fn for_type(ty: ColumnType, rows: usize) -> Self {
+        match ty {
+            ColumnType::F64 => Cells::F64 {
+                values: Vec::with_capacity(rows),
+                present: Vec::with_capacity(rows),
+            },
+            ColumnType::I64 => Cells::I64 {
+                values: Vec::with_capacity(rows),
+                present: Vec::with_capacity(rows),
+            },
+            _ => Cells::Values(Vec::with_capacity(rows)),
+        }
+    }
+
+    /// Appends present floats.
+    pub(crate) fn extend_f64(&mut self, numbers: impl Iterator<Item = f64>) {
+        match self {
+            Cells::F64 { values, present } => {
+                let before = values.len();
+                values.extend(numbers);
+                present.resize(present.len() + values.len() - before, true);
+            }
+            _ => numbers.for_each(|number| self.push(Value::F64(number))),
+        }
+    }
+
+    /// Appends present integers.
+    pub(crate) fn extend_i64(&mut self, numbers: impl Iterator<Item = i64>) {
+        match self {
+            Cells::I64 { values, present } => {
+                let before = values.len();
+                values.extend(numbers);
+                present.resize(present.len() + values.len() - before, true);
+            }
+            _ => numbers.for_each(|number| self.push(Value::I64(number))),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Cells::F64 { present, .. } | Cells::I64 { present, .. } => present.len(),
+            Cells::Values(values) => values.len(),
+        }
+    }
+
+    /// Adds a cell; a value that does not fit the type turns the cells
+    /// into values, so nothing is ever converted.
+    #[inline(always)]
+    pub(crate) fn push(&mut self, value: Value) {
+        match (&mut *self, value) {
+            (Cells::F64 { values, present }, Value::F64(number)) => {
+                values.push(number);
+                present.push(true);
+            }
+            (Cells::I64 { values, present }, Value::I64(number)) => {
+                values.push(number);
+                present.push(true);
+            }
+            (Cells::Values(values), value) => values.push(value),
+            (_, value) => self.push_other(value),
+        }
+    }
+
+    /// Adds a float cell (`None`: null).
+    #[inline(always)]
+    pub(crate) fn push_f64(&mut self, number: Option<f64>) {
+        match self {
+            Cells::F64 { values, present } => {
+                values.push(number.unwrap_or(0.0));
+                present.push(number.is_some());
+            }
+            _ => self.push(number.map_or(Value::Null, Value::F64)),
+        }
+    }
+
+    /// Adds an integer cell (`None`: null).
+    #[inline(always)]
+    pub(crate) fn push_i64(&mut self, number: Option<i64>) {
+        match self {
+            Cells::I64 { values, present } => {
+                values.push(number.unwrap_or(0));
+                present.push(number.is_some());
+            }
+            _ => self.push(number.map_or(Value::Null, Value::I64)),
+        }
+    }
+
+    /// A null into typed cells, or a value of another type.
+    #[cold]
+    fn push_other(&mut self, value: Value) {
+        match (&mut *self, value) {
+            (Cells::F64 { values, present }, Value::Null) => {
+                values.push(0.0);
+                present.push(false);
+            }
+            (Cells::I64 { values, present }, Value::Null) => {
+                values.push(0);
+                present.push(false);
+            }
+            (_, value) => {
+                let mut values = std::mem::replace(self, Cells::Values(Vec::new())).into_values();
+                values.push(value);
+                *self = Cells::Values(values);
+            }
+        }
+    }
+
+    #[inline]
+    fn value(&self, index: usize) -> Cow<'_, Value> {
+        match self {
+            Cells::F64 { values, present } => Cow::Owned(if present[index] {
+                Value::F64(values[index])
+            } else {
+                Value::Null
+            }),
+            Cells::I64 { values, present } => Cow::Owned(if present[index] {
+                Value::I64(values[index])
+            } else {
+                Value::Null
+            }),
+            Cells::Values(values) => Cow::Borrowed(&values[index]),
+        }
+    }
+
+    #[inline]
+    fn number(&self, index: usize) -> Option<f64> {
+        match self {
+            Cells::F64 { values, present } => present[index].then(|| values[index]),
+            Cells::I64 { values, present } => present[index].then(|| values[index] as f64),
+            Cells::Values(values) => values[index].as_f64(),
+        }
+    }
+
+    /// The cells as values.
+    pub(crate) fn into_values(self) -> Vec<Value> {
+        match self {
+            Cells::F64 { values, present } => values
+                .into_iter()
+                .zip(present)
+                .map(|(number, present)| {
+                    if present {
+                        Value::F64(number)
+                    } else {
+                        Value::Null
+                    }
+                })
+                .collect(),
+            Cells::I64 { values, present } => values
+                .into_iter()
+                .zip(present)
+                .map(|(number, present)| {
+                    if present {
+                        Value::I64(number)
+                    } else {
+                        Value::Null
+                    }
+                })
+                .collect(),
+            Cells::Values(values) => values,
+        }
+    }
+
+    fn append(&mut self, other: Cells) {
+        match (&mut *self, other) {
+            (
+                Cells::F64 { values, present },
+                Cells::F64 {
+                    values: more,
+                    present: more_present,
+                },
+            ) => {
+                values.extend(more);
+                present.extend(more_present);
+            }
+            (
+                Cells::I64 { values, present },
+                Cells::I64 {
+                    values: more,
+                    present: more_present,
+                },
+            ) => {
+                values.extend(more);
+                present.extend(more_present);
+            }
+            (_, other) => {
+                let mut values = std::mem::replace(self, Cells::Values(Vec::new())).into_values();
+                values.extend(other.into_values());
+                *self = Cells::Values(values);
+            }
+        }
+    }
+
+    fn split_off(&mut self, at: usize) -> Cells {
+        match self {
+            Cells::F64 { values, present } => Cells::F64 {
+                values: values.split_off(at),
+                present: present.split_off(at),
+            },
+            Cells::I64 { values, present } => Cells::I64 {
+                values: values.split_off(at),
+                present: present.split_off(at),
+            },
+            Cells::Values(values) => Cells::Values(values.split_off(at)),
+        }
+    }
+
+    fn retain(&mut self, kept: &[bool]) {
+        fn keep<T>(items: &mut Vec<T>, kept: &[bool]) {
+            let mut flags = kept.iter();
+            items.retain(|_| *flags.next().unwrap_or(&false));
+        }
+        match self {
+            Cells::F64 { values, present } => {
+                keep(values, kept);
+                keep(present, kept);
+            }
+            Cells::I64 { values, present } => {
+                keep(values, kept);
+                keep(present, kept);
+            }
+            Cells::Values(values) => keep(values, kept),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(count: u64, width: usize) -> Vec<Row> {
+        (0..count)
+            .map(|offset| Row {
+                partition: 0,
+                offset,
+                time: offset as i64,
+                values: vec![Value::I64(offset as i64); width],
+                warm_up: offset % 3 == 0,
+            })
+            .collect()
+    }
+
+    /// The batch with a float column in slot 1 (null every other row) and
+    /// a string in slot 2, which does not fit its F64 type.
+    fn with_columns(count: u64) -> Batch {
+        let mut batch = Batch::from_rows(rows(count, 3));
+        batch.set_numbers(
+            1,
+            (0..count).map(|index| (index % 2 == 0).then_some(index as f64)),
+        );
+        batch.set_column(
+            2,
+            ColumnType::F64,
+            (0..count).map(|index| {
+                if index == 1 {
+                    Value::Str("odd".into())
+                } else {
+                    Value::F64(index as f64 / 2.0)
+                }
+            }),
+        );
+        batch
+    }
+
+    #[test]
+    fn columns_read_the_same_before_and_after_they_move_into_the_rows() {
+        let batch = with_columns(6);
+        let cells: Vec<Vec<Value>> = (0..3)
+            .map(|slot| {
+                (0..6)
+                    .map(|index| batch.value(slot, index).into_owned())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(cells[1][1], Value::Null);
+        assert_eq!(cells[1][2], Value::F64(2.0));
+        assert_eq!(cells[2][1], Value::Str("odd".into()));
+        assert_eq!(cells[2][4], Value::F64(2.0));
+        let rows = batch.clone().into_rows();
+        for (index, row) in rows.iter().enumerate() {
+            for (slot, column) in cells.iter().enumerate() {
+                assert_eq!(row.values[slot], column[index], "slot {slot} row {index}");
+            }
+        }
+        assert_eq!(batch.cells(1).number(4), Some(4.0));
+        assert_eq!(batch.cells(0).number(4), Some(4.0));
+    }
+
+    #[test]
+    fn append_split_and_retain_keep_rows_and_cells_together() {
+        let mut batch = with_columns(5);
+        batch.append(with_columns(4));
+        // Columns in other slots: both sides are materialized.
+        let mut other = Batch::from_rows(rows(2, 3));
+        other.set_numbers(0, [Some(-1.0), None]);
+        batch.append(other);
+        assert_eq!(batch.len(), 11);
+        let expected: Vec<(u64, Value)> = (0..5)
+            .chain(0..4)
+            .map(|offset| {
+                let value = if offset % 2 == 0 {
+                    Value::F64(offset as f64)
+                } else {
+                    Value::Null
+                };
+                (offset, value)
+            })
+            .chain([(0, Value::I64(0)), (1, Value::I64(1))])
+            .collect();
+        let read = |batch: &Batch| -> Vec<(u64, Value)> {
+            (0..batch.len())
+                .map(|index| {
+                    (
+                        batch.rows()[index].offset,
+                        batch.value(1, index).into_owned(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(read(&batch), expected);
+        let tail = batch.split_off(7);
+        assert_eq!(read(&batch), expected[..7]);
+        assert_eq!(read(&tail), expected[7..]);
+        let mut kept = with_columns(7);
+        kept.retain(|row| !row.warm_up);
+        let offsets: Vec<u64> = kept.rows().iter().map(|row| row.offset).collect();
+        assert_eq!(offsets, [1, 2, 4, 5]);
+        let floats: Vec<Value> = (0..4)
+            .map(|index| kept.value(1, index).into_owned())
+            .collect();
+        assert_eq!(
+            floats,
+            [Value::Null, Value::F64(2.0), Value::F64(4.0), Value::Null]
+        );
+    }
+}
