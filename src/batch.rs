@@ -85,11 +85,15 @@ impl Batch {
         self.rows
     }
 
-    /// Moves every computed column into the rows' slots.
+    /// Moves every computed column into the rows' slots (a row holds its
+    /// schema fields when decoded: it grows to hold them).
     pub fn materialize(&mut self) {
         for column in std::mem::take(&mut self.columns) {
             let slot = column.slot;
             for (row, value) in self.rows.iter_mut().zip(column.cells.into_values()) {
+                if row.values.len() <= slot {
+                    row.values.resize(slot + 1, Value::Null);
+                }
                 row.values[slot] = value;
             }
         }
@@ -107,6 +111,13 @@ impl Batch {
         }
     }
 
+    /// The number of slots of the widest row or column.
+    fn width(&self) -> usize {
+        let rows = self.rows.iter().map(|row| row.values.len()).max();
+        let columns = self.columns.iter().map(|column| column.slot + 1).max();
+        rows.unwrap_or(0).max(columns.unwrap_or(0))
+    }
+
     /// The index of the computed column that fills `slot`.
     fn column_of(&self, slot: usize) -> Option<usize> {
         // Few columns: a scan beats a map.
@@ -117,7 +128,7 @@ impl Batch {
     pub fn value(&self, slot: usize, index: usize) -> Cow<'_, Value> {
         match self.column_of(slot) {
             Some(column) => self.columns[column].cells.value(index),
-            None => Cow::Borrowed(&self.rows[index].values[slot]),
+            None => Cow::Borrowed(row_cell(&self.rows[index], slot)),
         }
     }
 
@@ -131,7 +142,7 @@ impl Batch {
 
     /// Readers of every slot, resolved once, for reading row by row.
     pub fn readers(&self) -> SlotReaders<'_> {
-        let width = self.rows.first().map_or(0, |row| row.values.len());
+        let width = self.width();
         SlotReaders {
             rows: &self.rows,
             slots: (0..width).map(|slot| self.cells(slot)).collect(),
@@ -229,6 +240,13 @@ impl Batch {
     }
 }
 
+/// A row's cell in `slot`: null past its end (a slot no stage filled).
+#[inline]
+fn row_cell(row: &Row, slot: usize) -> &Value {
+    const NULL: &Value = &Value::Null;
+    row.values.get(slot).unwrap_or(NULL)
+}
+
 /// The cells of one slot, row by row: from a computed column or from the
 /// rows.
 #[derive(Clone, Copy, Debug)]
@@ -245,7 +263,7 @@ impl<'batch> SlotCells<'batch> {
     pub fn value(&self, index: usize) -> Cow<'batch, Value> {
         match self {
             SlotCells::Column(cells) => cells.value(index),
-            SlotCells::Rows(rows, slot) => Cow::Borrowed(&rows[index].values[*slot]),
+            SlotCells::Rows(rows, slot) => Cow::Borrowed(row_cell(&rows[index], *slot)),
         }
     }
 
@@ -254,7 +272,7 @@ impl<'batch> SlotCells<'batch> {
     pub fn number(&self, index: usize) -> Option<f64> {
         match self {
             SlotCells::Column(cells) => cells.number(index),
-            SlotCells::Rows(rows, slot) => rows[index].values[*slot].as_f64(),
+            SlotCells::Rows(rows, slot) => row_cell(&rows[index], *slot).as_f64(),
         }
     }
 
@@ -300,16 +318,19 @@ impl<'batch> RowCells<'_, 'batch> {
         &self.readers.rows[self.index]
     }
 
-    /// The value of `slot`.
+    /// The value of `slot` (null for a slot nothing filled).
     pub fn value(&self, slot: usize) -> Cow<'batch, Value> {
-        self.readers.slots[slot].value(self.index)
+        match self.readers.slots.get(slot) {
+            Some(cells) => cells.value(self.index),
+            None => Cow::Owned(Value::Null),
+        }
     }
 }
 
 impl Numbers for RowCells<'_, '_> {
     #[inline]
     fn number(&self, slot: usize) -> Option<f64> {
-        self.readers.slots[slot].number(self.index)
+        self.readers.slots.get(slot)?.number(self.index)
     }
 }
 

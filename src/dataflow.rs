@@ -247,13 +247,7 @@ fn build_and_run(
 ) -> Result<()> {
     let (index, peers) = (worker.index(), worker.peers());
     let plan = &shared.plan;
-    let assigned = open_assigned(
-        &plan.source,
-        &plan.field_names(),
-        plan.columns.len(),
-        index,
-        peers,
-    )?;
+    let assigned = open_assigned(&plan.source, &plan.field_names(), index, peers)?;
     let dead_letters = Rc::new(RefCell::new(DeadLetterWriter::open(
         &plan.dead_letters,
         index,

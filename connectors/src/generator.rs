@@ -200,9 +200,6 @@ pub struct GeneratorReader {
     partition: u32,
     /// For each requested column, which generator field fills it.
     column_fields: Vec<Option<usize>>,
-    /// Values each record's fields have room for (see
-    /// [`GeneratorReader::with_room_for`]).
-    room: usize,
     next_offset: u64,
     end: Option<u64>,
     started: Instant,
@@ -221,19 +218,10 @@ impl GeneratorReader {
             config: config.clone(),
             partition,
             column_fields,
-            room: columns.len(),
             next_offset: 0,
             end: config.partition_count(partition),
             started: Instant::now(),
         })
-    }
-
-    /// Allocates each record's fields with room for `values` values in
-    /// all, so that a consumer that appends columns of its own (the
-    /// engine's feature and model slots) does not reallocate them.
-    pub fn with_room_for(mut self, values: usize) -> Self {
-        self.room = values.max(self.column_fields.len());
-        self
     }
 
     /// How many records the rate allows by now, if rate-limited.
@@ -244,7 +232,7 @@ impl GeneratorReader {
 
     fn body(&self, offset: u64) -> RawBody {
         let (user, merchant, amount, time) = self.config.record(self.partition, offset);
-        let mut fields = Vec::with_capacity(self.room);
+        let mut fields = Vec::with_capacity(self.column_fields.len());
         fields.extend(self.column_fields.iter().map(|field| match field {
             Some(0) => Value::Str(entity_id(b'u', user)),
             Some(1) => Value::Str(entity_id(b'm', merchant)),

@@ -15,7 +15,6 @@ use tideflow_connectors::{RawBody, RawRecord, Value};
 #[derive(Clone, Debug)]
 pub struct Decoder {
     fields: Vec<Column>,
-    width: usize,
     time_slot: usize,
     required_slots: Vec<usize>,
     metadata_slots: MetadataSlots,
@@ -26,14 +25,14 @@ impl Decoder {
     pub fn new(plan: &Plan) -> Self {
         Decoder {
             fields: plan.columns[..plan.field_count].to_vec(),
-            width: plan.columns.len(),
             time_slot: plan.time_slot,
             required_slots: plan.required_slots.clone(),
             metadata_slots: plan.metadata_slots,
         }
     }
 
-    /// Decodes one record into a row with every output slot allocated.
+    /// Decodes one record into a row of its schema fields (what stages
+    /// compute travels beside it, in its batch's columns).
     pub fn decode(&self, mut record: RawRecord) -> Result<Row, DeadLetter> {
         let (partition, offset) = (record.partition, record.offset);
         let dead = move |error: String, raw: String| DeadLetter {
@@ -44,7 +43,7 @@ impl Decoder {
         };
         let mut values = match &mut record.body {
             RawBody::Bytes(bytes) => {
-                let mut values = Vec::with_capacity(self.width);
+                let mut values = Vec::with_capacity(self.fields.len());
                 if let Err(error) = self.decode_json(bytes, &mut values) {
                     return Err(dead(error, String::from_utf8_lossy(bytes).into_owned()));
                 }
@@ -55,9 +54,7 @@ impl Decoder {
                     return Err(dead(error, fields_as_json(&self.fields, fields)));
                 }
                 // The record's own vector becomes the row's: no allocation.
-                let mut values = std::mem::take(fields);
-                values.reserve(self.width - values.len());
-                values
+                std::mem::take(fields)
             }
             RawBody::Unreadable { reason, prefix } => {
                 return Err(dead(
@@ -90,7 +87,6 @@ impl Decoder {
                 self.raw_text(&record.body, &values),
             ));
         };
-        values.resize(self.width, Value::Null);
         Ok(Row {
             partition: record.partition,
             offset: record.offset,

@@ -83,12 +83,10 @@ pub fn origin(plan: &SourcePlan) -> String {
 }
 
 /// Opens the readers of the partitions assigned to worker `index` of
-/// `peers`: partition `p` goes to worker `p % peers`. Rows are
-/// `row_width` values wide (readers that allocate them leave room).
+/// `peers`: partition `p` goes to worker `p % peers`.
 pub fn open_assigned(
     plan: &SourcePlan,
     columns: &[String],
-    row_width: usize,
     index: usize,
     peers: usize,
 ) -> Result<Assigned> {
@@ -115,8 +113,7 @@ pub fn open_assigned(
         SourcePlan::Generator(config) => {
             for partition in 0..config.partitions {
                 if partition as usize % peers == index {
-                    let reader = GeneratorReader::open(config, partition, columns)?;
-                    readers.push(Box::new(reader.with_room_for(row_width)));
+                    readers.push(Box::new(GeneratorReader::open(config, partition, columns)?));
                 }
             }
         }
