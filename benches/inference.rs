@@ -47,24 +47,26 @@ struct Args {
 }
 
 const WIDTH: usize = 8;
+/// Schema fields before the model's input columns (a transaction's four).
+const FIELDS: usize = 4;
 
 fn plan(path: &std::path::Path, device: Device, run_rows: usize) -> ModelPlan {
     ModelPlan {
         path: path.to_owned(),
         name: "bench".into(),
-        input_slots: (0..WIDTH).collect(),
+        input_slots: (FIELDS..FIELDS + WIDTH).collect(),
         input_columns: (0..WIDTH).map(|index| format!("c{index}")).collect(),
         input_name: None,
         outputs: vec![
             OutputPlan {
                 column: "score".into(),
-                slot: WIDTH,
+                slot: FIELDS + WIDTH,
                 output: "probabilities".into(),
                 index: Some(1),
             },
             OutputPlan {
                 column: "label".into(),
-                slot: WIDTH + 1,
+                slot: FIELDS + WIDTH + 1,
                 output: "label".into(),
                 index: None,
             },
@@ -162,21 +164,26 @@ fn engine(
 ) -> f64 {
     let mut model = Model::open(&plan(path, device, run_rows)).expect("model");
     timed_batches(repeats, data, batch, |chunk, time| {
-        // As the feature stages leave a batch: rows with a slot for every
-        // column, the inputs computed as float columns beside them.
+        // As the feature stages leave a batch: rows of a transaction's
+        // schema fields, the inputs computed as float columns beside them.
         let rows: Vec<Row> = (0..chunk.len() / WIDTH)
             .map(|offset| Row {
                 partition: 0,
                 offset: offset as u64,
-                time: 0,
-                values: vec![Value::Null; WIDTH + 2],
+                time: offset as i64,
+                values: vec![
+                    Value::Str(format!("u{offset}").into()),
+                    Value::Str(format!("m{}", offset % 500).into()),
+                    Value::F64(offset as f64),
+                    Value::I64(offset as i64),
+                ],
                 warm_up: false,
             })
             .collect();
         let mut batch = Batch::from_rows(rows);
         for column in 0..WIDTH {
             batch.set_numbers(
-                column,
+                FIELDS + column,
                 chunk
                     .iter()
                     .skip(column)

@@ -601,20 +601,16 @@ impl<'output> OutputColumn<'output> {
     /// in bulk where the cells have the output's type (widened), value by
     /// value otherwise.
     fn append_to(&self, cells: &mut Cells, rows: usize) {
-        let column = |len: usize| (self.index..len).step_by(self.width).take(rows);
-        let complete = rows * self.width <= self.len();
+        let complete = self.index < self.width && rows * self.width <= self.len();
+        let (width, index) = (self.width, self.index);
         match (&self.data, complete) {
             (OutputData::F32(data), true) => {
-                cells.extend_f64(column(data.len()).map(|at| f64::from(data[at])))
+                cells.extend_f64(column_of(data, width, index, rows).map(f64::from))
             }
-            (OutputData::F64(data), true) => {
-                cells.extend_f64(column(data.len()).map(|at| data[at]))
-            }
-            (OutputData::I64(data), true) => {
-                cells.extend_i64(column(data.len()).map(|at| data[at]))
-            }
+            (OutputData::F64(data), true) => cells.extend_f64(column_of(data, width, index, rows)),
+            (OutputData::I64(data), true) => cells.extend_i64(column_of(data, width, index, rows)),
             (OutputData::I32(data), true) => {
-                cells.extend_i64(column(data.len()).map(|at| i64::from(data[at])))
+                cells.extend_i64(column_of(data, width, index, rows).map(i64::from))
             }
             _ => (0..rows).for_each(|row| cells.push(self.value(row))),
         }
@@ -640,6 +636,18 @@ impl<'output> OutputColumn<'output> {
         };
         value.unwrap_or(Value::Null)
     }
+}
+
+/// Element `index` of each of the first `rows` rows of `width` elements.
+fn column_of<T: Copy>(
+    data: &[T],
+    width: usize,
+    index: usize,
+    rows: usize,
+) -> impl Iterator<Item = T> + '_ {
+    data.chunks_exact(width)
+        .take(rows)
+        .map(move |row| row[index])
 }
 
 fn check_input(session: &Session, plan: &ModelPlan) -> Result<String> {
