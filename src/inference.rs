@@ -782,3 +782,67 @@ fn fnv64(bytes: &[u8]) -> u64 {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::row::Row;
+
+    /// Three rows with two fields (an integer, then null, then a boolean;
+    /// always null), two float columns with nulls and a column of values
+    /// that are not all numbers.
+    fn batch() -> Batch {
+        let fields = [
+            vec![Value::I64(3), Value::Null],
+            vec![Value::Null, Value::Null],
+            vec![Value::Bool(true), Value::Null],
+        ];
+        let rows = fields
+            .into_iter()
+            .enumerate()
+            .map(|(offset, values)| Row {
+                offset: offset as u64,
+                values,
+                ..Row::default()
+            })
+            .collect();
+        let mut batch = Batch::from_rows(rows);
+        batch.set_numbers(2, [Some(1.5), None, Some(2.5)]);
+        batch.set_numbers(3, [None, Some(4.0), Some(5.0)]);
+        batch.set_column(
+            4,
+            ColumnType::Str,
+            [Value::Str("x".into()), Value::F64(7.0), Value::Null],
+        );
+        batch
+    }
+
+    fn gathered(slots: &[usize]) -> Vec<f32> {
+        let mut tensor = vec![f32::NAN; 3 * slots.len()];
+        gather_inputs(&batch(), slots, -1.0, &mut tensor);
+        tensor
+    }
+
+    #[test]
+    fn float_columns_fill_their_nulls() {
+        assert_eq!(gathered(&[2, 3]), [1.5, -1.0, -1.0, 4.0, 2.5, 5.0]);
+        assert_eq!(gathered(&[3]), [-1.0, 4.0, 5.0]);
+        // Wider than the widths compiled for.
+        let wide: Vec<usize> = (0..17).map(|index| 2 + index % 2).collect();
+        let expected: Vec<f32> = [[1.5, -1.0], [-1.0, 4.0], [2.5, 5.0]]
+            .iter()
+            .flat_map(|row| (0..17).map(move |index| row[index % 2]))
+            .collect();
+        assert_eq!(gathered(&wide), expected);
+    }
+
+    #[test]
+    fn inputs_from_rows_and_value_columns_read_as_numbers_or_fill() {
+        assert_eq!(
+            gathered(&[0, 2, 4, 1]),
+            [
+                3.0, 1.5, -1.0, -1.0, -1.0, -1.0, 7.0, -1.0, 1.0, 2.5, -1.0, -1.0
+            ]
+        );
+    }
+}
