@@ -86,14 +86,19 @@ impl Batch {
     }
 
     /// Moves every computed column into the rows' slots (a row holds its
-    /// schema fields when decoded: it grows to hold them).
+    /// schema fields when decoded: it grows once to hold them all).
     pub fn materialize(&mut self) {
+        let Some(width) = self.columns.iter().map(|column| column.slot + 1).max() else {
+            return;
+        };
+        for row in &mut self.rows {
+            if row.values.len() < width {
+                row.values.resize(width, Value::Null);
+            }
+        }
         for column in std::mem::take(&mut self.columns) {
             let slot = column.slot;
             for (row, value) in self.rows.iter_mut().zip(column.cells.into_values()) {
-                if row.values.len() <= slot {
-                    row.values.resize(slot + 1, Value::Null);
-                }
                 row.values[slot] = value;
             }
         }
