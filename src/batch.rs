@@ -133,7 +133,7 @@ impl Batch {
     pub fn value(&self, slot: usize, index: usize) -> Cow<'_, Value> {
         match self.column_of(slot) {
             Some(column) => self.columns[column].cells.value(index),
-            None => Cow::Borrowed(row_cell(&self.rows[index], slot)),
+            None => Cow::Borrowed(self.rows[index].cell(slot)),
         }
     }
 
@@ -245,13 +245,6 @@ impl Batch {
     }
 }
 
-/// A row's cell in `slot`: null past its end (a slot no stage filled).
-#[inline]
-fn row_cell(row: &Row, slot: usize) -> &Value {
-    const NULL: &Value = &Value::Null;
-    row.values.get(slot).unwrap_or(NULL)
-}
-
 /// The cells of one slot, row by row: from a computed column or from the
 /// rows.
 #[derive(Clone, Copy, Debug)]
@@ -268,7 +261,7 @@ impl<'batch> SlotCells<'batch> {
     pub fn value(&self, index: usize) -> Cow<'batch, Value> {
         match self {
             SlotCells::Column(cells) => cells.value(index),
-            SlotCells::Rows(rows, slot) => Cow::Borrowed(row_cell(&rows[index], *slot)),
+            SlotCells::Rows(rows, slot) => Cow::Borrowed(rows[index].cell(*slot)),
         }
     }
 
@@ -277,7 +270,7 @@ impl<'batch> SlotCells<'batch> {
     pub fn number(&self, index: usize) -> Option<f64> {
         match self {
             SlotCells::Column(cells) => cells.number(index),
-            SlotCells::Rows(rows, slot) => row_cell(&rows[index], *slot).as_f64(),
+            SlotCells::Rows(rows, slot) => rows[index].cell(*slot).as_f64(),
         }
     }
 

@@ -27,6 +27,14 @@ pub struct Row {
 }
 
 impl Row {
+    /// The value in `slot`; null past the row's end (a row holds its
+    /// schema fields, and computed values only once materialized).
+    #[inline]
+    pub fn cell(&self, slot: usize) -> &Value {
+        const NULL: &Value = &Value::Null;
+        self.values.get(slot).unwrap_or(NULL)
+    }
+
     /// The canonical order of records whose key spans partitions.
     #[inline]
     pub fn canonical_order(&self) -> (i64, u32, u64) {

@@ -116,7 +116,9 @@ fn parquet_source_and_sink_agree_with_jsonl() {
     let (from_parquet, parquet_out) = run(dir.path(), &parquet, "parquet");
     assert_eq!(from_jsonl, from_parquet);
 
-    let mut sums = Vec::new();
+    // Every column of the Parquet sink holds what the JSONL sink holds:
+    // fields (string, float with nulls, time), origin and features.
+    let mut from_sink = Vec::new();
     for entry in std::fs::read_dir(parquet_out).unwrap() {
         let file = std::fs::File::open(entry.unwrap().path()).unwrap();
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
@@ -124,38 +126,42 @@ fn parquet_source_and_sink_agree_with_jsonl() {
             .build()
             .unwrap();
         for batch in reader {
-            let batch = batch.unwrap();
-            let partition = batch
-                .column_by_name("_offset")
-                .unwrap()
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap()
-                .clone();
-            let sum = batch
-                .column_by_name("amount_sum_1m")
-                .unwrap()
-                .as_any()
-                .downcast_ref::<Float64Array>()
-                .unwrap()
-                .clone();
-            sums.extend(
-                partition
-                    .iter()
-                    .zip(sum.iter())
-                    .map(|(offset, sum)| (offset.unwrap(), sum)),
-            );
+            from_sink.extend(rows_as_json(&batch.unwrap()));
         }
     }
-    sums.sort_by_key(|(offset, _)| *offset);
-    let expected: Vec<(i64, Option<f64>)> = from_jsonl
-        .iter()
-        .map(|row| {
-            (
-                row["_offset"].as_i64().unwrap(),
-                row["amount_sum_1m"].as_f64(),
-            )
-        })
-        .collect();
-    assert_eq!(sums, expected);
+    from_sink.sort_by_key(|row| row["_offset"].as_i64());
+    assert_eq!(from_sink.len(), from_jsonl.len());
+    for (parquet_row, jsonl_row) in from_sink.iter().zip(&from_jsonl) {
+        assert_eq!(parquet_row, jsonl_row);
+    }
+}
+
+/// A Parquet batch's rows as JSON objects, the way the JSONL sink writes
+/// them (floats compared as numbers, times as epoch ms).
+fn rows_as_json(batch: &RecordBatch) -> Vec<serde_json::Value> {
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, Int64Type, TimestampMillisecondType};
+    use arrow_schema::DataType;
+    let mut rows = vec![serde_json::Map::new(); batch.num_rows()];
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        for (index, row) in rows.iter_mut().enumerate() {
+            let value = if column.is_null(index) {
+                serde_json::Value::Null
+            } else {
+                match field.data_type() {
+                    DataType::Utf8 => column.as_string::<i32>().value(index).into(),
+                    DataType::Int64 => column.as_primitive::<Int64Type>().value(index).into(),
+                    DataType::Timestamp(..) => column
+                        .as_primitive::<TimestampMillisecondType>()
+                        .value(index)
+                        .into(),
+                    DataType::Float64 => column.as_primitive::<Float64Type>().value(index).into(),
+                    other => panic!("column {} has unexpected type {other}", field.name()),
+                }
+            };
+            row.insert(field.name().clone(), value);
+        }
+    }
+    rows.into_iter().map(serde_json::Value::Object).collect()
 }
