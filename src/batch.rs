@@ -40,18 +40,83 @@ pub struct Column {
 /// (and once a cell does not fit the type).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Cells {
-    /// Floats, with whether each is present (not null).
-    F64 {
-        values: Vec<f64>,
-        present: Vec<bool>,
-    },
-    /// Integers, with whether each is present (not null).
-    I64 {
-        values: Vec<i64>,
-        present: Vec<bool>,
-    },
+    /// Floats.
+    F64(Nullable<f64>),
+    /// Integers.
+    I64(Nullable<i64>),
     /// Any values.
     Values(Vec<Value>),
+}
+
+/// Typed cells: the numbers, with whether each is present (not null; an
+/// absent one holds the type's default).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Nullable<T> {
+    values: Vec<T>,
+    present: Vec<bool>,
+}
+
+impl<T: Copy + Default> Nullable<T> {
+    fn with_capacity(rows: usize) -> Self {
+        Nullable {
+            values: Vec::with_capacity(rows),
+            present: Vec::with_capacity(rows),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.present.len()
+    }
+
+    #[inline(always)]
+    fn push(&mut self, number: Option<T>) {
+        self.values.push(number.unwrap_or_default());
+        self.present.push(number.is_some());
+    }
+
+    fn extend_present(&mut self, numbers: impl Iterator<Item = T>) {
+        let before = self.values.len();
+        self.values.extend(numbers);
+        let added = self.values.len() - before;
+        self.present.resize(self.present.len() + added, true);
+    }
+
+    #[inline]
+    fn get(&self, index: usize) -> Option<T> {
+        self.present[index].then(|| self.values[index])
+    }
+
+    fn append(&mut self, other: Nullable<T>) {
+        self.values.extend(other.values);
+        self.present.extend(other.present);
+    }
+
+    fn split_off(&mut self, at: usize) -> Self {
+        Nullable {
+            values: self.values.split_off(at),
+            present: self.present.split_off(at),
+        }
+    }
+
+    fn retain(&mut self, kept: &[bool]) {
+        keep_flagged(&mut self.values, kept);
+        keep_flagged(&mut self.present, kept);
+    }
+
+    /// The cells as values, each number wrapped by `value`.
+    fn into_values(self, value: fn(T) -> Value) -> Vec<Value> {
+        self.values
+            .into_iter()
+            .zip(self.present)
+            .map(|(number, present)| if present { value(number) } else { Value::Null })
+            .collect()
+    }
+}
+
+/// Keeps the items whose flag in `kept` is set.
+fn keep_flagged<T>(items: &mut Vec<T>, kept: &[bool]) {
+    let mut flags = kept.iter();
+    items.retain(|_| *flags.next().unwrap_or(&false));
 }
 
 impl Batch {
@@ -178,7 +243,7 @@ impl Batch {
             .map(|number| (number.unwrap_or(0.0), number.is_some()))
             .unzip();
         debug_assert_eq!(values.len(), self.rows.len());
-        self.set_cells(slot, Cells::F64 { values, present });
+        self.set_cells(slot, Cells::F64(Nullable { values, present }));
     }
 
     /// Adds a computed column for `slot`, replacing the slot's former
@@ -237,8 +302,7 @@ impl Batch {
         if kept.iter().all(|kept| *kept) {
             return;
         }
-        let mut flags = kept.iter();
-        self.rows.retain(|_| *flags.next().unwrap_or(&false));
+        keep_flagged(&mut self.rows, &kept);
         for column in &mut self.columns {
             column.cells.retain(&kept);
         }
@@ -278,7 +342,7 @@ impl<'batch> SlotCells<'batch> {
     /// for readers that take them in bulk.
     pub fn floats(&self) -> Option<(&'batch [f64], &'batch [bool])> {
         match self {
-            SlotCells::Column(Cells::F64 { values, present }) => Some((values, present)),
+            SlotCells::Column(Cells::F64(floats)) => Some((&floats.values, &floats.present)),
             _ => None,
         }
     }
@@ -336,14 +400,8 @@ impl Cells {
     /// Empty cells for a column of type `ty`, with room for `rows`.
     pub(crate) fn for_type(ty: ColumnType, rows: usize) -> Self {
         match ty {
-            ColumnType::F64 => Cells::F64 {
-                values: Vec::with_capacity(rows),
-                present: Vec::with_capacity(rows),
-            },
-            ColumnType::I64 => Cells::I64 {
-                values: Vec::with_capacity(rows),
-                present: Vec::with_capacity(rows),
-            },
+            ColumnType::F64 => Cells::F64(Nullable::with_capacity(rows)),
+            ColumnType::I64 => Cells::I64(Nullable::with_capacity(rows)),
             _ => Cells::Values(Vec::with_capacity(rows)),
         }
     }
@@ -351,11 +409,7 @@ impl Cells {
     /// Appends present floats.
     pub(crate) fn extend_f64(&mut self, numbers: impl Iterator<Item = f64>) {
         match self {
-            Cells::F64 { values, present } => {
-                let before = values.len();
-                values.extend(numbers);
-                present.resize(present.len() + values.len() - before, true);
-            }
+            Cells::F64(floats) => floats.extend_present(numbers),
             _ => numbers.for_each(|number| self.push(Value::F64(number))),
         }
     }
@@ -363,18 +417,15 @@ impl Cells {
     /// Appends present integers.
     pub(crate) fn extend_i64(&mut self, numbers: impl Iterator<Item = i64>) {
         match self {
-            Cells::I64 { values, present } => {
-                let before = values.len();
-                values.extend(numbers);
-                present.resize(present.len() + values.len() - before, true);
-            }
+            Cells::I64(integers) => integers.extend_present(numbers),
             _ => numbers.for_each(|number| self.push(Value::I64(number))),
         }
     }
 
     fn len(&self) -> usize {
         match self {
-            Cells::F64 { present, .. } | Cells::I64 { present, .. } => present.len(),
+            Cells::F64(floats) => floats.len(),
+            Cells::I64(integers) => integers.len(),
             Cells::Values(values) => values.len(),
         }
     }
@@ -384,14 +435,8 @@ impl Cells {
     #[inline(always)]
     pub(crate) fn push(&mut self, value: Value) {
         match (&mut *self, value) {
-            (Cells::F64 { values, present }, Value::F64(number)) => {
-                values.push(number);
-                present.push(true);
-            }
-            (Cells::I64 { values, present }, Value::I64(number)) => {
-                values.push(number);
-                present.push(true);
-            }
+            (Cells::F64(floats), Value::F64(number)) => floats.push(Some(number)),
+            (Cells::I64(integers), Value::I64(number)) => integers.push(Some(number)),
             (Cells::Values(values), value) => values.push(value),
             (_, value) => self.push_other(value),
         }
@@ -401,10 +446,7 @@ impl Cells {
     #[inline(always)]
     pub(crate) fn push_f64(&mut self, number: Option<f64>) {
         match self {
-            Cells::F64 { values, present } => {
-                values.push(number.unwrap_or(0.0));
-                present.push(number.is_some());
-            }
+            Cells::F64(floats) => floats.push(number),
             _ => self.push(number.map_or(Value::Null, Value::F64)),
         }
     }
@@ -413,10 +455,7 @@ impl Cells {
     #[inline(always)]
     pub(crate) fn push_i64(&mut self, number: Option<i64>) {
         match self {
-            Cells::I64 { values, present } => {
-                values.push(number.unwrap_or(0));
-                present.push(number.is_some());
-            }
+            Cells::I64(integers) => integers.push(number),
             _ => self.push(number.map_or(Value::Null, Value::I64)),
         }
     }
@@ -425,14 +464,8 @@ impl Cells {
     #[cold]
     fn push_other(&mut self, value: Value) {
         match (&mut *self, value) {
-            (Cells::F64 { values, present }, Value::Null) => {
-                values.push(0.0);
-                present.push(false);
-            }
-            (Cells::I64 { values, present }, Value::Null) => {
-                values.push(0);
-                present.push(false);
-            }
+            (Cells::F64(floats), Value::Null) => floats.push(None),
+            (Cells::I64(integers), Value::Null) => integers.push(None),
             (_, value) => {
                 let mut values = std::mem::replace(self, Cells::Values(Vec::new())).into_values();
                 values.push(value);
@@ -444,16 +477,8 @@ impl Cells {
     #[inline]
     fn value(&self, index: usize) -> Cow<'_, Value> {
         match self {
-            Cells::F64 { values, present } => Cow::Owned(if present[index] {
-                Value::F64(values[index])
-            } else {
-                Value::Null
-            }),
-            Cells::I64 { values, present } => Cow::Owned(if present[index] {
-                Value::I64(values[index])
-            } else {
-                Value::Null
-            }),
+            Cells::F64(floats) => Cow::Owned(floats.get(index).map_or(Value::Null, Value::F64)),
+            Cells::I64(integers) => Cow::Owned(integers.get(index).map_or(Value::Null, Value::I64)),
             Cells::Values(values) => Cow::Borrowed(&values[index]),
         }
     }
@@ -461,8 +486,8 @@ impl Cells {
     #[inline]
     fn number(&self, index: usize) -> Option<f64> {
         match self {
-            Cells::F64 { values, present } => present[index].then(|| values[index]),
-            Cells::I64 { values, present } => present[index].then(|| values[index] as f64),
+            Cells::F64(floats) => floats.get(index),
+            Cells::I64(integers) => integers.get(index).map(|number| number as f64),
             Cells::Values(values) => values[index].as_f64(),
         }
     }
@@ -470,54 +495,16 @@ impl Cells {
     /// The cells as values.
     pub(crate) fn into_values(self) -> Vec<Value> {
         match self {
-            Cells::F64 { values, present } => values
-                .into_iter()
-                .zip(present)
-                .map(|(number, present)| {
-                    if present {
-                        Value::F64(number)
-                    } else {
-                        Value::Null
-                    }
-                })
-                .collect(),
-            Cells::I64 { values, present } => values
-                .into_iter()
-                .zip(present)
-                .map(|(number, present)| {
-                    if present {
-                        Value::I64(number)
-                    } else {
-                        Value::Null
-                    }
-                })
-                .collect(),
+            Cells::F64(floats) => floats.into_values(Value::F64),
+            Cells::I64(integers) => integers.into_values(Value::I64),
             Cells::Values(values) => values,
         }
     }
 
     fn append(&mut self, other: Cells) {
         match (&mut *self, other) {
-            (
-                Cells::F64 { values, present },
-                Cells::F64 {
-                    values: more,
-                    present: more_present,
-                },
-            ) => {
-                values.extend(more);
-                present.extend(more_present);
-            }
-            (
-                Cells::I64 { values, present },
-                Cells::I64 {
-                    values: more,
-                    present: more_present,
-                },
-            ) => {
-                values.extend(more);
-                present.extend(more_present);
-            }
+            (Cells::F64(floats), Cells::F64(more)) => floats.append(more),
+            (Cells::I64(integers), Cells::I64(more)) => integers.append(more),
             (_, other) => {
                 let mut values = std::mem::replace(self, Cells::Values(Vec::new())).into_values();
                 values.extend(other.into_values());
@@ -528,33 +515,17 @@ impl Cells {
 
     fn split_off(&mut self, at: usize) -> Cells {
         match self {
-            Cells::F64 { values, present } => Cells::F64 {
-                values: values.split_off(at),
-                present: present.split_off(at),
-            },
-            Cells::I64 { values, present } => Cells::I64 {
-                values: values.split_off(at),
-                present: present.split_off(at),
-            },
+            Cells::F64(floats) => Cells::F64(floats.split_off(at)),
+            Cells::I64(integers) => Cells::I64(integers.split_off(at)),
             Cells::Values(values) => Cells::Values(values.split_off(at)),
         }
     }
 
     fn retain(&mut self, kept: &[bool]) {
-        fn keep<T>(items: &mut Vec<T>, kept: &[bool]) {
-            let mut flags = kept.iter();
-            items.retain(|_| *flags.next().unwrap_or(&false));
-        }
         match self {
-            Cells::F64 { values, present } => {
-                keep(values, kept);
-                keep(present, kept);
-            }
-            Cells::I64 { values, present } => {
-                keep(values, kept);
-                keep(present, kept);
-            }
-            Cells::Values(values) => keep(values, kept),
+            Cells::F64(floats) => floats.retain(kept),
+            Cells::I64(integers) => integers.retain(kept),
+            Cells::Values(values) => keep_flagged(values, kept),
         }
     }
 }
