@@ -91,6 +91,11 @@ impl<T: Copy + Default> Nullable<T> {
         self.present.extend(other.present);
     }
 
+    fn reserve(&mut self, additional: usize) {
+        self.values.reserve(additional);
+        self.present.reserve(additional);
+    }
+
     fn split_off(&mut self, at: usize) -> Self {
         Nullable {
             values: self.values.split_off(at),
@@ -280,6 +285,16 @@ impl Batch {
         self.rows.append(&mut other.rows);
     }
 
+    /// Makes room for `rows` rows in all, so that appending up to that
+    /// many moves each row once rather than again at every growth.
+    pub fn reserve_rows(&mut self, rows: usize) {
+        let additional = rows.saturating_sub(self.rows.len());
+        self.rows.reserve(additional);
+        for column in &mut self.columns {
+            column.cells.reserve(additional);
+        }
+    }
+
     /// Splits the batch in two at row `at`: this batch keeps the rows
     /// before it, and the rows from it on are returned.
     pub fn split_off(&mut self, at: usize) -> Batch {
@@ -419,6 +434,14 @@ impl Cells {
         match self {
             Cells::I64(integers) => integers.extend_present(numbers),
             _ => numbers.for_each(|number| self.push(Value::I64(number))),
+        }
+    }
+
+    fn reserve(&mut self, additional: usize) {
+        match self {
+            Cells::F64(floats) => floats.reserve(additional),
+            Cells::I64(integers) => integers.reserve(additional),
+            Cells::Values(values) => values.reserve(additional),
         }
     }
 

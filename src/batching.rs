@@ -11,12 +11,19 @@ use crate::batch::Batch;
 use crate::plan::{BatchLimits, BatchingPlan, Policy};
 use std::time::{Duration, Instant};
 
+/// The most rows a pending batch makes room for at once (a batch size set
+/// far larger grows as rows come, rather than taking its memory up front).
+const RESERVED_ROWS_AT_MOST: usize = 1 << 16;
+
 /// Rows waiting to be scored, and the policy that decides when they go.
 #[derive(Debug)]
 pub struct Batcher {
     plan: BatchingPlan,
     pending: Batch,
     oldest: Option<Instant>,
+    /// The batch size last in force, which a new pending batch makes room
+    /// for.
+    last_max_rows: usize,
 }
 
 impl Batcher {
@@ -26,6 +33,10 @@ impl Batcher {
             plan,
             pending: Batch::default(),
             oldest: None,
+            last_max_rows: match plan.policy {
+                Policy::Micro => plan.micro.max_rows,
+                Policy::Bulk | Policy::Adaptive => plan.bulk.max_rows,
+            },
         }
     }
 
@@ -44,6 +55,11 @@ impl Batcher {
         self.pending.append(rows);
         if before == 0 && !self.pending.is_empty() {
             self.oldest = Some(now);
+            // Room for the whole batch now: large batches grown by
+            // doubling would be copied again and again, each time into
+            // fresh memory the system must first clear.
+            self.pending
+                .reserve_rows(self.last_max_rows.min(RESERVED_ROWS_AT_MOST));
         }
     }
 
@@ -55,8 +71,10 @@ impl Batcher {
             return None;
         }
         let limits = self.limits(behind);
+        self.last_max_rows = limits.max_rows;
         if self.pending.len() >= limits.max_rows {
-            let rest = self.pending.split_off(limits.max_rows);
+            let mut rest = self.pending.split_off(limits.max_rows);
+            rest.reserve_rows(limits.max_rows.min(RESERVED_ROWS_AT_MOST));
             let batch = std::mem::replace(&mut self.pending, rest);
             if self.pending.is_empty() {
                 self.oldest = None;
