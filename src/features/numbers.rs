@@ -286,7 +286,11 @@ impl KeyNumbers<'_> {
     ) {
         let layout = self.layout;
         let stride = layout.stride();
-        let in_order = self.ring.last_time(stride).is_none_or(|last| last <= time);
+        // The ring holds every record of the key not yet forgotten, and
+        // never forgets the newest, so the record is in order (at or after
+        // the ring's last) exactly when it is the newest: known without
+        // reading the ring's tail, which is likely not in cache.
+        let in_order = time == newest;
         let position = if in_order {
             self.ring.len
         } else {
