@@ -404,23 +404,27 @@ fn gather_inputs(batch: &Batch, slots: &[usize], fill_null: f32, tensor: &mut [f
         // a time so that the block's part of the tensor stays in L1.
         Some(columns) => gather_floats(&columns, fill_null, tensor),
         // Some inputs in the rows (fields, or features that travelled
-        // with their rows): column by column, each read the way it is held.
+        // with their rows): float columns column by column, then the cells
+        // the rows hold in one pass over the rows. Each row's cells are an
+        // allocation of their own, so reading them a column at a time
+        // would bring every row into cache once per column.
         None => {
+            let mut held_by_rows = Vec::new();
             for (column, reader) in readers.iter().enumerate() {
+                let Some((values, present)) = reader.floats() else {
+                    held_by_rows.push((column, reader));
+                    continue;
+                };
                 let rows = tensor.chunks_exact_mut(width);
-                match reader.floats() {
-                    Some((values, present)) => {
-                        for (cells, (value, present)) in rows.zip(values.iter().zip(present)) {
-                            cells[column] = if *present { *value as f32 } else { fill_null };
-                        }
-                    }
-                    None => {
-                        for (index, cells) in rows.enumerate() {
-                            cells[column] = reader
-                                .number(index)
-                                .map_or(fill_null, |number| number as f32);
-                        }
-                    }
+                for (cells, (value, present)) in rows.zip(values.iter().zip(present)) {
+                    cells[column] = if *present { *value as f32 } else { fill_null };
+                }
+            }
+            for (index, cells) in tensor.chunks_exact_mut(width).enumerate() {
+                for (column, reader) in &held_by_rows {
+                    cells[*column] = reader
+                        .number(index)
+                        .map_or(fill_null, |number| number as f32);
                 }
             }
         }

@@ -236,13 +236,16 @@ impl StageState {
     /// loops (headers, then the records they point at), so that the cache
     /// misses overlap rather than come one row at a time.
     fn read_ahead(&self, slots: &[usize]) {
+        let width = self.others.len();
         for step in [Touch::Headers, Touch::Records] {
             let touched = slots.iter().fold(0, |touched, slot| {
-                let newest = match step {
-                    Touch::Headers => self.newest[*slot],
+                let headers = match step {
+                    Touch::Headers => self.other_states[slot * width..(slot + 1) * width]
+                        .iter()
+                        .fold(self.newest[*slot], |touched, state| touched ^ state.touch()),
                     Touch::Records => 0,
                 };
-                touched ^ newest ^ self.numbers.touch(*slot, step)
+                touched ^ headers ^ self.numbers.touch(*slot, step)
             });
             std::hint::black_box(touched);
         }

@@ -161,6 +161,17 @@ impl FeatureState {
     }
 }
 
+impl FeatureState {
+    /// Something read from the state's header, so that a caller reading
+    /// ahead of the updates brings it into cache.
+    pub fn touch(&self) -> i64 {
+        match self {
+            FeatureState::Previous(state) => state.last_time.unwrap_or(0),
+            FeatureState::Values(state) => state.newest.unwrap_or(0),
+        }
+    }
+}
+
 /// State of `prev` / `since_prev`: the key's previous record.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PreviousState {

@@ -3,8 +3,9 @@
 //! Micro, bulk and adaptive batching all pass through this one operator.
 
 use super::BatchStream;
-use crate::batch::Batch;
+use crate::batch::{Batch, RowCells};
 use crate::batching::Batcher;
+use crate::features::expr::{Expr, Numbers};
 use crate::inference::Model;
 use crate::run::Shared;
 use std::collections::VecDeque;
@@ -38,7 +39,7 @@ impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
                         }
                         let arrival = time.least().copied().unwrap_or(i64::MIN);
                         arrivals.push_back((arrival, batch.len()));
-                        evaluate_expressions(&shared, &mut batch);
+                        evaluate_expressions(&shared.plan.expressions, &mut batch);
                         batcher.extend(batch, now);
                     }
                 });
@@ -100,14 +101,105 @@ fn forget_arrivals(arrivals: &mut VecDeque<(i64, usize)>, mut count: usize) {
 }
 
 /// Adds a column per expression; each may read the columns before it.
-fn evaluate_expressions(shared: &Shared, batch: &mut Batch) {
-    for (slot, expr) in &shared.plan.expressions {
-        let numbers: Vec<Option<f64>> = {
-            let readers = batch.readers();
-            (0..batch.len())
-                .map(|index| expr.eval(&readers.row(index)))
-                .collect()
-        };
+///
+/// The expressions are evaluated row by row, all of a row's at once: the
+/// cells a row holds are an allocation of their own, and evaluating one
+/// expression over the whole batch at a time would bring every row into
+/// cache once per expression.
+fn evaluate_expressions(expressions: &[(usize, Expr)], batch: &mut Batch) {
+    if expressions.is_empty() {
+        return;
+    }
+    let mut columns: Vec<Vec<Option<f64>>> = expressions
+        .iter()
+        .map(|_| Vec::with_capacity(batch.len()))
+        .collect();
+    {
+        let readers = batch.readers();
+        let mut row_results = Vec::with_capacity(expressions.len());
+        for index in 0..batch.len() {
+            row_results.clear();
+            for (_, expr) in expressions {
+                let earlier = EarlierResults {
+                    row: readers.row(index),
+                    expressions,
+                    results: &row_results,
+                };
+                row_results.push(expr.eval(&earlier));
+            }
+            for (column, result) in columns.iter_mut().zip(&row_results) {
+                column.push(*result);
+            }
+        }
+    }
+    for ((slot, _), numbers) in expressions.iter().zip(columns) {
         batch.set_numbers(*slot, numbers);
+    }
+}
+
+/// A row's numbers as an expression sees them: the results of the
+/// expressions before it in this row, else the row's cells.
+struct EarlierResults<'row, 'batch> {
+    row: RowCells<'row, 'batch>,
+    expressions: &'row [(usize, Expr)],
+    /// Results of the first `results.len()` expressions.
+    results: &'row [Option<f64>],
+}
+
+impl Numbers for EarlierResults<'_, '_> {
+    fn number(&self, slot: usize) -> Option<f64> {
+        let mut earlier = self.expressions.iter().zip(self.results);
+        match earlier.find(|((computed, _), _)| *computed == slot) {
+            Some((_, result)) => *result,
+            None => self.row.number(slot),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::row::Row;
+    use tideflow_connectors::Value;
+
+    /// Slot 2 is `a + b`, slot 3 reads slot 2: each row sees the result of
+    /// the expression before it computed for that same row, and nulls
+    /// pass through.
+    #[test]
+    fn an_expression_reads_the_results_of_earlier_ones_in_its_own_row() {
+        let resolve = |name: &str| match name {
+            "a" => Ok(0),
+            "b" => Ok(1),
+            "sum" => Ok(2),
+            other => Err(format!("unknown column '{other}'")),
+        };
+        let expressions = vec![
+            (2, Expr::parse("a + b", &resolve).unwrap()),
+            (3, Expr::parse("sum * 10 + a", &resolve).unwrap()),
+        ];
+        let row = |offset, a: Value, b: Value| Row {
+            partition: 0,
+            offset,
+            time: 0,
+            values: vec![a, b],
+            warm_up: false,
+        };
+        let mut batch = Batch::from_rows(vec![
+            row(0, Value::F64(1.0), Value::F64(2.0)),
+            row(1, Value::F64(5.0), Value::Null),
+            row(2, Value::I64(4), Value::F64(0.5)),
+        ]);
+        evaluate_expressions(&expressions, &mut batch);
+        let results: Vec<[Value; 2]> = (0..batch.len())
+            .map(|index| [2, 3].map(|slot| batch.value(slot, index).into_owned()))
+            .collect();
+        assert_eq!(
+            results,
+            vec![
+                [Value::F64(3.0), Value::F64(31.0)],
+                [Value::Null, Value::Null],
+                [Value::F64(4.5), Value::F64(49.0)],
+            ]
+        );
     }
 }
