@@ -20,6 +20,7 @@ use crate::schema::ColumnType;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
+use std::collections::hash_map;
 use tideflow_connectors::Value;
 
 /// The aggregations a window feature can compute.
@@ -250,13 +251,15 @@ impl Running {
         }
         match agg {
             Agg::DistinctCount => {
-                let key = sample.distinct_key();
+                // One lookup, whether the value stays counted or goes.
                 if let Some(distinct) = &mut self.distinct
-                    && let Some(count) = distinct.get_mut(&key)
+                    && let hash_map::Entry::Occupied(mut counted) =
+                        distinct.entry(sample.distinct_key())
                 {
-                    *count -= 1;
-                    if *count == 0 {
-                        distinct.remove(&key);
+                    if *counted.get() > 1 {
+                        *counted.get_mut() -= 1;
+                    } else {
+                        counted.remove();
                     }
                 }
             }
