@@ -110,8 +110,8 @@ pub struct KeyChanges {
 /// Keys a stage must hold before it reads state ahead of the rows: with
 /// fewer, their state stays in cache and reading it twice only costs
 /// (features bench workload, one worker, CPU time without reading ahead
-/// against with it: 0.86 to 0.94 at 1k keys, about 1 at 3k and 6k, 1.37 to
-/// 1.46 at 100k).
+/// against with it, run by run: 0.86 to 0.95 at 1k keys, 0.94 to 1.06 at
+/// 3k and 6k, 1.37 to 1.46 at 100k).
 const READ_AHEAD_FROM_KEYS: usize = 2048;
 
 /// Rows between sweeps for idle keys, at least (more when there are more
