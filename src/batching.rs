@@ -5,7 +5,8 @@
 //! batches) are two sets of limits over the same batcher, feeding the same
 //! inference code; `adaptive` picks bulk while a source is behind its end
 //! (a backfill) and micro once every source has caught up. Batch boundaries
-//! never change a row's values, only when it leaves.
+//! never change a row's values, only when it leaves. A dataflow without a
+//! model has nothing to batch for: its rows pass through as they come.
 
 use crate::batch::Batch;
 use crate::plan::{BatchLimits, BatchingPlan, Policy};
@@ -24,11 +25,14 @@ pub struct Batcher {
     /// The batch size last in force, which a new pending batch makes room
     /// for.
     last_max_rows: usize,
+    /// Whether rows go on as they come, whatever the policy: without a
+    /// model there is nothing to batch for.
+    passes_through: bool,
 }
 
 impl Batcher {
     /// An empty batcher.
-    pub fn new(plan: BatchingPlan) -> Self {
+    pub fn new(plan: BatchingPlan, passes_through: bool) -> Self {
         Batcher {
             plan,
             pending: Batch::default(),
@@ -37,6 +41,7 @@ impl Batcher {
                 Policy::Micro => plan.micro.max_rows,
                 Policy::Bulk | Policy::Adaptive => plan.bulk.max_rows,
             },
+            passes_through,
         }
     }
 
@@ -53,6 +58,9 @@ impl Batcher {
     pub fn extend(&mut self, rows: Batch, now: Instant) {
         let before = self.pending.len();
         self.pending.append(rows);
+        if self.passes_through {
+            return;
+        }
         if before == 0 && !self.pending.is_empty() {
             self.oldest = Some(now);
             // Room for the whole batch now: large batches grown by
@@ -69,6 +77,9 @@ impl Batcher {
     pub fn next_batch(&mut self, behind: bool, input_ended: bool, now: Instant) -> Option<Batch> {
         if self.pending.is_empty() {
             return None;
+        }
+        if self.passes_through {
+            return Some(std::mem::take(&mut self.pending));
         }
         let limits = self.limits(behind);
         self.last_max_rows = limits.max_rows;
@@ -146,10 +157,27 @@ mod tests {
         Batch::from_rows(rows)
     }
 
+    /// Without a model, rows leave at once and whole, however many and
+    /// whatever the policy's limits.
+    #[test]
+    fn a_batcher_that_passes_through_holds_nothing_back() {
+        let now = Instant::now();
+        let mut batcher = Batcher::new(plan(Policy::Micro), true);
+        batcher.extend(rows(5), now);
+        batcher.extend(rows(3), now);
+        assert_eq!(
+            batcher.next_batch(false, false, now).map(|b| b.len()),
+            Some(8)
+        );
+        assert!(batcher.is_empty());
+        assert_eq!(batcher.next_batch(false, false, now), None);
+        assert_eq!(batcher.time_to_deadline(false, now), None);
+    }
+
     #[test]
     fn adaptive_uses_bulk_limits_while_behind_and_micro_after() {
         let now = Instant::now();
-        let mut batcher = Batcher::new(plan(Policy::Adaptive));
+        let mut batcher = Batcher::new(plan(Policy::Adaptive), false);
         batcher.extend(rows(5), now);
         assert_eq!(
             batcher.next_batch(true, false, now).map(|b| b.len()),
@@ -172,7 +200,7 @@ mod tests {
     #[test]
     fn the_end_of_input_flushes_whatever_is_pending() {
         let now = Instant::now();
-        let mut batcher = Batcher::new(plan(Policy::Bulk));
+        let mut batcher = Batcher::new(plan(Policy::Bulk), false);
         batcher.extend(rows(3), now);
         assert_eq!(batcher.next_batch(true, false, now), None);
         assert_eq!(

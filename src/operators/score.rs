@@ -25,7 +25,7 @@ impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
         let scope = self.scope();
         self.unary_frontier(Pipeline, "Score", move |capability, info| {
             let activator = scope.activator_for(info.address.clone());
-            let mut batcher = Batcher::new(shared.plan.batching);
+            let mut batcher = Batcher::new(shared.plan.batching, model.is_none());
             // (dataflow time, rows) of the rows in the batcher, oldest first:
             // the capability is held no later than the oldest.
             let mut arrivals: VecDeque<(i64, usize)> = VecDeque::new();
