@@ -157,6 +157,9 @@ fn in_offset_order_by_key<'scope>(
     )
 }
 
+/// A stage keyed by another field: rows go to the worker that owns their
+/// key, wait in a reorder buffer, and are computed in (event time,
+/// partition, offset) order as the watermark releases them.
 fn in_event_time_order<'scope>(
     stream: RowStream<'scope>,
     name: String,
