@@ -10,6 +10,7 @@
 
 pub mod batch;
 pub mod batching;
+mod cache;
 pub mod cluster;
 pub mod commit;
 pub mod dataflow;

@@ -13,6 +13,7 @@
 
 use super::window::{Agg, Running, WindowMs, push_extreme};
 use crate::batch::Cells;
+use crate::cache;
 use crate::features::WindowFeature;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -199,50 +200,45 @@ impl NumericState {
         .update(bound_ms, newest, time, values, columns);
     }
 
-    /// Reads the memory the next update of `slot` will touch, in two steps
-    /// a few rows apart: first the key's headers (`Headers`), then, with
-    /// those in cache, the records they point at (`Records`: the newest,
-    /// and each window's first). Returns something derived from what it
-    /// read, so that a caller running ahead of the updates brings that
-    /// memory into cache.
-    pub fn touch(&self, slot: usize, step: Touch) -> i64 {
+    /// Asks for the memory the next update of `slot` will touch, in two
+    /// steps a few rows apart: first the key's headers, then, with those
+    /// in cache, the records they point at (the newest, each window's
+    /// first, and the ends of the monotonic deques).
+    pub fn prefetch(&self, slot: usize, step: Prefetch) {
         let Some(ring) = self.rings.get(slot) else {
-            return 0;
+            return;
         };
         let groups = &self.groups[slot * self.layout.groups.len()..][..self.layout.groups.len()];
         let extremes = &self.extremes[slot * self.layout.extremes..][..self.layout.extremes];
         match step {
-            Touch::Headers => {
-                let touched = groups.iter().fold(ring.len as i64, |touched, group| {
-                    touched ^ group.start as i64
-                });
-                extremes.iter().fold(touched, |touched, extremes| {
-                    touched ^ extremes.deque.len() as i64
-                })
+            Prefetch::Headers => {
+                cache::prefetch(ring);
+                cache::prefetch_all(groups);
+                cache::prefetch_all(extremes);
             }
-            Touch::Records => {
+            Prefetch::Records => {
                 let stride = self.layout.stride();
-                let mut touched = ring.last_time(stride).unwrap_or(0);
-                for group in groups {
-                    if group.start < ring.len {
-                        touched ^= ring.time(stride, group.start);
-                    }
+                if ring.len > 0 {
+                    cache::prefetch(ring.entry(stride, ring.len - 1));
                 }
-                extremes.iter().fold(touched, |touched, extremes| {
-                    let (front, back) = (extremes.deque.front(), extremes.deque.back());
-                    touched ^ front.map_or(0, |(time, _)| *time) ^ back.map_or(0, |(time, _)| *time)
-                })
+                for group in groups.iter().filter(|group| group.start < ring.len) {
+                    cache::prefetch(ring.entry(stride, group.start));
+                }
+                for deque in extremes.iter().map(|extremes| &extremes.deque) {
+                    deque.front().into_iter().for_each(cache::prefetch);
+                    deque.back().into_iter().for_each(cache::prefetch);
+                }
             }
         }
     }
 }
 
-/// What [`NumericState::touch`] reads.
+/// What [`NumericState::prefetch`] asks for.
 #[derive(Clone, Copy, Debug)]
-pub enum Touch {
-    /// The key's ring header and running aggregates.
+pub enum Prefetch {
+    /// The key's ring header, running aggregates and deque headers.
     Headers,
-    /// The records the ring header points at.
+    /// The records the headers point at.
     Records,
 }
 
@@ -491,11 +487,12 @@ impl RecordRing {
     }
 
     fn time(&self, stride: usize, position: usize) -> i64 {
-        self.words[self.base(stride, position)] as i64
+        *self.entry(stride, position) as i64
     }
 
-    fn last_time(&self, stride: usize) -> Option<i64> {
-        (self.len > 0).then(|| self.time(stride, self.len - 1))
+    /// The first word of entry `position` (its time).
+    fn entry(&self, stride: usize, position: usize) -> &u64 {
+        &self.words[self.base(stride, position)]
     }
 
     /// The sample of `column` (`None`: counting records, which every entry

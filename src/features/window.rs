@@ -16,6 +16,7 @@
 //! keeps the features with state of their own: `distinct_count`, whose
 //! entries are values, and `prev` / `since_prev`.
 
+use crate::cache;
 use crate::schema::ColumnType;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -163,12 +164,16 @@ impl FeatureState {
 }
 
 impl FeatureState {
-    /// Something read from the state's header, so that a caller reading
-    /// ahead of the updates brings it into cache.
-    pub fn touch(&self) -> i64 {
-        match self {
-            FeatureState::Previous(state) => state.last_time.unwrap_or(0),
-            FeatureState::Values(state) => state.newest.unwrap_or(0),
+    /// Asks for the entries the next update reads first (the newest, and
+    /// the window's first), once the state itself is in cache.
+    pub fn prefetch_entries(&self) {
+        if let FeatureState::Values(state) = self {
+            state.entries.back().into_iter().for_each(cache::prefetch);
+            state
+                .entries
+                .get(state.start)
+                .into_iter()
+                .for_each(cache::prefetch);
         }
     }
 }
