@@ -30,18 +30,19 @@ pub fn prefetch<T>(value: &T) {
 #[inline(always)]
 pub fn prefetch_all<T>(values: &[T]) {
     let start = values.as_ptr().cast::<u8>();
-    for offset in line_offsets(start as usize, std::mem::size_of_val(values)) {
+    let bytes = std::mem::size_of_val(values);
+    let mut offset = 0;
+    while offset < bytes {
         prefetch_address(start.wrapping_add(offset));
+        offset = next_line(start as usize, offset);
     }
 }
 
-/// Offsets into `bytes` bytes at address `start`, one in each cache line
-/// they span: the start, then each line boundary after it.
+/// The offset from address `start` of the first cache line boundary
+/// after `start + offset`.
 #[inline(always)]
-fn line_offsets(start: usize, bytes: usize) -> impl Iterator<Item = usize> {
-    let first_boundary = LINE_BYTES - start % LINE_BYTES;
-    let boundaries = (first_boundary..bytes).step_by(LINE_BYTES);
-    (bytes > 0).then_some(0).into_iter().chain(boundaries)
+fn next_line(start: usize, offset: usize) -> usize {
+    ((start + offset) / LINE_BYTES + 1) * LINE_BYTES - start
 }
 
 #[inline(always)]
@@ -68,7 +69,10 @@ mod tests {
     fn every_line_of_a_slice_is_prefetched_once() {
         for start in [0, 1, 8, 63, 64, 65, 4096 + 40] {
             for bytes in 0..300 {
-                let offsets: Vec<usize> = line_offsets(start, bytes).collect();
+                let offsets: Vec<usize> =
+                    std::iter::successors(Some(0), |offset| Some(next_line(start, *offset)))
+                        .take_while(|offset| *offset < bytes)
+                        .collect();
                 let lines: Vec<usize> = offsets
                     .iter()
                     .map(|offset| (start + offset) / LINE_BYTES)

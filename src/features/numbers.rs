@@ -311,7 +311,7 @@ impl KeyNumbers<'_> {
 
     fn add_to_groups(&mut self, newest: i64, time: i64, position: usize, in_order: bool) {
         let layout = self.layout;
-        let stride = layout.stride();
+        let entry = self.ring.base(layout.stride(), position);
         for (group, plan) in self.groups.iter_mut().zip(&layout.groups) {
             let inside = plan.window.is_none_or(|w| time > newest - w);
             if !inside {
@@ -319,7 +319,7 @@ impl KeyNumbers<'_> {
                 group.start += 1;
                 continue;
             }
-            if let Some(number) = self.ring.sample(stride, position, plan.column) {
+            if let Some(number) = self.ring.sample_at(entry, plan.column) {
                 group.running.add(plan.keeps, &number);
             }
         }
@@ -329,7 +329,7 @@ impl KeyNumbers<'_> {
             };
             let plan = &layout.groups[feature.group];
             let inside = plan.window.is_none_or(|w| time > newest - w);
-            let Some(number) = self.ring.sample(stride, position, plan.column) else {
+            let Some(number) = self.ring.sample_at(entry, plan.column) else {
                 continue;
             };
             if inside {
@@ -351,8 +351,12 @@ impl KeyNumbers<'_> {
             let Some(w) = plan.window else {
                 continue;
             };
-            while group.start < self.ring.len && self.ring.time(stride, group.start) <= newest - w {
-                if let Some(number) = self.ring.sample(stride, group.start, plan.column) {
+            while group.start < self.ring.len {
+                let first = self.ring.base(stride, group.start);
+                if self.ring.words[first] as i64 > newest - w {
+                    break;
+                }
+                if let Some(number) = self.ring.sample_at(first, plan.column) {
                     group.running.remove(plan.keeps, &number);
                 }
                 group.start += 1;
@@ -498,10 +502,15 @@ impl RecordRing {
     /// The sample of `column` (`None`: counting records, which every entry
     /// is) at `position`; `None` when the field was null.
     fn sample(&self, stride: usize, position: usize, column: Option<usize>) -> Option<f64> {
+        self.sample_at(self.base(stride, position), column)
+    }
+
+    /// [`RecordRing::sample`] of the entry at word index `base`.
+    fn sample_at(&self, base: usize, column: Option<usize>) -> Option<f64> {
         let Some(column) = column else {
             return Some(1.0);
         };
-        let word = self.words[self.base(stride, position) + 1 + column];
+        let word = self.words[base + 1 + column];
         (word != NULL_SAMPLE).then(|| f64::from_bits(word))
     }
 
