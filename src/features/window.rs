@@ -217,6 +217,9 @@ pub(super) struct Running {
 }
 
 impl Running {
+    /// Inlined where it runs for every record: the numeric case is a few
+    /// instructions, and distinct counts, which hash, are kept apart.
+    #[inline]
     pub(super) fn add<S: Sample>(&mut self, agg: Agg, sample: &S) {
         if self.count == 0 {
             self.min = f64::INFINITY;
@@ -224,13 +227,7 @@ impl Running {
         }
         self.count += 1;
         match agg {
-            Agg::DistinctCount => {
-                *self
-                    .distinct
-                    .get_or_insert_with(Default::default)
-                    .entry(sample.distinct_key())
-                    .or_insert(0) += 1
-            }
+            Agg::DistinctCount => self.count_distinct(sample),
             Agg::Count => {}
             _ => {
                 let number = sample.number();
@@ -242,6 +239,16 @@ impl Running {
         }
     }
 
+    #[inline(never)]
+    fn count_distinct<S: Sample>(&mut self, sample: &S) {
+        *self
+            .distinct
+            .get_or_insert_with(Default::default)
+            .entry(sample.distinct_key())
+            .or_insert(0) += 1;
+    }
+
+    #[inline]
     pub(super) fn remove<S: Sample>(&mut self, agg: Agg, sample: &S) {
         self.count -= 1;
         if self.count == 0 {
@@ -255,24 +262,26 @@ impl Running {
             return;
         }
         match agg {
-            Agg::DistinctCount => {
-                // One lookup, whether the value stays counted or goes.
-                if let Some(distinct) = &mut self.distinct
-                    && let hash_map::Entry::Occupied(mut counted) =
-                        distinct.entry(sample.distinct_key())
-                {
-                    if *counted.get() > 1 {
-                        *counted.get_mut() -= 1;
-                    } else {
-                        counted.remove();
-                    }
-                }
-            }
+            Agg::DistinctCount => self.uncount_distinct(sample),
             Agg::Count => {}
             _ => {
                 let number = sample.number();
                 self.sum -= number;
                 self.sum_squares -= number * number;
+            }
+        }
+    }
+
+    #[inline(never)]
+    fn uncount_distinct<S: Sample>(&mut self, sample: &S) {
+        // One lookup, whether the value stays counted or goes.
+        if let Some(distinct) = &mut self.distinct
+            && let hash_map::Entry::Occupied(mut counted) = distinct.entry(sample.distinct_key())
+        {
+            if *counted.get() > 1 {
+                *counted.get_mut() -= 1;
+            } else {
+                counted.remove();
             }
         }
     }
