@@ -108,6 +108,14 @@ pub struct KeyChanges {
     pub forgotten: Vec<(Value, u32)>,
 }
 
+/// Up to this many bytes of key headers (see
+/// [`StageState::header_bytes_per_key`]), a stage's headers stay in cache
+/// and prefetching them only costs instructions (features bench workload,
+/// one worker, CPU time with the headers prefetched against without, best
+/// of five interleaved runs: 1.04 and 1.11 at 1k keys, 290 KB of headers;
+/// 1.00 at 3k keys; 0.97 at 6k keys).
+const HEADERS_CACHED_BYTES: usize = 1 << 20;
+
 /// Rows between sweeps for idle keys, at least (more when there are more
 /// keys, so a sweep costs O(1) per row).
 const SWEEP_EVERY_ROWS: usize = 4096;
@@ -228,10 +236,15 @@ impl StageState {
 
     /// Asks for the state the rows of a chunk will touch, in two passes
     /// (headers, then the records they point at), so that the fetches
-    /// overlap rather than come one row at a time.
+    /// overlap rather than come one row at a time. Headers that stay in
+    /// cache anyway are not asked for.
     fn read_ahead(&self, slots: &[usize]) {
         let width = self.others.len();
-        for slot in slots {
+        let headers_bytes = self.keys.len() * self.header_bytes_per_key();
+        for slot in slots
+            .iter()
+            .filter(|_| headers_bytes > HEADERS_CACHED_BYTES)
+        {
             cache::prefetch(&self.newest[*slot]);
             cache::prefetch_all(&self.other_states[slot * width..(slot + 1) * width]);
             self.numbers.prefetch(*slot, Prefetch::Headers);
@@ -242,6 +255,14 @@ impl StageState {
             }
             self.numbers.prefetch(*slot, Prefetch::Records);
         }
+    }
+
+    /// Bytes of fixed-size state per key: its newest time and the headers
+    /// of its features' state.
+    fn header_bytes_per_key(&self) -> usize {
+        std::mem::size_of::<i64>()
+            + self.others.len() * std::mem::size_of::<FeatureState>()
+            + self.numbers.header_bytes_per_key()
     }
 
     fn update_others(

@@ -200,6 +200,17 @@ impl NumericState {
         .update(bound_ms, newest, time, values, columns);
     }
 
+    /// Bytes of fixed-size state per key: the ring's header, the running
+    /// aggregates and the deque headers.
+    pub fn header_bytes_per_key(&self) -> usize {
+        if self.layout.is_empty() {
+            return 0;
+        }
+        std::mem::size_of::<RecordRing>()
+            + self.layout.groups.len() * std::mem::size_of::<WindowGroup>()
+            + self.layout.extremes * std::mem::size_of::<Extremes>()
+    }
+
     /// Asks for the memory the next update of `slot` will touch, in two
     /// steps a few rows apart: first the key's headers, then, with those
     /// in cache, the records they point at (the newest, each window's
