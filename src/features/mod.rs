@@ -186,11 +186,12 @@ impl StageState {
     /// will touch (the key headers and newest times, then the records they
     /// point at), so that many fetches are in flight at once, and the rows
     /// are computed from the cache. A chunk is small enough that its rows
-    /// and their state stay in cache between the passes. With few keys the
-    /// prefetches find their lines in cache and cost next to nothing
-    /// (features bench workload, one worker, CPU time without the passes
-    /// against with them, best of five interleaved runs: 1.01 at 1k keys,
-    /// 1.04 at 3k, 1.36 at 6k, 1.62 at 100k).
+    /// and their state stay in cache between the passes. The records are
+    /// asked for whatever the number of keys (features bench workload, one
+    /// worker, CPU time without the passes against with both, best of five
+    /// interleaved runs: 1.01 at 1k keys, 1.04 at 3k, 1.36 at 6k, 1.62 at
+    /// 100k); the headers only once they outgrow the cache (see
+    /// [`HEADERS_CACHED_BYTES`]).
     pub fn apply_batch(
         &mut self,
         plan: &StagePlan,
