@@ -144,7 +144,7 @@ impl Batch {
     }
 
     /// The rows. A slot held by a computed column is null in them: read
-    /// cells through [`Batch::value`] or [`Batch::number`].
+    /// cells through [`Batch::value`] or [`Batch::cells`].
     pub fn rows(&self) -> &[Row] {
         &self.rows
     }

@@ -190,8 +190,7 @@ impl StageState {
     /// asked for whatever the number of keys (features bench workload, one
     /// worker, CPU time without the passes against with both, best of five
     /// interleaved runs: 1.01 at 1k keys, 1.04 at 3k, 1.36 at 6k, 1.62 at
-    /// 100k); the headers only once they outgrow the cache (see
-    /// [`HEADERS_CACHED_BYTES`]).
+    /// 100k); the headers only once they outgrow the cache (over 1 MiB).
     pub fn apply_batch(
         &mut self,
         plan: &StagePlan,
