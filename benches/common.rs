@@ -6,6 +6,15 @@ use tideflow::dataflow::{RunOptions, run};
 use tideflow::run::Summary;
 use tideflow::spec::SpecSource;
 
+/// The repository root, as cargo says when it runs the benchmark: read at
+/// run time, since a target directory shared between clones may hold a
+/// binary built in another clone.
+pub fn root() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .expect("CARGO_MANIFEST_DIR is unset: run the benchmark with `cargo bench`")
+}
+
 /// The feature workload: generator transactions keyed by user, four
 /// window features, no model, bulk batches, null sink (benches/features.rs
 /// and benches/scaling.rs).

@@ -62,7 +62,7 @@ fn parse_only(dir: &std::path::Path) -> u64 {
 fn main() {
     common::require_onnxruntime();
     let args = Args::parse();
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = common::root();
     let dir = tempfile::tempdir().expect("temp dir");
     let input = dir.path().join("in");
     std::fs::create_dir(&input).expect("input dir");

@@ -30,7 +30,6 @@ use rdkafka::TopicPartitionList;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -131,10 +130,6 @@ fn main() {
             catchup(2_000_000, 5_000, 60, 64, 2);
         }
     }
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn now_ms() -> i64 {
@@ -291,7 +286,7 @@ fn fraud_kafka_overrides(
         "dead_letters.topic=\"dead\"".into(),
         format!(
             "model.path=\"{}\"",
-            root().join("models/fraud_mlp.onnx").display()
+            common::root().join("models/fraud_mlp.onnx").display()
         ),
     ]
 }
@@ -308,8 +303,11 @@ fn start_engine(
     overrides.extend(EXTRA_OVERRIDES.get().into_iter().flatten().cloned());
     std::thread::spawn(move || {
         let _out = out;
-        let plan = tideflow::plan::load(&root().join("dataflows/fraud_kafka.toml"), &overrides)
-            .unwrap_or_else(|error| panic!("{error}"));
+        let plan = tideflow::plan::load(
+            &common::root().join("dataflows/fraud_kafka.toml"),
+            &overrides,
+        )
+        .unwrap_or_else(|error| panic!("{error}"));
         run(plan, &RunOptions::with_workers(workers)).unwrap_or_else(|error| panic!("{error}"))
     })
 }

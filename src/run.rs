@@ -457,7 +457,10 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     fn shared() -> Shared {
-        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        // Read when the test runs, not when it is built: a target directory
+        // shared between clones may hold a binary built in another one.
+        let root = std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test");
+        let file = std::path::Path::new(&root)
             .join("dataflows")
             .join("fraud_generator.toml");
         let plan = crate::plan::load(&file, &[]).unwrap_or_else(|error| panic!("{error}"));

@@ -113,9 +113,13 @@ pub fn write_spec(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
-/// The repository root (tests run with the package root as working dir).
+/// The repository root, as cargo says when it runs the test: read at run
+/// time, since a target directory shared between clones (as the scripts
+/// set up) may hold a test binary built in another clone.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .expect("CARGO_MANIFEST_DIR is unset: run the tests with `scripts/test.sh` or `cargo test`")
 }
 
 /// Runs a spec given as text, with overrides, on `workers` workers.
