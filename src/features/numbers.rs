@@ -46,9 +46,8 @@ struct GroupPlan {
     /// Sample column, or `None` to count every record.
     column: Option<usize>,
     window: WindowMs,
-    /// The aggregation the running aggregate is kept for: `Count` when
-    /// every feature of the group only counts, else one that keeps sums and
-    /// extremes too.
+    /// The aggregation the running aggregate is kept for: that of the
+    /// group's feature that needs the most of it (see [`Agg::keeps_more`]).
     keeps: Agg,
 }
 
@@ -94,14 +93,22 @@ impl NumericLayout {
                     });
                     layout.groups.len() - 1
                 });
-            if feature.agg != Agg::Count {
-                layout.groups[group].keeps = Agg::Sum;
+            // A finite min/max reads its monotonic deque, not the
+            // aggregate's extremes, and needs no more than the count.
+            let kept_by_deque =
+                matches!(feature.agg, Agg::Min | Agg::Max) && feature.window.is_some();
+            let needs = if kept_by_deque {
+                Agg::Count
+            } else {
+                feature.agg
+            };
+            if needs.keeps_more(layout.groups[group].keeps) {
+                layout.groups[group].keeps = needs;
             }
-            let extremes = (matches!(feature.agg, Agg::Min | Agg::Max) && feature.window.is_some())
-                .then(|| {
-                    layout.extremes += 1;
-                    layout.extremes - 1
-                });
+            let extremes = kept_by_deque.then(|| {
+                layout.extremes += 1;
+                layout.extremes - 1
+            });
             layout.features.push(NumericFeature {
                 output,
                 agg: feature.agg,
@@ -229,8 +236,10 @@ impl NumericState {
             }
             Prefetch::Records => {
                 let stride = self.layout.stride();
-                if ring.len > 0 {
-                    cache::prefetch(ring.entry(stride, ring.len - 1));
+                // Where the record will be written: its line is a new one
+                // once in every few records, and cold then.
+                if ring.len < ring.capacity {
+                    cache::prefetch(ring.entry(stride, ring.len));
                 }
                 for group in groups.iter().filter(|group| group.start < ring.len) {
                     cache::prefetch(ring.entry(stride, group.start));

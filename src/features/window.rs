@@ -80,6 +80,20 @@ impl Agg {
         }
     }
 
+    /// Whether a running aggregate kept for `self` keeps more than one
+    /// kept for `other` (count, then sums, then squares, then extremes):
+    /// an aggregate shared by several features is kept for the one that
+    /// needs the most.
+    pub(super) fn keeps_more(self, other: Agg) -> bool {
+        let level = |agg| match agg {
+            Agg::Count | Agg::Prev | Agg::SincePrev | Agg::DistinctCount => 0,
+            Agg::Sum | Agg::Mean => 1,
+            Agg::Std => 2,
+            Agg::Min | Agg::Max => 3,
+        };
+        level(self) > level(other)
+    }
+
     fn tracks_extremes(self) -> bool {
         matches!(self, Agg::Min | Agg::Max)
     }
@@ -219,17 +233,27 @@ pub(super) struct Running {
 impl Running {
     /// Inlined where it runs for every record: the numeric case is a few
     /// instructions, and distinct counts, which hash, are kept apart.
+    ///
+    /// Only what `agg` reads is kept (see [`Agg::keeps_more`]): a sum
+    /// has no use for squares or extremes.
     #[inline]
     pub(super) fn add<S: Sample>(&mut self, agg: Agg, sample: &S) {
-        if self.count == 0 {
-            self.min = f64::INFINITY;
-            self.max = f64::NEG_INFINITY;
-        }
+        let first = self.count == 0;
         self.count += 1;
         match agg {
             Agg::DistinctCount => self.count_distinct(sample),
-            Agg::Count => {}
-            _ => {
+            Agg::Count | Agg::Prev | Agg::SincePrev => {}
+            Agg::Sum | Agg::Mean => self.sum += sample.number(),
+            Agg::Std => {
+                let number = sample.number();
+                self.sum += number;
+                self.sum_squares += number * number;
+            }
+            Agg::Min | Agg::Max => {
+                if first {
+                    self.min = f64::INFINITY;
+                    self.max = f64::NEG_INFINITY;
+                }
                 let number = sample.number();
                 self.sum += number;
                 self.sum_squares += number * number;
@@ -263,8 +287,9 @@ impl Running {
         }
         match agg {
             Agg::DistinctCount => self.uncount_distinct(sample),
-            Agg::Count => {}
-            _ => {
+            Agg::Count | Agg::Prev | Agg::SincePrev => {}
+            Agg::Sum | Agg::Mean => self.sum -= sample.number(),
+            Agg::Std | Agg::Min | Agg::Max => {
                 let number = sample.number();
                 self.sum -= number;
                 self.sum_squares -= number * number;
