@@ -6,13 +6,14 @@ use tideflow::dataflow::{RunOptions, run};
 use tideflow::run::Summary;
 use tideflow::spec::SpecSource;
 
-/// The repository root, as cargo says when it runs the benchmark: read at
+/// The repository root: as cargo says when it runs the benchmark (read at
 /// run time, since a target directory shared between clones may hold a
-/// binary built in another clone.
+/// binary built in another clone), else where the benchmark was built.
 pub fn root() -> std::path::PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(std::path::PathBuf::from)
-        .expect("CARGO_MANIFEST_DIR is unset: run the benchmark with `cargo bench`")
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
+        || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        std::path::PathBuf::from,
+    )
 }
 
 /// The feature workload: generator transactions keyed by user, four

@@ -457,12 +457,13 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     fn shared() -> Shared {
-        // Read when the test runs, not when it is built: a target directory
+        // Read when the test runs, where cargo says: a target directory
         // shared between clones may hold a binary built in another one.
-        let root = std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test");
-        let file = std::path::Path::new(&root)
-            .join("dataflows")
-            .join("fraud_generator.toml");
+        let root = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
+            || env!("CARGO_MANIFEST_DIR").into(),
+            std::path::PathBuf::from,
+        );
+        let file = root.join("dataflows").join("fraud_generator.toml");
         let plan = crate::plan::load(&file, &[]).unwrap_or_else(|error| panic!("{error}"));
         Shared::new(plan, None, Arc::default())
     }
