@@ -31,7 +31,7 @@ struct Args {
     keys: Vec<u64>,
     /// Rounds of the four measurements, interleaved so that a burst of
     /// noise on the machine hits them alike (each one's best is kept).
-    /// Five: on a shared machine, runs of one program vary by a third.
+    /// Five: on a shared machine, repeated runs of one program vary widely.
     #[arg(long, default_value_t = 5)]
     repeats: usize,
     #[arg(long, hide = true)]
