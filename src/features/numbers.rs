@@ -36,6 +36,9 @@ struct NumericLayout {
     /// Number of min/max features over finite windows (each keeps a
     /// monotonic deque).
     extremes: usize,
+    /// The min/max features over finite windows, each with its monotonic
+    /// deque, in stage order.
+    extreme_plans: Vec<ExtremePlan>,
     /// The longest finite window; records older than this plus the bound
     /// are needed by no group (lifetime groups fold them in first).
     longest_finite: Option<i64>,
@@ -59,6 +62,15 @@ struct NumericFeature {
     group: usize,
     /// Index of the feature's monotonic deque (finite min/max only).
     extremes: Option<usize>,
+}
+
+/// A min/max feature over a finite window, kept by a monotonic deque.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct ExtremePlan {
+    agg: Agg,
+    group: usize,
+    /// Index of its deque among the key's.
+    index: usize,
 }
 
 impl NumericLayout {
@@ -106,6 +118,11 @@ impl NumericLayout {
                 layout.groups[group].keeps = needs;
             }
             let extremes = kept_by_deque.then(|| {
+                layout.extreme_plans.push(ExtremePlan {
+                    agg: feature.agg,
+                    group,
+                    index: layout.extremes,
+                });
                 layout.extremes += 1;
                 layout.extremes - 1
             });
@@ -332,9 +349,11 @@ impl KeyNumbers<'_> {
     fn add_to_groups(&mut self, newest: i64, time: i64, position: usize, in_order: bool) {
         let layout = self.layout;
         let entry = self.ring.base(layout.stride(), position);
+        // A record at the newest time is inside every window (windows are
+        // longer than zero); only one behind it needs the comparison.
+        let inside = |plan: &GroupPlan| in_order || plan.window.is_none_or(|w| time > newest - w);
         for (group, plan) in self.groups.iter_mut().zip(&layout.groups) {
-            let inside = plan.window.is_none_or(|w| time > newest - w);
-            if !inside {
+            if !inside(plan) {
                 // Landed before the window's start.
                 group.start += 1;
                 continue;
@@ -343,19 +362,15 @@ impl KeyNumbers<'_> {
                 group.running.add(plan.keeps, &number);
             }
         }
-        for feature in &layout.features {
-            let Some(index) = feature.extremes else {
-                continue;
-            };
-            let plan = &layout.groups[feature.group];
-            let inside = plan.window.is_none_or(|w| time > newest - w);
+        for extreme in &layout.extreme_plans {
+            let plan = &layout.groups[extreme.group];
             let Some(number) = self.ring.sample_at(entry, plan.column) else {
                 continue;
             };
-            if inside {
-                let extremes = &mut self.extremes[index];
+            if inside(plan) {
+                let extremes = &mut self.extremes[extreme.index];
                 if in_order {
-                    push_extreme(&mut extremes.deque, feature.agg, time, number);
+                    push_extreme(&mut extremes.deque, extreme.agg, time, number);
                 } else {
                     extremes.stale = true;
                 }
@@ -382,12 +397,11 @@ impl KeyNumbers<'_> {
                 group.start += 1;
             }
         }
-        for feature in &layout.features {
-            let (Some(index), Some(w)) = (feature.extremes, layout.groups[feature.group].window)
-            else {
+        for extreme in &layout.extreme_plans {
+            let Some(w) = layout.groups[extreme.group].window else {
                 continue;
             };
-            let deque = &mut self.extremes[index].deque;
+            let deque = &mut self.extremes[extreme.index].deque;
             while deque.front().is_some_and(|(time, _)| *time <= newest - w) {
                 deque.pop_front();
             }
