@@ -157,8 +157,12 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
     })
     .map_err(Error::Runtime)?;
     let results = guards.join();
+    let elapsed = shared.started.get().unwrap_or(&started).elapsed();
     done.store(true, Ordering::Relaxed);
     if let Some(reporter) = reporter {
+        // Woken rather than left to notice on its own: the run ends now,
+        // not at the reporter's next look.
+        reporter.thread().unpark();
         let _ = reporter.join();
     }
     for result in results {
@@ -191,9 +195,9 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
     Ok(Summary {
         name: shared.plan.name.clone(),
         counts,
-        // From when the workers started: a cluster's connection set-up
-        // is not part of the run.
-        elapsed: shared.started.get().unwrap_or(&started).elapsed(),
+        // From when the workers started to when they finished: a
+        // cluster's connection set-up is not part of the run.
+        elapsed,
         workers,
         model: model_info.map(|(identity, device, independent)| {
             format!(

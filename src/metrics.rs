@@ -346,7 +346,8 @@ impl MetricsServer {
             while !stopped.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => answer(stream, &metrics),
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    // Unparked when the server is dropped.
+                    Err(_) => std::thread::park_timeout(Duration::from_millis(20)),
                 }
             }
         });
@@ -367,6 +368,7 @@ impl Drop for MetricsServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }

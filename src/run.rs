@@ -403,7 +403,11 @@ pub fn report_progress(shared: &Shared, started: Instant, done: &AtomicBool, lab
     };
     let mut next = started + interval;
     while !done.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(50));
+        // Unparked when the run ends (a spurious wake only looks early).
+        std::thread::park_timeout(Duration::from_millis(50));
+        if done.load(Ordering::Relaxed) {
+            break;
+        }
         if Instant::now() < next {
             continue;
         }
