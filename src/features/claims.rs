@@ -18,6 +18,10 @@ use tideflow_connectors::Value;
 /// Independent locks, so that workers claiming keys rarely wait.
 const SHARDS: usize = 64;
 
+/// Where the shard's bits start in a key's hash: just below the 7 top
+/// bits hashbrown keeps as a key's tag.
+const SHARD_SHIFT: u32 = 64 - 7 - SHARDS.trailing_zeros();
+
 /// The partition claimed by each key kept by some worker of the process.
 #[derive(Debug)]
 pub struct KeyClaims {
@@ -59,9 +63,12 @@ impl KeyClaims {
     fn shard(&self, key: &Value) -> std::sync::MutexGuard<'_, FxHashMap<Value, u32>> {
         let mut hasher = rustc_hash::FxHasher::default();
         key.hash(&mut hasher);
-        // The high bits: the map inside hashes with the same function and
-        // places keys by the low ones.
-        let index = (hasher.finish() >> 58) as usize % SHARDS;
+        // The map inside hashes with the same function, places keys by
+        // the low bits and tells them apart within a probe by the top 7:
+        // the shard takes the 6 bits below those, which no map of this
+        // size uses. (Taking the top bits made every key of a shard share
+        // most of its tag, and each probe compare keys several times over.)
+        let index = (hasher.finish() >> SHARD_SHIFT) as usize % SHARDS;
         self.shards[index]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
