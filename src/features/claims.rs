@@ -11,6 +11,7 @@
 //! for being idle gives up its claim.
 
 use rustc_hash::FxHashMap;
+use std::collections::hash_map::Entry;
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 use tideflow_connectors::Value;
@@ -40,12 +41,13 @@ impl KeyClaims {
     /// Claims `key` for `partition`; a key already claimed for another
     /// partition is refused with that partition.
     pub fn claim(&self, key: &Value, partition: u32) -> Result<(), u32> {
-        let mut shard = self.shard(key);
-        match shard.get(key) {
-            Some(claimed) if *claimed != partition => Err(*claimed),
-            Some(_) => Ok(()),
-            None => {
-                shard.insert(key.clone(), partition);
+        // One lookup: most keys claimed are new, so the clone is needed
+        // anyway.
+        match self.shard(key).entry(key.clone()) {
+            Entry::Occupied(claimed) if *claimed.get() != partition => Err(*claimed.get()),
+            Entry::Occupied(_) => Ok(()),
+            Entry::Vacant(unclaimed) => {
+                unclaimed.insert(partition);
                 Ok(())
             }
         }
