@@ -10,14 +10,15 @@
 
 pub mod claims;
 pub mod expr;
+pub mod keys;
 pub mod numbers;
 pub mod window;
 
 use crate::batch::{Batch, Cells};
 use crate::cache;
 use crate::row::Row;
+use keys::{KeyEntry, KeyHash, KeyIndex};
 use numbers::{NumericState, Prefetch};
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tideflow_connectors::Value;
 pub use window::{Agg, FeatureState, WindowMs};
@@ -80,7 +81,7 @@ pub struct KeyConflict {
 /// in one flat vector, `others.len()` per key.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StageState {
-    keys: FxHashMap<Value, KeyEntry>,
+    keys: KeyIndex,
     /// Newest event time per key slot (`i64::MIN` before its first record).
     newest: Vec<i64>,
     numbers: NumericState,
@@ -120,18 +121,11 @@ const HEADERS_CACHED_BYTES: usize = 1 << 20;
 /// keys, so a sweep costs O(1) per row).
 const SWEEP_EVERY_ROWS: usize = 4096;
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
-struct KeyEntry {
-    slot: usize,
-    /// The partition the key was first seen in.
-    partition: u32,
-}
-
 impl StageState {
     /// Empty state for a stage.
     pub fn new(plan: &StagePlan) -> Self {
         StageState {
-            keys: FxHashMap::default(),
+            keys: KeyIndex::default(),
             newest: Vec::new(),
             numbers: NumericState::new(&plan.features),
             others: (0..plan.features.len())
@@ -182,7 +176,9 @@ impl StageState {
     ///
     /// With many keys, per-key state is scattered over memory and the
     /// work is bound by cache misses. A chunk of rows at a time, the keys
-    /// are looked up, then tight loops ask for the state the chunk's rows
+    /// are hashed and their buckets in the key index asked for (once the
+    /// index outgrows the cache), the keys are looked up, then tight loops
+    /// ask for the state the chunk's rows
     /// will touch (the key headers and newest times, then the records they
     /// point at), so that many fetches are in flight at once, and the rows
     /// are computed from the cache. A chunk is small enough that its rows
@@ -206,11 +202,26 @@ impl StageState {
             .iter()
             .map(|feature| Cells::for_type(feature.agg.output_type(), rows.len()))
             .collect();
-        let mut slots = Vec::with_capacity(CHUNK_ROWS);
+        let (mut hashes, mut slots) = (
+            Vec::with_capacity(CHUNK_ROWS),
+            Vec::with_capacity(CHUNK_ROWS),
+        );
         for rows in rows.chunks(CHUNK_ROWS) {
+            hashes.clear();
+            hashes.extend(
+                rows.iter()
+                    .map(|row| KeyIndex::hash(&row.values[plan.key_slot])),
+            );
+            // Like the headers (see `read_ahead`), buckets that stay in
+            // cache anyway are not asked for.
+            if self.keys.table_bytes() > HEADERS_CACHED_BYTES {
+                for hash in &hashes {
+                    self.keys.prefetch(*hash);
+                }
+            }
             slots.clear();
-            for row in rows {
-                slots.push(self.slot_for(plan, row)?);
+            for (row, hash) in rows.iter().zip(&hashes) {
+                slots.push(self.slot_for(plan, row, *hash)?);
             }
             self.read_ahead(&slots);
             for (row, slot) in rows.iter().zip(&slots) {
@@ -369,10 +380,15 @@ impl StageState {
 
     /// The key's slot, with fresh state on first sight; a key of a
     /// source-keyed stage seen in a second partition is a conflict.
-    fn slot_for(&mut self, plan: &StagePlan, row: &Row) -> Result<usize, KeyConflict> {
+    fn slot_for(
+        &mut self,
+        plan: &StagePlan,
+        row: &Row,
+        hash: KeyHash,
+    ) -> Result<usize, KeyConflict> {
         let key = &row.values[plan.key_slot];
-        let entry = match self.keys.get(key) {
-            Some(entry) => *entry,
+        let entry = match self.keys.get(hash, key) {
+            Some(entry) => entry,
             None => {
                 let slot = self.free_slots.pop().unwrap_or(self.newest.len());
                 if slot == self.newest.len() {
@@ -382,7 +398,7 @@ impl StageState {
                     slot,
                     partition: row.partition,
                 };
-                self.keys.insert(key.clone(), entry);
+                self.keys.insert(hash, key.clone(), entry);
                 if let Some(changes) = &mut self.key_changes {
                     changes
                         .started
