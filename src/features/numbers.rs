@@ -192,9 +192,15 @@ impl NumericState {
                 .resize_with((slot + 1) * extremes, Extremes::default);
             return;
         }
-        self.rings[slot] = RecordRing::default();
+        // A freed slot keeps its buffers for the key that takes it next:
+        // where keys come and go, freeing them and allocating them again
+        // cost more than the records themselves.
+        self.rings[slot].clear();
         self.groups[slot * groups..(slot + 1) * groups].fill_with(WindowGroup::default);
-        self.extremes[slot * extremes..(slot + 1) * extremes].fill_with(Extremes::default);
+        for extremes in &mut self.extremes[slot * extremes..(slot + 1) * extremes] {
+            extremes.deque.clear();
+            extremes.stale = false;
+        }
     }
 
     /// Adds a record of the key in `slot` (event time `time`, fields in
@@ -578,6 +584,12 @@ impl RecordRing {
         let base = self.base(stride, position);
         self.words[base] = time as u64;
         &mut self.words[base + 1..base + stride]
+    }
+
+    /// Forgets every entry, keeping the buffer.
+    fn clear(&mut self) {
+        self.head = 0;
+        self.len = 0;
     }
 
     fn pop_front(&mut self) {
