@@ -350,9 +350,16 @@ impl StageState {
             }
             !idle
         });
-        for slot in evicted {
-            self.reset_slot(plan, slot);
-            self.free_slots.push(slot);
+        // The evicted keys' state has long left the cache: asked for a
+        // chunk at a time, its fetches overlap.
+        for chunk in evicted.chunks(64) {
+            for slot in chunk {
+                self.numbers.prefetch(*slot, Prefetch::Headers);
+            }
+            for slot in chunk {
+                self.reset_slot(plan, *slot);
+                self.free_slots.push(*slot);
+            }
         }
     }
 
