@@ -1,16 +1,17 @@
 //! Inference: the engine's scoring path (tensor assembly from a batch's
 //! computed input columns, one ONNX Runtime run, outputs added as
-//! columns) against bare `ort` session runs on a ready tensor that read the same two outputs (the fraud
-//! probability and the label of every row) into plain vectors, same model
-//! and batch size, in the same run. Only the scoring of each batch is
-//! timed: its input is prepared just before, warm in cache, as the stage
-//! before inference leaves it in the engine.
+//! columns) against bare `ort` session runs on a ready tensor that read
+//! the same two outputs (the fraud probability and the label of every row)
+//! into plain vectors, same model and batch size, in the same run. Only
+//! the scoring of each batch is timed: its input is prepared just before,
+//! warm in cache, as the stage before inference leaves it in the engine.
+//! The two sides take turns batch by batch (see `paired_times`).
 //!
 //! Run: `cargo bench --bench inference -- --rows 200000`; on a GPU, with
 //! the CUDA build of the runtime, `-- --device cuda`.
 
 use clap::Parser;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tideflow::batch::Batch;
 use tideflow::inference::Model;
 use tideflow::plan::{Device, ModelPlan, OutputPlan, RunRows};
@@ -39,8 +40,9 @@ struct Args {
     /// 0: one run per batch, as bare ort does.
     #[arg(long, default_value_t = 0)]
     run_rows: usize,
-    /// Repeats per measurement (the best is kept).
-    #[arg(long, default_value_t = 3)]
+    /// Rounds over the rows; each batch's fastest run on each side is kept
+    /// (see `paired_times`).
+    #[arg(long, default_value_t = 5)]
     repeats: usize,
     #[arg(long, hide = true)]
     bench: bool,
@@ -86,114 +88,124 @@ fn input(rows: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Times only what `score` does for each batch; preparing a batch's input
-/// (as the previous stage would, leaving it warm in cache) is not timed.
-fn timed_batches(
-    repeats: usize,
+/// Scores one batch and returns how long the scoring itself took.
+type ScoreBatch<'a> = dyn FnMut(&[f32]) -> Duration + 'a;
+
+/// Scores `data` in batches of `batch` rows, each batch on both sides in
+/// turn, `rounds` times over, and returns each side's time: the sum over
+/// batches of its fastest run of each. Pairing batch by batch lets a burst
+/// of noise from other work on the machine fall on both sides alike, and
+/// keeping each batch's fastest run drops such bursts from both.
+fn paired_times(
+    rounds: usize,
     data: &[f32],
     batch: usize,
-    mut prepare_and_score: impl FnMut(&[f32], &mut dyn FnMut(&mut dyn FnMut())),
-) -> f64 {
-    let rows = data.len() / WIDTH;
-    let mut best = f64::INFINITY;
-    for _ in 0..repeats.max(1) {
-        let mut total = std::time::Duration::ZERO;
-        for chunk in data.chunks(batch * WIDTH) {
-            prepare_and_score(chunk, &mut |score| {
-                let started = Instant::now();
-                score();
-                total += started.elapsed();
-            });
+    mut sides: [&mut ScoreBatch; 2],
+) -> [Duration; 2] {
+    let chunks: Vec<&[f32]> = data.chunks(batch * WIDTH).collect();
+    let mut fastest = vec![[Duration::MAX; 2]; chunks.len()];
+    for _ in 0..rounds.max(1) {
+        for (chunk, best) in chunks.iter().zip(&mut fastest) {
+            for (score, best) in sides.iter_mut().zip(best.iter_mut()) {
+                *best = (*best).min(score(chunk));
+            }
         }
-        best = best.min(total.as_secs_f64());
     }
-    rows as f64 / best
+    [0, 1].map(|side| fastest.iter().map(|best| best[side]).sum())
 }
 
-fn bare_ort(
-    path: &std::path::Path,
-    device: Device,
-    data: &[f32],
-    batch: usize,
-    repeats: usize,
-) -> f64 {
-    // The same process-wide environment the engine uses: ONNX Runtime allows one.
-    let environment = tideflow::inference::environment().expect("load ONNX Runtime");
-    let cuda_index = match device {
-        Device::Cuda(index) => Some(index),
-        _ => None,
-    };
-    // The engine's own session settings, so both sides run the same kernels.
-    let mut builder =
-        tideflow::inference::session_builder(environment, cuda_index).expect("builder");
-    let mut session = builder.commit_from_file(path).expect("session");
-    let mut tensor_data = Vec::new();
-    let (mut scores, mut labels) = (Vec::new(), Vec::new());
-    timed_batches(repeats, data, batch, |chunk, time| {
-        tensor_data.clear();
-        tensor_data.extend_from_slice(chunk);
-        time(&mut || {
-            let tensor = ort::value::TensorRef::from_array_view((
-                [tensor_data.len() / WIDTH, WIDTH],
-                tensor_data.as_slice(),
-            ))
-            .expect("tensor");
-            let outputs = session
-                .run(ort::inputs!["features" => tensor])
-                .expect("run");
-            let (_, probabilities) = outputs["probabilities"]
-                .try_extract_tensor::<f32>()
-                .expect("probabilities");
-            let (_, label) = outputs["label"].try_extract_tensor::<i64>().expect("label");
-            scores.clear();
-            scores.extend(probabilities.iter().skip(1).step_by(2).copied());
-            labels.clear();
-            labels.extend_from_slice(label);
-        });
-        std::hint::black_box((&scores, &labels));
-    })
+/// Bare `ort`: a session with the engine's own settings, run on a ready
+/// tensor, its two outputs read into plain vectors.
+struct BareOrt {
+    session: ort::session::Session,
+    tensor_data: Vec<f32>,
+    scores: Vec<f32>,
+    labels: Vec<i64>,
 }
 
-fn engine(
-    path: &std::path::Path,
-    device: Device,
-    run_rows: usize,
-    data: &[f32],
-    batch: usize,
-    repeats: usize,
-) -> f64 {
-    let mut model = Model::open(&plan(path, device, run_rows)).expect("model");
-    timed_batches(repeats, data, batch, |chunk, time| {
-        // As the feature stages leave a batch: rows of a transaction's
-        // schema fields, the inputs computed as float columns beside them.
-        let rows: Vec<Row> = (0..chunk.len() / WIDTH)
-            .map(|offset| Row {
-                partition: 0,
-                offset: offset as u64,
-                time: offset as i64,
-                values: vec![
-                    Value::Str(format!("u{offset}").into()),
-                    Value::Str(format!("m{}", offset % 500).into()),
-                    Value::F64(offset as f64),
-                    Value::I64(offset as i64),
-                ],
-                warm_up: false,
-            })
-            .collect();
-        let mut batch = Batch::from_rows(rows);
-        for column in 0..WIDTH {
-            batch.set_numbers(
-                FIELDS + column,
-                chunk
-                    .iter()
-                    .skip(column)
-                    .step_by(WIDTH)
-                    .map(|value| Some(f64::from(*value))),
-            );
+impl BareOrt {
+    fn open(path: &std::path::Path, device: Device) -> Self {
+        // The same process-wide environment the engine uses: ONNX Runtime allows one.
+        let environment = tideflow::inference::environment().expect("load ONNX Runtime");
+        let cuda_index = match device {
+            Device::Cuda(index) => Some(index),
+            _ => None,
+        };
+        // The engine's own session settings, so both sides run the same kernels.
+        let mut builder =
+            tideflow::inference::session_builder(environment, cuda_index).expect("builder");
+        BareOrt {
+            session: builder.commit_from_file(path).expect("session"),
+            tensor_data: Vec::new(),
+            scores: Vec::new(),
+            labels: Vec::new(),
         }
-        time(&mut || model.score(&mut batch).expect("score"));
-        std::hint::black_box(&batch);
-    })
+    }
+
+    /// Scores one batch; only the run and the reading of its outputs are
+    /// timed, not copying the input into the tensor's buffer.
+    fn score(&mut self, chunk: &[f32]) -> Duration {
+        self.tensor_data.clear();
+        self.tensor_data.extend_from_slice(chunk);
+        let started = Instant::now();
+        let tensor = ort::value::TensorRef::from_array_view((
+            [self.tensor_data.len() / WIDTH, WIDTH],
+            self.tensor_data.as_slice(),
+        ))
+        .expect("tensor");
+        let outputs = self
+            .session
+            .run(ort::inputs!["features" => tensor])
+            .expect("run");
+        let (_, probabilities) = outputs["probabilities"]
+            .try_extract_tensor::<f32>()
+            .expect("probabilities");
+        let (_, label) = outputs["label"].try_extract_tensor::<i64>().expect("label");
+        self.scores.clear();
+        self.scores
+            .extend(probabilities.iter().skip(1).step_by(2).copied());
+        self.labels.clear();
+        self.labels.extend_from_slice(label);
+        let elapsed = started.elapsed();
+        std::hint::black_box((&self.scores, &self.labels));
+        elapsed
+    }
+}
+
+/// The engine's scoring path on one batch as the feature stages leave it:
+/// rows of a transaction's schema fields, the inputs computed as float
+/// columns beside them. Only scoring is timed, not building the batch.
+fn engine_score(model: &mut Model, chunk: &[f32]) -> Duration {
+    let rows: Vec<Row> = (0..chunk.len() / WIDTH)
+        .map(|offset| Row {
+            partition: 0,
+            offset: offset as u64,
+            time: offset as i64,
+            values: vec![
+                Value::Str(format!("u{offset}").into()),
+                Value::Str(format!("m{}", offset % 500).into()),
+                Value::F64(offset as f64),
+                Value::I64(offset as i64),
+            ],
+            warm_up: false,
+        })
+        .collect();
+    let mut batch = Batch::from_rows(rows);
+    for column in 0..WIDTH {
+        batch.set_numbers(
+            FIELDS + column,
+            chunk
+                .iter()
+                .skip(column)
+                .step_by(WIDTH)
+                .map(|value| Some(f64::from(*value))),
+        );
+    }
+    let started = Instant::now();
+    model.score(&mut batch).expect("score");
+    let elapsed = started.elapsed();
+    std::hint::black_box(&batch);
+    elapsed
 }
 
 fn main() {
@@ -221,15 +233,17 @@ fn main() {
     );
     let started = Instant::now();
     for batch in &args.batches {
-        let bare = bare_ort(&args.model, device, &data, *batch, args.repeats);
-        let ours = engine(
-            &args.model,
-            device,
-            args.run_rows,
+        let mut bare = BareOrt::open(&args.model, device);
+        let mut model = Model::open(&plan(&args.model, device, args.run_rows)).expect("model");
+        let times = paired_times(
+            args.repeats,
             &data,
             *batch,
-            args.repeats,
+            [&mut |chunk| bare.score(chunk), &mut |chunk| {
+                engine_score(&mut model, chunk)
+            }],
         );
+        let [bare, ours] = times.map(|time| args.rows as f64 / time.as_secs_f64());
         println!("{batch:>7} {bare:>16.0} {ours:>16.0} {:>8.2}", ours / bare);
     }
     eprintln!("({:.1} s)", started.elapsed().as_secs_f64());
