@@ -329,15 +329,19 @@ impl std::fmt::Display for Summary {
         let counts = &self.counts;
         let seconds = self.elapsed.as_secs_f64().max(1e-9);
         let scored = counts.rows_out.max(1);
+        let per_process = match self.workers {
+            1 => "1 worker".to_owned(),
+            workers => format!("{workers} workers"),
+        };
         let (scope, workers) = match self.scope {
-            SummaryScope::Process => (String::new(), format!("{} workers", self.workers)),
+            SummaryScope::Process => (String::new(), per_process),
             SummaryScope::Cluster { processes } => (
                 format!(" (cluster total of {processes} processes)"),
-                format!("{processes}x{} workers", self.workers),
+                format!("{processes} processes x {per_process}"),
             ),
             SummaryScope::Member { process, processes } => (
                 format!(" (process {process} of {processes} only; process 0 prints the total)"),
-                format!("{} workers", self.workers),
+                per_process,
             ),
         };
         if let SummaryScope::Member { .. } = self.scope {
