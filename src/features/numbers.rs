@@ -36,6 +36,8 @@ struct NumericLayout {
     /// Number of min/max features over finite windows (each keeps a
     /// monotonic deque).
     extremes: usize,
+    /// Number of groups with [`GroupExtras`].
+    extra_groups: usize,
     /// The min/max features over finite windows, each with its monotonic
     /// deque, in stage order.
     extreme_plans: Vec<ExtremePlan>,
@@ -52,6 +54,9 @@ struct GroupPlan {
     /// The aggregation the running aggregate is kept for: that of the
     /// group's feature that needs the most of it (see [`Agg::keeps_more`]).
     keeps: Agg,
+    /// Index of the group's [`GroupExtras`] among the key's: groups that
+    /// keep squares or extremes, and lifetime groups.
+    extras: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -102,6 +107,7 @@ impl NumericLayout {
                         column,
                         window: feature.window,
                         keeps: Agg::Count,
+                        extras: None,
                     });
                     layout.groups.len() - 1
                 });
@@ -136,6 +142,12 @@ impl NumericLayout {
                 layout.longest_finite = Some(layout.longest_finite.unwrap_or(0).max(window));
             }
         }
+        for group in &mut layout.groups {
+            if group.keeps.keeps_more(Agg::Sum) || group.window.is_none() {
+                group.extras = Some(layout.extra_groups);
+                layout.extra_groups += 1;
+            }
+        }
         layout
     }
 
@@ -165,6 +177,7 @@ pub struct NumericState {
     layout: NumericLayout,
     rings: Vec<RecordRing>,
     groups: Vec<WindowGroup>,
+    extras: Vec<GroupExtras>,
     extremes: Vec<Extremes>,
 }
 
@@ -183,11 +196,17 @@ impl NumericState {
         if self.layout.is_empty() {
             return;
         }
-        let (groups, extremes) = (self.layout.groups.len(), self.layout.extremes);
+        let (groups, extras, extremes) = (
+            self.layout.groups.len(),
+            self.layout.extra_groups,
+            self.layout.extremes,
+        );
         if slot == self.rings.len() {
             self.rings.push(RecordRing::default());
             self.groups
                 .resize_with((slot + 1) * groups, WindowGroup::default);
+            self.extras
+                .resize_with((slot + 1) * extras, GroupExtras::default);
             self.extremes
                 .resize_with((slot + 1) * extremes, Extremes::default);
             return;
@@ -197,6 +216,7 @@ impl NumericState {
         // cost more than the records themselves.
         self.rings[slot].clear();
         self.groups[slot * groups..(slot + 1) * groups].fill_with(WindowGroup::default);
+        self.extras[slot * extras..(slot + 1) * extras].fill_with(GroupExtras::default);
         for extremes in &mut self.extremes[slot * extremes..(slot + 1) * extremes] {
             extremes.deque.clear();
             extremes.stale = false;
@@ -220,24 +240,30 @@ impl NumericState {
         if self.layout.is_empty() {
             return;
         }
-        let (groups, extremes) = (self.layout.groups.len(), self.layout.extremes);
+        let (groups, extras, extremes) = (
+            self.layout.groups.len(),
+            self.layout.extra_groups,
+            self.layout.extremes,
+        );
         KeyNumbers {
             layout: &self.layout,
             ring: &mut self.rings[slot],
             groups: &mut self.groups[slot * groups..(slot + 1) * groups],
+            extras: &mut self.extras[slot * extras..(slot + 1) * extras],
             extremes: &mut self.extremes[slot * extremes..(slot + 1) * extremes],
         }
         .update(bound_ms, newest, time, values, columns);
     }
 
     /// Bytes of fixed-size state per key: the ring's header, the running
-    /// aggregates and the deque headers.
+    /// aggregates (with their extras) and the deque headers.
     pub fn header_bytes_per_key(&self) -> usize {
         if self.layout.is_empty() {
             return 0;
         }
         std::mem::size_of::<RecordRing>()
             + self.layout.groups.len() * std::mem::size_of::<WindowGroup>()
+            + self.layout.extra_groups * std::mem::size_of::<GroupExtras>()
             + self.layout.extremes * std::mem::size_of::<Extremes>()
     }
 
@@ -250,11 +276,13 @@ impl NumericState {
             return;
         };
         let groups = &self.groups[slot * self.layout.groups.len()..][..self.layout.groups.len()];
+        let extras = &self.extras[slot * self.layout.extra_groups..][..self.layout.extra_groups];
         let extremes = &self.extremes[slot * self.layout.extremes..][..self.layout.extremes];
         match step {
             Prefetch::Headers => {
                 cache::prefetch(ring);
                 cache::prefetch_all(groups);
+                cache::prefetch_all(extras);
                 cache::prefetch_all(extremes);
             }
             Prefetch::Records => {
@@ -279,7 +307,8 @@ impl NumericState {
 /// What [`NumericState::prefetch`] asks for.
 #[derive(Clone, Copy, Debug)]
 pub enum Prefetch {
-    /// The key's ring header, running aggregates and deque headers.
+    /// The key's ring header, running aggregates (with their extras) and
+    /// deque headers.
     Headers,
     /// The records the headers point at.
     Records,
@@ -290,20 +319,115 @@ struct KeyNumbers<'state> {
     layout: &'state NumericLayout,
     ring: &'state mut RecordRing,
     groups: &'state mut [WindowGroup],
+    extras: &'state mut [GroupExtras],
     extremes: &'state mut [Extremes],
 }
 
-/// A running aggregate over one column and window.
+/// A running aggregate over one column and window: the count and sum
+/// every group keeps. What few groups need beyond them lives apart, in
+/// [`GroupExtras`], so that a key's groups share a cache line or two.
+///
+/// The arithmetic is [`Running`]'s, step for step, so that results are
+/// the same to the bit as those of [`super::window`].
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct WindowGroup {
     /// Finite windows: ring index of the first record inside
     /// `(newest - W, newest]`.
     start: usize,
-    /// Finite windows: aggregate of the non-null samples from `start` on.
-    /// Lifetime: of every non-null sample ever added.
-    running: Running,
+    /// Non-null samples aggregated: finite windows, from `start` on;
+    /// lifetime, every one ever added.
+    count: u64,
+    sum: f64,
+}
+
+/// The rest of a group's aggregate, for groups that keep squares (`std`)
+/// or extremes (lifetime `min`/`max`), and for lifetime groups.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct GroupExtras {
+    sum_squares: f64,
+    min: f64,
+    max: f64,
     /// Lifetime: aggregate of the samples no longer in the ring.
     settled: Option<Box<Running>>,
+}
+
+impl WindowGroup {
+    /// Adds a sample to the count and sum; returns whether it is the
+    /// first, for the group's extras (see [`GroupExtras::add`]).
+    #[inline]
+    fn add(&mut self, keeps: Agg, number: f64) -> bool {
+        let first = self.count == 0;
+        self.count += 1;
+        if keeps.keeps_more(Agg::Count) {
+            self.sum += number;
+        }
+        first
+    }
+
+    /// Removes a sample added before; returns whether the aggregate is
+    /// now empty, for the group's extras (see [`GroupExtras::remove`]).
+    #[inline]
+    fn remove(&mut self, keeps: Agg, number: f64) -> bool {
+        self.count -= 1;
+        if self.count == 0 {
+            // Start again from exact zeros, so rounding left by subtraction
+            // does not outlive the records that caused it.
+            self.sum = 0.0;
+        } else if keeps.keeps_more(Agg::Count) {
+            self.sum -= number;
+        }
+        self.count == 0
+    }
+
+    /// The value of a feature reading the group (as [`Running::number`]);
+    /// `None` when the aggregate is empty. The layout gives every group
+    /// whose features read squares or extremes its extras.
+    fn number(&self, agg: Agg, extras: Option<&GroupExtras>) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let n = self.count as f64;
+        Some(match agg {
+            Agg::Count => n,
+            Agg::Sum => self.sum,
+            Agg::Mean => self.sum / n,
+            Agg::Min => extras?.min,
+            Agg::Max => extras?.max,
+            Agg::Std => {
+                let variance = (extras?.sum_squares - self.sum * self.sum / n) / n;
+                variance.max(0.0).sqrt()
+            }
+            Agg::DistinctCount | Agg::Prev | Agg::SincePrev => return None,
+        })
+    }
+}
+
+impl GroupExtras {
+    /// Adds a sample's square and, for min/max, its extreme (`first`: the
+    /// group was empty before it).
+    fn add(&mut self, keeps: Agg, number: f64, first: bool) {
+        if !keeps.keeps_more(Agg::Sum) {
+            return;
+        }
+        self.sum_squares += number * number;
+        if keeps.keeps_more(Agg::Std) {
+            if first {
+                self.min = f64::INFINITY;
+                self.max = f64::NEG_INFINITY;
+            }
+            self.min = self.min.min(number);
+            self.max = self.max.max(number);
+        }
+    }
+
+    /// Removes a sample's square (`emptied`: the group is now empty).
+    fn remove(&mut self, keeps: Agg, number: f64, emptied: bool) {
+        if emptied {
+            self.sum_squares = 0.0;
+        } else if keeps.keeps_more(Agg::Sum) {
+            self.sum_squares -= number * number;
+        }
+    }
 }
 
 /// The monotonic deque of a min/max over a finite window: (time, value),
@@ -365,7 +489,10 @@ impl KeyNumbers<'_> {
                 continue;
             }
             if let Some(number) = self.ring.sample_at(entry, plan.column) {
-                group.running.add(plan.keeps, &number);
+                let first = group.add(plan.keeps, number);
+                if let Some(index) = plan.extras {
+                    self.extras[index].add(plan.keeps, number, first);
+                }
             }
         }
         for extreme in &layout.extreme_plans {
@@ -398,7 +525,10 @@ impl KeyNumbers<'_> {
                     break;
                 }
                 if let Some(number) = self.ring.sample_at(first, plan.column) {
-                    group.running.remove(plan.keeps, &number);
+                    let emptied = group.remove(plan.keeps, number);
+                    if let Some(index) = plan.extras {
+                        self.extras[index].remove(plan.keeps, number, emptied);
+                    }
                 }
                 group.start += 1;
             }
@@ -427,10 +557,12 @@ impl KeyNumbers<'_> {
             for (group, plan) in self.groups.iter_mut().zip(&layout.groups) {
                 if plan.window.is_some() {
                     group.start -= 1;
-                } else if let Some(number) = self.ring.sample(stride, 0, plan.column) {
+                } else if let (Some(number), Some(index)) =
+                    (self.ring.sample(stride, 0, plan.column), plan.extras)
+                {
                     let mut single = Running::default();
                     single.add(plan.keeps, &number);
-                    group
+                    self.extras[index]
                         .settled
                         .get_or_insert_with(Default::default)
                         .merge(plan.keeps, &single);
@@ -448,8 +580,9 @@ impl KeyNumbers<'_> {
         if time != newest {
             return self.scan(feature, time);
         }
-        let (Some(index), true) = (feature.extremes, group.running.count > 0) else {
-            return group.running.number(feature.agg);
+        let (Some(index), true) = (feature.extremes, group.count > 0) else {
+            let extras = plan.extras.map(|index| &self.extras[index]);
+            return group.number(feature.agg, extras);
         };
         let stride = layout.stride();
         let extremes = &mut self.extremes[index];
@@ -474,9 +607,9 @@ impl KeyNumbers<'_> {
         let stride = layout.stride();
         let mut running = match plan.window {
             Some(_) => Running::default(),
-            None => self.groups[feature.group]
-                .settled
-                .as_deref()
+            None => plan
+                .extras
+                .and_then(|index| self.extras[index].settled.as_deref())
                 .cloned()
                 .unwrap_or_default(),
         };
