@@ -137,7 +137,9 @@ impl Decoder {
     /// Checks typed fields against the schema in place, widening integers
     /// given for float fields.
     fn check_fields(&self, fields: &mut Vec<Value>) -> Result<(), String> {
-        fields.resize(self.fields.len(), Value::Null);
+        if fields.len() != self.fields.len() {
+            fields.resize(self.fields.len(), Value::Null);
+        }
         for (field, value) in self.fields.iter().zip(fields.iter_mut()) {
             check_typed_value(field, value)?;
         }
