@@ -463,8 +463,7 @@ impl KeyNumbers<'_> {
         for (sample, slot) in samples.iter_mut().zip(&layout.columns) {
             *sample = to_sample(&values[*slot]);
         }
-        self.add_to_groups(newest, time, position, in_order);
-        self.slide(newest);
+        self.add_and_slide(newest, time, position, in_order);
         self.forget(bound_ms, newest);
         for feature in &layout.features {
             let number = self.query(feature, newest, time);
@@ -476,9 +475,13 @@ impl KeyNumbers<'_> {
         }
     }
 
-    fn add_to_groups(&mut self, newest: i64, time: i64, position: usize, in_order: bool) {
+    /// Adds the record at `position` to each group and extreme whose
+    /// window holds it, then moves each finite window's start up to
+    /// `newest - W`: one pass over the groups, since each is on its own.
+    fn add_and_slide(&mut self, newest: i64, time: i64, position: usize, in_order: bool) {
         let layout = self.layout;
-        let entry = self.ring.base(layout.stride(), position);
+        let stride = layout.stride();
+        let entry = self.ring.base(stride, position);
         // A record at the newest time is inside every window (windows are
         // longer than zero); only one behind it needs the comparison.
         let inside = |plan: &GroupPlan| in_order || plan.window.is_none_or(|w| time > newest - w);
@@ -486,36 +489,12 @@ impl KeyNumbers<'_> {
             if !inside(plan) {
                 // Landed before the window's start.
                 group.start += 1;
-                continue;
-            }
-            if let Some(number) = self.ring.sample_at(entry, plan.column) {
+            } else if let Some(number) = self.ring.sample_at(entry, plan.column) {
                 let first = group.add(plan.keeps, number);
                 if let Some(index) = plan.extras {
                     self.extras[index].add(plan.keeps, number, first);
                 }
             }
-        }
-        for extreme in &layout.extreme_plans {
-            let plan = &layout.groups[extreme.group];
-            let Some(number) = self.ring.sample_at(entry, plan.column) else {
-                continue;
-            };
-            if inside(plan) {
-                let extremes = &mut self.extremes[extreme.index];
-                if in_order {
-                    push_extreme(&mut extremes.deque, extreme.agg, time, number);
-                } else {
-                    extremes.stale = true;
-                }
-            }
-        }
-    }
-
-    /// Moves each finite window's start up to `newest - W`.
-    fn slide(&mut self, newest: i64) {
-        let layout = self.layout;
-        let stride = layout.stride();
-        for (group, plan) in self.groups.iter_mut().zip(&layout.groups) {
             let Some(w) = plan.window else {
                 continue;
             };
@@ -534,12 +513,26 @@ impl KeyNumbers<'_> {
             }
         }
         for extreme in &layout.extreme_plans {
-            let Some(w) = layout.groups[extreme.group].window else {
+            let plan = &layout.groups[extreme.group];
+            let extremes = &mut self.extremes[extreme.index];
+            if let Some(number) = self.ring.sample_at(entry, plan.column)
+                && inside(plan)
+            {
+                if in_order {
+                    push_extreme(&mut extremes.deque, extreme.agg, time, number);
+                } else {
+                    extremes.stale = true;
+                }
+            }
+            let Some(w) = plan.window else {
                 continue;
             };
-            let deque = &mut self.extremes[extreme.index].deque;
-            while deque.front().is_some_and(|(time, _)| *time <= newest - w) {
-                deque.pop_front();
+            while extremes
+                .deque
+                .front()
+                .is_some_and(|(time, _)| *time <= newest - w)
+            {
+                extremes.deque.pop_front();
             }
         }
     }
