@@ -11,7 +11,7 @@
 //! are added and removed in the same order, so every result is the same to
 //! the bit.
 
-use super::window::{Agg, Running, WindowMs, push_extreme};
+use super::window::{Agg, Running, Spread, WindowMs, aggregate_number, push_extreme};
 use crate::batch::Cells;
 use crate::cache;
 use crate::features::WindowFeature;
@@ -344,9 +344,7 @@ struct WindowGroup {
 /// or extremes (lifetime `min`/`max`), and for lifetime groups.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct GroupExtras {
-    sum_squares: f64,
-    min: f64,
-    max: f64,
+    spread: Spread,
     /// Lifetime: aggregate of the samples no longer in the ring.
     settled: Option<Box<Running>>,
 }
@@ -383,22 +381,12 @@ impl WindowGroup {
     /// `None` when the aggregate is empty. The layout gives every group
     /// whose features read squares or extremes its extras.
     fn number(&self, agg: Agg, extras: Option<&GroupExtras>) -> Option<f64> {
-        if self.count == 0 {
-            return None;
-        }
-        let n = self.count as f64;
-        Some(match agg {
-            Agg::Count => n,
-            Agg::Sum => self.sum,
-            Agg::Mean => self.sum / n,
-            Agg::Min => extras?.min,
-            Agg::Max => extras?.max,
-            Agg::Std => {
-                let variance = (extras?.sum_squares - self.sum * self.sum / n) / n;
-                variance.max(0.0).sqrt()
-            }
-            Agg::DistinctCount | Agg::Prev | Agg::SincePrev => return None,
-        })
+        aggregate_number(
+            agg,
+            self.count,
+            self.sum,
+            extras.map(|extras| &extras.spread),
+        )
     }
 }
 
@@ -409,23 +397,23 @@ impl GroupExtras {
         if !keeps.keeps_more(Agg::Sum) {
             return;
         }
-        self.sum_squares += number * number;
+        self.spread.sum_squares += number * number;
         if keeps.keeps_more(Agg::Std) {
             if first {
-                self.min = f64::INFINITY;
-                self.max = f64::NEG_INFINITY;
+                self.spread.min = f64::INFINITY;
+                self.spread.max = f64::NEG_INFINITY;
             }
-            self.min = self.min.min(number);
-            self.max = self.max.max(number);
+            self.spread.min = self.spread.min.min(number);
+            self.spread.max = self.spread.max.max(number);
         }
     }
 
     /// Removes a sample's square (`emptied`: the group is now empty).
     fn remove(&mut self, keeps: Agg, number: f64, emptied: bool) {
         if emptied {
-            self.sum_squares = 0.0;
+            self.spread.sum_squares = 0.0;
         } else if keeps.keeps_more(Agg::Sum) {
-            self.sum_squares -= number * number;
+            self.spread.sum_squares -= number * number;
         }
     }
 }

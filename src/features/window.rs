@@ -215,6 +215,43 @@ impl PreviousState {
     }
 }
 
+/// What a numeric aggregate keeps beside its count and sum, for `std`
+/// and the extremes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(super) struct Spread {
+    pub(super) sum_squares: f64,
+    pub(super) min: f64,
+    pub(super) max: f64,
+}
+
+/// The value of numeric aggregation `agg` over `count` samples of sum
+/// `sum` (`count` as a float, exact below 2^53); `None` when there are
+/// none, or when `agg` reads a spread that was not kept.
+#[inline]
+pub(super) fn aggregate_number(
+    agg: Agg,
+    count: u64,
+    sum: f64,
+    spread: Option<&Spread>,
+) -> Option<f64> {
+    if count == 0 {
+        return None;
+    }
+    let n = count as f64;
+    Some(match agg {
+        Agg::Count => n,
+        Agg::Sum => sum,
+        Agg::Mean => sum / n,
+        Agg::Min => spread?.min,
+        Agg::Max => spread?.max,
+        Agg::Std => {
+            let variance = (spread?.sum_squares - sum * sum / n) / n;
+            variance.max(0.0).sqrt()
+        }
+        Agg::DistinctCount | Agg::Prev | Agg::SincePrev => return None,
+    })
+}
+
 /// Running aggregates over a set of entries; what is maintained depends on
 /// the aggregation.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -336,22 +373,12 @@ impl Running {
     /// below 2^53), `None` when the aggregate is empty. Numbers go
     /// straight into a column, never through a [`Value`].
     pub(super) fn number(&self, agg: Agg) -> Option<f64> {
-        if self.count == 0 {
-            return None;
-        }
-        let n = self.count as f64;
-        Some(match agg {
-            Agg::Count => n,
-            Agg::Sum => self.sum,
-            Agg::Mean => self.sum / n,
-            Agg::Min => self.min,
-            Agg::Max => self.max,
-            Agg::Std => {
-                let variance = (self.sum_squares - self.sum * self.sum / n) / n;
-                variance.max(0.0).sqrt()
-            }
-            Agg::DistinctCount | Agg::Prev | Agg::SincePrev => return None,
-        })
+        let spread = Spread {
+            sum_squares: self.sum_squares,
+            min: self.min,
+            max: self.max,
+        };
+        aggregate_number(agg, self.count, self.sum, Some(&spread))
     }
 
     pub(super) fn result(&self, agg: Agg) -> Value {
