@@ -6,10 +6,10 @@
 //! bucket before the lookup, so a chunk of rows would wait on each miss in
 //! turn. Here a key's first bucket follows from its hash alone: a stage
 //! hashes a chunk's keys, asks for their buckets ([`KeyIndex::prefetch`]),
-//! and then looks them up from the cache. Buckets hold the key, its full
-//! hash (compared before the key, so probes rarely compare keys) and its
-//! entry, and are probed linearly; the table is kept at most half full, so
-//! a probe reads one bucket or two. Dropping idle keys marks their buckets
+//! and then looks them up from the cache. Buckets hold the key and its
+//! entry in 32 bytes, so none straddles two cache lines, and are probed
+//! linearly; the table is kept at most half full (a quarter while it fits
+//! in cache), so a probe reads one bucket or two. Dropping idle keys marks their buckets
 //! rather than filing the rest again, which at a million keys allocated and
 //! wrote a new table at every sweep. (Features bench workload, one worker,
 //! CPU time, best of eight interleaved runs, hashbrown's table against
@@ -22,13 +22,35 @@ use serde::{Deserialize, Serialize};
 use std::hash::{Hash, Hasher};
 use tideflow_connectors::Value;
 
-/// What the index keeps for a key.
+/// Tables below this size are kept a quarter full rather than half (see
+/// [`KeyIndex::insert`]).
+const SMALL_TABLE_BYTES: usize = 1 << 20;
+
+/// What the index keeps for a key: 8 bytes, so that a bucket (the key
+/// and its entry) is 32 and never straddles two cache lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyEntry {
     /// The key's slot in the stage's per-key state.
-    pub slot: usize,
+    slot: u32,
     /// The partition the key was first seen in.
     pub partition: u32,
+}
+
+impl KeyEntry {
+    /// The entry of a key in `slot`, first seen in `partition`.
+    pub fn new(slot: usize, partition: u32) -> Self {
+        KeyEntry {
+            // Each key holds over a hundred bytes of state: memory runs out
+            // long before a worker's stage holds 2^32 of them.
+            slot: u32::try_from(slot).expect("fewer than 2^32 keys in a stage of one worker"),
+            partition,
+        }
+    }
+
+    /// The key's slot in the stage's per-key state.
+    pub fn slot(&self) -> usize {
+        self.slot as usize
+    }
 }
 
 /// Keys and their entries.
@@ -44,11 +66,9 @@ pub struct KeyIndex {
     dropped: usize,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct Bucket {
-    hash: u64,
-    filed: Filed,
-}
+/// A bucket: what it holds, in 32 bytes (the key's hash is not kept: a
+/// probe compares keys, and a rebuild hashes them again).
+type Bucket = Filed;
 
 /// What a bucket holds.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -108,16 +128,10 @@ impl KeyIndex {
         let mask = self.buckets.len() - 1;
         let mut index = self.home(hash);
         loop {
-            let bucket = &self.buckets[index];
-            // The hash first: it tells most buckets apart at once.
-            if bucket.hash == hash.0
-                && let Filed::Key(held, entry) = &bucket.filed
-                && held == key
-            {
-                return Some(*entry);
-            }
-            if let Filed::Empty = bucket.filed {
-                return None;
+            match &self.buckets[index] {
+                Filed::Key(held, entry) if held == key => return Some(*entry),
+                Filed::Empty => return None,
+                _ => {}
             }
             index = (index + 1) & mask;
         }
@@ -126,29 +140,37 @@ impl KeyIndex {
     /// Files `key` (not held) with `entry`.
     #[inline]
     pub fn insert(&mut self, hash: KeyHash, key: Value, entry: KeyEntry) {
-        if (self.len + self.dropped + 1) * 2 > self.buckets.len() {
+        // A table that stays in cache is kept at most a quarter full, so
+        // that a probe compares fewer keys; a larger one half full, as
+        // each bucket it adds is another miss's worth of memory.
+        let fill = if self.table_bytes() < SMALL_TABLE_BYTES {
+            4
+        } else {
+            2
+        };
+        if (self.len + self.dropped + 1) * fill > self.buckets.len() {
             // Full of dropped keys rather than held ones: the same size,
             // without them, will do.
-            let buckets = if self.len * 4 < self.buckets.len() {
+            let buckets = if self.len * fill * 2 < self.buckets.len() {
                 self.buckets.len()
             } else {
                 (self.buckets.len() * 2).max(16)
             };
             self.rebuild(buckets);
         }
-        self.place(hash.0, key, entry);
+        self.place(hash, key, entry);
         self.len += 1;
     }
 
     /// Keeps the keys for which `keep` holds, dropping the others.
     pub fn retain(&mut self, mut keep: impl FnMut(&Value, &KeyEntry) -> bool) {
         for bucket in &mut self.buckets {
-            if let Filed::Key(key, entry) = &bucket.filed
+            if let Filed::Key(key, entry) = bucket
                 && !keep(key, entry)
             {
                 // Marked, not emptied: it may sit inside another key's
                 // probe run.
-                bucket.filed = Filed::Dropped;
+                *bucket = Filed::Dropped;
                 self.len -= 1;
                 self.dropped += 1;
             }
@@ -163,19 +185,16 @@ impl KeyIndex {
 
     /// Files a key not held in the first bucket of its probe that holds
     /// none.
-    fn place(&mut self, hash: u64, key: Value, entry: KeyEntry) {
+    fn place(&mut self, hash: KeyHash, key: Value, entry: KeyEntry) {
         let mask = self.buckets.len() - 1;
-        let mut index = self.home(KeyHash(hash));
-        while let Filed::Key(..) = self.buckets[index].filed {
+        let mut index = self.home(hash);
+        while let Filed::Key(..) = self.buckets[index] {
             index = (index + 1) & mask;
         }
-        if let Filed::Dropped = self.buckets[index].filed {
+        if let Filed::Dropped = self.buckets[index] {
             self.dropped -= 1;
         }
-        self.buckets[index] = Bucket {
-            hash,
-            filed: Filed::Key(key, entry),
-        };
+        self.buckets[index] = Filed::Key(key, entry);
     }
 
     /// Files every held key again in a table of `buckets` buckets.
@@ -189,8 +208,8 @@ impl KeyIndex {
                 .collect(),
         );
         for bucket in old {
-            if let Filed::Key(key, entry) = bucket.filed {
-                self.place(bucket.hash, key, entry);
+            if let Filed::Key(key, entry) = bucket {
+                self.place(Self::hash(&key), key, entry);
             }
         }
     }
@@ -205,10 +224,13 @@ mod tests {
     }
 
     fn entry(number: usize) -> KeyEntry {
-        KeyEntry {
-            slot: number,
-            partition: (number % 7) as u32,
-        }
+        KeyEntry::new(number, (number % 7) as u32)
+    }
+
+    /// A bucket is half a cache line, so none straddles two.
+    #[test]
+    fn a_bucket_is_32_bytes() {
+        assert_eq!(std::mem::size_of::<Bucket>(), 32);
     }
 
     /// Keys are found after the table grows and after others around them
@@ -221,14 +243,14 @@ mod tests {
             index.insert(KeyIndex::hash(&key(number)), key(number), entry(number));
         }
         assert_eq!(index.len(), 1000);
-        index.retain(|_, entry| entry.slot % 3 != 0);
+        index.retain(|_, entry| entry.slot() % 3 != 0);
         assert_eq!(index.len(), 666);
         // New keys take dropped buckets, and the table is filed again once
         // dropped and held keys fill half of it.
         for number in 1000..1500 {
             index.insert(KeyIndex::hash(&key(number)), key(number), entry(number));
         }
-        index.retain(|_, entry| entry.slot < 1200);
+        index.retain(|_, entry| entry.slot() < 1200);
         assert_eq!(index.len(), 866);
         for number in 0..1600 {
             let expected =

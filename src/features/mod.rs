@@ -341,9 +341,9 @@ impl StageState {
                 *stage_newest
             };
             let horizon = reference.saturating_sub(longest).saturating_sub(bound_ms);
-            let idle = newest[entry.slot] <= horizon;
+            let idle = newest[entry.slot()] <= horizon;
             if idle {
-                evicted.push(entry.slot);
+                evicted.push(entry.slot());
                 if let Some(changes) = key_changes {
                     changes.forgotten.push((key.clone(), entry.partition));
                 }
@@ -401,10 +401,7 @@ impl StageState {
                 if slot == self.newest.len() {
                     self.reset_slot(plan, slot);
                 }
-                let entry = KeyEntry {
-                    slot,
-                    partition: row.partition,
-                };
+                let entry = KeyEntry::new(slot, row.partition);
                 self.keys.insert(hash, key.clone(), entry);
                 if let Some(changes) = &mut self.key_changes {
                     changes
@@ -422,7 +419,7 @@ impl StageState {
                 offset: row.offset,
             });
         }
-        Ok(entry.slot)
+        Ok(entry.slot())
     }
 
     /// Number of keys held.
