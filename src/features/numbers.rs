@@ -290,9 +290,9 @@ impl NumericState {
                 // Where the record will be written: its line is a new one
                 // once in every few records, and cold then.
                 if ring.len < ring.capacity {
-                    cache::prefetch(ring.entry(stride, ring.len));
+                    cache::prefetch(ring.entry(stride, ring.len()));
                 }
-                for group in groups.iter().filter(|group| group.start < ring.len) {
+                for group in groups.iter().filter(|group| group.start < ring.len()) {
                     cache::prefetch(ring.entry(stride, group.start));
                 }
                 for deque in extremes.iter().map(|extremes| &extremes.deque) {
@@ -443,7 +443,7 @@ impl KeyNumbers<'_> {
         // reading the ring's tail, which is likely not in cache.
         let in_order = time == newest;
         let position = if in_order {
-            self.ring.len
+            self.ring.len()
         } else {
             self.ring.partition_point(stride, time)
         };
@@ -486,7 +486,7 @@ impl KeyNumbers<'_> {
             let Some(w) = plan.window else {
                 continue;
             };
-            while group.start < self.ring.len {
+            while group.start < self.ring.len() {
                 let first = self.ring.base(stride, group.start);
                 if self.ring.words[first] as i64 > newest - w {
                     break;
@@ -569,7 +569,7 @@ impl KeyNumbers<'_> {
         let extremes = &mut self.extremes[index];
         if extremes.stale {
             extremes.deque.clear();
-            for position in group.start..self.ring.len {
+            for position in group.start..self.ring.len() {
                 if let Some(number) = self.ring.sample(stride, position, plan.column) {
                     let time = self.ring.time(stride, position);
                     push_extreme(&mut extremes.deque, feature.agg, time, number);
@@ -595,7 +595,7 @@ impl KeyNumbers<'_> {
                 .unwrap_or_default(),
         };
         let low = plan.window.map(|w| time - w);
-        for position in 0..self.ring.len {
+        for position in 0..self.ring.len() {
             let kept = self.ring.time(stride, position);
             if kept > time {
                 break;
@@ -626,22 +626,31 @@ fn to_sample(value: &Value) -> u64 {
 /// The records of one key, oldest first, in one ring buffer of fixed-size
 /// entries: the event time, then one sample per column. The entry size
 /// (the stride) is the stage's, passed in rather than stored per key.
+///
+/// The header takes 32 bytes, so that a key's never straddles two cache
+/// lines: entry counts are 32-bit (at 16 bytes an entry at least, 2^32 of
+/// one key's records would take 64 GiB).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct RecordRing {
     /// `capacity * stride` words.
-    words: Vec<u64>,
+    words: Box<[u64]>,
     /// Entries the words hold: a power of two (or zero), kept rather than
     /// divided out of `words.len()` on every access.
-    capacity: usize,
+    capacity: u32,
     /// Entry index of the oldest record.
-    head: usize,
-    len: usize,
+    head: u32,
+    len: u32,
 }
 
 impl RecordRing {
+    /// Number of records held.
+    fn len(&self) -> usize {
+        self.len as usize
+    }
+
     /// Word index of entry `position`.
     fn base(&self, stride: usize, position: usize) -> usize {
-        ((self.head + position) & (self.capacity - 1)) * stride
+        ((self.head as usize + position) & (self.capacity as usize).wrapping_sub(1)) * stride
     }
 
     fn time(&self, stride: usize, position: usize) -> i64 {
@@ -671,7 +680,7 @@ impl RecordRing {
     /// The first position whose time is after `time` (records of equal
     /// time keep their arrival order).
     fn partition_point(&self, stride: usize, time: i64) -> usize {
-        let (mut low, mut high) = (0, self.len);
+        let (mut low, mut high) = (0, self.len());
         while low < high {
             let middle = (low + high) / 2;
             if self.time(stride, middle) <= time {
@@ -691,7 +700,7 @@ impl RecordRing {
         }
         self.len += 1;
         // Entries after the position move one place towards the back.
-        for moved in (position + 1..self.len).rev() {
+        for moved in (position + 1..self.len()).rev() {
             let (to, from) = (self.base(stride, moved), self.base(stride, moved - 1));
             self.words.copy_within(from..from + stride, to);
         }
@@ -714,8 +723,8 @@ impl RecordRing {
     /// Doubles the capacity, moving the entries to the front in order.
     fn grow(&mut self, stride: usize) {
         let capacity = (self.capacity * 2).max(4);
-        let mut words = vec![0; capacity * stride];
-        for position in 0..self.len {
+        let mut words = vec![0; capacity as usize * stride].into_boxed_slice();
+        for position in 0..self.len() {
             let from = self.base(stride, position);
             words[position * stride..(position + 1) * stride]
                 .copy_from_slice(&self.words[from..from + stride]);
@@ -732,9 +741,15 @@ mod tests {
     use crate::schema::ColumnType;
 
     fn times(ring: &RecordRing, stride: usize) -> Vec<i64> {
-        (0..ring.len)
+        (0..ring.len())
             .map(|position| ring.time(stride, position))
             .collect()
+    }
+
+    /// A ring's header is half a cache line, so none straddles two.
+    #[test]
+    fn a_ring_header_is_32_bytes() {
+        assert_eq!(std::mem::size_of::<RecordRing>(), 32);
     }
 
     /// Entries keep time order through growth, wrap-around and insertion
@@ -759,7 +774,7 @@ mod tests {
             push(&mut ring, time);
         }
         assert_eq!(times(&ring, stride), vec![3, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
-        let samples: Vec<u64> = (0..ring.len)
+        let samples: Vec<u64> = (0..ring.len())
             .map(|position| ring.words[ring.base(stride, position) + 1])
             .collect();
         assert_eq!(samples, vec![30, 30, 40, 50, 60, 70, 80, 90, 100, 110]);
