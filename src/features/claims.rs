@@ -10,9 +10,10 @@
 //! leaves, just as when one worker sees both partitions. A key forgotten
 //! for being idle gives up its claim.
 
-use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Mutex;
 use tideflow_connectors::Value;
 
@@ -23,10 +24,60 @@ const SHARDS: usize = 64;
 /// bits hashbrown keeps as a key's tag.
 const SHARD_SHIFT: u32 = 64 - 7 - SHARDS.trailing_zeros();
 
+/// A key a stage started or stopped keeping, with the hash the stage
+/// filed it under ([`super::keys::KeyIndex::hash`]): claims hash nothing
+/// again, neither to find a key's shard nor inside the shard's map, nor
+/// when the map grows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimedKey {
+    /// The key's hash in its stage's index.
+    pub hash: u64,
+    pub key: Value,
+    /// The partition that claims or gives up the key.
+    pub partition: u32,
+}
+
+/// A key as the shards' maps hold it: equal keys have equal hashes, and
+/// the hash is the map's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct HashedKey {
+    hash: u64,
+    key: Value,
+}
+
+impl Hash for HashedKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// Hands a [`HashedKey`]'s hash to the map as it is.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; anything else still gets a hash.
+        for byte in bytes {
+            self.0 = self.0.rotate_left(5) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
+}
+
+type Shard = HashMap<HashedKey, u32, BuildHasherDefault<PassThrough>>;
+
 /// The partition claimed by each key kept by some worker of the process.
 #[derive(Debug)]
 pub struct KeyClaims {
-    shards: Vec<Mutex<FxHashMap<Value, u32>>>,
+    shards: Vec<Mutex<Shard>>,
 }
 
 impl Default for KeyClaims {
@@ -38,39 +89,44 @@ impl Default for KeyClaims {
 }
 
 impl KeyClaims {
-    /// Claims `key` for `partition`; a key already claimed for another
-    /// partition is refused with that partition.
-    pub fn claim(&self, key: &Value, partition: u32) -> Result<(), u32> {
+    /// Claims `claimed.key` for `claimed.partition`; a key already
+    /// claimed for another partition is refused with that partition.
+    pub fn claim(&self, claimed: &ClaimedKey) -> Result<(), u32> {
         // One lookup: most keys claimed are new, so the clone is needed
         // anyway.
-        match self.shard(key).entry(key.clone()) {
-            Entry::Occupied(claimed) if *claimed.get() != partition => Err(*claimed.get()),
+        match self.shard(claimed.hash).entry(HashedKey {
+            hash: claimed.hash,
+            key: claimed.key.clone(),
+        }) {
+            Entry::Occupied(held) if *held.get() != claimed.partition => Err(*held.get()),
             Entry::Occupied(_) => Ok(()),
             Entry::Vacant(unclaimed) => {
-                unclaimed.insert(partition);
+                unclaimed.insert(claimed.partition);
                 Ok(())
             }
         }
     }
 
-    /// Gives up `partition`'s claim on `key` (kept claims of another
-    /// partition stay).
-    pub fn release(&self, key: &Value, partition: u32) {
-        let mut shard = self.shard(key);
-        if shard.get(key) == Some(&partition) {
-            shard.remove(key);
+    /// Gives up `forgotten.partition`'s claim on `forgotten.key` (kept
+    /// claims of another partition stay).
+    pub fn release(&self, forgotten: &ClaimedKey) {
+        let mut shard = self.shard(forgotten.hash);
+        if let Entry::Occupied(held) = shard.entry(HashedKey {
+            hash: forgotten.hash,
+            key: forgotten.key.clone(),
+        }) && *held.get() == forgotten.partition
+        {
+            held.remove();
         }
     }
 
-    fn shard(&self, key: &Value) -> std::sync::MutexGuard<'_, FxHashMap<Value, u32>> {
-        let mut hasher = rustc_hash::FxHasher::default();
-        key.hash(&mut hasher);
-        // The map inside hashes with the same function, places keys by
-        // the low bits and tells them apart within a probe by the top 7:
-        // the shard takes the 6 bits below those, which no map of this
-        // size uses. (Taking the top bits made every key of a shard share
-        // most of its tag, and each probe compare keys several times over.)
-        let index = (hasher.finish() >> SHARD_SHIFT) as usize % SHARDS;
+    fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
+        // The map inside places keys by the hash's low bits and tells them
+        // apart within a probe by the top 7: the shard takes the 6 bits
+        // below those, which no map of this size uses. (Taking the top
+        // bits made every key of a shard share most of its tag, and each
+        // probe compare keys several times over.)
+        let index = (hash >> SHARD_SHIFT) as usize % SHARDS;
         self.shards[index]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -84,14 +140,21 @@ mod tests {
     #[test]
     fn a_key_belongs_to_the_partition_that_claimed_it_until_released() {
         let claims = KeyClaims::default();
-        let key = Value::Str("u1".into());
-        assert_eq!(claims.claim(&key, 3), Ok(()));
-        assert_eq!(claims.claim(&key, 3), Ok(()));
-        assert_eq!(claims.claim(&key, 5), Err(3));
+        let key = |partition| {
+            let key = Value::Str("u1".into());
+            ClaimedKey {
+                hash: crate::features::keys::KeyIndex::hash(&key).get(),
+                key,
+                partition,
+            }
+        };
+        assert_eq!(claims.claim(&key(3)), Ok(()));
+        assert_eq!(claims.claim(&key(3)), Ok(()));
+        assert_eq!(claims.claim(&key(5)), Err(3));
         // Another partition's release leaves the claim in place.
-        claims.release(&key, 5);
-        assert_eq!(claims.claim(&key, 5), Err(3));
-        claims.release(&key, 3);
-        assert_eq!(claims.claim(&key, 5), Ok(()));
+        claims.release(&key(5));
+        assert_eq!(claims.claim(&key(5)), Err(3));
+        claims.release(&key(3));
+        assert_eq!(claims.claim(&key(5)), Ok(()));
     }
 }

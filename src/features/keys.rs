@@ -86,6 +86,13 @@ enum Filed {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyHash(u64);
 
+impl KeyHash {
+    /// The hash's bits.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
 impl KeyIndex {
     /// The hash of `key`, to look it up and to ask for its bucket.
     pub fn hash(key: &Value) -> KeyHash {

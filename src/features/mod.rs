@@ -17,6 +17,7 @@ pub mod window;
 use crate::batch::{Batch, Cells};
 use crate::cache;
 use crate::row::Row;
+use claims::ClaimedKey;
 use keys::{KeyEntry, KeyHash, KeyIndex};
 use numbers::{NumericState, Prefetch};
 use serde::{Deserialize, Serialize};
@@ -103,10 +104,10 @@ pub struct StageState {
 /// first record) and forgot (with their partition).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct KeyChanges {
-    /// Keys started: (key, partition, offset).
-    pub started: Vec<(Value, u32, u64)>,
-    /// Keys forgotten: (key, partition).
-    pub forgotten: Vec<(Value, u32)>,
+    /// Keys started, each with the offset of its first row.
+    pub started: Vec<(ClaimedKey, u64)>,
+    /// Keys forgotten.
+    pub forgotten: Vec<ClaimedKey>,
 }
 
 /// Up to this many bytes of key headers (see
@@ -345,7 +346,11 @@ impl StageState {
             if idle {
                 evicted.push(entry.slot());
                 if let Some(changes) = key_changes {
-                    changes.forgotten.push((key.clone(), entry.partition));
+                    changes.forgotten.push(ClaimedKey {
+                        hash: KeyIndex::hash(key).get(),
+                        key: key.clone(),
+                        partition: entry.partition,
+                    });
                 }
             }
             !idle
@@ -404,9 +409,12 @@ impl StageState {
                 let entry = KeyEntry::new(slot, row.partition);
                 self.keys.insert(hash, key.clone(), entry);
                 if let Some(changes) = &mut self.key_changes {
-                    changes
-                        .started
-                        .push((key.clone(), row.partition, row.offset));
+                    let started = ClaimedKey {
+                        hash: hash.get(),
+                        key: key.clone(),
+                        partition: row.partition,
+                    };
+                    changes.started.push((started, row.offset));
                 }
                 entry
             }

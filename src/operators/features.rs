@@ -75,13 +75,13 @@ fn route_by_key(key_slot: usize) -> Exchange<Row, impl FnMut(&Row) -> u64 + 'sta
 /// releases those it forgot; a key another partition holds stops the run.
 fn claim_keys(state: &mut StageState, stage: &StagePlan, shared: &Shared) -> bool {
     let changes = state.take_key_changes();
-    for (key, partition, offset) in &changes.started {
-        if let Err(first) = shared.key_claims.claim(key, *partition) {
+    for (started, offset) in &changes.started {
+        if let Err(first) = shared.key_claims.claim(started) {
             shared.abort(Error::KeyInTwoPartitions {
                 field: stage.key_name.clone(),
-                key: crate::features::render_key(key),
+                key: crate::features::render_key(&started.key),
                 first,
-                second: *partition,
+                second: started.partition,
                 offset: *offset,
             });
             return false;
@@ -89,8 +89,8 @@ fn claim_keys(state: &mut StageState, stage: &StagePlan, shared: &Shared) -> boo
     }
     // After the claims: keys are forgotten only at the end of a batch, so
     // a key both started and forgotten in it must end unclaimed.
-    for (key, partition) in &changes.forgotten {
-        shared.key_claims.release(key, *partition);
+    for forgotten in &changes.forgotten {
+        shared.key_claims.release(forgotten);
     }
     true
 }
@@ -217,6 +217,8 @@ fn buffer_rows(buffer: &mut ReorderBuffer, rows: &mut Vec<Row>, arrival: i64, sh
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::features::claims::ClaimedKey;
+    use crate::features::keys::KeyIndex;
     use crate::spec::SpecSource;
     use tideflow_connectors::Value;
 
@@ -268,9 +270,16 @@ dead_letters = { type = "null" }
         let mut batch = Batch::from_rows(rows);
         assert!(apply_or_abort(&mut state, &stage, &shared, &mut batch));
         assert!(claim_keys(&mut state, &stage, &shared));
-        let old = Value::Str("old".into());
-        assert_eq!(shared.key_claims.claim(&old, 1), Ok(()));
+        let claimed = |key: &str| {
+            let key = Value::Str(key.into());
+            ClaimedKey {
+                hash: KeyIndex::hash(&key).get(),
+                key,
+                partition: 1,
+            }
+        };
+        assert_eq!(shared.key_claims.claim(&claimed("old")), Ok(()));
         // Keys still kept stay claimed for their partition.
-        assert_eq!(shared.key_claims.claim(&Value::Str("u1".into()), 1), Err(0));
+        assert_eq!(shared.key_claims.claim(&claimed("u1")), Err(0));
     }
 }
