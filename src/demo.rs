@@ -8,7 +8,10 @@
 //! runs read exactly the records produced before one cut-off time, so their
 //! outputs must be identical, row for row: the demo checks it. Live latency
 //! is the score record's Kafka timestamp minus the event's send time (both
-//! in whole milliseconds).
+//! in whole milliseconds), taken over the steady part of production: the
+//! events of the last second wait for the end of the run, since no later
+//! event moves the watermark past them, and the first second's include the
+//! run's start.
 
 use crate::dataflow::{RunOptions, run};
 use crate::plan;
@@ -49,8 +52,8 @@ pub struct DemoReport {
     pub live: Summary,
     /// The backfill's summary.
     pub backfill: Summary,
-    /// Live latency percentiles (p50, p99, max), ms.
-    pub latency_ms: (i64, i64, i64),
+    /// Live latency.
+    pub latency: LiveLatency,
     /// `None` when the two runs' outputs are identical, else the first
     /// difference.
     pub difference: Option<String>,
@@ -116,12 +119,12 @@ pub fn run_demo(options: &DemoOptions) -> Result<DemoReport> {
         .map_err(|_| Error::Runtime("the demo's producer thread panicked".into()))??;
     println!("backfill: the same topic from the earliest offset, bulk batches ...");
     let backfill = run_pass("bulk", BACKFILL_SCORES, "backfill")?;
-    let latency_ms = live_latency(&brokers)?;
+    let latency = live_latency(&brokers)?;
     let difference = first_difference(&options.out.join("live"), &options.out.join("backfill"))?;
     Ok(DemoReport {
         live,
         backfill,
-        latency_ms,
+        latency,
         difference,
     })
 }
@@ -152,21 +155,61 @@ fn run_spec(
     Ok(summary)
 }
 
-/// p50, p99 and max of (score record timestamp - event send time), ms.
-fn live_latency(brokers: &str) -> Result<(i64, i64, i64)> {
-    let mut latencies: Vec<i64> = read_topic(brokers, LIVE_SCORES, &ClientOptions::default())?
+/// Live latency, event sent → score produced, in ms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveLatency {
+    /// Events scored.
+    pub events: usize,
+    /// Events sent in the steady part of production (all of them when
+    /// production lasted under three seconds).
+    pub steady_events: usize,
+    /// p50 and p99 over those events.
+    pub p50: i64,
+    pub p99: i64,
+    /// The largest latency of any event, the last second's included.
+    pub max: i64,
+}
+
+impl LiveLatency {
+    /// The latency of `samples`, each (send time, latency) in ms; `None`
+    /// when there are none.
+    pub fn of(samples: &[(i64, i64)]) -> Option<Self> {
+        let first = samples.iter().map(|(sent, _)| *sent).min()?;
+        let last = samples.iter().map(|(sent, _)| *sent).max()?;
+        let max = samples.iter().map(|(_, latency)| *latency).max()?;
+        let steady = |(sent, _): &&(i64, i64)| {
+            last - first < 3_000 || (first + 1_000..=last - 1_000).contains(sent)
+        };
+        let mut latencies: Vec<i64> = samples
+            .iter()
+            .filter(steady)
+            .map(|(_, latency)| *latency)
+            .collect();
+        latencies.sort_unstable();
+        let at =
+            |quantile: f64| latencies[((latencies.len() - 1) as f64 * quantile).round() as usize];
+        Some(LiveLatency {
+            events: samples.len(),
+            steady_events: latencies.len(),
+            p50: at(0.5),
+            p99: at(0.99),
+            max,
+        })
+    }
+}
+
+/// The live run's latency (see [`LiveLatency`]).
+fn live_latency(brokers: &str) -> Result<LiveLatency> {
+    let samples: Vec<(i64, i64)> = read_topic(brokers, LIVE_SCORES, &ClientOptions::default())?
         .iter()
         .filter_map(|record| {
             let row: serde_json::Value = serde_json::from_slice(&record.value).ok()?;
-            Some(record.timestamp_ms? - row["ts"].as_i64()?)
+            let sent = row["ts"].as_i64()?;
+            Some((sent, record.timestamp_ms? - sent))
         })
         .collect();
-    if latencies.is_empty() {
-        return Err(Error::Runtime("the live run produced no scores".into()));
-    }
-    latencies.sort_unstable();
-    let at = |quantile: f64| latencies[((latencies.len() - 1) as f64 * quantile).round() as usize];
-    Ok((at(0.5), at(0.99), *latencies.last().expect("not empty")))
+    LiveLatency::of(&samples)
+        .ok_or_else(|| Error::Runtime("the live run produced no scores".into()))
 }
 
 /// Compares two directories of JSONL score files row by row, in
@@ -213,4 +256,56 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first and last second of production are left out of p50 and
+    /// p99, not out of the maximum.
+    #[test]
+    fn latency_is_taken_over_the_steady_part() {
+        // Ten seconds of events, one every 10 ms: 5 ms each, except 300 ms
+        // in the first second and 2000 ms in the last.
+        let samples: Vec<(i64, i64)> = (0..1_000)
+            .map(|index| {
+                let sent = 10_000 + index * 10;
+                let latency = match sent {
+                    ..11_000 => 300,
+                    19_001.. => 2_000,
+                    _ => 5,
+                };
+                (sent, latency)
+            })
+            .collect();
+        let latency = LiveLatency::of(&samples).unwrap();
+        assert_eq!(
+            latency,
+            LiveLatency {
+                events: 1_000,
+                steady_events: 800,
+                p50: 5,
+                p99: 5,
+                max: 2_000,
+            }
+        );
+    }
+
+    /// A production too short to have a steady part is taken whole.
+    #[test]
+    fn a_short_production_is_taken_whole() {
+        let samples = [(0, 7), (500, 9), (2_000, 40)];
+        let latency = LiveLatency::of(&samples).unwrap();
+        assert_eq!(
+            (
+                latency.events,
+                latency.steady_events,
+                latency.p50,
+                latency.max
+            ),
+            (3, 3, 9, 40)
+        );
+        assert_eq!(LiveLatency::of(&[]), None);
+    }
 }

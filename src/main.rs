@@ -408,7 +408,7 @@ fn check(spec: &Path, overrides: &[String]) -> anyhow::Result<()> {
 
 fn demo(options: &DemoOptions) -> anyhow::Result<()> {
     let report = run_demo(options)?;
-    let (p50, p99, max) = report.latency_ms;
+    let latency = report.latency;
     let rate = |summary: &tideflow::run::Summary| {
         summary.counts.records_in as f64 / summary.elapsed.as_secs_f64().max(1e-9)
     };
@@ -422,8 +422,20 @@ fn demo(options: &DemoOptions) -> anyhow::Result<()> {
         rate(&report.live),
         rate(&report.backfill)
     );
+    let over = if latency.steady_events < latency.events {
+        format!(
+            "the {} events sent after the first second and before the last",
+            latency.steady_events
+        )
+    } else {
+        format!(
+            "all {} events (production too short to leave out its first and last second)",
+            latency.events
+        )
+    };
     println!(
-        "live latency, event sent -> score produced: p50 {p50} ms, p99 {p99} ms, max {max} ms"
+        "live latency, event sent -> score produced: p50 {} ms, p99 {} ms over {over}; max {} ms (the last second's events wait for the end of the run: no later event moves the watermark past them)",
+        latency.p50, latency.p99, latency.max
     );
     match report.difference {
         None => println!("parity: live and backfill outputs are identical, row for row"),

@@ -1,0 +1,62 @@
+//! `tideflow demo`, the README's first command, end to end on a small
+//! production: the embedded broker, the live run and the backfill score
+//! every event, their outputs agree row for row, and the live latency is
+//! reported over the steady part of production.
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn the_demo_scores_every_event_live_and_in_the_backfill_alike() {
+    common::require_onnxruntime();
+    let _turn = common::one_at_a_time();
+    let out = tempfile::tempdir().unwrap();
+    // Four seconds of production: two steady seconds between the first
+    // and the last.
+    let output = Command::new(env!("CARGO_BIN_EXE_tideflow"))
+        .current_dir(common::root())
+        .args([
+            "demo",
+            "--events",
+            "8000",
+            "--rate",
+            "2000",
+            "--workers",
+            "2",
+        ])
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("rows scored: live 8000, backfill 8000"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("parity: live and backfill outputs are identical, row for row"),
+        "{stdout}"
+    );
+    let steady_events: usize = stdout
+        .lines()
+        .find_map(|line| {
+            let (_, after) = line.split_once(" ms over the ")?;
+            after.split_once(' ')?.0.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no latency line: {stdout}"));
+    assert!(
+        steady_events > 0 && steady_events < 8000,
+        "the steady part leaves out the first and last second: {stdout}"
+    );
+    // Both runs wrote their score files.
+    for run in ["live", "backfill"] {
+        assert_eq!(
+            common::read_rows(&out.path().join(run)).len(),
+            8000,
+            "{run}"
+        );
+    }
+}
