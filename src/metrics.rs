@@ -32,7 +32,9 @@ pub struct PartitionStatus {
 
 /// An observation in millionths, as the sum keeps it.
 fn micros(value: f64) -> u64 {
-    (value.max(0.0) * 1e6) as u64
+    // Through a signed integer, which converts in fewer instructions; the
+    // same for any age short of 292,000 years.
+    (value.max(0.0) * 1e6) as i64 as u64
 }
 
 /// A histogram with fixed upper bounds.

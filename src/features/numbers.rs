@@ -454,10 +454,18 @@ impl KeyNumbers<'_> {
         self.add_and_slide(newest, time, position, in_order);
         self.forget(bound_ms, newest);
         for feature in &layout.features {
-            let number = self.query(feature, newest, time);
+            // An in-order count is the running count itself, not a float
+            // made of it and converted back.
+            let count =
+                (feature.agg == Agg::Count && in_order).then(|| self.groups[feature.group].count);
+            let number = match count {
+                Some(_) => None,
+                None => self.query(feature, newest, time),
+            };
             let column = &mut columns[feature.output];
-            match feature.agg {
-                Agg::Count => column.push_i64(number.map(|count| count as i64)),
+            match (feature.agg, count) {
+                (_, Some(count)) => column.push_i64((count > 0).then_some(count as i64)),
+                (Agg::Count, None) => column.push_i64(number.map(|count| count as i64)),
                 _ => column.push_f64(number),
             }
         }

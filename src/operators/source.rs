@@ -43,6 +43,9 @@ use timely::dataflow::operators::probe::{Handle, Probe};
 /// How many records one activation reads from a partition, at most.
 const RECORDS_PER_POLL: usize = 1024;
 
+/// How many records are read and decoded at a time.
+const RECORDS_PER_CHUNK: usize = 128;
+
 /// How soon a source whose partitions wait for slower ones looks again.
 const ALIGNMENT_RECHECK: Duration = Duration::from_millis(1);
 
@@ -247,7 +250,7 @@ pub fn read_source<'scope>(
                     .iter()
                     .filter(|partition| !partition.finished)
                     .count();
-                for (index, partition) in partitions
+                'partitions: for (index, partition) in partitions
                     .iter_mut()
                     .filter(|partition| !partition.finished)
                     .enumerate()
@@ -268,70 +271,88 @@ pub fn read_source<'scope>(
                         );
                         continue;
                     }
-                    raw.clear();
-                    let polled = match partition.reader.poll(&mut raw, RECORDS_PER_POLL) {
-                        Ok(polled) => polled,
-                        Err(error) => {
-                            shared.abort(Error::from(error));
-                            break;
-                        }
-                    };
-                    let first_output = partition.reader.first_output_offset();
-                    let replayed = raw
-                        .iter()
-                        .filter(|record| record.offset < first_output)
-                        .count();
-                    Stats::add(&shared.stats.replayed, replayed as u64);
-                    Stats::add(&shared.stats.records_in, (raw.len() - replayed) as u64);
-                    if let Some(last) = raw.last() {
-                        if last.offset >= first_output {
-                            read_up_to.push((last.partition, last.offset + 1));
-                        }
-                        partition.last_record = Instant::now();
-                    }
-                    // Room for as much again from each partition left:
-                    // grown a row at a time, the vector would copy its rows
-                    // at every doubling.
-                    rows.reserve(raw.len() * (unfinished - index));
-                    for record in raw.drain(..) {
-                        let warm_up = record.offset < first_output;
-                        let letter = match decoder.decode(record) {
-                            // Behind the partition's own clock, or (after the
-                            // partition was idle) behind the watermark.
-                            Ok(row)
-                                if tracks_lateness
-                                    && (partition.clock.is_late(row.time, bound_ms)
-                                        || row.time < *held.time()) =>
-                            {
-                                if warm_up {
-                                    // Its dead letter was written by the run
-                                    // that first read it.
-                                    continue;
-                                }
-                                Stats::add(&shared.stats.late, 1);
-                                DeadLetter {
-                                    partition: row.partition,
-                                    offset: row.offset,
-                                    error: LATE.into(),
-                                    raw: late_raw(&shared, &row),
-                                }
-                            }
-                            Ok(mut row) => {
-                                partition.clock.observe(row.time);
-                                row.warm_up = warm_up;
-                                rows.push(row);
-                                continue;
-                            }
-                            Err(_) if warm_up => continue,
-                            Err(letter) => {
-                                Stats::add(&shared.stats.dead, 1);
-                                letter
+                    let (mut read, mut read_up_to_here) = (0, None);
+                    // Read in small chunks, each decoded while its raw
+                    // records are still in the nearest cache.
+                    let polled = loop {
+                        raw.clear();
+                        let chunk = RECORDS_PER_CHUNK.min(RECORDS_PER_POLL - read);
+                        let polled = match partition.reader.poll(&mut raw, chunk) {
+                            Ok(polled) => polled,
+                            Err(error) => {
+                                shared.abort(Error::from(error));
+                                break 'partitions;
                             }
                         };
-                        if let Err(error) = dead_letters.write(&letter) {
-                            shared.abort(error);
+                        // Room for what this partition still offers (a
+                        // full chunk promises a full read) from each
+                        // partition left: grown a row at a time, the vector
+                        // would copy its rows at every doubling.
+                        let offered = if raw.len() == chunk {
+                            RECORDS_PER_POLL - read
+                        } else {
+                            raw.len()
+                        };
+                        rows.reserve(offered * (unfinished - index));
+                        read += raw.len();
+                        let first_output = partition.reader.first_output_offset();
+                        let replayed = raw
+                            .iter()
+                            .filter(|record| record.offset < first_output)
+                            .count();
+                        Stats::add(&shared.stats.replayed, replayed as u64);
+                        Stats::add(&shared.stats.records_in, (raw.len() - replayed) as u64);
+                        if let Some(last) = raw.last() {
+                            if last.offset >= first_output {
+                                read_up_to_here = Some((last.partition, last.offset + 1));
+                            }
+                            partition.last_record = Instant::now();
                         }
-                    }
+                        let chunk_read = raw.len();
+                        for record in raw.drain(..) {
+                            let warm_up = record.offset < first_output;
+                            let letter = match decoder.decode(record) {
+                                // Behind the partition's own clock, or (after the
+                                // partition was idle) behind the watermark.
+                                Ok(row)
+                                    if tracks_lateness
+                                        && (partition.clock.is_late(row.time, bound_ms)
+                                            || row.time < *held.time()) =>
+                                {
+                                    if warm_up {
+                                        // Its dead letter was written by the run
+                                        // that first read it.
+                                        continue;
+                                    }
+                                    Stats::add(&shared.stats.late, 1);
+                                    DeadLetter {
+                                        partition: row.partition,
+                                        offset: row.offset,
+                                        error: LATE.into(),
+                                        raw: late_raw(&shared, &row),
+                                    }
+                                }
+                                Ok(mut row) => {
+                                    partition.clock.observe(row.time);
+                                    row.warm_up = warm_up;
+                                    rows.push(row);
+                                    continue;
+                                }
+                                Err(_) if warm_up => continue,
+                                Err(letter) => {
+                                    Stats::add(&shared.stats.dead, 1);
+                                    letter
+                                }
+                            };
+                            if let Err(error) = dead_letters.write(&letter) {
+                                shared.abort(error);
+                            }
+                        }
+                        if polled != Poll::Ready || chunk_read == 0 || read >= RECORDS_PER_POLL {
+                            break polled;
+                        }
+                    };
+                    read_up_to.extend(read_up_to_here);
                     match polled {
                         Poll::Ready => again = Some(Duration::ZERO),
                         Poll::Pending(wait) => {
