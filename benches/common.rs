@@ -113,13 +113,48 @@ pub fn fastest_interleaved(
     rounds: usize,
     measurements: &mut [&mut dyn FnMut() -> Duration],
 ) -> Vec<Duration> {
-    let mut fastest = vec![Duration::MAX; measurements.len()];
+    timed_interleaved(rounds, measurements)
+        .iter()
+        .map(|timings| timings.best)
+        .collect()
+}
+
+/// The best and the median of a measurement's timings.
+#[derive(Clone, Copy, Debug)]
+pub struct Timings {
+    pub best: Duration,
+    pub median: Duration,
+}
+
+impl Timings {
+    /// How far the median lies above the best: near 1 when nothing else
+    /// ran on the machine, well above it when the best is one lucky round.
+    pub fn spread(&self) -> f64 {
+        self.median.as_secs_f64() / self.best.as_secs_f64()
+    }
+}
+
+/// Each measurement timed `rounds` times in rounds, as
+/// [`fastest_interleaved`] does, with its best and median timing.
+pub fn timed_interleaved(
+    rounds: usize,
+    measurements: &mut [&mut dyn FnMut() -> Duration],
+) -> Vec<Timings> {
+    let mut all = vec![Vec::new(); measurements.len()];
     for _ in 0..rounds.max(1) {
-        for (measure, best) in measurements.iter_mut().zip(&mut fastest) {
-            *best = (*best).min(measure());
+        for (measure, timings) in measurements.iter_mut().zip(&mut all) {
+            timings.push(measure());
         }
     }
-    fastest
+    all.into_iter()
+        .map(|mut timings| {
+            timings.sort();
+            Timings {
+                best: timings[0],
+                median: timings[timings.len() / 2],
+            }
+        })
+        .collect()
 }
 
 /// Fails with the set-up command when ONNX Runtime is missing.

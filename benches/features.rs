@@ -12,10 +12,20 @@
 //! reach if features cost nothing, so a gap to the loop shows whether it
 //! lies in the feature operator or in the rest of the engine.
 //!
+//! Two columns say how far to trust a row. "2 loops at once" runs two
+//! copies of the loop side by side, one per thread, and gives the speed of
+//! each against the loop alone: near 1 when the machine runs two threads as
+//! well as one; well below it (two virtual CPUs sharing a core, or its
+//! caches, with other work), two workers lose that much per worker wherever
+//! they run, so "2w per w / loop" falls with it. "noise" is the largest
+//! median-to-best ratio among the row's measurements: near 1 when the
+//! machine was quiet; well above it, the ratios rest on lucky rounds.
+//!
 //! Run: `cargo bench --bench features -- --events 2000000`
 
 use clap::Parser;
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 use tideflow_connectors::generator::GeneratorConfig;
 
 #[path = "common.rs"]
@@ -29,7 +39,7 @@ struct Args {
     /// User counts to measure.
     #[arg(long, value_delimiter = ',', default_value = "1000,100000,1000000")]
     keys: Vec<u64>,
-    /// Rounds of the four measurements, interleaved so that a burst of
+    /// Rounds of the five measurements, interleaved so that a burst of
     /// noise on the machine hits them alike (each one's best is kept).
     /// Five: on a shared machine, repeated runs of one program vary widely.
     #[arg(long, default_value_t = 5)]
@@ -113,6 +123,18 @@ fn hand_written_loop(config: &GeneratorConfig) -> f64 {
     checksum
 }
 
+/// Runs the loop twice at once, on two threads; returns the time both
+/// took (each did the whole loop's work).
+fn two_loops_at_once(config: &GeneratorConfig) -> Duration {
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| std::hint::black_box(hand_written_loop(config)));
+        std::hint::black_box(hand_written_loop(config));
+        let _ = other.join();
+    });
+    started.elapsed()
+}
+
 fn main() {
     let args = Args::parse();
     println!(
@@ -120,14 +142,16 @@ fn main() {
         args.events
     );
     println!(
-        "{:>9} {:>14} {:>15} {:>17} {:>10} {:>16} {:>22}",
+        "{:>9} {:>14} {:>15} {:>17} {:>10} {:>16} {:>22} {:>16} {:>6}",
         "keys",
         "loop events/s",
         "engine 1w ev/s",
         "engine 2w ev/s/w",
         "1w / loop",
         "2w per w / loop",
-        "1w no features / loop"
+        "1w no features / loop",
+        "2 loops at once",
+        "noise"
     );
     for keys in &args.keys {
         let config = GeneratorConfig {
@@ -143,28 +167,34 @@ fn main() {
         ];
         let (features, pipeline) = (common::feature_spec(), common::pipeline_spec());
         let engine = |spec: &str, workers| common::run_spec(spec, &overrides, workers).1;
-        let fastest = common::fastest_interleaved(
+        let timings = common::timed_interleaved(
             args.repeats,
             &mut [
                 &mut || {
-                    let started = std::time::Instant::now();
+                    let started = Instant::now();
                     std::hint::black_box(hand_written_loop(&config));
                     started.elapsed()
                 },
                 &mut || engine(&features, 1),
                 &mut || engine(&features, 2),
                 &mut || engine(&pipeline, 1),
+                &mut || two_loops_at_once(&config),
             ],
         );
-        let rate = |elapsed: &std::time::Duration| args.events as f64 / elapsed.as_secs_f64();
-        let [loop_rate, one_rate, two_rate, pipeline_rate] =
-            [0, 1, 2, 3].map(|index| rate(&fastest[index]));
+        let rate = |elapsed: Duration| args.events as f64 / elapsed.as_secs_f64();
+        let [loop_rate, one_rate, two_rate, pipeline_rate, pair_rate] =
+            [0, 1, 2, 3, 4].map(|index| rate(timings[index].best));
         let two_rate = two_rate / 2.0;
+        let noise = timings
+            .iter()
+            .map(common::Timings::spread)
+            .fold(1.0, f64::max);
         println!(
-            "{keys:>9} {loop_rate:>14.0} {one_rate:>15.0} {two_rate:>17.0} {:>10.2} {:>16.2} {:>22.2}",
+            "{keys:>9} {loop_rate:>14.0} {one_rate:>15.0} {two_rate:>17.0} {:>10.2} {:>16.2} {:>22.2} {:>16.2} {noise:>6.2}",
             one_rate / loop_rate,
             two_rate / loop_rate,
-            pipeline_rate / loop_rate
+            pipeline_rate / loop_rate,
+            pair_rate / loop_rate
         );
     }
 }
