@@ -348,7 +348,9 @@ pub fn read_source<'scope>(
                                 shared.abort(error);
                             }
                         }
-                        if polled != Poll::Ready || chunk_read == 0 || read >= RECORDS_PER_POLL {
+                        // A short chunk: the reader has nothing more now,
+                        // and asking again at once would only say so.
+                        if polled != Poll::Ready || chunk_read < chunk || read >= RECORDS_PER_POLL {
                             break polled;
                         }
                     };
