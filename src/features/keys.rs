@@ -1,5 +1,6 @@
 //! The key index of a stage: each key's slot and the partition it was
-//! first seen in, in one open-addressing table.
+//! first seen in, in one open-addressing table. The claims of keys across
+//! workers ([`super::claims`]) file their keys in the same kind of table.
 //!
 //! With many keys, looking a key up misses the cache: its bucket lies
 //! anywhere in megabytes. hashbrown's tables give no way to ask for a
@@ -53,11 +54,12 @@ impl KeyEntry {
     }
 }
 
-/// Keys and their entries.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct KeyIndex {
+/// Keys and their entries (by default a stage's [`KeyEntry`]; what an
+/// entry holds must be small enough for a bucket to stay 32 bytes).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeyIndex<E = KeyEntry> {
     /// A power of two of buckets (none before the first key).
-    buckets: Vec<Bucket>,
+    buckets: Vec<Filed<E>>,
     /// How far a hash is shifted right to give its first bucket: 64
     /// less the bits of the bucket count.
     shift: u32,
@@ -66,20 +68,27 @@ pub struct KeyIndex {
     dropped: usize,
 }
 
-/// A bucket: what it holds, in 32 bytes (the key's hash is not kept: a
-/// probe compares keys, and a rebuild hashes them again).
-type Bucket = Filed;
+impl<E> Default for KeyIndex<E> {
+    fn default() -> Self {
+        KeyIndex {
+            buckets: Vec::new(),
+            shift: 0,
+            len: 0,
+            dropped: 0,
+        }
+    }
+}
 
-/// What a bucket holds.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-enum Filed {
+/// What a bucket holds, in 32 bytes (the key's hash is not kept: a probe
+/// compares keys, and a rebuild hashes them again).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Filed<E> {
     /// Never a key since the table was built: a probe ends here.
-    #[default]
     Empty,
     /// A key that was dropped: a probe goes on past it (a key filed
     /// after it may lie beyond), and a new key may take it.
     Dropped,
-    Key(Value, KeyEntry),
+    Key(Value, E),
 }
 
 /// The hash a key is filed under (see [`KeyIndex::hash`]).
@@ -87,15 +96,8 @@ enum Filed {
 pub struct KeyHash(u64);
 
 impl KeyHash {
-    /// The hash's bits.
-    pub fn get(self) -> u64 {
-        self.0
-    }
-}
-
-impl KeyIndex {
     /// The hash of `key`, to look it up and to ask for its bucket.
-    pub fn hash(key: &Value) -> KeyHash {
+    pub fn of(key: &Value) -> KeyHash {
         let mut hasher = FxHasher::default();
         key.hash(&mut hasher);
         // Fibonacci hashing: the bucket comes from the product's high
@@ -103,6 +105,18 @@ impl KeyIndex {
         KeyHash(hasher.finish().wrapping_mul(0x9e37_79b9_7f4a_7c15))
     }
 
+    /// A hash [`KeyHash::of`] gave, from its bits.
+    pub fn from_bits(bits: u64) -> KeyHash {
+        KeyHash(bits)
+    }
+
+    /// The hash's bits.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl<E: Copy> KeyIndex<E> {
     /// Number of keys held.
     pub fn len(&self) -> usize {
         self.len
@@ -118,6 +132,12 @@ impl KeyIndex {
         std::mem::size_of_val(self.buckets.as_slice())
     }
 
+    /// Whether the table is small enough to stay in cache: then asking
+    /// for its buckets ([`KeyIndex::prefetch`]) only costs instructions.
+    pub fn stays_in_cache(&self) -> bool {
+        self.table_bytes() < SMALL_TABLE_BYTES
+    }
+
     /// Asks for the bucket a lookup of `hash` reads first.
     #[inline]
     pub fn prefetch(&self, hash: KeyHash) {
@@ -128,7 +148,16 @@ impl KeyIndex {
 
     /// The entry of `key` (whose hash is `hash`), if held.
     #[inline]
-    pub fn get(&self, hash: KeyHash, key: &Value) -> Option<KeyEntry> {
+    pub fn get(&self, hash: KeyHash, key: &Value) -> Option<E> {
+        match self.buckets.get(self.find(hash, key)?) {
+            Some(Filed::Key(_, entry)) => Some(*entry),
+            _ => None,
+        }
+    }
+
+    /// The bucket holding `key`, if held.
+    #[inline]
+    fn find(&self, hash: KeyHash, key: &Value) -> Option<usize> {
         if self.buckets.is_empty() {
             return None;
         }
@@ -136,7 +165,7 @@ impl KeyIndex {
         let mut index = self.home(hash);
         loop {
             match &self.buckets[index] {
-                Filed::Key(held, entry) if held == key => return Some(*entry),
+                Filed::Key(held, _) if held == key => return Some(index),
                 Filed::Empty => return None,
                 _ => {}
             }
@@ -146,15 +175,11 @@ impl KeyIndex {
 
     /// Files `key` (not held) with `entry`.
     #[inline]
-    pub fn insert(&mut self, hash: KeyHash, key: Value, entry: KeyEntry) {
+    pub fn insert(&mut self, hash: KeyHash, key: Value, entry: E) {
         // A table that stays in cache is kept at most a quarter full, so
         // that a probe compares fewer keys; a larger one half full, as
         // each bucket it adds is another miss's worth of memory.
-        let fill = if self.table_bytes() < SMALL_TABLE_BYTES {
-            4
-        } else {
-            2
-        };
+        let fill = if self.stays_in_cache() { 4 } else { 2 };
         if (self.len + self.dropped + 1) * fill > self.buckets.len() {
             // Full of dropped keys rather than held ones: the same size,
             // without them, will do.
@@ -170,18 +195,31 @@ impl KeyIndex {
     }
 
     /// Keeps the keys for which `keep` holds, dropping the others.
-    pub fn retain(&mut self, mut keep: impl FnMut(&Value, &KeyEntry) -> bool) {
-        for bucket in &mut self.buckets {
-            if let Filed::Key(key, entry) = bucket
+    pub fn retain(&mut self, mut keep: impl FnMut(&Value, &E) -> bool) {
+        for index in 0..self.buckets.len() {
+            if let Filed::Key(key, entry) = &self.buckets[index]
                 && !keep(key, entry)
             {
-                // Marked, not emptied: it may sit inside another key's
-                // probe run.
-                *bucket = Filed::Dropped;
-                self.len -= 1;
-                self.dropped += 1;
+                self.drop_bucket(index);
             }
         }
+    }
+
+    /// Drops `key` (whose hash is `hash`) if held, and returns its entry.
+    pub fn remove(&mut self, hash: KeyHash, key: &Value) -> Option<E> {
+        let index = self.find(hash, key)?;
+        let Filed::Key(_, entry) = self.buckets[index] else {
+            return None;
+        };
+        self.drop_bucket(index);
+        Some(entry)
+    }
+
+    fn drop_bucket(&mut self, index: usize) {
+        // Marked, not emptied: it may sit inside another key's probe run.
+        self.buckets[index] = Filed::Dropped;
+        self.len -= 1;
+        self.dropped += 1;
     }
 
     /// The bucket a probe for `hash` starts at (the table is not empty).
@@ -192,7 +230,7 @@ impl KeyIndex {
 
     /// Files a key not held in the first bucket of its probe that holds
     /// none.
-    fn place(&mut self, hash: KeyHash, key: Value, entry: KeyEntry) {
+    fn place(&mut self, hash: KeyHash, key: Value, entry: E) {
         let mask = self.buckets.len() - 1;
         let mut index = self.home(hash);
         while let Filed::Key(..) = self.buckets[index] {
@@ -210,13 +248,13 @@ impl KeyIndex {
         self.dropped = 0;
         let old = std::mem::replace(
             &mut self.buckets,
-            std::iter::repeat_with(Bucket::default)
+            std::iter::repeat_with(|| Filed::Empty)
                 .take(buckets)
                 .collect(),
         );
         for bucket in old {
             if let Filed::Key(key, entry) = bucket {
-                self.place(Self::hash(&key), key, entry);
+                self.place(KeyHash::of(&key), key, entry);
             }
         }
     }
@@ -237,17 +275,40 @@ mod tests {
     /// A bucket is half a cache line, so none straddles two.
     #[test]
     fn a_bucket_is_32_bytes() {
-        assert_eq!(std::mem::size_of::<Bucket>(), 32);
+        assert_eq!(std::mem::size_of::<Filed<KeyEntry>>(), 32);
+        assert_eq!(std::mem::size_of::<Filed<u32>>(), 32);
+    }
+
+    /// A removed key is no longer found, and keys filed past its bucket
+    /// still are.
+    #[test]
+    fn a_removed_key_leaves_the_others_found() {
+        let mut index = KeyIndex::<u32>::default();
+        for number in 0..100 {
+            index.insert(KeyHash::of(&key(number)), key(number), number as u32);
+        }
+        for number in (0..100).step_by(2) {
+            assert_eq!(
+                index.remove(KeyHash::of(&key(number)), &key(number)),
+                Some(number as u32)
+            );
+        }
+        assert_eq!(index.remove(KeyHash::of(&key(0)), &key(0)), None);
+        assert_eq!(index.len(), 50);
+        for number in 0..100 {
+            let expected = (number % 2 == 1).then_some(number as u32);
+            assert_eq!(index.get(KeyHash::of(&key(number)), &key(number)), expected);
+        }
     }
 
     /// Keys are found after the table grows and after others around them
     /// are dropped; dropped and never-filed keys are not.
     #[test]
     fn keys_are_found_through_growth_and_removal() {
-        let mut index = KeyIndex::default();
-        assert_eq!(index.get(KeyIndex::hash(&key(0)), &key(0)), None);
+        let mut index = KeyIndex::<KeyEntry>::default();
+        assert_eq!(index.get(KeyHash::of(&key(0)), &key(0)), None);
         for number in 0..1000 {
-            index.insert(KeyIndex::hash(&key(number)), key(number), entry(number));
+            index.insert(KeyHash::of(&key(number)), key(number), entry(number));
         }
         assert_eq!(index.len(), 1000);
         index.retain(|_, entry| entry.slot() % 3 != 0);
@@ -255,7 +316,7 @@ mod tests {
         // New keys take dropped buckets, and the table is filed again once
         // dropped and held keys fill half of it.
         for number in 1000..1500 {
-            index.insert(KeyIndex::hash(&key(number)), key(number), entry(number));
+            index.insert(KeyHash::of(&key(number)), key(number), entry(number));
         }
         index.retain(|_, entry| entry.slot() < 1200);
         assert_eq!(index.len(), 866);
@@ -263,7 +324,7 @@ mod tests {
             let expected =
                 (number < 1200 && (number >= 1000 || number % 3 != 0)).then(|| entry(number));
             assert_eq!(
-                index.get(KeyIndex::hash(&key(number)), &key(number)),
+                index.get(KeyHash::of(&key(number)), &key(number)),
                 expected,
                 "key {number}"
             );
@@ -273,11 +334,11 @@ mod tests {
     /// Keys of different types that hash alike are told apart by the key.
     #[test]
     fn a_matching_hash_is_not_taken_for_the_key() {
-        let mut index = KeyIndex::default();
+        let mut index = KeyIndex::<KeyEntry>::default();
         let (text, number) = (Value::Str("7".into()), Value::I64(7));
-        index.insert(KeyIndex::hash(&text), text.clone(), entry(1));
+        index.insert(KeyHash::of(&text), text.clone(), entry(1));
         // Filed under the text's hash, the number is still another key.
-        assert_eq!(index.get(KeyIndex::hash(&text), &number), None);
-        assert_eq!(index.get(KeyIndex::hash(&text), &text), Some(entry(1)));
+        assert_eq!(index.get(KeyHash::of(&text), &number), None);
+        assert_eq!(index.get(KeyHash::of(&text), &text), Some(entry(1)));
     }
 }

@@ -211,11 +211,11 @@ impl StageState {
             hashes.clear();
             hashes.extend(
                 rows.iter()
-                    .map(|row| KeyIndex::hash(&row.values[plan.key_slot])),
+                    .map(|row| KeyHash::of(&row.values[plan.key_slot])),
             );
             // Like the headers (see `read_ahead`), buckets that stay in
             // cache anyway are not asked for.
-            if self.keys.table_bytes() > HEADERS_CACHED_BYTES {
+            if !self.keys.stays_in_cache() {
                 for hash in &hashes {
                     self.keys.prefetch(*hash);
                 }
@@ -347,7 +347,7 @@ impl StageState {
                 evicted.push(entry.slot());
                 if let Some(changes) = key_changes {
                     changes.forgotten.push(ClaimedKey {
-                        hash: KeyIndex::hash(key).get(),
+                        hash: KeyHash::of(key).get(),
                         key: key.clone(),
                         partition: entry.partition,
                     });

@@ -75,23 +75,23 @@ fn route_by_key(key_slot: usize) -> Exchange<Row, impl FnMut(&Row) -> u64 + 'sta
 /// releases those it forgot; a key another partition holds stops the run.
 fn claim_keys(state: &mut StageState, stage: &StagePlan, shared: &Shared) -> bool {
     let changes = state.take_key_changes();
-    for (started, offset) in &changes.started {
-        if let Err(first) = shared.key_claims.claim(started) {
-            shared.abort(Error::KeyInTwoPartitions {
-                field: stage.key_name.clone(),
-                key: crate::features::render_key(&started.key),
-                first,
-                second: started.partition,
-                offset: *offset,
-            });
-            return false;
-        }
+    let claimed = shared
+        .key_claims
+        .claim_all(changes.started.iter().map(|(started, _)| started));
+    if let Err(refused) = claimed {
+        let (started, offset) = &changes.started[refused.position];
+        shared.abort(Error::KeyInTwoPartitions {
+            field: stage.key_name.clone(),
+            key: crate::features::render_key(&started.key),
+            first: refused.holder,
+            second: started.partition,
+            offset: *offset,
+        });
+        return false;
     }
     // After the claims: keys are forgotten only at the end of a batch, so
     // a key both started and forgotten in it must end unclaimed.
-    for forgotten in &changes.forgotten {
-        shared.key_claims.release(forgotten);
-    }
+    shared.key_claims.release_all(&changes.forgotten);
     true
 }
 
@@ -218,7 +218,7 @@ fn buffer_rows(buffer: &mut ReorderBuffer, rows: &mut Vec<Row>, arrival: i64, sh
 mod tests {
     use super::*;
     use crate::features::claims::ClaimedKey;
-    use crate::features::keys::KeyIndex;
+    use crate::features::keys::KeyHash;
     use crate::spec::SpecSource;
     use tideflow_connectors::Value;
 
@@ -273,7 +273,7 @@ dead_letters = { type = "null" }
         let claimed = |key: &str| {
             let key = Value::Str(key.into());
             ClaimedKey {
-                hash: KeyIndex::hash(&key).get(),
+                hash: KeyHash::of(&key).get(),
                 key,
                 partition: 1,
             }
