@@ -1,10 +1,12 @@
 //! Shared by the benchmark programs: running a spec text and timing it.
 #![allow(dead_code)]
 
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use tideflow::dataflow::{RunOptions, run};
 use tideflow::run::Summary;
 use tideflow::spec::SpecSource;
+use tideflow_connectors::generator::GeneratorConfig;
 
 /// The repository root: as cargo says when it runs the benchmark (read at
 /// run time, since a target directory shared between clones may hold a
@@ -21,6 +23,18 @@ pub fn root() -> std::path::PathBuf {
 /// and benches/scaling.rs).
 pub fn feature_spec() -> String {
     format!("{PIPELINE_HEAD}{FOUR_FEATURES}{PIPELINE_TAIL}")
+}
+
+/// The generator of [`feature_spec`] with `users` keys and `events`
+/// records, for the hand-written loop to read the same records.
+pub fn feature_generator(users: u64, events: u64) -> GeneratorConfig {
+    GeneratorConfig {
+        users,
+        count: Some(events),
+        partitions: 4,
+        spacing_ms: 5.0,
+        ..GeneratorConfig::default()
+    }
 }
 
 /// The same workload without its features: what the rest of the engine
@@ -74,6 +88,105 @@ type = "null"
 [dead_letters]
 type = "null"
 "#;
+
+/// Per-user state of the hand-written loop: one deque per window length.
+#[derive(Default)]
+struct UserWindows {
+    hour: VecDeque<(i64, f64)>,
+    hour_sum: f64,
+    hour_max: VecDeque<(i64, f64)>,
+    ten_minutes: VecDeque<i64>,
+    day: VecDeque<(i64, f64)>,
+    day_sum: f64,
+}
+
+/// The feature workload's four features computed by hand, one record at
+/// a time: the baseline the engine is measured against. Returns a
+/// checksum of the features, so that no work can be left out.
+pub fn hand_written_loop(config: &GeneratorConfig) -> f64 {
+    let mut users: HashMap<u64, UserWindows> = HashMap::new();
+    let mut checksum = 0.0;
+    let per_partition = config
+        .count
+        .unwrap_or(0)
+        .div_ceil(u64::from(config.partitions));
+    for offset in 0..per_partition {
+        for partition in 0..config.partitions {
+            if config
+                .partition_count(partition)
+                .is_some_and(|count| offset >= count)
+            {
+                continue;
+            }
+            let (user, _merchant, amount, time) = config.record(partition, offset);
+            let state = users.entry(user).or_default();
+            state.hour.push_back((time, amount));
+            state.hour_sum += amount;
+            while state
+                .hour
+                .front()
+                .is_some_and(|(t, _)| *t <= time - 3_600_000)
+            {
+                state.hour_sum -= state.hour.pop_front().map_or(0.0, |(_, a)| a);
+            }
+            while state.hour_max.back().is_some_and(|(_, a)| *a <= amount) {
+                state.hour_max.pop_back();
+            }
+            state.hour_max.push_back((time, amount));
+            while state
+                .hour_max
+                .front()
+                .is_some_and(|(t, _)| *t <= time - 3_600_000)
+            {
+                state.hour_max.pop_front();
+            }
+            state.ten_minutes.push_back(time);
+            while state
+                .ten_minutes
+                .front()
+                .is_some_and(|t| *t <= time - 600_000)
+            {
+                state.ten_minutes.pop_front();
+            }
+            state.day.push_back((time, amount));
+            state.day_sum += amount;
+            while state
+                .day
+                .front()
+                .is_some_and(|(t, _)| *t <= time - 86_400_000)
+            {
+                state.day_sum -= state.day.pop_front().map_or(0.0, |(_, a)| a);
+            }
+            let max = state.hour_max.front().map_or(0.0, |(_, a)| *a);
+            checksum += state.hour_sum
+                + state.ten_minutes.len() as f64
+                + state.day_sum / state.day.len() as f64
+                + max;
+        }
+    }
+    checksum
+}
+
+/// The time [`hand_written_loop`] takes alone.
+pub fn one_loop(config: &GeneratorConfig) -> Duration {
+    let started = Instant::now();
+    std::hint::black_box(hand_written_loop(config));
+    started.elapsed()
+}
+
+/// Runs the loop twice at once, on two threads; returns the time both
+/// took (each did the whole loop's work). Against [`one_loop`], what this
+/// machine gives a second thread at the moment: near 1 when it runs two
+/// threads as well as one.
+pub fn two_loops_at_once(config: &GeneratorConfig) -> Duration {
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| std::hint::black_box(hand_written_loop(config)));
+        std::hint::black_box(hand_written_loop(config));
+        let _ = other.join();
+    });
+    started.elapsed()
+}
 
 /// Runs a spec given as text and returns its summary and wall time.
 pub fn run_spec(text: &str, overrides: &[String], workers: usize) -> (Summary, Duration) {

@@ -24,9 +24,7 @@
 //! Run: `cargo bench --bench features -- --events 2000000`
 
 use clap::Parser;
-use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
-use tideflow_connectors::generator::GeneratorConfig;
+use std::time::Duration;
 
 #[path = "common.rs"]
 mod common;
@@ -48,93 +46,6 @@ struct Args {
     bench: bool,
 }
 
-/// Per-user state of the hand-written loop: one deque per window length.
-#[derive(Default)]
-struct UserWindows {
-    hour: VecDeque<(i64, f64)>,
-    hour_sum: f64,
-    hour_max: VecDeque<(i64, f64)>,
-    ten_minutes: VecDeque<i64>,
-    day: VecDeque<(i64, f64)>,
-    day_sum: f64,
-}
-
-fn hand_written_loop(config: &GeneratorConfig) -> f64 {
-    let mut users: HashMap<u64, UserWindows> = HashMap::new();
-    let mut checksum = 0.0;
-    let per_partition = config
-        .count
-        .unwrap_or(0)
-        .div_ceil(u64::from(config.partitions));
-    for offset in 0..per_partition {
-        for partition in 0..config.partitions {
-            if config
-                .partition_count(partition)
-                .is_some_and(|count| offset >= count)
-            {
-                continue;
-            }
-            let (user, _merchant, amount, time) = config.record(partition, offset);
-            let state = users.entry(user).or_default();
-            state.hour.push_back((time, amount));
-            state.hour_sum += amount;
-            while state
-                .hour
-                .front()
-                .is_some_and(|(t, _)| *t <= time - 3_600_000)
-            {
-                state.hour_sum -= state.hour.pop_front().map_or(0.0, |(_, a)| a);
-            }
-            while state.hour_max.back().is_some_and(|(_, a)| *a <= amount) {
-                state.hour_max.pop_back();
-            }
-            state.hour_max.push_back((time, amount));
-            while state
-                .hour_max
-                .front()
-                .is_some_and(|(t, _)| *t <= time - 3_600_000)
-            {
-                state.hour_max.pop_front();
-            }
-            state.ten_minutes.push_back(time);
-            while state
-                .ten_minutes
-                .front()
-                .is_some_and(|t| *t <= time - 600_000)
-            {
-                state.ten_minutes.pop_front();
-            }
-            state.day.push_back((time, amount));
-            state.day_sum += amount;
-            while state
-                .day
-                .front()
-                .is_some_and(|(t, _)| *t <= time - 86_400_000)
-            {
-                state.day_sum -= state.day.pop_front().map_or(0.0, |(_, a)| a);
-            }
-            let max = state.hour_max.front().map_or(0.0, |(_, a)| *a);
-            checksum += state.hour_sum
-                + state.ten_minutes.len() as f64
-                + state.day_sum / state.day.len() as f64
-                + max;
-        }
-    }
-    checksum
-}
-
-/// Runs the loop twice at once, on two threads; returns the time both
-/// took (each did the whole loop's work).
-fn two_loops_at_once(config: &GeneratorConfig) -> Duration {
-    let started = Instant::now();
-    std::thread::scope(|scope| {
-        let other = scope.spawn(|| std::hint::black_box(hand_written_loop(config)));
-        std::hint::black_box(hand_written_loop(config));
-        let _ = other.join();
-    });
-    started.elapsed()
-}
-
 fn main() {
     let args = Args::parse();
     println!(
@@ -154,13 +65,7 @@ fn main() {
         "noise"
     );
     for keys in &args.keys {
-        let config = GeneratorConfig {
-            users: *keys,
-            count: Some(args.events),
-            partitions: 4,
-            spacing_ms: 5.0,
-            ..GeneratorConfig::default()
-        };
+        let config = common::feature_generator(*keys, args.events);
         let overrides = vec![
             format!("source.users={keys}"),
             format!("source.count={}", args.events),
@@ -170,15 +75,11 @@ fn main() {
         let timings = common::timed_interleaved(
             args.repeats,
             &mut [
-                &mut || {
-                    let started = Instant::now();
-                    std::hint::black_box(hand_written_loop(&config));
-                    started.elapsed()
-                },
+                &mut || common::one_loop(&config),
                 &mut || engine(&features, 1),
                 &mut || engine(&features, 2),
                 &mut || engine(&pipeline, 1),
-                &mut || two_loops_at_once(&config),
+                &mut || common::two_loops_at_once(&config),
             ],
         );
         let rate = |elapsed: Duration| args.events as f64 / elapsed.as_secs_f64();

@@ -9,6 +9,14 @@
 //! when the workers started, so a cluster's connection set-up is left
 //! out), the best of `--repeats` rounds taken in turn.
 //!
+//! The same rounds time the features bench's hand-written loop alone and
+//! two copies of it at once, one per thread: what this machine gives a
+//! second thread while the bench runs (two virtual CPUs may share a core,
+//! its caches and memory with other work). The last line sets "vs 1
+//! worker" against twice that: near 1, two workers lose what two loops
+//! lose; above 1, they lose less (the loop is bound by memory, which two
+//! copies share).
+//!
 //! Run: `cargo bench --bench scaling -- --events 2000000`
 
 use clap::Parser;
@@ -82,15 +90,19 @@ fn main() {
     ];
     let events = args.events as f64;
     let as_time = |rate: f64| std::time::Duration::from_secs_f64(events / rate);
+    let generator = common::feature_generator(args.keys, args.events);
     let fastest = common::fastest_interleaved(
         args.repeats,
         &mut [
             &mut || as_time(in_process(&overrides, 1, args.events)),
             &mut || as_time(in_process(&overrides, 2, args.events)),
             &mut || as_time(launched(&overrides, 2, args.events)),
+            &mut || common::one_loop(&generator),
+            &mut || common::two_loops_at_once(&generator),
         ],
     );
-    let [one, threads, processes] = [0, 1, 2].map(|index| events / fastest[index].as_secs_f64());
+    let [one, threads, processes, one_loop, two_loops] =
+        [0, 1, 2, 3, 4].map(|index| events / fastest[index].as_secs_f64());
     println!(
         "scaling: {} events, {} keys, 4 window features, generator source, null sink",
         args.events, args.keys
@@ -109,5 +121,11 @@ fn main() {
     println!(
         "2 processes / 2 threads: {:.2} (processes exchange rows by key over TCP; the threads of one process keep each partition's rows on the worker that reads it)",
         processes / threads
+    );
+    // Each of the two loops did the whole workload.
+    let second_thread = two_loops / one_loop;
+    println!(
+        "2 loops at once, each / 1 loop alone: {second_thread:.2} (what the machine gives a second thread now); 2 workers / (1 worker x 2 x that): {:.2} (near 1: two workers lose what two loops lose)",
+        threads / (one * 2.0 * second_thread)
     );
 }
