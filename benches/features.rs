@@ -17,9 +17,11 @@
 //! each against the loop alone: near 1 when the machine runs two threads as
 //! well as one; well below it (two virtual CPUs sharing a core, or its
 //! caches, with other work), two workers lose that much per worker wherever
-//! they run, so "2w per w / loop" falls with it. "noise" is the largest
-//! median-to-best ratio among the row's measurements: near 1 when the
-//! machine was quiet; well above it, the ratios rest on lucky rounds.
+//! they run, so "2w per w / loop" falls with it. "2w per w / 2 loops" sets
+//! each of two workers against each of those two loops: both sides run two
+//! threads at once. "noise" is the largest median-to-best ratio among the
+//! row's measurements: near 1 when the machine was quiet; well above it,
+//! the ratios rest on lucky rounds.
 //!
 //! Run: `cargo bench --bench features -- --events 2000000`
 
@@ -53,7 +55,7 @@ fn main() {
         args.events
     );
     println!(
-        "{:>9} {:>14} {:>15} {:>17} {:>10} {:>16} {:>22} {:>16} {:>6}",
+        "{:>9} {:>14} {:>15} {:>17} {:>10} {:>16} {:>22} {:>16} {:>19} {:>6}",
         "keys",
         "loop events/s",
         "engine 1w ev/s",
@@ -62,6 +64,7 @@ fn main() {
         "2w per w / loop",
         "1w no features / loop",
         "2 loops at once",
+        "2w per w / 2 loops",
         "noise"
     );
     for keys in &args.keys {
@@ -91,11 +94,12 @@ fn main() {
             .map(common::Timings::spread)
             .fold(1.0, f64::max);
         println!(
-            "{keys:>9} {loop_rate:>14.0} {one_rate:>15.0} {two_rate:>17.0} {:>10.2} {:>16.2} {:>22.2} {:>16.2} {noise:>6.2}",
+            "{keys:>9} {loop_rate:>14.0} {one_rate:>15.0} {two_rate:>17.0} {:>10.2} {:>16.2} {:>22.2} {:>16.2} {:>19.2} {noise:>6.2}",
             one_rate / loop_rate,
             two_rate / loop_rate,
             pipeline_rate / loop_rate,
-            pair_rate / loop_rate
+            pair_rate / loop_rate,
+            two_rate / pair_rate
         );
     }
 }
