@@ -44,7 +44,7 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
         /// Processes in the cluster (each started with its own --process).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = at_least_one)]
         processes: usize,
         /// This process's index in the cluster, 0..processes.
         #[arg(long, default_value_t = 0)]
@@ -60,7 +60,7 @@ enum Command {
         /// The dataflow spec (TOML).
         spec: PathBuf,
         /// Processes to start.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 2, value_parser = at_least_one)]
         processes: usize,
         #[command(flatten)]
         run: RunArgs,
@@ -123,7 +123,7 @@ enum Command {
         #[arg(long, default_value_t = 2_000.0)]
         rate: f64,
         /// Worker threads.
-        #[arg(long, short, default_value_t = 2)]
+        #[arg(long, short, default_value_t = 2, value_parser = at_least_one)]
         workers: usize,
         /// Output directory.
         #[arg(long, default_value = "out/demo")]
@@ -241,7 +241,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     /// Worker threads (per process).
-    #[arg(long, short, default_value_t = 1)]
+    #[arg(long, short, default_value_t = 1, value_parser = at_least_one)]
     workers: usize,
     /// Override a spec value: KEY=VALUE with a dotted key, array items by
     /// index (sink[0].path=/tmp/out/). May be repeated.
@@ -292,6 +292,16 @@ impl RunArgs {
             }
         }
         args
+    }
+}
+
+/// A count of workers or processes: a whole number, at least 1 (rather
+/// than a run that quietly takes 0 for 1, or asks for a hosts file).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(count) => Ok(count),
+        Err(_) => Err(format!("'{text}' is not a whole number")),
     }
 }
 
@@ -444,4 +454,38 @@ fn demo(options: &DemoOptions) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Zero workers or processes is refused with the reason, by every
+    /// command that takes them.
+    #[test]
+    fn counts_of_workers_and_processes_start_at_one() {
+        let refused = [
+            vec!["run", "x.toml", "--workers", "0"],
+            vec!["run", "x.toml", "--processes", "0"],
+            vec!["launch", "x.toml", "--processes", "0"],
+            vec!["launch", "x.toml", "-w", "0"],
+            vec!["demo", "--workers", "0"],
+        ];
+        for args in refused {
+            let error = Cli::try_parse_from(std::iter::once("tideflow").chain(args.clone()))
+                .expect_err("zero is refused");
+            assert!(
+                error.to_string().contains("must be at least 1"),
+                "{args:?}: {error}"
+            );
+        }
+        let error = Cli::try_parse_from(["tideflow", "run", "x.toml", "--workers", "two"])
+            .expect_err("a word is refused");
+        assert!(
+            error.to_string().contains("'two' is not a whole number"),
+            "{error}"
+        );
+        let parsed = Cli::try_parse_from(["tideflow", "run", "x.toml", "--workers", "3"]);
+        assert!(parsed.is_ok(), "{parsed:?}");
+    }
 }
