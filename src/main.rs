@@ -295,6 +295,14 @@ impl RunArgs {
     }
 }
 
+/// `count` things, the noun in the singular for one.
+fn counted(count: usize, noun: &str) -> String {
+    match count {
+        1 => format!("1 {noun}"),
+        _ => format!("{count} {noun}s"),
+    }
+}
+
 /// A count of workers or processes: a whole number, at least 1 (rather
 /// than a run that quietly takes 0 for 1, or asks for a hosts file).
 fn at_least_one(text: &str) -> Result<usize, String> {
@@ -386,10 +394,10 @@ fn check(spec: &Path, overrides: &[String]) -> anyhow::Result<()> {
     let model = prepare_model(&mut plan)?;
     println!("{}: ok", spec.display());
     println!(
-        "  {} fields, {} stages, {} expressions",
-        plan.field_count,
-        plan.stages.len(),
-        plan.expressions.len()
+        "  {}, {}, {}",
+        counted(plan.field_count, "field"),
+        counted(plan.stages.len(), "stage"),
+        counted(plan.expressions.len(), "expression")
     );
     for stage in &plan.stages {
         let order = if stage.source_keyed {
@@ -487,5 +495,12 @@ mod tests {
         );
         let parsed = Cli::try_parse_from(["tideflow", "run", "x.toml", "--workers", "3"]);
         assert!(parsed.is_ok(), "{parsed:?}");
+    }
+
+    #[test]
+    fn counts_name_one_thing_in_the_singular() {
+        assert_eq!(counted(1, "stage"), "1 stage");
+        assert_eq!(counted(0, "expression"), "0 expressions");
+        assert_eq!(counted(3, "field"), "3 fields");
     }
 }
