@@ -368,12 +368,15 @@ impl std::fmt::Display for Summary {
                 }
             )?;
         }
+        let batches = match counts.batches {
+            1 => "1 batch".to_owned(),
+            count => format!("{count} batches"),
+        };
         writeln!(
             f,
-            "  {:.2} s, {:.0} records/s, {workers}; {} batches (mean {:.0} rows, max {})",
+            "  {:.2} s, {:.0} records/s, {workers}; {batches} (mean {:.0} rows, max {})",
             seconds,
             counts.records_in as f64 / seconds,
-            counts.batches,
             scored as f64 / counts.batches.max(1) as f64,
             counts.max_batch
         )?;
