@@ -91,7 +91,7 @@ enum Filed<E> {
     Key(Value, E),
 }
 
-/// The hash a key is filed under (see [`KeyIndex::hash`]).
+/// The hash a key is filed under (see [`KeyHash::of`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyHash(u64);
 
