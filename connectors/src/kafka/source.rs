@@ -123,12 +123,10 @@ pub fn open_partitions(
             EndPosition::Now => ReaderEnd::Offset(high),
             EndPosition::Time(ms) => ReaderEnd::Time(ms),
         };
-        let nothing_to_read = matches!(end, ReaderEnd::Offset(end) if start >= end);
-        let read_from = if config.warm_up && !nothing_to_read {
-            low
-        } else {
-            start
-        };
+        // Replayed even when the run has nothing to read from it after
+        // the start: features keyed by another field than the source key
+        // take their windows' records from every partition.
+        let read_from = if config.warm_up { low } else { start };
         if read_from < start {
             eprintln!(
                 "tideflow: replaying {topic} partition {partition} offsets {read_from}..{start} to rebuild window state (source.warm_up)"
@@ -154,7 +152,8 @@ pub fn open_partitions(
                 message: "librdkafka has no queue for this partition".into(),
             });
         };
-        let finished = matches!(end, ReaderEnd::Offset(end) if start >= end);
+        // Finished only once the replay too is done.
+        let finished = matches!(end, ReaderEnd::Offset(end) if read_from >= end);
         readers.push(KafkaPartitionReader {
             index,
             topic: topic.to_owned(),
