@@ -120,15 +120,13 @@ pub fn hand_written_loop(config: &GeneratorConfig) -> f64 {
             }
             let (user, _merchant, amount, time) = config.record(partition, offset);
             let state = users.entry(user).or_default();
-            state.hour.push_back((time, amount));
-            state.hour_sum += amount;
-            while state
-                .hour
-                .front()
-                .is_some_and(|(t, _)| *t <= time - 3_600_000)
-            {
-                state.hour_sum -= state.hour.pop_front().map_or(0.0, |(_, a)| a);
-            }
+            slide_sum(
+                &mut state.hour,
+                &mut state.hour_sum,
+                time,
+                amount,
+                3_600_000,
+            );
             while state.hour_max.back().is_some_and(|(_, a)| *a <= amount) {
                 state.hour_max.pop_back();
             }
@@ -148,15 +146,7 @@ pub fn hand_written_loop(config: &GeneratorConfig) -> f64 {
             {
                 state.ten_minutes.pop_front();
             }
-            state.day.push_back((time, amount));
-            state.day_sum += amount;
-            while state
-                .day
-                .front()
-                .is_some_and(|(t, _)| *t <= time - 86_400_000)
-            {
-                state.day_sum -= state.day.pop_front().map_or(0.0, |(_, a)| a);
-            }
+            slide_sum(&mut state.day, &mut state.day_sum, time, amount, 86_400_000);
             let max = state.hour_max.front().map_or(0.0, |(_, a)| *a);
             checksum += state.hour_sum
                 + state.ten_minutes.len() as f64
@@ -165,6 +155,23 @@ pub fn hand_written_loop(config: &GeneratorConfig) -> f64 {
         }
     }
     checksum
+}
+
+/// Adds `(time, amount)` to a window of length `window_ms` kept with its
+/// running sum, and drops what the window has slid past.
+#[inline]
+fn slide_sum(
+    entries: &mut VecDeque<(i64, f64)>,
+    sum: &mut f64,
+    time: i64,
+    amount: f64,
+    window_ms: i64,
+) {
+    entries.push_back((time, amount));
+    *sum += amount;
+    while entries.front().is_some_and(|(t, _)| *t <= time - window_ms) {
+        *sum -= entries.pop_front().map_or(0.0, |(_, a)| a);
+    }
 }
 
 /// The time [`hand_written_loop`] takes alone.
