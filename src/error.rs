@@ -76,6 +76,14 @@ pub enum Error {
     /// The metrics endpoint cannot be served.
     #[error("metrics: {0}")]
     Metrics(String),
+    /// A checkpoint cannot be written, or one found cannot be read.
+    #[error("checkpoint {location}: {message}")]
+    Checkpoint {
+        /// The checkpoint directory or file.
+        location: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
 }
 
 impl Error {

@@ -11,6 +11,7 @@
 pub mod batch;
 pub mod batching;
 mod cache;
+pub mod checkpoint;
 pub mod cluster;
 pub mod commit;
 pub mod dataflow;

@@ -9,6 +9,7 @@
 //! [`crate::operators`] only feed it rows.
 
 pub mod claims;
+pub mod exact;
 pub mod expr;
 pub mod keys;
 pub mod numbers;
@@ -319,7 +320,7 @@ impl StageState {
     /// partition's newest time (offset-ordered stages, where a key lives in
     /// one partition) or the stage's newest time (event-time-ordered stages,
     /// whose rows arrive in event-time order).
-    fn evict_idle_keys(&mut self, plan: &StagePlan, bound_ms: i64) {
+    pub fn evict_idle_keys(&mut self, plan: &StagePlan, bound_ms: i64) {
         let Some(longest) = longest_finite_window(plan) else {
             return;
         };

@@ -11,6 +11,7 @@
 //! are added and removed in the same order, so every result is the same to
 //! the bit.
 
+use super::exact::ExactSum;
 use super::window::{Agg, Running, Spread, WindowMs, aggregate_number, push_extreme};
 use crate::batch::Cells;
 use crate::cache;
@@ -323,12 +324,12 @@ struct KeyNumbers<'state> {
     extremes: &'state mut [Extremes],
 }
 
-/// A running aggregate over one column and window: the count and sum
-/// every group keeps. What few groups need beyond them lives apart, in
+/// A running aggregate over one column and window: the count and exact
+/// sum every group keeps. What few groups need beyond them lives apart, in
 /// [`GroupExtras`], so that a key's groups share a cache line or two.
 ///
-/// The arithmetic is [`Running`]'s, step for step, so that results are
-/// the same to the bit as those of [`super::window`].
+/// The sums are exact ([`ExactSum`]), so results are the same to the bit
+/// as those of [`super::window`] and of any other history of the window.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct WindowGroup {
     /// Finite windows: ring index of the first record inside
@@ -337,7 +338,7 @@ struct WindowGroup {
     /// Non-null samples aggregated: finite windows, from `start` on;
     /// lifetime, every one ever added.
     count: u64,
-    sum: f64,
+    sum: ExactSum,
 }
 
 /// The rest of a group's aggregate, for groups that keep squares (`std`)
@@ -357,7 +358,7 @@ impl WindowGroup {
         let first = self.count == 0;
         self.count += 1;
         if keeps.keeps_more(Agg::Count) {
-            self.sum += number;
+            self.sum.add(number);
         }
         first
     }
@@ -368,11 +369,11 @@ impl WindowGroup {
     fn remove(&mut self, keeps: Agg, number: f64) -> bool {
         self.count -= 1;
         if self.count == 0 {
-            // Start again from exact zeros, so rounding left by subtraction
-            // does not outlive the records that caused it.
-            self.sum = 0.0;
+            // The sum is exactly zero again; clearing gives up any heap
+            // form it took.
+            self.sum.clear();
         } else if keeps.keeps_more(Agg::Count) {
-            self.sum -= number;
+            self.sum.remove(number);
         }
         self.count == 0
     }
@@ -384,7 +385,7 @@ impl WindowGroup {
         aggregate_number(
             agg,
             self.count,
-            self.sum,
+            &self.sum,
             extras.map(|extras| &extras.spread),
         )
     }
@@ -394,26 +395,17 @@ impl GroupExtras {
     /// Adds a sample's square and, for min/max, its extreme (`first`: the
     /// group was empty before it).
     fn add(&mut self, keeps: Agg, number: f64, first: bool) {
-        if !keeps.keeps_more(Agg::Sum) {
-            return;
-        }
-        self.spread.sum_squares += number * number;
-        if keeps.keeps_more(Agg::Std) {
-            if first {
-                self.spread.min = f64::INFINITY;
-                self.spread.max = f64::NEG_INFINITY;
-            }
-            self.spread.min = self.spread.min.min(number);
-            self.spread.max = self.spread.max.max(number);
+        if keeps.keeps_more(Agg::Sum) {
+            self.spread.add(number, keeps.keeps_more(Agg::Std), first);
         }
     }
 
     /// Removes a sample's square (`emptied`: the group is now empty).
     fn remove(&mut self, keeps: Agg, number: f64, emptied: bool) {
         if emptied {
-            self.spread.sum_squares = 0.0;
+            self.spread.sum_squares.clear();
         } else if keeps.keeps_more(Agg::Sum) {
-            self.spread.sum_squares -= number * number;
+            self.spread.sum_squares.remove_square(number);
         }
     }
 }
@@ -464,7 +456,7 @@ impl KeyNumbers<'_> {
             };
             let column = &mut columns[feature.output];
             match (feature.agg, count) {
-                (_, Some(count)) => column.push_i64((count > 0).then_some(count as i64)),
+                (_, Some(count)) => column.push_i64(Some(count as i64)),
                 (Agg::Count, None) => column.push_i64(number.map(|count| count as i64)),
                 _ => column.push_f64(number),
             }
@@ -549,12 +541,10 @@ impl KeyNumbers<'_> {
                 } else if let (Some(number), Some(index)) =
                     (self.ring.sample(stride, 0, plan.column), plan.extras)
                 {
-                    let mut single = Running::default();
-                    single.add(plan.keeps, &number);
                     self.extras[index]
                         .settled
                         .get_or_insert_with(Default::default)
-                        .merge(plan.keeps, &single);
+                        .add(plan.keeps, &number);
                 }
             }
             self.ring.pop_front();

@@ -3,8 +3,12 @@
 //!
 //! For a record `r` at event time `t`, the aggregate covers the key's
 //! records that precede or equal `r` in the canonical order and whose event
-//! time lies in `(t - W, t]`; nulls are skipped and an empty aggregate is
-//! null. Records arrive in canonical order, and never more than the
+//! time lies in `(t - W, t]`; nulls are skipped. `count` and
+//! `distinct_count` of no value are 0, any other empty aggregate is null.
+//! Every value is a function of the records in the window alone: sums are
+//! exact until rounded once ([`super::exact`]), and min and max order
+//! values totally (`-0.0` below `0.0`, NaN above infinity), so ties and
+//! NaNs do not depend on the order records came in. Records arrive in canonical order, and never more than the
 //! out-of-orderness bound behind the key's newest event time (older ones are
 //! late and never reach this state), which bounds what must be kept: entries
 //! newer than `newest - W - bound`. In-order records (the common case) are
@@ -16,6 +20,7 @@
 //! keeps the features with state of their own: `distinct_count`, whose
 //! entries are values, and `prev` / `since_prev`.
 
+use super::exact::{ExactSum, variance};
 use crate::cache;
 use crate::schema::ColumnType;
 use rustc_hash::FxHashMap;
@@ -219,37 +224,75 @@ impl PreviousState {
 /// and the extremes.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(super) struct Spread {
-    pub(super) sum_squares: f64,
+    pub(super) sum_squares: ExactSum,
     pub(super) min: f64,
     pub(super) max: f64,
 }
 
-/// The value of numeric aggregation `agg` over `count` samples of sum
-/// `sum` (`count` as a float, exact below 2^53); `None` when there are
-/// none, or when `agg` reads a spread that was not kept.
+impl Spread {
+    /// Adds a sample's square and, when `extremes`, its extreme (`first`:
+    /// the aggregate was empty before it).
+    #[inline]
+    pub(super) fn add(&mut self, number: f64, extremes: bool, first: bool) {
+        self.sum_squares.add_square(number);
+        if !extremes {
+            return;
+        }
+        if first {
+            (self.min, self.max) = (number, number);
+        } else {
+            self.min = total_min(self.min, number);
+            self.max = total_max(self.max, number);
+        }
+    }
+}
+
+/// The lesser of two floats in IEEE total order (`-0.0` below `0.0`, NaN
+/// above infinity), so that the extreme of a multiset does not depend on
+/// the order it was seen in.
+#[inline]
+pub(super) fn total_min(kept: f64, number: f64) -> f64 {
+    if number.total_cmp(&kept).is_lt() {
+        number
+    } else {
+        kept
+    }
+}
+
+/// The greater of two floats in IEEE total order (see [`total_min`]).
+#[inline]
+pub(super) fn total_max(kept: f64, number: f64) -> f64 {
+    if number.total_cmp(&kept).is_gt() {
+        number
+    } else {
+        kept
+    }
+}
+
+/// The value of numeric aggregation `agg` over `count` samples of exact
+/// sum `sum` (`count` as a float, exact below 2^53); `None` when there
+/// are none (a count is 0), or when `agg` reads a spread that was not
+/// kept.
 #[inline]
 pub(super) fn aggregate_number(
     agg: Agg,
     count: u64,
-    sum: f64,
+    sum: &ExactSum,
     spread: Option<&Spread>,
 ) -> Option<f64> {
     if count == 0 {
-        return None;
+        return (agg == Agg::Count).then_some(0.0);
     }
     // Through a signed integer, which converts in one instruction (no
     // count reaches 2^63), to the same float.
     let n = count as i64 as f64;
     Some(match agg {
         Agg::Count => n,
-        Agg::Sum => sum,
-        Agg::Mean => sum / n,
+        Agg::Sum => sum.value(),
+        Agg::Mean => sum.value() / n,
         Agg::Min => spread?.min,
         Agg::Max => spread?.max,
-        Agg::Std => {
-            let variance = (spread?.sum_squares - sum * sum / n) / n;
-            variance.max(0.0).sqrt()
-        }
+        Agg::Std => variance(count, sum, &spread?.sum_squares).sqrt(),
         Agg::DistinctCount | Agg::Prev | Agg::SincePrev => return None,
     })
 }
@@ -259,12 +302,10 @@ pub(super) fn aggregate_number(
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(super) struct Running {
     pub(super) count: u64,
-    sum: f64,
-    sum_squares: f64,
-    /// Lifetime extremes (never shrink) or, for finite windows, rebuilt from
-    /// the monotonic deques.
-    min: f64,
-    max: f64,
+    sum: ExactSum,
+    /// Squares, and lifetime extremes (never shrink) or, for finite
+    /// windows, rebuilt from the monotonic deques.
+    spread: Spread,
     /// Value counts, for `distinct_count` only (boxed: most features have none).
     distinct: Option<Box<FxHashMap<Value, u32>>>,
 }
@@ -282,22 +323,11 @@ impl Running {
         match agg {
             Agg::DistinctCount => self.count_distinct(sample),
             Agg::Count | Agg::Prev | Agg::SincePrev => {}
-            Agg::Sum | Agg::Mean => self.sum += sample.number(),
-            Agg::Std => {
+            Agg::Sum | Agg::Mean => self.sum.add(sample.number()),
+            Agg::Std | Agg::Min | Agg::Max => {
                 let number = sample.number();
-                self.sum += number;
-                self.sum_squares += number * number;
-            }
-            Agg::Min | Agg::Max => {
-                if first {
-                    self.min = f64::INFINITY;
-                    self.max = f64::NEG_INFINITY;
-                }
-                let number = sample.number();
-                self.sum += number;
-                self.sum_squares += number * number;
-                self.min = self.min.min(number);
-                self.max = self.max.max(number);
+                self.sum.add(number);
+                self.spread.add(number, agg.tracks_extremes(), first);
             }
         }
     }
@@ -315,10 +345,10 @@ impl Running {
     pub(super) fn remove<S: Sample>(&mut self, agg: Agg, sample: &S) {
         self.count -= 1;
         if self.count == 0 {
-            // Start again from exact zeros, so rounding left by subtraction
-            // does not outlive the records that caused it.
-            self.sum = 0.0;
-            self.sum_squares = 0.0;
+            // The sums are exactly zero again; clearing gives up any heap
+            // form they took.
+            self.sum.clear();
+            self.spread.sum_squares.clear();
             if let Some(distinct) = &mut self.distinct {
                 distinct.clear();
             }
@@ -327,11 +357,11 @@ impl Running {
         match agg {
             Agg::DistinctCount => self.uncount_distinct(sample),
             Agg::Count | Agg::Prev | Agg::SincePrev => {}
-            Agg::Sum | Agg::Mean => self.sum -= sample.number(),
+            Agg::Sum | Agg::Mean => self.sum.remove(sample.number()),
             Agg::Std | Agg::Min | Agg::Max => {
                 let number = sample.number();
-                self.sum -= number;
-                self.sum_squares -= number * number;
+                self.sum.remove(number);
+                self.spread.sum_squares.remove_square(number);
             }
         }
     }
@@ -350,58 +380,21 @@ impl Running {
         }
     }
 
-    pub(super) fn merge(&mut self, agg: Agg, other: &Running) {
-        if other.count == 0 {
-            return;
-        }
-        if self.count == 0 {
-            *self = other.clone();
-            return;
-        }
-        self.count += other.count;
-        self.sum += other.sum;
-        self.sum_squares += other.sum_squares;
-        self.min = self.min.min(other.min);
-        self.max = self.max.max(other.max);
-        if agg == Agg::DistinctCount {
-            let distinct = self.distinct.get_or_insert_with(Default::default);
-            for (value, count) in other.distinct.iter().flat_map(|other| other.iter()) {
-                *distinct.entry(value.clone()).or_insert(0) += count;
-            }
-        }
-    }
-
     /// The result of a numeric aggregation (`count` as a float, exact
-    /// below 2^53), `None` when the aggregate is empty. Numbers go
-    /// straight into a column, never through a [`Value`].
+    /// below 2^53), `None` when the aggregate is empty (a count is 0).
+    /// Numbers go straight into a column, never through a [`Value`].
     pub(super) fn number(&self, agg: Agg) -> Option<f64> {
-        let spread = Spread {
-            sum_squares: self.sum_squares,
-            min: self.min,
-            max: self.max,
-        };
-        aggregate_number(agg, self.count, self.sum, Some(&spread))
+        aggregate_number(agg, self.count, &self.sum, Some(&self.spread))
     }
 
     pub(super) fn result(&self, agg: Agg) -> Value {
-        if self.count == 0 {
-            return Value::Null;
-        }
-        let n = self.count as f64;
         match agg {
             Agg::Count => Value::I64(self.count as i64),
-            Agg::Sum => Value::F64(self.sum),
-            Agg::Mean => Value::F64(self.sum / n),
-            Agg::Min => Value::F64(self.min),
-            Agg::Max => Value::F64(self.max),
-            Agg::Std => {
-                let variance = (self.sum_squares - self.sum * self.sum / n) / n;
-                Value::F64(variance.max(0.0).sqrt())
-            }
             Agg::DistinctCount => {
                 Value::I64(self.distinct.as_ref().map_or(0, |distinct| distinct.len()) as i64)
             }
             Agg::Prev | Agg::SincePrev => Value::Null,
+            _ => self.number(agg).map_or(Value::Null, Value::F64),
         }
     }
 }
@@ -535,11 +528,9 @@ impl<S: Sample> WindowState<S> {
             if entry.time > horizon {
                 break;
             }
-            let mut single = Running::default();
-            single.add(agg, &entry.value);
             self.settled
                 .get_or_insert_with(Default::default)
-                .merge(agg, &single);
+                .add(agg, &entry.value);
             self.entries.pop_front();
         }
     }
@@ -583,11 +574,14 @@ impl<S: Sample> WindowState<S> {
 
 /// Pushes onto a monotonic deque whose front is the window's min (or max).
 pub(super) fn push_extreme(extremes: &mut VecDeque<(i64, f64)>, agg: Agg, time: i64, number: f64) {
+    // In total order, so that among equal values (0.0 and -0.0 compare
+    // equal as numbers) the deque's front is the same whatever came first.
     let dominated = |kept: f64| {
+        let order = kept.total_cmp(&number);
         if agg == Agg::Min {
-            kept >= number
+            order.is_ge()
         } else {
-            kept <= number
+            order.is_le()
         }
     };
     while extremes.back().is_some_and(|(_, kept)| dominated(*kept)) {

@@ -1,0 +1,31 @@
+//! Checkpoints: operator state as bytes, and back.
+//!
+//! Every stateful operator keeps its state in plain structs that derive
+//! serde's traits (the feature stages' [`crate::features::StageState`]
+//! among them). A checkpoint stores them in postcard's compact binary
+//! form: no field names, integers as varints, so a key's record ring
+//! costs about what it holds. Restoring gives back state that computes
+//! exactly what the state it was taken from would have, which the oracle
+//! tests check at random points of random runs.
+
+use crate::{Error, Result};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The bytes of a piece of state.
+pub fn encode<T: Serialize>(state: &T) -> Vec<u8> {
+    // Serializing to a growable buffer fails only for types postcard
+    // cannot represent (maps or sequences of unknown length), which no
+    // state type is: a failure is a bug in the engine, not in the input.
+    postcard::to_stdvec(state).expect("engine state serializes")
+}
+
+/// A piece of state from bytes written by [`encode`].
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    postcard::from_bytes(bytes).map_err(|error| Error::Checkpoint {
+        location: "state".into(),
+        message: format!(
+            "{error}: the bytes are not state this version of tideflow wrote; restore from an older checkpoint or start without one"
+        ),
+    })
+}
