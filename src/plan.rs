@@ -459,7 +459,8 @@ impl Builder<'_> {
         self.field_count = field_count;
         let (time_slot, bound_ms, skew_ms) = self.time()?;
         let source = self.source()?;
-        let (stages, expressions) = self.features()?;
+        let (mut stages, expressions) = self.features()?;
+        self.key_ttl(&mut stages, bound_ms)?;
         let model = self.model()?;
         let batching = self.batching()?;
         if self.spec.sink.is_empty() {
@@ -804,6 +805,39 @@ impl Builder<'_> {
         Ok(slot)
     }
 
+    /// Sets `[state] key_ttl` on every stage, refusing one shorter than a
+    /// stage's longest window plus the out-of-orderness bound: a key that
+    /// expired could then still have records inside a later record's
+    /// window, and finite windows would change with the TTL.
+    fn key_ttl(&self, stages: &mut [StagePlan], bound_ms: i64) -> Result<(), SpecError> {
+        let Some(text) = &self.spec.state.key_ttl else {
+            return Ok(());
+        };
+        let ttl_ms = spec::parse_duration_ms(text)
+            .or_else(|message| self.fail(text, message, "write a duration such as \"30d\""))?;
+        for stage in stages.iter_mut() {
+            let longest = stage
+                .features
+                .iter()
+                .filter_map(|feature| feature.window)
+                .max()
+                .unwrap_or(0);
+            let needed = longest.saturating_add(bound_ms);
+            if ttl_ms < needed || ttl_ms <= 0 {
+                return self.fail(
+                    text,
+                    format!(
+                        "state.key_ttl {text} is shorter than the longest window of the features keyed by '{}' plus time.max_out_of_orderness ({needed} ms)",
+                        stage.key_name
+                    ),
+                    format!("set key_ttl to at least {needed} ms, or shorten the windows"),
+                );
+            }
+            stage.key_ttl_ms = Some(ttl_ms);
+        }
+        Ok(())
+    }
+
     fn features(&mut self) -> Result<(Vec<StagePlan>, Expressions), SpecError> {
         let source_key = self.spec.source.key().map(str::to_owned);
         let mut stages: Vec<StagePlan> = Vec::new();
@@ -832,6 +866,7 @@ impl Builder<'_> {
                             key_slot,
                             source_keyed,
                             features: vec![window_feature],
+                            key_ttl_ms: None,
                         }),
                     }
                     self.columns.push(Column {
@@ -1132,5 +1167,62 @@ fn parse_output_source(source: &str) -> Result<(String, Option<usize>), String> 
                 None => Err(format!("'{source}' is not output[index]")),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_with_state(state: &str) -> Result<Plan, SpecError> {
+        let text = format!(
+            r#"
+name = "t"
+[source]
+type = "generator"
+key = "user_id"
+[schema]
+user_id = "string"
+amount = "f64"
+ts = "timestamp_ms"
+[time]
+field = "ts"
+max_out_of_orderness = "5s"
+[[feature]]
+name = "amount_sum_1h"
+agg = "sum"
+field = "amount"
+window = "1h"
+[[feature]]
+name = "gap"
+agg = "since_prev"
+[[sink]]
+type = "null"
+{state}
+"#
+        );
+        let source = SpecSource {
+            file: "t.toml".into(),
+            text,
+            overrides: Vec::new(),
+        };
+        Plan::from_spec(&source.parse()?, &source)
+    }
+
+    #[test]
+    fn key_ttl_reaches_every_stage() {
+        let plan = plan_with_state("[state]\nkey_ttl = \"30d\"").unwrap();
+        assert_eq!(plan.stages[0].key_ttl_ms, Some(30 * 24 * 3_600_000));
+        assert_eq!(plan_with_state("").unwrap().stages[0].key_ttl_ms, None);
+    }
+
+    #[test]
+    fn a_key_ttl_shorter_than_a_window_and_the_bound_is_refused() {
+        // 1h + 5s is the least a key must be kept for the 1h sum to stay
+        // exact.
+        assert!(plan_with_state("[state]\nkey_ttl = \"3605s\"").is_ok());
+        let error = plan_with_state("[state]\nkey_ttl = \"1h\"").unwrap_err();
+        assert!(error.message.contains("keyed by 'user_id'"), "{error}");
+        assert!(error.hint.unwrap().contains("3605000 ms"));
     }
 }

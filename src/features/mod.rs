@@ -51,6 +51,9 @@ pub struct StagePlan {
     pub source_keyed: bool,
     /// The features, in spec order.
     pub features: Vec<WindowFeature>,
+    /// Event time (ms) without a record after which a key's state expires:
+    /// its next record starts it afresh. `None`: never.
+    pub key_ttl_ms: Option<i64>,
 }
 
 impl StagePlan {
@@ -227,6 +230,9 @@ impl StageState {
             }
             self.read_ahead(&slots);
             for (row, slot) in rows.iter().zip(&slots) {
+                if self.has_expired(plan, *slot, row.time) {
+                    self.reset_slot(plan, *slot);
+                }
                 let newest = self.newest[*slot].max(row.time);
                 self.newest[*slot] = newest;
                 self.numbers
@@ -245,6 +251,17 @@ impl StageState {
             self.evict_idle_keys(plan, bound_ms);
         }
         Ok(())
+    }
+
+    /// Whether the key in `slot` has gone `key_ttl` of event time without
+    /// a record before one at `time`: decided by the records alone, so the
+    /// same whenever sweeps for idle keys happen (a sweep forgets only keys
+    /// whose next record would find them expired).
+    #[inline]
+    fn has_expired(&self, plan: &StagePlan, slot: usize, time: i64) -> bool {
+        let newest = self.newest[slot];
+        plan.key_ttl_ms
+            .is_some_and(|ttl| newest != i64::MIN && time.saturating_sub(newest) >= ttl)
     }
 
     /// Asks for the state the rows of a chunk will touch, in two passes
@@ -310,10 +327,11 @@ impl StageState {
         self.stage_newest = self.stage_newest.max(time);
     }
 
-    /// Drops keys whose every window is empty and will stay empty: keeping
-    /// them would let memory grow with the number of keys ever seen rather
-    /// than with the windows. Only stages whose features all have finite
-    /// windows (no lifetime, `prev` or `since_prev`) can forget a key.
+    /// Drops keys whose every window is empty and will stay empty, or that
+    /// have expired (`key_ttl`): keeping them would let memory grow with
+    /// the number of keys ever seen rather than with the windows. A stage
+    /// with lifetime, `prev` or `since_prev` features forgets keys only
+    /// with a `key_ttl`.
     ///
     /// A key is idle when its newest record is more than the longest window
     /// plus the bound behind what any later record of it can carry: its
@@ -321,7 +339,7 @@ impl StageState {
     /// one partition) or the stage's newest time (event-time-ordered stages,
     /// whose rows arrive in event-time order).
     pub fn evict_idle_keys(&mut self, plan: &StagePlan, bound_ms: i64) {
-        let Some(longest) = longest_finite_window(plan) else {
+        let Some(longest) = longest_finite_window(plan).or(plan.key_ttl_ms) else {
             return;
         };
         let StageState {

@@ -43,6 +43,22 @@ pub struct Spec {
     pub sink: Vec<SinkSpec>,
     /// Where dead letters go; standard error if absent.
     pub dead_letters: Option<SinkSpec>,
+    /// How long feature state is kept.
+    #[serde(default)]
+    pub state: StateSpec,
+}
+
+/// `[state]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSpec {
+    /// How much event time may pass without a record of a key before the
+    /// key's state expires (a duration; default: never). A record that
+    /// comes `key_ttl` or more after its key's newest earlier record starts
+    /// the key afresh: lifetime aggregates count from it, `prev` and
+    /// `since_prev` are null. Must be at least the longest window plus
+    /// `max_out_of_orderness`, so that finite windows never notice.
+    pub key_ttl: Option<String>,
 }
 
 /// The source of records.

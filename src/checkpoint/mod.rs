@@ -1,4 +1,4 @@
-//! Checkpoints: operator state as bytes, and back.
+//! Checkpoints: operator state as bytes, and back, kept in storage.
 //!
 //! Every stateful operator keeps its state in plain structs that derive
 //! serde's traits (the feature stages' [`crate::features::StageState`]
@@ -7,6 +7,12 @@
 //! costs about what it holds. Restoring gives back state that computes
 //! exactly what the state it was taken from would have, which the oracle
 //! tests check at random points of random runs.
+
+pub mod storage;
+pub mod store;
+
+pub use storage::{LocalStorage, Storage};
+pub use store::{Checkpoint, CheckpointStore, Found, PartReceipt, Refusal};
 
 use crate::{Error, Result};
 use serde::Serialize;

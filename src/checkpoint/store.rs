@@ -1,0 +1,377 @@
+//! Checkpoints in storage: parts written by the workers, made one
+//! checkpoint by a manifest written last, checked whole before a restore.
+//!
+//! A checkpoint of epoch `E` is the objects under `checkpoints/E/`: one
+//! part per piece of state (each worker's operators, each process's
+//! sources and sinks), then `MANIFEST`, which lists every part with its
+//! length and CRC-32. Parts can come from several processes; whoever
+//! gathers their receipts commits the manifest. Until the manifest exists
+//! the checkpoint does not: a crash half way leaves parts that no restore
+//! reads and the next commit removes. A restore takes the newest
+//! checkpoint whose manifest and parts all check, and says why it refused
+//! any newer one (a torn write, a flipped bit, a missing part). Nothing is
+//! written twice: each checkpoint has its own epoch, and committing an
+//! epoch that exists is an error.
+
+use super::storage::Storage;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The layout of checkpoints this version writes and reads.
+const FORMAT: u32 = 1;
+
+/// Where checkpoints live within the storage.
+const PREFIX: &str = "checkpoints/";
+
+/// The name of the object that makes a checkpoint complete.
+const MANIFEST: &str = "MANIFEST";
+
+/// A part as written: its name within the checkpoint, its length and its
+/// checksum, for the manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartReceipt {
+    /// The part's name.
+    pub name: String,
+    /// Its length in bytes.
+    pub bytes: u64,
+    /// CRC-32 (IEEE) of its bytes.
+    pub crc32: u32,
+}
+
+/// What makes a checkpoint: its epoch and every part it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    format: u32,
+    epoch: u64,
+    parts: Vec<PartReceipt>,
+}
+
+/// A checkpoint read back whole, every part checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Its epoch.
+    pub epoch: u64,
+    /// Its parts by name.
+    pub parts: BTreeMap<String, Vec<u8>>,
+}
+
+/// A newer checkpoint a restore did not take, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The refused checkpoint's epoch.
+    pub epoch: u64,
+    /// What was wrong with it.
+    pub reason: String,
+}
+
+/// What a restore found: the newest sound checkpoint, if any, and the
+/// newer ones it refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Found {
+    /// The checkpoint to restore from; `None` for a first start.
+    pub checkpoint: Option<Checkpoint>,
+    /// Newer checkpoints that did not check, newest first.
+    pub refused: Vec<Refusal>,
+}
+
+/// The checkpoints of one dataflow in one storage.
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    storage: Arc<dyn Storage>,
+    /// Complete checkpoints kept after a commit (at least 1).
+    retain: usize,
+}
+
+fn epoch_prefix(epoch: u64) -> String {
+    // Zero-padded, so that listing order is epoch order.
+    format!("{PREFIX}{epoch:020}/")
+}
+
+/// The epoch of a key under [`PREFIX`], if it has one.
+fn epoch_of(key: &str) -> Option<u64> {
+    key.strip_prefix(PREFIX)?.split('/').next()?.parse().ok()
+}
+
+impl CheckpointStore {
+    /// The checkpoints in `storage`, keeping the newest `retain`.
+    pub fn new(storage: Arc<dyn Storage>, retain: usize) -> Self {
+        CheckpointStore {
+            storage,
+            retain: retain.max(1),
+        }
+    }
+
+    /// Writes a part of the checkpoint of `epoch` and returns its receipt
+    /// for the manifest.
+    pub fn write_part(&self, epoch: u64, name: &str, bytes: &[u8]) -> Result<PartReceipt> {
+        if name.is_empty() || name.contains('/') || name == MANIFEST {
+            return Err(self.error(epoch, format!("'{name}' is not a part name")));
+        }
+        self.check_epoch_is_new(epoch)?;
+        self.storage
+            .put(&format!("{}{name}", epoch_prefix(epoch)), bytes)?;
+        Ok(PartReceipt {
+            name: name.to_owned(),
+            bytes: bytes.len() as u64,
+            crc32: crc32fast::hash(bytes),
+        })
+    }
+
+    /// Makes the checkpoint of `epoch` complete with these parts, then
+    /// removes what retention no longer keeps. An epoch not above every
+    /// committed one is refused: a checkpoint is never overwritten.
+    pub fn commit(&self, epoch: u64, parts: Vec<PartReceipt>) -> Result<()> {
+        self.check_epoch_is_new(epoch)?;
+        let manifest = Manifest {
+            format: FORMAT,
+            epoch,
+            parts,
+        };
+        let text = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
+        self.storage
+            .put(&format!("{}{MANIFEST}", epoch_prefix(epoch)), &text)?;
+        self.remove_old(epoch)
+    }
+
+    /// Refuses an epoch at or below a committed one, whose parts would
+    /// overwrite a checkpoint.
+    fn check_epoch_is_new(&self, epoch: u64) -> Result<()> {
+        match self.committed_epochs()?.last() {
+            Some(newest) if *newest >= epoch => Err(self.error(
+                epoch,
+                format!("checkpoint {newest} is committed already; epochs must increase"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The epochs with a manifest, oldest first (whether or not their
+    /// parts check).
+    pub fn committed_epochs(&self) -> Result<Vec<u64>> {
+        let keys = self.storage.list(PREFIX)?;
+        Ok(keys
+            .iter()
+            .filter(|key| key.ends_with(&format!("/{MANIFEST}")))
+            .filter_map(|key| epoch_of(key))
+            .collect())
+    }
+
+    /// The newest checkpoint whose manifest and parts all check, with the
+    /// newer ones refused and why.
+    pub fn latest(&self) -> Result<Found> {
+        let mut found = Found::default();
+        for epoch in self.committed_epochs()?.into_iter().rev() {
+            match self.read(epoch)? {
+                Ok(checkpoint) => {
+                    found.checkpoint = Some(checkpoint);
+                    break;
+                }
+                Err(reason) => found.refused.push(Refusal { epoch, reason }),
+            }
+        }
+        Ok(found)
+    }
+
+    /// The checkpoint of `epoch`, or why it does not check. Failures to
+    /// reach the storage are errors; damage to the checkpoint is the
+    /// inner `Err`.
+    fn read(&self, epoch: u64) -> Result<std::result::Result<Checkpoint, String>> {
+        let prefix = epoch_prefix(epoch);
+        let Some(text) = self.storage.get(&format!("{prefix}{MANIFEST}"))? else {
+            return Ok(Err("its manifest is gone".into()));
+        };
+        let manifest: Manifest = match serde_json::from_slice(&text) {
+            Ok(manifest) => manifest,
+            Err(error) => return Ok(Err(format!("its manifest is unreadable ({error})"))),
+        };
+        if manifest.format != FORMAT || manifest.epoch != epoch {
+            return Ok(Err(format!(
+                "its manifest says format {} epoch {}, this version reads format {FORMAT}",
+                manifest.format, manifest.epoch
+            )));
+        }
+        let mut parts = BTreeMap::new();
+        for receipt in manifest.parts {
+            let Some(bytes) = self.storage.get(&format!("{prefix}{}", receipt.name))? else {
+                return Ok(Err(format!("part '{}' is missing", receipt.name)));
+            };
+            if bytes.len() as u64 != receipt.bytes {
+                return Ok(Err(format!(
+                    "part '{}' has {} bytes, its manifest says {} (torn write)",
+                    receipt.name,
+                    bytes.len(),
+                    receipt.bytes
+                )));
+            }
+            let crc32 = crc32fast::hash(&bytes);
+            if crc32 != receipt.crc32 {
+                return Ok(Err(format!(
+                    "part '{}' has checksum {crc32:08x}, its manifest says {:08x} (corrupted)",
+                    receipt.name, receipt.crc32
+                )));
+            }
+            parts.insert(receipt.name, bytes);
+        }
+        Ok(Ok(Checkpoint { epoch, parts }))
+    }
+
+    /// Removes checkpoints older than the newest `retain` committed ones,
+    /// and parts of uncommitted checkpoints older than `committed` (left by
+    /// a crash before their manifest).
+    fn remove_old(&self, committed: u64) -> Result<()> {
+        let epochs = self.committed_epochs()?;
+        let keep_from = epochs
+            .len()
+            .checked_sub(self.retain)
+            .map_or(0, |first| epochs[first]);
+        for key in self.storage.list(PREFIX)? {
+            let Some(epoch) = epoch_of(&key) else {
+                continue;
+            };
+            let uncommitted = epochs.binary_search(&epoch).is_err();
+            if epoch < keep_from || (uncommitted && epoch < committed) {
+                self.storage.delete(&key)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn error(&self, epoch: u64, message: String) -> Error {
+        Error::Checkpoint {
+            location: format!("{}/{}", self.storage.describe(), epoch_prefix(epoch)),
+            message,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::storage::LocalStorage;
+
+    fn store(retain: usize) -> (tempfile::TempDir, CheckpointStore) {
+        let directory = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::open(directory.path()).unwrap();
+        (directory, CheckpointStore::new(Arc::new(storage), retain))
+    }
+
+    fn take(store: &CheckpointStore, epoch: u64, parts: &[(&str, &[u8])]) {
+        let receipts = parts
+            .iter()
+            .map(|(name, bytes)| store.write_part(epoch, name, bytes).unwrap())
+            .collect();
+        store.commit(epoch, receipts).unwrap();
+    }
+
+    fn part_path(directory: &tempfile::TempDir, epoch: u64, name: &str) -> std::path::PathBuf {
+        directory
+            .path()
+            .join(format!("{}{name}", epoch_prefix(epoch)))
+    }
+
+    #[test]
+    fn the_newest_checkpoint_is_read_back_whole() {
+        let (_directory, store) = store(3);
+        assert_eq!(store.latest().unwrap(), Found::default());
+        take(&store, 10, &[("w0", b"first"), ("w1", b"")]);
+        take(&store, 20, &[("w0", b"second"), ("w1", b"more")]);
+        let found = store.latest().unwrap();
+        let checkpoint = found.checkpoint.unwrap();
+        assert_eq!(checkpoint.epoch, 20);
+        assert_eq!(checkpoint.parts["w0"], b"second");
+        assert_eq!(checkpoint.parts["w1"], b"more");
+        assert!(found.refused.is_empty());
+    }
+
+    #[test]
+    fn a_corrupted_or_torn_checkpoint_is_refused_for_the_previous_one() {
+        let (directory, store) = store(3);
+        take(&store, 1, &[("state", b"good state")]);
+        take(&store, 2, &[("state", b"newer state")]);
+        // A flipped byte.
+        std::fs::write(part_path(&directory, 2, "state"), b"newer stbte").unwrap();
+        let found = store.latest().unwrap();
+        assert_eq!(found.checkpoint.unwrap().parts["state"], b"good state");
+        assert_eq!(found.refused.len(), 1);
+        assert!(
+            found.refused[0]
+                .reason
+                .contains("part 'state' has checksum"),
+            "{:?}",
+            found.refused
+        );
+        // Cut short.
+        std::fs::write(part_path(&directory, 2, "state"), b"newer").unwrap();
+        let found = store.latest().unwrap();
+        assert_eq!(found.checkpoint.unwrap().epoch, 1);
+        assert!(found.refused[0].reason.contains("torn write"));
+        // Gone, and a manifest that is not one.
+        std::fs::remove_file(part_path(&directory, 2, "state")).unwrap();
+        assert!(
+            store.latest().unwrap().refused[0]
+                .reason
+                .contains("part 'state' is missing")
+        );
+        std::fs::write(part_path(&directory, 2, MANIFEST), b"{\"form").unwrap();
+        let found = store.latest().unwrap();
+        assert_eq!(found.checkpoint.unwrap().epoch, 1);
+        assert!(found.refused[0].reason.contains("manifest is unreadable"));
+    }
+
+    #[test]
+    fn parts_without_a_manifest_are_no_checkpoint_and_go_at_the_next_commit() {
+        let (directory, store) = store(3);
+        take(&store, 1, &[("state", b"one")]);
+        // A crash after writing a part, before the manifest.
+        store.write_part(2, "state", b"two").unwrap();
+        assert_eq!(store.latest().unwrap().checkpoint.unwrap().epoch, 1);
+        assert_eq!(store.committed_epochs().unwrap(), vec![1]);
+        take(&store, 3, &[("state", b"three")]);
+        assert!(!part_path(&directory, 2, "state").exists());
+        assert_eq!(store.committed_epochs().unwrap(), vec![1, 3]);
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_checkpoints() {
+        let (directory, store) = store(2);
+        for epoch in 1..=5 {
+            take(&store, epoch, &[("state", format!("{epoch}").as_bytes())]);
+        }
+        assert_eq!(store.committed_epochs().unwrap(), vec![4, 5]);
+        assert!(!directory.path().join(epoch_prefix(3)).exists());
+    }
+
+    #[test]
+    fn a_committed_checkpoint_is_never_overwritten() {
+        let (_directory, store) = store(3);
+        take(&store, 7, &[("state", b"kept")]);
+        let receipt = store.write_part(8, "state", b"next").unwrap();
+        let error = store.commit(7, vec![receipt.clone()]).unwrap_err();
+        assert!(
+            error.to_string().contains("epochs must increase"),
+            "{error}"
+        );
+        assert_eq!(
+            store.latest().unwrap().checkpoint.unwrap().parts["state"],
+            b"kept"
+        );
+        assert!(store.write_part(7, "state", b"clobbered").is_err());
+        assert!(store.write_part(8, "MANIFEST", b"x").is_err());
+        assert!(store.write_part(8, "a/b", b"x").is_err());
+    }
+
+    #[test]
+    fn an_interrupted_write_leaves_nothing_a_reader_takes() {
+        let (directory, store) = store(3);
+        take(&store, 1, &[("state", b"whole")]);
+        // What a crash inside LocalStorage::put leaves behind.
+        let partial = part_path(&directory, 1, "state.partial");
+        std::fs::write(&partial, b"half").unwrap();
+        let found = store.latest().unwrap();
+        assert_eq!(found.checkpoint.unwrap().parts.len(), 1);
+        assert!(found.refused.is_empty());
+    }
+}
