@@ -380,9 +380,10 @@ proptest! {
 }
 
 /// How a run went through the rows: the workers the keys were spread
-/// over, the sizes of the batches (cycled), and the rows after which each
-/// worker swept for idle keys or was restored from its serialized state;
-/// and the plan's `key_ttl`.
+/// over, the sizes of the batches (cycled), the rows after which each
+/// worker swept for idle keys or was restored from its serialized state,
+/// and where the run was restored onto another number of workers; and
+/// the plan's `key_ttl`.
 #[derive(Clone, Debug)]
 struct History {
     key_ttl_ms: Option<i64>,
@@ -390,6 +391,7 @@ struct History {
     batch_sizes: Vec<usize>,
     sweeps_after: Vec<usize>,
     restores_after: Vec<usize>,
+    reshape: Option<(usize, usize)>,
 }
 
 fn histories() -> impl Strategy<Value = History> {
@@ -399,35 +401,74 @@ fn histories() -> impl Strategy<Value = History> {
         proptest::collection::vec(1usize..24, 1..12),
         proptest::collection::vec(0usize..160, 0..6),
         proptest::collection::vec(0usize..160, 0..6),
+        proptest::option::of((0usize..160, 1usize..5)),
     )
         .prop_map(
-            |(key_ttl_ms, workers, batch_sizes, sweeps_after, restores_after)| History {
+            |(key_ttl_ms, workers, batch_sizes, sweeps_after, restores_after, reshape)| History {
                 key_ttl_ms,
                 workers,
                 batch_sizes,
                 sweeps_after,
                 restores_after,
+                reshape,
             },
         )
 }
 
+/// The worker of `workers` that keeps a key first seen in `partition`:
+/// a source-keyed stage's keys stay with the worker reading their
+/// partition, any other stage's go by the key's hash.
+fn worker_of(plan: &StagePlan, key: &Value, partition: u32, workers: usize) -> usize {
+    if plan.source_keyed {
+        partition as usize % workers
+    } else {
+        key.stable_hash() as usize % workers
+    }
+}
+
 /// Runs `ordered` (in the stage's order) through `history`: each worker
-/// gets its keys' rows in order, in batches, and its state is swept and
-/// restored where the history says. Returns the rows with their features,
-/// each worker's in order.
+/// gets its keys' rows in order, in batches, its state is swept and
+/// restored where the history says, and at the reshape point the states
+/// are regrouped onto the new number of workers. Returns the rows with
+/// their features, each worker's in order.
 fn run_through(
     ordered: &[Row],
     plan: &StagePlan,
     history: &History,
 ) -> Result<Vec<Row>, TestCaseError> {
+    let (split, later_workers) = history
+        .reshape
+        .map_or((ordered.len(), history.workers), |(at, workers)| {
+            (at.min(ordered.len()), workers)
+        });
+    let mut states: Vec<StageState> = (0..history.workers)
+        .map(|_| StageState::new(plan))
+        .collect();
+    let mut computed = run_rows(&mut states, &ordered[..split], plan, history)?;
+    if history.reshape.is_some() {
+        states = StageState::regroup(plan, states, later_workers, |key| {
+            worker_of(plan, &key.key, key.partition, later_workers)
+        });
+    }
+    computed.extend(run_rows(&mut states, &ordered[split..], plan, history)?);
+    Ok(computed)
+}
+
+/// Runs rows through one stage state per worker (see [`run_through`]).
+fn run_rows(
+    states: &mut [StageState],
+    rows: &[Row],
+    plan: &StagePlan,
+    history: &History,
+) -> Result<Vec<Row>, TestCaseError> {
     let mut computed = Vec::new();
-    for worker in 0..history.workers {
-        let mine: Vec<Row> = ordered
+    let workers = states.len();
+    for (worker, state) in states.iter_mut().enumerate() {
+        let mine: Vec<Row> = rows
             .iter()
-            .filter(|row| row.values[0].stable_hash() as usize % history.workers == worker)
+            .filter(|row| worker_of(plan, &row.values[0], row.partition, workers) == worker)
             .cloned()
             .collect();
-        let mut state = StageState::new(plan);
         let mut sizes = history.batch_sizes.iter().cycle();
         let mut done = 0;
         while done < mine.len() {
@@ -443,8 +484,8 @@ fn run_through(
                 state.evict_idle_keys(plan, BOUND_MS);
             }
             if passed(&history.restores_after) {
-                let bytes = checkpoint::encode(&state);
-                state = checkpoint::decode(&bytes)
+                let bytes = checkpoint::encode(&*state);
+                *state = checkpoint::decode(&bytes)
                     .map_err(|error| TestCaseError::fail(error.to_string()))?;
             }
             done += size;
@@ -508,9 +549,9 @@ proptest! {
     #![proptest_config(Config { cases: 200, ..config() })]
 
     /// Any number of workers, any batch boundaries, sweeps for idle keys at
-    /// any point and restores from serialized state at any point give
-    /// every feature the value the reference computes from the window
-    /// alone, to the bit.
+    /// any point, restores from serialized state at any point and onto
+    /// another number of workers give every feature the value the
+    /// reference computes from the window alone, to the bit.
     #[test]
     fn every_history_gives_the_values_of_the_window_alone(
         records in records(),

@@ -20,7 +20,7 @@ use crate::cache;
 use crate::row::Row;
 use claims::ClaimedKey;
 use keys::{KeyEntry, KeyHash, KeyIndex};
-use numbers::{NumericState, Prefetch};
+use numbers::{NumericKey, NumericState, Prefetch};
 use serde::{Deserialize, Serialize};
 use tideflow_connectors::Value;
 pub use window::{Agg, FeatureState, WindowMs};
@@ -102,6 +102,47 @@ pub struct StageState {
     /// Keys started and forgotten since [`StageState::take_key_changes`],
     /// kept only once [`StageState::track_key_changes`] was called.
     key_changes: Option<KeyChanges>,
+}
+
+/// One key's whole state in a stage, on its own: what moves between
+/// workers when a checkpoint is restored onto another number of them
+/// (see [`StageState::regroup`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeyState {
+    /// The key.
+    pub key: Value,
+    /// The partition it was first seen in (a source-keyed stage's key
+    /// lives in it).
+    pub partition: u32,
+    newest: i64,
+    numbers: NumericKey,
+    others: Vec<FeatureState>,
+}
+
+/// What a stage knows of event time apart from its keys: the newest time
+/// per partition and over all its rows, which decide when idle keys go.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StageClock {
+    partition_newest: Vec<i64>,
+    stage_newest: i64,
+}
+
+impl StageClock {
+    /// The clock of stages that together saw what each saw.
+    fn merge(&mut self, other: &StageClock) {
+        if other.partition_newest.len() > self.partition_newest.len() {
+            self.partition_newest
+                .resize(other.partition_newest.len(), i64::MIN);
+        }
+        for (mine, theirs) in self
+            .partition_newest
+            .iter_mut()
+            .zip(&other.partition_newest)
+        {
+            *mine = (*mine).max(*theirs);
+        }
+        self.stage_newest = self.stage_newest.max(other.stage_newest);
+    }
 }
 
 /// Keys a stage started keeping (with the partition and offset of their
@@ -452,6 +493,81 @@ impl StageState {
     /// Number of keys held.
     pub fn key_count(&self) -> usize {
         self.keys.len()
+    }
+
+    /// The stage's clock and each key's state, apart.
+    pub fn into_keys(mut self) -> (StageClock, Vec<KeyState>) {
+        let mut held = Vec::with_capacity(self.keys.len());
+        self.keys.retain(|key, entry| {
+            held.push((key.clone(), *entry));
+            true
+        });
+        let width = self.others.len();
+        let keys = held
+            .into_iter()
+            .map(|(key, entry)| {
+                let slot = entry.slot();
+                KeyState {
+                    key,
+                    partition: entry.partition,
+                    newest: self.newest[slot],
+                    numbers: self.numbers.take_key(slot),
+                    others: self.other_states[slot * width..(slot + 1) * width].to_vec(),
+                }
+            })
+            .collect();
+        let clock = StageClock {
+            partition_newest: self.partition_newest,
+            stage_newest: self.stage_newest,
+        };
+        (clock, keys)
+    }
+
+    /// A stage holding these keys, with this clock.
+    pub fn from_keys(plan: &StagePlan, clock: StageClock, keys: Vec<KeyState>) -> Self {
+        let mut state = StageState::new(plan);
+        state.partition_newest = clock.partition_newest;
+        state.stage_newest = clock.stage_newest;
+        let width = state.others.len();
+        for (slot, key) in keys.into_iter().enumerate() {
+            state.reset_slot(plan, slot);
+            state.newest[slot] = key.newest;
+            state.numbers.put_key(slot, key.numbers);
+            state.other_states[slot * width..(slot + 1) * width].clone_from_slice(&key.others);
+            let hash = KeyHash::of(&key.key);
+            state
+                .keys
+                .insert(hash, key.key, KeyEntry::new(slot, key.partition));
+        }
+        state
+    }
+
+    /// The states of `parts` workers made from the states of some other
+    /// number of workers: each key goes to the part `route` names, and
+    /// every part gets the clock of all of them together. Features then
+    /// compute exactly what they would have on the old workers.
+    pub fn regroup(
+        plan: &StagePlan,
+        states: Vec<StageState>,
+        parts: usize,
+        route: impl Fn(&KeyState) -> usize,
+    ) -> Vec<StageState> {
+        let mut clock = StageClock {
+            stage_newest: i64::MIN,
+            ..StageClock::default()
+        };
+        let mut routed: Vec<Vec<KeyState>> = (0..parts).map(|_| Vec::new()).collect();
+        for state in states {
+            let (theirs, keys) = state.into_keys();
+            clock.merge(&theirs);
+            for key in keys {
+                routed[route(&key) % parts].push(key);
+            }
+        }
+        routed
+            .into_iter()
+            .map(|keys| StageState::from_keys(plan, clock.clone(), keys))
+            .collect()
     }
 }
 

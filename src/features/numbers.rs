@@ -18,6 +18,7 @@ use crate::cache;
 use crate::features::WindowFeature;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
+use std::ops::Range;
 use tideflow_connectors::Value;
 
 /// The sample of a null field value: a NaN payload no data value carries,
@@ -224,6 +225,48 @@ impl NumericState {
         }
     }
 
+    /// Takes the state of the key in `slot` out, leaving the slot empty
+    /// (to move the key to another stage: see [`NumericState::put_key`]).
+    pub fn take_key(&mut self, slot: usize) -> NumericKey {
+        if self.layout.is_empty() {
+            return NumericKey::default();
+        }
+        let (groups, extras, extremes) = self.blocks(slot);
+        NumericKey {
+            ring: std::mem::take(&mut self.rings[slot]),
+            groups: self.groups[groups].iter_mut().map(std::mem::take).collect(),
+            extras: self.extras[extras].iter_mut().map(std::mem::take).collect(),
+            extremes: self.extremes[extremes]
+                .iter_mut()
+                .map(std::mem::take)
+                .collect(),
+        }
+    }
+
+    /// Gives key slot `slot`, freshly [`reset`](NumericState::reset), the
+    /// state of a key taken from a stage with the same features.
+    pub fn put_key(&mut self, slot: usize, key: NumericKey) {
+        if self.layout.is_empty() {
+            return;
+        }
+        let (groups, extras, extremes) = self.blocks(slot);
+        self.rings[slot] = key.ring;
+        self.groups[groups].clone_from_slice(&key.groups);
+        self.extras[extras].clone_from_slice(&key.extras);
+        self.extremes[extremes].clone_from_slice(&key.extremes);
+    }
+
+    /// Where the groups, extras and extremes of the key in `slot` lie in
+    /// their flat vectors.
+    fn blocks(&self, slot: usize) -> (Range<usize>, Range<usize>, Range<usize>) {
+        let block = |width: usize| slot * width..(slot + 1) * width;
+        (
+            block(self.layout.groups.len()),
+            block(self.layout.extra_groups),
+            block(self.layout.extremes),
+        )
+    }
+
     /// Adds a record of the key in `slot` (event time `time`, fields in
     /// `values`; the key's newest time, this record included, is
     /// `newest`, at most `bound_ms` ahead of `time`) and appends every
@@ -303,6 +346,17 @@ impl NumericState {
             }
         }
     }
+}
+
+/// One key's numeric state on its own, as [`NumericState::take_key`]
+/// gives it: to move a key between stages of different workers when a
+/// checkpoint is restored onto another number of them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NumericKey {
+    ring: RecordRing,
+    groups: Vec<WindowGroup>,
+    extras: Vec<GroupExtras>,
+    extremes: Vec<Extremes>,
 }
 
 /// What [`NumericState::prefetch`] asks for.
