@@ -156,7 +156,12 @@ impl ExactSum {
                 let negative = negative != subtract;
                 if self.wide.is_none() && fits_narrow(&self.narrow, magnitude, exponent) {
                     let offset = (exponent - NARROW_LOW) as usize;
-                    add_shifted(&mut self.narrow, offset, magnitude, negative);
+                    let bits = 128 - magnitude.leading_zeros() as usize;
+                    if offset >= 64 && offset + bits <= 191 {
+                        add_to_middle(&mut self.narrow, magnitude << (offset - 64), negative);
+                    } else {
+                        add_shifted(&mut self.narrow, offset, magnitude, negative);
+                    }
                 } else {
                     self.widen().add(magnitude, exponent, negative);
                 }
@@ -225,6 +230,11 @@ impl ExactSum {
             return special;
         }
         if self.wide.is_none() {
+            if let Some(middle) = middle_alone(&self.narrow) {
+                // The conversion rounds to nearest, ties to even, and
+                // scaling by a power of two above the subnormals is exact.
+                return middle as f64 * power_of_two(-64);
+            }
             let mut magnitude = self.narrow;
             let negative = negate_if_negative(&mut magnitude);
             return round(&magnitude, NARROW_LOW, negative);
@@ -299,6 +309,36 @@ impl WideSum {
         }
         add_shifted(&mut self.limbs, offset, magnitude, negative);
     }
+}
+
+/// The inline accumulator's usual case: values between 2^-64 and 2^63
+/// with no bits below 2^-64 (amounts with cents, counts, most measures)
+/// lie in its two middle limbs, added as one 128-bit integer with the
+/// carry into the top limb.
+#[inline]
+fn add_to_middle(limbs: &mut [u64; NARROW_LIMBS], term: u128, negative: bool) {
+    let middle = u128::from(limbs[1]) | (u128::from(limbs[2]) << 64);
+    let (sum, carry) = if negative {
+        middle.overflowing_sub(term)
+    } else {
+        middle.overflowing_add(term)
+    };
+    limbs[1] = sum as u64;
+    limbs[2] = (sum >> 64) as u64;
+    limbs[3] = if negative {
+        limbs[3].wrapping_sub(u64::from(carry))
+    } else {
+        limbs[3].wrapping_add(u64::from(carry))
+    };
+}
+
+/// The inline sum times 2^64 as a 128-bit integer, when that holds all of
+/// it: no bits below 2^-64, and a top limb that only extends the sign.
+#[inline]
+fn middle_alone(limbs: &[u64; NARROW_LIMBS]) -> Option<i128> {
+    let middle = (u128::from(limbs[1]) | (u128::from(limbs[2]) << 64)) as i128;
+    let sign = (middle >> 127) as u64;
+    (limbs[0] == 0 && limbs[3] == sign).then_some(middle)
 }
 
 /// Adds (or subtracts) `magnitude · 2^offset` to a two's-complement

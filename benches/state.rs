@@ -1,0 +1,165 @@
+//! State size and checkpoint cost of feature stages: what one key costs
+//! in a checkpoint per feature, and how fast a stage's state encodes into
+//! checkpoint bytes and decodes back, against cloning it in memory (the
+//! least a snapshot can cost) measured in the same run.
+//!
+//! Workload: `--keys` keys, each with `--records` records one minute
+//! apart (amounts with cents), through a stage with one feature over a 1h
+//! window (lifetime for `prev` and `since_prev`), then through the fraud
+//! workload's four user features together. Bytes are exact and do not
+//! drift; the rates are best of `--repeats`.
+//!
+//! Run: `cargo bench --bench state -- --keys 100000 --records 20`
+
+use clap::Parser;
+use std::time::{Duration, Instant};
+use tideflow::batch::Batch;
+use tideflow::checkpoint;
+use tideflow::features::{Agg, StagePlan, StageState, WindowFeature};
+use tideflow::row::Row;
+use tideflow_connectors::{Value, format_compact};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Keys in the stage.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// Records per key.
+    #[arg(long, default_value_t = 20)]
+    records: u64,
+    /// Rounds of each measurement (the best is kept).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// A stage's features: each an aggregation and its window (`None`:
+/// lifetime).
+type Features = Vec<(Agg, Option<i64>)>;
+
+/// A stage keyed by slot 0, reading amounts from slot 1.
+fn stage(features: &[(Agg, Option<i64>)]) -> StagePlan {
+    StagePlan {
+        key_name: "user_id".into(),
+        key_slot: 0,
+        source_keyed: true,
+        features: features
+            .iter()
+            .enumerate()
+            .map(|(index, (agg, window))| WindowFeature {
+                name: format!("f{index}"),
+                slot: 2 + index,
+                agg: *agg,
+                field: (*agg != Agg::SincePrev && *agg != Agg::Count).then_some(1),
+                window: *window,
+            })
+            .collect(),
+        key_ttl_ms: None,
+    }
+}
+
+/// The stage after every key's records, in batches of 4096 rows.
+fn filled(plan: &StagePlan, args: &Args) -> StageState {
+    let mut state = StageState::new(plan);
+    let mut rows = Vec::new();
+    let mut feed = |rows: &mut Vec<Row>| {
+        let mut batch = Batch::from_rows(std::mem::take(rows));
+        state.apply_batch(plan, 0, &mut batch).unwrap();
+    };
+    for round in 0..args.records {
+        for key in 0..args.keys {
+            let cents = (key * 7919 + round * 104_729) % 100_000;
+            rows.push(Row {
+                partition: 0,
+                offset: round * args.keys + key,
+                time: 1_700_000_000_000 + (round as i64) * 60_000,
+                values: vec![
+                    Value::Str(format_compact!("user-{key}")),
+                    Value::F64(cents as f64 / 100.0),
+                ],
+                warm_up: false,
+            });
+            if rows.len() == 4096 {
+                feed(&mut rows);
+            }
+        }
+    }
+    feed(&mut rows);
+    state
+}
+
+/// The best of `repeats` runs of `work`.
+fn best(repeats: usize, mut work: impl FnMut()) -> Duration {
+    (0..repeats.max(1))
+        .map(|_| {
+            let started = Instant::now();
+            work();
+            started.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
+}
+
+fn main() {
+    let args = Args::parse();
+    println!(
+        "feature state: {} keys, {} records each, one minute apart",
+        args.keys, args.records
+    );
+    println!(
+        "{:>28} {:>15} {:>16} {:>16} {:>17} {:>17}",
+        "stage", "bytes per key", "encode MB/s", "decode MB/s", "encode / clone", "decode / clone"
+    );
+    let singles = [
+        (Agg::Count, Some(HOUR_MS)),
+        (Agg::Sum, Some(HOUR_MS)),
+        (Agg::Mean, Some(HOUR_MS)),
+        (Agg::Min, Some(HOUR_MS)),
+        (Agg::Max, Some(HOUR_MS)),
+        (Agg::Std, Some(HOUR_MS)),
+        (Agg::DistinctCount, Some(HOUR_MS)),
+        (Agg::Prev, None),
+        (Agg::SincePrev, None),
+    ];
+    let fraud = [
+        (Agg::Sum, Some(HOUR_MS)),
+        (Agg::Count, Some(10 * 60_000)),
+        (Agg::Mean, Some(24 * HOUR_MS)),
+        (Agg::Max, Some(HOUR_MS)),
+    ];
+    let mut stages: Vec<(String, Features)> = singles
+        .iter()
+        .map(|(agg, window)| {
+            let length = if window.is_some() { "1h" } else { "lifetime" };
+            (format!("{agg:?} {length}"), vec![(*agg, *window)])
+        })
+        .collect();
+    stages.push(("fraud's 4 user features".into(), fraud.to_vec()));
+    for (name, features) in stages {
+        let plan = stage(&features);
+        let state = filled(&plan, &args);
+        let bytes = checkpoint::encode(&state);
+        let megabytes = bytes.len() as f64 / 1e6;
+        let encode = best(args.repeats, || {
+            std::hint::black_box(checkpoint::encode(&state));
+        });
+        let decode = best(args.repeats, || {
+            let restored: StageState = checkpoint::decode(&bytes).unwrap();
+            std::hint::black_box(restored);
+        });
+        let clone = best(args.repeats, || {
+            std::hint::black_box(state.clone());
+        });
+        println!(
+            "{name:>28} {:>15.1} {:>16.0} {:>16.0} {:>17.2} {:>17.2}",
+            bytes.len() as f64 / args.keys as f64,
+            megabytes / encode.as_secs_f64(),
+            megabytes / decode.as_secs_f64(),
+            encode.as_secs_f64() / clone.as_secs_f64(),
+            decode.as_secs_f64() / clone.as_secs_f64(),
+        );
+    }
+}
