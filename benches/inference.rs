@@ -75,6 +75,7 @@ fn plan(path: &std::path::Path, device: Device, run_rows: usize) -> ModelPlan {
         ],
         device,
         fill_null: 0.0,
+        stop_on_error: true,
         run_rows: match run_rows {
             0 => RunRows::PerBatch,
             rows => RunRows::Fixed(rows),

@@ -277,7 +277,7 @@ fn build_and_run(
         .map(|sink| open_row_writer(sink, &layout, index))
         .collect::<Result<Vec<_>>>()?;
     let outputs = SourceOutputs {
-        dead_letters,
+        dead_letters: dead_letters.clone(),
         ledger: ledger.clone(),
     };
     let durable = worker.dataflow::<i64, _, _>(|scope| {
@@ -287,7 +287,7 @@ fn build_and_run(
         }
         // Replayed rows have rebuilt the windows; they are not the run's own.
         rows.map_in_place(|batch| batch.retain(|row| !row.warm_up))
-            .score_rows(model, shared.clone())
+            .score_rows(model, shared.clone(), dead_letters.clone())
             .write_rows(writers, shared.clone(), commit_interval)
     });
     while worker.step_or_park(Some(Duration::from_millis(20))) {

@@ -247,6 +247,11 @@ fn signature(session: &Session) -> Signature {
 }
 
 impl Model {
+    /// The plan the model was opened for.
+    pub fn plan(&self) -> &ModelPlan {
+        &self.plan
+    }
+
     /// Loads the model of a plan and checks that its inputs and outputs fit
     /// the plan's columns.
     pub fn open(plan: &ModelPlan) -> Result<Model> {

@@ -181,6 +181,9 @@ pub struct ModelPlan {
     pub fill_null: f32,
     /// How many rows each ONNX Runtime run takes.
     pub run_rows: RunRows,
+    /// Whether a batch the model fails on stops the run (else its rows
+    /// become dead letters).
+    pub stop_on_error: bool,
 }
 
 /// The default run size on a GPU: large enough that a bulk batch is not
@@ -1089,6 +1092,17 @@ impl Builder<'_> {
                 "add [model.outputs] column = \"model_output[i]\"",
             );
         }
+        let stop_on_error = match model.on_error.as_str() {
+            "dead_letter" => false,
+            "stop" => true,
+            other => {
+                return self.fail(
+                    other,
+                    format!("unknown model.on_error '{other}'"),
+                    "use dead_letter (the rows of a failed batch go to the dead letters) or stop",
+                );
+            }
+        };
         let name = model.name.clone().unwrap_or_else(|| {
             model
                 .path
@@ -1104,6 +1118,7 @@ impl Builder<'_> {
             outputs,
             device,
             fill_null: model.fill_null,
+            stop_on_error,
             run_rows: match model.run_rows {
                 Some(0) => RunRows::PerBatch,
                 Some(rows) => RunRows::Fixed(rows),

@@ -165,3 +165,124 @@ fn a_source_key_found_in_two_partitions_stops_the_run_on_any_number_of_workers()
         );
     }
 }
+
+/// A model that looks each amount up in a table of ten scores
+/// (models/table_lookup.onnx): ONNX Runtime fails a whole run on an
+/// amount of 10 or more.
+const TABLE_MODEL_SPEC: &str = r#"
+name = "inference_failures"
+[source]
+type = "files"
+path = "unset"
+format = "jsonl"
+key = "user_id"
+[schema]
+user_id = "string"
+amount = "f64"
+ts = "timestamp_ms"
+[time]
+field = "ts"
+[model]
+path = "unset"
+inputs = ["amount"]
+[model.outputs]
+score = "score[0]"
+[batching]
+policy = "bulk"
+bulk = { max_rows = 4, max_delay = "10s" }
+[[sink]]
+type = "jsonl"
+path = "unset"
+[dead_letters]
+type = "jsonl"
+path = "unset"
+"#;
+
+/// Writes 40 records, amounts 0.5 to 9.5 but for the ones at `bad`
+/// offsets, which hold 12.0; returns the overrides that run them.
+fn table_model_input(dir: &std::path::Path, bad: &[u64]) -> Vec<String> {
+    let input = dir.join("in.jsonl");
+    let mut file = std::fs::File::create(&input).unwrap();
+    for offset in 0..40u64 {
+        let amount = if bad.contains(&offset) {
+            12.0
+        } else {
+            (offset % 10) as f64 + 0.5
+        };
+        writeln!(
+            file,
+            r#"{{"user_id":"u{offset}","amount":{amount},"ts":{}}}"#,
+            1000 + offset
+        )
+        .unwrap();
+    }
+    let mut overrides = vec![
+        format!("source.path=\"{}\"", input.display()),
+        format!(
+            "model.path=\"{}\"",
+            common::root().join("models/table_lookup.onnx").display()
+        ),
+    ];
+    overrides.extend(common::output_overrides(dir));
+    overrides
+}
+
+/// A batch the model fails on becomes dead letters, one per row with the
+/// model's message and the row's origin, and the run goes on to score
+/// every other batch: nothing is lost and the counts reconcile.
+#[test]
+fn a_batch_the_model_fails_on_goes_to_dead_letters_and_the_run_goes_on() {
+    common::require_onnxruntime();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = [5, 22];
+    let overrides = table_model_input(dir.path(), &bad);
+    let summary = common::run_text(TABLE_MODEL_SPEC, &overrides, 1).unwrap();
+    assert!(summary.counts.reconciles(), "{summary}");
+    assert_eq!(summary.counts.records_in, 40, "{summary}");
+
+    let dead = common::read_rows(&dir.path().join("dead"));
+    let rows = common::read_rows(&dir.path().join("rows"));
+    assert_eq!(rows.len() + dead.len(), 40);
+    for letter in &dead {
+        let error = letter["_error"].as_str().unwrap();
+        assert!(
+            error.starts_with("inference failed") && error.contains("out of data bounds"),
+            "{letter}"
+        );
+        // The row's fields, as a record the source could read again.
+        let raw: serde_json::Value =
+            serde_json::from_str(letter["_raw"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            raw["user_id"],
+            serde_json::json!(format!("u{}", letter["_offset"]))
+        );
+    }
+    // Every bad record is among the dead, each with at most the three
+    // others of its batch of four; every row written was scored as the
+    // table says.
+    let dead_offsets: Vec<u64> = dead.iter().map(|d| d["_offset"].as_u64().unwrap()).collect();
+    for offset in bad {
+        assert!(dead_offsets.contains(&offset), "{dead_offsets:?}");
+    }
+    assert!(dead.len() <= 4 * bad.len(), "{dead_offsets:?}");
+    for row in &rows {
+        let amount = row["amount"].as_f64().unwrap();
+        let expected = f64::from((amount.trunc() / 10.0) as f32);
+        assert_eq!(row["score"].as_f64().unwrap(), expected, "{row}");
+    }
+}
+
+/// With `model.on_error = "stop"`, the first failed batch stops the run
+/// with the model's message.
+#[test]
+fn a_failed_batch_stops_the_run_when_the_spec_says_so() {
+    common::require_onnxruntime();
+    let dir = tempfile::tempdir().unwrap();
+    let mut overrides = table_model_input(dir.path(), &[7]);
+    overrides.push("model.on_error=\"stop\"".into());
+    let error = common::run_text(TABLE_MODEL_SPEC, &overrides, 1).unwrap_err();
+    assert!(
+        error.to_string().contains("out of data bounds"),
+        "{error}"
+    );
+}

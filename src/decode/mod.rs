@@ -167,8 +167,9 @@ fn check_typed_value(field: &Column, value: &mut Value) -> Result<(), String> {
 }
 
 /// Renders typed fields as a JSON object, for dead letters of sources that
-/// deliver fields rather than bytes.
-fn fields_as_json(fields: &[Column], values: &[Value]) -> String {
+/// deliver fields rather than bytes, and of rows whose original bytes are
+/// no longer at hand (late records, rows the model failed on).
+pub fn fields_as_json(fields: &[Column], values: &[Value]) -> String {
     let object: serde_json::Map<String, serde_json::Value> = fields
         .iter()
         .zip(values)

@@ -1,14 +1,20 @@
 //! The scoring operator: evaluates row expressions, groups rows into
 //! batches by the batching policy, and runs the model on each batch.
 //! Micro, bulk and adaptive batching all pass through this one operator.
+//! A batch the model fails on becomes dead letters, one per row with the
+//! model's message, and the run goes on (unless `model.on_error = "stop"`).
 
 use super::BatchStream;
 use crate::batch::{Batch, RowCells};
 use crate::batching::Batcher;
 use crate::features::expr::{Expr, Numbers};
 use crate::inference::Model;
-use crate::run::Shared;
+use crate::row::DeadLetter;
+use crate::run::{Shared, Stats};
+use crate::sinks::DeadLetterWriter;
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 use timely::dataflow::channels::pact::Pipeline;
@@ -16,12 +22,23 @@ use timely::dataflow::operators::generic::Operator;
 
 /// Batches rows and scores them with a model.
 pub trait ScoreRows<'scope> {
-    /// Expressions, then batching, then the model (when there is one).
-    fn score_rows(self, model: Option<Model>, shared: Arc<Shared>) -> BatchStream<'scope>;
+    /// Expressions, then batching, then the model (when there is one);
+    /// the rows of batches the model fails on go to `dead_letters`.
+    fn score_rows(
+        self,
+        model: Option<Model>,
+        shared: Arc<Shared>,
+        dead_letters: Rc<RefCell<DeadLetterWriter>>,
+    ) -> BatchStream<'scope>;
 }
 
 impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
-    fn score_rows(self, mut model: Option<Model>, shared: Arc<Shared>) -> BatchStream<'scope> {
+    fn score_rows(
+        self,
+        mut model: Option<Model>,
+        shared: Arc<Shared>,
+        dead_letters: Rc<RefCell<DeadLetterWriter>>,
+    ) -> BatchStream<'scope> {
         let scope = self.scope();
         self.unary_frontier(Pipeline, "Score", move |capability, info| {
             let activator = scope.activator_for(info.address.clone());
@@ -30,6 +47,7 @@ impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
             // the capability is held no later than the oldest.
             let mut arrivals: VecDeque<(i64, usize)> = VecDeque::new();
             let mut capability = Some(capability);
+            let mut wrote_dead_letters = false;
             move |(input, frontier), output| {
                 let now = Instant::now();
                 input.for_each(|time, batches| {
@@ -52,18 +70,23 @@ impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
                     if shared.is_aborted() {
                         break;
                     }
+                    forget_arrivals(&mut arrivals, batch.len());
                     if let Some(model) = model.as_mut() {
                         let scoring = Instant::now();
                         if let Err(error) = model.score(&mut batch) {
-                            shared.abort(error);
-                            break;
+                            if model.plan().stop_on_error {
+                                shared.abort(error);
+                                break;
+                            }
+                            send_to_dead_letters(batch, &error, &shared, &dead_letters);
+                            wrote_dead_letters = true;
+                            continue;
                         }
                         let seconds = scoring.elapsed().as_secs_f64();
                         shared.metrics.inference_seconds.observe(seconds);
                     }
                     shared.stats.batch(batch.len());
                     shared.metrics.batch_rows.observe(batch.len() as f64);
-                    forget_arrivals(&mut arrivals, batch.len());
                     output.session(&*held).give(batch);
                 }
                 if let Some(wait) = batcher.time_to_deadline(behind, now) {
@@ -77,11 +100,47 @@ impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
                 match hold.as_ref() {
                     Some(time) if time > held.time() => held.downgrade(time),
                     Some(_) => {}
-                    None if batcher.is_empty() || shared.is_aborted() => capability = None,
+                    None if batcher.is_empty() || shared.is_aborted() => {
+                        // The source flushed its dead letters when it
+                        // ended; these came after.
+                        if wrote_dead_letters && let Err(error) = dead_letters.borrow_mut().finish()
+                        {
+                            shared.abort(error);
+                        }
+                        capability = None;
+                    }
                     None => activator.activate(),
                 }
             }
         })
+    }
+}
+
+/// Writes each row of a batch the model failed on as a dead letter with
+/// the model's message, and counts it.
+fn send_to_dead_letters(
+    batch: Batch,
+    error: &crate::Error,
+    shared: &Shared,
+    dead_letters: &RefCell<DeadLetterWriter>,
+) {
+    let reason = format!("inference failed: {error}");
+    let mut dead_letters = dead_letters.borrow_mut();
+    for row in batch.into_rows() {
+        let letter = DeadLetter {
+            partition: row.partition,
+            offset: row.offset,
+            error: reason.clone(),
+            raw: crate::decode::fields_as_json(
+                &shared.plan.columns[..shared.plan.field_count],
+                &row.values,
+            ),
+        };
+        if let Err(error) = dead_letters.write(&letter) {
+            shared.abort(error);
+            return;
+        }
+        Stats::add(&shared.stats.dead, 1);
     }
 }
 

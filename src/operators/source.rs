@@ -329,7 +329,10 @@ pub fn read_source<'scope>(
                                         partition: row.partition,
                                         offset: row.offset,
                                         error: LATE.into(),
-                                        raw: late_raw(&shared, &row),
+                                        raw: crate::decode::fields_as_json(
+                                            &shared.plan.columns[..shared.plan.field_count],
+                                            &row.values,
+                                        ),
                                     }
                                 }
                                 Ok(mut row) => {
@@ -435,15 +438,4 @@ pub fn read_source<'scope>(
         },
     );
     rows.probe_with(&slowest)
-}
-
-/// The original record of a late row, rebuilt as JSON from its fields.
-fn late_raw(shared: &Shared, row: &crate::row::Row) -> String {
-    let plan = &shared.plan;
-    let object: serde_json::Map<String, serde_json::Value> = plan.columns[..plan.field_count]
-        .iter()
-        .zip(&row.values)
-        .map(|(column, value)| (column.name.clone(), crate::decode::value_to_json(value)))
-        .collect();
-    serde_json::Value::Object(object).to_string()
 }

@@ -252,6 +252,15 @@ pub struct ModelSpec {
     /// size. Default: 4096 on a GPU (whose kernels change with the number
     /// of rows), `0` on the CPU.
     pub run_rows: Option<usize>,
+    /// What a batch the model fails on becomes: `dead_letter` (the
+    /// default: each of its rows goes to the dead letters with the reason,
+    /// and the run goes on) or `stop` (the run stops with the error).
+    #[serde(default = "dead_letter")]
+    pub on_error: String,
+}
+
+fn dead_letter() -> String {
+    "dead_letter".to_owned()
 }
 
 fn auto_device() -> String {
