@@ -2,6 +2,8 @@
 //! feature stages → expressions → batching → inference → sinks, on timely
 //! worker threads.
 
+use crate::checkpoint::restore::{Restored, restore};
+use crate::checkpoint::{CheckpointStore, Coordinator, LocalStorage};
 use crate::cluster::{Cluster, WatermarkGossip, gather_counts, stop_when_a_peer_is_lost};
 use crate::commit::OffsetLedger;
 use crate::inference::Model;
@@ -9,16 +11,21 @@ use crate::metrics::Metrics;
 use crate::operators::features::ComputeFeatures;
 use crate::operators::score::ScoreRows;
 use crate::operators::sink::WriteRows;
+use crate::operators::source::resume_at_restored;
 use crate::operators::source::{SourceOutputs, open_assigned, origin, read_source};
 use crate::plan::{Plan, SourcePlan};
 use crate::run::{Counts, Shared, Summary, SummaryScope, report_progress};
-use crate::sinks::{DeadLetterWriter, Layout, open_row_writer, prepare_directory};
+use crate::sinks::{
+    DeadLetterWriter, Layout, open_epoch_row_writer, open_row_writer, prepare_directory,
+    prepare_epoch_directory,
+};
 use crate::{Error, Result};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tideflow_connectors::kafka::StartPosition;
 use timely::dataflow::operators::vec::Map;
 
 /// How a run is executed.
@@ -101,9 +108,15 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
     let is_first_process = local.start == 0;
     let owned =
         |worker: usize| local.contains(&worker) || (is_first_process && worker >= all_workers);
-    for sink in plan.sinks.iter().chain([&plan.dead_letters]) {
-        prepare_directory(sink, &owned)?;
-    }
+    let checkpoints = match plan.checkpoints.clone() {
+        Some(checkpoints) => Some(start_checkpoints(&mut plan, checkpoints, options)?),
+        None => {
+            for sink in plan.sinks.iter().chain([&plan.dead_letters]) {
+                prepare_directory(sink, &owned)?;
+            }
+            None
+        }
+    };
     let metrics = options.metrics.clone().unwrap_or_default();
     *metrics
         .source
@@ -116,6 +129,10 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
     );
     if let Some(stop) = &options.stop {
         shared.stop = stop.clone();
+    }
+    if let Some((coordinator, restored)) = checkpoints {
+        shared.checkpoints = Some(Arc::new(coordinator));
+        shared.restored = restored;
     }
     shared.in_cluster = options.cluster.is_some();
     let shared = Arc::new(shared);
@@ -213,6 +230,55 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
     })
 }
 
+/// Opens a checkpointed run's store and restores its newest checkpoint:
+/// a Kafka source then starts at the checkpoint's offsets, without
+/// warm-up, and the sinks' directories keep every committed file.
+fn start_checkpoints(
+    plan: &mut Plan,
+    checkpoints: crate::plan::CheckpointPlan,
+    options: &RunOptions,
+) -> Result<(Coordinator, Restored)> {
+    if options.cluster.is_some() {
+        return Err(Error::Checkpoint {
+            location: checkpoints.dir.display().to_string(),
+            message: "checkpoints are taken by runs of one process so far.\n  fix: run one process with more workers, or remove [state] dir".into(),
+        });
+    }
+    let workers = options.workers.max(1);
+    let store = CheckpointStore::new(
+        Arc::new(LocalStorage::open(&checkpoints.dir)?),
+        checkpoints.retain,
+    );
+    let restored = restore(plan, &store, workers)?;
+    if restored.id > 0 {
+        eprintln!(
+            "tideflow: restored checkpoint {} from {}",
+            restored.id,
+            checkpoints.dir.display()
+        );
+        if let SourcePlan::Kafka(kafka) = &mut plan.source {
+            kafka.config.start = StartPosition::Offsets(
+                restored
+                    .positions
+                    .values()
+                    .map(|position| (position.partition, position.next_offset))
+                    .collect(),
+            );
+            kafka.config.warm_up = false;
+        }
+    }
+    for sink in plan.sinks.iter().chain([&plan.dead_letters]) {
+        prepare_epoch_directory(sink, restored.id)?;
+    }
+    // Each worker's source, stages, scoring and sink report a part.
+    let parts = workers * (plan.stages.len() + 3);
+    // Numbered after every checkpoint in the store, refused ones too:
+    // none is ever overwritten.
+    let newest = store.committed_epochs()?.last().copied().unwrap_or(0);
+    let coordinator = Coordinator::new(store, checkpoints.interval, parts, newest);
+    Ok((coordinator, restored))
+}
+
 /// How long a cluster member that failed waits for its workers to finish
 /// on their own before it exits: its peers cannot finish without it, so
 /// it must not wait for the cluster.
@@ -251,13 +317,29 @@ fn build_and_run(
 ) -> Result<()> {
     let (index, peers) = (worker.index(), worker.peers());
     let plan = &shared.plan;
-    let assigned = open_assigned(&plan.source, &plan.field_names(), index, peers)?;
-    let dead_letters = Rc::new(RefCell::new(DeadLetterWriter::open(
-        &plan.dead_letters,
-        index,
-        &origin(&plan.source),
-        plan.origins(),
-    )?));
+    let mut assigned = open_assigned(&plan.source, &plan.field_names(), index, peers)?;
+    let checkpointed = shared.checkpoints.is_some();
+    if checkpointed {
+        let readers = std::mem::take(&mut assigned.readers);
+        assigned.readers = resume_at_restored(readers, &shared.restored.positions);
+    }
+    let open_dead_letters = |role: &str| -> Result<Rc<RefCell<DeadLetterWriter>>> {
+        let (sink, origin, origins) = (&plan.dead_letters, origin(&plan.source), plan.origins());
+        let writer = if checkpointed {
+            DeadLetterWriter::open_for_epochs(sink, index, role, &origin, origins)?
+        } else {
+            DeadLetterWriter::open(sink, index, &origin, origins)?
+        };
+        Ok(Rc::new(RefCell::new(writer)))
+    };
+    let dead_letters = open_dead_letters("")?;
+    // In a checkpointed run, each writer of dead letters closes its own
+    // files at its own cut.
+    let model_dead_letters = if checkpointed {
+        open_dead_letters("-model")?
+    } else {
+        dead_letters.clone()
+    };
     let commit_interval = match &plan.source {
         SourcePlan::Kafka(kafka) => Some(kafka.commit_interval),
         _ => None,
@@ -274,7 +356,13 @@ fn build_and_run(
     let writers = plan
         .sinks
         .iter()
-        .map(|sink| open_row_writer(sink, &layout, index))
+        .map(|sink| {
+            if checkpointed {
+                open_epoch_row_writer(sink, &layout, index)
+            } else {
+                open_row_writer(sink, &layout, index)
+            }
+        })
         .collect::<Result<Vec<_>>>()?;
     let outputs = SourceOutputs {
         dead_letters: dead_letters.clone(),
@@ -282,12 +370,12 @@ fn build_and_run(
     };
     let durable = worker.dataflow::<i64, _, _>(|scope| {
         let mut rows = read_source(scope, shared.clone(), assigned.readers, outputs);
-        for stage in &plan.stages {
-            rows = rows.compute_features(stage.clone(), shared.clone());
+        for (index, stage) in plan.stages.iter().enumerate() {
+            rows = rows.compute_features(index, stage.clone(), shared.clone());
         }
         // Replayed rows have rebuilt the windows; they are not the run's own.
         rows.map_in_place(|batch| batch.retain(|row| !row.warm_up))
-            .score_rows(model, shared.clone(), dead_letters.clone())
+            .score_rows(model, shared.clone(), model_dead_letters)
             .write_rows(writers, shared.clone(), commit_interval)
     });
     while worker.step_or_park(Some(Duration::from_millis(20))) {

@@ -87,6 +87,27 @@ impl ReorderBuffer {
             .collect()
     }
 
+    /// Moves the arrival of every row held before `time` up to it: rows a
+    /// checkpoint at `time` keeps are sent after it.
+    pub fn retime_before(&mut self, time: i64) {
+        let mut moved = 0;
+        for (arrival, _) in self.rows.values_mut() {
+            if *arrival < time {
+                *arrival = time;
+                moved += 1;
+            }
+        }
+        self.arrivals.retain(|arrival, _| *arrival >= time);
+        if moved > 0 {
+            *self.arrivals.entry(time).or_default() += moved;
+        }
+    }
+
+    /// The rows held, in canonical order (for a checkpoint).
+    pub fn rows(&self) -> impl Iterator<Item = &Row> {
+        self.rows.values().map(|(_, row)| row)
+    }
+
     /// Rows held.
     pub fn len(&self) -> usize {
         self.rows.len()

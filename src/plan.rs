@@ -64,6 +64,8 @@ pub struct Plan {
     pub sinks: Vec<SinkPlan>,
     /// Where dead letters go.
     pub dead_letters: SinkPlan,
+    /// Where and how often checkpoints are taken; `None`: never.
+    pub checkpoints: Option<CheckpointPlan>,
 }
 
 impl Plan {
@@ -192,6 +194,17 @@ pub struct ModelPlan {
 /// 256, against 723,107 with one run per batch), small enough that padding
 /// a micro-batch up to it adds well under a millisecond for such a model.
 pub const GPU_RUN_ROWS: usize = 4096;
+
+/// `[state]`: checkpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointPlan {
+    /// The local directory checkpoints go to.
+    pub dir: PathBuf,
+    /// Wall-clock time between checkpoints.
+    pub interval: std::time::Duration,
+    /// Complete checkpoints kept.
+    pub retain: usize,
+}
 
 /// How many rows each ONNX Runtime run takes. GPU kernels are chosen by
 /// the number of rows, so a row scored in batches of different sizes may
@@ -464,6 +477,7 @@ impl Builder<'_> {
         let source = self.source()?;
         let (mut stages, expressions) = self.features()?;
         self.key_ttl(&mut stages, bound_ms)?;
+        let checkpoints = self.checkpoints()?;
         let model = self.model()?;
         let batching = self.batching()?;
         if self.spec.sink.is_empty() {
@@ -513,6 +527,7 @@ impl Builder<'_> {
             dead_letters,
             metadata_slots,
             source_key_slot,
+            checkpoints,
         })
     }
 
@@ -806,6 +821,31 @@ impl Builder<'_> {
             );
         }
         Ok(slot)
+    }
+
+    /// `[state] dir`, `interval` and `retain`.
+    fn checkpoints(&self) -> Result<Option<CheckpointPlan>, SpecError> {
+        let state = &self.spec.state;
+        let Some(dir) = &state.dir else {
+            if let Some(interval) = &state.interval {
+                return self.fail(
+                    interval,
+                    "state.interval is set but state.dir is not",
+                    "set state.dir to the directory checkpoints go to",
+                );
+            }
+            return Ok(None);
+        };
+        let interval_ms = match &state.interval {
+            None => 10_000,
+            Some(text) => spec::parse_duration_ms(text)
+                .or_else(|message| self.fail(text, message, "write a duration such as \"10s\""))?,
+        };
+        Ok(Some(CheckpointPlan {
+            dir: dir.clone(),
+            interval: std::time::Duration::from_millis(interval_ms.max(1) as u64),
+            retain: state.retain.unwrap_or(3).max(1),
+        }))
     }
 
     /// Sets `[state] key_ttl` on every stage, refusing one shorter than a

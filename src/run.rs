@@ -16,6 +16,10 @@ pub struct Stats {
     /// Records replayed to rebuild window state (before the start position;
     /// not part of `records_in`).
     pub replayed: AtomicU64,
+    /// Rows a restored checkpoint held (read by an earlier run, waiting in
+    /// an event-time stage at the cut): not part of `records_in`, but
+    /// written by this run.
+    pub carried: AtomicU64,
     /// Rows written to the sinks.
     pub rows_out: AtomicU64,
     /// Dead letters other than late records.
@@ -45,6 +49,7 @@ impl Stats {
         Counts {
             records_in: self.records_in.load(Ordering::Relaxed),
             replayed: self.replayed.load(Ordering::Relaxed),
+            carried: self.carried.load(Ordering::Relaxed),
             rows_out: self.rows_out.load(Ordering::Relaxed),
             dead: self.dead.load(Ordering::Relaxed),
             late: self.late.load(Ordering::Relaxed),
@@ -61,6 +66,8 @@ pub struct Counts {
     pub records_in: u64,
     /// Records replayed to rebuild window state, outside `records_in`.
     pub replayed: u64,
+    /// Rows carried in from a restored checkpoint, outside `records_in`.
+    pub carried: u64,
     /// Output rows.
     pub rows_out: u64,
     /// Dead letters other than late ones.
@@ -79,6 +86,7 @@ impl Counts {
         parts.iter().fold(Counts::default(), |sum, part| Counts {
             records_in: sum.records_in + part.records_in,
             replayed: sum.replayed + part.replayed,
+            carried: sum.carried + part.carried,
             rows_out: sum.rows_out + part.rows_out,
             dead: sum.dead + part.dead,
             late: sum.late + part.late,
@@ -87,9 +95,10 @@ impl Counts {
         })
     }
 
-    /// Whether every input record is accounted for exactly once.
+    /// Whether every input record (and every row carried in from a
+    /// checkpoint) is accounted for exactly once.
     pub fn reconciles(&self) -> bool {
-        self.records_in == self.rows_out + self.dead + self.late
+        self.records_in + self.carried == self.rows_out + self.dead + self.late
     }
 }
 
@@ -125,6 +134,10 @@ pub struct Shared {
     /// Per worker whose partitions wait for slower ones (partition skew),
     /// how to wake its source once another worker's watermark moves.
     aligning: Mutex<std::collections::BTreeMap<usize, Waker>>,
+    /// Takes the run's checkpoints, when the plan has them.
+    pub checkpoints: Option<Arc<crate::checkpoint::Coordinator>>,
+    /// What the run starts from: the checkpoint restored, if any.
+    pub restored: crate::checkpoint::restore::Restored,
 }
 
 /// Wakes a worker's source from another thread.
@@ -154,6 +167,8 @@ impl Shared {
             key_claims: Default::default(),
             active_watermarks: Mutex::new(Default::default()),
             aligning: Mutex::new(Default::default()),
+            checkpoints: None,
+            restored: Default::default(),
         }
     }
 
@@ -385,6 +400,13 @@ impl std::fmt::Display for Summary {
                 f,
                 "  {} earlier records replayed to rebuild window state (source.warm_up)",
                 counts.replayed
+            )?;
+        }
+        if counts.carried > 0 {
+            writeln!(
+                f,
+                "  {} rows carried in from the checkpoint (read before it, waiting for the watermark)",
+                counts.carried
             )?;
         }
         if let Some(model) = &self.model {

@@ -12,6 +12,7 @@
 //! up to outputs that survive a crash.
 
 use crate::batch::{Batch, RowCells, SlotCells};
+use crate::checkpoint::EpochFile;
 use crate::decode::value_to_json;
 use crate::plan::{Plan, SinkPlan};
 use crate::row::{DeadLetter, Origins, Row};
@@ -54,6 +55,189 @@ pub trait RowWriter {
     fn is_durable(&self, epoch: u64) -> bool;
     /// Flushes and closes; after this the output is complete and durable.
     fn finish(&mut self) -> Result<()>;
+    /// Ends the epoch of checkpoint `id`: makes what was written durable
+    /// and returns the files that hold it, to be published when the
+    /// checkpoint commits. Writers without files of their own (standard
+    /// output, Kafka) only make their output durable: they write at least
+    /// once, not exactly once.
+    fn close_epoch(&mut self, _id: u64) -> Result<Vec<EpochFile>> {
+        self.finish()?;
+        Ok(Vec::new())
+    }
+}
+
+/// Where the files of a checkpointed run's epochs go: written under a
+/// hidden pending name, unique to the run and the file, and renamed to
+/// `<stem>-<checkpoint id>.<extension>` when their checkpoint commits.
+#[derive(Debug, Clone)]
+struct EpochNames {
+    dir: PathBuf,
+    /// `part-<worker>` for rows, with a suffix for other writers.
+    stem: String,
+    extension: &'static str,
+    /// Tells this run's pending files from a crashed run's.
+    run: u128,
+    opened: u64,
+}
+
+impl EpochNames {
+    fn new(dir: &Path, stem: String, extension: &'static str) -> Self {
+        let run = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos());
+        EpochNames {
+            dir: dir.to_path_buf(),
+            stem,
+            extension,
+            run,
+            opened: 0,
+        }
+    }
+
+    /// A fresh pending path.
+    fn next_pending(&mut self) -> PathBuf {
+        self.opened += 1;
+        self.dir.join(format!(
+            ".{}-{}-{}.{}{PENDING_SUFFIX}",
+            self.stem, self.run, self.opened, self.extension
+        ))
+    }
+
+    fn published(&self, id: u64) -> PathBuf {
+        self.dir
+            .join(format!("{}-{id:010}.{}", self.stem, self.extension))
+    }
+}
+
+/// The end of the names of files that wait for their checkpoint.
+const PENDING_SUFFIX: &str = ".pending";
+
+/// Makes a checkpointed run's sink directory ready for a run that starts
+/// from checkpoint `restored` (0: none): removes the files of epochs whose
+/// checkpoint never committed (pending files a crash left) and those of
+/// checkpoints after the one restored (when a newer one was refused), and
+/// refuses to start afresh over part files of an earlier run, which it
+/// would neither keep apart nor remove.
+pub fn prepare_epoch_directory(sink: &SinkPlan, restored: u64) -> Result<()> {
+    let (SinkPlan::Jsonl(dir) | SinkPlan::Parquet(dir)) = sink else {
+        return Ok(());
+    };
+    let fail = |error: std::io::Error| sink_error(sink, error);
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    for entry in std::fs::read_dir(dir).map_err(fail)? {
+        let path = entry.map_err(fail)?.path();
+        let name = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let checkpoint = name
+            .rsplit_once('.')
+            .and_then(|(stem, _)| stem.rsplit_once('-'))
+            .and_then(|(_, id)| id.parse::<u64>().ok());
+        if name.starts_with(".part-") && name.ends_with(PENDING_SUFFIX) {
+            std::fs::remove_file(&path).map_err(fail)?;
+        } else if name.starts_with("part-") && restored > 0 {
+            if checkpoint.is_some_and(|id| id > restored) {
+                std::fs::remove_file(&path).map_err(fail)?;
+            }
+        } else if name.starts_with("part-") {
+            return Err(sink_error(
+                sink,
+                format!(
+                    "{} holds outputs of an earlier run, but state.dir has no checkpoint to go on from: a new run would add its rows beside them.\n  fix: remove the directory's part files, or write to another directory",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A file sink of a checkpointed run: one file per epoch, each published
+/// when its checkpoint commits (see [`RowWriter::close_epoch`]).
+struct EpochRowWriter {
+    sink: SinkPlan,
+    layout: Layout,
+    names: EpochNames,
+    current: Option<(Box<dyn RowWriter>, PathBuf)>,
+    epochs: Epochs,
+}
+
+impl EpochRowWriter {
+    fn current(&mut self) -> Result<&mut Box<dyn RowWriter>> {
+        if self.current.is_none() {
+            let path = self.names.next_pending();
+            let writer = open_file_writer(&self.sink, &self.layout, &path)?;
+            self.current = Some((writer, path));
+        }
+        Ok(&mut self.current.as_mut().expect("opened above").0)
+    }
+}
+
+impl RowWriter for EpochRowWriter {
+    fn write(&mut self, batch: &Batch) -> Result<()> {
+        self.current()?.write(batch)
+    }
+
+    fn sync(&mut self) -> Result<u64> {
+        self.epochs.close()
+    }
+
+    fn is_durable(&self, epoch: u64) -> bool {
+        self.epochs.closed(epoch)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        // A file still open at the end belongs to no committed checkpoint:
+        // it is made whole, and stays pending.
+        match &mut self.current {
+            Some((writer, _)) => writer.finish(),
+            None => Ok(()),
+        }
+    }
+
+    fn close_epoch(&mut self, id: u64) -> Result<Vec<EpochFile>> {
+        let Some((mut writer, pending)) = self.current.take() else {
+            return Ok(Vec::new());
+        };
+        writer.finish()?;
+        Ok(vec![EpochFile {
+            pending,
+            published: self.names.published(id),
+        }])
+    }
+}
+
+/// A JSONL or Parquet writer of one file.
+fn open_file_writer(sink: &SinkPlan, layout: &Layout, path: &Path) -> Result<Box<dyn RowWriter>> {
+    Ok(match sink {
+        SinkPlan::Parquet(_) => Box::new(ParquetWriter::create(path, layout.clone(), sink)?),
+        _ => Box::new(JsonlWriter::create(path, layout.clone(), sink)?),
+    })
+}
+
+/// Opens the writer of `sink` for worker `worker` in a checkpointed run:
+/// file sinks write a file per epoch.
+pub fn open_epoch_row_writer(
+    sink: &SinkPlan,
+    layout: &Layout,
+    worker: usize,
+) -> Result<Box<dyn RowWriter>> {
+    let extension = match sink {
+        SinkPlan::Jsonl(_) => "jsonl",
+        SinkPlan::Parquet(_) => "parquet",
+        _ => return open_row_writer(sink, layout, worker),
+    };
+    let (SinkPlan::Jsonl(dir) | SinkPlan::Parquet(dir)) = sink else {
+        unreachable!("matched above")
+    };
+    Ok(Box::new(EpochRowWriter {
+        sink: sink.clone(),
+        layout: layout.clone(),
+        names: EpochNames::new(dir, format!("part-{worker:04}"), extension),
+        current: None,
+        epochs: Epochs::default(),
+    }))
 }
 
 /// Removes the part files of an earlier run from a sink's directory and
@@ -709,6 +893,11 @@ pub struct DeadLetterWriter {
 
 enum DeadLetterTarget {
     File(BufWriter<File>),
+    /// A checkpointed run's file per epoch (see [`EpochNames`]).
+    Epochs {
+        names: EpochNames,
+        current: Option<(BufWriter<File>, PathBuf)>,
+    },
     Stdout,
     Stderr,
     Discard,
@@ -760,6 +949,49 @@ impl DeadLetterWriter {
         })
     }
 
+    /// Opens the dead-letter output of worker `worker` in a checkpointed
+    /// run: in a file sink, one file per epoch, named with `role` (which
+    /// operator writes it) so that two writers of a worker never share a
+    /// file.
+    pub fn open_for_epochs(
+        sink: &SinkPlan,
+        worker: usize,
+        role: &str,
+        origin: &str,
+        origins: Origins,
+    ) -> Result<Self> {
+        let (SinkPlan::Jsonl(dir) | SinkPlan::Parquet(dir)) = sink else {
+            return DeadLetterWriter::open(sink, worker, origin, origins);
+        };
+        Ok(DeadLetterWriter {
+            inner: DeadLetterTarget::Epochs {
+                names: EpochNames::new(dir, format!("part-{worker:04}{role}"), "jsonl"),
+                current: None,
+            },
+            sink: sink.clone(),
+            origin: origin.to_owned(),
+            origins,
+        })
+    }
+
+    /// Ends the epoch of checkpoint `id` (see [`RowWriter::close_epoch`]).
+    pub fn close_epoch(&mut self, id: u64) -> Result<Vec<EpochFile>> {
+        let DeadLetterTarget::Epochs { names, current } = &mut self.inner else {
+            self.finish()?;
+            return Ok(Vec::new());
+        };
+        let Some((mut file, pending)) = current.take() else {
+            return Ok(Vec::new());
+        };
+        file.flush()
+            .and_then(|()| file.get_ref().sync_data())
+            .map_err(|error| sink_error(&self.sink, error))?;
+        Ok(vec![EpochFile {
+            pending,
+            published: names.published(id),
+        }])
+    }
+
     /// Writes one dead letter.
     pub fn write(&mut self, letter: &DeadLetter) -> Result<()> {
         let (topic, partition) = self.origins.locate(letter.partition);
@@ -793,6 +1025,17 @@ impl DeadLetterWriter {
         text.push('\n');
         let written = match &mut self.inner {
             DeadLetterTarget::File(file) => file.write_all(text.as_bytes()),
+            DeadLetterTarget::Epochs { names, current } => {
+                if current.is_none() {
+                    let path = names.next_pending();
+                    let file = File::create(&path).map_err(|error| {
+                        sink_error(&self.sink, format!("{}: {error}", path.display()))
+                    })?;
+                    *current = Some((BufWriter::new(file), path));
+                }
+                let (file, _) = current.as_mut().expect("opened above");
+                file.write_all(text.as_bytes())
+            }
             DeadLetterTarget::Stdout => std::io::stdout().lock().write_all(text.as_bytes()),
             DeadLetterTarget::Stderr => std::io::stderr().lock().write_all(text.as_bytes()),
             DeadLetterTarget::Discard | DeadLetterTarget::Kafka(_) => Ok(()),
@@ -804,13 +1047,18 @@ impl DeadLetterWriter {
     /// to be acknowledged).
     pub fn finish(&mut self) -> Result<()> {
         match &mut self.inner {
-            DeadLetterTarget::File(file) => {
+            DeadLetterTarget::File(file)
+            | DeadLetterTarget::Epochs {
+                current: Some((file, _)),
+                ..
+            } => {
                 file.flush()
                     .map_err(|error| sink_error(&self.sink, error))?;
                 file.get_ref()
                     .sync_data()
                     .map_err(|error| sink_error(&self.sink, error))?;
             }
+            DeadLetterTarget::Epochs { current: None, .. } => {}
             DeadLetterTarget::Kafka(producer) => producer.flush(KAFKA_FINISH_TIMEOUT)?,
             DeadLetterTarget::Stdout | DeadLetterTarget::Stderr | DeadLetterTarget::Discard => {}
         }

@@ -260,7 +260,10 @@ fn a_batch_the_model_fails_on_goes_to_dead_letters_and_the_run_goes_on() {
     // Every bad record is among the dead, each with at most the three
     // others of its batch of four; every row written was scored as the
     // table says.
-    let dead_offsets: Vec<u64> = dead.iter().map(|d| d["_offset"].as_u64().unwrap()).collect();
+    let dead_offsets: Vec<u64> = dead
+        .iter()
+        .map(|d| d["_offset"].as_u64().unwrap())
+        .collect();
     for offset in bad {
         assert!(dead_offsets.contains(&offset), "{dead_offsets:?}");
     }
@@ -281,8 +284,5 @@ fn a_failed_batch_stops_the_run_when_the_spec_says_so() {
     let mut overrides = table_model_input(dir.path(), &[7]);
     overrides.push("model.on_error=\"stop\"".into());
     let error = common::run_text(TABLE_MODEL_SPEC, &overrides, 1).unwrap_err();
-    assert!(
-        error.to_string().contains("out of data bounds"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("out of data bounds"), "{error}");
 }

@@ -201,6 +201,8 @@ pub struct GeneratorReader {
     next_offset: u64,
     end: Option<u64>,
     started: Instant,
+    /// The offset the rate counts from: where reading started.
+    rate_from: u64,
 }
 
 impl GeneratorReader {
@@ -219,13 +221,14 @@ impl GeneratorReader {
             next_offset: 0,
             end: config.partition_count(partition),
             started: Instant::now(),
+            rate_from: 0,
         })
     }
 
     /// How many records the rate allows by now, if rate-limited.
     fn allowed_by_rate(&self) -> Option<u64> {
         let per_partition = self.config.rate? / f64::from(self.config.partitions);
-        Some((self.started.elapsed().as_secs_f64() * per_partition) as u64 + 1)
+        Some(self.rate_from + (self.started.elapsed().as_secs_f64() * per_partition) as u64 + 1)
     }
 
     fn body(&self, offset: u64) -> RawBody {
@@ -243,6 +246,15 @@ impl GeneratorReader {
 }
 
 impl PartitionReader for GeneratorReader {
+    fn seek(&mut self, offset: u64) -> bool {
+        // Every record is a function of its offset: reading can start
+        // anywhere, and the rate counts from there.
+        self.next_offset = offset;
+        self.rate_from = offset;
+        self.started = Instant::now();
+        true
+    }
+
     fn partition(&self) -> u32 {
         self.partition
     }

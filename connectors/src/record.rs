@@ -200,4 +200,11 @@ pub trait PartitionReader: Send {
     /// poll returned [`Poll::Pending`], so the engine need not poll an idle
     /// partition in a tight loop. Readers that are never idle ignore it.
     fn set_wakeup(&mut self, _wake: std::sync::Arc<dyn Fn() + Send + Sync>) {}
+
+    /// Moves the reader to the record at `offset`, where the next poll
+    /// starts (a run restored from a checkpoint); `false` when the reader
+    /// cannot, and the engine skips the records before it instead.
+    fn seek(&mut self, _offset: u64) -> bool {
+        false
+    }
 }

@@ -8,9 +8,12 @@
 //! exactly what the state it was taken from would have, which the oracle
 //! tests check at random points of random runs.
 
+pub mod coordinator;
+pub mod restore;
 pub mod storage;
 pub mod store;
 
+pub use coordinator::{Coordinator, Cut, EpochFile, FINAL};
 pub use storage::{LocalStorage, Storage};
 pub use store::{Checkpoint, CheckpointStore, Found, PartReceipt, Refusal};
 

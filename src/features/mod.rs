@@ -495,6 +495,28 @@ impl StageState {
         self.keys.len()
     }
 
+    /// Records every key held as started, so that the next
+    /// [`StageState::take_key_changes`] claims them: a stage restored from
+    /// a checkpoint claims the keys it brought.
+    pub fn restart_key_claims(&mut self) {
+        let mut started = Vec::new();
+        self.keys.retain(|key, entry| {
+            started.push((
+                ClaimedKey {
+                    hash: KeyHash::of(key).get(),
+                    key: key.clone(),
+                    partition: entry.partition,
+                },
+                0,
+            ));
+            true
+        });
+        self.key_changes
+            .get_or_insert_with(KeyChanges::default)
+            .started
+            .extend(started);
+    }
+
     /// The stage's clock and each key's state, apart.
     pub fn into_keys(mut self) -> (StageClock, Vec<KeyState>) {
         let mut held = Vec::with_capacity(self.keys.len());

@@ -9,32 +9,70 @@
 //! until the watermark passes them and computes them in (event time,
 //! partition, offset) order.
 
+use super::checkpointing::CutTracker;
 use super::{BatchStream, RowStream};
 use crate::Error;
 use crate::batch::Batch;
+use crate::checkpoint::restore::{StagePart, StagePartRef, part_name};
 use crate::features::{StagePlan, StageState};
 use crate::ordering::ReorderBuffer;
 use crate::row::Row;
 use crate::run::Shared;
 use std::sync::Arc;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Map;
 
 /// Computes the window features of a stage.
 pub trait ComputeFeatures<'scope> {
-    /// Routes rows by the stage's key and adds the stage's feature columns.
-    fn compute_features(self, stage: StagePlan, shared: Arc<Shared>) -> BatchStream<'scope>;
+    /// Routes rows by the stage's key and adds the stage's feature columns;
+    /// `index` is the stage's place in the plan (its checkpoint part).
+    fn compute_features(
+        self,
+        index: usize,
+        stage: StagePlan,
+        shared: Arc<Shared>,
+    ) -> BatchStream<'scope>;
 }
 
 impl<'scope> ComputeFeatures<'scope> for BatchStream<'scope> {
-    fn compute_features(self, stage: StagePlan, shared: Arc<Shared>) -> BatchStream<'scope> {
+    fn compute_features(
+        self,
+        index: usize,
+        stage: StagePlan,
+        shared: Arc<Shared>,
+    ) -> BatchStream<'scope> {
         let name = format!("Features({})", stage.key_name);
         match (stage.source_keyed, shared.in_cluster) {
-            (true, false) => where_read(self, name, stage, shared),
+            (true, false) => where_read(self, name, index, stage, shared),
             (true, true) => in_offset_order_by_key(one_by_one(self), name, stage, shared),
-            (false, _) => in_event_time_order(one_by_one(self), name, stage, shared),
+            (false, _) => in_event_time_order(one_by_one(self), name, index, stage, shared),
         }
+    }
+}
+
+/// A stage's state at the start: restored from the checkpoint, or empty.
+fn starting_part(shared: &Shared, index: usize, worker: usize, stage: &StagePlan) -> StagePart {
+    shared
+        .restored
+        .take_stage(index, worker)
+        .unwrap_or_else(|| StagePart {
+            state: StageState::new(stage),
+            buffered: Vec::new(),
+        })
+}
+
+/// Reports a stage's part of a checkpoint, or stops the run.
+fn report_stage(
+    cuts: &mut CutTracker,
+    cut: crate::checkpoint::Cut,
+    part: &StagePartRef<'_>,
+    shared: &Shared,
+) {
+    let bytes = crate::checkpoint::encode(part);
+    if let Err(error) = cuts.report(cut, &bytes, Vec::new()) {
+        shared.abort(error);
     }
 }
 
@@ -99,31 +137,69 @@ fn claim_keys(state: &mut StageState, stage: &StagePlan, shared: &Shared) -> boo
 /// `p % workers`, which then holds every row of `p`'s keys, so batches
 /// stay on the worker that read them (the plan puts this stage before
 /// any stage that exchanges rows).
+///
+/// In a checkpointed run, batches at or past the cut in progress wait
+/// until the stage has cut (see [`CutTracker`]).
 fn where_read<'scope>(
     stream: BatchStream<'scope>,
     name: String,
+    index: usize,
     stage: StagePlan,
     shared: Arc<Shared>,
 ) -> BatchStream<'scope> {
     // Alone, a worker sees every partition: nothing to claim.
     let claiming = stream.scope().peers() > 1;
-    stream.unary(Pipeline, &name, move |_capability, _info| {
-        let mut state = StageState::new(&stage);
+    let worker = stream.scope().index();
+    stream.unary_frontier(Pipeline, &name, move |_capability, _info| {
+        let mut state = starting_part(&shared, index, worker, &stage).state;
         if claiming {
             state.track_key_changes();
+            state.restart_key_claims();
+            claim_keys(&mut state, &stage, &shared);
         }
-        move |input, output| {
-            input.for_each(|time, batches| {
+        let mut cuts = CutTracker::new(&shared, part_name(&format!("stage{index}"), worker));
+        let mut held_back: Vec<(Capability<i64>, Vec<Batch>)> = Vec::new();
+        move |(input, frontier), output| {
+            let compute = |state: &mut StageState, batches: &mut Vec<Batch>| {
+                let mut computed = Vec::with_capacity(batches.len());
                 for mut batch in batches.drain(..) {
                     if shared.is_aborted()
-                        || !apply_or_abort(&mut state, &stage, &shared, &mut batch)
-                        || (claiming && !claim_keys(&mut state, &stage, &shared))
+                        || !apply_or_abort(state, &stage, &shared, &mut batch)
+                        || (claiming && !claim_keys(state, &stage, &shared))
                     {
-                        return;
+                        break;
                     }
-                    output.session(&time).give(batch);
+                    computed.push(batch);
                 }
+                computed
+            };
+            input.for_each(|time, batches| {
+                let at = time.least().copied().unwrap_or(i64::MIN);
+                if cuts.holds_back(at) {
+                    held_back.extend(
+                        time.retain_least(0)
+                            .map(|held| (held, std::mem::take(batches))),
+                    );
+                    return;
+                }
+                let computed = compute(&mut state, batches);
+                output.session(&time).give_iterator(computed.into_iter());
             });
+            while let Some(cut) = cuts.due(&frontier.frontier()) {
+                let part = StagePartRef {
+                    state: &state,
+                    buffered: Vec::new(),
+                };
+                report_stage(&mut cuts, cut, &part, &shared);
+                for (held, mut batches) in std::mem::take(&mut held_back) {
+                    if cuts.holds_back(*held.time()) {
+                        held_back.push((held, batches));
+                        continue;
+                    }
+                    let computed = compute(&mut state, &mut batches);
+                    output.session(&held).give_iterator(computed.into_iter());
+                }
+            }
         }
     })
 }
@@ -160,22 +236,42 @@ fn in_offset_order_by_key<'scope>(
 /// A stage keyed by another field: rows go to the worker that owns their
 /// key, wait in a reorder buffer, and are computed in (event time,
 /// partition, offset) order as the watermark releases them.
+///
+/// In a checkpointed run, rows at or past the cut in progress wait until
+/// the stage has cut; its part holds the rows still buffered, which it
+/// then sends at the cut's time or later.
 fn in_event_time_order<'scope>(
     stream: RowStream<'scope>,
     name: String,
+    index: usize,
     stage: StagePlan,
     shared: Arc<Shared>,
 ) -> BatchStream<'scope> {
+    let worker = stream.scope().index();
     stream.unary_frontier(
         route_by_key(stage.key_slot),
         &name,
         move |capability, _info| {
-            let mut state = StageState::new(&stage);
+            let StagePart {
+                mut state,
+                buffered,
+            } = starting_part(&shared, index, worker, &stage);
             let mut buffer = ReorderBuffer::default();
             let mut capability = Some(capability);
+            let start = capability.as_ref().map_or(i64::MIN, |held| *held.time());
+            crate::run::Stats::add(&shared.stats.carried, buffered.len() as u64);
+            for row in buffered {
+                buffer.push(row, start);
+            }
+            let mut cuts = CutTracker::new(&shared, part_name(&format!("stage{index}"), worker));
+            let mut held_back: Vec<(i64, Vec<Row>)> = Vec::new();
             move |(input, frontier), output| {
                 input.for_each(|time, rows| {
                     let arrival = time.least().copied().unwrap_or(i64::MIN);
+                    if cuts.holds_back(arrival) {
+                        held_back.push((arrival, std::mem::take(rows)));
+                        return;
+                    }
                     buffer_rows(&mut buffer, rows, arrival, &shared);
                 });
                 let watermark = frontier.frontier().iter().min().copied();
@@ -189,11 +285,41 @@ fn in_event_time_order<'scope>(
                 {
                     output.session(&*held).give(released);
                 }
-                // Held no later than the oldest row still buffered.
+                // Rows released above are before the cut; the rows still
+                // buffered go into it, and are sent after it.
+                while let Some(cut) = cuts.due(&frontier.frontier()) {
+                    let part = StagePartRef {
+                        state: &state,
+                        buffered: buffer.rows().collect(),
+                    };
+                    report_stage(&mut cuts, cut, &part, &shared);
+                    buffer.retime_before(cut.time);
+                    for (arrival, mut rows) in std::mem::take(&mut held_back) {
+                        if cuts.holds_back(arrival) {
+                            held_back.push((arrival, rows));
+                        } else {
+                            buffer_rows(&mut buffer, &mut rows, arrival, &shared);
+                        }
+                    }
+                    // At the end of input, what came after the cut leaves
+                    // now too.
+                    let mut released = Batch::from_rows(buffer.release(watermark));
+                    if !released.is_empty()
+                        && !shared.is_aborted()
+                        && apply_or_abort(&mut state, &stage, &shared, &mut released)
+                    {
+                        output.session(&*held).give(released);
+                    }
+                }
+                // Held no later than the oldest row still buffered or held
+                // back.
+                let oldest_held_back = held_back.iter().map(|(arrival, _)| *arrival).min();
                 match watermark.map(|watermark| {
                     buffer
                         .oldest_arrival()
-                        .map_or(watermark, |oldest| oldest.min(watermark))
+                        .into_iter()
+                        .chain(oldest_held_back)
+                        .fold(watermark, i64::min)
                 }) {
                     Some(time) if time > *held.time() => held.downgrade(&time),
                     Some(_) => {}

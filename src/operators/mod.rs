@@ -6,6 +6,7 @@
 //! rows at its current watermark, so an operator whose input frontier has
 //! passed `t` has seen every non-late row with event time before `t`.
 
+pub mod checkpointing;
 pub mod features;
 pub mod score;
 pub mod sink;

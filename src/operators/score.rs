@@ -5,8 +5,10 @@
 //! model's message, and the run goes on (unless `model.on_error = "stop"`).
 
 use super::BatchStream;
+use super::checkpointing::CutTracker;
 use crate::batch::{Batch, RowCells};
 use crate::batching::Batcher;
+use crate::checkpoint::restore::part_name;
 use crate::features::expr::{Expr, Numbers};
 use crate::inference::Model;
 use crate::row::DeadLetter;
@@ -40,6 +42,7 @@ impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
         dead_letters: Rc<RefCell<DeadLetterWriter>>,
     ) -> BatchStream<'scope> {
         let scope = self.scope();
+        let worker = scope.index();
         self.unary_frontier(Pipeline, "Score", move |capability, info| {
             let activator = scope.activator_for(info.address.clone());
             let mut batcher = Batcher::new(shared.plan.batching, model.is_none());
@@ -48,23 +51,31 @@ impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
             let mut arrivals: VecDeque<(i64, usize)> = VecDeque::new();
             let mut capability = Some(capability);
             let mut wrote_dead_letters = false;
+            // A checkpointed run's batcher holds nothing at a cut: it
+            // scores what came before, and input after waits here.
+            let mut cuts = CutTracker::new(&shared, part_name("score", worker));
+            let mut held_back: Vec<(i64, Vec<Batch>)> = Vec::new();
             move |(input, frontier), output| {
                 let now = Instant::now();
                 input.for_each(|time, batches| {
-                    for mut batch in batches.drain(..) {
-                        if shared.is_aborted() || batch.is_empty() {
-                            continue;
-                        }
-                        let arrival = time.least().copied().unwrap_or(i64::MIN);
-                        arrivals.push_back((arrival, batch.len()));
-                        evaluate_expressions(&shared.plan.expressions, &mut batch);
-                        batcher.extend(batch, now);
+                    let arrival = time.least().copied().unwrap_or(i64::MIN);
+                    if cuts.holds_back(arrival) {
+                        held_back.push((arrival, std::mem::take(batches)));
+                    } else {
+                        take(
+                            &shared,
+                            &mut batcher,
+                            &mut arrivals,
+                            (arrival, batches),
+                            now,
+                        );
                     }
                 });
                 let Some(held) = capability.as_mut() else {
                     return;
                 };
-                let input_ended = frontier.is_empty();
+                let cut = cuts.due(&frontier.frontier());
+                let input_ended = frontier.is_empty() || cut.is_some();
                 let behind = shared.any_behind();
                 while let Some(mut batch) = batcher.next_batch(behind, input_ended, now) {
                     if shared.is_aborted() {
@@ -89,13 +100,35 @@ impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
                     shared.metrics.batch_rows.observe(batch.len() as f64);
                     output.session(&*held).give(batch);
                 }
+                if let Some(cut) = cut {
+                    let files = dead_letters.borrow_mut().close_epoch(cut.id);
+                    let reported = files.and_then(|files| {
+                        cuts.report(cut, &crate::checkpoint::encode(&files), files)
+                    });
+                    if let Err(error) = reported {
+                        shared.abort(error);
+                    }
+                    for (arrival, mut batches) in std::mem::take(&mut held_back) {
+                        if cuts.holds_back(arrival) {
+                            held_back.push((arrival, batches));
+                        } else {
+                            let batches = (arrival, &mut batches);
+                            take(&shared, &mut batcher, &mut arrivals, batches, now);
+                        }
+                    }
+                    activator.activate();
+                }
                 if let Some(wait) = batcher.time_to_deadline(behind, now) {
                     activator.activate_after(wait);
                 }
+                let oldest_held_back = held_back.iter().map(|(arrival, _)| *arrival).min();
                 let hold = frontier.frontier().iter().min().map(|time| {
                     arrivals
                         .front()
-                        .map_or(*time, |(oldest, _)| (*oldest).min(*time))
+                        .map(|(oldest, _)| *oldest)
+                        .into_iter()
+                        .chain(oldest_held_back)
+                        .fold(*time, i64::min)
                 });
                 match hold.as_ref() {
                     Some(time) if time > held.time() => held.downgrade(time),
@@ -113,6 +146,25 @@ impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
                 }
             }
         })
+    }
+}
+
+/// Evaluates the expressions of batches that arrived at `arrival` and
+/// hands them to the batcher.
+fn take(
+    shared: &Shared,
+    batcher: &mut Batcher,
+    arrivals: &mut VecDeque<(i64, usize)>,
+    (arrival, batches): (i64, &mut Vec<Batch>),
+    now: Instant,
+) {
+    for mut batch in batches.drain(..) {
+        if shared.is_aborted() || batch.is_empty() {
+            continue;
+        }
+        arrivals.push_back((arrival, batch.len()));
+        evaluate_expressions(&shared.plan.expressions, &mut batch);
+        batcher.extend(batch, now);
     }
 }
 

@@ -12,7 +12,9 @@
 //! before it may be committed.
 
 use super::BatchStream;
+use super::checkpointing::CutTracker;
 use crate::batch::Batch;
+use crate::checkpoint::restore::part_name;
 use crate::run::{Shared, Stats};
 use crate::sinks::RowWriter;
 use std::collections::VecDeque;
@@ -45,6 +47,7 @@ impl WriteRows for BatchStream<'_> {
         sync_interval: Option<Duration>,
     ) -> Handle<i64> {
         let scope = self.scope();
+        let worker = scope.index();
         let sink_names: Vec<String> = shared
             .plan
             .sinks
@@ -62,15 +65,39 @@ impl WriteRows for BatchStream<'_> {
                     // frontier when the sync was made.
                     let mut pending: VecDeque<(Vec<u64>, i64)> = VecDeque::new();
                     let mut last_sync = Instant::now();
+                    // In a checkpointed run, rows after the cut in
+                    // progress wait until the epoch's files are closed.
+                    let mut cuts = CutTracker::new(&shared, part_name("sink", worker));
+                    let mut held_back: Vec<(i64, Vec<Batch>)> = Vec::new();
                     move |(input, frontier), _output| {
-                        input.for_each(|_time, batches| {
-                            for batch in batches.iter() {
-                                if shared.is_aborted() {
-                                    return;
-                                }
-                                write_batch(&mut writers, &sink_names, &shared, batch);
+                        input.for_each(|time, batches| {
+                            let arrival = time.least().copied().unwrap_or(i64::MIN);
+                            if cuts.holds_back(arrival) {
+                                held_back.push((arrival, std::mem::take(batches)));
+                                return;
                             }
+                            write_all(&mut writers, &sink_names, &shared, batches);
                         });
+                        while let Some(cut) = cuts.due(&frontier.frontier()) {
+                            let closed: Result<Vec<_>, _> = writers
+                                .iter_mut()
+                                .map(|writer| writer.close_epoch(cut.id))
+                                .collect();
+                            let reported = closed.and_then(|files| {
+                                let files: Vec<_> = files.into_iter().flatten().collect();
+                                cuts.report(cut, &crate::checkpoint::encode(&files), files)
+                            });
+                            if let Err(error) = reported {
+                                shared.abort(error);
+                            }
+                            for (arrival, mut batches) in std::mem::take(&mut held_back) {
+                                if cuts.holds_back(arrival) {
+                                    held_back.push((arrival, batches));
+                                } else {
+                                    write_all(&mut writers, &sink_names, &shared, &mut batches);
+                                }
+                            }
+                        }
                         let Some(held) = capability.as_mut() else {
                             return;
                         };
@@ -121,6 +148,21 @@ impl WriteRows for BatchStream<'_> {
             );
         let (probe, _) = durable.probe();
         probe
+    }
+}
+
+/// Writes batches to every writer, unless the run has stopped.
+fn write_all(
+    writers: &mut [Box<dyn RowWriter>],
+    sink_names: &[String],
+    shared: &Shared,
+    batches: &mut Vec<Batch>,
+) {
+    for batch in batches.drain(..) {
+        if shared.is_aborted() {
+            return;
+        }
+        write_batch(writers, sink_names, shared, &batch);
     }
 }
 

@@ -17,6 +17,8 @@
 
 use super::BatchStream;
 use crate::batch::Batch;
+use crate::checkpoint::restore::{PartitionPosition, SourceCut, part_name};
+use crate::checkpoint::{Cut, FINAL};
 use crate::commit::OffsetLedger;
 use crate::decode::Decoder;
 use crate::metrics::PartitionStatus;
@@ -153,6 +155,126 @@ struct Partition {
     finished: bool,
     behind: bool,
     last_record: Instant,
+    /// The offset of the next record to read: where a checkpoint taken
+    /// now would have a restored run start.
+    next_offset: u64,
+}
+
+impl Partition {
+    fn position(&self) -> PartitionPosition {
+        PartitionPosition {
+            partition: self.reader.partition(),
+            next_offset: self.next_offset,
+            clock: self.clock,
+            finished: self.finished,
+        }
+    }
+}
+
+/// How soon a source waiting for the final checkpoint looks again.
+const CHECKPOINT_WAIT: Duration = Duration::from_millis(5);
+
+/// A partition reader that skips the records before a restored position
+/// (files and the generator, which cannot start at an offset).
+struct ResumeAt {
+    reader: Box<dyn PartitionReader>,
+    next_offset: u64,
+}
+
+impl PartitionReader for ResumeAt {
+    fn partition(&self) -> u32 {
+        self.reader.partition()
+    }
+
+    fn poll(
+        &mut self,
+        out: &mut Vec<RawRecord>,
+        max_records: usize,
+    ) -> tideflow_connectors::Result<Poll> {
+        let kept_from = out.len();
+        loop {
+            let polled = self.reader.poll(out, max_records)?;
+            let mut index = kept_from;
+            while index < out.len() {
+                if out[index].offset < self.next_offset {
+                    out.remove(index);
+                } else {
+                    index += 1;
+                }
+            }
+            if out.len() > kept_from || polled != Poll::Ready {
+                return Ok(polled);
+            }
+        }
+    }
+
+    fn is_behind(&self) -> bool {
+        self.reader.is_behind()
+    }
+
+    fn progress(&self) -> (u64, Option<u64>) {
+        self.reader.progress()
+    }
+
+    fn first_output_offset(&self) -> u64 {
+        self.reader.first_output_offset()
+    }
+
+    fn lag(&self) -> Option<u64> {
+        self.reader.lag()
+    }
+
+    fn set_wakeup(&mut self, wake: std::sync::Arc<dyn Fn() + Send + Sync>) {
+        self.reader.set_wakeup(wake);
+    }
+}
+
+/// Wraps the readers of partitions restored from a checkpoint so that
+/// they start after its position.
+pub fn resume_at_restored(
+    readers: Vec<Box<dyn PartitionReader>>,
+    positions: &std::collections::BTreeMap<u32, PartitionPosition>,
+) -> Vec<Box<dyn PartitionReader>> {
+    readers
+        .into_iter()
+        .map(|mut reader| match positions.get(&reader.partition()) {
+            Some(position)
+                if position.next_offset > reader.first_output_offset()
+                    && !reader.seek(position.next_offset) =>
+            {
+                Box::new(ResumeAt {
+                    reader,
+                    next_offset: position.next_offset,
+                }) as Box<dyn PartitionReader>
+            }
+            _ => reader,
+        })
+        .collect()
+}
+
+/// Takes the source's part of a checkpoint: its partitions' positions and
+/// the dead-letter files of the epoch.
+fn cut_source(
+    shared: &Shared,
+    worker: usize,
+    cut: Cut,
+    partitions: &[Partition],
+    dead_letters: &mut DeadLetterWriter,
+) -> Result<()> {
+    let Some(coordinator) = &shared.checkpoints else {
+        return Ok(());
+    };
+    let files = dead_letters.close_epoch(cut.id)?;
+    let part = SourceCut {
+        partitions: partitions.iter().map(Partition::position).collect(),
+        files: files.clone(),
+    };
+    coordinator.report(
+        cut.id,
+        &part_name("source", worker),
+        &crate::checkpoint::encode(&part),
+        files,
+    )
 }
 
 impl Partition {
@@ -199,19 +321,28 @@ pub fn read_source<'scope>(
     let mut partitions: Vec<Partition> = readers
         .into_iter()
         .map(|reader| {
-            let behind = reader.is_behind();
+            let restored = shared.restored.positions.get(&reader.partition()).copied();
+            let finished = restored.is_some_and(|position| position.finished);
+            let behind = !finished && reader.is_behind();
             if behind {
                 shared.partitions_behind.fetch_add(1, Ordering::SeqCst);
             }
             Partition {
+                next_offset: restored.map_or(reader.first_output_offset(), |position| {
+                    position.next_offset
+                }),
+                clock: restored.map_or_else(PartitionClock::default, |position| position.clock),
                 reader,
-                clock: PartitionClock::default(),
-                finished: false,
+                finished,
                 behind,
                 last_record: Instant::now(),
             }
         })
         .collect();
+    if let Some(coordinator) = &shared.checkpoints {
+        coordinator.source_starts(worker, i64::MIN);
+    }
+    let mut final_bookkeeping_done = false;
     let rows = source::<i64, CapacityContainerBuilder<Vec<Batch>>, _, _>(
         scope,
         "Source",
@@ -255,7 +386,9 @@ pub fn read_source<'scope>(
                     .filter(|partition| !partition.finished)
                     .enumerate()
                 {
-                    if shared.is_aborted() {
+                    // Stopped, or waiting for the final checkpoint: no
+                    // more reading.
+                    if shared.is_aborted() || final_bookkeeping_done {
                         break;
                     }
                     if partition.holds_watermark(idle_timeout)
@@ -306,6 +439,7 @@ pub fn read_source<'scope>(
                             if last.offset >= first_output {
                                 read_up_to_here = Some((last.partition, last.offset + 1));
                             }
+                            partition.next_offset = partition.next_offset.max(last.offset + 1);
                             partition.last_record = Instant::now();
                         }
                         let chunk_read = raw.len();
@@ -396,14 +530,39 @@ pub fn read_source<'scope>(
                 }
                 let all_finished = partitions.iter().all(|partition| partition.finished);
                 if all_finished || shared.is_aborted() || shared.stop_requested() {
-                    if let Err(error) = dead_letters.finish() {
-                        shared.abort(error);
+                    if !final_bookkeeping_done {
+                        final_bookkeeping_done = true;
+                        if let Err(error) = dead_letters.finish() {
+                            shared.abort(error);
+                        }
+                        for partition in partitions.iter_mut().filter(|partition| partition.behind)
+                        {
+                            partition.behind = false;
+                            shared.partitions_behind.fetch_sub(1, Ordering::SeqCst);
+                        }
+                        shared.publish_watermark(worker, None);
                     }
-                    for partition in partitions.iter_mut().filter(|partition| partition.behind) {
-                        partition.behind = false;
-                        shared.partitions_behind.fetch_sub(1, Ordering::SeqCst);
+                    // A checkpointed run ends with a checkpoint of where
+                    // its sources ended: the source holds its capability
+                    // until it has cut the final one.
+                    if let Some(coordinator) = &shared.checkpoints
+                        && !shared.is_aborted()
+                    {
+                        let cut = coordinator.source_moves(worker, *held.time(), FINAL);
+                        if let Some(cut) = cut
+                            && let Err(error) =
+                                cut_source(&shared, worker, cut, &partitions, &mut dead_letters)
+                        {
+                            shared.abort(error);
+                        }
+                        if cut.is_none_or(|cut| cut.time != FINAL) {
+                            if let Some(cut) = cut {
+                                held.downgrade(&cut.time);
+                            }
+                            activator.activate_after(CHECKPOINT_WAIT);
+                            return;
+                        }
                     }
-                    shared.publish_watermark(worker, None);
                     capability = None;
                     return;
                 }
@@ -421,6 +580,15 @@ pub fn read_source<'scope>(
                 if let Some(watermark) = watermark.or_else(|| shared.slowest_active_watermark())
                     && watermark > *held.time()
                 {
+                    // Everything emitted so far is before the new time: a
+                    // checkpoint it crosses is cut here.
+                    if let Some(coordinator) = &shared.checkpoints
+                        && let Some(cut) = coordinator.source_moves(worker, *held.time(), watermark)
+                        && let Err(error) =
+                            cut_source(&shared, worker, cut, &partitions, &mut dead_letters)
+                    {
+                        shared.abort(error);
+                    }
                     held.downgrade(&watermark);
                 }
                 let wait = match again {

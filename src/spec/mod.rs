@@ -52,6 +52,14 @@ pub struct Spec {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateSpec {
+    /// Where checkpoints are kept (a local directory). With it, the run
+    /// takes periodic checkpoints, starts from the newest one, and writes
+    /// file sinks exactly once.
+    pub dir: Option<PathBuf>,
+    /// Wall-clock time between checkpoints (default `10s`).
+    pub interval: Option<String>,
+    /// How many complete checkpoints are kept (default 3).
+    pub retain: Option<usize>,
     /// How much event time may pass without a record of a key before the
     /// key's state expires (a duration; default: never). A record that
     /// comes `key_ttl` or more after its key's newest earlier record starts

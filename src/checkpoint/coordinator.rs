@@ -1,0 +1,240 @@
+//! Taking a checkpoint across the operators of a process: when each one
+//! cuts, what it reports, and when the checkpoint is complete.
+//!
+//! A checkpoint is a cut at a dataflow time `T`: every operator's state
+//! after exactly the data at times before `T`. The sources choose the cut:
+//! `T` is announced above every source's current time, so that each
+//! source crosses it later, when its capability moves from below `T` to
+//! `T` or beyond (or it finishes); at that moment everything it has
+//! emitted is before the cut, and it reports its positions. Every other
+//! stateful operator holds back input at `T` or later and cuts once its
+//! input frontier has passed `T`: it has then seen all input before the
+//! cut and none after. Its output after the cut is at `T` or later, so
+//! downstream the cut falls in the same place. Sinks close the files of
+//! the epoch then; the files become visible when the checkpoint commits.
+//!
+//! Each operator reports one part. The report that completes the
+//! checkpoint writes its manifest, then renames the epoch's files into
+//! place. One checkpoint is in progress at a time; the next starts once
+//! `interval` has passed. When a source has read everything, it announces
+//! a last checkpoint at the end of time (`T = i64::MAX`), which each
+//! operator takes when its input ends: a finished run's checkpoint holds
+//! its final positions, so running it again reads nothing and writes
+//! nothing.
+
+use super::store::{CheckpointStore, PartReceipt};
+use crate::Result;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The checkpoint at the end of time, taken when the sources finish.
+pub const FINAL: i64 = i64::MAX;
+
+/// A file written for a checkpoint's epoch: under its pending name until
+/// the checkpoint commits, then renamed to its final name.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EpochFile {
+    /// Where it was written.
+    pub pending: PathBuf,
+    /// Where it goes once its checkpoint commits.
+    pub published: PathBuf,
+}
+
+impl EpochFile {
+    /// Renames the file into place; a file already there (a commit that
+    /// crashed after renaming) is no error.
+    pub fn publish(&self) -> std::io::Result<()> {
+        match std::fs::rename(&self.pending, &self.published) {
+            Err(error)
+                if error.kind() == std::io::ErrorKind::NotFound && self.published.exists() =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
+/// The checkpoints of one process's run.
+#[derive(Debug)]
+pub struct Coordinator {
+    store: CheckpointStore,
+    interval: Duration,
+    /// Parts each checkpoint has: one per stateful operator of each worker.
+    parts: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    next_id: u64,
+    /// Each source's current time (`FINAL` once it has finished).
+    sources: BTreeMap<usize, i64>,
+    in_progress: Option<InProgress>,
+    last_started: Instant,
+    /// The newest checkpoint committed: its id and time.
+    committed: Option<(u64, i64)>,
+    /// How long the newest commit took from its announcement, and its
+    /// size in bytes.
+    last_duration: Option<Duration>,
+    last_bytes: u64,
+}
+
+#[derive(Debug)]
+struct InProgress {
+    id: u64,
+    time: i64,
+    started: Instant,
+    receipts: Vec<PartReceipt>,
+    files: Vec<EpochFile>,
+}
+
+/// A checkpoint an operator has to cut: its id and its time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cut {
+    /// The checkpoint's id (its epoch in the store).
+    pub id: u64,
+    /// Its dataflow time: the operator cuts once its input is past it.
+    pub time: i64,
+}
+
+impl Coordinator {
+    /// Checkpoints into `store` every `interval`, each with `parts` parts,
+    /// numbered after `last_id` (the checkpoint restored, or 0).
+    pub fn new(store: CheckpointStore, interval: Duration, parts: usize, last_id: u64) -> Self {
+        Coordinator {
+            store,
+            interval,
+            parts,
+            inner: Mutex::new(Inner {
+                next_id: last_id + 1,
+                sources: BTreeMap::new(),
+                in_progress: None,
+                last_started: Instant::now(),
+                committed: None,
+                last_duration: None,
+                last_bytes: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers the source of `worker` at time `time`, before it emits
+    /// anything.
+    pub fn source_starts(&self, worker: usize, time: i64) {
+        self.lock().sources.insert(worker, time);
+    }
+
+    /// The source of `worker` moves from `from` to `to` (`FINAL` when it
+    /// has read everything): returns the checkpoint it crosses, which it
+    /// must cut now, with its state as it is. Starts a checkpoint when one
+    /// is due: every `interval`, and the final one once a source has read
+    /// everything.
+    pub fn source_moves(&self, worker: usize, from: i64, to: i64) -> Option<Cut> {
+        let mut inner = self.lock();
+        inner.sources.insert(worker, to);
+        if inner.in_progress.is_none() {
+            let due = inner.last_started.elapsed() >= self.interval;
+            let finishing = to == FINAL;
+            if due || finishing {
+                // Above every source's time, so that each crosses it
+                // later, this one included.
+                let time = if finishing {
+                    FINAL
+                } else {
+                    inner
+                        .sources
+                        .values()
+                        .copied()
+                        .max()
+                        .unwrap_or(from)
+                        .saturating_add(1)
+                };
+                let already_final = inner.committed.is_some_and(|(_, time)| time == FINAL);
+                if !already_final {
+                    let id = inner.next_id;
+                    inner.next_id += 1;
+                    inner.last_started = Instant::now();
+                    inner.in_progress = Some(InProgress {
+                        id,
+                        time,
+                        started: Instant::now(),
+                        receipts: Vec::new(),
+                        files: Vec::new(),
+                    });
+                }
+            }
+        }
+        let cut = inner.in_progress.as_ref().map(|progress| Cut {
+            id: progress.id,
+            time: progress.time,
+        })?;
+        (from < cut.time && to >= cut.time).then_some(cut)
+    }
+
+    /// The checkpoint in progress, if any.
+    pub fn in_progress(&self) -> Option<Cut> {
+        self.lock().in_progress.as_ref().map(|progress| Cut {
+            id: progress.id,
+            time: progress.time,
+        })
+    }
+
+    /// Whether the final checkpoint has committed: a finished source may
+    /// then stop.
+    pub fn final_committed(&self) -> bool {
+        self.lock().committed.is_some_and(|(_, time)| time == FINAL)
+    }
+
+    /// Stores an operator's part of checkpoint `id`, with the files it
+    /// closed for the checkpoint's epoch; the last part commits the
+    /// checkpoint and publishes every file.
+    pub fn report(&self, id: u64, name: &str, bytes: &[u8], files: Vec<EpochFile>) -> Result<()> {
+        let receipt = self.store.write_part(id, name, bytes)?;
+        let mut inner = self.lock();
+        let Some(progress) = inner
+            .in_progress
+            .as_mut()
+            .filter(|progress| progress.id == id)
+        else {
+            return Ok(());
+        };
+        progress.receipts.push(receipt);
+        progress.files.extend(files);
+        if progress.receipts.len() < self.parts {
+            return Ok(());
+        }
+        let progress = inner.in_progress.take().expect("checked above");
+        let bytes = progress.receipts.iter().map(|receipt| receipt.bytes).sum();
+        self.store.commit(progress.id, progress.receipts)?;
+        for file in &progress.files {
+            file.publish().map_err(|error| crate::Error::Checkpoint {
+                location: file.pending.display().to_string(),
+                message: format!("cannot publish as {}: {error}", file.published.display()),
+            })?;
+        }
+        inner.committed = Some((progress.id, progress.time));
+        inner.last_duration = Some(progress.started.elapsed());
+        inner.last_bytes = bytes;
+        Ok(())
+    }
+
+    /// The newest committed checkpoint's id, how long it took and its
+    /// size, for metrics and the summary.
+    pub fn last_committed(&self) -> Option<(u64, Duration, u64)> {
+        let inner = self.lock();
+        let (id, _) = inner.committed?;
+        Some((
+            id,
+            inner.last_duration.unwrap_or_default(),
+            inner.last_bytes,
+        ))
+    }
+}

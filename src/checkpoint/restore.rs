@@ -1,0 +1,203 @@
+//! Starting a run from its newest checkpoint: the sources' positions, the
+//! feature stages' state regrouped onto this run's workers, and the
+//! files of the checkpoint's epochs published.
+//!
+//! Each operator's part is named after the operator and the worker that
+//! wrote it (`source-w0`, `stage1-w3`, `sink-w2`); a restore reads every
+//! part, so a checkpoint taken on one number of workers restores onto
+//! another: positions are per partition, and each stage's keys go to the
+//! worker that now owns them.
+
+use super::coordinator::EpochFile;
+use super::store::{CheckpointStore, Found};
+use crate::Result;
+use crate::features::{StagePlan, StageState};
+use crate::ordering::PartitionClock;
+use crate::plan::Plan;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// Where a source partition stands at a cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionPosition {
+    /// The source partition.
+    pub partition: u32,
+    /// The offset of the first record after the cut.
+    pub next_offset: u64,
+    /// Its lateness clock.
+    pub clock: PartitionClock,
+    /// Whether it had ended.
+    pub finished: bool,
+}
+
+/// A source's part of a checkpoint: its partitions' positions and the
+/// dead-letter files of the epoch.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SourceCut {
+    /// Each partition the source reads.
+    pub partitions: Vec<PartitionPosition>,
+    /// Files to publish with the checkpoint.
+    pub files: Vec<EpochFile>,
+}
+
+/// A feature stage's part of a checkpoint: its state, and the rows it
+/// held back for the watermark (stages keyed by other fields than the
+/// source's).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StagePart {
+    /// The stage's keys and clock.
+    pub state: StageState,
+    /// Rows waiting for the watermark, in canonical order.
+    pub buffered: Vec<crate::row::Row>,
+}
+
+/// A [`StagePart`] borrowed from a running stage, to encode without a
+/// copy (the same bytes as the owned one).
+#[derive(Debug, Serialize)]
+pub struct StagePartRef<'a> {
+    /// The stage's keys and clock.
+    pub state: &'a StageState,
+    /// Rows waiting for the watermark, in canonical order.
+    pub buffered: Vec<&'a crate::row::Row>,
+}
+
+/// What a run starts from.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// The checkpoint's id; 0 when the run starts afresh.
+    pub id: u64,
+    /// Each partition's position, by partition.
+    pub positions: BTreeMap<u32, PartitionPosition>,
+    /// Per stage, per worker of this run: its part, taken once.
+    stages: Vec<Vec<Mutex<Option<StagePart>>>>,
+}
+
+impl Restored {
+    /// The part worker `worker` starts stage `stage` from, if restored.
+    pub fn take_stage(&self, stage: usize, worker: usize) -> Option<StagePart> {
+        self.stages
+            .get(stage)?
+            .get(worker)?
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+}
+
+/// The part name of an operator of worker `worker`.
+pub fn part_name(operator: &str, worker: usize) -> String {
+    format!("{operator}-w{worker}")
+}
+
+/// Reads the newest sound checkpoint of `store` for a run of `plan` on
+/// `workers` workers (saying on standard error which newer ones it
+/// refused and why), and publishes the files of its epochs that a crash
+/// left unpublished.
+pub fn restore(plan: &Plan, store: &CheckpointStore, workers: usize) -> Result<Restored> {
+    let Found {
+        checkpoint,
+        refused,
+    } = store.latest()?;
+    for refusal in &refused {
+        eprintln!(
+            "tideflow: checkpoint {} refused ({}); using an older one",
+            refusal.epoch, refusal.reason
+        );
+    }
+    let Some(checkpoint) = checkpoint else {
+        return Ok(Restored::default());
+    };
+    let location = |name: &str| format!("checkpoint {} part {name}", checkpoint.epoch);
+    let mut restored = Restored {
+        id: checkpoint.epoch,
+        ..Restored::default()
+    };
+    let mut stages: Vec<Vec<StagePart>> = plan.stages.iter().map(|_| Vec::new()).collect();
+    let mut files: Vec<EpochFile> = Vec::new();
+    for (name, bytes) in &checkpoint.parts {
+        let operator = name.split("-w").next().unwrap_or_default();
+        let decoded = match operator {
+            "source" => super::decode::<SourceCut>(bytes).map(|cut| {
+                files.extend(cut.files);
+                for position in cut.partitions {
+                    restored.positions.insert(position.partition, position);
+                }
+            }),
+            "sink" | "score" => super::decode::<Vec<EpochFile>>(bytes).map(|mine| files.extend(mine)),
+            stage => match stage
+                .strip_prefix("stage")
+                .and_then(|index| index.parse::<usize>().ok())
+                .filter(|index| *index < stages.len())
+            {
+                Some(index) => super::decode::<StagePart>(bytes).map(|part| stages[index].push(part)),
+                None => Err(crate::Error::Checkpoint {
+                    location: location(name),
+                    message: "a part this dataflow has no operator for: the checkpoint is of another spec; point state.dir elsewhere".into(),
+                }),
+            },
+        };
+        decoded.map_err(|error| crate::Error::Checkpoint {
+            location: location(name),
+            message: error.to_string(),
+        })?;
+    }
+    for file in &files {
+        file.publish().map_err(|error| crate::Error::Checkpoint {
+            location: file.pending.display().to_string(),
+            message: format!("cannot publish as {}: {error}", file.published.display()),
+        })?;
+    }
+    restored.stages = plan
+        .stages
+        .iter()
+        .zip(stages)
+        .map(|(stage, parts)| regroup(stage, parts, workers))
+        .collect();
+    Ok(restored)
+}
+
+/// A stage's parts from the workers that wrote them, as the parts of this
+/// run's `workers`.
+fn regroup(
+    stage: &StagePlan,
+    parts: Vec<StagePart>,
+    workers: usize,
+) -> Vec<Mutex<Option<StagePart>>> {
+    let mut buffered: Vec<Vec<crate::row::Row>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut states = Vec::with_capacity(parts.len());
+    for part in parts {
+        states.push(part.state);
+        for row in part.buffered {
+            let worker = owner(stage, &row.values[stage.key_slot], row.partition, workers);
+            buffered[worker].push(row);
+        }
+    }
+    let states = StageState::regroup(stage, states, workers, |key| {
+        owner(stage, &key.key, key.partition, workers)
+    });
+    states
+        .into_iter()
+        .zip(buffered)
+        .map(|(state, mut buffered)| {
+            buffered.sort_by_key(crate::row::Row::canonical_order);
+            Mutex::new(Some(StagePart { state, buffered }))
+        })
+        .collect()
+}
+
+/// The worker of a single process that keeps a key first seen in
+/// `partition`: a source-keyed stage's keys stay with the worker reading
+/// their partition, any other stage's go by the key's hash.
+fn owner(
+    stage: &StagePlan,
+    key: &tideflow_connectors::Value,
+    partition: u32,
+    workers: usize,
+) -> usize {
+    if stage.source_keyed {
+        partition as usize % workers
+    } else {
+        (key.stable_hash() % workers as u64) as usize
+    }
+}

@@ -1,0 +1,395 @@
+//! Checkpoints, tested through the `tideflow` command as a user runs it:
+//! a run killed with SIGKILL at random points and started again each time
+//! ends with exactly the rows and dead letters of one uninterrupted run
+//! (none lost, none twice, every value bit for bit), in JSONL and in
+//! Parquet; a checkpoint restores onto another number of workers; a
+//! corrupted checkpoint is refused for the one before it; running a
+//! finished job again changes no output.
+//!
+//! The source is the seeded generator, whose records are a function of
+//! (seed, partition, offset): the uninterrupted run it is compared with
+//! reads the same records without the rate limit that gives the killed
+//! runs time to be killed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+/// Two stages: one keyed by the source's key, one by the merchant (held
+/// for the watermark, so a cut finds rows waiting); late records make dead
+/// letters.
+const SPEC: &str = r#"
+name = "checkpointed"
+[source]
+type = "generator"
+key = "user_id"
+users = 300
+merchants = 20
+partitions = 4
+count = COUNT
+RATE
+spacing_ms = 50.0
+disorder_fraction = 0.05
+disorder_max = "3s"
+[schema]
+user_id = "string"
+merchant_id = "string"
+amount = "f64"
+ts = "timestamp_ms"
+[time]
+field = "ts"
+max_out_of_orderness = "1s"
+[[feature]]
+name = "amount_sum_1h"
+agg = "sum"
+field = "amount"
+window = "1h"
+[[feature]]
+name = "gap_ms"
+agg = "since_prev"
+[[feature]]
+name = "merchant_mean_10m"
+key = "merchant_id"
+agg = "mean"
+field = "amount"
+window = "10m"
+[[sink]]
+type = "jsonl"
+path = "OUT/rows"
+[[sink]]
+type = "parquet"
+path = "OUT/parquet"
+[dead_letters]
+type = "jsonl"
+path = "OUT/dead"
+"#;
+
+/// Writes the spec for `count` records into `out`: with `rate`, the
+/// generator paces them; with `state`, checkpoints go to `out/state`.
+fn spec(out: &Path, count: u64, rate: Option<u32>, state: bool) -> PathBuf {
+    let mut text = SPEC
+        .replace("COUNT", &count.to_string())
+        .replace(
+            "RATE",
+            &rate.map_or(String::new(), |rate| format!("rate = {rate}")),
+        )
+        .replace("OUT", &out.display().to_string());
+    if state {
+        text.push_str(&format!(
+            "[state]\ndir = \"{}\"\ninterval = \"150ms\"\n",
+            out.join("state").display()
+        ));
+    }
+    std::fs::create_dir_all(out).unwrap();
+    let path = out.join("spec.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn start(spec: &Path, workers: usize) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_tideflow"))
+        .args(["run", &spec.display().to_string(), "--workers"])
+        .arg(workers.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Runs to the end and returns its standard error, which must say it
+/// succeeded.
+fn run_to_end(spec: &Path, workers: usize) -> String {
+    let Output { status, stderr, .. } = start(spec, workers).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&stderr).into_owned();
+    assert!(status.success(), "{stderr}");
+    stderr
+}
+
+/// Starts a run and kills it with SIGKILL after `delay`; returns whether
+/// it was killed (it may have finished first).
+fn kill_after(spec: &Path, workers: usize, delay: Duration) -> bool {
+    let mut child = start(spec, workers);
+    std::thread::sleep(delay);
+    let killed = child.try_wait().unwrap().is_none() && child.kill().is_ok();
+    child.wait().unwrap();
+    killed
+}
+
+/// The rows of a JSONL sink directory by (partition, offset), as written;
+/// a row written twice fails the test.
+fn jsonl_rows(dir: &Path) -> BTreeMap<(u64, u64), String> {
+    let mut rows = BTreeMap::new();
+    for line in common_lines(dir) {
+        let row: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let origin = (
+            row["_partition"].as_u64().unwrap(),
+            row["_offset"].as_u64().unwrap(),
+        );
+        assert!(
+            rows.insert(origin, line.clone()).is_none(),
+            "{origin:?} written twice in {}",
+            dir.display()
+        );
+    }
+    rows
+}
+
+fn common_lines(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(!name.ends_with(".pending"), "{name} left pending");
+        lines.extend(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .map(str::to_owned),
+        );
+    }
+    lines
+}
+
+/// The feature values of a Parquet sink directory by (partition, offset),
+/// as bits; a row written twice fails the test.
+fn parquet_rows(dir: &Path) -> BTreeMap<(u64, u64), Vec<Option<u64>>> {
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, Int64Type};
+    let mut rows = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let file = std::fs::File::open(entry.unwrap().path()).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let column = |name: &str| batch.column_by_name(name).unwrap().clone();
+            let (partitions, offsets) = (column("_partition"), column("_offset"));
+            let sums = column("amount_sum_1h");
+            let gaps = column("gap_ms");
+            let means = column("merchant_mean_10m");
+            for index in 0..batch.num_rows() {
+                let float = |array: &arrow_array::ArrayRef| {
+                    let floats = array.as_primitive::<Float64Type>();
+                    floats
+                        .is_valid(index)
+                        .then(|| floats.value(index).to_bits())
+                };
+                let gap = gaps.as_primitive::<Int64Type>();
+                let origin = (
+                    partitions.as_primitive::<Int64Type>().value(index) as u64,
+                    offsets.as_primitive::<Int64Type>().value(index) as u64,
+                );
+                let values = vec![
+                    float(&sums),
+                    gap.is_valid(index).then(|| gap.value(index) as u64),
+                    float(&means),
+                ];
+                assert!(rows.insert(origin, values).is_none(), "{origin:?} twice");
+            }
+        }
+    }
+    rows
+}
+
+/// The feature values of JSONL rows, as [`parquet_rows`] gives them.
+fn as_parquet_values(
+    rows: &BTreeMap<(u64, u64), String>,
+) -> BTreeMap<(u64, u64), Vec<Option<u64>>> {
+    rows.iter()
+        .map(|(origin, line)| {
+            let float = |name: &str| {
+                number_text(line, name).map(|text| text.parse::<f64>().unwrap().to_bits())
+            };
+            let gap = number_text(line, "gap_ms").map(|text| text.parse::<i64>().unwrap() as u64);
+            (
+                *origin,
+                vec![float("amount_sum_1h"), gap, float("merchant_mean_10m")],
+            )
+        })
+        .collect()
+}
+
+/// The text of a number field of a JSON line (`None` for null), read by
+/// the standard library's parser: serde_json's own may miss a float's
+/// last bit.
+fn number_text<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!("\"{name}\":");
+    let start = line.find(&key).unwrap() + key.len();
+    let text = line[start..].split([',', '}']).next().unwrap();
+    (text != "null").then_some(text)
+}
+
+/// Checks that `out` holds exactly what the uninterrupted run in
+/// `reference` wrote: every row and dead letter, once, the same bytes.
+fn assert_same_outputs(out: &Path, reference: &Path) {
+    for sink in ["rows", "dead"] {
+        let (got, expected) = (
+            jsonl_rows(&out.join(sink)),
+            jsonl_rows(&reference.join(sink)),
+        );
+        assert_eq!(got.len(), expected.len(), "{sink}: row count");
+        for (origin, line) in &expected {
+            assert_eq!(got.get(origin), Some(line), "{sink} at {origin:?}");
+        }
+    }
+    let expected = as_parquet_values(&jsonl_rows(&reference.join("rows")));
+    let got = parquet_rows(&out.join("parquet"));
+    assert_eq!(got.len(), expected.len(), "parquet: row count");
+    for (origin, values) in &expected {
+        assert_eq!(got.get(origin), Some(values), "parquet at {origin:?}");
+    }
+}
+
+/// The uninterrupted run of `count` records, without checkpoints.
+fn reference(dir: &Path, count: u64) -> PathBuf {
+    let out = dir.join("reference");
+    let stderr = run_to_end(&spec(&out, count, None, false), 2);
+    assert!(stderr.contains("records in"), "{stderr}");
+    out
+}
+
+/// Delays between 150 and 650 ms from a fixed seed, so that every run
+/// of the test kills at the same points.
+fn delays() -> impl Iterator<Item = Duration> {
+    let mut random = 0x2545_f491_4f6c_dd1du64;
+    std::iter::repeat_with(move || {
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        Duration::from_millis(150 + random % 500)
+    })
+}
+
+#[test]
+fn a_run_killed_twenty_times_writes_exactly_the_rows_of_one_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = 60_000;
+    let reference = reference(dir.path(), count);
+    let out = dir.path().join("killed");
+    let spec = spec(&out, count, Some(5_000), true);
+    let mut kills = 0;
+    for delay in delays().take(200) {
+        if kills == 20 {
+            break;
+        }
+        if kill_after(&spec, 2, delay) {
+            kills += 1;
+        } else {
+            break;
+        }
+    }
+    assert_eq!(kills, 20, "the run ended before it was killed 20 times");
+    let stderr = run_to_end(&spec, 2);
+    // Started from a checkpoint, it read only what came after it: no
+    // replay of the records before.
+    assert!(stderr.contains("restored checkpoint"), "{stderr}");
+    let read: u64 = summary_number(&stderr, "records in");
+    assert!(read < count, "the last run read {read} of {count} records");
+    assert!(!stderr.contains("replayed"), "{stderr}");
+    assert_same_outputs(&out, &reference);
+}
+
+/// The number before `what` in the run summary.
+fn summary_number(stderr: &str, what: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|line| line.contains(what))
+        .unwrap_or_else(|| panic!("no '{what}' in {stderr}"));
+    let before = &line[..line.find(what).unwrap()];
+    before
+        .split_whitespace()
+        .last()
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("no number before '{what}' in {line}"))
+}
+
+#[test]
+fn a_checkpoint_restores_onto_another_number_of_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = 12_000;
+    let reference = reference(dir.path(), count);
+    for (before, after) in [(2, 4), (4, 1)] {
+        let out = dir.path().join(format!("{before}-to-{after}"));
+        let spec = spec(&out, count, Some(8_000), true);
+        assert!(kill_after(&spec, before, Duration::from_millis(700)));
+        let stderr = run_to_end(&spec, after);
+        assert!(stderr.contains("restored checkpoint"), "{stderr}");
+        assert_same_outputs(&out, &reference);
+    }
+}
+
+#[test]
+fn a_corrupted_checkpoint_is_refused_and_the_one_before_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = 12_000;
+    let reference = reference(dir.path(), count);
+    let out = dir.path().join("corrupted");
+    let spec = spec(&out, count, Some(8_000), true);
+    assert!(kill_after(&spec, 2, Duration::from_millis(800)));
+    let checkpoints = out.join("state/checkpoints");
+    let mut committed: Vec<PathBuf> = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.join("MANIFEST").exists())
+        .collect();
+    committed.sort();
+    assert!(committed.len() >= 2, "{committed:?}");
+    let newest = committed.last().unwrap();
+    let part = newest.join("stage1-w0");
+    let mut bytes = std::fs::read(&part).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&part, bytes).unwrap();
+    let stderr = run_to_end(&spec, 2);
+    let newest_id: u64 = newest
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        stderr.contains(&format!("checkpoint {newest_id} refused"))
+            && stderr.contains("part 'stage1-w0' has checksum"),
+        "{stderr}"
+    );
+    assert_same_outputs(&out, &reference);
+}
+
+#[test]
+fn running_a_finished_job_again_changes_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("finished");
+    let spec = spec(&out, 5_000, None, true);
+    run_to_end(&spec, 2);
+    let before = (
+        jsonl_rows(&out.join("rows")),
+        jsonl_rows(&out.join("dead")),
+        parquet_rows(&out.join("parquet")),
+    );
+    let stderr = run_to_end(&spec, 2);
+    assert_eq!(summary_number(&stderr, "records in"), 0, "{stderr}");
+    let after = (
+        jsonl_rows(&out.join("rows")),
+        jsonl_rows(&out.join("dead")),
+        parquet_rows(&out.join("parquet")),
+    );
+    assert_eq!(before, after);
+    assert_eq!(before.0.len() + before.1.len(), 5_000);
+
+    // Without its checkpoints, a run would add a second copy beside the
+    // first: it is refused, and says what to do.
+    std::fs::remove_dir_all(out.join("state")).unwrap();
+    let Output { status, stderr, .. } = start(&spec, 2).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("holds outputs of an earlier run"),
+        "{stderr}"
+    );
+    assert_eq!(jsonl_rows(&out.join("rows")), before.0);
+}
