@@ -9,10 +9,19 @@
 //! workload's four user features together. Bytes are exact and do not
 //! drift; the rates are best of `--repeats`.
 //!
+//! A second table runs the features workload of `benches/features.rs`
+//! (generator, four user features, null sink) with a checkpoint every
+//! `--interval` against the same run without checkpoints, rounds
+//! interleaved, and prints the throughput ratio and what the checkpoints
+//! took.
+//!
 //! Run: `cargo bench --bench state -- --keys 100000 --records 20`
 
 use clap::Parser;
 use std::time::{Duration, Instant};
+
+#[path = "common.rs"]
+mod common;
 use tideflow::batch::Batch;
 use tideflow::checkpoint;
 use tideflow::features::{Agg, StagePlan, StageState, WindowFeature};
@@ -30,6 +39,15 @@ struct Args {
     /// Rounds of each measurement (the best is kept).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Events of each run of the checkpointed features workload.
+    #[arg(long, default_value_t = 4_000_000)]
+    events: u64,
+    /// Keys of the checkpointed features workload.
+    #[arg(long, value_delimiter = ',', default_value = "1000,100000")]
+    workload_keys: Vec<u64>,
+    /// Time between checkpoints in the checkpointed runs.
+    #[arg(long, default_value = "1s")]
+    interval: String,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -162,4 +180,74 @@ fn main() {
             decode.as_secs_f64() / clone.as_secs_f64(),
         );
     }
+    checkpointed_workload(&args);
+}
+
+/// The features workload with checkpoints against without.
+fn checkpointed_workload(args: &Args) {
+    println!(
+        "\nfeatures workload, {} events, 1 worker, a checkpoint every {} against none",
+        args.events, args.interval
+    );
+    println!(
+        "{:>9} {:>16} {:>20} {:>12} {:>13} {:>16}",
+        "keys", "plain events/s", "checkpointed ev/s", "ratio", "checkpoints", "newest bytes"
+    );
+    let state = tempfile::tempdir().expect("a temporary directory");
+    for keys in &args.workload_keys {
+        let overrides = vec![
+            format!("source.users={keys}"),
+            format!("source.count={}", args.events),
+        ];
+        let plain = common::feature_spec();
+        let checkpointed = format!(
+            "{plain}\n[state]\ndir = \"{}\"\ninterval = \"{}\"\n",
+            state.path().display(),
+            args.interval
+        );
+        let mut taken = (0, 0);
+        let timings = common::timed_interleaved(
+            args.repeats,
+            &mut [
+                &mut || common::run_spec(&plain, &overrides, 1).1,
+                &mut || {
+                    // Each round starts afresh: a restored run would read
+                    // nothing.
+                    let _ = std::fs::remove_dir_all(state.path());
+                    let elapsed = common::run_spec(&checkpointed, &overrides, 1).1;
+                    taken = newest_checkpoint(state.path());
+                    elapsed
+                },
+            ],
+        );
+        let rate = |elapsed: Duration| args.events as f64 / elapsed.as_secs_f64();
+        let (plain_rate, checkpointed_rate) = (rate(timings[0].best), rate(timings[1].best));
+        println!(
+            "{keys:>9} {plain_rate:>16.0} {checkpointed_rate:>20.0} {:>12.2} {:>13} {:>16}",
+            checkpointed_rate / plain_rate,
+            taken.0,
+            taken.1
+        );
+    }
+}
+
+/// The number of the newest checkpoint in `dir` (how many a run took)
+/// and its size in bytes.
+fn newest_checkpoint(dir: &std::path::Path) -> (u64, u64) {
+    let Ok(entries) = std::fs::read_dir(dir.join("checkpoints")) else {
+        return (0, 0);
+    };
+    let newest = entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    let bytes = std::fs::read_dir(dir.join(format!("checkpoints/{newest:020}")))
+        .map(|parts| {
+            parts
+                .filter_map(|part| part.ok()?.metadata().ok())
+                .map(|metadata| metadata.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    (newest, bytes)
 }

@@ -36,6 +36,11 @@ impl CutTracker {
             .filter(|cut| cut.id > self.done)
     }
 
+    /// The time of the cut in progress that this operator has yet to take.
+    pub fn pending_time(&self) -> Option<i64> {
+        self.pending().map(|cut| cut.time)
+    }
+
     /// Whether input at `time` must wait until the operator has cut: it
     /// belongs after the cut in progress.
     pub fn holds_back(&self, time: i64) -> bool {

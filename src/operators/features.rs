@@ -278,7 +278,17 @@ fn in_event_time_order<'scope>(
                 let Some(held) = capability.as_mut() else {
                     return;
                 };
-                let mut released = Batch::from_rows(buffer.release(watermark));
+                // Rows after a cut (held back) have event times at or past
+                // it: until the stage has cut, only rows before the cut's
+                // time leave, so that rows at or past it, from before the
+                // cut and after, leave together in canonical order.
+                let pending = cuts.pending_time();
+                let before_cut = match (watermark, pending) {
+                    (Some(watermark), Some(time)) => Some(watermark.min(time)),
+                    (None, Some(time)) if time != crate::checkpoint::FINAL => Some(time),
+                    (watermark, _) => watermark,
+                };
+                let mut released = Batch::from_rows(buffer.release(before_cut));
                 if !released.is_empty()
                     && !shared.is_aborted()
                     && apply_or_abort(&mut state, &stage, &shared, &mut released)
@@ -293,7 +303,11 @@ fn in_event_time_order<'scope>(
                         buffered: buffer.rows().collect(),
                     };
                     report_stage(&mut cuts, cut, &part, &shared);
+                    // From here on every row leaves after the cut.
                     buffer.retime_before(cut.time);
+                    if *held.time() < cut.time && cut.time != crate::checkpoint::FINAL {
+                        held.downgrade(&cut.time);
+                    }
                     for (arrival, mut rows) in std::mem::take(&mut held_back) {
                         if cuts.holds_back(arrival) {
                             held_back.push((arrival, rows));
