@@ -78,6 +78,13 @@ impl OffsetLedger {
         }
     }
 
+    /// Marks durable the positions of a committed checkpoint (a
+    /// checkpointed run commits the offsets its checkpoints restore from,
+    /// so that lag tools see what a restart would read).
+    pub fn checkpoint_committed(&mut self, positions: &[(u32, u64)]) {
+        self.durable.extend(positions.iter().copied());
+    }
+
     /// Whether every durable offset has been committed.
     pub fn is_up_to_date(&self) -> bool {
         self.durable == self.committed

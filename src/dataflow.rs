@@ -364,9 +364,15 @@ fn build_and_run(
             }
         })
         .collect::<Result<Vec<_>>>()?;
+    let mine: Vec<u32> = assigned
+        .readers
+        .iter()
+        .map(|reader| reader.partition())
+        .collect();
     let outputs = SourceOutputs {
         dead_letters: dead_letters.clone(),
-        ledger: ledger.clone(),
+        // A checkpointed run commits the offsets of its checkpoints.
+        ledger: ledger.clone().filter(|_| !checkpointed),
     };
     let durable = worker.dataflow::<i64, _, _>(|scope| {
         let mut rows = read_source(scope, shared.clone(), assigned.readers, outputs);
@@ -390,9 +396,14 @@ fn build_and_run(
             && !shared.is_aborted()
         {
             let mut ledger = ledger.borrow_mut();
-            ledger.outputs_durable_before(
-                durable.with_frontier(|frontier| frontier.first().copied()),
-            );
+            match &shared.checkpoints {
+                Some(coordinator) => {
+                    ledger.checkpoint_committed(&coordinator.committed_positions(&mine))
+                }
+                None => ledger.outputs_durable_before(
+                    durable.with_frontier(|frontier| frontier.first().copied()),
+                ),
+            }
             match ledger.commit(false) {
                 Ok(()) if ledger.is_up_to_date() => shared.metrics.committed(),
                 Ok(()) => {}
@@ -403,9 +414,15 @@ fn build_and_run(
     if let Some(ledger) = &ledger
         && !shared.is_aborted()
     {
-        // Every sink has finished: everything read is durable.
+        // Every sink has finished: everything read is durable (with
+        // checkpoints, in the final one).
         let mut ledger = ledger.borrow_mut();
-        ledger.outputs_durable_before(None);
+        match &shared.checkpoints {
+            Some(coordinator) => {
+                ledger.checkpoint_committed(&coordinator.committed_positions(&mine))
+            }
+            None => ledger.outputs_durable_before(None),
+        }
         ledger.commit(true)?;
         shared.metrics.committed();
     }

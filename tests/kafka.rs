@@ -533,6 +533,69 @@ fn a_killed_run_restarted_from_committed_offsets_loses_nothing() {
     assert_every_record_has_one_output(broker, topic, count);
 }
 
+/// With checkpoints, a Kafka run killed with SIGKILL twenty times at
+/// random points and run once more to the end writes exactly the rows of
+/// one uninterrupted run into its file sink: none lost, none twice, the
+/// same bytes; and the consumer group's offsets follow the checkpoints.
+#[test]
+fn a_checkpointed_kafka_run_killed_twenty_times_writes_each_row_once() {
+    let topic = "checkpointed";
+    let count = 12_000;
+    let test = KafkaTest::with_events(topic, count, 17);
+    let (broker, out) = (&test.broker, &test.out);
+    let reference = out.path().join("reference");
+    run_fraud_kafka(&broker.brokers, topic, &reference, "earliest", "now", 2);
+
+    let killed = out.path().join("killed");
+    let command = || {
+        let mut command = fraud_kafka_command("run", broker, topic, &killed);
+        command
+            .args(["--workers", "2"])
+            .args(["--set", "source.from=\"earliest\""])
+            .args(["--set", "batching.policy=\"micro\""])
+            .args([
+                "--set",
+                &format!("state.dir=\"{}\"", out.path().join("state").display()),
+            ])
+            .args(["--set", "state.interval=\"150ms\""])
+            .stderr(std::process::Stdio::null());
+        command
+    };
+    let mut random = 0x9e37_79b9_7f4a_7c15u64;
+    let mut kills = 0;
+    while kills < 20 {
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        let mut run = command().spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(400 + random % 800));
+        if run.try_wait().unwrap().is_some() {
+            break;
+        }
+        run.kill().unwrap(); // SIGKILL
+        run.wait().unwrap();
+        kills += 1;
+    }
+    assert_eq!(
+        kills, 20,
+        "the run ended before it was killed 20 times; raise the count"
+    );
+    let status = command().status().unwrap();
+    assert!(status.success(), "the last run failed: {status}");
+    let (got, expected) = (read_lines(&killed), read_lines(&reference));
+    assert_eq!(got.len(), expected.len(), "rows lost or written twice");
+    assert_eq!(got, expected);
+    let committed = committed_offsets(
+        &broker.brokers,
+        &format!("{topic}-killed"),
+        topic,
+        &ClientOptions::default(),
+    )
+    .unwrap();
+    let total: u64 = committed.values().sum();
+    assert_eq!(total, count, "{committed:?}");
+}
+
 /// Sets the consumer group, and commits and micro-batches often, so that a
 /// run can be stopped part way with some of its input committed.
 fn committing_often_as(command: &mut std::process::Command, group: &str) {

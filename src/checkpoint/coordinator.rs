@@ -80,6 +80,8 @@ struct Inner {
     /// size in bytes.
     last_duration: Option<Duration>,
     last_bytes: u64,
+    /// The source positions of the newest committed checkpoint.
+    committed_positions: BTreeMap<u32, u64>,
 }
 
 #[derive(Debug)]
@@ -89,6 +91,7 @@ struct InProgress {
     started: Instant,
     receipts: Vec<PartReceipt>,
     files: Vec<EpochFile>,
+    positions: Vec<(u32, u64)>,
 }
 
 /// A checkpoint an operator has to cut: its id and its time.
@@ -116,6 +119,7 @@ impl Coordinator {
                 committed: None,
                 last_duration: None,
                 last_bytes: 0,
+                committed_positions: BTreeMap::new(),
             }),
         }
     }
@@ -168,6 +172,7 @@ impl Coordinator {
                         started: Instant::now(),
                         receipts: Vec::new(),
                         files: Vec::new(),
+                        positions: Vec::new(),
                     });
                 }
             }
@@ -191,6 +196,31 @@ impl Coordinator {
     /// then stop.
     pub fn final_committed(&self) -> bool {
         self.lock().committed.is_some_and(|(_, time)| time == FINAL)
+    }
+
+    /// Records a source's positions in checkpoint `id` (partition, next
+    /// offset), to commit to the consumer group once it commits.
+    pub fn report_positions(&self, id: u64, positions: &[(u32, u64)]) {
+        if let Some(progress) = self
+            .lock()
+            .in_progress
+            .as_mut()
+            .filter(|progress| progress.id == id)
+        {
+            progress.positions.extend_from_slice(positions);
+        }
+    }
+
+    /// The positions of `partitions` in the newest committed checkpoint.
+    pub fn committed_positions(&self, partitions: &[u32]) -> Vec<(u32, u64)> {
+        let inner = self.lock();
+        partitions
+            .iter()
+            .filter_map(|partition| {
+                let offset = inner.committed_positions.get(partition)?;
+                Some((*partition, *offset))
+            })
+            .collect()
     }
 
     /// Stores an operator's part of checkpoint `id`, with the files it
@@ -221,6 +251,7 @@ impl Coordinator {
             })?;
         }
         inner.committed = Some((progress.id, progress.time));
+        inner.committed_positions.extend(progress.positions);
         inner.last_duration = Some(progress.started.elapsed());
         inner.last_bytes = bytes;
         Ok(())

@@ -269,6 +269,12 @@ fn cut_source(
         partitions: partitions.iter().map(Partition::position).collect(),
         files: files.clone(),
     };
+    let positions: Vec<(u32, u64)> = part
+        .partitions
+        .iter()
+        .map(|position| (position.partition, position.next_offset))
+        .collect();
+    coordinator.report_positions(cut.id, &positions);
     coordinator.report(
         cut.id,
         &part_name("source", worker),
