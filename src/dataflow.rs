@@ -108,8 +108,14 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
     let is_first_process = local.start == 0;
     let owned =
         |worker: usize| local.contains(&worker) || (is_first_process && worker >= all_workers);
+    let metrics = options.metrics.clone().unwrap_or_default();
     let checkpoints = match plan.checkpoints.clone() {
-        Some(checkpoints) => Some(start_checkpoints(&mut plan, checkpoints, options)?),
+        Some(checkpoints) => Some(start_checkpoints(
+            &mut plan,
+            checkpoints,
+            options,
+            metrics.clone(),
+        )?),
         None => {
             for sink in plan.sinks.iter().chain([&plan.dead_letters]) {
                 prepare_directory(sink, &owned)?;
@@ -117,7 +123,6 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
             None
         }
     };
-    let metrics = options.metrics.clone().unwrap_or_default();
     *metrics
         .source
         .lock()
@@ -237,6 +242,7 @@ fn start_checkpoints(
     plan: &mut Plan,
     checkpoints: crate::plan::CheckpointPlan,
     options: &RunOptions,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<(Coordinator, Restored)> {
     if options.cluster.is_some() {
         return Err(Error::Checkpoint {
@@ -275,7 +281,7 @@ fn start_checkpoints(
     // Numbered after every checkpoint in the store, refused ones too:
     // none is ever overwritten.
     let newest = store.committed_epochs()?.last().copied().unwrap_or(0);
-    let coordinator = Coordinator::new(store, checkpoints.interval, parts, newest);
+    let coordinator = Coordinator::new(store, checkpoints.interval, parts, newest, metrics);
     Ok((coordinator, restored))
 }
 

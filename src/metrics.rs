@@ -152,6 +152,24 @@ pub struct Metrics {
     pub last_commit: Mutex<Option<Instant>>,
     /// The source, for labels.
     pub source: Mutex<String>,
+    /// The newest committed checkpoint.
+    pub checkpoint: Mutex<Option<CheckpointStatus>>,
+    /// Per (stage key, worker): keys held and checkpoint bytes at the
+    /// newest cut.
+    pub stage_state: Mutex<BTreeMap<(String, usize), (u64, u64)>>,
+}
+
+/// What the newest committed checkpoint took.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckpointStatus {
+    /// Its id.
+    pub id: u64,
+    /// When it committed.
+    pub at: Instant,
+    /// From its announcement to its commit.
+    pub duration: Duration,
+    /// Its parts' bytes.
+    pub bytes: u64,
 }
 
 impl Default for Metrics {
@@ -165,6 +183,8 @@ impl Default for Metrics {
             event_to_output_seconds: Histogram::new(latency_bounds()),
             last_commit: Mutex::default(),
             source: Mutex::default(),
+            checkpoint: Mutex::default(),
+            stage_state: Mutex::default(),
         }
     }
 }
@@ -179,6 +199,21 @@ impl Metrics {
     /// Records `rows` written to `sink`.
     pub fn sink_wrote(&self, sink: &str, rows: u64) {
         *lock(&self.sink_rows).entry(sink.to_owned()).or_default() += rows;
+    }
+
+    /// Records a committed checkpoint.
+    pub fn checkpoint_committed(&self, id: u64, duration: Duration, bytes: u64) {
+        *lock(&self.checkpoint) = Some(CheckpointStatus {
+            id,
+            at: Instant::now(),
+            duration,
+            bytes,
+        });
+    }
+
+    /// Records a stage's state at a cut on one worker.
+    pub fn stage_state(&self, stage: &str, worker: usize, keys: u64, bytes: u64) {
+        lock(&self.stage_state).insert((stage.to_owned(), worker), (keys, bytes));
     }
 
     /// Records a successful commit of source offsets.
@@ -290,6 +325,7 @@ impl Metrics {
             "tideflow_event_to_output_seconds",
             "From a row's event time to its write by the sinks (end-to-end latency where event time is when the event happened).",
         );
+        self.render_state(&mut out);
         if let Some(at) = *lock(&self.last_commit) {
             let _ = writeln!(
                 out,
@@ -298,6 +334,73 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+impl Metrics {
+    /// Checkpoint and state gauges.
+    fn render_state(&self, out: &mut String) {
+        if let Some(status) = *lock(&self.checkpoint) {
+            let gauges = [
+                (
+                    "tideflow_checkpoint_id",
+                    "The newest committed checkpoint.",
+                    status.id as f64,
+                ),
+                (
+                    "tideflow_checkpoint_duration_seconds",
+                    "From announcing the newest committed checkpoint to committing it.",
+                    status.duration.as_secs_f64(),
+                ),
+                (
+                    "tideflow_checkpoint_bytes",
+                    "Bytes of the newest committed checkpoint's parts.",
+                    status.bytes as f64,
+                ),
+                (
+                    "tideflow_checkpoint_age_seconds",
+                    "Seconds since the newest checkpoint committed.",
+                    status.at.elapsed().as_secs_f64(),
+                ),
+            ];
+            for (name, help, value) in gauges {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+                );
+            }
+        }
+        let mut per_stage: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for ((stage, _), (keys, bytes)) in lock(&self.stage_state).iter() {
+            let total = per_stage.entry(stage.clone()).or_default();
+            total.0 += keys;
+            total.1 += bytes;
+        }
+        if per_stage.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tideflow_state_keys Keys a feature stage held at the newest cut, over all workers.\n# TYPE tideflow_state_keys gauge"
+        );
+        for (stage, (keys, _)) in &per_stage {
+            let _ = writeln!(
+                out,
+                "tideflow_state_keys{{stage=\"{}\"}} {keys}",
+                escape(stage)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tideflow_state_bytes Checkpoint bytes of a feature stage at the newest cut, over all workers.\n# TYPE tideflow_state_bytes gauge"
+        );
+        for (stage, (_, bytes)) in &per_stage {
+            let _ = writeln!(
+                out,
+                "tideflow_state_bytes{{stage=\"{}\"}} {bytes}",
+                escape(stage)
+            );
+        }
     }
 }
 

@@ -393,3 +393,84 @@ fn running_a_finished_job_again_changes_no_output() {
     );
     assert_eq!(jsonl_rows(&out.join("rows")), before.0);
 }
+
+/// The metrics of a checkpointed run say what its newest checkpoint holds:
+/// its bytes are those of its parts on disk, and the user stage holds one
+/// key per user with a record that was not late (the stage has a
+/// `since_prev` feature, so it forgets no key), counted here from the
+/// generator's own records.
+#[test]
+fn checkpoint_metrics_say_what_the_newest_checkpoint_holds() {
+    use tideflow::dataflow::{RunOptions, run};
+    use tideflow_connectors::generator::GeneratorConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("metrics");
+    let count = 6_000;
+    let plan = tideflow::plan::load(&spec(&out, count, None, true), &[]).unwrap();
+    let metrics = std::sync::Arc::new(tideflow::metrics::Metrics::default());
+    let options = RunOptions {
+        workers: 2,
+        metrics: Some(metrics.clone()),
+        ..RunOptions::default()
+    };
+    let summary = run(plan, &options).unwrap();
+    assert!(summary.counts.reconciles(), "{summary}");
+    let text = metrics.render();
+    let gauge = |line_start: &str| -> u64 {
+        let line = text
+            .lines()
+            .find(|line| line.starts_with(line_start))
+            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+
+    let checkpoints = out.join("state/checkpoints");
+    let newest = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .max()
+        .unwrap();
+    let parts_bytes: u64 = std::fs::read_dir(&newest)
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .filter(|entry| entry.file_name() != "MANIFEST")
+        .map(|entry| entry.metadata().unwrap().len())
+        .sum();
+    assert_eq!(gauge("tideflow_checkpoint_bytes "), parts_bytes);
+    let newest_id: u64 = newest
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(gauge("tideflow_checkpoint_id "), newest_id);
+
+    let config = GeneratorConfig {
+        users: 300,
+        merchants: 20,
+        partitions: 4,
+        count: Some(count),
+        spacing_ms: 50.0,
+        disorder_fraction: 0.05,
+        disorder_max_ms: 3_000,
+        ..GeneratorConfig::default()
+    };
+    let mut users = std::collections::BTreeSet::new();
+    for partition in 0..4 {
+        let mut newest_time = i64::MIN;
+        for offset in 0..config.partition_count(partition).unwrap() {
+            let (user, _, _, time) = config.record(partition, offset);
+            // Late: more than max_out_of_orderness behind the partition.
+            if time < newest_time.saturating_sub(1_000) {
+                continue;
+            }
+            newest_time = newest_time.max(time);
+            users.insert(user);
+        }
+    }
+    assert_eq!(
+        gauge("tideflow_state_keys{stage=\"user_id\"}"),
+        users.len() as u64
+    );
+}

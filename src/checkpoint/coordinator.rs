@@ -61,6 +61,7 @@ impl EpochFile {
 #[derive(Debug)]
 pub struct Coordinator {
     store: CheckpointStore,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     interval: Duration,
     /// Parts each checkpoint has: one per stateful operator of each worker.
     parts: usize,
@@ -76,10 +77,6 @@ struct Inner {
     last_started: Instant,
     /// The newest checkpoint committed: its id and time.
     committed: Option<(u64, i64)>,
-    /// How long the newest commit took from its announcement, and its
-    /// size in bytes.
-    last_duration: Option<Duration>,
-    last_bytes: u64,
     /// The source positions of the newest committed checkpoint.
     committed_positions: BTreeMap<u32, u64>,
 }
@@ -105,10 +102,18 @@ pub struct Cut {
 
 impl Coordinator {
     /// Checkpoints into `store` every `interval`, each with `parts` parts,
-    /// numbered after `last_id` (the checkpoint restored, or 0).
-    pub fn new(store: CheckpointStore, interval: Duration, parts: usize, last_id: u64) -> Self {
+    /// numbered after `last_id` (the newest in the store, or 0), recording
+    /// each commit in `metrics`.
+    pub fn new(
+        store: CheckpointStore,
+        interval: Duration,
+        parts: usize,
+        last_id: u64,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Self {
         Coordinator {
             store,
+            metrics,
             interval,
             parts,
             inner: Mutex::new(Inner {
@@ -117,8 +122,6 @@ impl Coordinator {
                 in_progress: None,
                 last_started: Instant::now(),
                 committed: None,
-                last_duration: None,
-                last_bytes: 0,
                 committed_positions: BTreeMap::new(),
             }),
         }
@@ -192,12 +195,6 @@ impl Coordinator {
         })
     }
 
-    /// Whether the final checkpoint has committed: a finished source may
-    /// then stop.
-    pub fn final_committed(&self) -> bool {
-        self.lock().committed.is_some_and(|(_, time)| time == FINAL)
-    }
-
     /// Records a source's positions in checkpoint `id` (partition, next
     /// offset), to commit to the consumer group once it commits.
     pub fn report_positions(&self, id: u64, positions: &[(u32, u64)]) {
@@ -252,20 +249,8 @@ impl Coordinator {
         }
         inner.committed = Some((progress.id, progress.time));
         inner.committed_positions.extend(progress.positions);
-        inner.last_duration = Some(progress.started.elapsed());
-        inner.last_bytes = bytes;
+        self.metrics
+            .checkpoint_committed(progress.id, progress.started.elapsed(), bytes);
         Ok(())
-    }
-
-    /// The newest committed checkpoint's id, how long it took and its
-    /// size, for metrics and the summary.
-    pub fn last_committed(&self) -> Option<(u64, Duration, u64)> {
-        let inner = self.lock();
-        let (id, _) = inner.committed?;
-        Some((
-            id,
-            inner.last_duration.unwrap_or_default(),
-            inner.last_bytes,
-        ))
     }
 }

@@ -68,9 +68,16 @@ fn report_stage(
     cuts: &mut CutTracker,
     cut: crate::checkpoint::Cut,
     part: &StagePartRef<'_>,
+    (stage, worker): (&StagePlan, usize),
     shared: &Shared,
 ) {
     let bytes = crate::checkpoint::encode(part);
+    shared.metrics.stage_state(
+        &stage.key_name,
+        worker,
+        part.state.key_count() as u64,
+        bytes.len() as u64,
+    );
     if let Err(error) = cuts.report(cut, &bytes, Vec::new()) {
         shared.abort(error);
     }
@@ -190,7 +197,7 @@ fn where_read<'scope>(
                     state: &state,
                     buffered: Vec::new(),
                 };
-                report_stage(&mut cuts, cut, &part, &shared);
+                report_stage(&mut cuts, cut, &part, (&stage, worker), &shared);
                 for (held, mut batches) in std::mem::take(&mut held_back) {
                     if cuts.holds_back(*held.time()) {
                         held_back.push((held, batches));
@@ -302,7 +309,7 @@ fn in_event_time_order<'scope>(
                         state: &state,
                         buffered: buffer.rows().collect(),
                     };
-                    report_stage(&mut cuts, cut, &part, &shared);
+                    report_stage(&mut cuts, cut, &part, (&stage, worker), &shared);
                     // From here on every row leaves after the cut.
                     buffer.retime_before(cut.time);
                     if *held.time() < cut.time && cut.time != crate::checkpoint::FINAL {
