@@ -136,7 +136,7 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
         shared.stop = stop.clone();
     }
     if let Some((coordinator, restored)) = checkpoints {
-        shared.checkpoints = Some(Arc::new(coordinator));
+        shared.checkpoints = Some(coordinator);
         shared.restored = restored;
     }
     shared.in_cluster = options.cluster.is_some();
@@ -179,6 +179,11 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
     })
     .map_err(Error::Runtime)?;
     let results = guards.join();
+    // The last checkpoint is stored before the run counts as done.
+    let checkpoints_stored = shared
+        .checkpoints
+        .as_ref()
+        .map_or(Ok(()), |coordinator| coordinator.finish());
     let elapsed = shared.started.get().unwrap_or(&started).elapsed();
     done.store(true, Ordering::Relaxed);
     if let Some(reporter) = reporter {
@@ -193,6 +198,7 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
     if let Some(error) = shared.take_error() {
         return Err(error);
     }
+    checkpoints_stored?;
     let gathered = std::mem::take(
         &mut *gathered
             .lock()
@@ -243,7 +249,7 @@ fn start_checkpoints(
     checkpoints: crate::plan::CheckpointPlan,
     options: &RunOptions,
     metrics: Arc<crate::metrics::Metrics>,
-) -> Result<(Coordinator, Restored)> {
+) -> Result<(Arc<Coordinator>, Restored)> {
     if options.cluster.is_some() {
         return Err(Error::Checkpoint {
             location: checkpoints.dir.display().to_string(),
@@ -281,7 +287,7 @@ fn start_checkpoints(
     // Numbered after every checkpoint in the store, refused ones too:
     // none is ever overwritten.
     let newest = store.committed_epochs()?.last().copied().unwrap_or(0);
-    let coordinator = Coordinator::new(store, checkpoints.interval, parts, newest, metrics);
+    let coordinator = Coordinator::start(store, checkpoints.interval, parts, newest, metrics);
     Ok((coordinator, restored))
 }
 

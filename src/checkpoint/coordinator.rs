@@ -13,9 +13,9 @@
 //! downstream the cut falls in the same place. Sinks close the files of
 //! the epoch then; the files become visible when the checkpoint commits.
 //!
-//! Each operator reports one part. The report that completes the
-//! checkpoint writes its manifest, then renames the epoch's files into
-//! place. One checkpoint is in progress at a time; the next starts once
+//! Each operator reports one part and goes on: a writer thread stores
+//! the parts, and once a checkpoint has them all writes its manifest, then
+//! renames the epoch's files into place. Workers only encode their state. One checkpoint is in progress at a time; the next starts once
 //! `interval` has passed. When a source has read everything, it announces
 //! a last checkpoint at the end of time (`T = i64::MAX`), which each
 //! operator takes when its input ends: a finished run's checkpoint holds
@@ -23,10 +23,12 @@
 //! nothing.
 
 use super::store::{CheckpointStore, PartReceipt};
-use crate::Result;
+use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The checkpoint at the end of time, taken when the sources finish.
@@ -61,7 +63,11 @@ impl EpochFile {
 #[derive(Debug)]
 pub struct Coordinator {
     store: CheckpointStore,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::metrics::Metrics>,
+    /// Parts on their way to the writer thread, and the thread.
+    writer: Mutex<Option<(Sender<Part>, JoinHandle<()>)>>,
+    /// The first failure of the writer thread.
+    failure: Mutex<Option<Error>>,
     interval: Duration,
     /// Parts each checkpoint has: one per stateful operator of each worker.
     parts: usize,
@@ -91,6 +97,15 @@ struct InProgress {
     positions: Vec<(u32, u64)>,
 }
 
+/// An operator's part of a checkpoint, for the writer thread.
+#[derive(Debug)]
+struct Part {
+    id: u64,
+    name: String,
+    bytes: Vec<u8>,
+    files: Vec<EpochFile>,
+}
+
 /// A checkpoint an operator has to cut: its id and its time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cut {
@@ -103,17 +118,19 @@ pub struct Cut {
 impl Coordinator {
     /// Checkpoints into `store` every `interval`, each with `parts` parts,
     /// numbered after `last_id` (the newest in the store, or 0), recording
-    /// each commit in `metrics`.
-    pub fn new(
+    /// each commit in `metrics`; starts the writer thread.
+    pub fn start(
         store: CheckpointStore,
         interval: Duration,
         parts: usize,
         last_id: u64,
-        metrics: std::sync::Arc<crate::metrics::Metrics>,
-    ) -> Self {
-        Coordinator {
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<Self> {
+        let coordinator = Arc::new(Coordinator {
             store,
             metrics,
+            writer: Mutex::new(None),
+            failure: Mutex::new(None),
             interval,
             parts,
             inner: Mutex::new(Inner {
@@ -124,13 +141,49 @@ impl Coordinator {
                 committed: None,
                 committed_positions: BTreeMap::new(),
             }),
+        });
+        let (parts_in, parts_out) = channel::<Part>();
+        let writing = coordinator.clone();
+        let thread = std::thread::Builder::new()
+            .name("checkpoint-writer".into())
+            .spawn(move || {
+                for part in parts_out {
+                    if let Err(error) = writing.store_part(part) {
+                        writing.fail(error);
+                    }
+                }
+            })
+            .expect("a thread starts");
+        *lock(&coordinator.writer) = Some((parts_in, thread));
+        coordinator
+    }
+
+    /// Records the writer thread's first failure.
+    fn fail(&self, error: Error) {
+        lock(&self.failure).get_or_insert(error);
+    }
+
+    /// The writer thread's failure, once: the run stops with it.
+    pub fn take_failure(&self) -> Option<Error> {
+        lock(&self.failure).take()
+    }
+
+    /// Waits for the writer thread to store every part reported (the run
+    /// has ended) and says whether it failed.
+    pub fn finish(&self) -> Result<()> {
+        let writer = lock(&self.writer).take();
+        if let Some((parts_in, thread)) = writer {
+            drop(parts_in);
+            let _ = thread.join();
+        }
+        match self.take_failure() {
+            Some(error) => Err(error),
+            None => Ok(()),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.inner)
     }
 
     /// Registers the source of `worker` at time `time`, before it emits
@@ -220,11 +273,34 @@ impl Coordinator {
             .collect()
     }
 
-    /// Stores an operator's part of checkpoint `id`, with the files it
-    /// closed for the checkpoint's epoch; the last part commits the
-    /// checkpoint and publishes every file.
-    pub fn report(&self, id: u64, name: &str, bytes: &[u8], files: Vec<EpochFile>) -> Result<()> {
-        let receipt = self.store.write_part(id, name, bytes)?;
+    /// Hands an operator's part of checkpoint `id` to the writer thread,
+    /// with the files it closed for the checkpoint's epoch; the last part
+    /// commits the checkpoint and publishes every file.
+    pub fn report(&self, id: u64, name: &str, bytes: Vec<u8>, files: Vec<EpochFile>) -> Result<()> {
+        let part = Part {
+            id,
+            name: name.to_owned(),
+            bytes,
+            files,
+        };
+        match lock(&self.writer).as_ref() {
+            Some((parts_in, _)) if parts_in.send(part).is_ok() => Ok(()),
+            _ => Err(Error::Checkpoint {
+                location: self.store.describe(),
+                message: "the checkpoint writer has stopped".into(),
+            }),
+        }
+    }
+
+    /// Stores a part; the last of its checkpoint commits it.
+    fn store_part(&self, part: Part) -> Result<()> {
+        let Part {
+            id,
+            name,
+            bytes,
+            files,
+        } = part;
+        let receipt = self.store.write_part(id, &name, &bytes)?;
         let mut inner = self.lock();
         let Some(progress) = inner
             .in_progress
@@ -253,4 +329,10 @@ impl Coordinator {
             .checkpoint_committed(progress.id, progress.started.elapsed(), bytes);
         Ok(())
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

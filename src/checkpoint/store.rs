@@ -104,6 +104,11 @@ impl CheckpointStore {
         }
     }
 
+    /// Where the checkpoints are, for messages.
+    pub fn describe(&self) -> String {
+        self.storage.describe()
+    }
+
     /// Writes a part of the checkpoint of `epoch` and returns its receipt
     /// for the manifest.
     pub fn write_part(&self, epoch: u64, name: &str, bytes: &[u8]) -> Result<PartReceipt> {

@@ -78,7 +78,7 @@ fn report_stage(
         part.state.key_count() as u64,
         bytes.len() as u64,
     );
-    if let Err(error) = cuts.report(cut, &bytes, Vec::new()) {
+    if let Err(error) = cuts.report(cut, bytes, Vec::new()) {
         shared.abort(error);
     }
 }

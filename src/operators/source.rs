@@ -278,7 +278,7 @@ fn cut_source(
     coordinator.report(
         cut.id,
         &part_name("source", worker),
-        &crate::checkpoint::encode(&part),
+        crate::checkpoint::encode(&part),
         files,
     )
 }
@@ -368,6 +368,14 @@ pub fn read_source<'scope>(
                 let Some(held) = capability.as_mut() else {
                     return;
                 };
+                // A checkpoint that cannot be stored stops the run.
+                if let Some(error) = shared
+                    .checkpoints
+                    .as_ref()
+                    .and_then(|coordinator| coordinator.take_failure())
+                {
+                    shared.abort(error);
+                }
                 let mut dead_letters = dead_letters.borrow_mut();
                 let mut rows = Vec::new();
                 let mut read_up_to: Vec<(u32, u64)> = Vec::new();
