@@ -13,7 +13,7 @@ pub mod restore;
 pub mod storage;
 pub mod store;
 
-pub use coordinator::{Coordinator, Cut, EpochFile, FINAL};
+pub use coordinator::{Coordinator, Cut, EpochFile, FINAL, PartBytes};
 pub use storage::{LocalStorage, Storage};
 pub use store::{Checkpoint, CheckpointStore, Found, PartReceipt, Refusal};
 

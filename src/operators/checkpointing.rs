@@ -3,7 +3,7 @@
 //! frontier has passed it (see [`crate::checkpoint::coordinator`]).
 
 use crate::Result;
-use crate::checkpoint::{Coordinator, Cut, EpochFile};
+use crate::checkpoint::{Coordinator, Cut, EpochFile, PartBytes};
 use crate::run::Shared;
 use std::sync::Arc;
 
@@ -56,7 +56,7 @@ impl CutTracker {
 
     /// Reports the operator's part of `cut`: its state's bytes and the
     /// files it closed for the cut's epoch.
-    pub fn report(&mut self, cut: Cut, bytes: Vec<u8>, files: Vec<EpochFile>) -> Result<()> {
+    pub fn report(&mut self, cut: Cut, bytes: PartBytes, files: Vec<EpochFile>) -> Result<()> {
         self.done = cut.id;
         match &self.coordinator {
             Some(coordinator) => coordinator.report(cut.id, &self.part, bytes, files),

@@ -64,6 +64,9 @@ fn starting_part(shared: &Shared, index: usize, worker: usize, stage: &StagePlan
 }
 
 /// Reports a stage's part of a checkpoint, or stops the run.
+///
+/// The worker copies the state and goes on; the checkpoint's writer
+/// thread encodes the copy.
 fn report_stage(
     cuts: &mut CutTracker,
     cut: crate::checkpoint::Cut,
@@ -71,13 +74,18 @@ fn report_stage(
     (stage, worker): (&StagePlan, usize),
     shared: &Shared,
 ) {
-    let bytes = crate::checkpoint::encode(part);
-    shared.metrics.stage_state(
-        &stage.key_name,
-        worker,
-        part.state.key_count() as u64,
-        bytes.len() as u64,
-    );
+    let copy = StagePart {
+        state: part.state.clone(),
+        buffered: part.buffered.iter().map(|row| (*row).clone()).collect(),
+    };
+    let (metrics, key) = (shared.metrics.clone(), stage.key_name.clone());
+    let encode = move || {
+        let bytes = crate::checkpoint::encode(&copy);
+        let keys = copy.state.key_count() as u64;
+        metrics.stage_state(&key, worker, keys, bytes.len() as u64);
+        bytes
+    };
+    let bytes = crate::checkpoint::PartBytes::Deferred(Box::new(encode));
     if let Err(error) = cuts.report(cut, bytes, Vec::new()) {
         shared.abort(error);
     }

@@ -103,7 +103,13 @@ impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
                 if let Some(cut) = cut {
                     let files = dead_letters.borrow_mut().close_epoch(cut.id);
                     let reported = files.and_then(|files| {
-                        cuts.report(cut, crate::checkpoint::encode(&files), files)
+                        cuts.report(
+                            cut,
+                            crate::checkpoint::PartBytes::Encoded(crate::checkpoint::encode(
+                                &files,
+                            )),
+                            files,
+                        )
                     });
                     if let Err(error) = reported {
                         shared.abort(error);

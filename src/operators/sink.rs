@@ -85,7 +85,13 @@ impl WriteRows for BatchStream<'_> {
                                 .collect();
                             let reported = closed.and_then(|files| {
                                 let files: Vec<_> = files.into_iter().flatten().collect();
-                                cuts.report(cut, crate::checkpoint::encode(&files), files)
+                                cuts.report(
+                                    cut,
+                                    crate::checkpoint::PartBytes::Encoded(
+                                        crate::checkpoint::encode(&files),
+                                    ),
+                                    files,
+                                )
                             });
                             if let Err(error) = reported {
                                 shared.abort(error);

@@ -278,7 +278,7 @@ fn cut_source(
     coordinator.report(
         cut.id,
         &part_name("source", worker),
-        crate::checkpoint::encode(&part),
+        crate::checkpoint::PartBytes::Encoded(crate::checkpoint::encode(&part)),
         files,
     )
 }
