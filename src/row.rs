@@ -51,8 +51,14 @@ pub struct DeadLetter {
     pub offset: u64,
     /// The reason (`late`, or what is wrong with the record).
     pub error: String,
-    /// The original record as text (lossy for non-UTF-8 bytes).
-    pub raw: String,
+    /// The original record's bytes (for records whose transport gave
+    /// typed fields, or whose bytes are gone by the time they fail, its
+    /// schema fields as a JSON object).
+    pub raw: Vec<u8>,
+    /// The transport's record key (Kafka), as it came.
+    pub key: Option<Vec<u8>>,
+    /// The transport's record headers (Kafka), as they came.
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 /// The reason given to late records.

@@ -904,6 +904,43 @@ enum DeadLetterTarget {
     Kafka(KafkaProducer),
 }
 
+/// Sets `name` to bytes that are UTF-8 text, or `name_base64` to others:
+/// a dead letter keeps the bytes it came with, not a lossy copy.
+fn put_bytes(line: &mut serde_json::Value, name: &str, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => line[name] = text.into(),
+        Err(_) => line[format!("{name}_base64")] = base64(bytes).into(),
+    }
+}
+
+/// Bytes as a JSON string when they are UTF-8 text, else as
+/// `{"base64": "..."}`.
+fn bytes_as_json(bytes: &[u8]) -> serde_json::Value {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.into(),
+        Err(_) => serde_json::json!({ "base64": base64(bytes) }),
+    }
+}
+
+/// Standard base64 with padding (RFC 4648).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut text = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let word = chunk.iter().enumerate().fold(0u32, |word, (index, byte)| {
+            word | u32::from(*byte) << (16 - 8 * index)
+        });
+        for index in 0..4 {
+            if index <= chunk.len() {
+                text.push(ALPHABET[(word >> (18 - 6 * index) & 63) as usize] as char);
+            } else {
+                text.push('=');
+            }
+        }
+    }
+    text
+}
+
 /// Headers of a dead letter on a Kafka topic.
 pub const DEAD_LETTER_HEADERS: [&str; 4] = [
     "tideflow-error",
@@ -1003,10 +1040,17 @@ impl DeadLetterWriter {
                 partition.as_bytes(),
                 offset.as_bytes(),
             ];
-            let headers: Vec<(&str, &[u8])> = DEAD_LETTER_HEADERS.into_iter().zip(values).collect();
+            // The record as it came (value, key, its own headers), with
+            // the reason and origin in headers of tideflow's.
+            let headers: Vec<(&str, &[u8])> = letter
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_slice()))
+                .chain(DEAD_LETTER_HEADERS.into_iter().zip(values))
+                .collect();
             return Ok(producer.send(&ProducerRecord {
-                key: None,
-                value: letter.raw.as_bytes(),
+                key: letter.key.as_deref(),
+                value: &letter.raw,
                 headers: &headers,
                 partition: None,
                 ticket: 0,
@@ -1016,8 +1060,18 @@ impl DeadLetterWriter {
             "_partition": partition,
             "_offset": letter.offset,
             "_error": letter.error,
-            "_raw": letter.raw,
         });
+        put_bytes(&mut line, "_raw", &letter.raw);
+        if let Some(key) = &letter.key {
+            put_bytes(&mut line, "_key", key);
+        }
+        if !letter.headers.is_empty() {
+            let mut headers = serde_json::Map::new();
+            for (name, value) in &letter.headers {
+                headers.insert(name.clone(), bytes_as_json(value));
+            }
+            line["_headers"] = headers.into();
+        }
         if let Some(topic) = topic {
             line["_topic"] = topic.into();
         }
@@ -1063,5 +1117,28 @@ impl DeadLetterWriter {
             DeadLetterTarget::Stdout | DeadLetterTarget::Stderr | DeadLetterTarget::Discard => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test vectors of RFC 4648, section 10.
+    #[test]
+    fn base64_gives_the_rfc_test_vectors() {
+        let vectors = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (bytes, text) in vectors {
+            assert_eq!(base64(bytes.as_bytes()), text);
+        }
+        assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
     }
 }

@@ -100,14 +100,39 @@ fn bad_records_become_dead_letters_with_reasons() {
             "offset {offset}: {reason:?} should mention {expected_reason:?}"
         );
     }
-    assert!(
-        dead.iter()
-            .all(|d| d["_partition"] == 0 && d["_raw"].is_string())
+    // Each dead letter keeps the bytes it came with: as text, or, where
+    // they are not UTF-8, in base64.
+    assert!(dead.iter().all(|d| d["_partition"] == 0));
+    for (index, letter) in dead.iter().enumerate() {
+        assert_eq!(letter["_raw"].is_string(), index != 6, "{letter}");
+    }
+    assert_eq!(
+        decode_base64(dead[6]["_raw_base64"].as_str().unwrap()),
+        b"{\"user_id\":\"u\xff\xfe\",\"amount\":1,\"ts\":1003}"
     );
     assert!(
         dead[7]["_raw"].as_str().unwrap().len() <= 1024,
         "an over-long record keeps only a prefix"
     );
+}
+
+/// Base64 (RFC 4648, padded) decoded by looking each character up.
+fn decode_base64(text: &str) -> Vec<u8> {
+    const ALPHABET: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let sextets: Vec<u32> = text
+        .trim_end_matches('=')
+        .chars()
+        .map(|character| ALPHABET.find(character).unwrap() as u32)
+        .collect();
+    let mut bytes = Vec::new();
+    for group in sextets.chunks(4) {
+        let word = group
+            .iter()
+            .enumerate()
+            .fold(0, |word, (index, sextet)| word | sextet << (18 - 6 * index));
+        bytes.extend(word.to_be_bytes()[1..group.len()].iter());
+    }
+    bytes
 }
 
 #[test]

@@ -432,6 +432,18 @@ fn malformed_messages_become_dead_letters_with_their_origin() {
             })
             .unwrap();
     }
+    // Not UTF-8, with headers of its own: its dead letter keeps the value,
+    // the key and the headers as they came.
+    let (odd_value, odd_header): (&[u8], &[u8]) = (b"\xff\xfe{", b"t-\x01\xff");
+    producer
+        .send(&ProducerRecord {
+            key: Some(b"u3"),
+            value: odd_value,
+            headers: &[("trace", odd_header)],
+            partition: Some(0),
+            ticket: 0,
+        })
+        .unwrap();
     producer.flush(Duration::from_secs(30)).unwrap();
     let out = tempfile::tempdir().unwrap();
     let spec = format!(
@@ -463,9 +475,9 @@ topic = "{dead_topic}"
         out.path().display()
     );
     let summary = common::run_text(&spec, &[], 1).expect("the run succeeds");
-    assert_eq!(summary.counts.records_in, 6, "{summary}");
+    assert_eq!(summary.counts.records_in, 7, "{summary}");
     assert_eq!(summary.counts.rows_out, 2, "{summary}");
-    assert_eq!(summary.counts.dead, 4, "{summary}");
+    assert_eq!(summary.counts.dead, 5, "{summary}");
     assert!(summary.counts.reconciles());
     let rows = read_rows(out.path());
     assert_eq!(rows[0]["kafka_key"], "u1");
@@ -483,11 +495,11 @@ topic = "{dead_topic}"
                 header(letter, "tideflow-offset"),
                 header(letter, "tideflow-error"),
                 header(letter, "tideflow-source"),
-                String::from_utf8(letter.value.clone()).unwrap(),
+                String::from_utf8_lossy(&letter.value).into_owned(),
             )
         })
         .collect();
-    assert_eq!(found.len(), 4, "{found:?}");
+    assert_eq!(found.len(), 5, "{found:?}");
     let reasons: Vec<(&str, &str)> = found
         .iter()
         .map(|(offset, error, ..)| (offset.as_str(), error.as_str()))
@@ -497,6 +509,7 @@ topic = "{dead_topic}"
         ("2", "amount"),
         ("3", "empty"),
         ("4", "kafka_key"),
+        ("6", "UTF-8"),
     ];
     assert_eq!(reasons.len(), expected.len(), "{reasons:?}");
     for ((offset, error), (expected_offset, word)) in reasons.iter().zip(expected) {
@@ -510,6 +523,16 @@ topic = "{dead_topic}"
     for letter in &letters {
         assert_eq!(header(letter, "tideflow-partition"), "0");
     }
+    let odd = &letters[4];
+    assert_eq!(odd.value, odd_value);
+    assert_eq!(odd.key.as_deref(), Some(&b"u3"[..]));
+    assert!(
+        odd.headers
+            .contains(&("trace".to_owned(), odd_header.to_vec())),
+        "{:?}",
+        odd.headers
+    );
+    assert_eq!(letters[0].key.as_deref(), Some(&b"u1"[..]));
 }
 
 #[test]

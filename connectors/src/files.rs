@@ -212,6 +212,7 @@ impl PartitionReader for JsonlReader {
                 offset: self.next_offset,
                 timestamp_ms: None,
                 key: None,
+                headers: Vec::new(),
                 body,
             });
             self.next_offset += 1;
@@ -405,6 +406,7 @@ impl PartitionReader for ParquetReader {
                     offset: self.next_offset,
                     timestamp_ms: None,
                     key: None,
+                    headers: Vec::new(),
                     body,
                 });
                 self.next_offset += 1;

@@ -281,6 +281,7 @@ impl PartitionReader for GeneratorReader {
                 offset,
                 timestamp_ms: None,
                 key: None,
+                headers: Vec::new(),
                 body: self.body(offset),
             });
         }

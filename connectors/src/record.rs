@@ -148,6 +148,9 @@ pub struct RawRecord {
     pub timestamp_ms: Option<i64>,
     /// The transport's record key, where it has one (Kafka message keys).
     pub key: Option<Vec<u8>>,
+    /// The transport's record headers, where it has them (Kafka), for
+    /// dead letters: name and value bytes, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
     /// The record itself.
     pub body: RawBody,
 }

@@ -32,40 +32,36 @@ impl Decoder {
     }
 
     /// Decodes one record into a row of its schema fields (what stages
-    /// compute travels beside it, in its batch's columns).
-    pub fn decode(&self, mut record: RawRecord) -> Result<Row, DeadLetter> {
+    /// compute travels beside it, in its batch's columns). The record
+    /// keeps its bytes (typed fields move into the row), so that a row
+    /// found late can still be a dead letter with them.
+    pub fn decode(&self, record: &mut RawRecord) -> Result<Row, DeadLetter> {
         let (partition, offset) = (record.partition, record.offset);
-        let dead = move |error: String, raw: String| DeadLetter {
-            partition,
-            offset,
-            error,
-            raw,
-        };
         let mut values = match &mut record.body {
             RawBody::Bytes(bytes) => {
                 let mut values = Vec::with_capacity(self.fields.len());
                 if let Err(error) = self.decode_json(bytes, &mut values) {
-                    return Err(dead(error, String::from_utf8_lossy(bytes).into_owned()));
+                    let raw = std::mem::take(bytes);
+                    return Err(dead_letter(record, error, raw));
                 }
                 values
             }
             RawBody::Fields(fields) => {
                 if let Err(error) = self.check_fields(fields) {
-                    return Err(dead(error, fields_as_json(&self.fields, fields)));
+                    let raw = fields_as_json(&self.fields, fields).into_bytes();
+                    return Err(dead_letter(record, error, raw));
                 }
                 // The record's own vector becomes the row's: no allocation.
                 std::mem::take(fields)
             }
             RawBody::Unreadable { reason, prefix } => {
-                return Err(dead(
-                    reason.clone(),
-                    String::from_utf8_lossy(prefix).into_owned(),
-                ));
+                let (error, raw) = (reason.clone(), std::mem::take(prefix));
+                return Err(dead_letter(record, error, raw));
             }
         };
-        if let Err(error) = self.fill_metadata(&record, &mut values) {
-            let raw = self.raw_text(&record.body, &values);
-            return Err(dead(error, raw));
+        if let Err(error) = self.fill_metadata(record, &mut values) {
+            let raw = self.raw_bytes(record, &values);
+            return Err(dead_letter(record, error, raw));
         }
         for slot in &self.required_slots {
             if values[*slot].is_null() {
@@ -74,26 +70,34 @@ impl Decoder {
                 } else {
                     "key"
                 };
-                let raw = self.raw_text(&record.body, &values);
-                return Err(dead(
-                    format!("missing {role} field '{}'", self.fields[*slot].name),
-                    raw,
-                ));
+                let raw = self.raw_bytes(record, &values);
+                let error = format!("missing {role} field '{}'", self.fields[*slot].name);
+                return Err(dead_letter(record, error, raw));
             }
         }
         let Value::I64(time) = values[self.time_slot] else {
-            return Err(dead(
+            let raw = self.raw_bytes(record, &values);
+            return Err(dead_letter(
+                record,
                 "event time is not an integer".into(),
-                self.raw_text(&record.body, &values),
+                raw,
             ));
         };
         Ok(Row {
-            partition: record.partition,
-            offset: record.offset,
+            partition,
+            offset,
             time,
             values,
             warm_up: false,
         })
+    }
+
+    /// The dead letter of a row decoded from `record` that turned out late
+    /// (or otherwise unusable after decoding): the record's bytes, or its
+    /// fields as JSON where the transport gave fields.
+    pub fn late_letter(&self, record: &mut RawRecord, row: &Row, error: String) -> DeadLetter {
+        let raw = self.raw_bytes(record, &row.values);
+        dead_letter(record, error, raw)
     }
 
     /// Fills the fields that come from the record's metadata (the Kafka
@@ -124,13 +128,16 @@ impl Decoder {
         json::decode_object(text, &self.fields, values)
     }
 
-    /// The original record as text; typed fields (moved into `values` by
-    /// then) are rendered as a JSON object.
-    fn raw_text(&self, body: &RawBody, values: &[Value]) -> String {
-        match body {
-            RawBody::Bytes(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-            RawBody::Fields(_) => fields_as_json(&self.fields, values),
-            RawBody::Unreadable { prefix, .. } => String::from_utf8_lossy(prefix).into_owned(),
+    /// The original record's bytes, taken from it; typed fields (moved
+    /// into `values` by then) are rendered as a JSON object.
+    fn raw_bytes(&self, record: &mut RawRecord, values: &[Value]) -> Vec<u8> {
+        match &mut record.body {
+            RawBody::Bytes(bytes) => std::mem::take(bytes),
+            RawBody::Fields(_) => {
+                fields_as_json(&self.fields, &values[..self.fields.len().min(values.len())])
+                    .into_bytes()
+            }
+            RawBody::Unreadable { prefix, .. } => std::mem::take(prefix),
         }
     }
 
@@ -163,6 +170,18 @@ fn check_typed_value(field: &Column, value: &mut Value) -> Result<(), String> {
             field.name,
             ty.name()
         )),
+    }
+}
+
+/// A dead letter of `record` with its key and headers.
+fn dead_letter(record: &mut RawRecord, error: String, raw: Vec<u8>) -> DeadLetter {
+    DeadLetter {
+        partition: record.partition,
+        offset: record.offset,
+        error,
+        raw,
+        key: record.key.take(),
+        headers: std::mem::take(&mut record.headers),
     }
 }
 

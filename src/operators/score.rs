@@ -192,7 +192,10 @@ fn send_to_dead_letters(
             raw: crate::decode::fields_as_json(
                 &shared.plan.columns[..shared.plan.field_count],
                 &row.values,
-            ),
+            )
+            .into_bytes(),
+            key: None,
+            headers: Vec::new(),
         };
         if let Err(error) = dead_letters.write(&letter) {
             shared.abort(error);

@@ -24,7 +24,7 @@ use crate::decode::Decoder;
 use crate::metrics::PartitionStatus;
 use crate::ordering::PartitionClock;
 use crate::plan::SourcePlan;
-use crate::row::{DeadLetter, LATE};
+use crate::row::LATE;
 use crate::run::{Shared, Stats, Waker};
 use crate::sinks::DeadLetterWriter;
 use crate::{Error, Result};
@@ -457,9 +457,9 @@ pub fn read_source<'scope>(
                             partition.last_record = Instant::now();
                         }
                         let chunk_read = raw.len();
-                        for record in raw.drain(..) {
+                        for mut record in raw.drain(..) {
                             let warm_up = record.offset < first_output;
-                            let letter = match decoder.decode(record) {
+                            let letter = match decoder.decode(&mut record) {
                                 // Behind the partition's own clock, or (after the
                                 // partition was idle) behind the watermark.
                                 Ok(row)
@@ -473,15 +473,7 @@ pub fn read_source<'scope>(
                                         continue;
                                     }
                                     Stats::add(&shared.stats.late, 1);
-                                    DeadLetter {
-                                        partition: row.partition,
-                                        offset: row.offset,
-                                        error: LATE.into(),
-                                        raw: crate::decode::fields_as_json(
-                                            &shared.plan.columns[..shared.plan.field_count],
-                                            &row.values,
-                                        ),
-                                    }
+                                    decoder.late_letter(&mut record, &row, LATE.into())
                                 }
                                 Ok(mut row) => {
                                     partition.clock.observe(row.time);
