@@ -47,6 +47,16 @@ impl CutTracker {
         self.pending().is_some_and(|cut| time >= cut.time)
     }
 
+    /// Takes out of `held_back` (in order) what no cut in progress holds
+    /// back any more, once the operator has cut; the rest stays.
+    pub fn release<T>(&self, held_back: &mut Vec<T>, time: impl Fn(&T) -> i64) -> Vec<T> {
+        let (kept, released) = std::mem::take(held_back)
+            .into_iter()
+            .partition(|item| self.holds_back(time(item)));
+        *held_back = kept;
+        released
+    }
+
     /// The cut to take now: one in progress, not yet taken, with the input
     /// frontier past its time (an empty frontier is past every time).
     pub fn due(&self, frontier: &[i64]) -> Option<Cut> {

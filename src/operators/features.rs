@@ -206,11 +206,7 @@ fn where_read<'scope>(
                     buffered: Vec::new(),
                 };
                 report_stage(&mut cuts, cut, &part, (&stage, worker), &shared);
-                for (held, mut batches) in std::mem::take(&mut held_back) {
-                    if cuts.holds_back(*held.time()) {
-                        held_back.push((held, batches));
-                        continue;
-                    }
+                for (held, mut batches) in cuts.release(&mut held_back, |(held, _)| *held.time()) {
                     let computed = compute(&mut state, &mut batches);
                     output.session(&held).give_iterator(computed.into_iter());
                 }
@@ -323,12 +319,9 @@ fn in_event_time_order<'scope>(
                     if *held.time() < cut.time && cut.time != crate::checkpoint::FINAL {
                         held.downgrade(&cut.time);
                     }
-                    for (arrival, mut rows) in std::mem::take(&mut held_back) {
-                        if cuts.holds_back(arrival) {
-                            held_back.push((arrival, rows));
-                        } else {
-                            buffer_rows(&mut buffer, &mut rows, arrival, &shared);
-                        }
+                    for (arrival, mut rows) in cuts.release(&mut held_back, |(arrival, _)| *arrival)
+                    {
+                        buffer_rows(&mut buffer, &mut rows, arrival, &shared);
                     }
                     // At the end of input, what came after the cut leaves
                     // now too.

@@ -114,13 +114,11 @@ impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
                     if let Err(error) = reported {
                         shared.abort(error);
                     }
-                    for (arrival, mut batches) in std::mem::take(&mut held_back) {
-                        if cuts.holds_back(arrival) {
-                            held_back.push((arrival, batches));
-                        } else {
-                            let batches = (arrival, &mut batches);
-                            take(&shared, &mut batcher, &mut arrivals, batches, now);
-                        }
+                    for (arrival, mut batches) in
+                        cuts.release(&mut held_back, |(arrival, _)| *arrival)
+                    {
+                        let batches = (arrival, &mut batches);
+                        take(&shared, &mut batcher, &mut arrivals, batches, now);
                     }
                     activator.activate();
                 }

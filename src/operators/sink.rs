@@ -96,12 +96,9 @@ impl WriteRows for BatchStream<'_> {
                             if let Err(error) = reported {
                                 shared.abort(error);
                             }
-                            for (arrival, mut batches) in std::mem::take(&mut held_back) {
-                                if cuts.holds_back(arrival) {
-                                    held_back.push((arrival, batches));
-                                } else {
-                                    write_all(&mut writers, &sink_names, &shared, &mut batches);
-                                }
+                            let released = cuts.release(&mut held_back, |(arrival, _)| *arrival);
+                            for (_, mut batches) in released {
+                                write_all(&mut writers, &sink_names, &shared, &mut batches);
                             }
                         }
                         let Some(held) = capability.as_mut() else {

@@ -7,7 +7,7 @@ use super::{ClientOptions, LOOKUP_TIMEOUT};
 use crate::{Error, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -88,20 +88,7 @@ pub fn read_topic(brokers: &str, topic: &str, options: &ClientOptions) -> Result
                     timestamp_ms: message.timestamp().to_millis(),
                     key: message.key().map(<[u8]>::to_vec),
                     value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                    headers: message
-                        .headers()
-                        .map(|headers| {
-                            headers
-                                .iter()
-                                .map(|header| {
-                                    (
-                                        header.key.to_owned(),
-                                        header.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
+                    headers: super::headers_of(&message),
                 })
             }
             // The end of a partition as the broker reports it now, which is

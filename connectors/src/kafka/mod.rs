@@ -173,3 +173,23 @@ pub fn ensure_topic(
     }
     Ok(true)
 }
+
+/// A message's headers as (name, value bytes), in order; a header without
+/// a value has empty bytes.
+pub(crate) fn headers_of(message: &impl rdkafka::message::Message) -> Vec<(String, Vec<u8>)> {
+    use rdkafka::message::Headers;
+    message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|header| {
+                    (
+                        header.key.to_owned(),
+                        header.value.unwrap_or_default().to_vec(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

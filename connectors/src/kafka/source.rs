@@ -14,7 +14,7 @@ use super::{
 use crate::{Error, PartitionReader, Poll, RawBody, RawRecord, Result};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use std::sync::Arc;
@@ -416,20 +416,7 @@ impl Fetched {
             offset: message.offset().max(0) as u64,
             timestamp_ms: message.timestamp().to_millis(),
             key: message.key().map(<[u8]>::to_vec),
-            headers: message
-                .headers()
-                .map(|headers| {
-                    headers
-                        .iter()
-                        .map(|header| {
-                            (
-                                header.key.to_owned(),
-                                header.value.unwrap_or_default().to_vec(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
+            headers: super::headers_of(message),
             body: RawBody::Bytes(message.payload().map(<[u8]>::to_vec).unwrap_or_default()),
         }
     }
