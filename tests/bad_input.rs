@@ -191,22 +191,12 @@ fn a_source_key_found_in_two_partitions_stops_the_run_on_any_number_of_workers()
     }
 }
 
-/// A model that looks each amount up in a table of ten scores
-/// (models/table_lookup.onnx): ONNX Runtime fails a whole run on an
-/// amount of 10 or more.
-const TABLE_MODEL_SPEC: &str = r#"
-name = "inference_failures"
-[source]
-type = "files"
-path = "unset"
-format = "jsonl"
-key = "user_id"
-[schema]
-user_id = "string"
-amount = "f64"
-ts = "timestamp_ms"
-[time]
-field = "ts"
+/// The spec above with a model that looks each amount up in a table of
+/// ten scores (models/table_lookup.onnx), which ONNX Runtime fails a whole
+/// run on for an amount of 10 or more, in batches of four.
+fn table_model_spec() -> String {
+    format!(
+        r#"{SPEC}
 [model]
 path = "unset"
 inputs = ["amount"]
@@ -214,14 +204,10 @@ inputs = ["amount"]
 score = "score[0]"
 [batching]
 policy = "bulk"
-bulk = { max_rows = 4, max_delay = "10s" }
-[[sink]]
-type = "jsonl"
-path = "unset"
-[dead_letters]
-type = "jsonl"
-path = "unset"
-"#;
+bulk = {{ max_rows = 4, max_delay = "10s" }}
+"#
+    )
+}
 
 /// Writes 40 records, amounts 0.5 to 9.5 but for the ones at `bad`
 /// offsets, which hold 12.0; returns the overrides that run them.
@@ -261,7 +247,7 @@ fn a_batch_the_model_fails_on_goes_to_dead_letters_and_the_run_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let bad = [5, 22];
     let overrides = table_model_input(dir.path(), &bad);
-    let summary = common::run_text(TABLE_MODEL_SPEC, &overrides, 1).unwrap();
+    let summary = common::run_text(&table_model_spec(), &overrides, 1).unwrap();
     assert!(summary.counts.reconciles(), "{summary}");
     assert_eq!(summary.counts.records_in, 40, "{summary}");
 
@@ -308,6 +294,6 @@ fn a_failed_batch_stops_the_run_when_the_spec_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let mut overrides = table_model_input(dir.path(), &[7]);
     overrides.push("model.on_error=\"stop\"".into());
-    let error = common::run_text(TABLE_MODEL_SPEC, &overrides, 1).unwrap_err();
+    let error = common::run_text(&table_model_spec(), &overrides, 1).unwrap_err();
     assert!(error.to_string().contains("out of data bounds"), "{error}");
 }

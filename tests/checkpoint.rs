@@ -11,6 +11,8 @@
 //! reads the same records without the rate limit that gives the killed
 //! runs time to be killed.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -120,7 +122,7 @@ fn kill_after(spec: &Path, workers: usize, delay: Duration) -> bool {
 /// a row written twice fails the test.
 fn jsonl_rows(dir: &Path) -> BTreeMap<(u64, u64), String> {
     let mut rows = BTreeMap::new();
-    for line in common_lines(dir) {
+    for line in sink_lines(dir) {
         let row: serde_json::Value = serde_json::from_str(&line).unwrap();
         let origin = (
             row["_partition"].as_u64().unwrap(),
@@ -135,7 +137,8 @@ fn jsonl_rows(dir: &Path) -> BTreeMap<(u64, u64), String> {
     rows
 }
 
-fn common_lines(dir: &Path) -> Vec<String> {
+/// Every line of a sink directory's files, none of them left pending.
+fn sink_lines(dir: &Path) -> Vec<String> {
     let mut lines = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -158,38 +161,30 @@ fn parquet_rows(dir: &Path) -> BTreeMap<(u64, u64), Vec<Option<u64>>> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Float64Type, Int64Type};
     let mut rows = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let file = std::fs::File::open(entry.unwrap().path()).unwrap();
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .unwrap()
-            .build()
-            .unwrap();
-        for batch in reader {
-            let batch = batch.unwrap();
-            let column = |name: &str| batch.column_by_name(name).unwrap().clone();
-            let (partitions, offsets) = (column("_partition"), column("_offset"));
-            let sums = column("amount_sum_1h");
-            let gaps = column("gap_ms");
-            let means = column("merchant_mean_10m");
-            for index in 0..batch.num_rows() {
-                let float = |array: &arrow_array::ArrayRef| {
-                    let floats = array.as_primitive::<Float64Type>();
-                    floats
-                        .is_valid(index)
-                        .then(|| floats.value(index).to_bits())
-                };
-                let gap = gaps.as_primitive::<Int64Type>();
-                let origin = (
-                    partitions.as_primitive::<Int64Type>().value(index) as u64,
-                    offsets.as_primitive::<Int64Type>().value(index) as u64,
-                );
-                let values = vec![
-                    float(&sums),
-                    gap.is_valid(index).then(|| gap.value(index) as u64),
-                    float(&means),
-                ];
-                assert!(rows.insert(origin, values).is_none(), "{origin:?} twice");
-            }
+    for batch in common::read_parquet_batches(dir) {
+        let column = |name: &str| batch.column_by_name(name).unwrap().clone();
+        let (partitions, offsets) = (column("_partition"), column("_offset"));
+        let sums = column("amount_sum_1h");
+        let gaps = column("gap_ms");
+        let means = column("merchant_mean_10m");
+        for index in 0..batch.num_rows() {
+            let float = |array: &arrow_array::ArrayRef| {
+                let floats = array.as_primitive::<Float64Type>();
+                floats
+                    .is_valid(index)
+                    .then(|| floats.value(index).to_bits())
+            };
+            let gap = gaps.as_primitive::<Int64Type>();
+            let origin = (
+                partitions.as_primitive::<Int64Type>().value(index) as u64,
+                offsets.as_primitive::<Int64Type>().value(index) as u64,
+            );
+            let values = vec![
+                float(&sums),
+                gap.is_valid(index).then(|| gap.value(index) as u64),
+                float(&means),
+            ];
+            assert!(rows.insert(origin, values).is_none(), "{origin:?} twice");
         }
     }
     rows
@@ -252,6 +247,32 @@ fn reference(dir: &Path, count: u64) -> PathBuf {
     out
 }
 
+/// A test of `count` records paced at `rate`: its directory, the
+/// uninterrupted run's outputs, and the checkpointed run's outputs (under
+/// `name`) and spec.
+struct Case {
+    /// Kept until the test ends: dropping it removes the directory.
+    _dir: tempfile::TempDir,
+    reference: PathBuf,
+    out: PathBuf,
+    spec: PathBuf,
+}
+
+impl Case {
+    fn new(name: &str, count: u64, rate: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let reference = reference(dir.path(), count);
+        let out = dir.path().join(name);
+        let spec = spec(&out, count, Some(rate), true);
+        Case {
+            _dir: dir,
+            reference,
+            out,
+            spec,
+        }
+    }
+}
+
 /// Delays between 150 and 650 ms from a fixed seed, so that every run
 /// of the test kills at the same points.
 fn delays() -> impl Iterator<Item = Duration> {
@@ -266,11 +287,13 @@ fn delays() -> impl Iterator<Item = Duration> {
 
 #[test]
 fn a_run_killed_twenty_times_writes_exactly_the_rows_of_one_uninterrupted_run() {
-    let dir = tempfile::tempdir().unwrap();
     let count = 60_000;
-    let reference = reference(dir.path(), count);
-    let out = dir.path().join("killed");
-    let spec = spec(&out, count, Some(5_000), true);
+    let Case {
+        _dir,
+        reference,
+        out,
+        spec,
+    } = Case::new("killed", count, 5_000);
     let mut kills = 0;
     for delay in delays().take(200) {
         if kills == 20 {
@@ -291,6 +314,22 @@ fn a_run_killed_twenty_times_writes_exactly_the_rows_of_one_uninterrupted_run() 
     assert!(read < count, "the last run read {read} of {count} records");
     assert!(!stderr.contains("replayed"), "{stderr}");
     assert_same_outputs(&out, &reference);
+}
+
+/// The committed checkpoints under `out/state` (those with a manifest),
+/// oldest first: each one's number and directory.
+fn committed_checkpoints(out: &Path) -> Vec<(u64, PathBuf)> {
+    let mut committed: Vec<(u64, PathBuf)> = std::fs::read_dir(out.join("state/checkpoints"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.join("MANIFEST").exists())
+        .map(|path| {
+            let id = path.file_name().unwrap().to_str().unwrap().parse().unwrap();
+            (id, path)
+        })
+        .collect();
+    committed.sort();
+    committed
 }
 
 /// The number before `what` in the run summary.
@@ -324,34 +363,22 @@ fn a_checkpoint_restores_onto_another_number_of_workers() {
 
 #[test]
 fn a_corrupted_checkpoint_is_refused_and_the_one_before_is_used() {
-    let dir = tempfile::tempdir().unwrap();
-    let count = 12_000;
-    let reference = reference(dir.path(), count);
-    let out = dir.path().join("corrupted");
-    let spec = spec(&out, count, Some(8_000), true);
+    let Case {
+        _dir,
+        reference,
+        out,
+        spec,
+    } = Case::new("corrupted", 12_000, 8_000);
     assert!(kill_after(&spec, 2, Duration::from_millis(800)));
-    let checkpoints = out.join("state/checkpoints");
-    let mut committed: Vec<PathBuf> = std::fs::read_dir(&checkpoints)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.join("MANIFEST").exists())
-        .collect();
-    committed.sort();
+    let committed = committed_checkpoints(&out);
     assert!(committed.len() >= 2, "{committed:?}");
-    let newest = committed.last().unwrap();
+    let (newest_id, newest) = committed.last().unwrap();
     let part = newest.join("stage1-w0");
     let mut bytes = std::fs::read(&part).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
     std::fs::write(&part, bytes).unwrap();
     let stderr = run_to_end(&spec, 2);
-    let newest_id: u64 = newest
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
     assert!(
         stderr.contains(&format!("checkpoint {newest_id} refused"))
             && stderr.contains("part 'stage1-w0' has checksum"),
@@ -424,12 +451,7 @@ fn checkpoint_metrics_say_what_the_newest_checkpoint_holds() {
         line.rsplit(' ').next().unwrap().parse().unwrap()
     };
 
-    let checkpoints = out.join("state/checkpoints");
-    let newest = std::fs::read_dir(&checkpoints)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .max()
-        .unwrap();
+    let (newest_id, newest) = committed_checkpoints(&out).pop().unwrap();
     let parts_bytes: u64 = std::fs::read_dir(&newest)
         .unwrap()
         .map(|entry| entry.unwrap())
@@ -437,13 +459,6 @@ fn checkpoint_metrics_say_what_the_newest_checkpoint_holds() {
         .map(|entry| entry.metadata().unwrap().len())
         .sum();
     assert_eq!(gauge("tideflow_checkpoint_bytes "), parts_bytes);
-    let newest_id: u64 = newest
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
     assert_eq!(gauge("tideflow_checkpoint_id "), newest_id);
 
     let config = GeneratorConfig {

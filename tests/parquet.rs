@@ -118,17 +118,10 @@ fn parquet_source_and_sink_agree_with_jsonl() {
 
     // Every column of the Parquet sink holds what the JSONL sink holds:
     // fields (string, float with nulls, time), origin and features.
-    let mut from_sink = Vec::new();
-    for entry in std::fs::read_dir(parquet_out).unwrap() {
-        let file = std::fs::File::open(entry.unwrap().path()).unwrap();
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .unwrap()
-            .build()
-            .unwrap();
-        for batch in reader {
-            from_sink.extend(rows_as_json(&batch.unwrap()));
-        }
-    }
+    let mut from_sink: Vec<_> = common::read_parquet_batches(&parquet_out)
+        .iter()
+        .flat_map(rows_as_json)
+        .collect();
     from_sink.sort_by_key(|row| row["_offset"].as_i64());
     assert_eq!(from_sink.len(), from_jsonl.len());
     for (parquet_row, jsonl_row) in from_sink.iter().zip(&from_jsonl) {

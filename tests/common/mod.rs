@@ -189,6 +189,21 @@ pub fn read_rows(dir: &Path) -> Vec<serde_json::Value> {
     rows
 }
 
+/// Every record batch of every Parquet file of a directory.
+pub fn read_parquet_batches(dir: &Path) -> Vec<arrow_array::RecordBatch> {
+    let mut batches = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|error| panic!("{}: {error}", dir.display()))
+    {
+        let file = std::fs::File::open(entry.unwrap().path()).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        batches.extend(reader.map(Result::unwrap));
+    }
+    batches
+}
+
 /// The same rows as canonical text, one line each, for exact comparison.
 pub fn read_lines(dir: &Path) -> Vec<String> {
     read_rows(dir).iter().map(|row| row.to_string()).collect()
