@@ -1,0 +1,188 @@
+//! Sinks: where output rows and dead letters are written.
+//!
+//! A sink is a format and a transport. Formats turn rows into bytes: JSON
+//! lines ([`json`]) and Arrow record batches in Parquet files
+//! ([`parquet`]). Transports put them somewhere: files, standard output
+//! and error ([`files`]), and Kafka topics ([`kafka`]). Dead letters
+//! ([`dead_letters`]) are JSON lines or raw records on the same transports.
+//!
+//! Each worker writes its own files (`part-<worker>.jsonl` or `.parquet`)
+//! in the sink's directory, so workers never contend for a file; readers
+//! order rows by (`_partition`, `_offset`). Writers say how far their
+//! output is durable (synced to disk, or acknowledged by the brokers), so
+//! that a Kafka source commits offsets only up to outputs that survive a
+//! crash. In a checkpointed run they write exactly once: files belong to
+//! the epochs of checkpoints, and a Kafka sink leaves out on a restart
+//! the rows the run before it already wrote.
+
+mod dead_letters;
+mod files;
+mod json;
+mod kafka;
+mod parquet;
+
+pub use dead_letters::{DEAD_LETTER_HEADERS, DeadLetterWriter};
+pub use files::{prepare_directory, prepare_epoch_directory};
+
+use self::parquet::ParquetWriter;
+use crate::batch::Batch;
+use crate::checkpoint::EpochFile;
+use crate::plan::{Plan, SinkPlan};
+use crate::row::Origins;
+use crate::schema::Column;
+use crate::{Error, Result};
+use files::{EpochRowWriter, JsonlWriter, StreamWriter, part_path};
+use kafka::KafkaWriter;
+
+/// The record header naming the model that scored a row.
+pub const MODEL_HEADER: &str = "tideflow-model";
+
+/// Writes rows somewhere.
+///
+/// Durability is tracked in *sync epochs*: [`RowWriter::sync`] closes the
+/// current epoch, and [`RowWriter::is_durable`] says whether everything
+/// written up to the end of an epoch would survive a crash (file data
+/// synced to disk, Kafka records acknowledged by the brokers).
+pub trait RowWriter {
+    /// Writes a batch of rows.
+    fn write(&mut self, batch: &Batch) -> Result<()>;
+    /// Closes the current epoch and returns its number. File data is
+    /// synced to disk before this returns; Kafka records are acknowledged
+    /// in the background (and earlier delivery failures are reported here).
+    fn sync(&mut self) -> Result<u64>;
+    /// Whether everything written up to the end of `epoch` is durable.
+    fn is_durable(&self, epoch: u64) -> bool;
+    /// Flushes and closes; after this the output is complete and durable.
+    fn finish(&mut self) -> Result<()>;
+    /// Ends the epoch of checkpoint `id`: makes what was written durable
+    /// and returns the files that hold it, to be published when the
+    /// checkpoint commits. Writers without files of their own (standard
+    /// output, Kafka) only make their output durable: they write at least
+    /// once, not exactly once.
+    fn close_epoch(&mut self, _id: u64) -> Result<Vec<EpochFile>> {
+        self.finish()?;
+        Ok(Vec::new())
+    }
+}
+
+/// Opens the writer of `sink` for worker `worker` in a checkpointed run:
+/// file sinks write a file per epoch.
+pub fn open_epoch_row_writer(
+    sink: &SinkPlan,
+    layout: &Layout,
+    worker: usize,
+) -> Result<Box<dyn RowWriter>> {
+    let extension = match sink {
+        SinkPlan::Jsonl(_) => "jsonl",
+        SinkPlan::Parquet(_) => "parquet",
+        _ => return open_row_writer(sink, layout, worker),
+    };
+    let (SinkPlan::Jsonl(dir) | SinkPlan::Parquet(dir)) = sink else {
+        unreachable!("matched above")
+    };
+    Ok(Box::new(EpochRowWriter::new(
+        sink, dir, layout, worker, extension,
+    )))
+}
+
+/// The output row layout: columns and the model identity for `_model`.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// Every column in slot order.
+    pub columns: Vec<Column>,
+    /// How many columns are schema fields (`_partition` and `_offset`
+    /// follow them).
+    pub field_count: usize,
+    /// `_model`, when a model scores the rows.
+    pub model: Option<String>,
+    /// The entity key: the record key of Kafka outputs.
+    pub key_slot: Option<usize>,
+    /// How `_topic` and `_partition` are written.
+    pub origins: Origins,
+}
+
+impl Layout {
+    /// The layout of a plan's outputs.
+    pub fn new(plan: &Plan, model: Option<String>) -> Self {
+        Layout {
+            columns: plan.columns.clone(),
+            field_count: plan.field_count,
+            model,
+            key_slot: plan.entity_key_slot(),
+            origins: plan.origins(),
+        }
+    }
+}
+
+/// Opens the writer of `sink` for worker `worker`.
+pub fn open_row_writer(
+    sink: &SinkPlan,
+    layout: &Layout,
+    worker: usize,
+) -> Result<Box<dyn RowWriter>> {
+    Ok(match sink {
+        SinkPlan::Jsonl(dir) => Box::new(JsonlWriter::create(
+            &part_path(dir, worker, "jsonl"),
+            layout.clone(),
+            sink,
+        )?),
+        SinkPlan::Parquet(dir) => Box::new(ParquetWriter::create(
+            &part_path(dir, worker, "parquet"),
+            layout.clone(),
+            sink,
+        )?),
+        SinkPlan::Stdout => Box::new(StreamWriter::new(layout, false)),
+        SinkPlan::Stderr => Box::new(StreamWriter::new(layout, true)),
+        SinkPlan::Null => Box::new(NullWriter(Epochs::default())),
+        SinkPlan::Kafka {
+            brokers,
+            topic,
+            options,
+        } => Box::new(KafkaWriter::open(brokers, topic, options, layout)?),
+    })
+}
+
+pub(super) fn sink_error(sink: &SinkPlan, error: impl std::fmt::Display) -> Error {
+    Error::Sink {
+        sink: sink.describe(),
+        message: error.to_string(),
+    }
+}
+
+/// The sync epochs of a writer whose data is durable once `sync` returns.
+#[derive(Debug, Default)]
+pub(super) struct Epochs {
+    closed: u64,
+}
+
+impl Epochs {
+    fn close(&mut self) -> Result<u64> {
+        self.closed += 1;
+        Ok(self.closed)
+    }
+
+    fn closed(&self, epoch: u64) -> bool {
+        epoch <= self.closed
+    }
+}
+
+/// Counts and drops (for benchmarks).
+struct NullWriter(Epochs);
+
+impl RowWriter for NullWriter {
+    fn write(&mut self, _batch: &Batch) -> Result<()> {
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<u64> {
+        self.0.close()
+    }
+
+    fn is_durable(&self, epoch: u64) -> bool {
+        self.0.closed(epoch)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,278 @@
+//! The Arrow/Parquet format: rows as typed Arrow columns, written to a
+//! Parquet file whose row groups the Arrow writer decides.
+
+use super::{Epochs, Layout, RowWriter, sink_error};
+use crate::Result;
+use crate::batch::{Batch, SlotCells};
+use crate::plan::SinkPlan;
+use crate::row::{Origins, Row};
+use crate::schema::ColumnType;
+use arrow_array::builder::{
+    BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{Field, Schema};
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+use tideflow_connectors::Value;
+
+/// Parquet; the Arrow writer decides row groups.
+pub(super) struct ParquetWriter {
+    writer: Option<parquet::arrow::ArrowWriter<File>>,
+    epochs: Epochs,
+    schema: Arc<Schema>,
+    layout: Layout,
+    sink: SinkPlan,
+}
+
+impl ParquetWriter {
+    pub(super) fn create(path: &Path, layout: Layout, sink: &SinkPlan) -> Result<Self> {
+        let origin_fields = |fields: &mut Vec<Field>| {
+            if layout.origins.has_topic() {
+                fields.push(Field::new("_topic", arrow_schema::DataType::Utf8, false));
+            }
+            fields.push(Field::new(
+                "_partition",
+                arrow_schema::DataType::Int64,
+                false,
+            ));
+            fields.push(Field::new("_offset", arrow_schema::DataType::Int64, false));
+        };
+        let mut fields = Vec::new();
+        for (slot, column) in layout.columns.iter().enumerate() {
+            if slot == layout.field_count {
+                origin_fields(&mut fields);
+            }
+            fields.push(Field::new(&column.name, column.ty.arrow_type(), true));
+        }
+        if layout.field_count == layout.columns.len() {
+            origin_fields(&mut fields);
+        }
+        if layout.model.is_some() {
+            fields.push(Field::new("_model", arrow_schema::DataType::Utf8, false));
+        }
+        let schema = Arc::new(Schema::new(fields));
+        let file = File::create(path)
+            .map_err(|error| sink_error(sink, format!("{}: {error}", path.display())))?;
+        let properties = parquet_properties(&schema);
+        let writer = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), Some(properties))
+            .map_err(|error| sink_error(sink, error))?;
+        Ok(ParquetWriter {
+            writer: Some(writer),
+            epochs: Epochs::default(),
+            schema,
+            layout,
+            sink: sink.clone(),
+        })
+    }
+
+    /// Converts rows to one Arrow batch and hands it to the Parquet writer,
+    /// which gathers batches into row groups itself.
+    fn write_batch(&mut self, batch: &Batch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let rows = batch.rows();
+        let mut arrays = self.column_arrays(batch);
+        let origin_at = self.layout.field_count.min(arrays.len());
+        arrays.splice(
+            origin_at..origin_at,
+            origin_arrays(&self.layout.origins, rows),
+        );
+        if let Some(model) = &self.layout.model {
+            arrays.push(Arc::new(arrow_array::StringArray::from(vec![
+                model.as_str();
+                rows.len()
+            ])));
+        }
+        let batch = RecordBatch::try_new(self.schema.clone(), arrays)
+            .map_err(|error| sink_error(&self.sink, error))?;
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| sink_error(&self.sink, "written after finish"))?;
+        writer
+            .write(&batch)
+            .map_err(|error| sink_error(&self.sink, error))
+    }
+}
+
+/// Dictionary encoding only where values repeat: keys, names, flags and
+/// small integers. Floats (amounts, features, scores), event times and
+/// offsets are nearly all distinct, so a dictionary would hash every value
+/// only for the writer to fall back to plain encoding once it fills (a
+/// third of an end-to-end run's CPU went to the Parquet sink with it).
+fn parquet_properties(schema: &Schema) -> parquet::file::properties::WriterProperties {
+    use arrow_schema::DataType;
+    schema
+        .fields()
+        .iter()
+        .filter(|field| {
+            matches!(
+                field.data_type(),
+                DataType::Float64 | DataType::Timestamp(..)
+            ) || field.name() == "_offset"
+        })
+        .fold(
+            parquet::file::properties::WriterProperties::builder(),
+            |properties, field| {
+                properties.set_column_dictionary_enabled(
+                    parquet::schema::types::ColumnPath::from(field.name().as_str()),
+                    false,
+                )
+            },
+        )
+        .build()
+}
+
+impl ParquetWriter {
+    /// The Arrow arrays of the layout's columns, in order. Columns the rows
+    /// hold are read in one pass over the rows, so that each row's values
+    /// come from memory once rather than once per column (rows that
+    /// travelled alone carry every earlier stage's values).
+    fn column_arrays(&self, batch: &Batch) -> Vec<ArrayRef> {
+        let rows = batch.rows();
+        let mut arrays: Vec<Option<ArrayRef>> = Vec::new();
+        let mut from_rows: Vec<(usize, ArrayBuilder)> = Vec::new();
+        for (slot, column) in self.layout.columns.iter().enumerate() {
+            match batch.cells(slot) {
+                SlotCells::Rows(..) => {
+                    from_rows.push((slot, ArrayBuilder::new(column.ty, rows.len())));
+                    arrays.push(None);
+                }
+                cells => arrays.push(Some(column_array(column.ty, cells, rows.len()))),
+            }
+        }
+        for row in rows {
+            for (slot, builder) in &mut from_rows {
+                builder.append(row.cell(*slot));
+            }
+        }
+        for (slot, mut builder) in from_rows {
+            arrays[slot] = Some(builder.finish());
+        }
+        arrays.into_iter().flatten().collect()
+    }
+}
+
+/// The arrays of the rows' origin: `_topic` (where the source reads
+/// several topics), `_partition` and `_offset`.
+fn origin_arrays(origins: &Origins, rows: &[Row]) -> Vec<ArrayRef> {
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    if origins.has_topic() {
+        arrays.push(Arc::new(
+            rows.iter()
+                .map(|row| origins.locate(row.partition).0)
+                .collect::<arrow_array::StringArray>(),
+        ));
+    }
+    arrays.push(Arc::new(
+        rows.iter()
+            .map(|row| Some(i64::from(origins.locate(row.partition).1)))
+            .collect::<arrow_array::Int64Array>(),
+    ));
+    arrays.push(Arc::new(
+        rows.iter()
+            .map(|row| Some(row.offset as i64))
+            .collect::<arrow_array::Int64Array>(),
+    ));
+    arrays
+}
+
+/// Builds the Arrow array of one column a value at a time.
+enum ArrayBuilder {
+    Str(StringBuilder),
+    I64(Int64Builder),
+    TimestampMs(TimestampMillisecondBuilder),
+    F64(Float64Builder),
+    Bool(BooleanBuilder),
+}
+
+impl ArrayBuilder {
+    fn new(ty: ColumnType, rows: usize) -> Self {
+        match ty {
+            ColumnType::Str => ArrayBuilder::Str(StringBuilder::with_capacity(rows, rows * 8)),
+            ColumnType::I64 => ArrayBuilder::I64(Int64Builder::with_capacity(rows)),
+            ColumnType::TimestampMs => {
+                ArrayBuilder::TimestampMs(TimestampMillisecondBuilder::with_capacity(rows))
+            }
+            ColumnType::F64 => ArrayBuilder::F64(Float64Builder::with_capacity(rows)),
+            ColumnType::Bool => ArrayBuilder::Bool(BooleanBuilder::with_capacity(rows)),
+        }
+    }
+
+    /// Appends a value; one of another type is null (rows were checked
+    /// against the schema when decoded, so only nulls land here).
+    fn append(&mut self, value: &Value) {
+        match (self, value) {
+            (ArrayBuilder::Str(builder), Value::Str(text)) => builder.append_value(text),
+            (ArrayBuilder::Str(builder), _) => builder.append_null(),
+            (ArrayBuilder::I64(builder), value) => builder.append_option(integer(value)),
+            (ArrayBuilder::TimestampMs(builder), value) => builder.append_option(integer(value)),
+            (ArrayBuilder::F64(builder), value) => builder.append_option(value.as_f64()),
+            (ArrayBuilder::Bool(builder), Value::Bool(flag)) => builder.append_value(*flag),
+            (ArrayBuilder::Bool(builder), _) => builder.append_null(),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            ArrayBuilder::Str(builder) => Arc::new(builder.finish()),
+            ArrayBuilder::I64(builder) => Arc::new(builder.finish()),
+            ArrayBuilder::TimestampMs(builder) => Arc::new(builder.finish()),
+            ArrayBuilder::F64(builder) => Arc::new(builder.finish()),
+            ArrayBuilder::Bool(builder) => Arc::new(builder.finish()),
+        }
+    }
+}
+
+fn integer(value: &Value) -> Option<i64> {
+    if let Value::I64(number) = value {
+        Some(*number)
+    } else {
+        None
+    }
+}
+
+/// The Arrow array of one output column of a batch.
+fn column_array(ty: ColumnType, cells: SlotCells<'_>, rows: usize) -> ArrayRef {
+    if let (ColumnType::F64, Some((values, present))) = (ty, cells.floats()) {
+        // A computed float column: its vectors are the array.
+        return Arc::new(arrow_array::Float64Array::new(
+            values.to_vec().into(),
+            Some(present.iter().copied().collect()),
+        ));
+    }
+    let mut builder = ArrayBuilder::new(ty, rows);
+    for index in 0..rows {
+        builder.append(&cells.value(index));
+    }
+    builder.finish()
+}
+
+impl RowWriter for ParquetWriter {
+    fn write(&mut self, batch: &Batch) -> Result<()> {
+        self.write_batch(batch)
+    }
+
+    fn sync(&mut self) -> Result<u64> {
+        self.epochs.close()
+    }
+
+    fn is_durable(&self, _epoch: u64) -> bool {
+        // A Parquet file is readable only once its footer is written.
+        self.writer.is_none()
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        if let Some(writer) = self.writer.take() {
+            let file = writer
+                .into_inner()
+                .map_err(|error| sink_error(&self.sink, error))?;
+            file.sync_data()
+                .map_err(|error| sink_error(&self.sink, error))?;
+        }
+        Ok(())
+    }
+}
