@@ -13,14 +13,15 @@ use crate::operators::score::ScoreRows;
 use crate::operators::sink::WriteRows;
 use crate::operators::source::resume_at_restored;
 use crate::operators::source::{SourceOutputs, open_assigned, origin, read_source};
-use crate::plan::{Plan, SourcePlan};
+use crate::plan::{Plan, SinkPlan, SourcePlan};
 use crate::run::{Counts, Shared, Summary, SummaryScope, report_progress};
 use crate::sinks::{
-    DeadLetterWriter, Layout, open_epoch_row_writer, open_row_writer, prepare_directory,
-    prepare_epoch_directory,
+    DeadLetterWriter, Layout, TopicOffsets, TopicResume, open_epoch_row_writer, open_row_writer,
+    prepare_directory, prepare_epoch_directory, topic_ends,
 };
 use crate::{Error, Result};
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -261,7 +262,7 @@ fn start_checkpoints(
         Arc::new(LocalStorage::open(&checkpoints.dir)?),
         checkpoints.retain,
     );
-    let restored = restore(plan, &store, workers)?;
+    let mut restored = restore(plan, &store, workers)?;
     if restored.id > 0 {
         eprintln!(
             "tideflow: restored checkpoint {} from {}",
@@ -282,6 +283,7 @@ fn start_checkpoints(
     for sink in plan.sinks.iter().chain([&plan.dead_letters]) {
         prepare_epoch_directory(sink, restored.id)?;
     }
+    resume_topics(plan, &store, &mut restored)?;
     // Each worker's source, stages, scoring and sink report a part.
     let parts = workers * (plan.stages.len() + 3);
     // Numbered after every checkpoint in the store, refused ones too:
@@ -289,6 +291,47 @@ fn start_checkpoints(
     let newest = store.committed_epochs()?.last().copied().unwrap_or(0);
     let coordinator = Coordinator::start(store, checkpoints.interval, parts, newest, metrics);
     Ok((coordinator, restored))
+}
+
+/// Reads back what each Kafka sink wrote after the restored checkpoint
+/// (or, before any, since the first run started), so that the run leaves
+/// those rows out when it makes them again. A first run records where
+/// its sinks' topics end.
+fn resume_topics(plan: &Plan, store: &CheckpointStore, restored: &mut Restored) -> Result<()> {
+    let kafka_sinks: Vec<usize> = (0..plan.sinks.len())
+        .filter(|index| matches!(plan.sinks[*index], SinkPlan::Kafka { .. }))
+        .collect();
+    if kafka_sinks.is_empty() {
+        return Ok(());
+    }
+    let starts: BTreeMap<usize, TopicOffsets> = if restored.id > 0 {
+        std::mem::take(&mut restored.topic_starts)
+    } else if let Some(bytes) = store.first_start()? {
+        crate::checkpoint::decode(&bytes).map_err(|error| Error::Checkpoint {
+            location: format!("{} FIRST_START", store.describe()),
+            message: error.to_string(),
+        })?
+    } else {
+        let ends = kafka_sinks
+            .iter()
+            .map(|index| Ok((*index, topic_ends(&plan.sinks[*index])?)))
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        store.record_first_start(&crate::checkpoint::encode(&ends))?;
+        ends
+    };
+    for index in kafka_sinks {
+        let sink = &plan.sinks[index];
+        let resume = TopicResume::read(sink, starts.get(&index).cloned().unwrap_or_default())?;
+        if resume.written() > 0 {
+            eprintln!(
+                "tideflow: {} holds {} rows written after the checkpoint restored; they are not written again",
+                sink.describe(),
+                resume.written()
+            );
+        }
+        restored.topic_resumes.insert(index, Arc::new(resume));
+    }
+    Ok(())
 }
 
 /// How long a cluster member that failed waits for its workers to finish
@@ -368,9 +411,15 @@ fn build_and_run(
     let writers = plan
         .sinks
         .iter()
-        .map(|sink| {
+        .enumerate()
+        .map(|(sink_index, sink)| {
             if checkpointed {
-                open_epoch_row_writer(sink, &layout, index)
+                open_epoch_row_writer(
+                    sink,
+                    &layout,
+                    index,
+                    shared.restored.topic_resumes.get(&sink_index).cloned(),
+                )
             } else {
                 open_row_writer(sink, &layout, index)
             }

@@ -310,40 +310,10 @@ fn a_run_killed_twenty_times_writes_exactly_the_rows_of_one_uninterrupted_run() 
     // Started from a checkpoint, it read only what came after it: no
     // replay of the records before.
     assert!(stderr.contains("restored checkpoint"), "{stderr}");
-    let read: u64 = summary_number(&stderr, "records in");
+    let read: u64 = common::summary_number(&stderr, "records in");
     assert!(read < count, "the last run read {read} of {count} records");
     assert!(!stderr.contains("replayed"), "{stderr}");
     assert_same_outputs(&out, &reference);
-}
-
-/// The committed checkpoints under `out/state` (those with a manifest),
-/// oldest first: each one's number and directory.
-fn committed_checkpoints(out: &Path) -> Vec<(u64, PathBuf)> {
-    let mut committed: Vec<(u64, PathBuf)> = std::fs::read_dir(out.join("state/checkpoints"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.join("MANIFEST").exists())
-        .map(|path| {
-            let id = path.file_name().unwrap().to_str().unwrap().parse().unwrap();
-            (id, path)
-        })
-        .collect();
-    committed.sort();
-    committed
-}
-
-/// The number before `what` in the run summary.
-fn summary_number(stderr: &str, what: &str) -> u64 {
-    let line = stderr
-        .lines()
-        .find(|line| line.contains(what))
-        .unwrap_or_else(|| panic!("no '{what}' in {stderr}"));
-    let before = &line[..line.find(what).unwrap()];
-    before
-        .split_whitespace()
-        .last()
-        .and_then(|number| number.parse().ok())
-        .unwrap_or_else(|| panic!("no number before '{what}' in {line}"))
 }
 
 #[test]
@@ -370,7 +340,7 @@ fn a_corrupted_checkpoint_is_refused_and_the_one_before_is_used() {
         spec,
     } = Case::new("corrupted", 12_000, 8_000);
     assert!(kill_after(&spec, 2, Duration::from_millis(800)));
-    let committed = committed_checkpoints(&out);
+    let committed = common::committed_checkpoints(&out);
     assert!(committed.len() >= 2, "{committed:?}");
     let (newest_id, newest) = committed.last().unwrap();
     let part = newest.join("stage1-w0");
@@ -399,7 +369,7 @@ fn running_a_finished_job_again_changes_no_output() {
         parquet_rows(&out.join("parquet")),
     );
     let stderr = run_to_end(&spec, 2);
-    assert_eq!(summary_number(&stderr, "records in"), 0, "{stderr}");
+    assert_eq!(common::summary_number(&stderr, "records in"), 0, "{stderr}");
     let after = (
         jsonl_rows(&out.join("rows")),
         jsonl_rows(&out.join("dead")),
@@ -451,7 +421,7 @@ fn checkpoint_metrics_say_what_the_newest_checkpoint_holds() {
         line.rsplit(' ').next().unwrap().parse().unwrap()
     };
 
-    let (newest_id, newest) = committed_checkpoints(&out).pop().unwrap();
+    let (newest_id, newest) = common::committed_checkpoints(&out).pop().unwrap();
     let parts_bytes: u64 = std::fs::read_dir(&newest)
         .unwrap()
         .map(|entry| entry.unwrap())

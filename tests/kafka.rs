@@ -563,35 +563,57 @@ fn a_killed_run_restarted_from_committed_offsets_loses_nothing() {
 #[test]
 fn a_checkpointed_kafka_run_killed_twenty_times_writes_each_row_once() {
     let topic = "checkpointed";
-    let count = 12_000;
+    let count = 30_000;
     let test = KafkaTest::with_events(topic, count, 17);
     let (broker, out) = (&test.broker, &test.out);
     let reference = out.path().join("reference");
     run_fraud_kafka(&broker.brokers, topic, &reference, "earliest", "now", 2);
 
     let killed = out.path().join("killed");
+    let killed_scores = format!("{topic}-killed-scores");
+    ensure_topic(
+        &broker.brokers,
+        &ClientOptions::default(),
+        &killed_scores,
+        PARTITIONS,
+    )
+    .unwrap();
     let command = || {
         let mut command = fraud_kafka_command("run", broker, topic, &killed);
         command
             .args(["--workers", "2"])
             .args(["--set", "source.from=\"earliest\""])
             .args(["--set", "batching.policy=\"micro\""])
+            .args(["--set", &format!("sink[0].topic=\"{killed_scores}\"")])
             .args([
                 "--set",
                 &format!("state.dir=\"{}\"", out.path().join("state").display()),
             ])
-            .args(["--set", "state.interval=\"150ms\""])
+            .args(["--set", "state.interval=\"100ms\""])
             .stderr(std::process::Stdio::null());
         command
     };
+    // Each run is killed at a random point after it has committed a
+    // checkpoint of its own, so that every run gets further.
     let mut random = 0x9e37_79b9_7f4a_7c15u64;
     let mut kills = 0;
     while kills < 20 {
         random ^= random << 13;
         random ^= random >> 7;
         random ^= random << 17;
+        let before = common::committed_checkpoints(out.path()).pop();
         let mut run = command().spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(400 + random % 800));
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while common::committed_checkpoints(out.path()).pop() == before
+            && run.try_wait().unwrap().is_none()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint within 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(random % 300));
         if run.try_wait().unwrap().is_some() {
             break;
         }
@@ -599,15 +621,26 @@ fn a_checkpointed_kafka_run_killed_twenty_times_writes_each_row_once() {
         run.wait().unwrap();
         kills += 1;
     }
-    assert_eq!(
-        kills, 20,
-        "the run ended before it was killed 20 times; raise the count"
-    );
-    let status = command().status().unwrap();
-    assert!(status.success(), "the last run failed: {status}");
+    let last = command()
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&last.stderr);
+    assert!(last.status.success(), "the last run failed: {stderr}");
+    // It started from a checkpoint and read only what came after it.
+    assert!(stderr.contains("restored checkpoint"), "{stderr}");
+    let read = common::summary_number(&stderr, "records in");
+    assert!(read < count, "the last run read {read} of {count} records");
+    assert!(!stderr.contains("replayed"), "{stderr}");
+
     let (got, expected) = (read_lines(&killed), read_lines(&reference));
     assert_eq!(got.len(), expected.len(), "rows lost or written twice");
     assert_eq!(got, expected);
+    assert_eq!(
+        scores_by_origin(broker, &killed_scores),
+        scores_by_origin(broker, &format!("{topic}-scores")),
+        "the killed runs' topic differs from the uninterrupted run's"
+    );
     let committed = committed_offsets(
         &broker.brokers,
         &format!("{topic}-killed"),
@@ -617,6 +650,27 @@ fn a_checkpointed_kafka_run_killed_twenty_times_writes_each_row_once() {
     .unwrap();
     let total: u64 = committed.values().sum();
     assert_eq!(total, count, "{committed:?}");
+}
+
+/// The rows on a scores topic by their origin (`_partition`, `_offset`),
+/// failing on an origin written twice.
+fn scores_by_origin(
+    broker: &Broker,
+    topic: &str,
+) -> std::collections::BTreeMap<(u64, u64), String> {
+    let mut by_origin = std::collections::BTreeMap::new();
+    for record in read_topic(&broker.brokers, topic, &ClientOptions::default()).unwrap() {
+        let row: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+        let origin = (
+            row["_partition"].as_u64().unwrap(),
+            row["_offset"].as_u64().unwrap(),
+        );
+        let value = String::from_utf8(record.value).unwrap();
+        if let Some(before) = by_origin.insert(origin, value) {
+            panic!("{topic}: the row of {origin:?} is there twice: {before}");
+        }
+    }
+    by_origin
 }
 
 /// Sets the consumer group, and commits and micro-batches often, so that a

@@ -14,9 +14,10 @@ use crate::Result;
 use crate::features::{StagePlan, StageState};
 use crate::ordering::PartitionClock;
 use crate::plan::Plan;
+use crate::sinks::{EpochOutput, TopicOffsets, TopicResume};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Where a source partition stands at a cut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +40,32 @@ pub struct SourceCut {
     pub partitions: Vec<PartitionPosition>,
     /// Files to publish with the checkpoint.
     pub files: Vec<EpochFile>,
+}
+
+/// A sink operator's part of a checkpoint: the files of the epoch, and
+/// where each Kafka sink's rows after the cut land at the earliest.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SinkCut {
+    /// Files to publish with the checkpoint.
+    pub files: Vec<EpochFile>,
+    /// Per Kafka sink (its index among the plan's sinks), per partition,
+    /// the offset at or after which the worker's later rows land.
+    pub topic_starts: Vec<(usize, TopicOffsets)>,
+}
+
+impl SinkCut {
+    /// The part of a sink operator whose writers (in the plan's order)
+    /// closed their epochs with `outputs`.
+    pub fn of(outputs: Vec<EpochOutput>) -> Self {
+        let mut part = SinkCut::default();
+        for (sink, output) in outputs.into_iter().enumerate() {
+            part.files.extend(output.files);
+            if let Some(starts) = output.topic_starts {
+                part.topic_starts.push((sink, starts));
+            }
+        }
+        part
+    }
 }
 
 /// A feature stage's part of a checkpoint: its state, and the rows it
@@ -71,6 +98,11 @@ pub struct Restored {
     pub positions: BTreeMap<u32, PartitionPosition>,
     /// Per stage, per worker of this run: its part, taken once.
     stages: Vec<Vec<Mutex<Option<StagePart>>>>,
+    /// Per Kafka sink (by index), per partition, the smallest offset at
+    /// which a worker's rows after the cut can have landed.
+    pub topic_starts: BTreeMap<usize, TopicOffsets>,
+    /// Per Kafka sink (by index), what it resumes from, once read.
+    pub topic_resumes: BTreeMap<usize, Arc<TopicResume>>,
 }
 
 impl Restored {
@@ -124,7 +156,17 @@ pub fn restore(plan: &Plan, store: &CheckpointStore, workers: usize) -> Result<R
                     restored.positions.insert(position.partition, position);
                 }
             }),
-            "sink" | "score" => super::decode::<Vec<EpochFile>>(bytes).map(|mine| files.extend(mine)),
+            "sink" => super::decode::<SinkCut>(bytes).map(|cut| {
+                files.extend(cut.files);
+                for (sink, starts) in cut.topic_starts {
+                    let earliest = restored.topic_starts.entry(sink).or_default();
+                    for (partition, start) in starts {
+                        let offset = earliest.entry(partition).or_insert(start);
+                        *offset = (*offset).min(start);
+                    }
+                }
+            }),
+            "score" => super::decode::<Vec<EpochFile>>(bytes).map(|mine| files.extend(mine)),
             stage => match stage
                 .strip_prefix("stage")
                 .and_then(|index| index.parse::<usize>().ok())

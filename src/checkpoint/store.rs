@@ -25,6 +25,10 @@ const FORMAT: u32 = 1;
 /// Where checkpoints live within the storage.
 const PREFIX: &str = "checkpoints/";
 
+/// The object that records where a first run's outputs began, for a
+/// restart before its first checkpoint.
+const FIRST_START: &str = "FIRST_START";
+
 /// The name of the object that makes a checkpoint complete.
 const MANIFEST: &str = "MANIFEST";
 
@@ -107,6 +111,17 @@ impl CheckpointStore {
     /// Where the checkpoints are, for messages.
     pub fn describe(&self) -> String {
         self.storage.describe()
+    }
+
+    /// What the first run recorded at its start, if one has.
+    pub fn first_start(&self) -> Result<Option<Vec<u8>>> {
+        self.storage.get(FIRST_START)
+    }
+
+    /// Records what a first run starts from (where its outputs begin), so
+    /// that a restart before any checkpoint can find what it wrote.
+    pub fn record_first_start(&self, bytes: &[u8]) -> Result<()> {
+        self.storage.put(FIRST_START, bytes)
     }
 
     /// Writes a part of the checkpoint of `epoch` and returns its receipt

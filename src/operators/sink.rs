@@ -14,7 +14,7 @@
 use super::BatchStream;
 use super::checkpointing::CutTracker;
 use crate::batch::Batch;
-use crate::checkpoint::restore::part_name;
+use crate::checkpoint::restore::{SinkCut, part_name};
 use crate::run::{Shared, Stats};
 use crate::sinks::RowWriter;
 use std::collections::VecDeque;
@@ -83,12 +83,13 @@ impl WriteRows for BatchStream<'_> {
                                 .iter_mut()
                                 .map(|writer| writer.close_epoch(cut.id))
                                 .collect();
-                            let reported = closed.and_then(|files| {
-                                let files: Vec<_> = files.into_iter().flatten().collect();
+                            let reported = closed.and_then(|outputs| {
+                                let part = SinkCut::of(outputs);
+                                let files = part.files.clone();
                                 cuts.report(
                                     cut,
                                     crate::checkpoint::PartBytes::Encoded(
-                                        crate::checkpoint::encode(&files),
+                                        crate::checkpoint::encode(&part),
                                     ),
                                     files,
                                 )

@@ -3,7 +3,7 @@
 //! commits), and JSON lines on standard output or error.
 
 use super::parquet::ParquetWriter;
-use super::{Epochs, Layout, RowWriter, sink_error};
+use super::{EpochOutput, Epochs, Layout, RowWriter, sink_error};
 use crate::batch::Batch;
 use crate::checkpoint::EpochFile;
 use crate::plan::SinkPlan;
@@ -160,15 +160,18 @@ impl RowWriter for EpochRowWriter {
         }
     }
 
-    fn close_epoch(&mut self, id: u64) -> Result<Vec<EpochFile>> {
+    fn close_epoch(&mut self, id: u64) -> Result<EpochOutput> {
         let Some((mut writer, pending)) = self.current.take() else {
-            return Ok(Vec::new());
+            return Ok(EpochOutput::default());
         };
         writer.finish()?;
-        Ok(vec![EpochFile {
-            pending,
-            published: self.names.published(id),
-        }])
+        Ok(EpochOutput {
+            files: vec![EpochFile {
+                pending,
+                published: self.names.published(id),
+            }],
+            topic_starts: None,
+        })
     }
 }
 

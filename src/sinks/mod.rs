@@ -23,6 +23,7 @@ mod parquet;
 
 pub use dead_letters::{DEAD_LETTER_HEADERS, DeadLetterWriter};
 pub use files::{prepare_directory, prepare_epoch_directory};
+pub use kafka::{ORIGIN_HEADER, TopicOffsets, TopicResume, topic_ends};
 
 use self::parquet::ParquetWriter;
 use crate::batch::Batch;
@@ -33,6 +34,7 @@ use crate::schema::Column;
 use crate::{Error, Result};
 use files::{EpochRowWriter, JsonlWriter, StreamWriter, part_path};
 use kafka::KafkaWriter;
+use std::sync::Arc;
 
 /// The record header naming the model that scored a row.
 pub const MODEL_HEADER: &str = "tideflow-model";
@@ -55,14 +57,24 @@ pub trait RowWriter {
     /// Flushes and closes; after this the output is complete and durable.
     fn finish(&mut self) -> Result<()>;
     /// Ends the epoch of checkpoint `id`: makes what was written durable
-    /// and returns the files that hold it, to be published when the
-    /// checkpoint commits. Writers without files of their own (standard
-    /// output, Kafka) only make their output durable: they write at least
-    /// once, not exactly once.
-    fn close_epoch(&mut self, _id: u64) -> Result<Vec<EpochFile>> {
+    /// and returns what a restore needs: the files that hold it, to be
+    /// published when the checkpoint commits, or where a Kafka sink's
+    /// later rows begin. Standard output and error only make their output
+    /// durable: they write at least once, not exactly once.
+    fn close_epoch(&mut self, _id: u64) -> Result<EpochOutput> {
         self.finish()?;
-        Ok(Vec::new())
+        Ok(EpochOutput::default())
     }
+}
+
+/// What a writer's epoch leaves for its checkpoint.
+#[derive(Debug, Default)]
+pub struct EpochOutput {
+    /// Files to publish when the checkpoint commits.
+    pub files: Vec<EpochFile>,
+    /// A Kafka sink's offsets at or after which its rows after the cut
+    /// land.
+    pub topic_starts: Option<TopicOffsets>,
 }
 
 /// Opens the writer of `sink` for worker `worker` in a checkpointed run:
@@ -71,10 +83,23 @@ pub fn open_epoch_row_writer(
     sink: &SinkPlan,
     layout: &Layout,
     worker: usize,
+    resume: Option<Arc<TopicResume>>,
 ) -> Result<Box<dyn RowWriter>> {
-    let extension = match sink {
-        SinkPlan::Jsonl(_) => "jsonl",
-        SinkPlan::Parquet(_) => "parquet",
+    let extension = match (sink, resume) {
+        (SinkPlan::Jsonl(_), _) => "jsonl",
+        (SinkPlan::Parquet(_), _) => "parquet",
+        (
+            SinkPlan::Kafka {
+                brokers,
+                topic,
+                options,
+            },
+            Some(resume),
+        ) => {
+            return Ok(Box::new(
+                KafkaWriter::open(brokers, topic, options, layout)?.exactly_once(resume),
+            ));
+        }
         _ => return open_row_writer(sink, layout, worker),
     };
     let (SinkPlan::Jsonl(dir) | SinkPlan::Parquet(dir)) = sink else {

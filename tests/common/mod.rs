@@ -228,3 +228,35 @@ pub fn now_ms() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+/// The number before `what` in the run summary.
+pub fn summary_number(stderr: &str, what: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|line| line.contains(what))
+        .unwrap_or_else(|| panic!("no '{what}' in {stderr}"));
+    let before = &line[..line.find(what).unwrap()];
+    before
+        .split_whitespace()
+        .last()
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("no number before '{what}' in {line}"))
+}
+
+/// The committed checkpoints under `out/state` (those with a manifest),
+/// oldest first: each one's number and directory; none before the first.
+pub fn committed_checkpoints(out: &Path) -> Vec<(u64, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(out.join("state/checkpoints")) else {
+        return Vec::new();
+    };
+    let mut committed: Vec<(u64, PathBuf)> = entries
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.join("MANIFEST").exists())
+        .map(|path| {
+            let id = path.file_name().unwrap().to_str().unwrap().parse().unwrap();
+            (id, path)
+        })
+        .collect();
+    committed.sort();
+    committed
+}

@@ -32,6 +32,19 @@ pub struct TopicRecord {
 /// Every record of a topic from the earliest offset to the high watermark
 /// of each partition when called, in (partition, offset) order.
 pub fn read_topic(brokers: &str, topic: &str, options: &ClientOptions) -> Result<Vec<TopicRecord>> {
+    read_topic_from(brokers, topic, &BTreeMap::new(), options)
+}
+
+/// The records of a topic from `starts` (per partition; the earliest
+/// offset where it names none, or where it names one already deleted) to
+/// the high watermark of each partition when called, in (partition,
+/// offset) order.
+pub fn read_topic_from(
+    brokers: &str,
+    topic: &str,
+    starts: &BTreeMap<i32, i64>,
+    options: &ClientOptions,
+) -> Result<Vec<TopicRecord>> {
     let consumer: BaseConsumer = options
         .client_config(&[
             ("bootstrap.servers", brokers),
@@ -50,10 +63,11 @@ pub fn read_topic(brokers: &str, topic: &str, options: &ClientOptions) -> Result
             .map_err(|error| {
                 kafka_error(options, format!("cannot read offsets of {topic}"), &error)
             })?;
-        if high > low {
+        let start = starts.get(&partition).copied().unwrap_or(low).max(low);
+        if high > start {
             ends.insert(partition, high);
             assignment
-                .add_partition_offset(topic, partition, Offset::Offset(low))
+                .add_partition_offset(topic, partition, Offset::Offset(start))
                 .map_err(|error| kafka_error(options, "cannot build an assignment", &error))?;
         }
     }

@@ -18,7 +18,7 @@ mod topics;
 
 pub use embedded::EmbeddedBroker;
 pub use generate::{GenerateOptions, produce_generated};
-pub use inspect::{TopicRecord, committed_offsets, read_topic};
+pub use inspect::{TopicRecord, committed_offsets, read_topic, read_topic_from};
 pub use options::{ClientOptions, REDACTED};
 pub use position::{EndPosition, StartPosition, parse_time};
 pub use producer::{DeliveryTracker, KafkaProducer, ProducerRecord};

@@ -6,14 +6,16 @@
 //! engine can ask "is everything before time T durable?" without blocking,
 //! and commit source offsets only up to there. A record that librdkafka
 //! cannot deliver after its own retries is a failure the engine reports and
-//! stops on, never a silent drop.
+//! stops on, never a silent drop. It also keeps, per partition, the offset
+//! after the last record acknowledged: where records sent after a flush
+//! will land, at the earliest.
 
 use super::{ClientOptions, LoggingContext, kafka_error};
 use crate::{Error, Result};
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use std::collections::BTreeMap;
@@ -31,6 +33,8 @@ pub struct DeliveryTracker {
 struct DeliveryState {
     outstanding: BTreeMap<i64, u64>,
     failure: Option<String>,
+    /// Per partition, the offset after the last acknowledged record.
+    delivered_ends: BTreeMap<i32, i64>,
 }
 
 impl DeliveryTracker {
@@ -92,6 +96,11 @@ impl ProducerContext for DeliveryTracker {
             // The count stays: an undelivered record is never "durable", so
             // no offset past it is committed.
             return;
+        }
+        if let Ok(message) = result {
+            let mut state = self.state();
+            let end = state.delivered_ends.entry(message.partition()).or_insert(0);
+            *end = (*end).max(message.offset() + 1);
         }
         self.settled(ticket);
     }
@@ -208,6 +217,47 @@ impl KafkaProducer {
     /// The smallest ticket with a record not yet acknowledged, if any.
     pub fn oldest_outstanding(&self) -> Option<i64> {
         self.producer.context().oldest_outstanding()
+    }
+
+    /// Per partition written to, the offset after the last record the
+    /// brokers acknowledged.
+    pub fn delivered_ends(&self) -> BTreeMap<i32, i64> {
+        self.producer.context().state().delivered_ends.clone()
+    }
+
+    /// The high watermark of each partition of the topic now.
+    pub fn partition_ends(&self) -> Result<BTreeMap<i32, i64>> {
+        let client = self.producer.client();
+        let metadata = client
+            .fetch_metadata(Some(&self.topic), super::LOOKUP_TIMEOUT)
+            .map_err(|error| {
+                kafka_error(
+                    &self.options,
+                    format!("cannot read metadata of {}", self.topic),
+                    &error,
+                )
+            })?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|found| found.name() == self.topic)
+            .flat_map(|found| found.partitions().iter().map(|partition| partition.id()))
+            .collect();
+        partitions
+            .into_iter()
+            .map(|partition| {
+                client
+                    .fetch_watermarks(&self.topic, partition, super::LOOKUP_TIMEOUT)
+                    .map(|(_, high)| (partition, high))
+                    .map_err(|error| {
+                        kafka_error(
+                            &self.options,
+                            format!("cannot read offsets of {}", self.topic),
+                            &error,
+                        )
+                    })
+            })
+            .collect()
     }
 
     /// Fails if a record could not be delivered.
