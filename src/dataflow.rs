@@ -3,7 +3,7 @@
 //! worker threads.
 
 use crate::checkpoint::restore::{Restored, restore};
-use crate::checkpoint::{CheckpointStore, Coordinator, LocalStorage};
+use crate::checkpoint::{CheckpointStore, Coordinator};
 use crate::cluster::{Cluster, WatermarkGossip, gather_counts, stop_when_a_peer_is_lost};
 use crate::commit::OffsetLedger;
 use crate::inference::Model;
@@ -259,7 +259,7 @@ fn start_checkpoints(
     }
     let workers = options.workers.max(1);
     let store = CheckpointStore::new(
-        Arc::new(LocalStorage::open(&checkpoints.dir)?),
+        crate::checkpoint::open_storage(&checkpoints.dir)?,
         checkpoints.retain,
     );
     let mut restored = restore(plan, &store, workers)?;

@@ -198,7 +198,7 @@ pub const GPU_RUN_ROWS: usize = 4096;
 /// `[state]`: checkpoints.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckpointPlan {
-    /// The local directory checkpoints go to.
+    /// Where checkpoints go: a local directory, or `s3://bucket/prefix`.
     pub dir: PathBuf,
     /// Wall-clock time between checkpoints.
     pub interval: std::time::Duration,
@@ -836,6 +836,16 @@ impl Builder<'_> {
             }
             return Ok(None);
         };
+        if let Some(text) = dir.to_str()
+            && text.contains("://")
+            && !text.starts_with(crate::checkpoint::object::S3_SCHEME)
+        {
+            return self.fail(
+                text,
+                "state.dir is a URL of a store tideflow cannot write to",
+                "write a local directory or s3://BUCKET/PREFIX",
+            );
+        }
         let interval_ms = match &state.interval {
             None => 10_000,
             Some(text) => spec::parse_duration_ms(text)
@@ -1279,5 +1289,17 @@ type = "null"
         let error = plan_with_state("[state]\nkey_ttl = \"1h\"").unwrap_err();
         assert!(error.message.contains("keyed by 'user_id'"), "{error}");
         assert!(error.hint.unwrap().contains("3605000 ms"));
+    }
+
+    #[test]
+    fn checkpoints_go_to_a_directory_or_s3_and_no_other_url() {
+        let plan = plan_with_state("[state]\ndir = \"s3://bucket/runs\"").unwrap();
+        assert_eq!(
+            plan.checkpoints.unwrap().dir,
+            PathBuf::from("s3://bucket/runs")
+        );
+        let error = plan_with_state("[state]\ndir = \"gs://bucket/runs\"").unwrap_err();
+        assert!(error.message.contains("cannot write to"), "{error}");
+        assert!(error.hint.unwrap().contains("s3://BUCKET/PREFIX"));
     }
 }

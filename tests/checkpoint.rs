@@ -67,6 +67,12 @@ type = "jsonl"
 path = "OUT/dead"
 "#;
 
+/// Environment variables for a run: none, or those of an S3 server.
+type Environment<'a> = &'a [(&'static str, String)];
+
+/// No environment variables beyond the test's own.
+const NO_ENV: Environment = &[];
+
 /// Writes the spec for `count` records into `out`: with `rate`, the
 /// generator paces them; with `state`, checkpoints go to `out/state`.
 fn spec(out: &Path, count: u64, rate: Option<u32>, state: bool) -> PathBuf {
@@ -89,10 +95,13 @@ fn spec(out: &Path, count: u64, rate: Option<u32>, state: bool) -> PathBuf {
     path
 }
 
-fn start(spec: &Path, workers: usize) -> Child {
+/// Starts `tideflow run` of `spec` on `workers` workers, with `NO_ENV`
+/// or the environment of an S3 server.
+fn start(spec: &Path, workers: usize, environment: Environment) -> Child {
     Command::new(env!("CARGO_BIN_EXE_tideflow"))
         .args(["run", &spec.display().to_string(), "--workers"])
         .arg(workers.to_string())
+        .envs(environment.iter().map(|(name, value)| (name, value)))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -101,8 +110,10 @@ fn start(spec: &Path, workers: usize) -> Child {
 
 /// Runs to the end and returns its standard error, which must say it
 /// succeeded.
-fn run_to_end(spec: &Path, workers: usize) -> String {
-    let Output { status, stderr, .. } = start(spec, workers).wait_with_output().unwrap();
+fn run_to_end(spec: &Path, workers: usize, environment: Environment) -> String {
+    let Output { status, stderr, .. } = start(spec, workers, environment)
+        .wait_with_output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&stderr).into_owned();
     assert!(status.success(), "{stderr}");
     stderr
@@ -110,8 +121,8 @@ fn run_to_end(spec: &Path, workers: usize) -> String {
 
 /// Starts a run and kills it with SIGKILL after `delay`; returns whether
 /// it was killed (it may have finished first).
-fn kill_after(spec: &Path, workers: usize, delay: Duration) -> bool {
-    let mut child = start(spec, workers);
+fn kill_after(spec: &Path, workers: usize, delay: Duration, environment: Environment) -> bool {
+    let mut child = start(spec, workers, environment);
     std::thread::sleep(delay);
     let killed = child.try_wait().unwrap().is_none() && child.kill().is_ok();
     child.wait().unwrap();
@@ -242,7 +253,7 @@ fn assert_same_outputs(out: &Path, reference: &Path) {
 /// The uninterrupted run of `count` records, without checkpoints.
 fn reference(dir: &Path, count: u64) -> PathBuf {
     let out = dir.join("reference");
-    let stderr = run_to_end(&spec(&out, count, None, false), 2);
+    let stderr = run_to_end(&spec(&out, count, None, false), 2, NO_ENV);
     assert!(stderr.contains("records in"), "{stderr}");
     out
 }
@@ -299,14 +310,14 @@ fn a_run_killed_twenty_times_writes_exactly_the_rows_of_one_uninterrupted_run() 
         if kills == 20 {
             break;
         }
-        if kill_after(&spec, 2, delay) {
+        if kill_after(&spec, 2, delay, NO_ENV) {
             kills += 1;
         } else {
             break;
         }
     }
     assert_eq!(kills, 20, "the run ended before it was killed 20 times");
-    let stderr = run_to_end(&spec, 2);
+    let stderr = run_to_end(&spec, 2, NO_ENV);
     // Started from a checkpoint, it read only what came after it: no
     // replay of the records before.
     assert!(stderr.contains("restored checkpoint"), "{stderr}");
@@ -324,8 +335,13 @@ fn a_checkpoint_restores_onto_another_number_of_workers() {
     for (before, after) in [(2, 4), (4, 1)] {
         let out = dir.path().join(format!("{before}-to-{after}"));
         let spec = spec(&out, count, Some(8_000), true);
-        assert!(kill_after(&spec, before, Duration::from_millis(700)));
-        let stderr = run_to_end(&spec, after);
+        assert!(kill_after(
+            &spec,
+            before,
+            Duration::from_millis(700),
+            NO_ENV
+        ));
+        let stderr = run_to_end(&spec, after, NO_ENV);
         assert!(stderr.contains("restored checkpoint"), "{stderr}");
         assert_same_outputs(&out, &reference);
     }
@@ -339,7 +355,7 @@ fn a_corrupted_checkpoint_is_refused_and_the_one_before_is_used() {
         out,
         spec,
     } = Case::new("corrupted", 12_000, 8_000);
-    assert!(kill_after(&spec, 2, Duration::from_millis(800)));
+    assert!(kill_after(&spec, 2, Duration::from_millis(800), NO_ENV));
     let committed = common::committed_checkpoints(&out);
     assert!(committed.len() >= 2, "{committed:?}");
     let (newest_id, newest) = committed.last().unwrap();
@@ -348,7 +364,7 @@ fn a_corrupted_checkpoint_is_refused_and_the_one_before_is_used() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
     std::fs::write(&part, bytes).unwrap();
-    let stderr = run_to_end(&spec, 2);
+    let stderr = run_to_end(&spec, 2, NO_ENV);
     assert!(
         stderr.contains(&format!("checkpoint {newest_id} refused"))
             && stderr.contains("part 'stage1-w0' has checksum"),
@@ -362,13 +378,13 @@ fn running_a_finished_job_again_changes_no_output() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("finished");
     let spec = spec(&out, 5_000, None, true);
-    run_to_end(&spec, 2);
+    run_to_end(&spec, 2, NO_ENV);
     let before = (
         jsonl_rows(&out.join("rows")),
         jsonl_rows(&out.join("dead")),
         parquet_rows(&out.join("parquet")),
     );
-    let stderr = run_to_end(&spec, 2);
+    let stderr = run_to_end(&spec, 2, NO_ENV);
     assert_eq!(common::summary_number(&stderr, "records in"), 0, "{stderr}");
     let after = (
         jsonl_rows(&out.join("rows")),
@@ -381,7 +397,7 @@ fn running_a_finished_job_again_changes_no_output() {
     // Without its checkpoints, a run would add a second copy beside the
     // first: it is refused, and says what to do.
     std::fs::remove_dir_all(out.join("state")).unwrap();
-    let Output { status, stderr, .. } = start(&spec, 2).wait_with_output().unwrap();
+    let Output { status, stderr, .. } = start(&spec, 2, NO_ENV).wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&stderr);
     assert!(!status.success());
     assert!(
@@ -458,4 +474,55 @@ fn checkpoint_metrics_say_what_the_newest_checkpoint_holds() {
         gauge("tideflow_state_keys{stage=\"user_id\"}"),
         users.len() as u64
     );
+}
+
+#[test]
+fn checkpoints_in_s3_restore_killed_runs_and_refuse_a_corrupted_one() {
+    let moto = common::moto::Moto::start();
+    let environment = moto.environment();
+    let dir = tempfile::tempdir().unwrap();
+    let count = 20_000;
+    let reference = reference(dir.path(), count);
+    let out = dir.path().join("s3");
+    let spec_path = spec(&out, count, Some(8_000), false);
+    let mut text = std::fs::read_to_string(&spec_path).unwrap();
+    text.push_str(&format!(
+        "[state]\ndir = \"s3://{}/runs/s3\"\ninterval = \"150ms\"\n",
+        common::moto::BUCKET
+    ));
+    std::fs::write(&spec_path, text).unwrap();
+
+    let mut kills = 0;
+    for delay in delays().take(5) {
+        kills += usize::from(kill_after(&spec_path, 2, delay * 2, &environment));
+    }
+    assert_eq!(kills, 5, "the run ended before it was killed 5 times");
+    // The checkpoints are in the bucket, none on the local disk.
+    let manifests: Vec<String> = moto
+        .keys("runs/s3/checkpoints/")
+        .into_iter()
+        .filter(|key| key.ends_with("/MANIFEST"))
+        .collect();
+    assert!(manifests.len() >= 2, "{manifests:?}");
+    assert!(!out.join("state").exists());
+    let newest = manifests.last().unwrap().trim_end_matches("MANIFEST");
+    let newest_id: u64 = newest
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    moto.flip_a_bit(&format!("{newest}stage1-w0"));
+
+    let stderr = run_to_end(&spec_path, 2, &environment);
+    assert!(
+        stderr.contains(&format!("checkpoint {newest_id} refused"))
+            && stderr.contains("part 'stage1-w0' has checksum")
+            && stderr.contains("restored checkpoint"),
+        "{stderr}"
+    );
+    let read = common::summary_number(&stderr, "records in");
+    assert!(read < count, "the last run read {read} of {count} records");
+    assert_same_outputs(&out, &reference);
 }

@@ -761,27 +761,9 @@ fn assert_every_record_has_one_output(broker: &Broker, topic: &str, count: u64) 
     );
 }
 
-/// The python of the test clients' environment: `TIDEFLOW_TEST_PYTHON`,
-/// else where `scripts/setup-test-clients.sh` installs it. Fails, naming
-/// the command that installs it, when missing.
-fn test_clients_python() -> std::path::PathBuf {
-    let path = std::env::var_os("TIDEFLOW_TEST_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var("HOME").unwrap_or_default();
-            Path::new(&home).join(".cache/tideflow/test-clients/bin/python")
-        });
-    assert!(
-        path.is_file(),
-        "the test clients' python (with confluent-kafka) is not installed at {}.\nInstall it with: scripts/setup-test-clients.sh (or run the whole suite with scripts/test.sh)",
-        path.display()
-    );
-    path
-}
-
 #[test]
 fn an_external_client_reads_every_score_as_json_with_its_fields() {
-    let python = test_clients_python();
+    let python = common::test_clients_python();
     let topic = "external";
     let test = KafkaTest::with_events(topic, 2_000, 13);
     let (broker, out) = (&test.broker, &test.out);

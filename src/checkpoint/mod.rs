@@ -9,17 +9,30 @@
 //! tests check at random points of random runs.
 
 pub mod coordinator;
+pub mod object;
 pub mod restore;
 pub mod storage;
 pub mod store;
 
 pub use coordinator::{Coordinator, Cut, EpochFile, FINAL, PartBytes};
+pub use object::ObjectStorage;
 pub use storage::{LocalStorage, Storage};
 pub use store::{Checkpoint, CheckpointStore, Found, PartReceipt, Refusal};
 
 use crate::{Error, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+/// The storage `state.dir` names: an S3 bucket for `s3://bucket/prefix`,
+/// else a local directory.
+pub fn open_storage(dir: &std::path::Path) -> Result<std::sync::Arc<dyn Storage>> {
+    Ok(match dir.to_str() {
+        Some(url) if url.starts_with(object::S3_SCHEME) => {
+            std::sync::Arc::new(ObjectStorage::open(url)?)
+        }
+        _ => std::sync::Arc::new(LocalStorage::open(dir)?),
+    })
+}
 
 /// The bytes of a piece of state.
 pub fn encode<T: Serialize>(state: &T) -> Vec<u8> {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod moto;
 
 use std::path::{Path, PathBuf};
 use tideflow::dataflow::{RunOptions, run};
@@ -259,4 +260,22 @@ pub fn committed_checkpoints(out: &Path) -> Vec<(u64, PathBuf)> {
         .collect();
     committed.sort();
     committed
+}
+
+/// The python of the test clients' environment: `TIDEFLOW_TEST_PYTHON`,
+/// else where `scripts/setup-test-clients.sh` installs it. Fails, naming
+/// the command that installs it, when missing.
+pub fn test_clients_python() -> PathBuf {
+    let path = std::env::var_os("TIDEFLOW_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var("HOME").unwrap_or_default();
+            Path::new(&home).join(".cache/tideflow/test-clients/bin/python")
+        });
+    assert!(
+        path.is_file(),
+        "the test clients' python (with confluent-kafka and moto) is not installed at {}.\nInstall it with: scripts/setup-test-clients.sh (or run the whole suite with scripts/test.sh)",
+        path.display()
+    );
+    path
 }
