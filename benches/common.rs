@@ -58,7 +58,8 @@ ts = "timestamp_ms"
 field = "ts"
 "#;
 
-const FOUR_FEATURES: &str = r#"
+/// The four user features of the feature workload.
+pub const FOUR_FEATURES: &str = r#"
 [[feature]]
 name = "amount_sum_1h"
 agg = "sum"

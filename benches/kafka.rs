@@ -18,10 +18,19 @@
 //!   HdrHistogram.
 //! - `catchup`: a backlog, then live events at a fixed rate: seconds until
 //!   the engine keeps up, and the latency after that.
+//! - `restart`: a topic of each length holding `--keys` users, read once by
+//!   a checkpointed run (the four user features); then `--new` events
+//!   more, and a restart that reads them: from the checkpoint, against a
+//!   restart without one that replays the whole topic to rebuild its
+//!   windows (`source.warm_up`), as every restart did before checkpoints.
+//!   Each restart writes its rows to a topic of its own; the time to its
+//!   first new row is that row's producer timestamp less the time the
+//!   run was started.
 //!
 //! Run: `cargo bench --bench kafka -- ingest --events 5000000`,
 //! `cargo bench --bench kafka -- latency --rates 1000,10000,50000`,
-//! `cargo bench --bench kafka -- catchup --backlog 2000000 --rate 5000`.
+//! `cargo bench --bench kafka -- catchup --backlog 2000000 --rate 5000`,
+//! `cargo bench --bench kafka -- restart --keys 1000000 --lengths 1000000,2000000,4000000`.
 
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
@@ -95,6 +104,24 @@ enum Which {
         #[arg(long, default_value_t = 2)]
         workers: usize,
     },
+    /// Restart from a checkpoint against a restart that replays history.
+    Restart {
+        /// Users (keys of the features' state).
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        /// Topic lengths (events) before the restart.
+        #[arg(long, value_delimiter = ',', default_value = "1000000,2000000,4000000")]
+        lengths: Vec<u64>,
+        /// Events that arrive before the restart reads them.
+        #[arg(long, default_value_t = 10_000)]
+        new: u64,
+        /// Enough that no partition holds more than the mock cluster's
+        /// 100,000 messages.
+        #[arg(long, default_value_t = 64)]
+        partitions: u32,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
 }
 
 fn main() {
@@ -122,12 +149,20 @@ fn main() {
             partitions,
             workers,
         }) => catchup(backlog, rate, seconds, partitions, workers),
+        Some(Which::Restart {
+            keys,
+            lengths,
+            new,
+            partitions,
+            workers,
+        }) => restart(keys, &lengths, new, partitions, workers),
         None => {
             ingest(5_000_000, 128, 2);
             for rate in [1_000, 10_000, 50_000] {
                 latency(rate, 10, 8, 2);
             }
             catchup(2_000_000, 5_000, 60, 64, 2);
+            restart(1_000_000, &[1_000_000, 2_000_000, 4_000_000], 10_000, 64, 2);
         }
     }
 }
@@ -527,4 +562,183 @@ fn catchup(backlog: u64, rate: u64, seconds: u64, partitions: u32, workers: usiz
         summary.counts.late,
         live.len()
     );
+}
+
+/// Produces the generator's events `first..first + count` with `keys`
+/// users to `tx`, as fast as the broker takes them.
+fn produce_users(brokers: &str, keys: u64, partitions: u32, first: u64, count: u64) {
+    let mut config = generator(Some(count), partitions);
+    config.users = keys;
+    let produced = produce_generated(
+        &GenerateOptions {
+            brokers: brokers.into(),
+            topic: "tx".into(),
+            options: ClientOptions::default(),
+            generator: config,
+            first,
+            wall_clock: false,
+        },
+        &|| false,
+    )
+    .expect("producing the events");
+    assert_eq!(produced, count);
+}
+
+/// The four user features over `tx`, from `from` until now, into the
+/// topic `scores`, with checkpoints in `state` if given.
+fn restart_spec(
+    brokers: &str,
+    from: &str,
+    scores: &str,
+    state: Option<&std::path::Path>,
+) -> String {
+    let mut text = format!(
+        r#"
+name = "restart"
+[source]
+type = "kafka"
+brokers = "{brokers}"
+topic = "tx"
+key = "user_id"
+group_id = "restart"
+from = "{from}"
+until = "now"
+[source.options]
+"fetch.wait.max.ms" = "{FETCH_WAIT_MS}"
+[schema]
+user_id = "string"
+merchant_id = "string"
+amount = "f64"
+ts = "timestamp_ms"
+[time]
+field = "ts"
+{features}
+[batching]
+policy = "adaptive"
+[[sink]]
+type = "kafka"
+topic = "{scores}"
+[dead_letters]
+type = "null"
+"#,
+        features = common::FOUR_FEATURES
+    );
+    if let Some(state) = state {
+        text.push_str(&format!(
+            "[state]\ndir = \"{}\"\ninterval = \"1h\"\n",
+            state.display()
+        ));
+    }
+    text
+}
+
+/// Runs `spec` and returns its summary, the seconds from its start to
+/// the first row on `scores`, and to its end.
+fn restart_timed(
+    broker: &EmbeddedBroker,
+    spec: &str,
+    scores: &str,
+    partitions: u32,
+    workers: usize,
+) -> (tideflow::run::Summary, f64, f64) {
+    broker.create_topic(scores, partitions).expect("topic");
+    let started_ms = now_ms();
+    let (summary, took) = common::run_spec(spec, &[], workers);
+    let rows = tideflow_connectors::kafka::read_topic(
+        &broker.bootstrap_servers(),
+        scores,
+        &ClientOptions::default(),
+    )
+    .expect("reading the rows back");
+    assert_eq!(rows.len() as u64, summary.counts.rows_out, "{summary}");
+    let first_ms = rows
+        .iter()
+        .filter_map(|row| row.timestamp_ms)
+        .min()
+        .expect("rows with timestamps");
+    (
+        summary,
+        (first_ms - started_ms) as f64 / 1000.0,
+        took.as_secs_f64(),
+    )
+}
+
+/// The bytes of the newest checkpoint under `state`.
+fn newest_checkpoint_bytes(state: &std::path::Path) -> u64 {
+    let newest = std::fs::read_dir(state.join("checkpoints"))
+        .expect("checkpoints")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.join("MANIFEST").exists())
+        .max()
+        .expect("a checkpoint");
+    std::fs::read_dir(newest)
+        .expect("the checkpoint")
+        .map(|entry| entry.expect("entry").metadata().expect("metadata").len())
+        .sum()
+}
+
+fn restart(keys: u64, lengths: &[u64], new: u64, partitions: u32, workers: usize) {
+    println!(
+        "restart: {keys} users, four user features, {workers} workers; a restart then reads {new} new events"
+    );
+    println!(
+        "  {:>10} {:>11} {:>22} {:>22} {:>14}",
+        "topic", "checkpoint", "from checkpoint (s)", "warm-up replay (s)", "first row"
+    );
+    println!(
+        "  {:>10} {:>11} {:>22} {:>22} {:>14}",
+        "events", "bytes", "first row / end", "first row / end", "warm-up / ckpt"
+    );
+    for &length in lengths {
+        let broker = broker_with(0, partitions);
+        let brokers = broker.bootstrap_servers();
+        produce_users(&brokers, keys, partitions, 0, length);
+        let state = tempfile::tempdir().expect("temporary directory");
+        // The first run reads the topic and ends with a checkpoint of its
+        // state and positions, and commits the positions to the group.
+        let (first, _) = common::run_spec(
+            &restart_spec(&brokers, "earliest", "scores", Some(state.path())),
+            &[],
+            workers,
+        );
+        assert_eq!(first.counts.records_in, length, "{first}");
+        let bytes = newest_checkpoint_bytes(state.path());
+        produce_users(&brokers, keys, partitions, length, new);
+        // Without a checkpoint: from the committed offsets, replaying the
+        // topic before them to rebuild the windows.
+        let (replaying, replay_first, replay_end) = restart_timed(
+            &broker,
+            &restart_spec(&brokers, "committed", "scores-replayed", None),
+            "scores-replayed",
+            partitions,
+            workers,
+        );
+        assert_eq!(replaying.counts.records_in, new, "{replaying}");
+        assert_eq!(replaying.counts.replayed, length, "{replaying}");
+        // From the checkpoint: its state, and its positions.
+        let (restored, restored_first, restored_end) = restart_timed(
+            &broker,
+            &restart_spec(&brokers, "earliest", "scores-restored", Some(state.path())),
+            "scores-restored",
+            partitions,
+            workers,
+        );
+        assert_eq!(restored.counts.records_in, new, "{restored}");
+        assert_eq!(restored.counts.replayed, 0, "{restored}");
+        // Both restarts give the new events the same rows: none late.
+        assert_eq!(
+            restored.counts.rows_out, replaying.counts.rows_out,
+            "{restored}"
+        );
+        assert_eq!(restored.counts.late, 0, "{restored}");
+        println!(
+            "  {length:>10} {:>8.1} MB {:>10.2} / {:>9.2} {:>10.2} / {:>9.2} {:>13.1}x",
+            bytes as f64 / 1e6,
+            restored_first,
+            restored_end,
+            replay_first,
+            replay_end,
+            replay_first / restored_first
+        );
+    }
 }

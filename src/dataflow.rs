@@ -480,6 +480,7 @@ fn build_and_run(
         let mut ledger = ledger.borrow_mut();
         match &shared.checkpoints {
             Some(coordinator) => {
+                coordinator.wait_for_final();
                 ledger.checkpoint_committed(&coordinator.committed_positions(&mine))
             }
             None => ledger.outputs_durable_before(None),

@@ -20,6 +20,7 @@ pub mod demo;
 pub mod error;
 pub mod features;
 pub mod inference;
+pub mod intake;
 pub mod launch;
 pub mod metrics;
 pub mod operators;

@@ -68,6 +68,9 @@ pub struct Coordinator {
     writer: Mutex<Option<(Sender<Part>, JoinHandle<()>)>>,
     /// The first failure of the writer thread.
     failure: Mutex<Option<Error>>,
+    /// Whether the writer thread has failed (the failure itself may have
+    /// been taken).
+    failed: std::sync::atomic::AtomicBool,
     interval: Duration,
     /// Parts each checkpoint has: one per stateful operator of each worker.
     parts: usize,
@@ -150,6 +153,7 @@ impl Coordinator {
             metrics,
             writer: Mutex::new(None),
             failure: Mutex::new(None),
+            failed: std::sync::atomic::AtomicBool::new(false),
             interval,
             parts,
             inner: Mutex::new(Inner {
@@ -180,6 +184,7 @@ impl Coordinator {
     /// Records the writer thread's first failure.
     fn fail(&self, error: Error) {
         lock(&self.failure).get_or_insert(error);
+        self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The writer thread's failure, once: the run stops with it.
@@ -277,6 +282,21 @@ impl Coordinator {
             .filter(|progress| progress.id == id)
         {
             progress.positions.extend_from_slice(positions);
+        }
+    }
+
+    /// Waits until the checkpoint at the end of time has committed (or
+    /// the writer has failed, which [`Coordinator::finish`] reports): a
+    /// finished run then commits the final positions to its consumer
+    /// group.
+    pub fn wait_for_final(&self) {
+        loop {
+            if self.failed.load(std::sync::atomic::Ordering::SeqCst)
+                || self.lock().committed.is_some_and(|(_, time)| time == FINAL)
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 

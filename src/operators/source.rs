@@ -1,38 +1,34 @@
-//! The source operator: reads this worker's partitions, decodes records,
-//! separates late ones, and advances the watermark.
+//! The source operator: a timely shell around the worker's
+//! [`Intake`](crate::intake::Intake), which reads its partitions, decodes
+//! records and separates late ones. The shell emits the rows at its
+//! dataflow time, counts what each round read, cuts checkpoints as its
+//! time crosses them, and advances its time to the intake's watermark.
 //!
-//! A partition that is caught up and quiet for the source's idle timeout
-//! (Kafka) stops holding the watermark back, so one silent partition does
-//! not stall the graph. Its records that arrive later behind the watermark
-//! the others have reached are late: they go to dead letters as `late`.
 //! A worker whose partitions are all idle moves its watermark up to the
-//! slowest of the other workers', for the same reason.
-//!
-//! Partitions are read in step by event time: one whose watermark is more
-//! than `time.max_partition_skew` ahead of the slowest partition of all
-//! workers (the frontier of the source's output) waits until the others
-//! catch up. Brokers that fill fetches from one partition first would
-//! otherwise have event-time features buffer a whole backfill, and hold
-//! back offset commits until every partition had been reached.
+//! slowest of the other workers', so that one silent worker does not
+//! stall the graph. Partitions are read in step by event time: one whose
+//! watermark is more than `time.max_partition_skew` ahead of the slowest
+//! partition of all workers (the frontier of the source's output) waits
+//! until the others catch up. Brokers that fill fetches from one partition
+//! first would otherwise have event-time features buffer a whole backfill,
+//! and hold back offset commits until every partition had been reached.
 
 use super::BatchStream;
+use crate::Result;
 use crate::batch::Batch;
 use crate::checkpoint::restore::{PartitionPosition, SourceCut, part_name};
 use crate::checkpoint::{Cut, FINAL};
 use crate::commit::OffsetLedger;
 use crate::decode::Decoder;
-use crate::metrics::PartitionStatus;
-use crate::ordering::PartitionClock;
+use crate::intake::{Intake, IntakeRules, Round};
 use crate::plan::SourcePlan;
-use crate::row::LATE;
 use crate::run::{Shared, Stats, Waker};
 use crate::sinks::DeadLetterWriter;
-use crate::{Error, Result};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tideflow_connectors::files::{discover_partitions, open_partition};
 use tideflow_connectors::generator::GeneratorReader;
 use tideflow_connectors::kafka::{self, OffsetCommitter};
@@ -41,15 +37,6 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Scope;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::probe::{Handle, Probe};
-
-/// How many records one activation reads from a partition, at most.
-const RECORDS_PER_POLL: usize = 1024;
-
-/// How many records are read and decoded at a time.
-const RECORDS_PER_CHUNK: usize = 128;
-
-/// How soon a source whose partitions wait for slower ones looks again.
-const ALIGNMENT_RECHECK: Duration = Duration::from_millis(1);
 
 /// How soon a source whose partitions are all idle looks again at the
 /// other workers' watermarks.
@@ -148,29 +135,6 @@ pub fn open_assigned(
     Ok(Assigned { readers, committer })
 }
 
-/// One assigned partition: its reader, its clock, and whether it ended.
-struct Partition {
-    reader: Box<dyn PartitionReader>,
-    clock: PartitionClock,
-    finished: bool,
-    behind: bool,
-    last_record: Instant,
-    /// The offset of the next record to read: where a checkpoint taken
-    /// now would have a restored run start.
-    next_offset: u64,
-}
-
-impl Partition {
-    fn position(&self) -> PartitionPosition {
-        PartitionPosition {
-            partition: self.reader.partition(),
-            next_offset: self.next_offset,
-            clock: self.clock,
-            finished: self.finished,
-        }
-    }
-}
-
 /// How soon a source waiting for the final checkpoint looks again.
 const CHECKPOINT_WAIT: Duration = Duration::from_millis(5);
 
@@ -258,7 +222,7 @@ fn cut_source(
     shared: &Shared,
     worker: usize,
     cut: Cut,
-    partitions: &[Partition],
+    intake: &Intake,
     dead_letters: &mut DeadLetterWriter,
 ) -> Result<()> {
     let Some(coordinator) = &shared.checkpoints else {
@@ -266,7 +230,7 @@ fn cut_source(
     };
     let files = dead_letters.close_epoch(cut.id)?;
     let part = SourceCut {
-        partitions: partitions.iter().map(Partition::position).collect(),
+        partitions: intake.positions(),
         files: files.clone(),
     };
     let positions: Vec<(u32, u64)> = part
@@ -281,16 +245,6 @@ fn cut_source(
         crate::checkpoint::PartBytes::Encoded(crate::checkpoint::encode(&part)),
         files,
     )
-}
-
-impl Partition {
-    /// Whether the partition holds the watermark back: not when it ended,
-    /// nor when it is caught up and has been quiet for `idle_timeout`.
-    fn holds_watermark(&self, idle_timeout: Option<Duration>) -> bool {
-        !self.finished
-            && !idle_timeout
-                .is_some_and(|timeout| !self.behind && self.last_record.elapsed() >= timeout)
-    }
 }
 
 /// Where the source operator sends what it cannot emit as rows, and where
@@ -310,41 +264,27 @@ pub fn read_source<'scope>(
     readers: Vec<Box<dyn PartitionReader>>,
     outputs: SourceOutputs,
 ) -> BatchStream<'scope> {
-    let decoder = Decoder::new(&shared.plan);
-    let (bound_ms, skew_ms) = (shared.plan.bound_ms, shared.plan.skew_ms);
+    let rules = IntakeRules {
+        decoder: Decoder::new(&shared.plan),
+        bound_ms: shared.plan.bound_ms,
+        tracks_lateness: shared.plan.tracks_lateness(),
+        idle_timeout: match &shared.plan.source {
+            SourcePlan::Kafka(kafka) => Some(kafka.idle_timeout),
+            _ => None,
+        },
+    };
+    let skew_ms = shared.plan.skew_ms;
     let (worker, peers) = (scope.index(), scope.peers());
     let slowest = Handle::<i64>::new();
     let slowest_in_source = slowest.clone();
-    let tracks_lateness = shared.plan.tracks_lateness();
-    let idle_timeout = match &shared.plan.source {
-        SourcePlan::Kafka(kafka) => Some(kafka.idle_timeout),
-        _ => None,
-    };
     let SourceOutputs {
         dead_letters,
         ledger,
     } = outputs;
-    let mut partitions: Vec<Partition> = readers
-        .into_iter()
-        .map(|reader| {
-            let restored = shared.restored.positions.get(&reader.partition()).copied();
-            let finished = restored.is_some_and(|position| position.finished);
-            let behind = !finished && reader.is_behind();
-            if behind {
-                shared.partitions_behind.fetch_add(1, Ordering::SeqCst);
-            }
-            Partition {
-                next_offset: restored.map_or(reader.first_output_offset(), |position| {
-                    position.next_offset
-                }),
-                clock: restored.map_or_else(PartitionClock::default, |position| position.clock),
-                reader,
-                finished,
-                behind,
-                last_record: Instant::now(),
-            }
-        })
-        .collect();
+    let mut intake = Intake::new(readers, rules, &shared.restored.positions);
+    shared
+        .partitions_behind
+        .fetch_add(intake.behind(), Ordering::SeqCst);
     if let Some(coordinator) = &shared.checkpoints {
         coordinator.source_starts(worker, i64::MIN);
     }
@@ -359,11 +299,8 @@ pub fn read_source<'scope>(
                 // Fails only once the dataflow has shut down.
                 let _ = wake.activate();
             });
-            for partition in partitions.iter_mut() {
-                partition.reader.set_wakeup(wake.clone());
-            }
+            intake.set_wakeup(wake.clone());
             let mut capability = Some(capability);
-            let mut raw: Vec<RawRecord> = Vec::with_capacity(RECORDS_PER_POLL);
             move |output| {
                 let Some(held) = capability.as_mut() else {
                     return;
@@ -377,10 +314,7 @@ pub fn read_source<'scope>(
                     shared.abort(error);
                 }
                 let mut dead_letters = dead_letters.borrow_mut();
-                let mut rows = Vec::new();
-                let mut read_up_to: Vec<(u32, u64)> = Vec::new();
-                let mut again: Option<Duration> = None;
-                let read_up_to_watermark = slowest_in_source
+                let read_limit = slowest_in_source
                     .with_frontier(|frontier| frontier.first().copied())
                     .map(|slowest| {
                         // The probe sees this worker's own progress a step
@@ -391,161 +325,35 @@ pub fn read_source<'scope>(
                             .map_or(slowest, |published| published.max(slowest))
                     })
                     .map(|slowest| slowest.saturating_add(skew_ms));
-                let unfinished = partitions
-                    .iter()
-                    .filter(|partition| !partition.finished)
-                    .count();
-                'partitions: for (index, partition) in partitions
-                    .iter_mut()
-                    .filter(|partition| !partition.finished)
-                    .enumerate()
-                {
-                    // Stopped, or waiting for the final checkpoint: no
-                    // more reading.
-                    if shared.is_aborted() || final_bookkeeping_done {
-                        break;
-                    }
-                    if partition.holds_watermark(idle_timeout)
-                        && read_up_to_watermark
-                            .is_some_and(|limit| partition.clock.watermark(bound_ms) > limit)
-                    {
-                        // Too far ahead of the slowest partition: look again
-                        // once another worker's watermark moves, or the
-                        // frontier has (checked on a timer).
-                        shared.wait_for_alignment(worker, Waker(wake.clone()));
-                        again = Some(
-                            again.map_or(ALIGNMENT_RECHECK, |other| other.min(ALIGNMENT_RECHECK)),
-                        );
-                        continue;
-                    }
-                    let (mut read, mut read_up_to_here) = (0, None);
-                    // Read in small chunks, each decoded while its raw
-                    // records are still in the nearest cache.
-                    let polled = loop {
-                        raw.clear();
-                        let chunk = RECORDS_PER_CHUNK.min(RECORDS_PER_POLL - read);
-                        let polled = match partition.reader.poll(&mut raw, chunk) {
-                            Ok(polled) => polled,
-                            Err(error) => {
-                                shared.abort(Error::from(error));
-                                break 'partitions;
-                            }
-                        };
-                        // Room for what this partition still offers (a
-                        // full chunk promises a full read) from each
-                        // partition left: grown a row at a time, the vector
-                        // would copy its rows at every doubling.
-                        let offered = if raw.len() == chunk {
-                            RECORDS_PER_POLL - read
-                        } else {
-                            raw.len()
-                        };
-                        rows.reserve(offered * (unfinished - index));
-                        read += raw.len();
-                        let first_output = partition.reader.first_output_offset();
-                        let replayed = raw
-                            .iter()
-                            .filter(|record| record.offset < first_output)
-                            .count();
-                        Stats::add(&shared.stats.replayed, replayed as u64);
-                        Stats::add(&shared.stats.records_in, (raw.len() - replayed) as u64);
-                        if let Some(last) = raw.last() {
-                            if last.offset >= first_output {
-                                read_up_to_here = Some((last.partition, last.offset + 1));
-                            }
-                            partition.next_offset = partition.next_offset.max(last.offset + 1);
-                            partition.last_record = Instant::now();
-                        }
-                        let chunk_read = raw.len();
-                        for mut record in raw.drain(..) {
-                            let warm_up = record.offset < first_output;
-                            let letter = match decoder.decode(&mut record) {
-                                // Behind the partition's own clock, or (after the
-                                // partition was idle) behind the watermark.
-                                Ok(row)
-                                    if tracks_lateness
-                                        && (partition.clock.is_late(row.time, bound_ms)
-                                            || row.time < *held.time()) =>
-                                {
-                                    if warm_up {
-                                        // Its dead letter was written by the run
-                                        // that first read it.
-                                        continue;
-                                    }
-                                    Stats::add(&shared.stats.late, 1);
-                                    decoder.late_letter(&mut record, &row, LATE.into())
-                                }
-                                Ok(mut row) => {
-                                    partition.clock.observe(row.time);
-                                    row.warm_up = warm_up;
-                                    rows.push(row);
-                                    continue;
-                                }
-                                Err(_) if warm_up => continue,
-                                Err(letter) => {
-                                    Stats::add(&shared.stats.dead, 1);
-                                    letter
-                                }
-                            };
-                            if let Err(error) = dead_letters.write(&letter) {
-                                shared.abort(error);
-                            }
-                        }
-                        // A short chunk: the reader has nothing more now,
-                        // and asking again at once would only say so.
-                        if polled != Poll::Ready || chunk_read < chunk || read >= RECORDS_PER_POLL {
-                            break polled;
-                        }
-                    };
-                    read_up_to.extend(read_up_to_here);
-                    match polled {
-                        Poll::Ready => again = Some(Duration::ZERO),
-                        Poll::Pending(wait) => {
-                            again = Some(again.map_or(wait, |other| other.min(wait)))
-                        }
-                        Poll::Finished => partition.finished = true,
-                    }
-                    let behind = !partition.finished && partition.reader.is_behind();
-                    if behind != partition.behind {
-                        partition.behind = behind;
-                        if behind {
-                            shared.partitions_behind.fetch_add(1, Ordering::SeqCst);
-                        } else {
-                            shared.partitions_behind.fetch_sub(1, Ordering::SeqCst);
-                        }
-                    }
-                    let (done, total) = partition.reader.progress();
-                    shared.metrics.partition(
-                        partition.reader.partition(),
-                        PartitionStatus {
-                            done,
-                            total,
-                            lag: partition.reader.lag(),
-                            watermark: partition
-                                .clock
-                                .has_seen()
-                                .then(|| partition.clock.watermark(bound_ms)),
-                        },
-                    );
+                // Stopped, or waiting for the final checkpoint: no more
+                // reading.
+                let round = if shared.is_aborted() || final_bookkeeping_done {
+                    Round::default()
+                } else {
+                    intake.read_round(*held.time(), read_limit, &mut dead_letters)
+                };
+                let mut again = round.again;
+                count_round(&shared, worker, &intake, &round, &wake);
+                if let Some(error) = round.error {
+                    shared.abort(error);
                 }
-                if !rows.is_empty() {
-                    output.session(&*held).give(Batch::from_rows(rows));
+                if !round.rows.is_empty() {
+                    output.session(&*held).give(Batch::from_rows(round.rows));
                 }
                 if let Some(ledger) = &ledger {
-                    ledger.borrow_mut().checkpoint(*held.time(), read_up_to);
+                    ledger
+                        .borrow_mut()
+                        .checkpoint(*held.time(), round.read_up_to);
                 }
-                let all_finished = partitions.iter().all(|partition| partition.finished);
-                if all_finished || shared.is_aborted() || shared.stop_requested() {
+                if intake.all_finished() || shared.is_aborted() || shared.stop_requested() {
                     if !final_bookkeeping_done {
                         final_bookkeeping_done = true;
                         if let Err(error) = dead_letters.finish() {
                             shared.abort(error);
                         }
-                        for partition in partitions.iter_mut().filter(|partition| partition.behind)
-                        {
-                            partition.behind = false;
-                            shared.partitions_behind.fetch_sub(1, Ordering::SeqCst);
-                        }
+                        shared
+                            .partitions_behind
+                            .fetch_sub(intake.stop_being_behind(), Ordering::SeqCst);
                         shared.publish_watermark(worker, None);
                     }
                     // A checkpointed run ends with a checkpoint of where
@@ -557,7 +365,7 @@ pub fn read_source<'scope>(
                         let cut = coordinator.source_moves(worker, *held.time(), FINAL);
                         if let Some(cut) = cut
                             && let Err(error) =
-                                cut_source(&shared, worker, cut, &partitions, &mut dead_letters)
+                                cut_source(&shared, worker, cut, &intake, &mut dead_letters)
                         {
                             shared.abort(error);
                         }
@@ -572,11 +380,7 @@ pub fn read_source<'scope>(
                     capability = None;
                     return;
                 }
-                let watermark = partitions
-                    .iter()
-                    .filter(|partition| partition.holds_watermark(idle_timeout))
-                    .map(|partition| partition.clock.watermark(bound_ms))
-                    .min();
+                let watermark = intake.watermark();
                 shared.publish_watermark(worker, watermark);
                 if watermark.is_none() {
                     // Every partition here is idle: follow the other workers,
@@ -591,7 +395,7 @@ pub fn read_source<'scope>(
                     if let Some(coordinator) = &shared.checkpoints
                         && let Some(cut) = coordinator.source_moves(worker, *held.time(), watermark)
                         && let Err(error) =
-                            cut_source(&shared, worker, cut, &partitions, &mut dead_letters)
+                            cut_source(&shared, worker, cut, &intake, &mut dead_letters)
                     {
                         shared.abort(error);
                     }
@@ -601,7 +405,9 @@ pub fn read_source<'scope>(
                     Some(Duration::ZERO) | None => Duration::ZERO,
                     // A partition about to turn idle must be looked at again
                     // when its timeout passes, data or not.
-                    Some(wait) => idle_timeout.map_or(wait, |timeout| wait.min(timeout / 4)),
+                    Some(wait) => intake
+                        .idle_timeout()
+                        .map_or(wait, |timeout| wait.min(timeout / 4)),
                 };
                 if wait.is_zero() {
                     activator.activate();
@@ -612,4 +418,39 @@ pub fn read_source<'scope>(
         },
     );
     rows.probe_with(&slowest)
+}
+
+/// Adds what a round read to the run's counts, partitions behind and
+/// metrics, and waits for alignment where a partition had to.
+fn count_round(
+    shared: &Shared,
+    worker: usize,
+    intake: &Intake,
+    round: &Round,
+    wake: &Arc<dyn Fn() + Send + Sync>,
+) {
+    Stats::add(&shared.stats.records_in, round.records_in);
+    Stats::add(&shared.stats.replayed, round.replayed);
+    Stats::add(&shared.stats.late, round.late);
+    Stats::add(&shared.stats.dead, round.dead);
+    if round.behind_change > 0 {
+        shared
+            .partitions_behind
+            .fetch_add(round.behind_change as usize, Ordering::SeqCst);
+    } else if round.behind_change < 0 {
+        shared.partitions_behind.fetch_sub(
+            round.behind_change.unsigned_abs() as usize,
+            Ordering::SeqCst,
+        );
+    }
+    if round.waited_for_alignment {
+        // Looked at again once another worker's watermark moves, or the
+        // frontier has (checked on a timer).
+        shared.wait_for_alignment(worker, Waker(wake.clone()));
+    }
+    if round.records_in + round.replayed > 0 {
+        for (partition, status) in intake.statuses() {
+            shared.metrics.partition(partition, status);
+        }
+    }
 }

@@ -1,0 +1,536 @@
+//! What a worker's source holds and does, apart from timely: its
+//! partitions with their readers, lateness clocks and positions, and a
+//! round of reading that turns records into rows and dead letters.
+//!
+//! The source operator ([`crate::operators::source`]) is a thin shell
+//! around an [`Intake`]: it asks for a round at its current dataflow
+//! time, emits the rows, counts what the round reports, and moves its
+//! capability to [`Intake::watermark`]. The positions a checkpoint takes
+//! are [`Intake::positions`], and a restored run starts each partition
+//! from the position and clock its checkpoint gave it.
+//!
+//! A partition that is caught up and quiet for the source's idle timeout
+//! (Kafka) stops holding the watermark back, so one silent partition does
+//! not stall the graph. Its records that arrive later behind the watermark
+//! the others have reached are late: they go to dead letters as `late`.
+//! Partitions are read in step by event time: one whose watermark is more
+//! than the skew limit ahead of the slowest partition of all workers waits.
+
+use crate::checkpoint::restore::PartitionPosition;
+use crate::decode::Decoder;
+use crate::metrics::PartitionStatus;
+use crate::ordering::PartitionClock;
+use crate::row::{LATE, Row};
+use crate::sinks::DeadLetterWriter;
+use crate::{Error, Result};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tideflow_connectors::{PartitionReader, Poll, RawRecord};
+
+/// How many records one round reads from a partition, at most.
+const RECORDS_PER_POLL: usize = 1024;
+
+/// How many records are read and decoded at a time.
+const RECORDS_PER_CHUNK: usize = 128;
+
+/// How soon a round whose partitions wait for slower ones looks again.
+pub const ALIGNMENT_RECHECK: Duration = Duration::from_millis(1);
+
+/// One assigned partition: its reader, its clock, and whether it ended.
+struct Partition {
+    reader: Box<dyn PartitionReader>,
+    clock: PartitionClock,
+    finished: bool,
+    behind: bool,
+    last_record: Instant,
+    /// The offset of the next record to read: where a checkpoint taken
+    /// now would have a restored run start.
+    next_offset: u64,
+}
+
+impl Partition {
+    fn position(&self) -> PartitionPosition {
+        PartitionPosition {
+            partition: self.reader.partition(),
+            next_offset: self.next_offset,
+            clock: self.clock,
+            finished: self.finished,
+        }
+    }
+
+    /// Whether the partition holds the watermark back: not when it ended,
+    /// nor when it is caught up and has been quiet for `idle_timeout`.
+    fn holds_watermark(&self, idle_timeout: Option<Duration>) -> bool {
+        !self.finished
+            && !idle_timeout
+                .is_some_and(|timeout| !self.behind && self.last_record.elapsed() >= timeout)
+    }
+}
+
+/// How a source reads: its decoder and its event-time rules.
+#[derive(Debug)]
+pub struct IntakeRules {
+    /// Turns records into rows, or dead letters.
+    pub decoder: Decoder,
+    /// `time.max_out_of_orderness`, ms.
+    pub bound_ms: i64,
+    /// Whether late records are told apart (the plan has event time).
+    pub tracks_lateness: bool,
+    /// After how long without records a caught-up partition stops holding
+    /// the watermark back (Kafka).
+    pub idle_timeout: Option<Duration>,
+}
+
+/// What a round of reading gave.
+#[derive(Debug, Default)]
+pub struct Round {
+    /// Rows decoded, partition by partition.
+    pub rows: Vec<Row>,
+    /// Per partition read, the offset after its last record read (warm-up
+    /// records aside).
+    pub read_up_to: Vec<(u32, u64)>,
+    /// When to read again: at once (`ZERO`), after a wait, or only when
+    /// woken (`None`).
+    pub again: Option<Duration>,
+    /// Records read (warm-up records aside).
+    pub records_in: u64,
+    /// Records replayed to rebuild window state.
+    pub replayed: u64,
+    /// Late records, written as dead letters.
+    pub late: u64,
+    /// Other dead letters.
+    pub dead: u64,
+    /// Whether a partition waited for slower ones.
+    pub waited_for_alignment: bool,
+    /// How many more partitions are behind than before the round.
+    pub behind_change: i64,
+    /// The first failure of a reader or of the dead letters; the round
+    /// stopped there.
+    pub error: Option<Error>,
+}
+
+/// A worker's partitions and how it reads them.
+pub struct Intake {
+    partitions: Vec<Partition>,
+    rules: IntakeRules,
+    raw: Vec<RawRecord>,
+}
+
+impl std::fmt::Debug for Intake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intake")
+            .field("partitions", &self.positions())
+            .finish()
+    }
+}
+
+impl Intake {
+    /// Reads `readers` by `rules`, each partition from its position in
+    /// `restored` (a checkpoint's) when it has one.
+    pub fn new(
+        readers: Vec<Box<dyn PartitionReader>>,
+        rules: IntakeRules,
+        restored: &BTreeMap<u32, PartitionPosition>,
+    ) -> Self {
+        let partitions = readers
+            .into_iter()
+            .map(|reader| {
+                // A partition that had ended at the checkpoint reads on
+                // from its position: a bounded input that has not grown
+                // gives nothing more, one that has (a topic read `until =
+                // "now"` again) gives what came since.
+                let restored = restored.get(&reader.partition()).copied();
+                Partition {
+                    next_offset: restored.map_or(reader.first_output_offset(), |position| {
+                        position.next_offset
+                    }),
+                    clock: restored.map_or_else(PartitionClock::default, |position| position.clock),
+                    behind: reader.is_behind(),
+                    reader,
+                    finished: false,
+                    last_record: Instant::now(),
+                }
+            })
+            .collect();
+        Intake {
+            partitions,
+            rules,
+            raw: Vec::with_capacity(RECORDS_PER_POLL),
+        }
+    }
+
+    /// After how long without records a caught-up partition stops
+    /// holding the watermark back.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.rules.idle_timeout
+    }
+
+    /// How many partitions are behind their end (catching up).
+    pub fn behind(&self) -> usize {
+        self.partitions
+            .iter()
+            .filter(|partition| partition.behind)
+            .count()
+    }
+
+    /// Has every reader call `wake` when it has records again.
+    pub fn set_wakeup(&mut self, wake: std::sync::Arc<dyn Fn() + Send + Sync>) {
+        for partition in self.partitions.iter_mut() {
+            partition.reader.set_wakeup(wake.clone());
+        }
+    }
+
+    /// Whether every partition has ended.
+    pub fn all_finished(&self) -> bool {
+        self.partitions.iter().all(|partition| partition.finished)
+    }
+
+    /// Where each partition stands: what a checkpoint records.
+    pub fn positions(&self) -> Vec<PartitionPosition> {
+        self.partitions.iter().map(Partition::position).collect()
+    }
+
+    /// The least watermark of the partitions that hold it back; `None`
+    /// when none does (all ended or idle).
+    pub fn watermark(&self) -> Option<i64> {
+        self.partitions
+            .iter()
+            .filter(|partition| partition.holds_watermark(self.rules.idle_timeout))
+            .map(|partition| partition.clock.watermark(self.rules.bound_ms))
+            .min()
+    }
+
+    /// Each partition's progress, lag and watermark, for the metrics.
+    pub fn statuses(&self) -> impl Iterator<Item = (u32, PartitionStatus)> + '_ {
+        self.partitions.iter().map(|partition| {
+            let (done, total) = partition.reader.progress();
+            (
+                partition.reader.partition(),
+                PartitionStatus {
+                    done,
+                    total,
+                    lag: partition.reader.lag(),
+                    watermark: partition
+                        .clock
+                        .has_seen()
+                        .then(|| partition.clock.watermark(self.rules.bound_ms)),
+                },
+            )
+        })
+    }
+
+    /// Reads a round: up to [`RECORDS_PER_POLL`] records of each
+    /// unfinished partition whose watermark is not past `read_limit`.
+    /// Rows whose event time is before `held` (the source's dataflow
+    /// time, which idle partitions no longer hold back) or behind their
+    /// partition's clock are late. Dead letters go to `dead_letters`.
+    pub fn read_round(
+        &mut self,
+        held: i64,
+        read_limit: Option<i64>,
+        dead_letters: &mut DeadLetterWriter,
+    ) -> Round {
+        let mut round = Round::default();
+        let unfinished = self
+            .partitions
+            .iter()
+            .filter(|partition| !partition.finished)
+            .count();
+        let (rules, raw) = (&self.rules, &mut self.raw);
+        for (index, partition) in self
+            .partitions
+            .iter_mut()
+            .filter(|partition| !partition.finished)
+            .enumerate()
+        {
+            if partition.holds_watermark(rules.idle_timeout)
+                && read_limit.is_some_and(|limit| partition.clock.watermark(rules.bound_ms) > limit)
+            {
+                // Too far ahead of the slowest partition: look again once
+                // another's watermark moves.
+                round.waited_for_alignment = true;
+                round.again = Some(
+                    round
+                        .again
+                        .map_or(ALIGNMENT_RECHECK, |other| other.min(ALIGNMENT_RECHECK)),
+                );
+                continue;
+            }
+            let remaining = unfinished - index;
+            let polled = match read_partition(
+                partition,
+                rules,
+                raw,
+                held,
+                remaining,
+                &mut round,
+                dead_letters,
+            ) {
+                Ok(polled) => polled,
+                Err(error) => {
+                    round.error = Some(error);
+                    return round;
+                }
+            };
+            match polled {
+                Poll::Ready => round.again = Some(Duration::ZERO),
+                Poll::Pending(wait) => {
+                    round.again = Some(round.again.map_or(wait, |other| other.min(wait)))
+                }
+                Poll::Finished => partition.finished = true,
+            }
+            let behind = !partition.finished && partition.reader.is_behind();
+            if behind != partition.behind {
+                partition.behind = behind;
+                round.behind_change += if behind { 1 } else { -1 };
+            }
+        }
+        round
+    }
+
+    /// Marks every partition as no longer behind (the source has ended)
+    /// and returns how many were.
+    pub fn stop_being_behind(&mut self) -> usize {
+        let mut were = 0;
+        for partition in self
+            .partitions
+            .iter_mut()
+            .filter(|partition| partition.behind)
+        {
+            partition.behind = false;
+            were += 1;
+        }
+        were
+    }
+}
+
+/// Reads one partition's share of a round, in small chunks, each decoded
+/// while its raw records are still in the nearest cache.
+fn read_partition(
+    partition: &mut Partition,
+    rules: &IntakeRules,
+    raw: &mut Vec<RawRecord>,
+    held: i64,
+    remaining: usize,
+    round: &mut Round,
+    dead_letters: &mut DeadLetterWriter,
+) -> Result<Poll> {
+    let mut read = 0;
+    let mut read_up_to = None;
+    let polled = loop {
+        raw.clear();
+        let chunk = RECORDS_PER_CHUNK.min(RECORDS_PER_POLL - read);
+        let polled = partition.reader.poll(raw, chunk)?;
+        // Room for what this partition still offers (a full chunk
+        // promises a full read) from each partition left: grown a row at
+        // a time, the vector would copy its rows at every doubling.
+        let offered = if raw.len() == chunk {
+            RECORDS_PER_POLL - read
+        } else {
+            raw.len()
+        };
+        round.rows.reserve(offered * remaining);
+        read += raw.len();
+        let first_output = partition.reader.first_output_offset();
+        if let Some(last) = raw.last() {
+            if last.offset >= first_output {
+                read_up_to = Some((last.partition, last.offset + 1));
+            }
+            partition.next_offset = partition.next_offset.max(last.offset + 1);
+            partition.last_record = Instant::now();
+        }
+        let chunk_read = raw.len();
+        for mut record in raw.drain(..) {
+            let warm_up = record.offset < first_output;
+            if warm_up {
+                round.replayed += 1;
+            } else {
+                round.records_in += 1;
+            }
+            let letter = match rules.decoder.decode(&mut record) {
+                // Behind the partition's own clock, or (after the
+                // partition was idle) behind the watermark.
+                Ok(row)
+                    if rules.tracks_lateness
+                        && (partition.clock.is_late(row.time, rules.bound_ms)
+                            || row.time < held) =>
+                {
+                    if warm_up {
+                        // Its dead letter was written by the run that
+                        // first read it.
+                        continue;
+                    }
+                    round.late += 1;
+                    rules.decoder.late_letter(&mut record, &row, LATE.into())
+                }
+                Ok(mut row) => {
+                    partition.clock.observe(row.time);
+                    row.warm_up = warm_up;
+                    round.rows.push(row);
+                    continue;
+                }
+                Err(_) if warm_up => continue,
+                Err(letter) => {
+                    round.dead += 1;
+                    letter
+                }
+            };
+            dead_letters.write(&letter)?;
+        }
+        // A short chunk: the reader has nothing more now, and asking
+        // again at once would only say so.
+        if polled != Poll::Ready || chunk_read < chunk || read >= RECORDS_PER_POLL {
+            break polled;
+        }
+    };
+    round.read_up_to.extend(read_up_to);
+    Ok(polled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operators::source::{open_assigned, resume_at_restored};
+    use crate::plan::{Plan, SinkPlan, SourcePlan};
+    use crate::row::Origins;
+    use crate::spec::SpecSource;
+    use std::collections::BTreeSet;
+
+    /// A generator of `count` records on 3 partitions, 5% of them up to
+    /// 3 s out of order against a bound of 1 s: some are late (a feature
+    /// makes lateness matter).
+    fn plan(count: u64) -> Plan {
+        let text = format!(
+            r#"
+name = "intake"
+[source]
+type = "generator"
+key = "user_id"
+partitions = 3
+count = {count}
+spacing_ms = 50.0
+disorder_fraction = 0.05
+disorder_max = "3s"
+[schema]
+user_id = "string"
+amount = "f64"
+ts = "timestamp_ms"
+[time]
+field = "ts"
+max_out_of_orderness = "1s"
+[[feature]]
+name = "amount_sum_1h"
+agg = "sum"
+field = "amount"
+window = "1h"
+[[sink]]
+type = "null"
+"#
+        );
+        let source = SpecSource {
+            file: "intake.toml".into(),
+            text,
+            overrides: Vec::new(),
+        };
+        Plan::from_spec(&source.parse().unwrap(), &source).unwrap()
+    }
+
+    fn intake(plan: &Plan, restored: &BTreeMap<u32, PartitionPosition>) -> Intake {
+        let readers = open_assigned(&plan.source, &plan.field_names(), 0, 1)
+            .unwrap()
+            .readers;
+        let rules = IntakeRules {
+            decoder: Decoder::new(plan),
+            bound_ms: plan.bound_ms,
+            tracks_lateness: plan.tracks_lateness(),
+            idle_timeout: None,
+        };
+        Intake::new(resume_at_restored(readers, restored), rules, restored)
+    }
+
+    fn discard() -> DeadLetterWriter {
+        DeadLetterWriter::open(&SinkPlan::Null, 0, "generator", Origins::by_index()).unwrap()
+    }
+
+    /// Reads rounds, as the source operator does, until every partition
+    /// has ended or `rounds` have been read; returns the origins of the
+    /// rows and the number of late records.
+    fn read(intake: &mut Intake, rounds: usize) -> (BTreeSet<(u32, u64)>, u64) {
+        let (mut rows, mut late) = (BTreeSet::new(), 0);
+        for _ in 0..rounds {
+            if intake.all_finished() {
+                break;
+            }
+            let round = intake.read_round(i64::MIN, None, &mut discard());
+            assert!(round.error.is_none(), "{:?}", round.error);
+            assert_eq!(round.dead, 0);
+            late += round.late;
+            for row in round.rows {
+                assert!(rows.insert((row.partition, row.offset)), "read twice");
+            }
+        }
+        (rows, late)
+    }
+
+    /// The generator's records that are not late by their partition's
+    /// clock (more than the bound behind the newest before them).
+    fn on_time(plan: &Plan) -> BTreeSet<(u32, u64)> {
+        let SourcePlan::Generator(config) = &plan.source else {
+            unreachable!("a generator plan")
+        };
+        let mut on_time = BTreeSet::new();
+        for partition in 0..config.partitions {
+            let mut newest = i64::MIN;
+            for offset in 0..config.partition_count(partition).unwrap() {
+                let (_, _, _, time) = config.record(partition, offset);
+                if time >= newest.saturating_sub(plan.bound_ms) {
+                    newest = newest.max(time);
+                    on_time.insert((partition, offset));
+                }
+            }
+        }
+        on_time
+    }
+
+    #[test]
+    fn every_record_is_a_row_or_late_and_positions_follow_the_reads() {
+        let plan = plan(6_000);
+        let mut intake = intake(&plan, &BTreeMap::new());
+        let (rows, late) = read(&mut intake, usize::MAX);
+        let expected = on_time(&plan);
+        assert!(late > 0, "the test data has late records");
+        assert_eq!(rows, expected);
+        assert_eq!(rows.len() as u64 + late, 6_000);
+        let SourcePlan::Generator(config) = &plan.source else {
+            unreachable!("a generator plan")
+        };
+        for position in intake.positions() {
+            assert_eq!(
+                Some(position.next_offset),
+                config.partition_count(position.partition)
+            );
+        }
+    }
+
+    #[test]
+    fn an_intake_restored_from_positions_reads_on_where_the_first_stopped() {
+        let plan = plan(30_000);
+        let mut first = intake(&plan, &BTreeMap::new());
+        let (mut rows, mut late) = read(&mut first, 3);
+        let positions: BTreeMap<u32, PartitionPosition> = first
+            .positions()
+            .into_iter()
+            .map(|position| (position.partition, position))
+            .collect();
+        assert!(!first.all_finished(), "three rounds read part of the input");
+        let mut second = intake(&plan, &positions);
+        let (more, more_late) = read(&mut second, usize::MAX);
+        for origin in more {
+            assert!(rows.insert(origin), "{origin:?} read by both");
+        }
+        late += more_late;
+        // The clocks came with the positions: the same records are late.
+        assert_eq!(rows, on_time(&plan));
+        assert_eq!(rows.len() as u64 + late, 30_000);
+    }
+}
