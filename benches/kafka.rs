@@ -116,8 +116,8 @@ enum Which {
         #[arg(long, default_value_t = 10_000)]
         new: u64,
         /// Enough that no partition holds more than the mock cluster's
-        /// 100,000 messages.
-        #[arg(long, default_value_t = 64)]
+        /// 100,000 messages or 5 MB.
+        #[arg(long, default_value_t = 128)]
         partitions: u32,
         #[arg(long, default_value_t = 2)]
         workers: usize,
@@ -162,7 +162,13 @@ fn main() {
                 latency(rate, 10, 8, 2);
             }
             catchup(2_000_000, 5_000, 60, 64, 2);
-            restart(1_000_000, &[1_000_000, 2_000_000, 4_000_000], 10_000, 64, 2);
+            restart(
+                1_000_000,
+                &[1_000_000, 2_000_000, 4_000_000],
+                10_000,
+                128,
+                2,
+            );
         }
     }
 }
@@ -585,13 +591,18 @@ fn produce_users(brokers: &str, keys: u64, partitions: u32, first: u64, count: u
 }
 
 /// The four user features over `tx`, from `from` until now, into the
-/// topic `scores`, with checkpoints in `state` if given.
+/// topic `scores` (none: a null sink), with checkpoints in `state` if
+/// given.
 fn restart_spec(
     brokers: &str,
     from: &str,
-    scores: &str,
+    scores: Option<&str>,
     state: Option<&std::path::Path>,
 ) -> String {
+    let sink = match scores {
+        Some(topic) => format!("type = \"kafka\"\ntopic = \"{topic}\""),
+        None => "type = \"null\"".into(),
+    };
     let mut text = format!(
         r#"
 name = "restart"
@@ -616,8 +627,7 @@ field = "ts"
 [batching]
 policy = "adaptive"
 [[sink]]
-type = "kafka"
-topic = "{scores}"
+{sink}
 [dead_letters]
 type = "null"
 "#,
@@ -697,7 +707,7 @@ fn restart(keys: u64, lengths: &[u64], new: u64, partitions: u32, workers: usize
         // The first run reads the topic and ends with a checkpoint of its
         // state and positions, and commits the positions to the group.
         let (first, _) = common::run_spec(
-            &restart_spec(&brokers, "earliest", "scores", Some(state.path())),
+            &restart_spec(&brokers, "earliest", None, Some(state.path())),
             &[],
             workers,
         );
@@ -708,7 +718,7 @@ fn restart(keys: u64, lengths: &[u64], new: u64, partitions: u32, workers: usize
         // topic before them to rebuild the windows.
         let (replaying, replay_first, replay_end) = restart_timed(
             &broker,
-            &restart_spec(&brokers, "committed", "scores-replayed", None),
+            &restart_spec(&brokers, "committed", Some("scores-replayed"), None),
             "scores-replayed",
             partitions,
             workers,
@@ -718,7 +728,12 @@ fn restart(keys: u64, lengths: &[u64], new: u64, partitions: u32, workers: usize
         // From the checkpoint: its state, and its positions.
         let (restored, restored_first, restored_end) = restart_timed(
             &broker,
-            &restart_spec(&brokers, "earliest", "scores-restored", Some(state.path())),
+            &restart_spec(
+                &brokers,
+                "earliest",
+                Some("scores-restored"),
+                Some(state.path()),
+            ),
             "scores-restored",
             partitions,
             workers,

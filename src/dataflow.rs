@@ -2,7 +2,7 @@
 //! feature stages → expressions → batching → inference → sinks, on timely
 //! worker threads.
 
-use crate::checkpoint::restore::{Restored, restore};
+use crate::checkpoint::restore::{DEAD_LETTERS, Restored, restore};
 use crate::checkpoint::{CheckpointStore, Coordinator};
 use crate::cluster::{Cluster, WatermarkGossip, gather_counts, stop_when_a_peer_is_lost};
 use crate::commit::OffsetLedger;
@@ -298,8 +298,13 @@ fn start_checkpoints(
 /// those rows out when it makes them again. A first run records where
 /// its sinks' topics end.
 fn resume_topics(plan: &Plan, store: &CheckpointStore, restored: &mut Restored) -> Result<()> {
+    let sink_of = |index: usize| match index {
+        DEAD_LETTERS => &plan.dead_letters,
+        index => &plan.sinks[index],
+    };
     let kafka_sinks: Vec<usize> = (0..plan.sinks.len())
-        .filter(|index| matches!(plan.sinks[*index], SinkPlan::Kafka { .. }))
+        .chain([DEAD_LETTERS])
+        .filter(|index| matches!(sink_of(*index), SinkPlan::Kafka { .. }))
         .collect();
     if kafka_sinks.is_empty() {
         return Ok(());
@@ -314,13 +319,13 @@ fn resume_topics(plan: &Plan, store: &CheckpointStore, restored: &mut Restored) 
     } else {
         let ends = kafka_sinks
             .iter()
-            .map(|index| Ok((*index, topic_ends(&plan.sinks[*index])?)))
+            .map(|index| Ok((*index, topic_ends(sink_of(*index))?)))
             .collect::<Result<BTreeMap<_, _>>>()?;
         store.record_first_start(&crate::checkpoint::encode(&ends))?;
         ends
     };
     for index in kafka_sinks {
-        let sink = &plan.sinks[index];
+        let sink = sink_of(index);
         let resume = TopicResume::read(sink, starts.get(&index).cloned().unwrap_or_default())?;
         if resume.written() > 0 {
             eprintln!(
@@ -381,7 +386,14 @@ fn build_and_run(
     let open_dead_letters = |role: &str| -> Result<Rc<RefCell<DeadLetterWriter>>> {
         let (sink, origin, origins) = (&plan.dead_letters, origin(&plan.source), plan.origins());
         let writer = if checkpointed {
-            DeadLetterWriter::open_for_epochs(sink, index, role, &origin, origins)?
+            DeadLetterWriter::open_for_epochs(
+                sink,
+                index,
+                role,
+                &origin,
+                origins,
+                shared.restored.topic_resumes.get(&DEAD_LETTERS).cloned(),
+            )?
         } else {
             DeadLetterWriter::open(sink, index, &origin, origins)?
         };

@@ -570,14 +570,13 @@ fn a_checkpointed_kafka_run_killed_twenty_times_writes_each_row_once() {
     run_fraud_kafka(&broker.brokers, topic, &reference, "earliest", "now", 2);
 
     let killed = out.path().join("killed");
-    let killed_scores = format!("{topic}-killed-scores");
-    ensure_topic(
-        &broker.brokers,
-        &ClientOptions::default(),
-        &killed_scores,
-        PARTITIONS,
-    )
-    .unwrap();
+    let (killed_scores, killed_dead) = (
+        format!("{topic}-killed-scores"),
+        format!("{topic}-killed-dead"),
+    );
+    for name in [&killed_scores, &killed_dead] {
+        ensure_topic(&broker.brokers, &ClientOptions::default(), name, PARTITIONS).unwrap();
+    }
     let command = || {
         let mut command = fraud_kafka_command("run", broker, topic, &killed);
         command
@@ -585,6 +584,7 @@ fn a_checkpointed_kafka_run_killed_twenty_times_writes_each_row_once() {
             .args(["--set", "source.from=\"earliest\""])
             .args(["--set", "batching.policy=\"micro\""])
             .args(["--set", &format!("sink[0].topic=\"{killed_scores}\"")])
+            .args(["--set", &format!("dead_letters.topic=\"{killed_dead}\"")])
             .args([
                 "--set",
                 &format!("state.dir=\"{}\"", out.path().join("state").display()),
@@ -641,6 +641,13 @@ fn a_checkpointed_kafka_run_killed_twenty_times_writes_each_row_once() {
         scores_by_origin(broker, &format!("{topic}-scores")),
         "the killed runs' topic differs from the uninterrupted run's"
     );
+    let dead = dead_letters_by_origin(broker, &killed_dead);
+    assert!(!dead.is_empty(), "the input has late records");
+    assert_eq!(
+        dead,
+        dead_letters_by_origin(broker, &format!("{topic}-dead")),
+        "the killed runs' dead letters differ from the uninterrupted run's"
+    );
     let committed = committed_offsets(
         &broker.brokers,
         &format!("{topic}-killed"),
@@ -650,6 +657,27 @@ fn a_checkpointed_kafka_run_killed_twenty_times_writes_each_row_once() {
     .unwrap();
     let total: u64 = committed.values().sum();
     assert_eq!(total, count, "{committed:?}");
+}
+
+/// The dead letters on a topic (reason and record) by their origin,
+/// failing on an origin written twice.
+fn dead_letters_by_origin(
+    broker: &Broker,
+    topic: &str,
+) -> std::collections::BTreeMap<(String, String), (String, Vec<u8>)> {
+    let mut by_origin = std::collections::BTreeMap::new();
+    for record in read_topic(&broker.brokers, topic, &ClientOptions::default()).unwrap() {
+        let header = |name: &str| {
+            let (_, value) = record.headers.iter().find(|(key, _)| key == name).unwrap();
+            String::from_utf8(value.clone()).unwrap()
+        };
+        let origin = (header("tideflow-partition"), header("tideflow-offset"));
+        let letter = (header("tideflow-error"), record.value.clone());
+        if by_origin.insert(origin.clone(), letter).is_some() {
+            panic!("{topic}: the dead letter of {origin:?} is there twice");
+        }
+    }
+    by_origin
 }
 
 /// The rows on a scores topic by their origin (`_partition`, `_offset`),

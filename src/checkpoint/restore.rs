@@ -32,15 +32,19 @@ pub struct PartitionPosition {
     pub finished: bool,
 }
 
-/// A source's part of a checkpoint: its partitions' positions and the
-/// dead-letter files of the epoch.
+/// A source's part of a checkpoint: its partitions' positions and what
+/// its dead letters of the epoch left.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SourceCut {
     /// Each partition the source reads.
     pub partitions: Vec<PartitionPosition>,
-    /// Files to publish with the checkpoint.
-    pub files: Vec<EpochFile>,
+    /// The dead letters' files, or where a Kafka topic's later ones land.
+    pub dead_letters: SinkCut,
 }
+
+/// The index [`SinkCut::topic_starts`] gives the dead letters, beside the
+/// plan's sinks.
+pub const DEAD_LETTERS: usize = usize::MAX;
 
 /// A sink operator's part of a checkpoint: the files of the epoch, and
 /// where each Kafka sink's rows after the cut land at the earliest.
@@ -65,6 +69,32 @@ impl SinkCut {
             }
         }
         part
+    }
+
+    /// The part of a writer of dead letters that closed its epoch with
+    /// `output`.
+    pub fn of_dead_letters(output: EpochOutput) -> Self {
+        SinkCut {
+            files: output.files,
+            topic_starts: output
+                .topic_starts
+                .map(|starts| (DEAD_LETTERS, starts))
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// Adds this part's topic starts to `earliest`, keeping per partition
+    /// the smallest.
+    fn merge_into(self, files: &mut Vec<EpochFile>, earliest: &mut BTreeMap<usize, TopicOffsets>) {
+        files.extend(self.files);
+        for (sink, starts) in self.topic_starts {
+            let sink_earliest = earliest.entry(sink).or_default();
+            for (partition, start) in starts {
+                let offset = sink_earliest.entry(partition).or_insert(start);
+                *offset = (*offset).min(start);
+            }
+        }
     }
 }
 
@@ -151,22 +181,14 @@ pub fn restore(plan: &Plan, store: &CheckpointStore, workers: usize) -> Result<R
         let operator = name.split("-w").next().unwrap_or_default();
         let decoded = match operator {
             "source" => super::decode::<SourceCut>(bytes).map(|cut| {
-                files.extend(cut.files);
+                cut.dead_letters
+                    .merge_into(&mut files, &mut restored.topic_starts);
                 for position in cut.partitions {
                     restored.positions.insert(position.partition, position);
                 }
             }),
-            "sink" => super::decode::<SinkCut>(bytes).map(|cut| {
-                files.extend(cut.files);
-                for (sink, starts) in cut.topic_starts {
-                    let earliest = restored.topic_starts.entry(sink).or_default();
-                    for (partition, start) in starts {
-                        let offset = earliest.entry(partition).or_insert(start);
-                        *offset = (*offset).min(start);
-                    }
-                }
-            }),
-            "score" => super::decode::<Vec<EpochFile>>(bytes).map(|mine| files.extend(mine)),
+            "sink" | "score" => super::decode::<SinkCut>(bytes)
+                .map(|cut| cut.merge_into(&mut files, &mut restored.topic_starts)),
             stage => match stage
                 .strip_prefix("stage")
                 .and_then(|index| index.parse::<usize>().ok())

@@ -551,6 +551,7 @@ impl StageState {
         state.partition_newest = clock.partition_newest;
         state.stage_newest = clock.stage_newest;
         let width = state.others.len();
+        state.keys.reserve(keys.len());
         for (slot, key) in keys.into_iter().enumerate() {
             state.reset_slot(plan, slot);
             state.newest[slot] = key.newest;

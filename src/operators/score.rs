@@ -8,7 +8,7 @@ use super::BatchStream;
 use super::checkpointing::CutTracker;
 use crate::batch::{Batch, RowCells};
 use crate::batching::Batcher;
-use crate::checkpoint::restore::part_name;
+use crate::checkpoint::restore::{SinkCut, part_name};
 use crate::features::expr::{Expr, Numbers};
 use crate::inference::Model;
 use crate::row::DeadLetter;
@@ -101,13 +101,13 @@ impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
                     output.session(&*held).give(batch);
                 }
                 if let Some(cut) = cut {
-                    let files = dead_letters.borrow_mut().close_epoch(cut.id);
-                    let reported = files.and_then(|files| {
+                    let closed = dead_letters.borrow_mut().close_epoch(cut.id);
+                    let reported = closed.and_then(|closed| {
+                        let part = SinkCut::of_dead_letters(closed);
+                        let files = part.files.clone();
                         cuts.report(
                             cut,
-                            crate::checkpoint::PartBytes::Encoded(crate::checkpoint::encode(
-                                &files,
-                            )),
+                            crate::checkpoint::PartBytes::Encoded(crate::checkpoint::encode(&part)),
                             files,
                         )
                     });

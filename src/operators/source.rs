@@ -16,7 +16,7 @@
 use super::BatchStream;
 use crate::Result;
 use crate::batch::Batch;
-use crate::checkpoint::restore::{PartitionPosition, SourceCut, part_name};
+use crate::checkpoint::restore::{PartitionPosition, SinkCut, SourceCut, part_name};
 use crate::checkpoint::{Cut, FINAL};
 use crate::commit::OffsetLedger;
 use crate::decode::Decoder;
@@ -228,10 +228,11 @@ fn cut_source(
     let Some(coordinator) = &shared.checkpoints else {
         return Ok(());
     };
-    let files = dead_letters.close_epoch(cut.id)?;
+    let closed = dead_letters.close_epoch(cut.id)?;
+    let files = closed.files.clone();
     let part = SourceCut {
         partitions: intake.positions(),
-        files: files.clone(),
+        dead_letters: SinkCut::of_dead_letters(closed),
     };
     let positions: Vec<(u32, u64)> = part
         .partitions

@@ -5,14 +5,17 @@
 use super::files::EpochNames;
 use super::files::part_path;
 use super::kafka::KAFKA_FINISH_TIMEOUT;
-use super::sink_error;
+use super::kafka::{ORIGIN_HEADER, TopicOffsets, TopicResume};
+use super::{EpochOutput, sink_error};
 use crate::Result;
 use crate::checkpoint::EpochFile;
 use crate::plan::SinkPlan;
 use crate::row::{DeadLetter, Origins};
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 use tideflow_connectors::kafka::{KafkaProducer, ProducerRecord};
 
 /// Writes dead letters as JSON lines: `_partition`, `_offset`, `_error`,
@@ -23,6 +26,11 @@ pub struct DeadLetterWriter {
     sink: SinkPlan,
     origin: String,
     origins: Origins,
+    /// A Kafka topic in a checkpointed run: written exactly once, as rows
+    /// are (see [`super::kafka`]).
+    exactly_once: Option<(TopicOffsets, Arc<TopicResume>)>,
+    /// `<partition>:<offset>` of the letter being written.
+    origin_text: String,
 }
 
 enum DeadLetterTarget {
@@ -117,6 +125,8 @@ impl DeadLetterWriter {
             sink: sink.clone(),
             origin: origin.to_owned(),
             origins,
+            exactly_once: None,
+            origin_text: String::new(),
         })
     }
 
@@ -130,9 +140,14 @@ impl DeadLetterWriter {
         role: &str,
         origin: &str,
         origins: Origins,
+        resume: Option<Arc<TopicResume>>,
     ) -> Result<Self> {
         let (SinkPlan::Jsonl(dir) | SinkPlan::Parquet(dir)) = sink else {
-            return DeadLetterWriter::open(sink, worker, origin, origins);
+            let mut writer = DeadLetterWriter::open(sink, worker, origin, origins)?;
+            if let (DeadLetterTarget::Kafka(_), Some(resume)) = (&writer.inner, resume) {
+                writer.exactly_once = Some((resume.starts.clone(), resume));
+            }
+            return Ok(writer);
         };
         Ok(DeadLetterWriter {
             inner: DeadLetterTarget::Epochs {
@@ -142,32 +157,59 @@ impl DeadLetterWriter {
             sink: sink.clone(),
             origin: origin.to_owned(),
             origins,
+            exactly_once: None,
+            origin_text: String::new(),
         })
     }
 
     /// Ends the epoch of checkpoint `id` (see [`RowWriter::close_epoch`]).
-    pub fn close_epoch(&mut self, id: u64) -> Result<Vec<EpochFile>> {
+    pub fn close_epoch(&mut self, id: u64) -> Result<EpochOutput> {
         let DeadLetterTarget::Epochs { names, current } = &mut self.inner else {
             self.finish()?;
-            return Ok(Vec::new());
+            let (DeadLetterTarget::Kafka(producer), Some((starts, _))) =
+                (&self.inner, &mut self.exactly_once)
+            else {
+                return Ok(EpochOutput::default());
+            };
+            // As a Kafka sink of rows does: later letters land after
+            // the ends of those acknowledged now.
+            for (partition, end) in producer.delivered_ends() {
+                let start = starts.entry(partition).or_insert(end);
+                *start = (*start).max(end);
+            }
+            return Ok(EpochOutput {
+                files: Vec::new(),
+                topic_starts: Some(starts.clone()),
+            });
         };
         let Some((mut file, pending)) = current.take() else {
-            return Ok(Vec::new());
+            return Ok(EpochOutput::default());
         };
         file.flush()
             .and_then(|()| file.get_ref().sync_data())
             .map_err(|error| sink_error(&self.sink, error))?;
-        Ok(vec![EpochFile {
-            pending,
-            published: names.published(id),
-        }])
+        Ok(EpochOutput {
+            files: vec![EpochFile {
+                pending,
+                published: names.published(id),
+            }],
+            topic_starts: None,
+        })
     }
 
     /// Writes one dead letter.
     pub fn write(&mut self, letter: &DeadLetter) -> Result<()> {
         let (topic, partition) = self.origins.locate(letter.partition);
         if let DeadLetterTarget::Kafka(producer) = &self.inner {
+            if let Some((_, resume)) = &self.exactly_once
+                && resume.was_written(letter.partition, letter.offset)
+            {
+                return Ok(());
+            }
             let (partition, offset) = (partition.to_string(), letter.offset.to_string());
+            self.origin_text.clear();
+            write!(self.origin_text, "{}:{}", letter.partition, letter.offset)
+                .expect("writing to a String cannot fail");
             let values = [
                 letter.error.as_bytes(),
                 topic.unwrap_or(&self.origin).as_bytes(),
@@ -181,6 +223,7 @@ impl DeadLetterWriter {
                 .iter()
                 .map(|(name, value)| (name.as_str(), value.as_slice()))
                 .chain(DEAD_LETTER_HEADERS.into_iter().zip(values))
+                .chain([(ORIGIN_HEADER, self.origin_text.as_bytes())])
                 .collect();
             return Ok(producer.send(&ProducerRecord {
                 key: letter.key.as_deref(),

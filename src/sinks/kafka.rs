@@ -91,7 +91,7 @@ impl TopicResume {
 
     /// Whether the row from `(partition, offset)` is on the topic already
     /// (each such row is reported once).
-    fn was_written(&self, partition: u32, offset: u64) -> bool {
+    pub(super) fn was_written(&self, partition: u32, offset: u64) -> bool {
         if self.remaining.load(Ordering::Relaxed) == 0 {
             return false;
         }
