@@ -552,6 +552,9 @@ impl StageState {
         state.stage_newest = clock.stage_newest;
         let width = state.others.len();
         state.keys.reserve(keys.len());
+        state.numbers.reserve(keys.len());
+        state.newest.reserve(keys.len());
+        state.other_states.reserve(keys.len() * width);
         for (slot, key) in keys.into_iter().enumerate() {
             state.reset_slot(plan, slot);
             state.newest[slot] = key.newest;
@@ -579,7 +582,11 @@ impl StageState {
             stage_newest: i64::MIN,
             ..StageClock::default()
         };
-        let mut routed: Vec<Vec<KeyState>> = (0..parts).map(|_| Vec::new()).collect();
+        // Each part's share of the keys, room made for at once.
+        let share = states.iter().map(StageState::key_count).sum::<usize>() / parts.max(1);
+        let mut routed: Vec<Vec<KeyState>> = (0..parts)
+            .map(|_| Vec::with_capacity(share + share / 8))
+            .collect();
         for state in states {
             let (theirs, keys) = state.into_keys();
             clock.merge(&theirs);

@@ -192,6 +192,19 @@ impl NumericState {
         }
     }
 
+    /// Makes room for `keys` more keys, so that filing many at once (a
+    /// restore) grows each vector once rather than by doubling, each
+    /// growth a copy into freshly faulted memory.
+    pub fn reserve(&mut self, keys: usize) {
+        if self.layout.is_empty() {
+            return;
+        }
+        self.rings.reserve(keys);
+        self.groups.reserve(keys * self.layout.groups.len());
+        self.extras.reserve(keys * self.layout.extra_groups);
+        self.extremes.reserve(keys * self.layout.extremes);
+    }
+
     /// Gives key slot `slot` fresh state: the next new slot, or one freed
     /// by an evicted key.
     pub fn reset(&mut self, slot: usize) {
