@@ -177,34 +177,35 @@ pub fn restore(plan: &Plan, store: &CheckpointStore, workers: usize) -> Result<R
     };
     let mut stages: Vec<Vec<StagePart>> = plan.stages.iter().map(|_| Vec::new()).collect();
     let mut files: Vec<EpochFile> = Vec::new();
-    for (name, bytes) in &checkpoint.parts {
-        let operator = name.split("-w").next().unwrap_or_default();
-        let decoded = match operator {
-            "source" => super::decode::<SourceCut>(bytes).map(|cut| {
+    // The stages' parts are most of a checkpoint's bytes: each is decoded
+    // on a thread of its own.
+    let decoded: Vec<Result<DecodedPart>> = std::thread::scope(|scope| {
+        let decoding: Vec<_> = checkpoint
+            .parts
+            .iter()
+            .map(|(name, bytes)| {
+                let location = location(name);
+                let stage_count = stages.len();
+                scope.spawn(move || decode_part(name, bytes, stage_count, location))
+            })
+            .collect();
+        decoding
+            .into_iter()
+            .map(|thread| thread.join().expect("decoding a part does not panic"))
+            .collect()
+    });
+    for part in decoded {
+        match part? {
+            DecodedPart::Source(cut) => {
                 cut.dead_letters
                     .merge_into(&mut files, &mut restored.topic_starts);
                 for position in cut.partitions {
                     restored.positions.insert(position.partition, position);
                 }
-            }),
-            "sink" | "score" => super::decode::<SinkCut>(bytes)
-                .map(|cut| cut.merge_into(&mut files, &mut restored.topic_starts)),
-            stage => match stage
-                .strip_prefix("stage")
-                .and_then(|index| index.parse::<usize>().ok())
-                .filter(|index| *index < stages.len())
-            {
-                Some(index) => super::decode::<StagePart>(bytes).map(|part| stages[index].push(part)),
-                None => Err(crate::Error::Checkpoint {
-                    location: location(name),
-                    message: "a part this dataflow has no operator for: the checkpoint is of another spec; point state.dir elsewhere".into(),
-                }),
-            },
-        };
-        decoded.map_err(|error| crate::Error::Checkpoint {
-            location: location(name),
-            message: error.to_string(),
-        })?;
+            }
+            DecodedPart::Sink(cut) => cut.merge_into(&mut files, &mut restored.topic_starts),
+            DecodedPart::Stage(index, part) => stages[index].push(*part),
+        }
     }
     for file in &files {
         file.publish().map_err(|error| crate::Error::Checkpoint {
@@ -219,6 +220,48 @@ pub fn restore(plan: &Plan, store: &CheckpointStore, workers: usize) -> Result<R
         .map(|(stage, parts)| regroup(stage, parts, workers))
         .collect();
     Ok(restored)
+}
+
+/// A part of a checkpoint, decoded.
+enum DecodedPart {
+    Source(SourceCut),
+    /// A sink's or the scoring's part.
+    Sink(SinkCut),
+    /// Stage `index`'s part of one worker.
+    Stage(usize, Box<StagePart>),
+}
+
+/// Decodes the part named `name` (`operator-wN`) of a checkpoint of a
+/// plan with `stage_count` stages.
+fn decode_part(
+    name: &str,
+    bytes: &[u8],
+    stage_count: usize,
+    location: String,
+) -> Result<DecodedPart> {
+    let operator = name.split("-w").next().unwrap_or_default();
+    let decoded = match operator {
+        "source" => super::decode::<SourceCut>(bytes).map(DecodedPart::Source),
+        "sink" | "score" => super::decode::<SinkCut>(bytes).map(DecodedPart::Sink),
+        stage => match stage
+            .strip_prefix("stage")
+            .and_then(|index| index.parse::<usize>().ok())
+            .filter(|index| *index < stage_count)
+        {
+            Some(index) => super::decode::<StagePart>(bytes)
+                .map(|part| DecodedPart::Stage(index, Box::new(part))),
+            None => {
+                return Err(crate::Error::Checkpoint {
+                    location,
+                    message: "a part this dataflow has no operator for: the checkpoint is of another spec; point state.dir elsewhere".into(),
+                });
+            }
+        },
+    };
+    decoded.map_err(|error| crate::Error::Checkpoint {
+        location,
+        message: error.to_string(),
+    })
 }
 
 /// A stage's parts from the workers that wrote them, as the parts of this

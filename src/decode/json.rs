@@ -191,6 +191,33 @@ mod tests {
         decode_object(text, &fields(), &mut values).map(|()| values)
     }
 
+    /// Floats written with 17 significant digits (as other writers than
+    /// tideflow do) read back as the standard library's correctly rounded
+    /// parse gives them, bit for bit: JSON input must not change a
+    /// feature's last bit.
+    #[test]
+    fn floats_of_seventeen_digits_read_back_correctly_rounded() {
+        let mut bits = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            bits ^= bits << 13;
+            bits ^= bits >> 7;
+            bits ^= bits << 17;
+            let number = f64::from_bits(bits);
+            if !number.is_finite() {
+                continue;
+            }
+            let text = format!("{number:.16e}");
+            let expected: f64 = text.parse().unwrap();
+            let values = decode(&format!(r#"{{"amount": {text}}}"#)).unwrap();
+            assert_eq!(
+                values[1],
+                Value::F64(expected),
+                "{text} read as {:?}",
+                values[1]
+            );
+        }
+    }
+
     #[test]
     fn typed_fields_are_kept_and_others_skipped() {
         let values =
