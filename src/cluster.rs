@@ -188,7 +188,7 @@ impl WatermarkGossip {
             let (input, stream) = scope.new_input::<Vec<(usize, Option<i64>)>>();
             stream.broadcast().inspect(move |(from, watermark)| {
                 if !local.contains(from) {
-                    receiver.publish_watermark(*from, *watermark);
+                    receiver.watermarks.publish(*from, *watermark);
                 }
             });
             input
@@ -206,7 +206,7 @@ impl WatermarkGossip {
         let Some(input) = &mut self.input else {
             return;
         };
-        let current = self.shared.watermark_of(self.worker);
+        let current = self.shared.watermarks.of(self.worker);
         if self.last_sent != Some(current) {
             input.send((self.worker, current));
             self.last_sent = Some(current);

@@ -31,5 +31,6 @@ pub mod run;
 pub mod schema;
 pub mod sinks;
 pub mod spec;
+pub mod watermarks;
 
 pub use error::{Error, Result};

@@ -128,26 +128,13 @@ pub struct Shared {
     /// The partition of each key of the source-keyed stage kept by a
     /// worker of this process.
     pub key_claims: crate::features::claims::KeyClaims,
-    /// Per worker, the watermark of its partitions that hold it back;
-    /// absent while all of a worker's partitions are idle or finished.
-    active_watermarks: Mutex<std::collections::BTreeMap<usize, i64>>,
-    /// Per worker whose partitions wait for slower ones (partition skew),
-    /// how to wake its source once another worker's watermark moves.
-    aligning: Mutex<std::collections::BTreeMap<usize, Waker>>,
+    /// Each worker's published watermark, and the sources waiting for
+    /// slower workers.
+    pub watermarks: crate::watermarks::WorkerWatermarks,
     /// Takes the run's checkpoints, when the plan has them.
     pub checkpoints: Option<Arc<crate::checkpoint::Coordinator>>,
     /// What the run starts from: the checkpoint restored, if any.
     pub restored: crate::checkpoint::restore::Restored,
-}
-
-/// Wakes a worker's source from another thread.
-#[derive(Clone)]
-pub struct Waker(pub Arc<dyn Fn() + Send + Sync>);
-
-impl std::fmt::Debug for Waker {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str("Waker")
-    }
 }
 
 impl Shared {
@@ -165,96 +152,10 @@ impl Shared {
             stop: Default::default(),
             in_cluster: false,
             key_claims: Default::default(),
-            active_watermarks: Mutex::new(Default::default()),
-            aligning: Mutex::new(Default::default()),
+            watermarks: Default::default(),
             checkpoints: None,
             restored: Default::default(),
         }
-    }
-
-    /// Publishes worker `worker`'s watermark: `None` when none of its
-    /// partitions holds it back.
-    /// Sources waiting for slower partitions are woken when it moves.
-    pub fn publish_watermark(&self, worker: usize, watermark: Option<i64>) {
-        let moved = {
-            let mut active = self
-                .active_watermarks
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let previous = match watermark {
-                Some(watermark) => active.insert(worker, watermark),
-                None => active.remove(&worker),
-            };
-            previous != watermark
-        };
-        if moved {
-            self.wake_aligning(worker);
-        }
-    }
-
-    /// Registers that worker `worker`'s source waits for other workers'
-    /// partitions to catch up, and how to wake it when they move.
-    pub fn wait_for_alignment(&self, worker: usize, wake: Waker) {
-        self.aligning
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(worker, wake);
-    }
-
-    /// Wakes the sources waiting for alignment, other than `worker`'s:
-    /// without this they would look again only on a timer, and a worker
-    /// ahead would sit idle while the others catch up.
-    fn wake_aligning(&self, worker: usize) {
-        let waiting: Vec<Waker> = {
-            let mut aligning = self
-                .aligning
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if aligning.is_empty() || aligning.keys().all(|waiting| *waiting == worker) {
-                return;
-            }
-            let own = aligning.remove(&worker);
-            let others = std::mem::take(&mut *aligning).into_values().collect();
-            if let Some(own) = own {
-                aligning.insert(worker, own);
-            }
-            others
-        };
-        for wake in waiting {
-            (wake.0)();
-        }
-    }
-
-    /// The watermark worker `worker` last published.
-    pub fn watermark_of(&self, worker: usize) -> Option<i64> {
-        let active = self
-            .active_watermarks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        active.get(&worker).copied()
-    }
-
-    /// The slowest watermark of the workers whose partitions hold one:
-    /// where a worker whose partitions are all idle moves its own to, so
-    /// that it does not hold the others back.
-    pub fn slowest_active_watermark(&self) -> Option<i64> {
-        let active = self
-            .active_watermarks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        active.values().min().copied()
-    }
-
-    /// The slowest watermark of all `workers` workers of the run, when
-    /// each has one published (none idle, finished or not yet started).
-    pub fn slowest_watermark_of_all(&self, workers: usize) -> Option<i64> {
-        let active = self
-            .active_watermarks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        (active.len() == workers)
-            .then(|| active.values().min().copied())
-            .flatten()
     }
 
     /// Whether the sources should stop reading (the run then drains).
@@ -481,53 +382,5 @@ pub fn report_progress(shared: &Shared, started: Instant, done: &AtomicBool, lab
     }
     if terminal {
         eprintln!();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::AtomicUsize;
-
-    fn shared() -> Shared {
-        // Read when the test runs, where cargo says: a target directory
-        // shared between clones may hold a binary built in another one.
-        let root = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
-            || env!("CARGO_MANIFEST_DIR").into(),
-            std::path::PathBuf::from,
-        );
-        let file = root.join("dataflows").join("fraud_generator.toml");
-        let plan = crate::plan::load(&file, &[]).unwrap_or_else(|error| panic!("{error}"));
-        Shared::new(plan, None, Arc::default())
-    }
-
-    fn counting_waker() -> (Waker, Arc<AtomicUsize>) {
-        let woken = Arc::new(AtomicUsize::new(0));
-        let counter = woken.clone();
-        let waker = Waker(Arc::new(move || {
-            counter.fetch_add(1, Ordering::SeqCst);
-        }));
-        (waker, woken)
-    }
-
-    #[test]
-    fn a_worker_waiting_for_alignment_is_woken_when_another_moves() {
-        let shared = shared();
-        shared.publish_watermark(0, Some(10));
-        shared.publish_watermark(1, Some(30));
-        let (waker, woken) = counting_waker();
-        shared.wait_for_alignment(1, waker);
-        // Its own progress does not wake it.
-        shared.publish_watermark(1, Some(40));
-        assert_eq!(woken.load(Ordering::SeqCst), 0);
-        // Nor does another worker's watermark that did not move.
-        shared.publish_watermark(0, Some(10));
-        assert_eq!(woken.load(Ordering::SeqCst), 0);
-        shared.publish_watermark(0, Some(20));
-        assert_eq!(woken.load(Ordering::SeqCst), 1);
-        // Woken once: it registers again if it still has to wait.
-        shared.publish_watermark(0, Some(30));
-        assert_eq!(woken.load(Ordering::SeqCst), 1);
-        assert_eq!(shared.slowest_watermark_of_all(2), Some(30));
     }
 }

@@ -22,8 +22,9 @@ use crate::commit::OffsetLedger;
 use crate::decode::Decoder;
 use crate::intake::{Intake, IntakeRules, Round};
 use crate::plan::SourcePlan;
-use crate::run::{Shared, Stats, Waker};
+use crate::run::{Shared, Stats};
 use crate::sinks::DeadLetterWriter;
+use crate::watermarks::Waker;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -322,7 +323,8 @@ pub fn read_source<'scope>(
                         // late; where every worker has published its
                         // watermark, their least is the same bound, now.
                         shared
-                            .slowest_watermark_of_all(peers)
+                            .watermarks
+                            .slowest_of_all(peers)
                             .map_or(slowest, |published| published.max(slowest))
                     })
                     .map(|slowest| slowest.saturating_add(skew_ms));
@@ -355,7 +357,7 @@ pub fn read_source<'scope>(
                         shared
                             .partitions_behind
                             .fetch_sub(intake.stop_being_behind(), Ordering::SeqCst);
-                        shared.publish_watermark(worker, None);
+                        shared.watermarks.publish(worker, None);
                     }
                     // A checkpointed run ends with a checkpoint of where
                     // its sources ended: the source holds its capability
@@ -382,13 +384,13 @@ pub fn read_source<'scope>(
                     return;
                 }
                 let watermark = intake.watermark();
-                shared.publish_watermark(worker, watermark);
+                shared.watermarks.publish(worker, watermark);
                 if watermark.is_none() {
                     // Every partition here is idle: follow the other workers,
                     // and look again soon to keep following them.
                     again = Some(again.map_or(IDLE_FOLLOW, |other| other.min(IDLE_FOLLOW)));
                 }
-                if let Some(watermark) = watermark.or_else(|| shared.slowest_active_watermark())
+                if let Some(watermark) = watermark.or_else(|| shared.watermarks.slowest_active())
                     && watermark > *held.time()
                 {
                     // Everything emitted so far is before the new time: a
@@ -447,7 +449,9 @@ fn count_round(
     if round.waited_for_alignment {
         // Looked at again once another worker's watermark moves, or the
         // frontier has (checked on a timer).
-        shared.wait_for_alignment(worker, Waker(wake.clone()));
+        shared
+            .watermarks
+            .wait_for_alignment(worker, Waker(wake.clone()));
     }
     if round.records_in + round.replayed > 0 {
         for (partition, status) in intake.statuses() {
