@@ -26,12 +26,12 @@ const PARTITIONS: u32 = 3;
 /// `count` generated events on `topic`.
 fn cluster_with_events(topic: &str, count: u64) -> EmbeddedBroker {
     let cluster = EmbeddedBroker::start(3).unwrap();
-    for name in [
-        topic.to_owned(),
-        format!("{topic}-scores"),
-        format!("{topic}-dead"),
-    ] {
-        cluster.create_topic(&name, PARTITIONS).unwrap();
+    cluster.create_topic(topic, PARTITIONS).unwrap();
+    // The mock cluster keeps at most 5 MB per partition, deleting the
+    // oldest messages beyond: the scores (rows with every feature, the
+    // model's outputs and two headers) get partitions enough to keep all.
+    for name in [format!("{topic}-scores"), format!("{topic}-dead")] {
+        cluster.create_topic(&name, 4 * PARTITIONS).unwrap();
     }
     let generator = GeneratorConfig {
         seed: 5,
