@@ -284,6 +284,7 @@ pub fn read_source<'scope>(
         ledger,
     } = outputs;
     let mut intake = Intake::new(readers, rules, &shared.restored.positions);
+    report_partitions(&shared, &intake);
     shared
         .partitions_behind
         .fetch_add(intake.behind(), Ordering::SeqCst);
@@ -351,6 +352,7 @@ pub fn read_source<'scope>(
                 if intake.all_finished() || shared.is_aborted() || shared.stop_requested() {
                     if !final_bookkeeping_done {
                         final_bookkeeping_done = true;
+                        report_partitions(&shared, &intake);
                         if let Err(error) = dead_letters.finish() {
                             shared.abort(error);
                         }
@@ -454,8 +456,15 @@ fn count_round(
             .wait_for_alignment(worker, Waker(wake.clone()));
     }
     if round.records_in + round.replayed > 0 {
-        for (partition, status) in intake.statuses() {
-            shared.metrics.partition(partition, status);
-        }
+        report_partitions(shared, intake);
+    }
+}
+
+/// Publishes each partition's progress, lag and watermark to the metrics:
+/// after a round that read, and at the start and end of the run, so a
+/// partition that a stopped run never read from still shows its lag.
+fn report_partitions(shared: &Shared, intake: &Intake) {
+    for (partition, status) in intake.statuses() {
+        shared.metrics.partition(partition, status);
     }
 }
