@@ -6,10 +6,14 @@
 //! partitions, the exchange by key, output file names) spans the whole
 //! cluster. What timely does not share, this module does: the source
 //! watermarks idle workers follow (gossiped in a side dataflow), the counts
-//! of the run summary (gathered to process 0 at the end), and the failure
+//! of the run summary (gathered to process 0 at the end), the agreement
+//! on each checkpoint (messages to and from process 0, in a side dataflow
+//! of their own: [`CheckpointControl`]), and the failure
 //! of a peer (a process whose connection to another is lost stops at once,
 //! naming the process that is gone, instead of waiting for it forever).
 
+use crate::checkpoint::Coordinator;
+use crate::checkpoint::agreement::{Addressed, Control};
 use crate::run::{Counts, Shared};
 use crate::{Error, Result};
 use std::cell::RefCell;
@@ -210,6 +214,7 @@ impl WatermarkGossip {
         if self.last_sent != Some(current) {
             input.send((self.worker, current));
             self.last_sent = Some(current);
+            send_now(input);
         }
     }
 
@@ -219,6 +224,127 @@ impl WatermarkGossip {
         self.share();
         self.input = None;
     }
+}
+
+/// What a worker of a cluster exchanges with the other processes beside
+/// the run's own data: source watermarks, and the checkpoint agreement
+/// of a checkpointed run.
+#[derive(Debug)]
+pub struct ClusterLinks {
+    gossip: WatermarkGossip,
+    checkpoints: Option<CheckpointControl>,
+}
+
+impl ClusterLinks {
+    /// Builds the side dataflows of one worker; `local` is the range of
+    /// worker indexes of this process.
+    pub fn build(worker: &mut Worker, shared: Arc<Shared>, local: std::ops::Range<usize>) -> Self {
+        let first = worker.index() == local.start;
+        let workers = local.len();
+        let checkpoints = shared.checkpoints.clone();
+        let gossip = WatermarkGossip::build(worker, shared, local);
+        let checkpoints = checkpoints
+            .map(|coordinator| CheckpointControl::build(worker, coordinator, workers, first));
+        ClusterLinks {
+            gossip,
+            checkpoints,
+        }
+    }
+
+    /// Sends what changed, after a step of the worker; `run_done` says
+    /// whether the run's own dataflow has finished, `failed` whether the
+    /// run has.
+    pub fn after_step(&mut self, run_done: bool, failed: bool) {
+        if run_done {
+            self.gossip.close();
+        } else {
+            self.gossip.share();
+        }
+        if let Some(checkpoints) = &mut self.checkpoints {
+            checkpoints.pump(failed);
+        }
+    }
+}
+
+/// A checkpoint message and the worker it goes to.
+type ControlInput = InputHandle<u64, CapacityContainerBuilder<Vec<(usize, Control)>>>;
+
+/// Carries the checkpoint agreement between processes (see
+/// [`crate::checkpoint::agreement`]): the first worker of each process
+/// sends its coordinator's messages, each to the first worker of the
+/// process it is for, and hands the messages it receives to its
+/// coordinator.
+pub struct CheckpointControl {
+    /// The first worker's input; `None` on the other workers, and once
+    /// the last checkpoint has committed.
+    input: Option<ControlInput>,
+    coordinator: Arc<Coordinator>,
+    /// Workers per process: process `P`'s first worker is `P` times this.
+    workers: usize,
+}
+
+impl std::fmt::Debug for CheckpointControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointControl")
+            .field("open", &self.input.is_some())
+            .field("workers", &self.workers)
+            .finish()
+    }
+}
+
+impl CheckpointControl {
+    /// Builds the control dataflow of one worker of a process with
+    /// `workers` workers; `first` says whether it is the process's first.
+    pub fn build(
+        worker: &mut Worker,
+        coordinator: Arc<Coordinator>,
+        workers: usize,
+        first: bool,
+    ) -> Self {
+        let receiver = coordinator.clone();
+        let input = worker.dataflow::<u64, _, _>(|scope| {
+            let (input, stream) = scope.new_input::<Vec<(usize, Control)>>();
+            stream
+                .exchange(|(to, _)| *to as u64)
+                .inspect(move |(_, control)| receiver.receive(control.clone()));
+            input
+        });
+        CheckpointControl {
+            input: first.then_some(input),
+            coordinator,
+            workers,
+        }
+    }
+
+    /// Sends what the coordinator has to say; closes once the last
+    /// checkpoint has committed or the run has failed (the worker then
+    /// finishes once every process has).
+    pub fn pump(&mut self, failed: bool) {
+        let Some(input) = &mut self.input else {
+            return;
+        };
+        let messages = self.coordinator.take_messages();
+        if !messages.is_empty() {
+            for Addressed { to, control } in messages {
+                input.send((to * self.workers, control));
+            }
+            send_now(input);
+        }
+        if failed || self.coordinator.final_committed() {
+            self.input = None;
+        }
+    }
+}
+
+/// Sends what `input` holds now. An input handle keeps what it is given
+/// until its buffer fills or its time moves, and the exchange after it
+/// until its epoch closes: moving to the next time does both.
+fn send_now<D>(input: &mut InputHandle<u64, CapacityContainerBuilder<Vec<D>>>)
+where
+    D: Clone + 'static,
+{
+    let next = input.time() + 1;
+    input.advance_to(next);
 }
 
 /// Gathers every process's counts at worker 0 once the run is over.

@@ -4,7 +4,7 @@
 
 use crate::checkpoint::restore::{DEAD_LETTERS, Restored, restore};
 use crate::checkpoint::{CheckpointStore, Coordinator};
-use crate::cluster::{Cluster, WatermarkGossip, gather_counts, stop_when_a_peer_is_lost};
+use crate::cluster::{Cluster, ClusterLinks, gather_counts, stop_when_a_peer_is_lost};
 use crate::commit::OffsetLedger;
 use crate::inference::Model;
 use crate::metrics::Metrics;
@@ -162,9 +162,9 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
     let worker_started = shared.clone();
     let guards = timely::execute(config, move |worker| {
         worker_started.started.get_or_init(Instant::now);
-        let gossip = in_cluster
-            .then(|| WatermarkGossip::build(worker, worker_shared.clone(), local.clone()));
-        if let Err(error) = build_and_run(worker, worker_shared.clone(), gossip) {
+        let links =
+            in_cluster.then(|| ClusterLinks::build(worker, worker_shared.clone(), local.clone()));
+        if let Err(error) = build_and_run(worker, worker_shared.clone(), links) {
             worker_shared.abort(error);
         }
         if in_cluster {
@@ -251,18 +251,24 @@ fn start_checkpoints(
     options: &RunOptions,
     metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<(Arc<Coordinator>, Restored)> {
-    if options.cluster.is_some() {
-        return Err(Error::Checkpoint {
-            location: checkpoints.dir.display().to_string(),
-            message: "checkpoints are taken by runs of one process so far.\n  fix: run one process with more workers, or remove [state] dir".into(),
-        });
-    }
     let workers = options.workers.max(1);
     let store = CheckpointStore::new(
         crate::checkpoint::open_storage(&checkpoints.dir)?,
         checkpoints.retain,
     );
-    let mut restored = restore(plan, &store, workers)?;
+    let cluster = options
+        .cluster
+        .as_ref()
+        .map(|cluster| (cluster.process, cluster.processes));
+    let (process, processes) = cluster.unwrap_or((0, 1));
+    let local = process * workers..(process + 1) * workers;
+    let mut restored = restore(
+        plan,
+        &store,
+        workers * processes,
+        local,
+        options.cluster.is_some(),
+    )?;
     if restored.id > 0 {
         eprintln!(
             "tideflow: restored checkpoint {} from {}",
@@ -289,7 +295,8 @@ fn start_checkpoints(
     // Numbered after every checkpoint in the store, refused ones too:
     // none is ever overwritten.
     let newest = store.committed_epochs()?.last().copied().unwrap_or(0);
-    let coordinator = Coordinator::start(store, checkpoints.interval, parts, newest, metrics);
+    let coordinator =
+        Coordinator::start(store, checkpoints.interval, parts, newest, cluster, metrics);
     Ok((coordinator, restored))
 }
 
@@ -373,7 +380,7 @@ fn stop_a_failed_member(cluster: &Cluster, shared: Arc<Shared>, done: Arc<Atomic
 fn build_and_run(
     worker: &mut timely::worker::Worker,
     shared: Arc<Shared>,
-    mut gossip: Option<WatermarkGossip>,
+    mut links: Option<ClusterLinks>,
 ) -> Result<()> {
     let (index, peers) = (worker.index(), worker.peers());
     let plan = &shared.plan;
@@ -458,12 +465,8 @@ fn build_and_run(
             .write_rows(writers, shared.clone(), commit_interval)
     });
     while worker.step_or_park(Some(Duration::from_millis(20))) {
-        if let Some(gossip) = &mut gossip {
-            if durable.done() {
-                gossip.close();
-            } else {
-                gossip.share();
-            }
+        if let Some(links) = &mut links {
+            links.after_step(durable.done(), shared.is_aborted());
         }
         if let Some(ledger) = &ledger
             && !shared.is_aborted()

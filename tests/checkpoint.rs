@@ -2,7 +2,8 @@
 //! a run killed with SIGKILL at random points and started again each time
 //! ends with exactly the rows and dead letters of one uninterrupted run
 //! (none lost, none twice, every value bit for bit), in JSONL and in
-//! Parquet; a checkpoint restores onto another number of workers; a
+//! Parquet; a checkpoint restores onto another number of workers, and
+//! a cluster's onto one process and back; a
 //! corrupted checkpoint is refused for the one before it; running a
 //! finished job again changes no output.
 //!
@@ -345,6 +346,125 @@ fn a_checkpoint_restores_onto_another_number_of_workers() {
         assert!(stderr.contains("restored checkpoint"), "{stderr}");
         assert_same_outputs(&out, &reference);
     }
+}
+
+/// Starts the processes of a cluster running `spec`, one worker each, on
+/// free loopback ports.
+fn start_cluster(spec: &Path, processes: usize) -> Vec<Child> {
+    // Every port is taken before any is let go, so that they differ.
+    let listeners: Vec<std::net::TcpListener> = (0..processes)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let hosts: String = listeners
+        .iter()
+        .map(|listener| format!("{}\n", listener.local_addr().unwrap()))
+        .collect();
+    drop(listeners);
+    let hosts_file = spec.with_file_name("hosts");
+    std::fs::write(&hosts_file, hosts).unwrap();
+    (0..processes)
+        .map(|process| {
+            Command::new(env!("CARGO_BIN_EXE_tideflow"))
+                .args(["run", &spec.display().to_string(), "--workers", "1"])
+                .args(["--processes", &processes.to_string()])
+                .args(["--process", &process.to_string()])
+                .args(["--hosts", &hosts_file.display().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Runs a cluster of `spec` to the end and returns process 0's standard
+/// error; every process must succeed.
+fn run_cluster_to_end(spec: &Path, processes: usize) -> String {
+    let outputs: Vec<Output> = start_cluster(spec, processes)
+        .into_iter()
+        .map(|child| child.wait_with_output().unwrap())
+        .collect();
+    for (process, output) in outputs.iter().enumerate() {
+        assert!(
+            output.status.success(),
+            "process {process}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    String::from_utf8_lossy(&outputs[0].stderr).into_owned()
+}
+
+/// Starts a cluster writing to `out`, waits until it has committed a
+/// checkpoint newer than `newest` (its processes connect first, which
+/// takes a while), then kills every process with SIGKILL after `delay`.
+/// Returns the newest checkpoint committed by then; every process must
+/// still have been running.
+fn kill_cluster_after_a_checkpoint(spec: &Path, out: &Path, newest: u64, delay: Duration) -> u64 {
+    let newest_now = || {
+        common::committed_checkpoints(out)
+            .last()
+            .map_or(0, |(id, _)| *id)
+    };
+    let mut children = start_cluster(spec, 2);
+    let started = std::time::Instant::now();
+    while newest_now() <= newest {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the cluster committed no checkpoint after {newest} in a minute"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(delay);
+    for child in &mut children {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the cluster finished before it was killed"
+        );
+        child.kill().unwrap();
+    }
+    for child in &mut children {
+        child.wait().unwrap();
+    }
+    newest_now()
+}
+
+#[test]
+fn checkpoints_of_a_cluster_restore_onto_one_process_and_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = 12_000;
+    let reference = reference(dir.path(), count);
+
+    // Two processes killed twice, each restart restoring the cluster's
+    // last checkpoint, then one process of two workers to the end.
+    let out = dir.path().join("2-processes-to-1");
+    let cluster_spec = spec(&out, count, Some(5_000), true);
+    let mut newest = 0;
+    for delay in [250, 100] {
+        newest = kill_cluster_after_a_checkpoint(
+            &cluster_spec,
+            &out,
+            newest,
+            Duration::from_millis(delay),
+        );
+    }
+    let stderr = run_to_end(&cluster_spec, 2, NO_ENV);
+    assert!(stderr.contains("restored checkpoint"), "{stderr}");
+    let read = common::summary_number(&stderr, "records in");
+    assert!(read < count, "the last run read {read} of {count} records");
+    assert_same_outputs(&out, &reference);
+
+    // One process killed, then a cluster of two to the end.
+    let out = dir.path().join("1-process-to-2");
+    let single_spec = spec(&out, count, Some(8_000), true);
+    assert!(kill_after(
+        &single_spec,
+        2,
+        Duration::from_millis(700),
+        NO_ENV
+    ));
+    let stderr = run_cluster_to_end(&single_spec, 2);
+    assert!(stderr.contains("restored checkpoint"), "{stderr}");
+    assert_same_outputs(&out, &reference);
 }
 
 #[test]

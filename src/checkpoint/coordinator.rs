@@ -15,13 +15,19 @@
 //!
 //! Each operator reports one part and goes on: a writer thread stores
 //! the parts, and once a checkpoint has them all writes its manifest, then
-//! renames the epoch's files into place. Workers only encode their state. One checkpoint is in progress at a time; the next starts once
+//! renames the epoch's files into place. Workers only encode their state.
+//! In a cluster, process 0 chooses `T` and writes the manifest once every
+//! process has stored its parts (see [`super::agreement`]); a process
+//! holds its sources' times while the cut is agreed.
+//!
+//! One checkpoint is in progress at a time; the next starts once
 //! `interval` has passed. When a source has read everything, it announces
 //! a last checkpoint at the end of time (`T = i64::MAX`), which each
 //! operator takes when its input ends: a finished run's checkpoint holds
 //! its final positions, so running it again reads nothing and writes
 //! nothing.
 
+use super::agreement::{Addressed, Control, Leader, Step};
 use super::store::{CheckpointStore, PartReceipt};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
@@ -72,8 +78,11 @@ pub struct Coordinator {
     /// been taken).
     failed: std::sync::atomic::AtomicBool,
     interval: Duration,
-    /// Parts each checkpoint has: one per stateful operator of each worker.
+    /// Parts each checkpoint has in this process: one per stateful
+    /// operator of each of its workers.
     parts: usize,
+    /// This process's index in a cluster; `None` when it runs alone.
+    process: Option<usize>,
     inner: Mutex<Inner>,
 }
 
@@ -88,6 +97,16 @@ struct Inner {
     committed: Option<(u64, i64)>,
     /// The source positions of the newest committed checkpoint.
     committed_positions: BTreeMap<u32, u64>,
+    /// In a cluster: the checkpoint for which the sources hold their
+    /// times, while its cut is agreed.
+    frozen: Option<u64>,
+    /// In a cluster: whether this process has asked for the last
+    /// checkpoint.
+    final_asked: bool,
+    /// In a cluster: messages for the other processes.
+    outbox: Vec<Addressed>,
+    /// Process 0 of a cluster leads the agreement.
+    leader: Option<Leader>,
 }
 
 #[derive(Debug)]
@@ -98,6 +117,29 @@ struct InProgress {
     receipts: Vec<PartReceipt>,
     files: Vec<EpochFile>,
     positions: Vec<(u32, u64)>,
+}
+
+impl InProgress {
+    fn new(id: u64, time: i64) -> Self {
+        InProgress {
+            id,
+            time,
+            started: Instant::now(),
+            receipts: Vec::new(),
+            files: Vec::new(),
+            positions: Vec::new(),
+        }
+    }
+}
+
+/// Where a source may move its time to, and the checkpoint it crosses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceStep {
+    /// The time the source moves to: the one it asked for, or its
+    /// current one while a cluster agrees on a cut.
+    pub to: i64,
+    /// The checkpoint it must cut now, with its state as it is.
+    pub cut: Option<Cut>,
 }
 
 /// An operator's part of a checkpoint, for the writer thread.
@@ -138,16 +180,22 @@ pub struct Cut {
 }
 
 impl Coordinator {
-    /// Checkpoints into `store` every `interval`, each with `parts` parts,
-    /// numbered after `last_id` (the newest in the store, or 0), recording
-    /// each commit in `metrics`; starts the writer thread.
+    /// Checkpoints into `store` every `interval`, each with `parts` parts
+    /// from this process, numbered after `last_id` (the newest in the
+    /// store, or 0), recording each commit in `metrics`; starts the writer
+    /// thread. `cluster` is this process's index and the number of
+    /// processes when it is one of a cluster.
     pub fn start(
         store: CheckpointStore,
         interval: Duration,
         parts: usize,
         last_id: u64,
+        cluster: Option<(usize, usize)>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
+        let leader = cluster
+            .filter(|(process, _)| *process == 0)
+            .map(|(_, processes)| Leader::new(processes, interval, last_id));
         let coordinator = Arc::new(Coordinator {
             store,
             metrics,
@@ -156,6 +204,7 @@ impl Coordinator {
             failed: std::sync::atomic::AtomicBool::new(false),
             interval,
             parts,
+            process: cluster.map(|(process, _)| process),
             inner: Mutex::new(Inner {
                 next_id: last_id + 1,
                 sources: BTreeMap::new(),
@@ -163,6 +212,10 @@ impl Coordinator {
                 last_started: Instant::now(),
                 committed: None,
                 committed_positions: BTreeMap::new(),
+                frozen: None,
+                final_asked: false,
+                outbox: Vec::new(),
+                leader,
             }),
         });
         let (parts_in, parts_out) = channel::<Part>();
@@ -217,51 +270,150 @@ impl Coordinator {
     }
 
     /// The source of `worker` moves from `from` to `to` (`FINAL` when it
-    /// has read everything): returns the checkpoint it crosses, which it
-    /// must cut now, with its state as it is. Starts a checkpoint when one
-    /// is due: every `interval`, and the final one once a source has read
-    /// everything.
-    pub fn source_moves(&self, worker: usize, from: i64, to: i64) -> Option<Cut> {
+    /// has read everything): returns where it may move (in a cluster
+    /// agreeing on a cut, nowhere yet) and the checkpoint it crosses,
+    /// which it must cut now, with its state as it is. Alone, starts a
+    /// checkpoint when one is due: every `interval`, and the final one
+    /// once a source has read everything; in a cluster, asks the leader
+    /// for the final one.
+    pub fn source_moves(&self, worker: usize, from: i64, to: i64) -> SourceStep {
         let mut inner = self.lock();
+        if inner.frozen.is_some() {
+            return SourceStep {
+                to: from,
+                cut: None,
+            };
+        }
         inner.sources.insert(worker, to);
-        if inner.in_progress.is_none() {
-            let due = inner.last_started.elapsed() >= self.interval;
-            let finishing = to == FINAL;
-            if due || finishing {
-                // Above every source's time, so that each crosses it
-                // later, this one included.
-                let time = if finishing {
-                    FINAL
-                } else {
-                    inner
-                        .sources
-                        .values()
-                        .copied()
-                        .max()
-                        .unwrap_or(from)
-                        .saturating_add(1)
+        if self.process.is_none() {
+            Self::start_when_due(&mut inner, self.interval, from, to);
+        } else if to == FINAL && !inner.final_asked {
+            inner.final_asked = true;
+            inner.outbox.push(Addressed {
+                to: 0,
+                control: Control::FinalWanted,
+            });
+        }
+        let cut = inner
+            .in_progress
+            .as_ref()
+            .map(|progress| Cut {
+                id: progress.id,
+                time: progress.time,
+            })
+            .filter(|cut| from < cut.time && to >= cut.time);
+        SourceStep { to, cut }
+    }
+
+    /// Starts the checkpoint of a process alone when one is due.
+    fn start_when_due(inner: &mut Inner, interval: Duration, from: i64, to: i64) {
+        if inner.in_progress.is_some() {
+            return;
+        }
+        let finishing = to == FINAL;
+        if !finishing && inner.last_started.elapsed() < interval {
+            return;
+        }
+        if inner.committed.is_some_and(|(_, time)| time == FINAL) {
+            return;
+        }
+        // Above every source's time, so that each crosses it later, this
+        // one included.
+        let time = if finishing {
+            FINAL
+        } else {
+            inner
+                .sources
+                .values()
+                .copied()
+                .max()
+                .unwrap_or(from)
+                .saturating_add(1)
+        };
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.last_started = Instant::now();
+        inner.in_progress = Some(InProgress::new(id, time));
+    }
+
+    /// In a cluster: takes a message from another process (or this one's
+    /// leader); see [`super::agreement`].
+    pub fn receive(&self, control: Control) {
+        let mut inner = self.lock();
+        let process = self.process.unwrap_or(0);
+        match control {
+            Control::Freeze { id } => {
+                inner.frozen = Some(id);
+                let time = inner.sources.values().copied().max().unwrap_or(i64::MIN);
+                inner.outbox.push(Addressed {
+                    to: 0,
+                    control: Control::Frozen { id, process, time },
+                });
+            }
+            Control::Cut { id, time } => {
+                inner.in_progress = Some(InProgress::new(id, time));
+                inner.outbox.push(Addressed {
+                    to: 0,
+                    control: Control::CutKnown { id, process },
+                });
+            }
+            Control::Resume { id } => {
+                if inner.frozen == Some(id) {
+                    inner.frozen = None;
+                }
+            }
+            Control::Committed { id, time, bytes } => {
+                let Some(progress) = inner.in_progress.take_if(|progress| progress.id == id) else {
+                    return;
                 };
-                let already_final = inner.committed.is_some_and(|(_, time)| time == FINAL);
-                if !already_final {
-                    let id = inner.next_id;
-                    inner.next_id += 1;
-                    inner.last_started = Instant::now();
-                    inner.in_progress = Some(InProgress {
-                        id,
-                        time,
-                        started: Instant::now(),
-                        receipts: Vec::new(),
-                        files: Vec::new(),
-                        positions: Vec::new(),
-                    });
+                if let Err(error) = self.publish(&mut inner, progress, bytes) {
+                    self.fail(error);
+                }
+                debug_assert_eq!(inner.committed, Some((id, time)));
+            }
+            to_leader => {
+                let Some(leader) = inner.leader.as_mut() else {
+                    return;
+                };
+                let step = leader.receive(to_leader);
+                self.follow(&mut inner, step);
+            }
+        }
+    }
+
+    /// In a cluster: lets the leader start a checkpoint that is due, and
+    /// returns the messages to send.
+    pub fn take_messages(&self) -> Vec<Addressed> {
+        let mut inner = self.lock();
+        if let Some(leader) = inner.leader.as_mut() {
+            let step = leader.tick(Instant::now());
+            self.follow(&mut inner, step);
+        }
+        std::mem::take(&mut inner.outbox)
+    }
+
+    /// Whether the checkpoint at the end of time has committed.
+    pub fn final_committed(&self) -> bool {
+        self.lock().committed.is_some_and(|(_, time)| time == FINAL)
+    }
+
+    /// Does what the leader's step says.
+    fn follow(&self, inner: &mut Inner, step: Step) {
+        match step {
+            Step::Wait => {}
+            Step::Send(messages) => inner.outbox.extend(messages),
+            Step::Commit { id, time, receipts } => {
+                let bytes = receipts.iter().map(|receipt| receipt.bytes).sum();
+                if let Err(error) = self.store.commit(id, receipts) {
+                    self.fail(error);
+                    return;
+                }
+                if let Some(leader) = inner.leader.as_mut() {
+                    let step = leader.committed(id, time, bytes);
+                    self.follow(inner, step);
                 }
             }
         }
-        let cut = inner.in_progress.as_ref().map(|progress| Cut {
-            id: progress.id,
-            time: progress.time,
-        })?;
-        (from < cut.time && to >= cut.time).then_some(cut)
     }
 
     /// The checkpoint in progress, if any.
@@ -363,9 +515,25 @@ impl Coordinator {
         if progress.receipts.len() < self.parts {
             return Ok(());
         }
+        if let Some(process) = self.process {
+            // The leader writes the manifest; the files wait for its word.
+            let control = Control::Stored {
+                id,
+                process,
+                receipts: progress.receipts.clone(),
+            };
+            inner.outbox.push(Addressed { to: 0, control });
+            return Ok(());
+        }
         let progress = inner.in_progress.take().expect("checked above");
         let bytes = progress.receipts.iter().map(|receipt| receipt.bytes).sum();
-        self.store.commit(progress.id, progress.receipts)?;
+        self.store.commit(progress.id, progress.receipts.clone())?;
+        self.publish(&mut inner, progress, bytes)
+    }
+
+    /// A checkpoint has committed: publishes the files of its epoch and
+    /// records its positions, for the consumer group.
+    fn publish(&self, inner: &mut Inner, progress: InProgress, bytes: u64) -> Result<()> {
         for file in &progress.files {
             file.publish().map_err(|error| crate::Error::Checkpoint {
                 location: file.pending.display().to_string(),

@@ -8,13 +8,14 @@
 //! exactly what the state it was taken from would have, which the oracle
 //! tests check at random points of random runs.
 
+pub mod agreement;
 pub mod coordinator;
 pub mod object;
 pub mod restore;
 pub mod storage;
 pub mod store;
 
-pub use coordinator::{Coordinator, Cut, EpochFile, FINAL, PartBytes};
+pub use coordinator::{Coordinator, Cut, EpochFile, FINAL, PartBytes, SourceStep};
 pub use object::ObjectStorage;
 pub use storage::{LocalStorage, Storage};
 pub use store::{Checkpoint, CheckpointStore, Found, PartReceipt, Refusal};

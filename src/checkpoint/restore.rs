@@ -153,10 +153,21 @@ pub fn part_name(operator: &str, worker: usize) -> String {
 }
 
 /// Reads the newest sound checkpoint of `store` for a run of `plan` on
-/// `workers` workers (saying on standard error which newer ones it
-/// refused and why), and publishes the files of its epochs that a crash
-/// left unpublished.
-pub fn restore(plan: &Plan, store: &CheckpointStore, workers: usize) -> Result<Restored> {
+/// `workers` workers (of every process), of which this process runs
+/// `local` (`in_cluster`: one process of a cluster, where every stage's
+/// keys go to workers by hash) (saying on standard error which newer ones it refused and
+/// why), and publishes the files of its epochs that a crash left
+/// unpublished. A worker's files are published by the process that now
+/// runs the worker of the same index (modulo the workers): in a cluster
+/// on several machines, the same hosts-file order finds them where they
+/// were written.
+pub fn restore(
+    plan: &Plan,
+    store: &CheckpointStore,
+    workers: usize,
+    local: std::ops::Range<usize>,
+    in_cluster: bool,
+) -> Result<Restored> {
     let Found {
         checkpoint,
         refused,
@@ -194,17 +205,21 @@ pub fn restore(plan: &Plan, store: &CheckpointStore, workers: usize) -> Result<R
             .map(|thread| thread.join().expect("decoding a part does not panic"))
             .collect()
     });
-    for part in decoded {
+    for (name, part) in checkpoint.parts.keys().zip(decoded) {
+        let mut files_here = Vec::new();
         match part? {
             DecodedPart::Source(cut) => {
                 cut.dead_letters
-                    .merge_into(&mut files, &mut restored.topic_starts);
+                    .merge_into(&mut files_here, &mut restored.topic_starts);
                 for position in cut.partitions {
                     restored.positions.insert(position.partition, position);
                 }
             }
-            DecodedPart::Sink(cut) => cut.merge_into(&mut files, &mut restored.topic_starts),
+            DecodedPart::Sink(cut) => cut.merge_into(&mut files_here, &mut restored.topic_starts),
             DecodedPart::Stage(index, part) => stages[index].push(*part),
+        }
+        if part_worker(name).is_some_and(|writer| local.contains(&(writer % workers))) {
+            files.extend(files_here);
         }
     }
     for file in &files {
@@ -217,9 +232,14 @@ pub fn restore(plan: &Plan, store: &CheckpointStore, workers: usize) -> Result<R
         .stages
         .iter()
         .zip(stages)
-        .map(|(stage, parts)| regroup(stage, parts, workers))
+        .map(|(stage, parts)| regroup(stage, parts, workers, in_cluster))
         .collect();
     Ok(restored)
+}
+
+/// The worker whose part is named `name` (`operator-wN`).
+fn part_worker(name: &str) -> Option<usize> {
+    name.rsplit_once("-w")?.1.parse().ok()
 }
 
 /// A part of a checkpoint, decoded.
@@ -270,18 +290,25 @@ fn regroup(
     stage: &StagePlan,
     parts: Vec<StagePart>,
     workers: usize,
+    in_cluster: bool,
 ) -> Vec<Mutex<Option<StagePart>>> {
+    let by_partition = stage.source_keyed && !in_cluster;
     let mut buffered: Vec<Vec<crate::row::Row>> = (0..workers).map(|_| Vec::new()).collect();
     let mut states = Vec::with_capacity(parts.len());
     for part in parts {
         states.push(part.state);
         for row in part.buffered {
-            let worker = owner(stage, &row.values[stage.key_slot], row.partition, workers);
+            let worker = owner(
+                by_partition,
+                &row.values[stage.key_slot],
+                row.partition,
+                workers,
+            );
             buffered[worker].push(row);
         }
     }
     let states = StageState::regroup(stage, states, workers, |key| {
-        owner(stage, &key.key, key.partition, workers)
+        owner(by_partition, &key.key, key.partition, workers)
     });
     states
         .into_iter()
@@ -293,16 +320,17 @@ fn regroup(
         .collect()
 }
 
-/// The worker of a single process that keeps a key first seen in
-/// `partition`: a source-keyed stage's keys stay with the worker reading
-/// their partition, any other stage's go by the key's hash.
+/// The worker that keeps a key first seen in `partition`: in a single
+/// process, a source-keyed stage's keys stay with the worker reading their
+/// partition (`by_partition`); any other stage's, and every stage's in a
+/// cluster, go by the key's hash.
 fn owner(
-    stage: &StagePlan,
+    by_partition: bool,
     key: &tideflow_connectors::Value,
     partition: u32,
     workers: usize,
 ) -> usize {
-    if stage.source_keyed {
+    if by_partition {
         partition as usize % workers
     } else {
         (key.stable_hash() % workers as u64) as usize

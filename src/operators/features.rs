@@ -45,8 +45,15 @@ impl<'scope> ComputeFeatures<'scope> for BatchStream<'scope> {
     ) -> BatchStream<'scope> {
         let name = format!("Features({})", stage.key_name);
         match (stage.source_keyed, shared.in_cluster) {
-            (true, false) => where_read(self, name, index, stage, shared),
-            (true, true) => in_offset_order_by_key(one_by_one(self), name, stage, shared),
+            (true, false) => {
+                // Alone, a worker sees every partition: nothing to claim.
+                let claiming = self.scope().peers() > 1;
+                where_read(self, name, index, stage, shared, claiming)
+            }
+            (true, true) => {
+                let routed = by_key_in_offset_order(one_by_one(self), stage.key_slot);
+                where_read(routed, name, index, stage, shared, false)
+            }
             (false, _) => in_event_time_order(one_by_one(self), name, index, stage, shared),
         }
     }
@@ -148,10 +155,12 @@ fn claim_keys(state: &mut StageState, stage: &StagePlan, shared: &Shared) -> boo
     true
 }
 
-/// A source-keyed stage in one process: partition `p` is read by worker
-/// `p % workers`, which then holds every row of `p`'s keys, so batches
-/// stay on the worker that read them (the plan puts this stage before
-/// any stage that exchanges rows).
+/// A source-keyed stage where its batches arrive: in one process,
+/// partition `p` is read by worker `p % workers`, which then holds every
+/// row of `p`'s keys, so batches stay on the worker that read them (the
+/// plan puts this stage before any stage that exchanges rows), and the
+/// workers claim their keys (`claiming`); across processes, rows come
+/// by key ([`by_key_in_offset_order`]).
 ///
 /// In a checkpointed run, batches at or past the cut in progress wait
 /// until the stage has cut (see [`CutTracker`]).
@@ -161,9 +170,8 @@ fn where_read<'scope>(
     index: usize,
     stage: StagePlan,
     shared: Arc<Shared>,
+    claiming: bool,
 ) -> BatchStream<'scope> {
-    // Alone, a worker sees every partition: nothing to claim.
-    let claiming = stream.scope().peers() > 1;
     let worker = stream.scope().index();
     stream.unary_frontier(Pipeline, &name, move |_capability, _info| {
         let mut state = starting_part(&shared, index, worker, &stage).state;
@@ -215,33 +223,20 @@ fn where_read<'scope>(
     })
 }
 
-/// A source-keyed stage across processes: rows go to the worker that owns
-/// their key, which sees every partition of it, in offset order.
-fn in_offset_order_by_key<'scope>(
-    stream: RowStream<'scope>,
-    name: String,
-    stage: StagePlan,
-    shared: Arc<Shared>,
-) -> BatchStream<'scope> {
-    stream.unary(
-        route_by_key(stage.key_slot),
-        &name,
-        move |_capability, _info| {
-            let mut state = StageState::new(&stage);
-            move |input, output| {
-                input.for_each(|time, rows| {
-                    if shared.is_aborted() {
-                        rows.clear();
-                        return;
-                    }
-                    let mut batch = Batch::from_rows(std::mem::take(rows));
-                    if apply_or_abort(&mut state, &stage, &shared, &mut batch) {
-                        output.session(&time).give(batch);
-                    }
-                });
-            }
-        },
-    )
+/// Rows sent to the worker that owns their key, which sees every
+/// partition of it, each partition's rows in offset order (one worker
+/// reads a partition, and timely keeps the order between two workers):
+/// how a source-keyed stage gets its rows across processes.
+fn by_key_in_offset_order(rows: RowStream<'_>, key_slot: usize) -> BatchStream<'_> {
+    rows.unary(route_by_key(key_slot), "ByKey", |_capability, _info| {
+        |input, output| {
+            input.for_each(|time, rows| {
+                output
+                    .session(&time)
+                    .give(Batch::from_rows(std::mem::take(rows)));
+            });
+        }
+    })
 }
 
 /// A stage keyed by another field: rows go to the worker that owns their

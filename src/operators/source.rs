@@ -367,7 +367,7 @@ pub fn read_source<'scope>(
                     if let Some(coordinator) = &shared.checkpoints
                         && !shared.is_aborted()
                     {
-                        let cut = coordinator.source_moves(worker, *held.time(), FINAL);
+                        let cut = coordinator.source_moves(worker, *held.time(), FINAL).cut;
                         if let Some(cut) = cut
                             && let Err(error) =
                                 cut_source(&shared, worker, cut, &intake, &mut dead_letters)
@@ -395,16 +395,27 @@ pub fn read_source<'scope>(
                 if let Some(watermark) = watermark.or_else(|| shared.watermarks.slowest_active())
                     && watermark > *held.time()
                 {
+                    let mut to = watermark;
                     // Everything emitted so far is before the new time: a
                     // checkpoint it crosses is cut here.
-                    if let Some(coordinator) = &shared.checkpoints
-                        && let Some(cut) = coordinator.source_moves(worker, *held.time(), watermark)
-                        && let Err(error) =
-                            cut_source(&shared, worker, cut, &intake, &mut dead_letters)
-                    {
-                        shared.abort(error);
+                    if let Some(coordinator) = &shared.checkpoints {
+                        let step = coordinator.source_moves(worker, *held.time(), watermark);
+                        if let Some(cut) = step.cut
+                            && let Err(error) =
+                                cut_source(&shared, worker, cut, &intake, &mut dead_letters)
+                        {
+                            shared.abort(error);
+                        }
+                        if step.to < watermark {
+                            // Held while a cluster agrees on a cut: try
+                            // again soon.
+                            again = Some(
+                                again.map_or(CHECKPOINT_WAIT, |other| other.min(CHECKPOINT_WAIT)),
+                            );
+                        }
+                        to = step.to;
                     }
-                    held.downgrade(&watermark);
+                    held.downgrade(&to);
                 }
                 let wait = match again {
                     Some(Duration::ZERO) | None => Duration::ZERO,
