@@ -15,7 +15,8 @@
 //!
 //! Each operator reports one part and goes on: a writer thread stores
 //! the parts, and once a checkpoint has them all writes its manifest, then
-//! renames the epoch's files into place. Workers only encode their state.
+//! renames the epoch's files into place. Workers only encode their state,
+//! into buffers the stored parts leave behind.
 //! In a cluster, process 0 chooses `T` and writes the manifest once every
 //! process has stored its parts (see [`super::agreement`]); a process
 //! holds its sources' times while the cut is agreed.
@@ -81,6 +82,10 @@ pub struct Coordinator {
     /// Parts each checkpoint has in this process: one per stateful
     /// operator of each of its workers.
     parts: usize,
+    /// Buffers of parts already stored, for the next parts to be encoded
+    /// into: a large part then costs a copy, not fresh pages to zero (on
+    /// a virtual machine, most of its cost).
+    buffers: Mutex<Vec<Vec<u8>>>,
     /// This process's index in a cluster; `None` when it runs alone.
     process: Option<usize>,
     inner: Mutex<Inner>,
@@ -147,27 +152,8 @@ pub struct SourceStep {
 struct Part {
     id: u64,
     name: String,
-    bytes: PartBytes,
+    bytes: Vec<u8>,
     files: Vec<EpochFile>,
-}
-
-/// A part's bytes: encoded already, or encoded by the writer thread from
-/// a copy of the state (a copy takes a worker a third of the time the
-/// bytes would: see `benches/state.rs`).
-pub enum PartBytes {
-    /// The bytes themselves.
-    Encoded(Vec<u8>),
-    /// What makes them.
-    Deferred(Box<dyn FnOnce() -> Vec<u8> + Send>),
-}
-
-impl std::fmt::Debug for PartBytes {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PartBytes::Encoded(bytes) => write!(formatter, "Encoded({} bytes)", bytes.len()),
-            PartBytes::Deferred(_) => formatter.write_str("Deferred"),
-        }
-    }
 }
 
 /// A checkpoint an operator has to cut: its id and its time.
@@ -204,6 +190,7 @@ impl Coordinator {
             failed: std::sync::atomic::AtomicBool::new(false),
             interval,
             parts,
+            buffers: Mutex::new(Vec::new()),
             process: cluster.map(|(process, _)| process),
             inner: Mutex::new(Inner {
                 next_id: last_id + 1,
@@ -464,16 +451,37 @@ impl Coordinator {
             .collect()
     }
 
+    /// An empty buffer to encode a part of `expected` bytes into: the
+    /// smallest a stored part left that holds it, else a new one with
+    /// room to grow (state grows between checkpoints; room never written
+    /// costs no memory). A buffer too small is dropped rather than grown,
+    /// which would copy it.
+    pub fn buffer(&self, expected: usize) -> Vec<u8> {
+        let mut buffers = lock(&self.buffers);
+        let fitting = (0..buffers.len())
+            .filter(|index| buffers[*index].capacity() >= expected)
+            .min_by_key(|index| buffers[*index].capacity());
+        match fitting {
+            Some(index) => {
+                let mut buffer = buffers.swap_remove(index);
+                buffer.clear();
+                buffer
+            }
+            None => {
+                if let Some(smallest) =
+                    (0..buffers.len()).min_by_key(|index| buffers[*index].capacity())
+                {
+                    buffers.swap_remove(smallest);
+                }
+                Vec::with_capacity(expected + expected / 2)
+            }
+        }
+    }
+
     /// Hands an operator's part of checkpoint `id` to the writer thread,
     /// with the files it closed for the checkpoint's epoch; the last part
     /// commits the checkpoint and publishes every file.
-    pub fn report(
-        &self,
-        id: u64,
-        name: &str,
-        bytes: PartBytes,
-        files: Vec<EpochFile>,
-    ) -> Result<()> {
+    pub fn report(&self, id: u64, name: &str, bytes: Vec<u8>, files: Vec<EpochFile>) -> Result<()> {
         let part = Part {
             id,
             name: name.to_owned(),
@@ -497,11 +505,13 @@ impl Coordinator {
             bytes,
             files,
         } = part;
-        let bytes = match bytes {
-            PartBytes::Encoded(bytes) => bytes,
-            PartBytes::Deferred(encode) => encode(),
-        };
         let receipt = self.store.write_part(id, &name, &bytes)?;
+        {
+            let mut buffers = lock(&self.buffers);
+            if buffers.len() < self.parts {
+                buffers.push(bytes);
+            }
+        }
         let mut inner = self.lock();
         let Some(progress) = inner
             .in_progress

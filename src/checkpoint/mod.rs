@@ -15,7 +15,7 @@ pub mod restore;
 pub mod storage;
 pub mod store;
 
-pub use coordinator::{Coordinator, Cut, EpochFile, FINAL, PartBytes, SourceStep};
+pub use coordinator::{Coordinator, Cut, EpochFile, FINAL, SourceStep};
 pub use object::ObjectStorage;
 pub use storage::{LocalStorage, Storage};
 pub use store::{Checkpoint, CheckpointStore, Found, PartReceipt, Refusal};
@@ -41,6 +41,11 @@ pub fn encode<T: Serialize>(state: &T) -> Vec<u8> {
     // cannot represent (maps or sequences of unknown length), which no
     // state type is: a failure is a bug in the engine, not in the input.
     postcard::to_stdvec(state).expect("engine state serializes")
+}
+
+/// The bytes of a piece of state appended to `buffer`.
+pub fn encode_into<T: Serialize>(state: &T, buffer: Vec<u8>) -> Vec<u8> {
+    postcard::to_extend(state, buffer).expect("engine state serializes")
 }
 
 /// A piece of state from bytes written by [`encode`].

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The layout of checkpoints this version writes and reads.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// Where checkpoints live within the storage.
 const PREFIX: &str = "checkpoints/";

@@ -695,7 +695,7 @@ fn to_sample(value: &Value) -> u64 {
 /// The header takes 32 bytes, so that a key's never straddles two cache
 /// lines: entry counts are 32-bit (at 16 bytes an entry at least, 2^32 of
 /// one key's records would take 64 GiB).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default)]
 struct RecordRing {
     /// `capacity * stride` words.
     words: Box<[u64]>,
@@ -800,6 +800,104 @@ impl RecordRing {
     }
 }
 
+/// A ring in a checkpoint: its entry count, then its entries oldest
+/// first, every word as 8 little-endian bytes, in two byte strings (the
+/// ring's two runs: up to the end of its buffer, and from its start).
+/// The words go out as they lie in memory, where varints would cost a
+/// loop per word (and ten bytes for most floats' bits); the capacity the
+/// ring had is not kept.
+impl Serialize for RecordRing {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let stride = self
+            .words
+            .len()
+            .checked_div(self.capacity as usize)
+            .unwrap_or(0);
+        let start = self.head as usize * stride;
+        let end = start + self.len() * stride;
+        let (first, second) = if end <= self.words.len() {
+            (&self.words[start..end], &self.words[..0])
+        } else {
+            (&self.words[start..], &self.words[..end - self.words.len()])
+        };
+        (self.len, LittleEndian(first), LittleEndian(second)).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordRing {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (len, RingWords(mut words), RingWords(second)) =
+            <(u32, RingWords, RingWords)>::deserialize(deserializer)?;
+        words.extend_from_slice(&second);
+        if len == 0 {
+            return Ok(RecordRing::default());
+        }
+        if !words.len().is_multiple_of(len as usize) {
+            return Err(serde::de::Error::custom(format!(
+                "a ring of {len} records cannot hold {} words",
+                words.len()
+            )));
+        }
+        let stride = words.len() / len as usize;
+        // As grown by doubling: a power of two, at least 4.
+        let capacity = len.next_power_of_two().max(4);
+        words.resize(capacity as usize * stride, 0);
+        Ok(RecordRing {
+            words: words.into_boxed_slice(),
+            capacity,
+            head: 0,
+            len,
+        })
+    }
+}
+
+/// Words written as one byte string, 8 little-endian bytes each.
+struct LittleEndian<'a>(&'a [u64]);
+
+impl Serialize for LittleEndian<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if cfg!(target_endian = "little") {
+            serializer.serialize_bytes(bytemuck::cast_slice(self.0))
+        } else {
+            let bytes: Vec<u8> = self.0.iter().flat_map(|word| word.to_le_bytes()).collect();
+            serializer.serialize_bytes(&bytes)
+        }
+    }
+}
+
+/// Words read back from what [`LittleEndian`] wrote.
+struct RingWords(Vec<u64>);
+
+impl<'de> Deserialize<'de> for RingWords {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_bytes(RingWordsVisitor)
+    }
+}
+
+struct RingWordsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RingWordsVisitor {
+    type Value = RingWords;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("a ring's words as bytes, 8 a word")
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<RingWords, E> {
+        if !bytes.len().is_multiple_of(8) {
+            return Err(E::custom(format!(
+                "{} bytes are not whole words",
+                bytes.len()
+            )));
+        }
+        let words = bytes
+            .chunks_exact(8)
+            .map(|chunk| u64::from_le_bytes(chunk.try_into().expect("chunks of 8")))
+            .collect();
+        Ok(RingWords(words))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -843,6 +941,48 @@ mod tests {
             .map(|position| ring.words[ring.base(stride, position) + 1])
             .collect();
         assert_eq!(samples, vec![30, 30, 40, 50, 60, 70, 80, 90, 100, 110]);
+    }
+
+    /// A checkpoint holds a ring's records in order, unwrapped, without
+    /// the room it had to grow into.
+    #[test]
+    fn a_wrapped_ring_reads_back_with_the_same_records_and_only_their_bytes() {
+        let stride = 3;
+        let mut ring = RecordRing::default();
+        for time in 0..7 {
+            let words = ring.insert(stride, time as usize, time);
+            words.copy_from_slice(&[f64::to_bits(time as f64 + 0.1), u64::MAX - time as u64]);
+        }
+        for _ in 0..5 {
+            ring.pop_front();
+        }
+        for time in 7..11 {
+            let position = ring.len();
+            ring.insert(stride, position, time)[0] = 1.5f64.to_bits();
+        }
+        assert!(
+            ring.head > 0 && ring.head + ring.len > ring.capacity,
+            "wrapped"
+        );
+        let bytes = crate::checkpoint::encode(&ring);
+        let back: RecordRing = crate::checkpoint::decode(&bytes).unwrap();
+        let entries = |ring: &RecordRing| -> Vec<Vec<u64>> {
+            (0..ring.len())
+                .map(|position| {
+                    let base = ring.base(stride, position);
+                    ring.words[base..base + stride].to_vec()
+                })
+                .collect()
+        };
+        assert_eq!(entries(&back), entries(&ring));
+        assert_eq!(times(&back, stride), (5..11).collect::<Vec<i64>>());
+        // The count, each run's length in bytes, then 8 bytes a word.
+        let first_run = (ring.capacity - ring.head) as usize * stride * 8;
+        let second_run = ring.len() * stride * 8 - first_run;
+        assert!(first_run < 128 && second_run < 128);
+        assert_eq!(bytes.len(), 1 + 1 + 1 + ring.len() * stride * 8);
+        let torn = &bytes[..bytes.len() - 3];
+        assert!(crate::checkpoint::decode::<RecordRing>(torn).is_err());
     }
 
     /// Nulls are kept as records (a count of records sees them) but skipped

@@ -3,7 +3,7 @@
 //! frontier has passed it (see [`crate::checkpoint::coordinator`]).
 
 use crate::Result;
-use crate::checkpoint::{Coordinator, Cut, EpochFile, PartBytes};
+use crate::checkpoint::{Coordinator, Cut, EpochFile};
 use crate::run::Shared;
 use std::sync::Arc;
 
@@ -15,6 +15,8 @@ pub struct CutTracker {
     part: String,
     /// The id of the newest checkpoint the operator has cut.
     done: u64,
+    /// The size of its last part.
+    part_bytes: usize,
 }
 
 impl CutTracker {
@@ -25,6 +27,7 @@ impl CutTracker {
             coordinator: shared.checkpoints.clone(),
             part,
             done: 0,
+            part_bytes: 0,
         }
     }
 
@@ -64,13 +67,24 @@ impl CutTracker {
             .filter(|cut| frontier.iter().all(|time| *time >= cut.time))
     }
 
-    /// Reports the operator's part of `cut`: its state's bytes and the
-    /// files it closed for the cut's epoch.
-    pub fn report(&mut self, cut: Cut, bytes: PartBytes, files: Vec<EpochFile>) -> Result<()> {
+    /// Reports the operator's part of `cut`: its state, encoded now, and
+    /// the files it closed for the cut's epoch. Returns the part's bytes.
+    pub fn report<T: serde::Serialize>(
+        &mut self,
+        cut: Cut,
+        state: &T,
+        files: Vec<EpochFile>,
+    ) -> Result<usize> {
         self.done = cut.id;
-        match &self.coordinator {
-            Some(coordinator) => coordinator.report(cut.id, &self.part, bytes, files),
-            None => Ok(()),
-        }
+        let Some(coordinator) = &self.coordinator else {
+            return Ok(0);
+        };
+        // Sized first (a walk that writes nothing; a ring adds its length
+        // in one step), so that the buffer is allocated once.
+        let expected = postcard::experimental::serialized_size(state).unwrap_or(self.part_bytes);
+        let bytes = crate::checkpoint::encode_into(state, coordinator.buffer(expected));
+        self.part_bytes = bytes.len();
+        coordinator.report(cut.id, &self.part, bytes, files)?;
+        Ok(self.part_bytes)
     }
 }

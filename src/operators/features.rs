@@ -72,8 +72,9 @@ fn starting_part(shared: &Shared, index: usize, worker: usize, stage: &StagePlan
 
 /// Reports a stage's part of a checkpoint, or stops the run.
 ///
-/// The worker copies the state and goes on; the checkpoint's writer
-/// thread encodes the copy.
+/// The worker encodes its state as it is, into a buffer an earlier part
+/// left (a ring of records is one copy; see `features::numbers`), and
+/// goes on; the checkpoint's writer thread stores the bytes.
 fn report_stage(
     cuts: &mut CutTracker,
     cut: crate::checkpoint::Cut,
@@ -81,20 +82,14 @@ fn report_stage(
     (stage, worker): (&StagePlan, usize),
     shared: &Shared,
 ) {
-    let copy = StagePart {
-        state: part.state.clone(),
-        buffered: part.buffered.iter().map(|row| (*row).clone()).collect(),
-    };
-    let (metrics, key) = (shared.metrics.clone(), stage.key_name.clone());
-    let encode = move || {
-        let bytes = crate::checkpoint::encode(&copy);
-        let keys = copy.state.key_count() as u64;
-        metrics.stage_state(&key, worker, keys, bytes.len() as u64);
-        bytes
-    };
-    let bytes = crate::checkpoint::PartBytes::Deferred(Box::new(encode));
-    if let Err(error) = cuts.report(cut, bytes, Vec::new()) {
-        shared.abort(error);
+    match cuts.report(cut, part, Vec::new()) {
+        Ok(bytes) => {
+            let keys = part.state.key_count() as u64;
+            shared
+                .metrics
+                .stage_state(&stage.key_name, worker, keys, bytes as u64);
+        }
+        Err(error) => shared.abort(error),
     }
 }
 

@@ -105,11 +105,7 @@ impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
                     let reported = closed.and_then(|closed| {
                         let part = SinkCut::of_dead_letters(closed);
                         let files = part.files.clone();
-                        cuts.report(
-                            cut,
-                            crate::checkpoint::PartBytes::Encoded(crate::checkpoint::encode(&part)),
-                            files,
-                        )
+                        cuts.report(cut, &part, files).map(|_| ())
                     });
                     if let Err(error) = reported {
                         shared.abort(error);

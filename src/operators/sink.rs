@@ -86,13 +86,7 @@ impl WriteRows for BatchStream<'_> {
                             let reported = closed.and_then(|outputs| {
                                 let part = SinkCut::of(outputs);
                                 let files = part.files.clone();
-                                cuts.report(
-                                    cut,
-                                    crate::checkpoint::PartBytes::Encoded(
-                                        crate::checkpoint::encode(&part),
-                                    ),
-                                    files,
-                                )
+                                cuts.report(cut, &part, files).map(|_| ())
                             });
                             if let Err(error) = reported {
                                 shared.abort(error);

@@ -241,12 +241,8 @@ fn cut_source(
         .map(|position| (position.partition, position.next_offset))
         .collect();
     coordinator.report_positions(cut.id, &positions);
-    coordinator.report(
-        cut.id,
-        &part_name("source", worker),
-        crate::checkpoint::PartBytes::Encoded(crate::checkpoint::encode(&part)),
-        files,
-    )
+    let bytes = crate::checkpoint::encode_into(&part, coordinator.buffer(0));
+    coordinator.report(cut.id, &part_name("source", worker), bytes, files)
 }
 
 /// Where the source operator sends what it cannot emit as rows, and where
