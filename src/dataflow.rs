@@ -266,7 +266,7 @@ fn start_checkpoints(
         plan,
         &store,
         workers * processes,
-        local,
+        local.clone(),
         options.cluster.is_some(),
     )?;
     if restored.id > 0 {
@@ -287,7 +287,9 @@ fn start_checkpoints(
         }
     }
     for sink in plan.sinks.iter().chain([&plan.dead_letters]) {
-        prepare_epoch_directory(sink, restored.id)?;
+        prepare_epoch_directory(sink, restored.id, &|worker| {
+            local.contains(&(worker % (workers * processes)))
+        })?;
     }
     resume_topics(plan, &store, &mut restored)?;
     // Each worker's source, stages, scoring and sink report a part.

@@ -350,48 +350,23 @@ fn a_checkpoint_restores_onto_another_number_of_workers() {
 
 /// Starts the processes of a cluster running `spec`, one worker each, on
 /// free loopback ports.
-fn start_cluster(spec: &Path, processes: usize) -> Vec<Child> {
-    // Every port is taken before any is let go, so that they differ.
-    let listeners: Vec<std::net::TcpListener> = (0..processes)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let hosts: String = listeners
-        .iter()
-        .map(|listener| format!("{}\n", listener.local_addr().unwrap()))
-        .collect();
-    drop(listeners);
-    let hosts_file = spec.with_file_name("hosts");
-    std::fs::write(&hosts_file, hosts).unwrap();
-    (0..processes)
-        .map(|process| {
-            Command::new(env!("CARGO_BIN_EXE_tideflow"))
-                .args(["run", &spec.display().to_string(), "--workers", "1"])
-                .args(["--processes", &processes.to_string()])
-                .args(["--process", &process.to_string()])
-                .args(["--hosts", &hosts_file.display().to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect()
+fn start_cluster(spec: &Path, processes: usize) -> common::Members {
+    let hosts = common::hosts_file(spec, processes);
+    common::Members::start(&hosts, processes, |_| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tideflow"));
+        command
+            .args(["run", &spec.display().to_string(), "--workers", "1"])
+            .stdout(Stdio::null());
+        command
+    })
 }
 
 /// Runs a cluster of `spec` to the end and returns process 0's standard
 /// error; every process must succeed.
 fn run_cluster_to_end(spec: &Path, processes: usize) -> String {
-    let outputs: Vec<Output> = start_cluster(spec, processes)
-        .into_iter()
-        .map(|child| child.wait_with_output().unwrap())
-        .collect();
-    for (process, output) in outputs.iter().enumerate() {
-        assert!(
-            output.status.success(),
-            "process {process}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    String::from_utf8_lossy(&outputs[0].stderr).into_owned()
+    let mut members = start_cluster(spec, processes);
+    assert!(members.wait(), "{}", members.logs());
+    members.log(0)
 }
 
 /// Starts a cluster writing to `out`, waits until it has committed a
@@ -405,26 +380,23 @@ fn kill_cluster_after_a_checkpoint(spec: &Path, out: &Path, newest: u64, delay: 
             .last()
             .map_or(0, |(id, _)| *id)
     };
-    let mut children = start_cluster(spec, 2);
+    let mut members = start_cluster(spec, 2);
     let started = std::time::Instant::now();
     while newest_now() <= newest {
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "the cluster committed no checkpoint after {newest} in a minute"
+            "the cluster committed no checkpoint after {newest} in a minute:\n{}",
+            members.logs()
         );
         std::thread::sleep(Duration::from_millis(5));
     }
     std::thread::sleep(delay);
-    for child in &mut children {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the cluster finished before it was killed"
-        );
-        child.kill().unwrap();
-    }
-    for child in &mut children {
-        child.wait().unwrap();
-    }
+    assert!(
+        members.all_running(),
+        "the cluster finished before it was killed:\n{}",
+        members.logs()
+    );
+    members.kill();
     newest_now()
 }
 

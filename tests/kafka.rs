@@ -659,6 +659,94 @@ fn a_checkpointed_kafka_run_killed_twenty_times_writes_each_row_once() {
     assert_eq!(total, count, "{committed:?}");
 }
 
+/// With checkpoints, a cluster of two processes reading Kafka, killed with
+/// SIGKILL three times after checkpoints of its own and finished by one
+/// process of two workers, writes exactly the rows of one uninterrupted
+/// run, to files and to topics: each process reads back what it wrote
+/// after the checkpoint, and the single process what both did.
+#[test]
+fn a_checkpointed_kafka_cluster_restored_onto_one_process_writes_each_row_once() {
+    let topic = "clustered";
+    let count = 30_000;
+    let test = KafkaTest::with_events(topic, count, 17);
+    let (broker, out) = (&test.broker, &test.out);
+    let reference = out.path().join("reference");
+    run_fraud_kafka(&broker.brokers, topic, &reference, "earliest", "now", 2);
+
+    let killed = out.path().join("cluster");
+    let (scores, dead) = (
+        format!("{topic}-cluster-scores"),
+        format!("{topic}-cluster-dead"),
+    );
+    for name in [&scores, &dead] {
+        ensure_topic(&broker.brokers, &ClientOptions::default(), name, PARTITIONS).unwrap();
+    }
+    let hosts = common::hosts_file(&out.path().join("cluster.toml"), 2);
+    let command = |workers: usize| {
+        let mut command = fraud_kafka_command("run", broker, topic, &killed);
+        command
+            .args(["--workers", &workers.to_string()])
+            .args(["--set", "source.from=\"earliest\""])
+            .args(["--set", "batching.policy=\"micro\""])
+            .args(["--set", &format!("sink[0].topic=\"{scores}\"")])
+            .args(["--set", &format!("dead_letters.topic=\"{dead}\"")])
+            .args([
+                "--set",
+                &format!("state.dir=\"{}\"", out.path().join("state").display()),
+            ])
+            .args(["--set", "state.interval=\"100ms\""])
+            .stderr(std::process::Stdio::null());
+        command
+    };
+    let mut random = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..3 {
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        let before = common::committed_checkpoints(out.path()).pop();
+        let mut members = common::Members::start(&hosts, 2, |_| command(1));
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while common::committed_checkpoints(out.path()).pop() == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint within 120 s:\n{}",
+                members.logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(random % 300));
+        assert!(
+            members.all_running(),
+            "the cluster ended before it was killed: raise the count\n{}",
+            members.logs()
+        );
+        members.kill();
+    }
+    let last = command(2)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&last.stderr);
+    assert!(last.status.success(), "the last run failed: {stderr}");
+    assert!(stderr.contains("restored checkpoint"), "{stderr}");
+    let read = common::summary_number(&stderr, "records in");
+    assert!(read < count, "the last run read {read} of {count} records");
+
+    let (got, expected) = (read_lines(&killed), read_lines(&reference));
+    assert_eq!(got.len(), expected.len(), "rows lost or written twice");
+    assert_eq!(got, expected);
+    assert_eq!(
+        scores_by_origin(broker, &scores),
+        scores_by_origin(broker, &format!("{topic}-scores")),
+        "the cluster's topic differs from the uninterrupted run's"
+    );
+    assert_eq!(
+        dead_letters_by_origin(broker, &dead),
+        dead_letters_by_origin(broker, &format!("{topic}-dead")),
+        "the cluster's dead letters differ from the uninterrupted run's"
+    );
+}
+
 /// The dead letters on a topic (reason and record) by their origin,
 /// failing on an origin written twice.
 fn dead_letters_by_origin(

@@ -63,8 +63,13 @@ const PENDING_SUFFIX: &str = ".pending";
 /// checkpoint never committed (pending files a crash left) and those of
 /// checkpoints after the one restored (when a newer one was refused), and
 /// refuses to start afresh over part files of an earlier run, which it
-/// would neither keep apart nor remove.
-pub fn prepare_epoch_directory(sink: &SinkPlan, restored: u64) -> Result<()> {
+/// would neither keep apart nor remove. It removes only files of the
+/// workers this process `owns` (by the index in their names).
+pub fn prepare_epoch_directory(
+    sink: &SinkPlan,
+    restored: u64,
+    owns: &dyn Fn(usize) -> bool,
+) -> Result<()> {
     let (SinkPlan::Jsonl(dir) | SinkPlan::Parquet(dir)) = sink else {
         return Ok(());
     };
@@ -80,13 +85,9 @@ pub fn prepare_epoch_directory(sink: &SinkPlan, restored: u64) -> Result<()> {
             .rsplit_once('.')
             .and_then(|(stem, _)| stem.rsplit_once('-'))
             .and_then(|(_, id)| id.parse::<u64>().ok());
-        if name.starts_with(".part-") && name.ends_with(PENDING_SUFFIX) {
-            std::fs::remove_file(&path).map_err(fail)?;
-        } else if name.starts_with("part-") && restored > 0 {
-            if checkpoint.is_some_and(|id| id > restored) {
-                std::fs::remove_file(&path).map_err(fail)?;
-            }
-        } else if name.starts_with("part-") {
+        let pending = name.starts_with(".part-") && name.ends_with(PENDING_SUFFIX);
+        let published = name.starts_with("part-");
+        if published && restored == 0 {
             return Err(sink_error(
                 sink,
                 format!(
@@ -95,8 +96,28 @@ pub fn prepare_epoch_directory(sink: &SinkPlan, restored: u64) -> Result<()> {
                 ),
             ));
         }
+        let stale = pending || (published && checkpoint.is_some_and(|id| id > restored));
+        // In a cluster writing to one directory, each process clears only
+        // its own workers' files: another may not have published its own
+        // of the restored checkpoint yet.
+        if stale && file_worker(&name).is_none_or(owns) {
+            match std::fs::remove_file(&path) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(fail(error));
+                }
+                _ => {}
+            }
+        }
     }
     Ok(())
+}
+
+/// The worker that wrote a part file (`part-WWWW-…` or `.part-WWWW-…`).
+fn file_worker(name: &str) -> Option<usize> {
+    let rest = name
+        .strip_prefix(".part-")
+        .or_else(|| name.strip_prefix("part-"))?;
+    rest.split(['-', '.']).next()?.parse().ok()
 }
 
 /// A file sink of a checkpointed run: one file per epoch, each published

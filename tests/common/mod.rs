@@ -279,3 +279,101 @@ pub fn test_clients_python() -> PathBuf {
     );
     path
 }
+
+/// Writes a hosts file for a cluster of `processes` on free loopback
+/// ports, next to `beside`, and returns its path.
+pub fn hosts_file(beside: &Path, processes: usize) -> PathBuf {
+    // Every port is taken before any is let go, so that they differ.
+    let listeners: Vec<std::net::TcpListener> = (0..processes)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let hosts: String = listeners
+        .iter()
+        .map(|listener| format!("{}\n", listener.local_addr().unwrap()))
+        .collect();
+    drop(listeners);
+    let path = beside.with_file_name("hosts");
+    std::fs::write(&path, hosts).unwrap();
+    path
+}
+
+/// The processes of a cluster a test started, each writing its standard
+/// error to a log beside the hosts file; killed when dropped, so that a
+/// test that fails part way leaves none running.
+pub struct Members {
+    children: Vec<std::process::Child>,
+    logs: Vec<PathBuf>,
+}
+
+impl Members {
+    /// Starts `command(process)` for each of `processes` processes, with
+    /// the cluster arguments for the addresses in `hosts`.
+    pub fn start(
+        hosts: &Path,
+        processes: usize,
+        command: impl Fn(usize) -> std::process::Command,
+    ) -> Self {
+        let mut members = Members {
+            children: Vec::new(),
+            logs: Vec::new(),
+        };
+        for process in 0..processes {
+            let log = hosts.with_file_name(format!("process-{process}.log"));
+            let mut command = command(process);
+            command
+                .args(["--processes", &processes.to_string()])
+                .args(["--process", &process.to_string()])
+                .args(["--hosts", &hosts.display().to_string()])
+                .stderr(std::fs::File::create(&log).unwrap());
+            members.children.push(command.spawn().unwrap());
+            members.logs.push(log);
+        }
+        members
+    }
+
+    /// Whether every process is still running.
+    pub fn all_running(&mut self) -> bool {
+        self.children
+            .iter_mut()
+            .all(|child| child.try_wait().unwrap().is_none())
+    }
+
+    /// Waits for every process and returns whether all succeeded.
+    pub fn wait(&mut self) -> bool {
+        // Every process is waited for, whichever failed.
+        let successes: Vec<bool> = self
+            .children
+            .iter_mut()
+            .map(|child| child.wait().unwrap().success())
+            .collect();
+        successes.into_iter().all(|success| success)
+    }
+
+    /// Kills every process with SIGKILL and waits for them.
+    pub fn kill(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+        }
+        for child in &mut self.children {
+            let _ = child.wait();
+        }
+    }
+
+    /// What process `process` wrote to standard error.
+    pub fn log(&self, process: usize) -> String {
+        std::fs::read_to_string(&self.logs[process]).unwrap_or_default()
+    }
+
+    /// Every process's standard error, for a failure's message.
+    pub fn logs(&self) -> String {
+        (0..self.logs.len())
+            .map(|process| format!("--- process {process}:\n{}", self.log(process)))
+            .collect()
+    }
+}
+
+impl Drop for Members {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
