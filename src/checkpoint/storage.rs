@@ -38,6 +38,9 @@ pub struct LocalStorage {
 /// them.
 const PARTIAL_SUFFIX: &str = ".partial";
 
+/// Puts so far in this process, to name each one's partial file.
+static PUTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl LocalStorage {
     /// Storage under `root`, created if missing.
     pub fn open(root: &Path) -> Result<Self> {
@@ -65,9 +68,14 @@ impl Storage for LocalStorage {
         let directory = path.parent().unwrap_or(&self.root);
         fs::create_dir_all(directory)
             .map_err(|error| failure(directory, "cannot create", error))?;
+        // Named for this process and put: the processes of a cluster may
+        // put the same object at once (each its own copy, the last rename
+        // wins), and must not rename each other's partial files away.
         let partial = path.with_file_name(format!(
-            "{}{PARTIAL_SUFFIX}",
-            path.file_name().unwrap_or_default().to_string_lossy()
+            "{}.{}-{}{PARTIAL_SUFFIX}",
+            path.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id(),
+            PUTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         // Written, synced, then renamed: a crash leaves the old object or
         // a partial file that no reader takes for the object.

@@ -292,6 +292,30 @@ mod tests {
             .join(format!("{}{name}", epoch_prefix(epoch)))
     }
 
+    /// The processes of a cluster record where their first run started
+    /// at the same moment: every put succeeds, and one whole copy stays.
+    #[test]
+    fn objects_put_at_once_by_several_writers_all_succeed() {
+        let (_directory, store) = store(2);
+        let store = Arc::new(store);
+        let writers: Vec<_> = (0..4u8)
+            .map(|writer| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        store.record_first_start(&[writer; 64]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        let kept = store.first_start().unwrap().unwrap();
+        assert_eq!(kept.len(), 64);
+        assert!(kept.iter().all(|byte| *byte == kept[0]), "{kept:?}");
+    }
+
     #[test]
     fn the_newest_checkpoint_is_read_back_whole() {
         let (_directory, store) = store(3);
