@@ -122,10 +122,15 @@ pub fn open_assigned(
                 kafka::open_partitions(&kafka.config, &partitions, &mine)?;
             for reader in kafka_readers {
                 let (topic, partition) = reader.topic_partition();
+                // Offsets given per partition (a checkpoint's, or the
+                // spec's) are not repeated on every partition's line.
+                let start = match &kafka.config.start {
+                    kafka::StartPosition::Offsets(_) => "given offsets".to_owned(),
+                    start => start.to_string(),
+                };
                 eprintln!(
-                    "tideflow: worker {index} reads {topic} partition {partition} from offset {} ({} .. {})",
+                    "tideflow: worker {index} reads {topic} partition {partition} from offset {} ({start} .. {})",
                     reader.start_offset(),
-                    kafka.config.start,
                     kafka.config.end,
                 );
                 readers.push(Box::new(reader));
