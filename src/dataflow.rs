@@ -14,7 +14,7 @@ use crate::operators::sink::WriteRows;
 use crate::operators::source::resume_at_restored;
 use crate::operators::source::{SourceOutputs, open_assigned, origin, read_source};
 use crate::plan::{Plan, SinkPlan, SourcePlan};
-use crate::run::{Counts, Shared, Summary, SummaryScope, report_progress};
+use crate::run::{Counts, RunControl, Shared, Summary, SummaryScope, report_progress};
 use crate::sinks::{
     DeadLetterWriter, Layout, TopicOffsets, TopicResume, open_epoch_row_writer, open_row_writer,
     prepare_directory, prepare_epoch_directory, topic_ends,
@@ -134,7 +134,7 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
         metrics,
     );
     if let Some(stop) = &options.stop {
-        shared.stop = stop.clone();
+        shared.control = RunControl::draining_on(stop.clone());
     }
     if let Some((coordinator, restored)) = checkpoints {
         shared.checkpoints = Some(coordinator);
@@ -165,7 +165,7 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
         let links =
             in_cluster.then(|| ClusterLinks::build(worker, worker_shared.clone(), local.clone()));
         if let Err(error) = build_and_run(worker, worker_shared.clone(), links) {
-            worker_shared.abort(error);
+            worker_shared.control.abort(error);
         }
         if in_cluster {
             // One worker of each process sends the process's counts.
@@ -196,7 +196,7 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
     for result in results {
         result.map_err(Error::Runtime)?;
     }
-    if let Some(error) = shared.take_error() {
+    if let Some(error) = shared.control.take_error() {
         return Err(error);
     }
     checkpoints_stored?;
@@ -360,7 +360,7 @@ fn stop_a_failed_member(cluster: &Cluster, shared: Arc<Shared>, done: Arc<Atomic
     let label = cluster.label();
     std::thread::spawn(move || {
         while !done.load(Ordering::Relaxed) {
-            if shared.is_aborted() {
+            if shared.control.is_aborted() {
                 let failed = Instant::now();
                 while failed.elapsed() < FAILED_MEMBER_GRACE {
                     if done.load(Ordering::Relaxed) {
@@ -368,7 +368,7 @@ fn stop_a_failed_member(cluster: &Cluster, shared: Arc<Shared>, done: Arc<Atomic
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                match shared.take_error() {
+                match shared.control.take_error() {
                     Some(error) => eprintln!("error: {label} failed: {error}"),
                     None => eprintln!("error: {label} failed"),
                 }
@@ -468,10 +468,10 @@ fn build_and_run(
     });
     while worker.step_or_park(Some(Duration::from_millis(20))) {
         if let Some(links) = &mut links {
-            links.after_step(durable.done(), shared.is_aborted());
+            links.after_step(durable.done(), shared.control.is_aborted());
         }
         if let Some(ledger) = &ledger
-            && !shared.is_aborted()
+            && !shared.control.is_aborted()
         {
             let mut ledger = ledger.borrow_mut();
             match &shared.checkpoints {
@@ -485,12 +485,12 @@ fn build_and_run(
             match ledger.commit(false) {
                 Ok(()) if ledger.is_up_to_date() => shared.metrics.committed(),
                 Ok(()) => {}
-                Err(error) => shared.abort(error),
+                Err(error) => shared.control.abort(error),
             }
         }
     }
     if let Some(ledger) = &ledger
-        && !shared.is_aborted()
+        && !shared.control.is_aborted()
     {
         // Every sink has finished: everything read is durable (with
         // checkpoints, in the final one).

@@ -1,5 +1,5 @@
 //! Running a plan: what the workers of one process share (the plan, the
-//! counters, the stop signal), and the run summary.
+//! counters, the run control: drain or failure), and the run summary.
 
 use crate::Error;
 use crate::metrics::Metrics;
@@ -113,15 +113,12 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// How many source partitions are still behind their end.
     pub partitions_behind: AtomicUsize,
-    /// Set when the run must stop; the first error is kept.
-    aborted: AtomicBool,
-    error: Mutex<Option<Error>>,
+    /// Whether the run must stop, and why.
+    pub control: RunControl,
     /// `_model` of output rows.
     pub model_identity: Option<String>,
     /// When the first worker started.
     pub started: std::sync::OnceLock<Instant>,
-    /// Set to stop reading the source and drain (see `RunOptions::stop`).
-    pub stop: std::sync::Arc<AtomicBool>,
     /// Whether the run is one process of a cluster (set before the
     /// workers start).
     pub in_cluster: bool,
@@ -145,16 +142,40 @@ impl Shared {
             stats: metrics.stats.clone(),
             metrics,
             partitions_behind: AtomicUsize::new(0),
-            aborted: AtomicBool::new(false),
-            error: Mutex::new(None),
+            control: RunControl::default(),
             model_identity,
             started: std::sync::OnceLock::new(),
-            stop: Default::default(),
             in_cluster: false,
             key_claims: Default::default(),
             watermarks: Default::default(),
             checkpoints: None,
             restored: Default::default(),
+        }
+    }
+
+    /// Whether any source partition is behind (adaptive batching).
+    pub fn any_behind(&self) -> bool {
+        self.partitions_behind.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// Whether a run must stop: asked to drain (a signal, `RunOptions::stop`),
+/// or failed, with the first error that stopped it.
+#[derive(Debug, Default)]
+pub struct RunControl {
+    /// Set to stop reading the source and drain.
+    stop: Arc<AtomicBool>,
+    /// Set when the run fails; `error` holds why.
+    aborted: AtomicBool,
+    error: Mutex<Option<Error>>,
+}
+
+impl RunControl {
+    /// Control whose drain is asked for through `stop`.
+    pub fn draining_on(stop: Arc<AtomicBool>) -> Self {
+        RunControl {
+            stop,
+            ..RunControl::default()
         }
     }
 
@@ -175,7 +196,7 @@ impl Shared {
         self.aborted.store(true, Ordering::SeqCst);
     }
 
-    /// Whether the run is stopping.
+    /// Whether the run has failed and is stopping.
     pub fn is_aborted(&self) -> bool {
         self.aborted.load(Ordering::Relaxed)
     }
@@ -186,11 +207,6 @@ impl Shared {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take()
-    }
-
-    /// Whether any source partition is behind (adaptive batching).
-    pub fn any_behind(&self) -> bool {
-        self.partitions_behind.load(Ordering::Relaxed) > 0
     }
 }
 
@@ -382,5 +398,34 @@ pub fn report_progress(shared: &Shared, started: Instant, done: &AtomicBool, lab
     }
     if terminal {
         eprintln!();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_error_stops_the_run_and_is_kept() {
+        let control = RunControl::default();
+        assert!(!control.is_aborted());
+        assert!(control.take_error().is_none());
+        control.abort(Error::Cluster("first".into()));
+        control.abort(Error::Cluster("second".into()));
+        assert!(control.is_aborted());
+        let error = control.take_error().expect("kept").to_string();
+        assert!(error.contains("first"), "{error}");
+        assert!(control.take_error().is_none(), "taken once");
+        assert!(control.is_aborted(), "still stopping once taken");
+    }
+
+    #[test]
+    fn a_drain_is_asked_for_through_its_flag_and_is_no_failure() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let control = RunControl::draining_on(stop.clone());
+        assert!(!control.stop_requested());
+        stop.store(true, Ordering::SeqCst);
+        assert!(control.stop_requested());
+        assert!(!control.is_aborted());
     }
 }

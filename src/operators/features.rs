@@ -89,7 +89,7 @@ fn report_stage(
                 .metrics
                 .stage_state(&stage.key_name, worker, keys, bytes as u64);
         }
-        Err(error) => shared.abort(error),
+        Err(error) => shared.control.abort(error),
     }
 }
 
@@ -108,7 +108,7 @@ fn apply_or_abort(
     match state.apply_batch(stage, shared.plan.bound_ms, batch) {
         Ok(()) => true,
         Err(conflict) => {
-            shared.abort(Error::KeyInTwoPartitions {
+            shared.control.abort(Error::KeyInTwoPartitions {
                 field: stage.key_name.clone(),
                 key: conflict.key,
                 first: conflict.first,
@@ -135,7 +135,7 @@ fn claim_keys(state: &mut StageState, stage: &StagePlan, shared: &Shared) -> boo
         .claim_all(changes.started.iter().map(|(started, _)| started));
     if let Err(refused) = claimed {
         let (started, offset) = &changes.started[refused.position];
-        shared.abort(Error::KeyInTwoPartitions {
+        shared.control.abort(Error::KeyInTwoPartitions {
             field: stage.key_name.clone(),
             key: crate::features::render_key(&started.key),
             first: refused.holder,
@@ -181,7 +181,7 @@ fn where_read<'scope>(
             let compute = |state: &mut StageState, batches: &mut Vec<Batch>| {
                 let mut computed = Vec::with_capacity(batches.len());
                 for mut batch in batches.drain(..) {
-                    if shared.is_aborted()
+                    if shared.control.is_aborted()
                         || !apply_or_abort(state, &stage, &shared, &mut batch)
                         || (claiming && !claim_keys(state, &stage, &shared))
                     {
@@ -291,7 +291,7 @@ fn in_event_time_order<'scope>(
                 };
                 let mut released = Batch::from_rows(buffer.release(before_cut));
                 if !released.is_empty()
-                    && !shared.is_aborted()
+                    && !shared.control.is_aborted()
                     && apply_or_abort(&mut state, &stage, &shared, &mut released)
                 {
                     output.session(&*held).give(released);
@@ -317,7 +317,7 @@ fn in_event_time_order<'scope>(
                     // now too.
                     let mut released = Batch::from_rows(buffer.release(watermark));
                     if !released.is_empty()
-                        && !shared.is_aborted()
+                        && !shared.control.is_aborted()
                         && apply_or_abort(&mut state, &stage, &shared, &mut released)
                     {
                         output.session(&*held).give(released);
@@ -343,7 +343,7 @@ fn in_event_time_order<'scope>(
 }
 
 fn buffer_rows(buffer: &mut ReorderBuffer, rows: &mut Vec<Row>, arrival: i64, shared: &Shared) {
-    if shared.is_aborted() {
+    if shared.control.is_aborted() {
         rows.clear();
         return;
     }

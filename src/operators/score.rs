@@ -78,7 +78,7 @@ impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
                 let input_ended = frontier.is_empty() || cut.is_some();
                 let behind = shared.any_behind();
                 while let Some(mut batch) = batcher.next_batch(behind, input_ended, now) {
-                    if shared.is_aborted() {
+                    if shared.control.is_aborted() {
                         break;
                     }
                     forget_arrivals(&mut arrivals, batch.len());
@@ -86,7 +86,7 @@ impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
                         let scoring = Instant::now();
                         if let Err(error) = model.score(&mut batch) {
                             if model.plan().stop_on_error {
-                                shared.abort(error);
+                                shared.control.abort(error);
                                 break;
                             }
                             send_to_dead_letters(batch, &error, &shared, &dead_letters);
@@ -108,7 +108,7 @@ impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
                         cuts.report(cut, &part, files).map(|_| ())
                     });
                     if let Err(error) = reported {
-                        shared.abort(error);
+                        shared.control.abort(error);
                     }
                     for (arrival, mut batches) in
                         cuts.release(&mut held_back, |(arrival, _)| *arrival)
@@ -133,12 +133,12 @@ impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
                 match hold.as_ref() {
                     Some(time) if time > held.time() => held.downgrade(time),
                     Some(_) => {}
-                    None if batcher.is_empty() || shared.is_aborted() => {
+                    None if batcher.is_empty() || shared.control.is_aborted() => {
                         // The source flushed its dead letters when it
                         // ended; these came after.
                         if wrote_dead_letters && let Err(error) = dead_letters.borrow_mut().finish()
                         {
-                            shared.abort(error);
+                            shared.control.abort(error);
                         }
                         capability = None;
                     }
@@ -159,7 +159,7 @@ fn take(
     now: Instant,
 ) {
     for mut batch in batches.drain(..) {
-        if shared.is_aborted() || batch.is_empty() {
+        if shared.control.is_aborted() || batch.is_empty() {
             continue;
         }
         arrivals.push_back((arrival, batch.len()));
@@ -192,7 +192,7 @@ fn send_to_dead_letters(
             headers: Vec::new(),
         };
         if let Err(error) = dead_letters.write(&letter) {
-            shared.abort(error);
+            shared.control.abort(error);
             return;
         }
         Stats::add(&shared.stats.dead, 1);

@@ -89,7 +89,7 @@ impl WriteRows for BatchStream<'_> {
                                 cuts.report(cut, &part, files).map(|_| ())
                             });
                             if let Err(error) = reported {
-                                shared.abort(error);
+                                shared.control.abort(error);
                             }
                             let released = cuts.release(&mut held_back, |(arrival, _)| *arrival);
                             for (_, mut batches) in released {
@@ -103,7 +103,7 @@ impl WriteRows for BatchStream<'_> {
                         if input_frontier.is_none() {
                             for writer in writers.iter_mut() {
                                 if let Err(error) = writer.finish() {
-                                    shared.abort(error);
+                                    shared.control.abort(error);
                                 }
                             }
                             capability = None;
@@ -119,7 +119,7 @@ impl WriteRows for BatchStream<'_> {
                             match epochs {
                                 Ok(epochs) => pending
                                     .push_back((epochs, input_frontier.expect("checked above"))),
-                                Err(error) => shared.abort(error),
+                                Err(error) => shared.control.abort(error),
                             }
                             last_sync = Instant::now();
                         }
@@ -157,7 +157,7 @@ fn write_all(
     batches: &mut Vec<Batch>,
 ) {
     for batch in batches.drain(..) {
-        if shared.is_aborted() {
+        if shared.control.is_aborted() {
             return;
         }
         write_batch(writers, sink_names, shared, &batch);
@@ -173,7 +173,7 @@ fn write_batch(
 ) {
     for (writer, name) in writers.iter_mut().zip(sink_names) {
         if let Err(error) = writer.write(batch) {
-            shared.abort(error);
+            shared.control.abort(error);
             return;
         }
         shared.metrics.sink_wrote(name, batch.len() as u64);

@@ -315,7 +315,7 @@ pub fn read_source<'scope>(
                     .as_ref()
                     .and_then(|coordinator| coordinator.take_failure())
                 {
-                    shared.abort(error);
+                    shared.control.abort(error);
                 }
                 let mut dead_letters = dead_letters.borrow_mut();
                 let read_limit = slowest_in_source
@@ -332,7 +332,7 @@ pub fn read_source<'scope>(
                     .map(|slowest| slowest.saturating_add(skew_ms));
                 // Stopped, or waiting for the final checkpoint: no more
                 // reading.
-                let round = if shared.is_aborted() || final_bookkeeping_done {
+                let round = if shared.control.is_aborted() || final_bookkeeping_done {
                     Round::default()
                 } else {
                     intake.read_round(*held.time(), read_limit, &mut dead_letters)
@@ -340,7 +340,7 @@ pub fn read_source<'scope>(
                 let mut again = round.again;
                 count_round(&shared, worker, &intake, &round, &wake);
                 if let Some(error) = round.error {
-                    shared.abort(error);
+                    shared.control.abort(error);
                 }
                 if !round.rows.is_empty() {
                     output.session(&*held).give(Batch::from_rows(round.rows));
@@ -350,12 +350,15 @@ pub fn read_source<'scope>(
                         .borrow_mut()
                         .checkpoint(*held.time(), round.read_up_to);
                 }
-                if intake.all_finished() || shared.is_aborted() || shared.stop_requested() {
+                if intake.all_finished()
+                    || shared.control.is_aborted()
+                    || shared.control.stop_requested()
+                {
                     if !final_bookkeeping_done {
                         final_bookkeeping_done = true;
                         report_partitions(&shared, &intake);
                         if let Err(error) = dead_letters.finish() {
-                            shared.abort(error);
+                            shared.control.abort(error);
                         }
                         shared
                             .partitions_behind
@@ -366,14 +369,14 @@ pub fn read_source<'scope>(
                     // its sources ended: the source holds its capability
                     // until it has cut the final one.
                     if let Some(coordinator) = &shared.checkpoints
-                        && !shared.is_aborted()
+                        && !shared.control.is_aborted()
                     {
                         let cut = coordinator.source_moves(worker, *held.time(), FINAL).cut;
                         if let Some(cut) = cut
                             && let Err(error) =
                                 cut_source(&shared, worker, cut, &intake, &mut dead_letters)
                         {
-                            shared.abort(error);
+                            shared.control.abort(error);
                         }
                         if cut.is_none_or(|cut| cut.time != FINAL) {
                             if let Some(cut) = cut {
@@ -405,7 +408,7 @@ pub fn read_source<'scope>(
                             && let Err(error) =
                                 cut_source(&shared, worker, cut, &intake, &mut dead_letters)
                         {
-                            shared.abort(error);
+                            shared.control.abort(error);
                         }
                         if step.to < watermark {
                             // Held while a cluster agrees on a cut: try
