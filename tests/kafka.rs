@@ -556,98 +556,170 @@ fn a_killed_run_restarted_from_committed_offsets_loses_nothing() {
     assert_every_record_has_one_output(broker, topic, count);
 }
 
+/// A checkpointed fraud_kafka run over `count` events to kill and start
+/// again, writing to files and topics of its own, beside an uninterrupted
+/// run of the same events to compare with.
+struct KilledKafkaRun {
+    test: KafkaTest,
+    topic: &'static str,
+    count: u64,
+    /// The uninterrupted run's file sink.
+    reference: std::path::PathBuf,
+    /// The killed runs' file sink.
+    out: std::path::PathBuf,
+    scores: String,
+    dead: String,
+}
+
+impl KilledKafkaRun {
+    /// Produces the events, runs the uninterrupted run, and makes the
+    /// killed runs' topics, named after `name`.
+    fn new(topic: &'static str, name: &str, count: u64) -> Self {
+        let test = KafkaTest::with_events(topic, count, 17);
+        let reference = test.out.path().join("reference");
+        run_fraud_kafka(
+            &test.broker.brokers,
+            topic,
+            &reference,
+            "earliest",
+            "now",
+            2,
+        );
+        let (scores, dead) = (
+            format!("{topic}-{name}-scores"),
+            format!("{topic}-{name}-dead"),
+        );
+        for topic in [&scores, &dead] {
+            ensure_topic(
+                &test.broker.brokers,
+                &ClientOptions::default(),
+                topic,
+                PARTITIONS,
+            )
+            .unwrap();
+        }
+        KilledKafkaRun {
+            out: test.out.path().join(name),
+            test,
+            topic,
+            count,
+            reference,
+            scores,
+            dead,
+        }
+    }
+
+    /// Where the runs keep their checkpoints.
+    fn state(&self) -> &Path {
+        self.test.out.path()
+    }
+
+    /// The newest committed checkpoint.
+    fn newest_checkpoint(&self) -> Option<(u64, std::path::PathBuf)> {
+        common::committed_checkpoints(self.state()).pop()
+    }
+
+    /// `tideflow run` of the killed runs on `workers` workers, checkpoints
+    /// every 100 ms, standard error dropped.
+    fn command(&self, workers: usize) -> std::process::Command {
+        let mut command = fraud_kafka_command("run", &self.test.broker, self.topic, &self.out);
+        command
+            .args(["--workers", &workers.to_string()])
+            .args(["--set", "source.from=\"earliest\""])
+            .args(["--set", "batching.policy=\"micro\""])
+            .args(["--set", &format!("sink[0].topic=\"{}\"", self.scores)])
+            .args(["--set", &format!("dead_letters.topic=\"{}\"", self.dead)])
+            .args([
+                "--set",
+                &format!("state.dir=\"{}\"", self.state().join("state").display()),
+            ])
+            .args(["--set", "state.interval=\"100ms\""])
+            .stderr(std::process::Stdio::null());
+        command
+    }
+
+    /// Runs `command` to the end: it must succeed, start from a
+    /// checkpoint and read only what came after it.
+    fn finish(&self, mut command: std::process::Command) {
+        let last = command
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&last.stderr);
+        assert!(last.status.success(), "the last run failed: {stderr}");
+        assert!(stderr.contains("restored checkpoint"), "{stderr}");
+        let read = common::summary_number(&stderr, "records in");
+        assert!(
+            read < self.count,
+            "the last run read {read} of {} records",
+            self.count
+        );
+        assert!(!stderr.contains("replayed"), "{stderr}");
+    }
+
+    /// The files, scores topic and dead-letter topic equal the
+    /// uninterrupted run's: each row once, the same bytes.
+    fn assert_same_as_reference(&self) {
+        let (got, expected) = (read_lines(&self.out), read_lines(&self.reference));
+        assert_eq!(got.len(), expected.len(), "rows lost or written twice");
+        assert_eq!(got, expected);
+        let broker = &self.test.broker;
+        assert_eq!(
+            scores_by_origin(broker, &self.scores),
+            scores_by_origin(broker, &format!("{}-scores", self.topic)),
+            "the killed runs' topic differs from the uninterrupted run's"
+        );
+        let dead = dead_letters_by_origin(broker, &self.dead);
+        assert!(!dead.is_empty(), "the input has late records");
+        assert_eq!(
+            dead,
+            dead_letters_by_origin(broker, &format!("{}-dead", self.topic)),
+            "the killed runs' dead letters differ from the uninterrupted run's"
+        );
+    }
+}
+
+/// The next of a fixed sequence of pseudo-random numbers.
+fn next_random(random: &mut u64) -> u64 {
+    *random ^= *random << 13;
+    *random ^= *random >> 7;
+    *random ^= *random << 17;
+    *random
+}
+
 /// With checkpoints, a Kafka run killed with SIGKILL twenty times at
 /// random points and run once more to the end writes exactly the rows of
 /// one uninterrupted run into its file sink: none lost, none twice, the
 /// same bytes; and the consumer group's offsets follow the checkpoints.
 #[test]
 fn a_checkpointed_kafka_run_killed_twenty_times_writes_each_row_once() {
-    let topic = "checkpointed";
-    let count = 30_000;
-    let test = KafkaTest::with_events(topic, count, 17);
-    let (broker, out) = (&test.broker, &test.out);
-    let reference = out.path().join("reference");
-    run_fraud_kafka(&broker.brokers, topic, &reference, "earliest", "now", 2);
-
-    let killed = out.path().join("killed");
-    let (killed_scores, killed_dead) = (
-        format!("{topic}-killed-scores"),
-        format!("{topic}-killed-dead"),
-    );
-    for name in [&killed_scores, &killed_dead] {
-        ensure_topic(&broker.brokers, &ClientOptions::default(), name, PARTITIONS).unwrap();
-    }
-    let command = || {
-        let mut command = fraud_kafka_command("run", broker, topic, &killed);
-        command
-            .args(["--workers", "2"])
-            .args(["--set", "source.from=\"earliest\""])
-            .args(["--set", "batching.policy=\"micro\""])
-            .args(["--set", &format!("sink[0].topic=\"{killed_scores}\"")])
-            .args(["--set", &format!("dead_letters.topic=\"{killed_dead}\"")])
-            .args([
-                "--set",
-                &format!("state.dir=\"{}\"", out.path().join("state").display()),
-            ])
-            .args(["--set", "state.interval=\"100ms\""])
-            .stderr(std::process::Stdio::null());
-        command
-    };
+    let run = KilledKafkaRun::new("checkpointed", "killed", 30_000);
     // Each run is killed at a random point after it has committed a
     // checkpoint of its own, so that every run gets further.
     let mut random = 0x9e37_79b9_7f4a_7c15u64;
     let mut kills = 0;
     while kills < 20 {
-        random ^= random << 13;
-        random ^= random >> 7;
-        random ^= random << 17;
-        let before = common::committed_checkpoints(out.path()).pop();
-        let mut run = command().spawn().unwrap();
+        let before = run.newest_checkpoint();
+        let mut child = run.command(2).spawn().unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        while common::committed_checkpoints(out.path()).pop() == before
-            && run.try_wait().unwrap().is_none()
-        {
+        while run.newest_checkpoint() == before && child.try_wait().unwrap().is_none() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "no checkpoint within 120 s"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        std::thread::sleep(Duration::from_millis(random % 300));
-        if run.try_wait().unwrap().is_some() {
+        std::thread::sleep(Duration::from_millis(next_random(&mut random) % 300));
+        if child.try_wait().unwrap().is_some() {
             break;
         }
-        run.kill().unwrap(); // SIGKILL
-        run.wait().unwrap();
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
         kills += 1;
     }
-    let last = command()
-        .stderr(std::process::Stdio::piped())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&last.stderr);
-    assert!(last.status.success(), "the last run failed: {stderr}");
-    // It started from a checkpoint and read only what came after it.
-    assert!(stderr.contains("restored checkpoint"), "{stderr}");
-    let read = common::summary_number(&stderr, "records in");
-    assert!(read < count, "the last run read {read} of {count} records");
-    assert!(!stderr.contains("replayed"), "{stderr}");
-
-    let (got, expected) = (read_lines(&killed), read_lines(&reference));
-    assert_eq!(got.len(), expected.len(), "rows lost or written twice");
-    assert_eq!(got, expected);
-    assert_eq!(
-        scores_by_origin(broker, &killed_scores),
-        scores_by_origin(broker, &format!("{topic}-scores")),
-        "the killed runs' topic differs from the uninterrupted run's"
-    );
-    let dead = dead_letters_by_origin(broker, &killed_dead);
-    assert!(!dead.is_empty(), "the input has late records");
-    assert_eq!(
-        dead,
-        dead_letters_by_origin(broker, &format!("{topic}-dead")),
-        "the killed runs' dead letters differ from the uninterrupted run's"
-    );
+    run.finish(run.command(2));
+    run.assert_same_as_reference();
+    let (broker, topic, count) = (&run.test.broker, run.topic, run.count);
     let committed = committed_offsets(
         &broker.brokers,
         &format!("{topic}-killed"),
@@ -666,47 +738,14 @@ fn a_checkpointed_kafka_run_killed_twenty_times_writes_each_row_once() {
 /// after the checkpoint, and the single process what both did.
 #[test]
 fn a_checkpointed_kafka_cluster_restored_onto_one_process_writes_each_row_once() {
-    let topic = "clustered";
-    let count = 30_000;
-    let test = KafkaTest::with_events(topic, count, 17);
-    let (broker, out) = (&test.broker, &test.out);
-    let reference = out.path().join("reference");
-    run_fraud_kafka(&broker.brokers, topic, &reference, "earliest", "now", 2);
-
-    let killed = out.path().join("cluster");
-    let (scores, dead) = (
-        format!("{topic}-cluster-scores"),
-        format!("{topic}-cluster-dead"),
-    );
-    for name in [&scores, &dead] {
-        ensure_topic(&broker.brokers, &ClientOptions::default(), name, PARTITIONS).unwrap();
-    }
-    let hosts = common::hosts_file(&out.path().join("cluster.toml"), 2);
-    let command = |workers: usize| {
-        let mut command = fraud_kafka_command("run", broker, topic, &killed);
-        command
-            .args(["--workers", &workers.to_string()])
-            .args(["--set", "source.from=\"earliest\""])
-            .args(["--set", "batching.policy=\"micro\""])
-            .args(["--set", &format!("sink[0].topic=\"{scores}\"")])
-            .args(["--set", &format!("dead_letters.topic=\"{dead}\"")])
-            .args([
-                "--set",
-                &format!("state.dir=\"{}\"", out.path().join("state").display()),
-            ])
-            .args(["--set", "state.interval=\"100ms\""])
-            .stderr(std::process::Stdio::null());
-        command
-    };
+    let run = KilledKafkaRun::new("clustered", "cluster", 30_000);
+    let hosts = common::hosts_file(&run.state().join("cluster.toml"), 2);
     let mut random = 0x2545_f491_4f6c_dd1du64;
     for _ in 0..3 {
-        random ^= random << 13;
-        random ^= random >> 7;
-        random ^= random << 17;
-        let before = common::committed_checkpoints(out.path()).pop();
-        let mut members = common::Members::start(&hosts, 2, |_| command(1));
+        let before = run.newest_checkpoint();
+        let mut members = common::Members::start(&hosts, 2, |_| run.command(1));
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        while common::committed_checkpoints(out.path()).pop() == before {
+        while run.newest_checkpoint() == before {
             assert!(
                 std::time::Instant::now() < deadline,
                 "no checkpoint within 120 s:\n{}",
@@ -714,7 +753,7 @@ fn a_checkpointed_kafka_cluster_restored_onto_one_process_writes_each_row_once()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        std::thread::sleep(Duration::from_millis(random % 300));
+        std::thread::sleep(Duration::from_millis(next_random(&mut random) % 300));
         assert!(
             members.all_running(),
             "the cluster ended before it was killed: raise the count\n{}",
@@ -722,29 +761,8 @@ fn a_checkpointed_kafka_cluster_restored_onto_one_process_writes_each_row_once()
         );
         members.kill();
     }
-    let last = command(2)
-        .stderr(std::process::Stdio::piped())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&last.stderr);
-    assert!(last.status.success(), "the last run failed: {stderr}");
-    assert!(stderr.contains("restored checkpoint"), "{stderr}");
-    let read = common::summary_number(&stderr, "records in");
-    assert!(read < count, "the last run read {read} of {count} records");
-
-    let (got, expected) = (read_lines(&killed), read_lines(&reference));
-    assert_eq!(got.len(), expected.len(), "rows lost or written twice");
-    assert_eq!(got, expected);
-    assert_eq!(
-        scores_by_origin(broker, &scores),
-        scores_by_origin(broker, &format!("{topic}-scores")),
-        "the cluster's topic differs from the uninterrupted run's"
-    );
-    assert_eq!(
-        dead_letters_by_origin(broker, &dead),
-        dead_letters_by_origin(broker, &format!("{topic}-dead")),
-        "the cluster's dead letters differ from the uninterrupted run's"
-    );
+    run.finish(run.command(2));
+    run.assert_same_as_reference();
 }
 
 /// The dead letters on a topic (reason and record) by their origin,
