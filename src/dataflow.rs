@@ -297,8 +297,14 @@ fn start_checkpoints(
     // Numbered after every checkpoint in the store, refused ones too:
     // none is ever overwritten.
     let newest = store.committed_epochs()?.last().copied().unwrap_or(0);
-    let coordinator =
-        Coordinator::start(store, checkpoints.interval, parts, newest, cluster, metrics);
+    let coordinator = Coordinator::start(
+        store,
+        checkpoints.interval,
+        (parts, workers),
+        newest,
+        cluster,
+        metrics,
+    );
     Ok((coordinator, restored))
 }
 

@@ -439,6 +439,31 @@ fn checkpoints_of_a_cluster_restore_onto_one_process_and_back() {
     assert_same_outputs(&out, &reference);
 }
 
+/// A worker with no partition, or whose partitions have ended, does not
+/// stop the others' checkpoints: it follows them, and the last checkpoint
+/// waits until every source has finished.
+#[test]
+fn sources_that_finish_first_do_not_stop_checkpoints() {
+    let Case {
+        _dir,
+        reference,
+        out,
+        spec,
+    } = Case::new("more-workers-than-partitions", 12_000, 8_000);
+    // Six workers for four partitions: two read nothing from the start.
+    run_to_end(&spec, 6, NO_ENV);
+    let committed = common::committed_checkpoints(&out);
+    let (newest, _) = committed.last().expect("checkpoints were taken");
+    // The generator paces the run over 1.5 s, ten intervals: more than the
+    // last checkpoint alone (all there was when the first source to
+    // finish started it).
+    assert!(
+        *newest >= 2,
+        "a run of 1.5 s with checkpoints every 150 ms took only {newest}"
+    );
+    assert_same_outputs(&out, &reference);
+}
+
 #[test]
 fn a_corrupted_checkpoint_is_refused_and_the_one_before_is_used() {
     let Case {

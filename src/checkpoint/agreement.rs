@@ -21,8 +21,9 @@
 //!    epoch and commits its sources' offsets.
 //!
 //! The last checkpoint, at the end of time, needs no freeze: no source is
-//! ever past it. A process whose sources have finished asks for it, and
-//! the leader announces it once no other checkpoint is under way.
+//! ever past it. A process whose sources have all finished asks for it,
+//! and the leader announces it once every process has and no other
+//! checkpoint is under way.
 //!
 //! [`Leader`] is the leader's side as a plain state machine; the messages
 //! travel in a side dataflow of their own (`cluster::CheckpointControl`).
@@ -69,9 +70,13 @@ pub enum Control {
         /// The checkpoint.
         id: u64,
     },
-    /// To the leader: a process's sources have finished (or stopped);
-    /// the checkpoint at the end of time is wanted.
-    FinalWanted,
+    /// To the leader: every source of `process` has finished (or
+    /// stopped); once every process's has, the checkpoint at the end of
+    /// time is taken.
+    FinalWanted {
+        /// The process.
+        process: usize,
+    },
     /// To the leader: `process` stored its parts of checkpoint `id`.
     Stored {
         /// The checkpoint.
@@ -140,7 +145,8 @@ pub struct Leader {
     next_id: u64,
     round: Option<Round>,
     last_started: Instant,
-    final_wanted: bool,
+    /// The processes whose sources have all finished.
+    finished: BTreeSet<usize>,
     final_committed: bool,
 }
 
@@ -154,7 +160,7 @@ impl Leader {
             next_id: last_id + 1,
             round: None,
             last_started: Instant::now(),
-            final_wanted: false,
+            finished: BTreeSet::new(),
             final_committed: false,
         }
     }
@@ -171,7 +177,7 @@ impl Leader {
             return Step::Wait;
         }
         let id = self.next_id;
-        if self.final_wanted {
+        if self.finished.len() == self.processes {
             self.next_id += 1;
             self.last_started = now;
             self.round = Some(Round::new(id, Some(FINAL)));
@@ -188,8 +194,8 @@ impl Leader {
 
     /// Takes a message sent to the leader.
     pub fn receive(&mut self, control: Control) -> Step {
-        if control == Control::FinalWanted {
-            self.final_wanted = true;
+        if let Control::FinalWanted { process } = control {
+            self.finished.insert(process);
             return Step::Wait;
         }
         let processes = self.processes;
@@ -336,11 +342,18 @@ mod tests {
     }
 
     #[test]
-    fn the_last_checkpoint_waits_for_the_one_under_way_and_needs_no_freeze() {
+    fn the_last_checkpoint_waits_for_every_process_and_the_one_under_way_and_needs_no_freeze() {
         let start = Instant::now();
         let mut leader = Leader::new(2, Duration::ZERO, 0);
         sent(leader.tick(start));
-        assert_eq!(leader.receive(Control::FinalWanted), Step::Wait);
+        assert_eq!(
+            leader.receive(Control::FinalWanted { process: 1 }),
+            Step::Wait
+        );
+        assert_eq!(
+            leader.receive(Control::FinalWanted { process: 1 }),
+            Step::Wait
+        );
         assert_eq!(leader.tick(start), Step::Wait, "checkpoint 1 is under way");
         for process in 0..2 {
             leader.receive(Control::Frozen {
@@ -356,14 +369,39 @@ mod tests {
             });
         }
         sent(leader.committed(1, 11, 0));
-        let cut = sent(leader.tick(start));
-        assert_eq!(cut[0].control, Control::Cut { id: 2, time: FINAL });
+        assert!(
+            matches!(
+                sent(leader.tick(start))[0].control,
+                Control::Freeze { id: 2 }
+            ),
+            "process 0 still reads: checkpoints go on"
+        );
+        for process in 0..2 {
+            leader.receive(Control::Frozen {
+                id: 2,
+                process,
+                time: 20,
+            });
+            leader.receive(Control::CutKnown { id: 2, process });
+            leader.receive(Control::Stored {
+                id: 2,
+                process,
+                receipts: vec![],
+            });
+        }
+        sent(leader.committed(2, 21, 0));
         assert_eq!(
-            leader.receive(Control::CutKnown { id: 2, process: 0 }),
+            leader.receive(Control::FinalWanted { process: 0 }),
             Step::Wait
         );
-        sent(leader.receive(Control::CutKnown { id: 2, process: 1 }));
-        sent(leader.committed(2, FINAL, 0));
+        let cut = sent(leader.tick(start));
+        assert_eq!(cut[0].control, Control::Cut { id: 3, time: FINAL });
+        assert_eq!(
+            leader.receive(Control::CutKnown { id: 3, process: 0 }),
+            Step::Wait
+        );
+        sent(leader.receive(Control::CutKnown { id: 3, process: 1 }));
+        sent(leader.committed(3, FINAL, 0));
         assert!(leader.is_done());
         assert_eq!(leader.tick(start + Duration::from_secs(9)), Step::Wait);
     }

@@ -88,6 +88,8 @@ pub struct Coordinator {
     buffers: Mutex<Vec<Vec<u8>>>,
     /// This process's index in a cluster; `None` when it runs alone.
     process: Option<usize>,
+    /// Sources (workers) in this process.
+    sources: usize,
     inner: Mutex<Inner>,
 }
 
@@ -105,6 +107,9 @@ struct Inner {
     /// In a cluster: the checkpoint for which the sources hold their
     /// times, while its cut is agreed.
     frozen: Option<u64>,
+    /// The sources of this process that have read everything (or
+    /// stopped): the last checkpoint is taken once all have.
+    finished: std::collections::BTreeSet<usize>,
     /// In a cluster: whether this process has asked for the last
     /// checkpoint.
     final_asked: bool,
@@ -167,14 +172,14 @@ pub struct Cut {
 
 impl Coordinator {
     /// Checkpoints into `store` every `interval`, each with `parts` parts
-    /// from this process, numbered after `last_id` (the newest in the
-    /// store, or 0), recording each commit in `metrics`; starts the writer
-    /// thread. `cluster` is this process's index and the number of
-    /// processes when it is one of a cluster.
+    /// from this process's `sources` workers, numbered after `last_id`
+    /// (the newest in the store, or 0), recording each commit in
+    /// `metrics`; starts the writer thread. `cluster` is this process's
+    /// index and the number of processes when it is one of a cluster.
     pub fn start(
         store: CheckpointStore,
         interval: Duration,
-        parts: usize,
+        (parts, sources): (usize, usize),
         last_id: u64,
         cluster: Option<(usize, usize)>,
         metrics: Arc<crate::metrics::Metrics>,
@@ -192,6 +197,7 @@ impl Coordinator {
             parts,
             buffers: Mutex::new(Vec::new()),
             process: cluster.map(|(process, _)| process),
+            sources,
             inner: Mutex::new(Inner {
                 next_id: last_id + 1,
                 sources: BTreeMap::new(),
@@ -200,6 +206,7 @@ impl Coordinator {
                 committed: None,
                 committed_positions: BTreeMap::new(),
                 frozen: None,
+                finished: std::collections::BTreeSet::new(),
                 final_asked: false,
                 outbox: Vec::new(),
                 leader,
@@ -256,13 +263,11 @@ impl Coordinator {
         self.lock().sources.insert(worker, time);
     }
 
-    /// The source of `worker` moves from `from` to `to` (`FINAL` when it
-    /// has read everything): returns where it may move (in a cluster
-    /// agreeing on a cut, nowhere yet) and the checkpoint it crosses,
-    /// which it must cut now, with its state as it is. Alone, starts a
-    /// checkpoint when one is due: every `interval`, and the final one
-    /// once a source has read everything; in a cluster, asks the leader
-    /// for the final one.
+    /// The source of `worker` moves from `from` to `to`: returns where it
+    /// may move (in a cluster agreeing on a cut, nowhere yet) and the
+    /// checkpoint it crosses, which it must cut now, with its state as it
+    /// is. Alone, starts a checkpoint when one is due: every `interval`,
+    /// and the last one (at `FINAL`) once every source has finished.
     pub fn source_moves(&self, worker: usize, from: i64, to: i64) -> SourceStep {
         let mut inner = self.lock();
         if inner.frozen.is_some() {
@@ -273,13 +278,8 @@ impl Coordinator {
         }
         inner.sources.insert(worker, to);
         if self.process.is_none() {
-            Self::start_when_due(&mut inner, self.interval, from, to);
-        } else if to == FINAL && !inner.final_asked {
-            inner.final_asked = true;
-            inner.outbox.push(Addressed {
-                to: 0,
-                control: Control::FinalWanted,
-            });
+            let all_finished = inner.finished.len() >= self.sources;
+            Self::start_when_due(&mut inner, self.interval, from, all_finished);
         }
         let cut = inner
             .in_progress
@@ -292,13 +292,48 @@ impl Coordinator {
         SourceStep { to, cut }
     }
 
-    /// Starts the checkpoint of a process alone when one is due.
-    fn start_when_due(inner: &mut Inner, interval: Duration, from: i64, to: i64) {
+    /// The source of `worker` has read everything (or stopped), and is at
+    /// `from`; `follow` is where the sources still reading are (their
+    /// slowest watermark), if any. Checkpoints go on until every source
+    /// has finished: the source follows the others, crosses each cut as
+    /// it comes (its part stays what it was), and ends with the last
+    /// checkpoint, which starts once all have finished.
+    pub fn finished_source_moves(
+        &self,
+        worker: usize,
+        from: i64,
+        follow: Option<i64>,
+    ) -> SourceStep {
+        let to = {
+            let mut inner = self.lock();
+            inner.finished.insert(worker);
+            if let Some(process) = self.process
+                && inner.finished.len() >= self.sources
+                && !inner.final_asked
+            {
+                inner.final_asked = true;
+                inner.outbox.push(Addressed {
+                    to: 0,
+                    control: Control::FinalWanted { process },
+                });
+            }
+            let following = follow.unwrap_or(from).max(from);
+            match inner.in_progress.as_ref().map(|progress| progress.time) {
+                Some(FINAL) => FINAL,
+                Some(cut) if from < cut => cut.max(following),
+                _ => following,
+            }
+        };
+        self.source_moves(worker, from, to)
+    }
+
+    /// Starts the checkpoint of a process alone when one is due: the
+    /// last one once `all_finished`.
+    fn start_when_due(inner: &mut Inner, interval: Duration, from: i64, all_finished: bool) {
         if inner.in_progress.is_some() {
             return;
         }
-        let finishing = to == FINAL;
-        if !finishing && inner.last_started.elapsed() < interval {
+        if !all_finished && inner.last_started.elapsed() < interval {
             return;
         }
         if inner.committed.is_some_and(|(_, time)| time == FINAL) {
@@ -306,7 +341,7 @@ impl Coordinator {
         }
         // Above every source's time, so that each crosses it later, this
         // one included.
-        let time = if finishing {
+        let time = if all_finished {
             FINAL
         } else {
             inner

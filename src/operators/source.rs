@@ -366,12 +366,15 @@ pub fn read_source<'scope>(
                         shared.watermarks.publish(worker, None);
                     }
                     // A checkpointed run ends with a checkpoint of where
-                    // its sources ended: the source holds its capability
-                    // until it has cut the final one.
+                    // its sources ended: the source holds its capability,
+                    // following the sources still reading and cutting
+                    // each checkpoint, until it has cut the final one.
                     if let Some(coordinator) = &shared.checkpoints
                         && !shared.control.is_aborted()
                     {
-                        let cut = coordinator.source_moves(worker, *held.time(), FINAL).cut;
+                        let follow = shared.watermarks.slowest_active();
+                        let step = coordinator.finished_source_moves(worker, *held.time(), follow);
+                        let cut = step.cut;
                         if let Some(cut) = cut
                             && let Err(error) =
                                 cut_source(&shared, worker, cut, &intake, &mut dead_letters)
@@ -379,10 +382,14 @@ pub fn read_source<'scope>(
                             shared.control.abort(error);
                         }
                         if cut.is_none_or(|cut| cut.time != FINAL) {
-                            if let Some(cut) = cut {
-                                held.downgrade(&cut.time);
-                            }
-                            activator.activate_after(CHECKPOINT_WAIT);
+                            held.downgrade(&step.to.max(*held.time()));
+                            // Soon while a cut waits for it, else as often
+                            // as an idle worker follows the others.
+                            let wait = match coordinator.in_progress() {
+                                Some(_) => CHECKPOINT_WAIT,
+                                None => IDLE_FOLLOW,
+                            };
+                            activator.activate_after(wait);
                             return;
                         }
                     }
