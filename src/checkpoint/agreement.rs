@@ -341,6 +341,21 @@ mod tests {
         assert!(!leader.is_done());
     }
 
+    /// Both processes answer checkpoint `id` (their sources at `time`)
+    /// and store their parts; the leader commits it.
+    fn answer_and_commit(leader: &mut Leader, id: u64, time: i64) {
+        for process in 0..2 {
+            leader.receive(Control::Frozen { id, process, time });
+            leader.receive(Control::CutKnown { id, process });
+            leader.receive(Control::Stored {
+                id,
+                process,
+                receipts: vec![],
+            });
+        }
+        sent(leader.committed(id, time + 1, 0));
+    }
+
     #[test]
     fn the_last_checkpoint_waits_for_every_process_and_the_one_under_way_and_needs_no_freeze() {
         let start = Instant::now();
@@ -355,20 +370,7 @@ mod tests {
             Step::Wait
         );
         assert_eq!(leader.tick(start), Step::Wait, "checkpoint 1 is under way");
-        for process in 0..2 {
-            leader.receive(Control::Frozen {
-                id: 1,
-                process,
-                time: 10,
-            });
-            leader.receive(Control::CutKnown { id: 1, process });
-            leader.receive(Control::Stored {
-                id: 1,
-                process,
-                receipts: vec![],
-            });
-        }
-        sent(leader.committed(1, 11, 0));
+        answer_and_commit(&mut leader, 1, 10);
         assert!(
             matches!(
                 sent(leader.tick(start))[0].control,
@@ -376,20 +378,7 @@ mod tests {
             ),
             "process 0 still reads: checkpoints go on"
         );
-        for process in 0..2 {
-            leader.receive(Control::Frozen {
-                id: 2,
-                process,
-                time: 20,
-            });
-            leader.receive(Control::CutKnown { id: 2, process });
-            leader.receive(Control::Stored {
-                id: 2,
-                process,
-                receipts: vec![],
-            });
-        }
-        sent(leader.committed(2, 21, 0));
+        answer_and_commit(&mut leader, 2, 20);
         assert_eq!(
             leader.receive(Control::FinalWanted { process: 0 }),
             Step::Wait
