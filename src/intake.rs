@@ -393,46 +393,20 @@ mod tests {
     use crate::operators::source::{open_assigned, resume_at_restored};
     use crate::plan::{Plan, SinkPlan, SourcePlan};
     use crate::row::Origins;
-    use crate::spec::SpecSource;
     use std::collections::BTreeSet;
 
-    /// A generator of `count` records on 3 partitions, 5% of them up to
-    /// 3 s out of order against a bound of 1 s: some are late (a feature
-    /// makes lateness matter).
+    /// The shipped generator dataflow with `count` records on 3
+    /// partitions, 5% of them up to 3 s out of order against a bound of
+    /// 1 s: some are late (its features make lateness matter).
     fn plan(count: u64) -> Plan {
-        let text = format!(
-            r#"
-name = "intake"
-[source]
-type = "generator"
-key = "user_id"
-partitions = 3
-count = {count}
-spacing_ms = 50.0
-disorder_fraction = 0.05
-disorder_max = "3s"
-[schema]
-user_id = "string"
-amount = "f64"
-ts = "timestamp_ms"
-[time]
-field = "ts"
-max_out_of_orderness = "1s"
-[[feature]]
-name = "amount_sum_1h"
-agg = "sum"
-field = "amount"
-window = "1h"
-[[sink]]
-type = "null"
-"#
-        );
-        let source = SpecSource {
-            file: "intake.toml".into(),
-            text,
-            overrides: Vec::new(),
-        };
-        Plan::from_spec(&source.parse().unwrap(), &source).unwrap()
+        let spec =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/fraud_generator.toml");
+        let overrides = [
+            "source.partitions=3".to_owned(),
+            format!("source.count={count}"),
+            "time.max_out_of_orderness=\"1s\"".to_owned(),
+        ];
+        crate::plan::load(&spec, &overrides).unwrap()
     }
 
     fn intake(plan: &Plan, restored: &BTreeMap<u32, PartitionPosition>) -> Intake {

@@ -444,15 +444,10 @@ fn checkpoints_of_a_cluster_restore_onto_one_process_and_back() {
 /// waits until every source has finished.
 #[test]
 fn sources_that_finish_first_do_not_stop_checkpoints() {
-    let Case {
-        _dir,
-        reference,
-        out,
-        spec,
-    } = Case::new("more-workers-than-partitions", 12_000, 8_000);
+    let case = Case::new("more-workers-than-partitions", 12_000, 8_000);
     // Six workers for four partitions: two read nothing from the start.
-    run_to_end(&spec, 6, NO_ENV);
-    let committed = common::committed_checkpoints(&out);
+    run_to_end(&case.spec, 6, NO_ENV);
+    let committed = common::committed_checkpoints(&case.out);
     let (newest, _) = committed.last().expect("checkpoints were taken");
     // The generator paces the run over 1.5 s, ten intervals: more than the
     // last checkpoint alone (all there was when the first source to
@@ -461,7 +456,7 @@ fn sources_that_finish_first_do_not_stop_checkpoints() {
         *newest >= 2,
         "a run of 1.5 s with checkpoints every 150 ms took only {newest}"
     );
-    assert_same_outputs(&out, &reference);
+    assert_same_outputs(&case.out, &case.reference);
 }
 
 #[test]
