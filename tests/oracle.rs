@@ -18,7 +18,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 use tideflow::batch::Batch;
 use tideflow::checkpoint;
-use tideflow::features::{Agg, StagePlan, StageState, WindowFeature};
+use tideflow::features::changes::StageChanges;
+use tideflow::features::{Agg, KeyState, StageClock, StagePlan, StageState, WindowFeature};
 use tideflow::ordering::PartitionClock;
 use tideflow::row::Row;
 use tideflow_connectors::{Value, format_compact};
@@ -381,16 +382,19 @@ proptest! {
 
 /// How a run went through the rows: the workers the keys were spread
 /// over, the sizes of the batches (cycled), the rows after which each
-/// worker swept for idle keys or was restored from its serialized state,
-/// and where the run was restored onto another number of workers; and
-/// the plan's `key_ttl`.
+/// worker swept for idle keys, took a checkpoint, or took one and was
+/// restored from its checkpoints, and where the run was restored onto
+/// another number of workers; how often a checkpoint was whole rather
+/// than the changes since the one before; and the plan's `key_ttl`.
 #[derive(Clone, Debug)]
 struct History {
     key_ttl_ms: Option<i64>,
     workers: usize,
     batch_sizes: Vec<usize>,
     sweeps_after: Vec<usize>,
+    checkpoints_after: Vec<usize>,
     restores_after: Vec<usize>,
+    whole_every: usize,
     reshape: Option<(usize, usize)>,
 }
 
@@ -400,16 +404,29 @@ fn histories() -> impl Strategy<Value = History> {
         1usize..5,
         proptest::collection::vec(1usize..24, 1..12),
         proptest::collection::vec(0usize..160, 0..6),
-        proptest::collection::vec(0usize..160, 0..6),
+        (
+            proptest::collection::vec(0usize..160, 0..8),
+            proptest::collection::vec(0usize..160, 0..6),
+            1usize..4,
+        ),
         proptest::option::of((0usize..160, 1usize..5)),
     )
         .prop_map(
-            |(key_ttl_ms, workers, batch_sizes, sweeps_after, restores_after, reshape)| History {
+            |(
                 key_ttl_ms,
                 workers,
                 batch_sizes,
                 sweeps_after,
+                (checkpoints_after, restores_after, whole_every),
+                reshape,
+            )| History {
+                key_ttl_ms,
+                workers,
+                batch_sizes,
+                sweeps_after,
+                checkpoints_after,
                 restores_after,
+                whole_every,
                 reshape,
             },
         )
@@ -442,28 +459,105 @@ fn run_through(
             (at.min(ordered.len()), workers)
         });
     let mut states: Vec<StageState> = (0..history.workers)
-        .map(|_| StageState::new(plan))
+        .map(|_| {
+            let mut state = StageState::new(plan);
+            state.track_changes();
+            state
+        })
         .collect();
-    let mut computed = run_rows(&mut states, &ordered[..split], plan, history)?;
+    let mut chains: Vec<Checkpoints> = states.iter().map(|_| Checkpoints::default()).collect();
+    let mut computed = run_rows((&mut states, &mut chains), &ordered[..split], plan, history)?;
     if history.reshape.is_some() {
-        states = StageState::regroup(plan, states, later_workers, |key| {
+        // Each worker checkpoints, and the new workers start from the
+        // keys of all the checkpoints.
+        let mut restored = Vec::new();
+        for (state, chain) in states.iter_mut().zip(&mut chains) {
+            chain.take(state, history.whole_every);
+            restored.push(chain.restore()?);
+        }
+        states = StageState::regroup(plan, restored, later_workers, |key| {
             worker_of(plan, &key.key, key.partition, later_workers)
         });
+        for state in &mut states {
+            state.track_changes();
+        }
+        chains = states.iter().map(|_| Checkpoints::default()).collect();
     }
-    computed.extend(run_rows(&mut states, &ordered[split..], plan, history)?);
+    computed.extend(run_rows(
+        (&mut states, &mut chains),
+        &ordered[split..],
+        plan,
+        history,
+    )?);
     Ok(computed)
 }
 
-/// Runs rows through one stage state per worker (see [`run_through`]).
+/// The bytes of each key's state, in order. Read back once, a ring lies
+/// as every ring of its records does (where its buffer wraps shows in its
+/// bytes).
+fn each_encoded(keys: &[KeyState]) -> Vec<Vec<u8>> {
+    let mut encoded: Vec<Vec<u8>> = keys
+        .iter()
+        .map(|key| {
+            let read: KeyState = checkpoint::decode(&checkpoint::encode(key)).unwrap();
+            checkpoint::encode(&read)
+        })
+        .collect();
+    encoded.sort();
+    encoded
+}
+
+/// A worker's checkpoints since it started or was restored: the last
+/// whole one, and the changes since, as the engine writes them.
+#[derive(Default)]
+struct Checkpoints {
+    whole: Vec<u8>,
+    changes: Vec<Vec<u8>>,
+    taken: usize,
+}
+
+impl Checkpoints {
+    /// Takes a checkpoint of `state`: whole the first time and every
+    /// `whole_every`, else its changes.
+    fn take(&mut self, state: &mut StageState, whole_every: usize) {
+        let whole = self.taken.is_multiple_of(whole_every);
+        if whole {
+            self.whole = checkpoint::encode(&*state);
+            self.changes.clear();
+        } else {
+            let changes = state.changes().expect("the state tracks its changes");
+            self.changes.push(checkpoint::encode(&changes));
+        }
+        state.checkpointed(whole);
+        self.taken += 1;
+    }
+
+    /// The clock and keys the checkpoints hold, read back.
+    fn restore(&self) -> Result<(StageClock, Vec<KeyState>), TestCaseError> {
+        let failed = |error: String| TestCaseError::fail(error);
+        let whole: StageState =
+            checkpoint::decode(&self.whole).map_err(|error| failed(error.to_string()))?;
+        let mut slotted = whole.into_slotted();
+        for bytes in &self.changes {
+            let changes: StageChanges =
+                checkpoint::decode(bytes).map_err(|error| failed(error.to_string()))?;
+            slotted.apply(changes).map_err(failed)?;
+        }
+        Ok(slotted.into_keys())
+    }
+}
+
+/// Runs rows through one stage state per worker, each with its
+/// checkpoints (see [`run_through`]).
 fn run_rows(
-    states: &mut [StageState],
+    (states, chains): (&mut [StageState], &mut [Checkpoints]),
     rows: &[Row],
     plan: &StagePlan,
     history: &History,
 ) -> Result<Vec<Row>, TestCaseError> {
     let mut computed = Vec::new();
     let workers = states.len();
-    for (worker, state) in states.iter_mut().enumerate() {
+    for (worker, (state, chain)) in states.iter_mut().zip(chains).enumerate() {
         let mine: Vec<Row> = rows
             .iter()
             .filter(|row| worker_of(plan, &row.values[0], row.partition, workers) == worker)
@@ -483,10 +577,20 @@ fn run_rows(
             if passed(&history.sweeps_after) {
                 state.evict_idle_keys(plan, BOUND_MS);
             }
+            if passed(&history.checkpoints_after) || passed(&history.restores_after) {
+                chain.take(state, history.whole_every);
+            }
             if passed(&history.restores_after) {
-                let bytes = checkpoint::encode(&*state);
-                *state = checkpoint::decode(&bytes)
-                    .map_err(|error| TestCaseError::fail(error.to_string()))?;
+                let (clock, keys) = chain.restore()?;
+                // The checkpoints hold the state as it is, to the byte:
+                // keys forgotten stay forgotten, records dropped stay
+                // dropped.
+                let (live_clock, live_keys) = state.clone().into_keys();
+                prop_assert_eq!(checkpoint::encode(&clock), checkpoint::encode(&live_clock));
+                prop_assert_eq!(each_encoded(&keys), each_encoded(&live_keys));
+                *state = StageState::from_keys(plan, clock, keys);
+                state.track_changes();
+                *chain = Checkpoints::default();
             }
             done += size;
         }

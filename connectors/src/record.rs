@@ -74,6 +74,36 @@ impl PartialEq for Value {
 
 impl Eq for Value {}
 
+/// A total order consistent with equality: by kind (null, bool, integer,
+/// float, string), then by value, floats in IEEE total order (which tells
+/// apart exactly the bit patterns equality does). Where values are kept
+/// in a hashed set, it gives them an order that does not depend on how
+/// the set was built.
+impl Ord for Value {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let kind = |value: &Value| match value {
+            Value::Null => 0,
+            Value::Bool(_) => 1,
+            Value::I64(_) => 2,
+            Value::F64(_) => 3,
+            Value::Str(_) => 4,
+        };
+        match (self, other) {
+            (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
+            (Value::I64(a), Value::I64(b)) => a.cmp(b),
+            (Value::F64(a), Value::F64(b)) => a.total_cmp(b),
+            (Value::Str(a), Value::Str(b)) => a.cmp(b),
+            _ => kind(self).cmp(&kind(other)),
+        }
+    }
+}
+
+impl PartialOrd for Value {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 impl Hash for Value {
     #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {

@@ -290,6 +290,7 @@ mod tests {
             name: name.into(),
             bytes: 10,
             crc32: 1,
+            base: Vec::new(),
         }
     }
 

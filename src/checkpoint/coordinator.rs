@@ -16,7 +16,9 @@
 //! Each operator reports one part and goes on: a writer thread stores
 //! the parts, and once a checkpoint has them all writes its manifest, then
 //! renames the epoch's files into place. Workers only encode their state,
-//! into buffers the stored parts leave behind.
+//! into buffers the stored parts leave behind. A part can hold only what
+//! changed since the operator's part of the checkpoint before; the writer
+//! records which parts it builds on (see [`super::store`]).
 //! In a cluster, process 0 chooses `T` and writes the manifest once every
 //! process has stored its parts (see [`super::agreement`]); a process
 //! holds its sources' times while the cut is agreed.
@@ -29,7 +31,7 @@
 //! nothing.
 
 use super::agreement::{Addressed, Control, Leader, Step};
-use super::store::{CheckpointStore, PartReceipt};
+use super::store::{CheckpointStore, PartLink, PartReceipt};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -86,6 +88,9 @@ pub struct Coordinator {
     /// into: a large part then costs a copy, not fresh pages to zero (on
     /// a virtual machine, most of its cost).
     buffers: Mutex<Vec<Vec<u8>>>,
+    /// Per part name, the parts the next change of it builds on: the last
+    /// whole part and the changes stored since, oldest first.
+    chains: Mutex<std::collections::HashMap<String, Vec<PartLink>>>,
     /// This process's index in a cluster; `None` when it runs alone.
     process: Option<usize>,
     /// Sources (workers) in this process.
@@ -159,6 +164,9 @@ struct Part {
     name: String,
     bytes: Vec<u8>,
     files: Vec<EpochFile>,
+    /// Whether it holds only what changed since the operator's part of
+    /// the checkpoint before.
+    change: bool,
 }
 
 /// A checkpoint an operator has to cut: its id and its time.
@@ -196,6 +204,7 @@ impl Coordinator {
             interval,
             parts,
             buffers: Mutex::new(Vec::new()),
+            chains: Mutex::new(std::collections::HashMap::new()),
             process: cluster.map(|(process, _)| process),
             sources,
             inner: Mutex::new(Inner {
@@ -515,13 +524,22 @@ impl Coordinator {
 
     /// Hands an operator's part of checkpoint `id` to the writer thread,
     /// with the files it closed for the checkpoint's epoch; the last part
-    /// commits the checkpoint and publishes every file.
-    pub fn report(&self, id: u64, name: &str, bytes: Vec<u8>, files: Vec<EpochFile>) -> Result<()> {
+    /// commits the checkpoint and publishes every file. `change`: the part
+    /// holds only what changed since the operator's part of the checkpoint
+    /// before.
+    pub fn report(
+        &self,
+        id: u64,
+        name: &str,
+        (bytes, change): (Vec<u8>, bool),
+        files: Vec<EpochFile>,
+    ) -> Result<()> {
         let part = Part {
             id,
             name: name.to_owned(),
             bytes,
             files,
+            change,
         };
         match lock(&self.writer).as_ref() {
             Some((parts_in, _)) if parts_in.send(part).is_ok() => Ok(()),
@@ -539,8 +557,10 @@ impl Coordinator {
             name,
             bytes,
             files,
+            change,
         } = part;
-        let receipt = self.store.write_part(id, &name, &bytes)?;
+        let mut receipt = self.store.write_part(id, &name, &bytes)?;
+        receipt.base = self.chain(&receipt, id, change)?;
         {
             let mut buffers = lock(&self.buffers);
             if buffers.len() < self.parts {
@@ -574,6 +594,31 @@ impl Coordinator {
         let bytes = progress.receipts.iter().map(|receipt| receipt.bytes).sum();
         self.store.commit(progress.id, progress.receipts.clone())?;
         self.publish(&mut inner, progress, bytes)
+    }
+
+    /// What the part of `receipt`, stored for checkpoint `id`, builds on:
+    /// nothing when whole; for a change, the same part's last whole one
+    /// and the changes since (all of checkpoints committed before this
+    /// one starts, which one checkpoint at a time ensures).
+    fn chain(&self, receipt: &PartReceipt, id: u64, change: bool) -> Result<Vec<PartLink>> {
+        let mut chains = lock(&self.chains);
+        let link = receipt.link(id);
+        if !change {
+            chains.insert(receipt.name.clone(), vec![link]);
+            return Ok(Vec::new());
+        }
+        let Some(chain) = chains.get_mut(&receipt.name) else {
+            return Err(Error::Checkpoint {
+                location: self.store.describe(),
+                message: format!(
+                    "part '{}' of checkpoint {id} holds changes, but no whole part came before it",
+                    receipt.name
+                ),
+            });
+        };
+        let base = chain.clone();
+        chain.push(link);
+        Ok(base)
     }
 
     /// A checkpoint has committed: publishes the files of its epoch and

@@ -18,7 +18,7 @@ pub mod store;
 pub use coordinator::{Coordinator, Cut, EpochFile, FINAL, SourceStep};
 pub use object::ObjectStorage;
 pub use storage::{LocalStorage, Storage};
-pub use store::{Checkpoint, CheckpointStore, Found, PartReceipt, Refusal};
+pub use store::{Checkpoint, CheckpointStore, Found, PartLink, PartReceipt, Refusal, StoredPart};
 
 use crate::{Error, Result};
 use serde::Serialize;

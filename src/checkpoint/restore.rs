@@ -9,7 +9,7 @@
 //! worker that now owns them.
 
 use super::coordinator::EpochFile;
-use super::store::{CheckpointStore, Found};
+use super::store::{CheckpointStore, Found, StoredPart};
 use crate::Result;
 use crate::features::{StagePlan, StageState};
 use crate::ordering::PartitionClock;
@@ -119,6 +119,25 @@ pub struct StagePartRef<'a> {
     pub buffered: Vec<&'a crate::row::Row>,
 }
 
+/// What a feature stage's state changed since its part of the
+/// checkpoint before, and the rows it holds back now.
+#[derive(Debug, Deserialize)]
+pub struct StagePartChanges {
+    /// What the stage's keys and clock changed.
+    pub changes: crate::features::changes::StageChanges,
+    /// Rows waiting for the watermark, in canonical order.
+    pub buffered: Vec<crate::row::Row>,
+}
+
+/// A [`StagePartChanges`] borrowed from a running stage, to encode.
+#[derive(Debug, Serialize)]
+pub struct StagePartChangesRef<'a> {
+    /// What the stage's keys and clock changed.
+    pub changes: crate::features::changes::StageChangesRef<'a>,
+    /// Rows waiting for the watermark, in canonical order.
+    pub buffered: Vec<&'a crate::row::Row>,
+}
+
 /// What a run starts from.
 #[derive(Debug, Default)]
 pub struct Restored {
@@ -186,7 +205,7 @@ pub fn restore(
         id: checkpoint.epoch,
         ..Restored::default()
     };
-    let mut stages: Vec<Vec<StagePart>> = plan.stages.iter().map(|_| Vec::new()).collect();
+    let mut stages: Vec<Vec<StageKeys>> = plan.stages.iter().map(|_| Vec::new()).collect();
     let mut files: Vec<EpochFile> = Vec::new();
     // The stages' parts are most of a checkpoint's bytes: each is decoded
     // on a thread of its own.
@@ -194,10 +213,10 @@ pub fn restore(
         let decoding: Vec<_> = checkpoint
             .parts
             .iter()
-            .map(|(name, bytes)| {
+            .map(|(name, stored)| {
                 let location = location(name);
                 let stage_count = stages.len();
-                scope.spawn(move || decode_part(name, bytes, stage_count, location))
+                scope.spawn(move || decode_part(name, stored, stage_count, location))
             })
             .collect();
         decoding
@@ -248,39 +267,89 @@ enum DecodedPart {
     /// A sink's or the scoring's part.
     Sink(SinkCut),
     /// Stage `index`'s part of one worker.
-    Stage(usize, Box<StagePart>),
+    Stage(usize, Box<StageKeys>),
+}
+
+/// One worker's part of a stage, decoded: its clock and keys, and the
+/// rows it held back.
+struct StageKeys {
+    clock: crate::features::StageClock,
+    keys: Vec<crate::features::KeyState>,
+    buffered: Vec<crate::row::Row>,
+}
+
+impl StageKeys {
+    /// The part from its whole bytes and the changes since.
+    fn decode(stored: &StoredPart) -> Result<StageKeys> {
+        let whole: StagePart = super::decode(&stored.whole)?;
+        if stored.changes.is_empty() {
+            let (clock, keys) = whole.state.into_keys();
+            return Ok(StageKeys {
+                clock,
+                keys,
+                buffered: whole.buffered,
+            });
+        }
+        let mut slotted = whole.state.into_slotted();
+        let mut buffered = whole.buffered;
+        for (index, bytes) in stored.changes.iter().enumerate() {
+            let changed: StagePartChanges = super::decode(bytes)?;
+            slotted
+                .apply(changed.changes)
+                .map_err(|message| crate::Error::Checkpoint {
+                    location: format!("changes {} of {}", index + 1, stored.changes.len()),
+                    message,
+                })?;
+            buffered = changed.buffered;
+        }
+        let (clock, keys) = slotted.into_keys();
+        Ok(StageKeys {
+            clock,
+            keys,
+            buffered,
+        })
+    }
 }
 
 /// Decodes the part named `name` (`operator-wN`) of a checkpoint of a
 /// plan with `stage_count` stages.
 fn decode_part(
     name: &str,
-    bytes: &[u8],
+    stored: &StoredPart,
     stage_count: usize,
     location: String,
 ) -> Result<DecodedPart> {
     let operator = name.split("-w").next().unwrap_or_default();
-    let decoded = match operator {
-        "source" => super::decode::<SourceCut>(bytes).map(DecodedPart::Source),
-        "sink" | "score" => super::decode::<SinkCut>(bytes).map(DecodedPart::Sink),
-        stage => match stage
-            .strip_prefix("stage")
-            .and_then(|index| index.parse::<usize>().ok())
-            .filter(|index| *index < stage_count)
-        {
-            Some(index) => super::decode::<StagePart>(bytes)
-                .map(|part| DecodedPart::Stage(index, Box::new(part))),
-            None => {
-                return Err(crate::Error::Checkpoint {
-                    location,
-                    message: "a part this dataflow has no operator for: the checkpoint is of another spec; point state.dir elsewhere".into(),
-                });
-            }
-        },
+    let stage = operator
+        .strip_prefix("stage")
+        .and_then(|index| index.parse::<usize>().ok());
+    let refused = |message: &str| crate::Error::Checkpoint {
+        location: location.clone(),
+        message: message.into(),
     };
-    decoded.map_err(|error| crate::Error::Checkpoint {
-        location,
-        message: error.to_string(),
+    if stage.is_none() && !stored.changes.is_empty() {
+        return Err(refused(
+            "holds changes to an earlier part, which only feature stages write",
+        ));
+    }
+    let decoded = match (operator, stage) {
+        ("source", _) => super::decode::<SourceCut>(&stored.whole).map(DecodedPart::Source),
+        ("sink" | "score", _) => super::decode::<SinkCut>(&stored.whole).map(DecodedPart::Sink),
+        (_, Some(index)) if index < stage_count => {
+            StageKeys::decode(stored).map(|part| DecodedPart::Stage(index, Box::new(part)))
+        }
+        _ => {
+            return Err(refused(
+                "a part this dataflow has no operator for: the checkpoint is of another spec; point state.dir elsewhere",
+            ));
+        }
+    };
+    decoded.map_err(|error| match error {
+        crate::Error::Checkpoint {
+            location: within,
+            message,
+        } if within != "state" => refused(&format!("{within}: {message}")),
+        error => refused(&error.to_string()),
     })
 }
 
@@ -288,7 +357,7 @@ fn decode_part(
 /// run's `workers`.
 fn regroup(
     stage: &StagePlan,
-    parts: Vec<StagePart>,
+    parts: Vec<StageKeys>,
     workers: usize,
     in_cluster: bool,
 ) -> Vec<Mutex<Option<StagePart>>> {
@@ -296,7 +365,7 @@ fn regroup(
     let mut buffered: Vec<Vec<crate::row::Row>> = (0..workers).map(|_| Vec::new()).collect();
     let mut states = Vec::with_capacity(parts.len());
     for part in parts {
-        states.push(part.state);
+        states.push((part.clock, part.keys));
         for row in part.buffered {
             let worker = owner(
                 by_partition,

@@ -12,6 +12,13 @@
 //! any newer one (a torn write, a flipped bit, a missing part). Nothing is
 //! written twice: each checkpoint has its own epoch, and committing an
 //! epoch that exists is an error.
+//!
+//! A part can hold only what changed since the same part of the
+//! checkpoint before (see [`crate::features::changes`]): its receipt then
+//! names its base, the whole part of an earlier checkpoint and the changes
+//! written since, each with its length and checksum, and a restore reads
+//! and checks them all. Retention keeps the parts a kept checkpoint builds
+//! on, though their own checkpoints go.
 
 use super::storage::Storage;
 use crate::{Error, Result};
@@ -20,7 +27,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The layout of checkpoints this version writes and reads.
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 
 /// Where checkpoints live within the storage.
 const PREFIX: &str = "checkpoints/";
@@ -42,6 +49,34 @@ pub struct PartReceipt {
     pub bytes: u64,
     /// CRC-32 (IEEE) of its bytes.
     pub crc32: u32,
+    /// For a part that holds only what changed: the same part in earlier
+    /// checkpoints that it builds on, oldest (a whole part) first.
+    /// (Always written: receipts also travel between the processes of a
+    /// cluster in a format that cannot skip fields.)
+    pub base: Vec<PartLink>,
+}
+
+/// A part of an earlier checkpoint that a part builds on: its epoch, its
+/// length and its checksum (its name is the part's).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartLink {
+    /// The epoch of the checkpoint it belongs to.
+    pub epoch: u64,
+    /// Its length in bytes.
+    pub bytes: u64,
+    /// CRC-32 (IEEE) of its bytes.
+    pub crc32: u32,
+}
+
+impl PartReceipt {
+    /// This part as the base of the next checkpoint's part of its name.
+    pub fn link(&self, epoch: u64) -> PartLink {
+        PartLink {
+            epoch,
+            bytes: self.bytes,
+            crc32: self.crc32,
+        }
+    }
 }
 
 /// What makes a checkpoint: its epoch and every part it holds.
@@ -59,7 +94,18 @@ pub struct Checkpoint {
     /// Its epoch.
     pub epoch: u64,
     /// Its parts by name.
-    pub parts: BTreeMap<String, Vec<u8>>,
+    pub parts: BTreeMap<String, StoredPart>,
+}
+
+/// A part's bytes as stored: whole, in this checkpoint or an earlier one,
+/// and the changes written since, oldest first (none for a part this
+/// checkpoint holds whole).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredPart {
+    /// The whole part.
+    pub whole: Vec<u8>,
+    /// What changed since, checkpoint by checkpoint.
+    pub changes: Vec<Vec<u8>>,
 }
 
 /// A newer checkpoint a restore did not take, and why.
@@ -137,6 +183,7 @@ impl CheckpointStore {
             name: name.to_owned(),
             bytes: bytes.len() as u64,
             crc32: crc32fast::hash(bytes),
+            base: Vec::new(),
         })
     }
 
@@ -215,44 +262,95 @@ impl CheckpointStore {
         }
         let mut parts = BTreeMap::new();
         for receipt in manifest.parts {
-            let Some(bytes) = self.storage.get(&format!("{prefix}{}", receipt.name))? else {
-                return Ok(Err(format!("part '{}' is missing", receipt.name)));
-            };
-            if bytes.len() as u64 != receipt.bytes {
-                return Ok(Err(format!(
-                    "part '{}' has {} bytes, its manifest says {} (torn write)",
-                    receipt.name,
-                    bytes.len(),
-                    receipt.bytes
-                )));
+            let mut links = receipt.base.clone();
+            links.push(receipt.link(epoch));
+            let mut read = Vec::with_capacity(links.len());
+            for link in &links {
+                match self.read_link(&receipt.name, link, epoch)? {
+                    Ok(bytes) => read.push(bytes),
+                    Err(reason) => return Ok(Err(reason)),
+                }
             }
-            let crc32 = crc32fast::hash(&bytes);
-            if crc32 != receipt.crc32 {
-                return Ok(Err(format!(
-                    "part '{}' has checksum {crc32:08x}, its manifest says {:08x} (corrupted)",
-                    receipt.name, receipt.crc32
-                )));
-            }
-            parts.insert(receipt.name, bytes);
+            let whole = read.remove(0);
+            parts.insert(
+                receipt.name,
+                StoredPart {
+                    whole,
+                    changes: read,
+                },
+            );
         }
         Ok(Ok(Checkpoint { epoch, parts }))
     }
 
+    /// The bytes of part `name` in the checkpoint `link` names, read for
+    /// the checkpoint of `epoch`, or why they do not check.
+    fn read_link(
+        &self,
+        name: &str,
+        link: &PartLink,
+        epoch: u64,
+    ) -> Result<std::result::Result<Vec<u8>, String>> {
+        let part = match link.epoch == epoch {
+            true => format!("part '{name}'"),
+            false => format!("part '{name}' of checkpoint {} (its base)", link.epoch),
+        };
+        let Some(bytes) = self
+            .storage
+            .get(&format!("{}{name}", epoch_prefix(link.epoch)))?
+        else {
+            return Ok(Err(format!("{part} is missing")));
+        };
+        if bytes.len() as u64 != link.bytes {
+            return Ok(Err(format!(
+                "{part} has {} bytes, its manifest says {} (torn write)",
+                bytes.len(),
+                link.bytes
+            )));
+        }
+        let crc32 = crc32fast::hash(&bytes);
+        if crc32 != link.crc32 {
+            return Ok(Err(format!(
+                "{part} has checksum {crc32:08x}, its manifest says {:08x} (corrupted)",
+                link.crc32
+            )));
+        }
+        Ok(Ok(bytes))
+    }
+
     /// Removes checkpoints older than the newest `retain` committed ones,
     /// and parts of uncommitted checkpoints older than `committed` (left by
-    /// a crash before their manifest).
+    /// a crash before their manifest), but not the parts a kept
+    /// checkpoint builds on.
     fn remove_old(&self, committed: u64) -> Result<()> {
         let epochs = self.committed_epochs()?;
         let keep_from = epochs
             .len()
             .checked_sub(self.retain)
             .map_or(0, |first| epochs[first]);
+        let mut based_on = std::collections::BTreeSet::new();
+        for epoch in epochs.iter().filter(|epoch| **epoch >= keep_from) {
+            let key = format!("{}{MANIFEST}", epoch_prefix(*epoch));
+            let Some(text) = self.storage.get(&key)? else {
+                continue;
+            };
+            // An unreadable manifest builds on nothing a restore would read.
+            let Ok(manifest) = serde_json::from_slice::<Manifest>(&text) else {
+                continue;
+            };
+            for receipt in &manifest.parts {
+                for link in &receipt.base {
+                    based_on.insert(format!("{}{}", epoch_prefix(link.epoch), receipt.name));
+                }
+            }
+        }
         for key in self.storage.list(PREFIX)? {
             let Some(epoch) = epoch_of(&key) else {
                 continue;
             };
             let uncommitted = epochs.binary_search(&epoch).is_err();
-            if epoch < keep_from || (uncommitted && epoch < committed) {
+            if (epoch < keep_from || (uncommitted && epoch < committed)) && !based_on.contains(&key)
+            {
                 self.storage.delete(&key)?;
             }
         }
@@ -325,8 +423,8 @@ mod tests {
         let found = store.latest().unwrap();
         let checkpoint = found.checkpoint.unwrap();
         assert_eq!(checkpoint.epoch, 20);
-        assert_eq!(checkpoint.parts["w0"], b"second");
-        assert_eq!(checkpoint.parts["w1"], b"more");
+        assert_eq!(checkpoint.parts["w0"].whole, b"second");
+        assert_eq!(checkpoint.parts["w1"].whole, b"more");
         assert!(found.refused.is_empty());
     }
 
@@ -338,7 +436,10 @@ mod tests {
         // A flipped byte.
         std::fs::write(part_path(&directory, 2, "state"), b"newer stbte").unwrap();
         let found = store.latest().unwrap();
-        assert_eq!(found.checkpoint.unwrap().parts["state"], b"good state");
+        assert_eq!(
+            found.checkpoint.unwrap().parts["state"].whole,
+            b"good state"
+        );
         assert_eq!(found.refused.len(), 1);
         assert!(
             found.refused[0]
@@ -399,7 +500,7 @@ mod tests {
             "{error}"
         );
         assert_eq!(
-            store.latest().unwrap().checkpoint.unwrap().parts["state"],
+            store.latest().unwrap().checkpoint.unwrap().parts["state"].whole,
             b"kept"
         );
         assert!(store.write_part(7, "state", b"clobbered").is_err());
@@ -417,5 +518,79 @@ mod tests {
         let found = store.latest().unwrap();
         assert_eq!(found.checkpoint.unwrap().parts.len(), 1);
         assert!(found.refused.is_empty());
+    }
+
+    /// Commits `bytes` as part `name` of `epoch`, building on `base`
+    /// (nothing: a whole part), and returns its receipt.
+    fn take_part(
+        store: &CheckpointStore,
+        epoch: u64,
+        (name, bytes): (&str, &[u8]),
+        base: Vec<PartLink>,
+    ) -> PartReceipt {
+        let mut receipt = store.write_part(epoch, name, bytes).unwrap();
+        receipt.base = base;
+        store.commit(epoch, vec![receipt.clone()]).unwrap();
+        receipt
+    }
+
+    #[test]
+    fn a_part_of_changes_reads_back_with_the_parts_it_builds_on() {
+        let (_directory, store) = store(1);
+        let whole = take_part(&store, 1, ("stage", b"whole"), Vec::new());
+        let change = take_part(&store, 2, ("stage", b"change 2"), vec![whole.link(1)]);
+        take_part(
+            &store,
+            3,
+            ("stage", b"change 3"),
+            vec![whole.link(1), change.link(2)],
+        );
+        // Retention keeps one checkpoint, and the parts it builds on.
+        assert_eq!(store.committed_epochs().unwrap(), vec![3]);
+        let found = store.latest().unwrap();
+        let part = &found.checkpoint.unwrap().parts["stage"];
+        assert_eq!(part.whole, b"whole");
+        assert_eq!(
+            part.changes,
+            vec![b"change 2".to_vec(), b"change 3".to_vec()]
+        );
+        // A whole part again: what the chain held goes at the next commit.
+        take(&store, 4, &[("stage", b"whole again")]);
+        take(&store, 5, &[("stage", b"and again")]);
+        for epoch in 1..=4 {
+            assert!(store.storage.list(&epoch_prefix(epoch)).unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_whose_base_is_damaged_is_refused_for_an_older_one() {
+        let (directory, store) = store(3);
+        let whole = take_part(&store, 1, ("stage", b"whole"), Vec::new());
+        take_part(&store, 2, ("stage", b"change 2"), vec![whole.link(1)]);
+        let whole = take_part(&store, 3, ("stage", b"whole 3"), Vec::new());
+        take_part(&store, 4, ("stage", b"change 4"), vec![whole.link(3)]);
+        std::fs::write(part_path(&directory, 3, "stage"), b"whole 4").unwrap();
+        let found = store.latest().unwrap();
+        // 4 builds on 3's damaged part, 3 is that part: 2 is the newest
+        // that checks.
+        assert_eq!(found.checkpoint.as_ref().unwrap().epoch, 2);
+        assert_eq!(found.refused.len(), 2);
+        assert!(
+            found.refused[0]
+                .reason
+                .contains("part 'stage' of checkpoint 3 (its base) has checksum"),
+            "{:?}",
+            found.refused
+        );
+        std::fs::remove_file(part_path(&directory, 1, "stage")).unwrap();
+        let found = store.latest().unwrap();
+        assert_eq!(found.checkpoint, None);
+        assert!(
+            found.refused[2]
+                .reason
+                .contains("part 'stage' of checkpoint 1 (its base) is missing"),
+            "{:?}",
+            found.refused
+        );
     }
 }

@@ -211,6 +211,15 @@ impl<E: Copy> KeyIndex<E> {
         }
     }
 
+    /// Calls `visit` with each key held and its entry, in bucket order.
+    pub fn for_each(&self, mut visit: impl FnMut(&Value, &E)) {
+        for bucket in &self.buckets {
+            if let Filed::Key(key, entry) = bucket {
+                visit(key, entry);
+            }
+        }
+    }
+
     /// Keeps the keys for which `keep` holds, dropping the others.
     pub fn retain(&mut self, mut keep: impl FnMut(&Value, &E) -> bool) {
         for index in 0..self.buckets.len() {

@@ -8,6 +8,7 @@
 //! state here is plain and serializable; the timely operators in
 //! [`crate::operators`] only feed it rows.
 
+pub mod changes;
 pub mod claims;
 pub mod exact;
 pub mod expr;
@@ -102,6 +103,11 @@ pub struct StageState {
     /// Keys started and forgotten since [`StageState::take_key_changes`],
     /// kept only once [`StageState::track_key_changes`] was called.
     key_changes: Option<KeyChanges>,
+    /// The slots changed since the last checkpoint, tracked only once
+    /// [`StageState::track_changes`] was called; a checkpoint writes
+    /// them, not what it wrote before.
+    #[serde(skip)]
+    changes: Option<changes::ChangeTracking>,
 }
 
 /// One key's whole state in a stage, on its own: what moves between
@@ -183,6 +189,7 @@ impl StageState {
             stage_newest: i64::MIN,
             rows_since_sweep: 0,
             key_changes: None,
+            changes: None,
         }
     }
 
@@ -273,6 +280,9 @@ impl StageState {
             for (row, slot) in rows.iter().zip(&slots) {
                 if self.has_expired(plan, *slot, row.time) {
                     self.reset_slot(plan, *slot);
+                }
+                if let Some(changes) = &mut self.changes {
+                    changes.mark(*slot);
                 }
                 let newest = self.newest[*slot].max(row.time);
                 self.newest[*slot] = newest;
@@ -430,6 +440,9 @@ impl StageState {
 
     /// Fresh state in `slot`: a new slot at the end, or a freed one.
     fn reset_slot(&mut self, plan: &StagePlan, slot: usize) {
+        if let Some(changes) = &mut self.changes {
+            changes.mark(slot);
+        }
         let fresh = self
             .others
             .iter()
@@ -518,31 +531,8 @@ impl StageState {
     }
 
     /// The stage's clock and each key's state, apart.
-    pub fn into_keys(mut self) -> (StageClock, Vec<KeyState>) {
-        let mut held = Vec::with_capacity(self.keys.len());
-        self.keys.retain(|key, entry| {
-            held.push((key.clone(), *entry));
-            true
-        });
-        let width = self.others.len();
-        let keys = held
-            .into_iter()
-            .map(|(key, entry)| {
-                let slot = entry.slot();
-                KeyState {
-                    key,
-                    partition: entry.partition,
-                    newest: self.newest[slot],
-                    numbers: self.numbers.take_key(slot),
-                    others: self.other_states[slot * width..(slot + 1) * width].to_vec(),
-                }
-            })
-            .collect();
-        let clock = StageClock {
-            partition_newest: self.partition_newest,
-            stage_newest: self.stage_newest,
-        };
-        (clock, keys)
+    pub fn into_keys(self) -> (StageClock, Vec<KeyState>) {
+        self.into_slotted().into_keys()
     }
 
     /// A stage holding these keys, with this clock.
@@ -569,12 +559,14 @@ impl StageState {
     }
 
     /// The states of `parts` workers made from the states of some other
-    /// number of workers: each key goes to the part `route` names, and
-    /// every part gets the clock of all of them together. Features then
-    /// compute exactly what they would have on the old workers.
+    /// number of workers (each its clock and keys, as
+    /// [`StageState::into_keys`] gives them): each key goes to the part
+    /// `route` names, and every part gets the clock of all of them
+    /// together. Features then compute exactly what they would have on
+    /// the old workers.
     pub fn regroup(
         plan: &StagePlan,
-        states: Vec<StageState>,
+        states: Vec<(StageClock, Vec<KeyState>)>,
         parts: usize,
         route: impl Fn(&KeyState) -> usize,
     ) -> Vec<StageState> {
@@ -583,12 +575,11 @@ impl StageState {
             ..StageClock::default()
         };
         // Each part's share of the keys, room made for at once.
-        let share = states.iter().map(StageState::key_count).sum::<usize>() / parts.max(1);
+        let share = states.iter().map(|(_, keys)| keys.len()).sum::<usize>() / parts.max(1);
         let mut routed: Vec<Vec<KeyState>> = (0..parts)
             .map(|_| Vec::with_capacity(share + share / 8))
             .collect();
-        for state in states {
-            let (theirs, keys) = state.into_keys();
+        for (theirs, keys) in states {
             clock.merge(&theirs);
             for key in keys {
                 routed[route(&key) % parts].push(key);

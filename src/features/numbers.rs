@@ -269,6 +269,38 @@ impl NumericState {
         self.extremes[extremes].clone_from_slice(&key.extremes);
     }
 
+    /// What the key in `slot` changed since the last checkpoint.
+    pub fn change_of(&self, slot: usize) -> NumericKeyChangeRef<'_> {
+        let (groups, extras, extremes) = self.blocks(slot);
+        NumericKeyChangeRef {
+            ring: RingChangeRef {
+                ring: self.rings.get(slot),
+            },
+            groups: self.groups.get(groups).unwrap_or_default(),
+            extras: self.extras.get(extras).unwrap_or_default(),
+            extremes: self.extremes.get(extremes).unwrap_or_default(),
+        }
+    }
+
+    /// Records that a checkpoint now holds the key in `slot` as it is.
+    pub fn mark_kept(&mut self, slot: usize) {
+        if let Some(ring) = self.rings.get_mut(slot) {
+            ring.mark_kept();
+        }
+    }
+
+    /// Records that a checkpoint now holds every key as it is.
+    pub fn mark_all_kept(&mut self) {
+        self.rings.iter_mut().for_each(RecordRing::mark_kept);
+    }
+
+    /// Records held over all keys, and the bytes each takes in a
+    /// checkpoint.
+    pub fn held_records(&self) -> (usize, usize) {
+        let held = self.rings.iter().map(RecordRing::len).sum();
+        (held, self.layout.stride() * std::mem::size_of::<u64>())
+    }
+
     /// Where the groups, extras and extremes of the key in `slot` lie in
     /// their flat vectors.
     fn blocks(&self, slot: usize) -> (Range<usize>, Range<usize>, Range<usize>) {
@@ -370,6 +402,43 @@ pub struct NumericKey {
     groups: Vec<WindowGroup>,
     extras: Vec<GroupExtras>,
     extremes: Vec<Extremes>,
+}
+
+/// What one key's numeric state changed since the last checkpoint,
+/// borrowed from its stage to encode: its ring's change (see
+/// [`RingChangeRef`]) and its running aggregates and deques whole.
+#[derive(Debug, Serialize)]
+pub struct NumericKeyChangeRef<'a> {
+    ring: RingChangeRef<'a>,
+    groups: &'a [WindowGroup],
+    extras: &'a [GroupExtras],
+    extremes: &'a [Extremes],
+}
+
+/// A [`NumericKeyChangeRef`] read back.
+#[derive(Debug, Deserialize)]
+pub struct NumericKeyChange {
+    ring: RingChange,
+    groups: Vec<WindowGroup>,
+    extras: Vec<GroupExtras>,
+    extremes: Vec<Extremes>,
+}
+
+impl NumericKeyChange {
+    /// The key's state after the change, from its state before (`None`:
+    /// the key had no state then, or another key held its slot).
+    pub fn apply(self, base: Option<&NumericKey>) -> Result<NumericKey, String> {
+        let ring = match base {
+            Some(base) => self.ring.apply(&base.ring)?,
+            None => self.ring.apply(&RecordRing::default())?,
+        };
+        Ok(NumericKey {
+            ring,
+            groups: self.groups,
+            extras: self.extras,
+            extremes: self.extremes,
+        })
+    }
 }
 
 /// What [`NumericState::prefetch`] asks for.
@@ -695,6 +764,11 @@ fn to_sample(value: &Value) -> u64 {
 /// The header takes 32 bytes, so that a key's never straddles two cache
 /// lines: entry counts are 32-bit (at 16 bytes an entry at least, 2^32 of
 /// one key's records would take 64 GiB).
+///
+/// For incremental checkpoints (see [`RingChange`]) the ring knows how
+/// many records it ever dropped from its front (which also places its
+/// oldest record: no separate head) and how many at its front are as the
+/// last checkpoint holds them.
 #[derive(Clone, Debug, Default)]
 struct RecordRing {
     /// `capacity * stride` words.
@@ -702,9 +776,15 @@ struct RecordRing {
     /// Entries the words hold: a power of two (or zero), kept rather than
     /// divided out of `words.len()` on every access.
     capacity: u32,
-    /// Entry index of the oldest record.
-    head: u32,
+    /// Records ever dropped from the front, wrapping: the oldest record
+    /// is entry `popped % capacity` (a power of two divides 2^32, so the
+    /// wrap keeps the place).
+    popped: u32,
     len: u32,
+    /// Records at the front that the last checkpoint holds as they are
+    /// now: dropping from the front and inserting behind them keeps them;
+    /// inserting among them cuts them short at the insertion.
+    kept: u32,
 }
 
 impl RecordRing {
@@ -715,7 +795,7 @@ impl RecordRing {
 
     /// Word index of entry `position`.
     fn base(&self, stride: usize, position: usize) -> usize {
-        ((self.head as usize + position) & (self.capacity as usize).wrapping_sub(1)) * stride
+        ((self.popped as usize + position) & (self.capacity as usize).wrapping_sub(1)) * stride
     }
 
     fn time(&self, stride: usize, position: usize) -> i64 {
@@ -764,6 +844,9 @@ impl RecordRing {
             self.grow(stride);
         }
         self.len += 1;
+        if position < self.kept as usize {
+            self.kept = position as u32;
+        }
         // Entries after the position move one place towards the back.
         for moved in (position + 1..self.len()).rev() {
             let (to, from) = (self.base(stride, moved), self.base(stride, moved - 1));
@@ -776,78 +859,227 @@ impl RecordRing {
 
     /// Forgets every entry, keeping the buffer.
     fn clear(&mut self) {
-        self.head = 0;
         self.len = 0;
+        self.kept = 0;
     }
 
     fn pop_front(&mut self) {
-        self.head = (self.head + 1) & (self.capacity - 1);
+        self.popped = self.popped.wrapping_add(1);
         self.len -= 1;
+        self.kept = self.kept.saturating_sub(1);
     }
 
-    /// Doubles the capacity, moving the entries to the front in order.
+    /// Doubles the capacity, each entry at its place in the larger buffer.
     fn grow(&mut self, stride: usize) {
         let capacity = (self.capacity * 2).max(4);
-        let mut words = vec![0; capacity as usize * stride].into_boxed_slice();
-        for position in 0..self.len() {
-            let from = self.base(stride, position);
-            words[position * stride..(position + 1) * stride]
-                .copy_from_slice(&self.words[from..from + stride]);
+        let (first, second) = self.runs(stride, 0);
+        let mut grown = RecordRing::from_runs(stride, capacity, self.popped, [first, second]);
+        grown.kept = self.kept;
+        *self = grown;
+    }
+
+    /// A ring of `capacity` entries holding the entries of `runs` (whole
+    /// entries, oldest first), having dropped `popped` from its front.
+    fn from_runs(stride: usize, capacity: u32, popped: u32, runs: [&[u64]; 2]) -> Self {
+        let len = (runs[0].len() + runs[1].len()) / stride.max(1);
+        debug_assert!(len <= capacity as usize);
+        let mut ring = RecordRing {
+            words: vec![0; capacity as usize * stride].into_boxed_slice(),
+            capacity,
+            popped,
+            len: len as u32,
+            kept: 0,
+        };
+        // Whole entries, copied in at most two pieces each side of the
+        // buffer's end.
+        let start = ring.base(stride, 0);
+        let mut at = start;
+        for run in runs {
+            let mut rest = run;
+            while !rest.is_empty() {
+                let room = (ring.words.len() - at).min(rest.len());
+                ring.words[at..at + room].copy_from_slice(&rest[..room]);
+                rest = &rest[room..];
+                at = (at + room) % ring.words.len();
+            }
         }
-        self.words = words;
-        self.capacity = capacity;
-        self.head = 0;
+        ring
+    }
+
+    /// The words of the entries from `position` on, oldest first, in two
+    /// runs: up to the end of the buffer, and from its start.
+    fn runs(&self, stride: usize, position: usize) -> (&[u64], &[u64]) {
+        if position >= self.len() {
+            return (&[], &[]);
+        }
+        let start = self.base(stride, position);
+        let end = start + (self.len() - position) * stride;
+        if end <= self.words.len() {
+            (&self.words[start..end], &[])
+        } else {
+            (&self.words[start..], &self.words[..end - self.words.len()])
+        }
+    }
+
+    /// The stride of a ring that holds words (0 for one that never did).
+    fn stride(&self) -> usize {
+        self.words
+            .len()
+            .checked_div(self.capacity as usize)
+            .unwrap_or(0)
+    }
+
+    /// Records that from now on every record held is as a checkpoint
+    /// holds it.
+    fn mark_kept(&mut self) {
+        self.kept = self.len;
     }
 }
 
-/// A ring in a checkpoint: its entry count, then its entries oldest
-/// first, every word as 8 little-endian bytes, in two byte strings (the
-/// ring's two runs: up to the end of its buffer, and from its start).
-/// The words go out as they lie in memory, where varints would cost a
-/// loop per word (and ten bytes for most floats' bits); the capacity the
-/// ring had is not kept.
+/// A ring in a checkpoint: its entry count, the records it dropped, then
+/// its entries oldest first, every word as 8 little-endian bytes, in two
+/// byte strings (the ring's two runs: up to the end of its buffer, and
+/// from its start). The words go out as they lie in memory, where varints
+/// would cost a loop per word (and ten bytes for most floats' bits); the
+/// capacity the ring had is not kept.
 impl Serialize for RecordRing {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let stride = self
-            .words
-            .len()
-            .checked_div(self.capacity as usize)
-            .unwrap_or(0);
-        let start = self.head as usize * stride;
-        let end = start + self.len() * stride;
-        let (first, second) = if end <= self.words.len() {
-            (&self.words[start..end], &self.words[..0])
-        } else {
-            (&self.words[start..], &self.words[..end - self.words.len()])
-        };
-        (self.len, LittleEndian(first), LittleEndian(second)).serialize(serializer)
+        let (first, second) = self.runs(self.stride(), 0);
+        (
+            self.len,
+            self.popped,
+            LittleEndian(first),
+            LittleEndian(second),
+        )
+            .serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for RecordRing {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (len, RingWords(mut words), RingWords(second)) =
-            <(u32, RingWords, RingWords)>::deserialize(deserializer)?;
-        words.extend_from_slice(&second);
+        let (len, popped, RingWords(first), RingWords(second)) =
+            <(u32, u32, RingWords, RingWords)>::deserialize(deserializer)?;
+        RecordRing::from_parts(len, popped, [&first, &second]).map_err(serde::de::Error::custom)
+    }
+}
+
+impl RecordRing {
+    /// A ring of `len` entries, having dropped `popped`, from the words
+    /// of its entries (in runs, oldest first) as a checkpoint holds them.
+    fn from_parts(len: u32, popped: u32, runs: [&[u64]; 2]) -> Result<Self, String> {
+        let words = runs[0].len() + runs[1].len();
         if len == 0 {
-            return Ok(RecordRing::default());
+            return match words {
+                0 => Ok(RecordRing {
+                    popped,
+                    ..RecordRing::default()
+                }),
+                _ => Err(format!("an empty ring cannot hold {words} words")),
+            };
         }
-        if !words.len().is_multiple_of(len as usize) {
-            return Err(serde::de::Error::custom(format!(
-                "a ring of {len} records cannot hold {} words",
-                words.len()
-            )));
+        if words == 0
+            || !words.is_multiple_of(len as usize)
+            || !runs[0].len().is_multiple_of(words / len as usize)
+        {
+            return Err(format!("a ring of {len} records cannot hold {words} words"));
         }
-        let stride = words.len() / len as usize;
         // As grown by doubling: a power of two, at least 4.
         let capacity = len.next_power_of_two().max(4);
-        words.resize(capacity as usize * stride, 0);
-        Ok(RecordRing {
-            words: words.into_boxed_slice(),
+        Ok(RecordRing::from_runs(
+            words / len as usize,
             capacity,
-            head: 0,
+            popped,
+            runs,
+        ))
+    }
+}
+
+/// What a key's ring changed since the last checkpoint: the records
+/// dropped from its front (as its count of drops now), how many of the
+/// records the checkpoint holds then follow unchanged, and the records
+/// after them. A ring whose records only arrive in order and leave from
+/// the front (most keys) changes by its new records alone.
+#[derive(Debug)]
+struct RingChangeRef<'a> {
+    /// The ring (`None`: the stage keeps none).
+    ring: Option<&'a RecordRing>,
+}
+
+impl Serialize for RingChangeRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let empty = RecordRing::default();
+        let ring = self.ring.unwrap_or(&empty);
+        let (first, second) = ring.runs(ring.stride(), ring.kept as usize);
+        (
+            ring.len,
+            ring.popped,
+            ring.kept,
+            LittleEndian(first),
+            LittleEndian(second),
+        )
+            .serialize(serializer)
+    }
+}
+
+/// A [`RingChangeRef`] read back, to apply to the ring it changed.
+#[derive(Debug)]
+struct RingChange {
+    len: u32,
+    popped: u32,
+    kept: u32,
+    appended: [Vec<u64>; 2],
+}
+
+impl<'de> Deserialize<'de> for RingChange {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (len, popped, kept, RingWords(first), RingWords(second)) =
+            <(u32, u32, u32, RingWords, RingWords)>::deserialize(deserializer)?;
+        if kept > len {
+            return Err(serde::de::Error::custom(format!(
+                "a ring of {len} records cannot keep {kept}"
+            )));
+        }
+        Ok(RingChange {
             len,
+            popped,
+            kept,
+            appended: [first, second],
         })
+    }
+}
+
+impl RingChange {
+    /// The ring `base` became.
+    fn apply(self, base: &RecordRing) -> Result<RecordRing, String> {
+        let [first, second] = &self.appended;
+        if self.kept == 0 {
+            return RecordRing::from_parts(self.len, self.popped, [first, second]);
+        }
+        let dropped = self.popped.wrapping_sub(base.popped) as usize;
+        if dropped + self.kept as usize > base.len() {
+            return Err(format!(
+                "a change keeping {} records after dropping {dropped} does not fit a ring of {}",
+                self.kept,
+                base.len()
+            ));
+        }
+        let stride = base.stride();
+        let appended = first.len() + second.len();
+        if appended != (self.len - self.kept) as usize * stride {
+            return Err(format!(
+                "{} new records of {stride} words cannot be {appended} words",
+                self.len - self.kept
+            ));
+        }
+        let (kept_first, kept_second) = base.runs(stride, dropped);
+        let kept_words = self.kept as usize * stride;
+        let kept_first = &kept_first[..kept_first.len().min(kept_words)];
+        let kept_second = &kept_second[..kept_words - kept_first.len()];
+        let mut words = Vec::with_capacity(self.len as usize * stride);
+        for run in [kept_first, kept_second, first, second] {
+            words.extend_from_slice(run);
+        }
+        RecordRing::from_parts(self.len, self.popped, [&words, &[]])
     }
 }
 
@@ -961,7 +1193,7 @@ mod tests {
             ring.insert(stride, position, time)[0] = 1.5f64.to_bits();
         }
         assert!(
-            ring.head > 0 && ring.head + ring.len > ring.capacity,
+            ring.popped % ring.capacity + ring.len > ring.capacity,
             "wrapped"
         );
         let bytes = crate::checkpoint::encode(&ring);
@@ -976,11 +1208,11 @@ mod tests {
         };
         assert_eq!(entries(&back), entries(&ring));
         assert_eq!(times(&back, stride), (5..11).collect::<Vec<i64>>());
-        // The count, each run's length in bytes, then 8 bytes a word.
-        let first_run = (ring.capacity - ring.head) as usize * stride * 8;
+        let first_run = (ring.capacity - ring.popped % ring.capacity) as usize * stride * 8;
         let second_run = ring.len() * stride * 8 - first_run;
         assert!(first_run < 128 && second_run < 128);
-        assert_eq!(bytes.len(), 1 + 1 + 1 + ring.len() * stride * 8);
+        // (The count, the records dropped, each run's length, the words.)
+        assert_eq!(bytes.len(), 1 + 1 + 1 + 1 + ring.len() * stride * 8);
         let torn = &bytes[..bytes.len() - 3];
         assert!(crate::checkpoint::decode::<RecordRing>(torn).is_err());
     }

@@ -307,7 +307,25 @@ pub(super) struct Running {
     /// windows, rebuilt from the monotonic deques.
     spread: Spread,
     /// Value counts, for `distinct_count` only (boxed: most features have none).
+    #[serde(serialize_with = "values_in_order")]
     distinct: Option<Box<FxHashMap<Value, u32>>>,
+}
+
+/// Value counts in a checkpoint, in the values' order: the same counts
+/// give the same bytes, however the set was built.
+fn values_in_order<S: serde::Serializer>(
+    distinct: &Option<Box<FxHashMap<Value, u32>>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    struct InOrder<'a>(&'a FxHashMap<Value, u32>);
+    impl Serialize for InOrder<'_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut counts: Vec<(&Value, &u32)> = self.0.iter().collect();
+            counts.sort_unstable_by_key(|(value, _)| *value);
+            serializer.collect_map(counts)
+        }
+    }
+    distinct.as_deref().map(InOrder).serialize(serializer)
 }
 
 impl Running {

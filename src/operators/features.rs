@@ -13,7 +13,7 @@ use super::checkpointing::CutTracker;
 use super::{BatchStream, RowStream};
 use crate::Error;
 use crate::batch::Batch;
-use crate::checkpoint::restore::{StagePart, StagePartRef, part_name};
+use crate::checkpoint::restore::{StagePart, StagePartChangesRef, StagePartRef, part_name};
 use crate::features::{StagePlan, StageState};
 use crate::ordering::ReorderBuffer;
 use crate::row::Row;
@@ -70,24 +70,35 @@ fn starting_part(shared: &Shared, index: usize, worker: usize, stage: &StagePlan
         })
 }
 
-/// Reports a stage's part of a checkpoint, or stops the run.
+/// Reports a stage's part of a checkpoint, or stops the run: its state
+/// and the rows it holds back (`buffered`), whole or as what changed since
+/// its last part ([`CutTracker::wants_whole`] decides).
 ///
-/// The worker encodes its state as it is, into a buffer an earlier part
-/// left (a ring of records is one copy; see `features::numbers`), and
-/// goes on; the checkpoint's writer thread stores the bytes.
+/// The worker encodes the part as the state is, into a buffer an earlier
+/// part left (a ring of records is one copy; see `features::numbers`),
+/// and goes on; the checkpoint's writer thread stores the bytes.
 fn report_stage(
     cuts: &mut CutTracker,
     cut: crate::checkpoint::Cut,
-    part: &StagePartRef<'_>,
+    (state, buffered): (&mut StageState, Vec<&Row>),
     (stage, worker): (&StagePlan, usize),
     shared: &Shared,
 ) {
-    match cuts.report(cut, part, Vec::new()) {
-        Ok(bytes) => {
-            let keys = part.state.key_count() as u64;
+    let growth = state.growth_since_whole();
+    let changes = state.changes().filter(|_| !cuts.wants_whole(growth));
+    let whole = changes.is_none();
+    let reported = match changes {
+        Some(changes) => cuts.report_changes(cut, &StagePartChangesRef { changes, buffered }),
+        None => cuts.report(cut, &StagePartRef { state, buffered }, Vec::new()),
+    };
+    state.checkpointed(whole);
+    match reported {
+        Ok(_) => {
+            let keys = state.key_count() as u64;
+            let bytes = cuts.estimated_whole_bytes(growth) as u64;
             shared
                 .metrics
-                .stage_state(&stage.key_name, worker, keys, bytes as u64);
+                .stage_state(&stage.key_name, worker, keys, bytes);
         }
         Err(error) => shared.control.abort(error),
     }
@@ -170,6 +181,9 @@ fn where_read<'scope>(
     let worker = stream.scope().index();
     stream.unary_frontier(Pipeline, &name, move |_capability, _info| {
         let mut state = starting_part(&shared, index, worker, &stage).state;
+        if shared.checkpoints.is_some() {
+            state.track_changes();
+        }
         if claiming {
             state.track_key_changes();
             state.restart_key_claims();
@@ -204,11 +218,8 @@ fn where_read<'scope>(
                 output.session(&time).give_iterator(computed.into_iter());
             });
             while let Some(cut) = cuts.due(&frontier.frontier()) {
-                let part = StagePartRef {
-                    state: &state,
-                    buffered: Vec::new(),
-                };
-                report_stage(&mut cuts, cut, &part, (&stage, worker), &shared);
+                let part = (&mut state, Vec::new());
+                report_stage(&mut cuts, cut, part, (&stage, worker), &shared);
                 for (held, mut batches) in cuts.release(&mut held_back, |(held, _)| *held.time()) {
                     let computed = compute(&mut state, &mut batches);
                     output.session(&held).give_iterator(computed.into_iter());
@@ -257,6 +268,9 @@ fn in_event_time_order<'scope>(
                 mut state,
                 buffered,
             } = starting_part(&shared, index, worker, &stage);
+            if shared.checkpoints.is_some() {
+                state.track_changes();
+            }
             let mut buffer = ReorderBuffer::default();
             let mut capability = Some(capability);
             let start = capability.as_ref().map_or(i64::MIN, |held| *held.time());
@@ -299,11 +313,8 @@ fn in_event_time_order<'scope>(
                 // Rows released above are before the cut; the rows still
                 // buffered go into it, and are sent after it.
                 while let Some(cut) = cuts.due(&frontier.frontier()) {
-                    let part = StagePartRef {
-                        state: &state,
-                        buffered: buffer.rows().collect(),
-                    };
-                    report_stage(&mut cuts, cut, &part, (&stage, worker), &shared);
+                    let part = (&mut state, buffer.rows().collect());
+                    report_stage(&mut cuts, cut, part, (&stage, worker), &shared);
                     // From here on every row leaves after the cut.
                     buffer.retime_before(cut.time);
                     if *held.time() < cut.time && cut.time != crate::checkpoint::FINAL {

@@ -247,7 +247,7 @@ fn cut_source(
         .collect();
     coordinator.report_positions(cut.id, &positions);
     let bytes = crate::checkpoint::encode_into(&part, coordinator.buffer(0));
-    coordinator.report(cut.id, &part_name("source", worker), bytes, files)
+    coordinator.report(cut.id, &part_name("source", worker), (bytes, false), files)
 }
 
 /// Where the source operator sends what it cannot emit as rows, and where
