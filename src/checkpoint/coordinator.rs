@@ -16,7 +16,9 @@
 //! Each operator reports one part and goes on: a writer thread stores
 //! the parts, and once a checkpoint has them all writes its manifest, then
 //! renames the epoch's files into place. Workers only encode their state,
-//! into buffers the stored parts leave behind. A part can hold only what
+//! a few megabytes at a time into chunks the writer hands back once
+//! stored (see [`crate::operators`]'s `CutTracker`), so that a part never
+//! lies whole in memory. A part can hold only what
 //! changed since the operator's part of the checkpoint before; the writer
 //! records which parts it builds on (see [`super::store`]).
 //! In a cluster, process 0 chooses `T` and writes the manifest once every
@@ -35,7 +37,7 @@ use super::store::{CheckpointStore, PartLink, PartReceipt};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::mpsc::{Sender, channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -84,10 +86,6 @@ pub struct Coordinator {
     /// Parts each checkpoint has in this process: one per stateful
     /// operator of each of its workers.
     parts: usize,
-    /// Buffers of parts already stored, for the next parts to be encoded
-    /// into: a large part then costs a copy, not fresh pages to zero (on
-    /// a virtual machine, most of its cost).
-    buffers: Mutex<Vec<Vec<u8>>>,
     /// Per part name, the parts the next change of it builds on: the last
     /// whole part and the changes stored since, oldest first.
     chains: Mutex<std::collections::HashMap<String, Vec<PartLink>>>,
@@ -157,16 +155,28 @@ pub struct SourceStep {
     pub cut: Option<Cut>,
 }
 
-/// An operator's part of a checkpoint, for the writer thread.
+/// An operator's part of a checkpoint, for the writer thread: its bytes
+/// follow as they are encoded.
 #[derive(Debug)]
 struct Part {
     id: u64,
     name: String,
-    bytes: Vec<u8>,
+    pieces: Receiver<Piece>,
+    /// Where the writer hands each stored chunk back, if anywhere.
+    returns: Option<Sender<Vec<u8>>>,
     files: Vec<EpochFile>,
     /// Whether it holds only what changed since the operator's part of
     /// the checkpoint before.
     change: bool,
+}
+
+/// The bytes of a part, in order.
+#[derive(Debug)]
+pub enum Piece {
+    /// The next bytes.
+    Bytes(Vec<u8>),
+    /// The part is whole.
+    End,
 }
 
 /// A checkpoint an operator has to cut: its id and its time.
@@ -203,7 +213,6 @@ impl Coordinator {
             failed: std::sync::atomic::AtomicBool::new(false),
             interval,
             parts,
-            buffers: Mutex::new(Vec::new()),
             chains: Mutex::new(std::collections::HashMap::new()),
             process: cluster.map(|(process, _)| process),
             sources,
@@ -495,38 +504,17 @@ impl Coordinator {
             .collect()
     }
 
-    /// An empty buffer to encode a part of `expected` bytes into: the
-    /// smallest a stored part left that holds it, else a new one with
-    /// room to grow (state grows between checkpoints; room never written
-    /// costs no memory). A buffer too small is dropped rather than grown,
-    /// which would copy it.
-    pub fn buffer(&self, expected: usize) -> Vec<u8> {
-        let mut buffers = lock(&self.buffers);
-        let fitting = (0..buffers.len())
-            .filter(|index| buffers[*index].capacity() >= expected)
-            .min_by_key(|index| buffers[*index].capacity());
-        match fitting {
-            Some(index) => {
-                let mut buffer = buffers.swap_remove(index);
-                buffer.clear();
-                buffer
-            }
-            None => {
-                if let Some(smallest) =
-                    (0..buffers.len()).min_by_key(|index| buffers[*index].capacity())
-                {
-                    buffers.swap_remove(smallest);
-                }
-                Vec::with_capacity(expected + expected / 2)
-            }
-        }
+    /// Whether the writer thread has failed: nothing more will be
+    /// stored.
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Hands an operator's part of checkpoint `id` to the writer thread,
-    /// with the files it closed for the checkpoint's epoch; the last part
-    /// commits the checkpoint and publishes every file. `change`: the part
-    /// holds only what changed since the operator's part of the checkpoint
-    /// before.
+    /// whole, with the files it closed for the checkpoint's epoch; the
+    /// last part commits the checkpoint and publishes every file.
+    /// `change`: the part holds only what changed since the operator's
+    /// part of the checkpoint before.
     pub fn report(
         &self,
         id: u64,
@@ -534,19 +522,46 @@ impl Coordinator {
         (bytes, change): (Vec<u8>, bool),
         files: Vec<EpochFile>,
     ) -> Result<()> {
+        let pieces = self.begin_part(id, name, (files, change), None)?;
+        for piece in [Piece::Bytes(bytes), Piece::End] {
+            if pieces.send(piece).is_err() {
+                return Err(self.writer_stopped());
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts an operator's part of checkpoint `id` (see
+    /// [`Coordinator::report`]): its bytes go to the returned sender as
+    /// they are encoded, then [`Piece::End`]; the writer hands each chunk
+    /// back to `returns` once stored.
+    pub fn begin_part(
+        &self,
+        id: u64,
+        name: &str,
+        (files, change): (Vec<EpochFile>, bool),
+        returns: Option<Sender<Vec<u8>>>,
+    ) -> Result<Sender<Piece>> {
+        let (pieces_in, pieces) = channel();
         let part = Part {
             id,
             name: name.to_owned(),
-            bytes,
+            pieces,
+            returns,
             files,
             change,
         };
         match lock(&self.writer).as_ref() {
-            Some((parts_in, _)) if parts_in.send(part).is_ok() => Ok(()),
-            _ => Err(Error::Checkpoint {
-                location: self.store.describe(),
-                message: "the checkpoint writer has stopped".into(),
-            }),
+            Some((parts_in, _)) if parts_in.send(part).is_ok() => Ok(pieces_in),
+            _ => Err(self.writer_stopped()),
+        }
+    }
+
+    /// The error of a part the writer thread can no longer take.
+    pub fn writer_stopped(&self) -> Error {
+        Error::Checkpoint {
+            location: self.store.describe(),
+            message: "the checkpoint writer has stopped".into(),
         }
     }
 
@@ -555,18 +570,34 @@ impl Coordinator {
         let Part {
             id,
             name,
-            bytes,
+            pieces,
+            returns,
             files,
             change,
         } = part;
-        let mut receipt = self.store.write_part(id, &name, &bytes)?;
-        receipt.base = self.chain(&receipt, id, change)?;
-        {
-            let mut buffers = lock(&self.buffers);
-            if buffers.len() < self.parts {
-                buffers.push(bytes);
+        let mut writer = self.store.create_part(id, &name)?;
+        loop {
+            match pieces.recv() {
+                Ok(Piece::Bytes(bytes)) => {
+                    writer.write(&bytes)?;
+                    if let Some(returns) = &returns {
+                        // An operator gone takes no chunks back.
+                        let _ = returns.send(bytes);
+                    }
+                }
+                Ok(Piece::End) => break,
+                Err(_) => {
+                    return Err(Error::Checkpoint {
+                        location: self.store.describe(),
+                        message: format!(
+                            "the operator of part '{name}' of checkpoint {id} stopped before the part was whole"
+                        ),
+                    });
+                }
             }
         }
+        let mut receipt = writer.finish()?;
+        receipt.base = self.chain(&receipt, id, change)?;
         let mut inner = self.lock();
         let Some(progress) = inner
             .in_progress

@@ -43,11 +43,6 @@ pub fn encode<T: Serialize>(state: &T) -> Vec<u8> {
     postcard::to_stdvec(state).expect("engine state serializes")
 }
 
-/// The bytes of a piece of state appended to `buffer`.
-pub fn encode_into<T: Serialize>(state: &T, buffer: Vec<u8>) -> Vec<u8> {
-    postcard::to_extend(state, buffer).expect("engine state serializes")
-}
-
 /// A piece of state from bytes written by [`encode`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     postcard::from_bytes(bytes).map_err(|error| Error::Checkpoint {

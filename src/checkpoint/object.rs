@@ -87,13 +87,45 @@ impl ObjectStorage {
     }
 }
 
-impl Storage for ObjectStorage {
-    fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
-        let payload = PutPayload::from(bytes.to_vec());
-        self.runtime
-            .block_on(self.store.put(&self.path(key), payload))
+/// An object gathered in memory and put whole when finished: a put is
+/// atomic, and takes objects of up to 5 GB.
+struct GatheredObject<'a> {
+    storage: &'a ObjectStorage,
+    key: String,
+    bytes: Vec<u8>,
+}
+
+impl super::storage::ObjectWriter for GatheredObject<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.bytes.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        let GatheredObject {
+            storage,
+            key,
+            bytes,
+        } = *self;
+        storage
+            .runtime
+            .block_on(
+                storage
+                    .store
+                    .put(&storage.path(&key), PutPayload::from(bytes)),
+            )
             .map(|_| ())
-            .map_err(|error| self.failure(key, "cannot write", error))
+            .map_err(|error| storage.failure(&key, "cannot write", error))
+    }
+}
+
+impl Storage for ObjectStorage {
+    fn create(&self, key: &str) -> Result<Box<dyn super::storage::ObjectWriter + '_>> {
+        Ok(Box::new(GatheredObject {
+            storage: self,
+            key: key.to_owned(),
+            bytes: Vec::new(),
+        }))
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {

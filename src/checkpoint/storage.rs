@@ -6,6 +6,10 @@
 //! this with a temporary file renamed into place; object stores do it by
 //! the nature of a put. Keeping the logic above this trait lets one set of
 //! tests cover the manifests, checksums and retention for every storage.
+//!
+//! An object can be written a piece at a time ([`Storage::create`]), so
+//! that a large part never has to lie whole in memory: the workers encode
+//! into a few reused chunks while the writer thread stores them.
 
 use crate::{Error, Result};
 use std::fs;
@@ -14,9 +18,16 @@ use std::path::{Path, PathBuf};
 
 /// Objects named by `/`-separated keys, each written whole.
 pub trait Storage: std::fmt::Debug + Send + Sync {
-    /// Writes `bytes` under `key`, atomically: a concurrent or later
-    /// reader finds the old object, none, or all of the new one.
-    fn put(&self, key: &str, bytes: &[u8]) -> Result<()>;
+    /// Starts writing the object under `key`, which appears atomically
+    /// once finished: a concurrent or later reader finds the old object,
+    /// none, or all of the new one. One dropped unfinished never appears.
+    fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter + '_>>;
+    /// Writes `bytes` under `key`, atomically (see [`Storage::create`]).
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        let mut object = self.create(key)?;
+        object.write(bytes)?;
+        object.finish()
+    }
     /// The object under `key`, or `None` when there is none.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Every key that starts with `prefix`, sorted.
@@ -26,6 +37,14 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
     fn delete(&self, key: &str) -> Result<()>;
     /// Where the objects are, for messages.
     fn describe(&self) -> String;
+}
+
+/// An object being written, a piece at a time.
+pub trait ObjectWriter {
+    /// Appends `bytes`.
+    fn write(&mut self, bytes: &[u8]) -> Result<()>;
+    /// Makes the object what was written, atomically.
+    fn finish(self: Box<Self>) -> Result<()>;
 }
 
 /// A local directory: keys are paths below it.
@@ -55,6 +74,87 @@ impl LocalStorage {
     }
 }
 
+/// A file being written under a partial name: synced, then renamed into
+/// place when finished, so that a crash leaves the old object or a
+/// partial file that no reader takes for the object.
+struct LocalObject {
+    file: fs::File,
+    partial: PathBuf,
+    path: PathBuf,
+    directory: PathBuf,
+    /// Bytes written so far.
+    written: u64,
+    /// Bytes synced and dropped from the page cache so far.
+    dropped: u64,
+    finished: bool,
+}
+
+/// Bytes of a large object written between syncs (see
+/// [`LocalObject::write_through`]).
+const WRITE_THROUGH_BYTES: u64 = 8 << 20;
+
+impl LocalObject {
+    /// Syncs what was written since the last call and drops it from the
+    /// page cache, so that a large object holds at most a few megabytes
+    /// of cache: the next bytes reuse those pages rather than taking
+    /// fresh ones. A checkpoint is written once and read only by a
+    /// restore, so caching it helps nothing, and fresh pages are what
+    /// writing costs most (on a virtual machine whose host backs memory
+    /// only once it is touched, several times the disk's time).
+    fn write_through(&mut self) -> std::io::Result<()> {
+        use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+        self.file.sync_data()?;
+        // Advice only: a kernel that keeps the pages costs memory, no
+        // correctness.
+        let _ = posix_fadvise(
+            &self.file,
+            self.dropped as i64,
+            (self.written - self.dropped) as i64,
+            PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
+        self.dropped = self.written;
+        Ok(())
+    }
+}
+
+impl ObjectWriter for LocalObject {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.file
+            .write_all(bytes)
+            .map_err(|error| failure(&self.partial, "cannot write", error))?;
+        self.written += bytes.len() as u64;
+        if self.written - self.dropped >= WRITE_THROUGH_BYTES {
+            self.write_through()
+                .map_err(|error| failure(&self.partial, "cannot write", error))?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        let synced = match self.dropped > 0 {
+            true => self.write_through(),
+            false => self.file.sync_all(),
+        };
+        synced.map_err(|error| failure(&self.partial, "cannot write", error))?;
+        fs::rename(&self.partial, &self.path)
+            .map_err(|error| failure(&self.path, "cannot rename into", error))?;
+        self.finished = true;
+        // The rename itself is durable once the directory is synced.
+        fs::File::open(&self.directory)
+            .and_then(|directory| directory.sync_all())
+            .map_err(|error| failure(&self.directory, "cannot sync", error))
+    }
+}
+
+impl Drop for LocalObject {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Abandoned: what a crash would leave, tidied.
+            let _ = fs::remove_file(&self.partial);
+        }
+    }
+}
+
 fn failure(path: &Path, what: &str, error: std::io::Error) -> Error {
     Error::Checkpoint {
         location: path.display().to_string(),
@@ -63,11 +163,11 @@ fn failure(path: &Path, what: &str, error: std::io::Error) -> Error {
 }
 
 impl Storage for LocalStorage {
-    fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
+    fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter + '_>> {
         let path = self.path(key);
-        let directory = path.parent().unwrap_or(&self.root);
-        fs::create_dir_all(directory)
-            .map_err(|error| failure(directory, "cannot create", error))?;
+        let directory = path.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&directory)
+            .map_err(|error| failure(&directory, "cannot create", error))?;
         // Named for this process and put: the processes of a cluster may
         // put the same object at once (each its own copy, the last rename
         // wins), and must not rename each other's partial files away.
@@ -77,18 +177,17 @@ impl Storage for LocalStorage {
             std::process::id(),
             PUTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
-        // Written, synced, then renamed: a crash leaves the old object or
-        // a partial file that no reader takes for the object.
-        let mut file = fs::File::create(&partial)
+        let file = fs::File::create(&partial)
             .map_err(|error| failure(&partial, "cannot create", error))?;
-        file.write_all(bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(|error| failure(&partial, "cannot write", error))?;
-        fs::rename(&partial, &path).map_err(|error| failure(&path, "cannot rename into", error))?;
-        // The rename itself is durable once the directory is synced.
-        fs::File::open(directory)
-            .and_then(|directory| directory.sync_all())
-            .map_err(|error| failure(directory, "cannot sync", error))
+        Ok(Box::new(LocalObject {
+            file,
+            partial,
+            path,
+            directory,
+            written: 0,
+            dropped: 0,
+            finished: false,
+        }))
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {

@@ -127,6 +127,44 @@ pub struct Found {
     pub refused: Vec<Refusal>,
 }
 
+/// A part being written: its length and checksum are taken on the way.
+pub struct PartWriter<'a> {
+    object: Box<dyn super::storage::ObjectWriter + 'a>,
+    name: String,
+    bytes: u64,
+    crc32: crc32fast::Hasher,
+}
+
+impl std::fmt::Debug for PartWriter<'_> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("PartWriter")
+            .field("name", &self.name)
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartWriter<'_> {
+    /// Appends `bytes` to the part.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.crc32.update(bytes);
+        self.bytes += bytes.len() as u64;
+        self.object.write(bytes)
+    }
+
+    /// Stores the part and returns its receipt for the manifest.
+    pub fn finish(self) -> Result<PartReceipt> {
+        self.object.finish()?;
+        Ok(PartReceipt {
+            name: self.name,
+            bytes: self.bytes,
+            crc32: self.crc32.finalize(),
+            base: Vec::new(),
+        })
+    }
+}
+
 /// The checkpoints of one dataflow in one storage.
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
@@ -173,17 +211,25 @@ impl CheckpointStore {
     /// Writes a part of the checkpoint of `epoch` and returns its receipt
     /// for the manifest.
     pub fn write_part(&self, epoch: u64, name: &str, bytes: &[u8]) -> Result<PartReceipt> {
+        let mut part = self.create_part(epoch, name)?;
+        part.write(bytes)?;
+        part.finish()
+    }
+
+    /// Starts writing a part of the checkpoint of `epoch`, a piece at a
+    /// time; [`PartWriter::finish`] gives its receipt for the manifest.
+    pub fn create_part(&self, epoch: u64, name: &str) -> Result<PartWriter<'_>> {
         if name.is_empty() || name.contains('/') || name == MANIFEST {
             return Err(self.error(epoch, format!("'{name}' is not a part name")));
         }
         self.check_epoch_is_new(epoch)?;
-        self.storage
-            .put(&format!("{}{name}", epoch_prefix(epoch)), bytes)?;
-        Ok(PartReceipt {
+        Ok(PartWriter {
+            object: self
+                .storage
+                .create(&format!("{}{name}", epoch_prefix(epoch)))?,
             name: name.to_owned(),
-            bytes: bytes.len() as u64,
-            crc32: crc32fast::hash(bytes),
-            base: Vec::new(),
+            bytes: 0,
+            crc32: crc32fast::Hasher::new(),
         })
     }
 
@@ -592,5 +638,38 @@ mod tests {
             "{:?}",
             found.refused
         );
+    }
+
+    /// A part written a piece at a time, past several syncs of a large
+    /// object, reads back as written, with the length and checksum of
+    /// all its bytes; a part dropped half written leaves nothing.
+    #[test]
+    fn a_part_written_in_pieces_reads_back_whole() {
+        let (directory, store) = store(3);
+        let piece = |index: u32| -> Vec<u8> {
+            (0..3_000_000u32)
+                .map(|at| (at.wrapping_mul(31) ^ index) as u8)
+                .collect()
+        };
+        let mut part = store.create_part(1, "stage").unwrap();
+        let mut written = Vec::new();
+        for index in 0..7 {
+            part.write(&piece(index)).unwrap();
+            written.extend(piece(index));
+        }
+        let receipt = part.finish().unwrap();
+        assert_eq!(receipt.bytes, written.len() as u64);
+        assert_eq!(receipt.crc32, crc32fast::hash(&written));
+        let mut abandoned = store.create_part(1, "sink").unwrap();
+        abandoned.write(b"half").unwrap();
+        drop(abandoned);
+        store.commit(1, vec![receipt]).unwrap();
+        let found = store.latest().unwrap().checkpoint.unwrap();
+        assert!(found.parts["stage"].whole == written);
+        let left: Vec<_> = std::fs::read_dir(directory.path().join(epoch_prefix(1)))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
     }
 }

@@ -1,16 +1,30 @@
 //! What the stateful operators of a checkpointed run share: holding back
 //! input at or past the cut in progress, cutting once their input
 //! frontier has passed it (see [`crate::checkpoint::coordinator`]), and
-//! choosing between a whole part and one of changes.
+//! choosing between a whole part and one of changes, and encoding parts a
+//! chunk at a time.
 
 use crate::Result;
+use crate::checkpoint::coordinator::Piece;
 use crate::checkpoint::{Coordinator, Cut, EpochFile};
 use crate::run::Shared;
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::time::Duration;
 
 /// Parts of changes that build on one whole part, at most: a restore
 /// reads each of them.
 const MOST_CHANGES_ON_A_WHOLE_PART: usize = 32;
+
+/// The size of the chunks an operator encodes its parts into.
+const CHUNK_BYTES: usize = 4 << 20;
+
+/// Chunks an operator keeps, at most: how far its encoding runs ahead of
+/// the writer thread, which hands chunks back once stored. A part of
+/// any size then takes this much memory (the first whole part of a large
+/// state used to take a buffer of its size, in fresh pages), and an
+/// operator waits only for parts larger than this.
+const MOST_CHUNKS: usize = 8;
 
 /// One operator's view of the checkpoints: which it has cut.
 #[derive(Debug)]
@@ -24,6 +38,110 @@ pub struct CutTracker {
     part_bytes: usize,
     /// Its parts since its last whole one (`None` before the first).
     chain: Option<Chain>,
+    chunks: ChunkPool,
+}
+
+/// The chunks an operator encodes into, and those the writer hands back.
+#[derive(Debug)]
+struct ChunkPool {
+    free: Vec<Vec<u8>>,
+    made: usize,
+    returns: Sender<Vec<u8>>,
+    returned: Receiver<Vec<u8>>,
+}
+
+impl ChunkPool {
+    fn new() -> Self {
+        let (returns, returned) = channel();
+        ChunkPool {
+            free: Vec::new(),
+            made: 0,
+            returns,
+            returned,
+        }
+    }
+
+    /// An empty chunk: a free one, a new one while fewer than
+    /// [`MOST_CHUNKS`] exist, else the next the writer hands back (`None`
+    /// once the writer has failed).
+    fn take(&mut self, coordinator: &Coordinator) -> Option<Vec<u8>> {
+        let mut chunk = match self.free.pop().or_else(|| self.returned.try_recv().ok()) {
+            Some(chunk) => chunk,
+            None if self.made < MOST_CHUNKS => {
+                self.made += 1;
+                Vec::with_capacity(CHUNK_BYTES)
+            }
+            None => loop {
+                match self.returned.recv_timeout(Duration::from_millis(20)) {
+                    Ok(chunk) => break chunk,
+                    Err(RecvTimeoutError::Timeout) if !coordinator.has_failed() => {}
+                    Err(_) => return None,
+                }
+            },
+        };
+        chunk.clear();
+        Some(chunk)
+    }
+}
+
+/// A postcard output that sends each full chunk to the writer thread and
+/// goes on in another.
+struct Chunked<'a> {
+    chunk: Vec<u8>,
+    pool: &'a mut ChunkPool,
+    coordinator: &'a Coordinator,
+    pieces: Sender<Piece>,
+    bytes: usize,
+}
+
+impl Chunked<'_> {
+    /// Sends the chunk, full, and takes an empty one.
+    fn send(&mut self) -> postcard::Result<()> {
+        let next = self
+            .pool
+            .take(self.coordinator)
+            .ok_or(postcard::Error::SerializeBufferFull)?;
+        let full = std::mem::replace(&mut self.chunk, next);
+        self.bytes += full.len();
+        self.pieces
+            .send(Piece::Bytes(full))
+            .map_err(|_| postcard::Error::SerializeBufferFull)
+    }
+}
+
+impl postcard::ser_flavors::Flavor for Chunked<'_> {
+    type Output = usize;
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        if self.chunk.len() == CHUNK_BYTES {
+            self.send()?;
+        }
+        self.chunk.push(byte);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, mut bytes: &[u8]) -> postcard::Result<()> {
+        while !bytes.is_empty() {
+            if self.chunk.len() == CHUNK_BYTES {
+                self.send()?;
+            }
+            let room = (CHUNK_BYTES - self.chunk.len()).min(bytes.len());
+            self.chunk.extend_from_slice(&bytes[..room]);
+            bytes = &bytes[room..];
+        }
+        Ok(())
+    }
+
+    fn finalize(mut self) -> postcard::Result<usize> {
+        let last = std::mem::take(&mut self.chunk);
+        self.bytes += last.len();
+        for piece in [Piece::Bytes(last), Piece::End] {
+            self.pieces
+                .send(piece)
+                .map_err(|_| postcard::Error::SerializeBufferFull)?;
+        }
+        Ok(self.bytes)
+    }
 }
 
 /// An operator's last whole part and the parts of changes since.
@@ -44,6 +162,7 @@ impl CutTracker {
             done: 0,
             part_bytes: 0,
             chain: None,
+            chunks: ChunkPool::new(),
         }
     }
 
@@ -144,12 +263,22 @@ impl CutTracker {
         let Some(coordinator) = &self.coordinator else {
             return Ok(0);
         };
-        // Sized first (a walk that writes nothing; a ring adds its length
-        // in one step), so that the buffer is allocated once.
-        let expected = postcard::experimental::serialized_size(state).unwrap_or(self.part_bytes);
-        let bytes = crate::checkpoint::encode_into(state, coordinator.buffer(expected));
-        self.part_bytes = bytes.len();
-        coordinator.report(cut.id, &self.part, (bytes, change), files)?;
+        let returns = Some(self.chunks.returns.clone());
+        let pieces = coordinator.begin_part(cut.id, &self.part, (files, change), returns)?;
+        let Some(chunk) = self.chunks.take(coordinator) else {
+            return Err(coordinator.writer_stopped());
+        };
+        let output = Chunked {
+            chunk,
+            pool: &mut self.chunks,
+            coordinator,
+            pieces,
+            bytes: 0,
+        };
+        // Serializing fails only when the writer has stopped: state types
+        // are all ones postcard represents.
+        self.part_bytes = postcard::serialize_with_flavor(state, output)
+            .map_err(|_| coordinator.writer_stopped())?;
         Ok(self.part_bytes)
     }
 }

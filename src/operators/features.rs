@@ -74,9 +74,9 @@ fn starting_part(shared: &Shared, index: usize, worker: usize, stage: &StagePlan
 /// and the rows it holds back (`buffered`), whole or as what changed since
 /// its last part ([`CutTracker::wants_whole`] decides).
 ///
-/// The worker encodes the part as the state is, into a buffer an earlier
-/// part left (a ring of records is one copy; see `features::numbers`),
-/// and goes on; the checkpoint's writer thread stores the bytes.
+/// The worker encodes the part as the state is, into chunks the writer
+/// thread stores and hands back (a ring of records is a copy or two; see
+/// `features::numbers`), and goes on.
 fn report_stage(
     cuts: &mut CutTracker,
     cut: crate::checkpoint::Cut,

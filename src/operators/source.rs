@@ -246,7 +246,7 @@ fn cut_source(
         .map(|position| (position.partition, position.next_offset))
         .collect();
     coordinator.report_positions(cut.id, &positions);
-    let bytes = crate::checkpoint::encode_into(&part, coordinator.buffer(0));
+    let bytes = crate::checkpoint::encode(&part);
     coordinator.report(cut.id, &part_name("source", worker), (bytes, false), files)
 }
 
