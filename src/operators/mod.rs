@@ -11,6 +11,7 @@ pub mod features;
 pub mod score;
 pub mod sink;
 pub mod source;
+pub mod source_time;
 
 /// A stream of batches in a tideflow graph.
 pub type BatchStream<'scope> = timely::dataflow::Stream<'scope, i64, Vec<crate::batch::Batch>>;

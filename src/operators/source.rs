@@ -1,12 +1,11 @@
 //! The source operator: a timely shell around the worker's
 //! [`Intake`](crate::intake::Intake), which reads its partitions, decodes
 //! records and separates late ones. The shell emits the rows at its
-//! dataflow time, counts what each round read, cuts checkpoints as its
-//! time crosses them, and advances its time to the intake's watermark.
+//! dataflow time, counts what each round read, and moves its time as
+//! [`super::source_time`] decides (to the intake's watermark, cutting the
+//! checkpoints it crosses).
 //!
-//! A worker whose partitions are all idle moves its watermark up to the
-//! slowest of the other workers', so that one silent worker does not
-//! stall the graph. Partitions are read in step by event time: one whose
+//! Partitions are read in step by event time: one whose
 //! watermark is more than `time.max_partition_skew` ahead of the slowest
 //! partition of all workers (the frontier of the source's output) waits
 //! until the others catch up. Brokers that fill fetches from one partition
@@ -14,10 +13,11 @@
 //! and hold back offset commits until every partition had been reached.
 
 use super::BatchStream;
+use super::source_time;
 use crate::Result;
 use crate::batch::Batch;
 use crate::checkpoint::restore::{PartitionPosition, SinkCut, SourceCut, part_name};
-use crate::checkpoint::{Cut, FINAL};
+use crate::checkpoint::Cut;
 use crate::commit::OffsetLedger;
 use crate::decode::Decoder;
 use crate::intake::{Intake, IntakeRules, Round};
@@ -29,7 +29,6 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 use tideflow_connectors::files::{discover_partitions, open_partition};
 use tideflow_connectors::generator::GeneratorReader;
 use tideflow_connectors::kafka::{self, OffsetCommitter};
@@ -38,10 +37,6 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Scope;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::probe::{Handle, Probe};
-
-/// How soon a source whose partitions are all idle looks again at the
-/// other workers' watermarks.
-const IDLE_FOLLOW: Duration = Duration::from_millis(50);
 
 /// The partitions one worker reads, and the committer of their offsets
 /// where the source has committed progress (Kafka).
@@ -140,9 +135,6 @@ pub fn open_assigned(
     }
     Ok(Assigned { readers, committer })
 }
-
-/// How soon a source waiting for the final checkpoint looks again.
-const CHECKPOINT_WAIT: Duration = Duration::from_millis(5);
 
 /// A partition reader that skips the records before a restored position
 /// (files and the generator, which cannot start at an offset).
@@ -337,7 +329,6 @@ pub fn read_source<'scope>(
                 } else {
                     intake.read_round(*held.time(), read_limit, &mut dead_letters)
                 };
-                let mut again = round.again;
                 count_round(&shared, worker, &intake, &round, &wake);
                 if let Some(error) = round.error {
                     shared.control.abort(error);
@@ -350,10 +341,11 @@ pub fn read_source<'scope>(
                         .borrow_mut()
                         .checkpoint(*held.time(), round.read_up_to);
                 }
-                if intake.all_finished()
+                let finished = intake.all_finished()
                     || shared.control.is_aborted()
-                    || shared.control.stop_requested()
-                {
+                    || shared.control.stop_requested();
+                let at = (worker, *held.time());
+                let step = if finished {
                     if !final_bookkeeping_done {
                         final_bookkeeping_done = true;
                         report_partitions(&shared, &intake);
@@ -365,81 +357,38 @@ pub fn read_source<'scope>(
                             .fetch_sub(intake.stop_being_behind(), Ordering::SeqCst);
                         shared.watermarks.publish(worker, None);
                     }
-                    // A checkpointed run ends with a checkpoint of where
-                    // its sources ended: the source holds its capability,
-                    // following the sources still reading and cutting
-                    // each checkpoint, until it has cut the final one.
-                    if let Some(coordinator) = &shared.checkpoints
-                        && !shared.control.is_aborted()
-                    {
-                        let follow = shared.watermarks.slowest_active();
-                        let step = coordinator.finished_source_moves(worker, *held.time(), follow);
-                        let cut = step.cut;
-                        if let Some(cut) = cut
-                            && let Err(error) =
-                                cut_source(&shared, worker, cut, &intake, &mut dead_letters)
-                        {
-                            shared.control.abort(error);
-                        }
-                        if cut.is_none_or(|cut| cut.time != FINAL) {
-                            held.downgrade(&step.to.max(*held.time()));
-                            // Soon while a cut waits for it, else as often
-                            // as an idle worker follows the others.
-                            let wait = match coordinator.in_progress() {
-                                Some(_) => CHECKPOINT_WAIT,
-                                None => IDLE_FOLLOW,
-                            };
-                            activator.activate_after(wait);
-                            return;
-                        }
-                    }
+                    // A run stopping on an error takes no last checkpoint.
+                    let checkpoints = shared
+                        .checkpoints
+                        .as_deref()
+                        .filter(|_| !shared.control.is_aborted());
+                    let follow = shared.watermarks.slowest_active();
+                    source_time::when_finished(checkpoints, at, follow)
+                } else {
+                    let watermark = intake.watermark();
+                    shared.watermarks.publish(worker, watermark);
+                    source_time::while_reading(
+                        shared.checkpoints.as_deref(),
+                        at,
+                        watermark,
+                        || shared.watermarks.slowest_active(),
+                        (round.again, intake.idle_timeout()),
+                    )
+                };
+                if let Some(cut) = step.cut
+                    && let Err(error) = cut_source(&shared, worker, cut, &intake, &mut dead_letters)
+                {
+                    shared.control.abort(error);
+                }
+                let Some(to) = step.to else {
                     capability = None;
                     return;
-                }
-                let watermark = intake.watermark();
-                shared.watermarks.publish(worker, watermark);
-                if watermark.is_none() {
-                    // Every partition here is idle: follow the other workers,
-                    // and look again soon to keep following them.
-                    again = Some(again.map_or(IDLE_FOLLOW, |other| other.min(IDLE_FOLLOW)));
-                }
-                if let Some(watermark) = watermark.or_else(|| shared.watermarks.slowest_active())
-                    && watermark > *held.time()
-                {
-                    let mut to = watermark;
-                    // Everything emitted so far is before the new time: a
-                    // checkpoint it crosses is cut here.
-                    if let Some(coordinator) = &shared.checkpoints {
-                        let step = coordinator.source_moves(worker, *held.time(), watermark);
-                        if let Some(cut) = step.cut
-                            && let Err(error) =
-                                cut_source(&shared, worker, cut, &intake, &mut dead_letters)
-                        {
-                            shared.control.abort(error);
-                        }
-                        if step.to < watermark {
-                            // Held while a cluster agrees on a cut: try
-                            // again soon.
-                            again = Some(
-                                again.map_or(CHECKPOINT_WAIT, |other| other.min(CHECKPOINT_WAIT)),
-                            );
-                        }
-                        to = step.to;
-                    }
-                    held.downgrade(&to);
-                }
-                let wait = match again {
-                    Some(Duration::ZERO) | None => Duration::ZERO,
-                    // A partition about to turn idle must be looked at again
-                    // when its timeout passes, data or not.
-                    Some(wait) => intake
-                        .idle_timeout()
-                        .map_or(wait, |timeout| wait.min(timeout / 4)),
                 };
-                if wait.is_zero() {
+                held.downgrade(&to);
+                if step.wait.is_zero() {
                     activator.activate();
                 } else {
-                    activator.activate_after(wait);
+                    activator.activate_after(step.wait);
                 }
             }
         },
