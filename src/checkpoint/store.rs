@@ -430,6 +430,18 @@ mod tests {
         store.commit(epoch, receipts).unwrap();
     }
 
+    /// Asserts that the `index`th checkpoint refused says `reason`.
+    fn assert_refused(found: &Found, index: usize, reason: &str) {
+        assert!(
+            found
+                .refused
+                .get(index)
+                .is_some_and(|refusal| refusal.reason.contains(reason)),
+            "refusal {index} should say {reason:?}: {:?}",
+            found.refused
+        );
+    }
+
     fn part_path(directory: &tempfile::TempDir, epoch: u64, name: &str) -> std::path::PathBuf {
         directory
             .path()
@@ -482,17 +494,11 @@ mod tests {
         // A flipped byte.
         std::fs::write(part_path(&directory, 2, "state"), b"newer stbte").unwrap();
         let found = store.latest().unwrap();
+        assert_eq!(found.refused.len(), 1);
+        assert_refused(&found, 0, "part 'state' has checksum");
         assert_eq!(
             found.checkpoint.unwrap().parts["state"].whole,
             b"good state"
-        );
-        assert_eq!(found.refused.len(), 1);
-        assert!(
-            found.refused[0]
-                .reason
-                .contains("part 'state' has checksum"),
-            "{:?}",
-            found.refused
         );
         // Cut short.
         std::fs::write(part_path(&directory, 2, "state"), b"newer").unwrap();
@@ -501,11 +507,7 @@ mod tests {
         assert!(found.refused[0].reason.contains("torn write"));
         // Gone, and a manifest that is not one.
         std::fs::remove_file(part_path(&directory, 2, "state")).unwrap();
-        assert!(
-            store.latest().unwrap().refused[0]
-                .reason
-                .contains("part 'state' is missing")
-        );
+        assert_refused(&store.latest().unwrap(), 0, "part 'state' is missing");
         std::fs::write(part_path(&directory, 2, MANIFEST), b"{\"form").unwrap();
         let found = store.latest().unwrap();
         assert_eq!(found.checkpoint.unwrap().epoch, 1);
@@ -621,22 +623,18 @@ mod tests {
         // that checks.
         assert_eq!(found.checkpoint.as_ref().unwrap().epoch, 2);
         assert_eq!(found.refused.len(), 2);
-        assert!(
-            found.refused[0]
-                .reason
-                .contains("part 'stage' of checkpoint 3 (its base) has checksum"),
-            "{:?}",
-            found.refused
+        assert_refused(
+            &found,
+            0,
+            "part 'stage' of checkpoint 3 (its base) has checksum",
         );
         std::fs::remove_file(part_path(&directory, 1, "stage")).unwrap();
         let found = store.latest().unwrap();
         assert_eq!(found.checkpoint, None);
-        assert!(
-            found.refused[2]
-                .reason
-                .contains("part 'stage' of checkpoint 1 (its base) is missing"),
-            "{:?}",
-            found.refused
+        assert_refused(
+            &found,
+            2,
+            "part 'stage' of checkpoint 1 (its base) is missing",
         );
     }
 
