@@ -21,6 +21,7 @@ pub mod error;
 pub mod features;
 pub mod inference;
 pub mod intake;
+pub mod joins;
 pub mod launch;
 pub mod metrics;
 pub mod operators;
