@@ -412,6 +412,47 @@ fn check(spec: &Path, overrides: &[String]) -> anyhow::Result<()> {
             .collect();
         println!("  key {}: {} ({order})", stage.key_name, names.join(", "));
     }
+    for table in &plan.tables {
+        let input = &table.input;
+        println!(
+            "  table {}: key {}, {} ({}), versioned by {}",
+            input.name,
+            input.columns[table.key_slot].name,
+            counted(input.columns.len(), "field"),
+            tideflow::operators::source::origin(&input.source),
+            input.columns[input.time_slot].name
+        );
+    }
+    for join in &plan.joins {
+        let table = &plan.tables[join.table].input;
+        let added: Vec<_> = join
+            .slots
+            .iter()
+            .map(|slot| plan.columns[*slot].name.as_str())
+            .collect();
+        println!(
+            "  join {} as of the event time on {}: adds {}{}",
+            table.name,
+            plan.columns[join.on_slot].name,
+            added.join(", "),
+            if join.required {
+                " (required: no version is a dead letter)"
+            } else {
+                " (null where no version)"
+            }
+        );
+    }
+    for label in &plan.labels {
+        println!(
+            "  label {}: {} of {} matched on {}, within {} ms after the event (default {})",
+            plan.columns[label.slot].name,
+            label.input.columns[label.value_slot].name,
+            tideflow::operators::source::origin(&label.input.source),
+            plan.columns[label.on_slot].name,
+            label.horizon_ms,
+            tideflow::decode::value_to_json(&label.default)
+        );
+    }
     if let Some((identity, device, independent)) = model {
         println!("  model {identity} on {device}; rows independent: {independent}");
     }

@@ -3,34 +3,28 @@
 
 use arrow_schema::DataType;
 
-/// The type of an output column.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The type of an output column, named in specs `string`, `i64`, `f64`,
+/// `bool` and `timestamp_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 pub enum ColumnType {
     /// UTF-8 text.
+    #[serde(rename = "string")]
     Str,
     /// 64-bit integer.
+    #[serde(rename = "i64")]
     I64,
     /// 64-bit float.
+    #[serde(rename = "f64")]
     F64,
     /// Boolean.
+    #[serde(rename = "bool")]
     Bool,
     /// Epoch milliseconds.
+    #[serde(rename = "timestamp_ms")]
     TimestampMs,
 }
 
 impl ColumnType {
-    /// Parses a schema type name.
-    pub fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "string" => ColumnType::Str,
-            "i64" => ColumnType::I64,
-            "f64" => ColumnType::F64,
-            "bool" => ColumnType::Bool,
-            "timestamp_ms" => ColumnType::TimestampMs,
-            _ => return None,
-        })
-    }
-
     /// The name used in specs and messages.
     pub fn name(self) -> &'static str {
         match self {

@@ -141,7 +141,7 @@ fn spec_mistakes_name_their_line_and_a_fix() {
     let error = common::run_text(&text, &[], 1).unwrap_err().to_string();
     assert!(error.contains("test.toml:17"), "{error}");
     assert!(
-        error.contains("'amount_typo', which is not a schema field"),
+        error.contains("'amount_typo', which is neither a field nor a joined column"),
         "{error}"
     );
     assert!(error.contains("hint:"), "{error}");

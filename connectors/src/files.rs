@@ -11,8 +11,10 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-/// The file formats a file source reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The file formats a file source reads, named in specs `jsonl` and
+/// `parquet`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FileFormat {
     /// One JSON object per line.
     Jsonl,

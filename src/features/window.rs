@@ -29,8 +29,10 @@ use std::collections::VecDeque;
 use std::collections::hash_map;
 use tideflow_connectors::Value;
 
-/// The aggregations a window feature can compute.
+/// The aggregations a window feature can compute, named in specs in
+/// snake case (`distinct_count`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Agg {
     /// Number of records (or of non-null values of a field).
     Count,
@@ -53,22 +55,6 @@ pub enum Agg {
 }
 
 impl Agg {
-    /// Parses an aggregation name as written in specs.
-    pub fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "count" => Agg::Count,
-            "sum" => Agg::Sum,
-            "mean" => Agg::Mean,
-            "min" => Agg::Min,
-            "max" => Agg::Max,
-            "std" => Agg::Std,
-            "distinct_count" => Agg::DistinctCount,
-            "prev" => Agg::Prev,
-            "since_prev" => Agg::SincePrev,
-            _ => return None,
-        })
-    }
-
     /// Whether the aggregation reads a field's numbers.
     pub fn needs_numeric_field(self) -> bool {
         matches!(self, Agg::Sum | Agg::Mean | Agg::Min | Agg::Max | Agg::Std)

@@ -7,42 +7,63 @@
 //! reads the spec directly.
 
 mod duration;
+mod joins;
 mod overrides;
+mod source;
 
 pub use duration::{Window, parse_duration_ms, parse_window};
+pub use joins::{InputFields, InputFormat, InputType, JoinSpec, LabelSpec, TableSpec};
 pub use overrides::apply_override;
+pub use source::{
+    FilesSourceSpec, GeneratorSourceSpec, KafkaSourceSpec, MessageFormat, SourceSpec, TimeSpec,
+    WarmUp,
+};
 
+use crate::features::Agg;
+use crate::plan::{Device, Policy};
+use crate::schema::ColumnType;
 use indexmap::IndexMap;
 use serde::Deserialize;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use toml::Spanned;
 
 /// A whole dataflow spec file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
     /// The dataflow's name, used in outputs and the summary.
-    pub name: String,
+    pub name: Spanned<String>,
     /// Where records come from.
-    pub source: SourceSpec,
+    pub source: Spanned<SourceSpec>,
     /// The record fields and their types, in output column order:
     /// `string`, `i64`, `f64`, `bool` or `timestamp_ms`.
-    pub schema: IndexMap<String, String>,
+    pub schema: Spanned<IndexMap<String, Spanned<ColumnType>>>,
     /// Which field is the event time, and how out of order it may be.
-    pub time: TimeSpec,
+    pub time: Spanned<TimeSpec>,
+    /// Keyed tables, versioned by event time, that joins read.
+    #[serde(default)]
+    pub table: Vec<TableSpec>,
+    /// Table columns added to each row as of its event time.
+    #[serde(default)]
+    pub join: Vec<JoinSpec>,
     /// Features, computed in order; each is a window aggregate or an
-    /// expression over fields and earlier features.
+    /// expression over fields, joined columns and earlier features.
     #[serde(default)]
     pub feature: Vec<FeatureSpec>,
     /// The model that scores each row, if any.
-    pub model: Option<ModelSpec>,
+    pub model: Option<Spanned<ModelSpec>>,
+    /// Labels looked up after each row's time (a training-set dataflow).
+    #[serde(default)]
+    pub label: Vec<LabelSpec>,
     /// How rows are grouped into batches for the model and the sinks.
     #[serde(default)]
     pub batching: BatchingSpec,
     /// Where output rows go (at least one).
     #[serde(default)]
-    pub sink: Vec<SinkSpec>,
+    pub sink: Vec<Spanned<SinkSpec>>,
     /// Where dead letters go; standard error if absent.
-    pub dead_letters: Option<SinkSpec>,
+    pub dead_letters: Option<Spanned<SinkSpec>>,
     /// How long feature state is kept.
     #[serde(default)]
     pub state: StateSpec,
@@ -55,9 +76,9 @@ pub struct StateSpec {
     /// Where checkpoints are kept (a local directory). With it, the run
     /// takes periodic checkpoints, starts from the newest one, and writes
     /// file sinks exactly once.
-    pub dir: Option<PathBuf>,
+    pub dir: Option<Spanned<PathBuf>>,
     /// Wall-clock time between checkpoints (default `10s`).
-    pub interval: Option<String>,
+    pub interval: Option<Spanned<String>>,
     /// How many complete checkpoints are kept (default 3).
     pub retain: Option<usize>,
     /// How much event time may pass without a record of a key before the
@@ -66,151 +87,7 @@ pub struct StateSpec {
     /// the key afresh: lifetime aggregates count from it, `prev` and
     /// `since_prev` are null. Must be at least the longest window plus
     /// `max_out_of_orderness`, so that finite windows never notice.
-    pub key_ttl: Option<String>,
-}
-
-/// The source of records.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum SourceSpec {
-    /// A file, or a directory whose files are the partitions in name order.
-    Files(FilesSourceSpec),
-    /// Synthetic, deterministic card transactions.
-    Generator(GeneratorSourceSpec),
-    /// A Kafka topic.
-    Kafka(KafkaSourceSpec),
-}
-
-impl SourceSpec {
-    /// The field the source's partitions are keyed by, if declared.
-    pub fn key(&self) -> Option<&str> {
-        match self {
-            SourceSpec::Files(files) => files.key.as_deref(),
-            SourceSpec::Generator(generator) => generator.key.as_deref(),
-            SourceSpec::Kafka(kafka) => kafka.key.as_deref(),
-        }
-    }
-}
-
-/// `[source] type = "files"`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FilesSourceSpec {
-    /// A file, or a directory: each file one partition, in name order.
-    /// Relative paths are taken from the spec file's directory's parent
-    /// when they do not exist relative to the working directory.
-    pub path: PathBuf,
-    /// `jsonl` or `parquet`.
-    pub format: String,
-    /// The field the partitions are keyed by (checked at run time: a key
-    /// seen in two partitions stops the run).
-    pub key: Option<String>,
-    /// Lines longer than this many bytes become dead letters (default 1 MiB).
-    pub max_record_bytes: Option<usize>,
-}
-
-/// `[source] type = "generator"`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GeneratorSourceSpec {
-    /// The field the partitions are keyed by; the generator keys by `user_id`.
-    pub key: Option<String>,
-    /// Seed of all random choices (default 42).
-    pub seed: Option<u64>,
-    /// Distinct users (default 1000).
-    pub users: Option<u64>,
-    /// Distinct merchants (default 100).
-    pub merchants: Option<u64>,
-    /// Partitions (default 4).
-    pub partitions: Option<u32>,
-    /// Total records, or `"unlimited"` (default 100000).
-    pub count: Option<toml::Value>,
-    /// Records per second over all partitions (default: as fast as possible).
-    pub rate: Option<f64>,
-    /// Event time of the first record, epoch ms (default 1700000000000).
-    pub start_ms: Option<i64>,
-    /// Event-time gap between consecutive records, ms (default 10).
-    pub spacing_ms: Option<f64>,
-    /// Fraction of records moved back in event time (default 0).
-    pub disorder_fraction: Option<f64>,
-    /// How far back such records move at most, as a duration (default 0s).
-    pub disorder_max: Option<String>,
-}
-
-/// `[source] type = "kafka"`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaSourceSpec {
-    /// `bootstrap.servers`: `host:port[,host:port...]`.
-    pub brokers: String,
-    /// The topic to read (or `topics`).
-    pub topic: Option<String>,
-    /// Several topics read as one source: their partitions are numbered
-    /// one after the other, and outputs carry `_topic`.
-    pub topics: Option<Vec<String>>,
-    /// The message format: `json` (one object per message value).
-    #[serde(default = "json_format")]
-    pub format: String,
-    /// The field the topic's partitions are keyed by (checked at run time).
-    /// `kafka_key` keys by the message key.
-    pub key: Option<String>,
-    /// The consumer group offsets are committed for (default
-    /// `tideflow-<name>`). Partitions are assigned by tideflow, not by the
-    /// group.
-    pub group_id: Option<String>,
-    /// Start position: `earliest`, `latest`, `committed` (default), an
-    /// RFC 3339 time, epoch ms, or `partition:offset,...`. `--from` overrides.
-    pub from: Option<String>,
-    /// End: `never` (default, live), `now` (the high watermarks at start),
-    /// or a time. `--until` overrides.
-    pub until: Option<String>,
-    /// A caught-up partition without a record for this long stops holding
-    /// back the watermark (default `5s`); its records that arrive later
-    /// behind the watermark are late.
-    pub idle_timeout: Option<String>,
-    /// How often consumed offsets are committed once outputs are durable
-    /// (default `1s`).
-    pub commit_interval: Option<String>,
-    /// How window state is rebuilt when a run starts after the beginning
-    /// of its topic (`committed`, `latest`, a time, offsets): `earliest`
-    /// (default) replays each partition from its earliest retained offset
-    /// up to the start position, without output, so features are exactly
-    /// those of a backfill; `none` starts with empty windows.
-    pub warm_up: Option<String>,
-    /// librdkafka options, passed through verbatim (`security.protocol`,
-    /// `sasl.*`, `ssl.*`, ...). Secret values never appear in logs.
-    #[serde(default)]
-    pub options: IndexMap<String, toml::Value>,
-}
-
-fn json_format() -> String {
-    "json".to_owned()
-}
-
-/// `[time]`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TimeSpec {
-    /// The event-time field (type `timestamp_ms` or `i64`, epoch ms).
-    pub field: String,
-    /// How far behind its partition's newest event time a record may be
-    /// and still count (default `0s`). Older records are late.
-    #[serde(default = "zero_duration")]
-    pub max_out_of_orderness: String,
-    /// How far a partition's watermark may run ahead of the slowest
-    /// partition's (over all workers) before the source stops reading it
-    /// until the others catch up (default `10s`). Bounds what event-time
-    /// features buffer when partitions are fetched unevenly.
-    #[serde(default = "default_partition_skew")]
-    pub max_partition_skew: String,
-}
-
-fn default_partition_skew() -> String {
-    "10s".to_owned()
-}
-
-fn zero_duration() -> String {
-    "0s".to_owned()
+    pub key_ttl: Option<Spanned<String>>,
 }
 
 /// One `[[feature]]`.
@@ -218,18 +95,18 @@ fn zero_duration() -> String {
 #[serde(deny_unknown_fields)]
 pub struct FeatureSpec {
     /// Output column name.
-    pub name: String,
+    pub name: Spanned<String>,
     /// Grouping field of an aggregate (default: `source.key`).
-    pub key: Option<String>,
+    pub key: Option<Spanned<String>>,
     /// `count`, `sum`, `mean`, `min`, `max`, `std`, `distinct_count`, `prev`
     /// or `since_prev`.
-    pub agg: Option<String>,
+    pub agg: Option<Spanned<Agg>>,
     /// The aggregated field (not for `count` and `since_prev`).
-    pub field: Option<String>,
+    pub field: Option<Spanned<String>>,
     /// A duration (`ms`, `s`, `m`, `h`, `d`) or `lifetime` (the default).
-    pub window: Option<String>,
+    pub window: Option<Spanned<String>>,
     /// An expression over fields and earlier features, instead of `agg`.
-    pub expr: Option<String>,
+    pub expr: Option<Spanned<String>>,
 }
 
 /// `[model]`.
@@ -242,15 +119,15 @@ pub struct ModelSpec {
     pub name: Option<String>,
     /// Columns (fields or features) fed to the model, in order, as one
     /// float32 tensor of shape `[rows, len(inputs)]`.
-    pub inputs: Vec<String>,
+    pub inputs: Spanned<Vec<Spanned<String>>>,
     /// The model input that receives that tensor (default: its only input).
     pub input_name: Option<String>,
     /// Output columns: `column = "model_output"` or
     /// `column = "model_output[i]"` for column `i` of a 2-D output.
-    pub outputs: IndexMap<String, String>,
+    pub outputs: Spanned<IndexMap<String, Spanned<String>>>,
     /// `auto`, `cpu`, `cuda` or `cuda:N` (default `auto`).
-    #[serde(default = "auto_device")]
-    pub device: String,
+    #[serde(default)]
+    pub device: Device,
     /// The value fed to the model in place of a null input (default 0).
     #[serde(default)]
     pub fill_null: f32,
@@ -263,16 +140,19 @@ pub struct ModelSpec {
     /// What a batch the model fails on becomes: `dead_letter` (the
     /// default: each of its rows goes to the dead letters with the reason,
     /// and the run goes on) or `stop` (the run stops with the error).
-    #[serde(default = "dead_letter")]
-    pub on_error: String,
+    #[serde(default)]
+    pub on_error: OnModelError,
 }
 
-fn dead_letter() -> String {
-    "dead_letter".to_owned()
-}
-
-fn auto_device() -> String {
-    "auto".to_owned()
+/// What a batch the model fails on becomes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnModelError {
+    /// Its rows go to the dead letters with the reason.
+    #[default]
+    DeadLetter,
+    /// The run stops with the error.
+    Stop,
 }
 
 /// `[batching]`.
@@ -282,14 +162,14 @@ pub struct BatchingSpec {
     /// `micro`, `bulk` or `adaptive` (bulk while a source is behind, micro
     /// once caught up). Default `adaptive`.
     #[serde(default = "adaptive_policy")]
-    pub policy: String,
+    pub policy: Policy,
     /// Micro-batches: flushed at `max_rows` or after `max_delay`
     /// (defaults 256 rows, `5ms`).
-    #[serde(default = "micro_default")]
+    #[serde(default)]
     pub micro: BatchLimitsSpec,
     /// Bulk batches: flushed at `max_rows` or after `max_delay`
     /// (defaults 16384 rows, `1s`).
-    #[serde(default = "bulk_default")]
+    #[serde(default)]
     pub bulk: BatchLimitsSpec,
 }
 
@@ -297,38 +177,25 @@ impl Default for BatchingSpec {
     fn default() -> Self {
         BatchingSpec {
             policy: adaptive_policy(),
-            micro: micro_default(),
-            bulk: bulk_default(),
+            micro: BatchLimitsSpec::default(),
+            bulk: BatchLimitsSpec::default(),
         }
     }
 }
 
-fn adaptive_policy() -> String {
-    "adaptive".to_owned()
+fn adaptive_policy() -> Policy {
+    Policy::Adaptive
 }
 
-fn micro_default() -> BatchLimitsSpec {
-    BatchLimitsSpec {
-        max_rows: Some(256),
-        max_delay: Some("5ms".into()),
-    }
-}
-
-fn bulk_default() -> BatchLimitsSpec {
-    BatchLimitsSpec {
-        max_rows: Some(16384),
-        max_delay: Some("1s".into()),
-    }
-}
-
-/// Limits of one batching policy.
-#[derive(Clone, Debug, Deserialize)]
+/// Limits of one batching policy; what is not given takes the policy's
+/// default.
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchLimitsSpec {
     /// A batch is flushed when it holds this many rows.
-    pub max_rows: Option<usize>,
+    pub max_rows: Option<Spanned<usize>>,
     /// A batch is flushed when its oldest row has waited this long.
-    pub max_delay: Option<String>,
+    pub max_delay: Option<Spanned<String>>,
 }
 
 /// One `[[sink]]` or the `[dead_letters]` table.
@@ -405,7 +272,7 @@ impl std::fmt::Display for SpecError {
 impl std::error::Error for SpecError {}
 
 /// The text of a spec and where it came from, kept so that errors found
-/// after parsing can still point at a line.
+/// after parsing can point at a line.
 #[derive(Clone, Debug)]
 pub struct SpecSource {
     /// The spec file.
@@ -434,38 +301,55 @@ impl SpecSource {
         })
     }
 
-    /// An error about this spec, pointing at the first line that contains
-    /// `needle` (when given and found).
-    pub fn error(
+    /// An error about the part of the spec at `span` (a byte range of the
+    /// parsed text, from a [`Spanned`] value): it names the span's line,
+    /// unless overrides rewrote the text, whose lines then say nothing.
+    pub fn error_at(
         &self,
-        needle: Option<&str>,
+        span: Range<usize>,
         message: impl Into<String>,
-        hint: Option<String>,
+        hint: impl Into<String>,
     ) -> SpecError {
-        let line = needle.and_then(|needle| self.line_of(needle));
         SpecError {
             file: self.file.clone(),
-            line,
-            message: message.into(),
-            hint,
+            line: self
+                .overrides
+                .is_empty()
+                .then(|| line_at(&self.text, span.start)),
+            message: self.after_overrides(message.into()),
+            hint: Some(hint.into()),
         }
     }
 
-    /// The 1-based line of the first occurrence of `needle`, preferring an
-    /// occurrence as a quoted TOML string.
-    pub fn line_of(&self, needle: &str) -> Option<usize> {
-        let quoted = format!("\"{needle}\"");
-        let at = self.text.find(&quoted).or_else(|| self.text.find(needle))?;
-        Some(line_at(&self.text, at))
+    /// An error about the spec as a whole.
+    pub fn error(&self, message: impl Into<String>, hint: impl Into<String>) -> SpecError {
+        SpecError {
+            file: self.file.clone(),
+            line: None,
+            message: self.after_overrides(message.into()),
+            hint: Some(hint.into()),
+        }
+    }
+
+    fn after_overrides(&self, message: String) -> String {
+        if self.overrides.is_empty() {
+            message
+        } else {
+            format!("after --set {}: {message}", self.overrides.join(" --set "))
+        }
     }
 
     /// Parses the text, applies the overrides, and deserializes the spec.
+    ///
+    /// With overrides, the overridden table is written back as TOML and
+    /// parsed again, so that the spec keeps its spans either way (the
+    /// lines of that text are not the file's, and are not reported).
     pub fn parse(&self) -> Result<Spec, SpecError> {
-        let mut table: toml::Table =
-            toml::from_str(&self.text).map_err(|error| self.toml_error(&error))?;
         if self.overrides.is_empty() {
             return toml::from_str(&self.text).map_err(|error| self.toml_error(&error));
         }
+        let mut table: toml::Table =
+            toml::from_str(&self.text).map_err(|error| self.toml_error(&error))?;
         for assignment in &self.overrides {
             apply_override(&mut table, assignment).map_err(|message| SpecError {
                 file: self.file.clone(),
@@ -474,16 +358,17 @@ impl SpecSource {
                 hint: Some("write --set KEY=VALUE with a dotted key, array items by index: sink[0].path=out/".into()),
             })?;
         }
-        Spec::deserialize(table).map_err(|error| SpecError {
-            file: self.file.clone(),
-            line: None,
-            message: format!(
-                "after --set {}: {}",
-                self.overrides.join(" --set "),
-                error.message()
-            ),
-            hint: Some("check the overridden keys against the spec reference in the README".into()),
-        })
+        let text = toml::to_string(&table).map_err(|error| {
+            self.error(
+                format!("the overridden spec cannot be written back as TOML: {error}"),
+                "check the --set values",
+            )
+        })?;
+        let overridden = SpecSource {
+            text,
+            ..self.clone()
+        };
+        toml::from_str(&overridden.text).map_err(|error| overridden.toml_error(&error))
     }
 
     fn toml_error(&self, error: &toml::de::Error) -> SpecError {
@@ -515,8 +400,8 @@ impl SpecSource {
         };
         SpecError {
             file: self.file.clone(),
-            line,
-            message,
+            line: line.filter(|_| self.overrides.is_empty()),
+            message: self.after_overrides(message),
             hint,
         }
     }
@@ -572,10 +457,11 @@ field = "ts"
             "time.max_out_of_orderness=\"2s\"".into(),
         ];
         let spec = spec_source.parse().unwrap();
-        let SinkSpec::Jsonl(sink) = &spec.sink[0] else {
+        let SinkSpec::Jsonl(sink) = spec.sink[0].get_ref() else {
             panic!("jsonl sink")
         };
         assert_eq!(sink.path, PathBuf::from("b/"));
-        assert_eq!(spec.time.max_out_of_orderness, "2s");
+        let bound = spec.time.get_ref().max_out_of_orderness.as_ref();
+        assert_eq!(bound.map(|bound| bound.get_ref().as_str()), Some("2s"));
     }
 }

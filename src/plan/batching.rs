@@ -1,0 +1,48 @@
+//! `[batching]`, resolved: the policy and the limits of both kinds of
+//! batch.
+
+use super::source::duration_ms;
+use super::{BatchLimits, BatchingPlan};
+use crate::spec::{BatchLimitsSpec, BatchingSpec, SpecError, SpecSource};
+use std::time::Duration;
+
+/// The micro-batch defaults: 256 rows, 5 ms.
+const MICRO: (usize, &str) = (256, "5ms");
+
+/// The bulk-batch defaults: 16384 rows, 1 s.
+const BULK: (usize, &str) = (16384, "1s");
+
+/// Resolves the batching policy and limits, defaults filled in.
+pub(super) fn batching(
+    text: &SpecSource,
+    batching: &BatchingSpec,
+) -> Result<BatchingPlan, SpecError> {
+    Ok(BatchingPlan {
+        policy: batching.policy,
+        micro: limits(text, &batching.micro, MICRO)?,
+        bulk: limits(text, &batching.bulk, BULK)?,
+    })
+}
+
+fn limits(
+    text: &SpecSource,
+    spec: &BatchLimitsSpec,
+    (default_rows, default_delay): (usize, &str),
+) -> Result<BatchLimits, SpecError> {
+    let max_rows = match &spec.max_rows {
+        None => default_rows,
+        Some(rows) if *rows.get_ref() == 0 => {
+            return Err(text.error_at(
+                rows.span(),
+                "max_rows must be at least 1",
+                "set max_rows to a positive number",
+            ));
+        }
+        Some(rows) => *rows.get_ref(),
+    };
+    let delay_ms = duration_ms(text, spec.max_delay.as_ref(), default_delay)?;
+    Ok(BatchLimits {
+        max_rows,
+        max_delay: Duration::from_millis(delay_ms.max(0) as u64),
+    })
+}
