@@ -2,18 +2,27 @@
 //! feature stages → expressions → batching → inference → sinks, on timely
 //! worker threads.
 
+use crate::batch::Batch;
 use crate::checkpoint::restore::{DEAD_LETTERS, Restored, restore};
 use crate::checkpoint::{CheckpointStore, Coordinator};
 use crate::cluster::{Cluster, ClusterLinks, gather_counts, stop_when_a_peer_is_lost};
 use crate::commit::OffsetLedger;
 use crate::inference::Model;
+use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::operators::features::ComputeFeatures;
+use crate::operators::input::{InputContext, open_input, read_input};
+use crate::operators::join::JoinAsOf;
+use crate::operators::labels::AttachLabels;
+use crate::operators::offset_order::InOffsetOrder;
 use crate::operators::score::ScoreRows;
 use crate::operators::sink::WriteRows;
 use crate::operators::source::resume_at_restored;
 use crate::operators::source::{SourceOutputs, open_assigned, origin, read_source};
+use crate::operators::{BatchStream, RowStream, as_batches};
+use crate::plan::InputPlan;
 use crate::plan::{Plan, SinkPlan, SourcePlan};
+use crate::row::Origins;
 use crate::run::{Counts, RunControl, Shared, Summary, SummaryScope, report_progress};
 use crate::sinks::{
     DeadLetterWriter, Layout, TopicOffsets, TopicResume, open_epoch_row_writer, open_row_writer,
@@ -27,6 +36,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tideflow_connectors::kafka::StartPosition;
+use timely::dataflow::operators::probe::{Handle, Probe};
 use timely::dataflow::operators::vec::Map;
 
 /// How a run is executed.
@@ -385,6 +395,98 @@ fn stop_a_failed_member(cluster: &Cluster, shared: Arc<Shared>, done: Arc<Atomic
     });
 }
 
+/// Opens worker `index`'s partitions of each table or label input, with
+/// its dead-letter writer.
+fn open_inputs<'plan>(
+    shared: &Shared,
+    inputs: impl Iterator<Item = &'plan InputPlan>,
+    role: &str,
+    index: usize,
+    peers: usize,
+) -> Result<Vec<(Intake, Rc<RefCell<DeadLetterWriter>>)>> {
+    inputs
+        .enumerate()
+        .map(|(at, input)| {
+            let intake = open_input(input, index, peers)?;
+            let origins = Origins::by_index();
+            let letters = DeadLetterWriter::open(
+                &shared.plan.dead_letters,
+                (index, &format!("-{role}{at}")),
+                &origin(&input.source),
+                origins,
+            )?
+            .of_input(&input.name);
+            Ok((intake, Rc::new(RefCell::new(letters))))
+        })
+        .collect()
+}
+
+/// Joins the rows with each table as of their time, then (for a stage
+/// keyed by the source's key) puts them back in offset order.
+fn join_tables<'scope>(
+    rows: BatchStream<'scope>,
+    tables: Vec<(Intake, Rc<RefCell<DeadLetterWriter>>)>,
+    (events, dead_letters): (&Handle<i64>, &Rc<RefCell<DeadLetterWriter>>),
+    shared: &Arc<Shared>,
+) -> BatchStream<'scope> {
+    let plan = &shared.plan;
+    let scope = rows.scope();
+    let tables: Vec<RowStream<'scope>> = tables
+        .into_iter()
+        .zip(&plan.tables)
+        .map(|((intake, letters), table)| {
+            let context = InputContext {
+                dead_letters: letters,
+                events: events.clone(),
+                skew_ms: plan.skew_ms,
+                announces_end: false,
+            };
+            read_input(scope, &table.input.name, intake, shared.clone(), context)
+        })
+        .collect();
+    let mut joined = rows.flat_map(Batch::into_rows);
+    for join in &plan.joins {
+        let table = (join.clone(), plan.tables[join.table].key_slot);
+        joined = joined.join_as_of(
+            tables[join.table].clone(),
+            table,
+            dead_letters.clone(),
+            shared.clone(),
+        );
+    }
+    if plan.stages.iter().any(|stage| stage.source_keyed) {
+        joined.in_offset_order()
+    } else {
+        as_batches(joined)
+    }
+}
+
+/// Gives each row its labels, and whether their horizons were complete.
+fn attach_labels<'scope>(
+    rows: BatchStream<'scope>,
+    labels: Vec<(Intake, Rc<RefCell<DeadLetterWriter>>)>,
+    events: &Handle<i64>,
+    shared: &Arc<Shared>,
+) -> BatchStream<'scope> {
+    let plan = &shared.plan;
+    let scope = rows.scope();
+    let complete_slot = plan
+        .label_complete_slot
+        .expect("a plan with labels has their completeness column");
+    let mut labelled = rows.flat_map(Batch::into_rows);
+    for ((intake, letters), label) in labels.into_iter().zip(&plan.labels) {
+        let context = InputContext {
+            dead_letters: letters,
+            events: events.clone(),
+            skew_ms: plan.skew_ms.saturating_add(label.horizon_ms),
+            announces_end: true,
+        };
+        let records = read_input(scope, &label.input.name, intake, shared.clone(), context);
+        labelled = labelled.attach_labels(records, Arc::new(label.clone()), complete_slot);
+    }
+    as_batches(labelled)
+}
+
 fn build_and_run(
     worker: &mut timely::worker::Worker,
     shared: Arc<Shared>,
@@ -410,7 +512,7 @@ fn build_and_run(
                 shared.restored.topic_resumes.get(&DEAD_LETTERS).cloned(),
             )?
         } else {
-            DeadLetterWriter::open(sink, index, &origin, origins)?
+            DeadLetterWriter::open(sink, (index, ""), &origin, origins)?
         };
         Ok(Rc::new(RefCell::new(writer)))
     };
@@ -462,15 +564,38 @@ fn build_and_run(
         // A checkpointed run commits the offsets of its checkpoints.
         ledger: ledger.clone().filter(|_| !checkpointed),
     };
+    let tables = open_inputs(
+        &shared,
+        plan.tables.iter().map(|table| &table.input),
+        "table",
+        index,
+        peers,
+    )?;
+    let labels = open_inputs(
+        &shared,
+        plan.labels.iter().map(|label| &label.input),
+        "label",
+        index,
+        peers,
+    )?;
     let durable = worker.dataflow::<i64, _, _>(|scope| {
-        let mut rows = read_source(scope, shared.clone(), assigned.readers, outputs);
+        let events = Handle::<i64>::new();
+        let mut rows =
+            read_source(scope, shared.clone(), assigned.readers, outputs).probe_with(&events);
+        if !plan.joins.is_empty() {
+            rows = join_tables(rows, tables, (&events, &dead_letters), &shared);
+        }
         for (index, stage) in plan.stages.iter().enumerate() {
             rows = rows.compute_features(index, stage.clone(), shared.clone());
         }
         // Replayed rows have rebuilt the windows; they are not the run's own.
-        rows.map_in_place(|batch| batch.retain(|row| !row.warm_up))
-            .score_rows(model, shared.clone(), model_dead_letters)
-            .write_rows(writers, shared.clone(), commit_interval)
+        let mut rows = rows
+            .map_in_place(|batch| batch.retain(|row| !row.warm_up))
+            .score_rows(model, shared.clone(), model_dead_letters);
+        if !plan.labels.is_empty() {
+            rows = attach_labels(rows, labels, &events, &shared);
+        }
+        rows.write_rows(writers, shared.clone(), commit_interval)
     });
     while worker.step_or_park(Some(Duration::from_millis(20))) {
         if let Some(links) = &mut links {

@@ -200,6 +200,15 @@ impl Intake {
             .min()
     }
 
+    /// The greatest event time any partition has shown, if any.
+    pub fn newest_time(&self) -> Option<i64> {
+        self.partitions
+            .iter()
+            .filter(|partition| partition.clock.has_seen())
+            .map(|partition| partition.clock.watermark(0))
+            .max()
+    }
+
     /// Each partition's progress, lag and watermark, for the metrics.
     pub fn statuses(&self) -> impl Iterator<Item = (u32, PartitionStatus)> + '_ {
         self.partitions.iter().map(|partition| {
@@ -423,7 +432,7 @@ mod tests {
     }
 
     fn discard() -> DeadLetterWriter {
-        DeadLetterWriter::open(&SinkPlan::Null, 0, "generator", Origins::by_index()).unwrap()
+        DeadLetterWriter::open(&SinkPlan::Null, (0, ""), "generator", Origins::by_index()).unwrap()
     }
 
     /// Reads rounds, as the source operator does, until every partition

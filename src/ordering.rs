@@ -64,6 +64,40 @@ impl ReorderBuffer {
         self.arrivals.keys().next().copied()
     }
 
+    /// Holds a row until the watermark passes `ready` rather than its
+    /// event time (a label waits for its horizon).
+    pub fn push_until(&mut self, row: Row, ready: i64, arrival: i64) {
+        *self.arrivals.entry(arrival).or_default() += 1;
+        self.rows
+            .insert((ready, row.partition, row.offset), (arrival, row));
+    }
+
+    /// The least time a held row waits for (its event time, or what it
+    /// was pushed until).
+    pub fn oldest_ready(&self) -> Option<i64> {
+        self.rows.keys().next().map(|(ready, _, _)| *ready)
+    }
+
+    /// Removes and returns, with the dataflow time each arrived at, every
+    /// row waiting for a time before `watermark` (all of them when
+    /// `watermark` is `None`), in the order of those times.
+    pub fn release_with_arrivals(&mut self, watermark: Option<i64>) -> Vec<(i64, Row)> {
+        let kept = match watermark {
+            None => BTreeMap::new(),
+            Some(watermark) => self.rows.split_off(&(watermark, 0, 0)),
+        };
+        let released = std::mem::replace(&mut self.rows, kept);
+        for (arrival, _) in released.values() {
+            if let Some(count) = self.arrivals.get_mut(arrival) {
+                *count -= 1;
+                if *count == 0 {
+                    self.arrivals.remove(arrival);
+                }
+            }
+        }
+        released.into_values().collect()
+    }
+
     /// Removes and returns, in canonical order, every row with event time
     /// before `watermark` (all of them when `watermark` is `None`, the end
     /// of input).

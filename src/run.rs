@@ -30,6 +30,12 @@ pub struct Stats {
     pub batches: AtomicU64,
     /// Largest batch.
     pub max_batch: AtomicU64,
+    /// Records read from tables and label inputs.
+    pub inputs_in: AtomicU64,
+    /// Of those, dead letters other than late ones.
+    pub inputs_dead: AtomicU64,
+    /// Of those, late records.
+    pub inputs_late: AtomicU64,
 }
 
 impl Stats {
@@ -55,6 +61,9 @@ impl Stats {
             late: self.late.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
             max_batch: self.max_batch.load(Ordering::Relaxed),
+            inputs_in: self.inputs_in.load(Ordering::Relaxed),
+            inputs_dead: self.inputs_dead.load(Ordering::Relaxed),
+            inputs_late: self.inputs_late.load(Ordering::Relaxed),
         }
     }
 }
@@ -78,6 +87,12 @@ pub struct Counts {
     pub batches: u64,
     /// Largest batch.
     pub max_batch: u64,
+    /// Records read from tables and label inputs (outside `records_in`).
+    pub inputs_in: u64,
+    /// Of those, dead letters other than late ones.
+    pub inputs_dead: u64,
+    /// Of those, late records.
+    pub inputs_late: u64,
 }
 
 impl Counts {
@@ -92,6 +107,9 @@ impl Counts {
             late: sum.late + part.late,
             batches: sum.batches + part.batches,
             max_batch: sum.max_batch.max(part.max_batch),
+            inputs_in: sum.inputs_in + part.inputs_in,
+            inputs_dead: sum.inputs_dead + part.inputs_dead,
+            inputs_late: sum.inputs_late + part.inputs_late,
         })
     }
 
@@ -324,6 +342,13 @@ impl std::fmt::Display for Summary {
                 f,
                 "  {} rows carried in from the checkpoint (read before it, waiting for the watermark)",
                 counts.carried
+            )?;
+        }
+        if counts.inputs_in > 0 {
+            writeln!(
+                f,
+                "  tables and labels: {} records read, of which {} dead letters and {} late",
+                counts.inputs_in, counts.inputs_dead, counts.inputs_late
             )?;
         }
         if let Some(model) = &self.model {

@@ -6,7 +6,7 @@
 
 mod json;
 
-use crate::plan::{MetadataSlots, Plan};
+use crate::plan::{InputPlan, MetadataSlots, Plan};
 use crate::row::{DeadLetter, Row};
 use crate::schema::{Column, ColumnType};
 use tideflow_connectors::{RawBody, RawRecord, Value};
@@ -17,6 +17,8 @@ pub struct Decoder {
     fields: Vec<Column>,
     time_slot: usize,
     required_slots: Vec<usize>,
+    /// A label input's value field, named as such when missing.
+    value_slot: Option<usize>,
     metadata_slots: MetadataSlots,
 }
 
@@ -27,7 +29,20 @@ impl Decoder {
             fields: plan.columns[..plan.field_count].to_vec(),
             time_slot: plan.time_slot,
             required_slots: plan.required_slots.clone(),
+            value_slot: None,
             metadata_slots: plan.metadata_slots,
+        }
+    }
+
+    /// A decoder for the schema of a table or label input (whose required
+    /// slots are its time, its key, and a label's value).
+    pub fn for_input(input: &InputPlan) -> Self {
+        Decoder {
+            fields: input.columns.clone(),
+            time_slot: input.time_slot,
+            required_slots: input.required_slots.clone(),
+            value_slot: input.required_slots.get(2).copied(),
+            metadata_slots: input.metadata_slots,
         }
     }
 
@@ -67,6 +82,8 @@ impl Decoder {
             if values[*slot].is_null() {
                 let role = if *slot == self.time_slot {
                     "event time"
+                } else if Some(*slot) == self.value_slot {
+                    "label value"
                 } else {
                     "key"
                 };

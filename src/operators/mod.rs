@@ -8,6 +8,10 @@
 
 pub mod checkpointing;
 pub mod features;
+pub mod input;
+pub mod join;
+pub mod labels;
+pub mod offset_order;
 pub mod score;
 pub mod sink;
 pub mod source;
@@ -19,3 +23,18 @@ pub type BatchStream<'scope> = timely::dataflow::Stream<'scope, i64, Vec<crate::
 /// A stream of single rows: how rows travel where they are exchanged by
 /// key (see [`crate::batch::Batch::into_rows`]).
 pub type RowStream<'scope> = timely::dataflow::Stream<'scope, i64, Vec<crate::row::Row>>;
+
+/// Each container of rows as one batch.
+pub fn as_batches(rows: RowStream<'_>) -> BatchStream<'_> {
+    use timely::dataflow::channels::pact::Pipeline;
+    use timely::dataflow::operators::generic::Operator;
+    rows.unary(Pipeline, "AsBatches", |_capability, _info| {
+        |input, output| {
+            input.for_each(|time, rows| {
+                output
+                    .session(&time)
+                    .give(crate::batch::Batch::from_rows(std::mem::take(rows)));
+            });
+        }
+    })
+}

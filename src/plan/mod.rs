@@ -98,9 +98,10 @@ pub struct Plan {
 
 impl Plan {
     /// Whether records can be late: only when some feature aggregates
-    /// over a window, since otherwise no result depends on arrival order.
+    /// over a window or rows are joined or labelled, since otherwise no
+    /// result depends on arrival order.
     pub fn tracks_lateness(&self) -> bool {
-        !self.stages.is_empty()
+        !self.stages.is_empty() || !self.joins.is_empty() || !self.labels.is_empty()
     }
 
     /// Whether rows wait for the watermark (some stage is not source-keyed).
@@ -381,6 +382,16 @@ impl Plan {
         let (labels, label_complete_slot) =
             joins::labels(text, &spec.label, &source, &mut columns)?;
         let (sinks, dead_letters) = sinks::sinks(text, spec, &source)?;
+        let checkpoints = state::checkpoints(text, &spec.state)?;
+        if let (Some(_), Some(dir)) = (&checkpoints, &spec.state.dir)
+            && !(tables.is_empty() && labels.is_empty())
+        {
+            return Err(text.error_at(
+                dir.span(),
+                "checkpoints do not hold the state of joins and labels yet: a restored run would lose the rows they hold",
+                "run training sets and joins without state.dir for now",
+            ));
+        }
         let source_key_slot = inputs.source_key.and_then(|key| columns.slot_of(key));
         let mut required_slots = vec![time.slot];
         for stage in &stages {
@@ -409,7 +420,7 @@ impl Plan {
             batching: batching::batching(text, &spec.batching)?,
             sinks,
             dead_letters,
-            checkpoints: state::checkpoints(text, &spec.state)?,
+            checkpoints,
         })
     }
 }

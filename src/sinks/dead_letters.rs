@@ -3,7 +3,6 @@
 //! record with tideflow headers on a Kafka topic.
 
 use super::files::EpochNames;
-use super::files::part_path;
 use super::kafka::KAFKA_FINISH_TIMEOUT;
 use super::kafka::{ORIGIN_HEADER, TopicOffsets, TopicResume};
 use super::{EpochOutput, sink_error};
@@ -31,6 +30,8 @@ pub struct DeadLetterWriter {
     exactly_once: Option<(TopicOffsets, Arc<TopicResume>)>,
     /// `<partition>:<offset>` of the letter being written.
     origin_text: String,
+    /// The table or label input the letters come from (not the source).
+    input: Option<String>,
 }
 
 enum DeadLetterTarget {
@@ -102,11 +103,17 @@ impl std::fmt::Debug for DeadLetterWriter {
 impl DeadLetterWriter {
     /// Opens the dead-letter output of worker `worker`; `origin` names the
     /// source (a topic, a path) in Kafka headers, unless `origins` names
-    /// each letter's topic.
-    pub fn open(sink: &SinkPlan, worker: usize, origin: &str, origins: Origins) -> Result<Self> {
+    /// each letter's topic. In a file sink, the file's name carries
+    /// `role` (which operator writes it, empty for the source).
+    pub fn open(
+        sink: &SinkPlan,
+        (worker, role): (usize, &str),
+        origin: &str,
+        origins: Origins,
+    ) -> Result<Self> {
         let inner = match sink {
             SinkPlan::Jsonl(dir) | SinkPlan::Parquet(dir) => {
-                let path = part_path(dir, worker, "jsonl");
+                let path = dir.join(format!("part-{worker:04}{role}.jsonl"));
                 let file = File::create(&path)
                     .map_err(|error| sink_error(sink, format!("{}: {error}", path.display())))?;
                 DeadLetterTarget::File(BufWriter::new(file))
@@ -127,6 +134,7 @@ impl DeadLetterWriter {
             origins,
             exactly_once: None,
             origin_text: String::new(),
+            input: None,
         })
     }
 
@@ -143,7 +151,7 @@ impl DeadLetterWriter {
         resume: Option<Arc<TopicResume>>,
     ) -> Result<Self> {
         let (SinkPlan::Jsonl(dir) | SinkPlan::Parquet(dir)) = sink else {
-            let mut writer = DeadLetterWriter::open(sink, worker, origin, origins)?;
+            let mut writer = DeadLetterWriter::open(sink, (worker, role), origin, origins)?;
             if let (DeadLetterTarget::Kafka(_), Some(resume)) = (&writer.inner, resume) {
                 writer.exactly_once = Some((resume.starts.clone(), resume));
             }
@@ -159,7 +167,15 @@ impl DeadLetterWriter {
             origins,
             exactly_once: None,
             origin_text: String::new(),
+            input: None,
         })
+    }
+
+    /// Marks the letters as those of a table or label input named `name`
+    /// (JSON lines carry `_input`; Kafka headers name its topic).
+    pub fn of_input(mut self, name: &str) -> Self {
+        self.input = Some(name.to_owned());
+        self
     }
 
     /// Ends the epoch of checkpoint `id` (see [`RowWriter::close_epoch`]).
@@ -251,6 +267,9 @@ impl DeadLetterWriter {
         }
         if let Some(topic) = topic {
             line["_topic"] = topic.into();
+        }
+        if let Some(input) = &self.input {
+            line["_input"] = input.as_str().into();
         }
         let mut text = line.to_string();
         text.push('\n');

@@ -226,9 +226,11 @@ pub fn prepare_directory(sink: &SinkPlan, owned: &dyn Fn(usize) -> bool) -> Resu
             .and_then(|name| name.to_str())
             .and_then(|name| name.strip_prefix("part-"))
             .map(|rest| {
-                rest.split('.')
-                    .next()
-                    .and_then(|index| index.parse::<usize>().ok())
+                // part-0003.jsonl, part-0003-table0.jsonl: worker 3.
+                let digits = rest
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(rest.len());
+                rest[..digits].parse::<usize>().ok()
             });
         match worker {
             Some(Some(worker)) if !owned(worker) => {}

@@ -1,0 +1,211 @@
+//! The as-of join operator: events and a table's versions both routed by
+//! key, each event held until the table's watermark has passed its time,
+//! then given the columns of its key's version as of that time
+//! ([`AsOfTable`]).
+//!
+//! An event leaves at the dataflow time it arrived at, not earlier, so
+//! that downstream a frontier past a time still means every row read
+//! before it has passed: the rows of a partition can then be put back in
+//! offset order ([`super::offset_order`]) for a stage keyed by the
+//! source's key. The table is settled up to the least time an event can
+//! still have (the events' frontier, and the oldest event held), which
+//! keeps one version per key plus those newer than that.
+
+use super::RowStream;
+use crate::decode::fields_as_json;
+use crate::joins::{AsOfTable, VersionOrder};
+use crate::ordering::ReorderBuffer;
+use crate::plan::JoinPlan;
+use crate::row::{DeadLetter, Row};
+use crate::run::{Shared, Stats};
+use crate::sinks::DeadLetterWriter;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use tideflow_connectors::Value;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::{Operator, OutputBuilderSession};
+
+/// The reason given to events of a required join without a version.
+pub const NO_MATCH: &str = "no_match";
+
+/// Joins rows with a table as of their event time.
+pub trait JoinAsOf<'scope> {
+    /// Adds the join's columns to each row, from the version of its key
+    /// in `table` (rows of the table's schema) as of the row's time;
+    /// `table_key` is the table's key slot.
+    fn join_as_of(
+        self,
+        table: RowStream<'scope>,
+        join: (JoinPlan, usize),
+        dead_letters: Rc<RefCell<DeadLetterWriter>>,
+        shared: Arc<Shared>,
+    ) -> RowStream<'scope>;
+}
+
+impl<'scope> JoinAsOf<'scope> for RowStream<'scope> {
+    fn join_as_of(
+        self,
+        table: RowStream<'scope>,
+        (join, table_key): (JoinPlan, usize),
+        dead_letters: Rc<RefCell<DeadLetterWriter>>,
+        shared: Arc<Shared>,
+    ) -> RowStream<'scope> {
+        let on = join.on_slot;
+        let by_event_key = Exchange::new(move |row: &Row| row.cell(on).stable_hash());
+        let by_table_key = Exchange::new(move |row: &Row| row.cell(table_key).stable_hash());
+        let name = format!("JoinAsOf({})", shared.plan.tables[join.table].input.name);
+        self.binary_frontier(
+            table,
+            by_event_key,
+            by_table_key,
+            &name,
+            move |capability, _info| {
+                let mut capability = Some(capability);
+                let mut versions = AsOfTable::default();
+                let mut waiting = ReorderBuffer::default();
+                move |(events, events_frontier), (table, table_frontier), output| {
+                    table.for_each(|_time, rows| {
+                        for row in rows.drain(..) {
+                            insert_version(&mut versions, row, &join, table_key);
+                        }
+                    });
+                    events.for_each(|time, rows| {
+                        let arrival = time.least().copied().unwrap_or(i64::MIN);
+                        for row in rows.drain(..) {
+                            waiting.push(row, arrival);
+                        }
+                    });
+                    let Some(held) = capability.as_mut() else {
+                        return;
+                    };
+                    let table_at = table_frontier.frontier().first().copied();
+                    let released = waiting.release_with_arrivals(table_at);
+                    let joined = released.into_iter().filter_map(|(arrival, mut row)| {
+                        let found = versions.lookup(row.cell(on), row.time);
+                        match (found, join.required) {
+                            (None, true) => {
+                                refuse(&row, &join, &shared, &dead_letters);
+                                None
+                            }
+                            (found, _) => {
+                                add_columns(&mut row, &join.slots, found);
+                                Some((arrival, row))
+                            }
+                        }
+                    });
+                    give_at_arrivals(output, held, joined);
+                    let events_at = events_frontier.frontier().first().copied();
+                    let oldest = [events_at, waiting.oldest_ready()]
+                        .into_iter()
+                        .flatten()
+                        .min();
+                    if let Some(oldest) = oldest {
+                        versions.settle(oldest);
+                    }
+                    match [events_at, waiting.oldest_arrival()]
+                        .into_iter()
+                        .flatten()
+                        .min()
+                    {
+                        Some(time) if time > *held.time() => held.downgrade(&time),
+                        Some(_) => {}
+                        None => capability = None,
+                    }
+                }
+            },
+        )
+    }
+}
+
+/// Adds a table record as a version of its key, holding the join's
+/// columns.
+fn insert_version(versions: &mut AsOfTable, row: Row, join: &JoinPlan, table_key: usize) {
+    let order = VersionOrder {
+        time: row.time,
+        partition: row.partition,
+        offset: row.offset,
+    };
+    let mut values = row.values;
+    let columns: Box<[Value]> = join
+        .table_slots
+        .iter()
+        .map(|slot| {
+            values
+                .get_mut(*slot)
+                .map(std::mem::take)
+                .unwrap_or_default()
+        })
+        .collect();
+    let key = values
+        .get_mut(table_key)
+        .map(std::mem::take)
+        .unwrap_or_default();
+    versions.insert(key, order, Some(columns));
+}
+
+/// Writes the joined columns into the row's slots (nulls without a
+/// version).
+fn add_columns(row: &mut Row, slots: &[usize], found: Option<&[Value]>) {
+    let width = slots.iter().max().map_or(0, |slot| slot + 1);
+    if row.values.len() < width {
+        row.values.resize(width, Value::Null);
+    }
+    for (at, slot) in slots.iter().enumerate() {
+        row.values[*slot] = found.map_or(Value::Null, |columns| columns[at].clone());
+    }
+}
+
+/// Makes an event of a required join without a version a dead letter
+/// (replayed events, whose letters an earlier run wrote, are dropped).
+fn refuse(row: &Row, join: &JoinPlan, shared: &Shared, dead_letters: &RefCell<DeadLetterWriter>) {
+    if row.warm_up {
+        return;
+    }
+    let plan = &shared.plan;
+    let table = &plan.tables[join.table].input.name;
+    let letter = DeadLetter {
+        partition: row.partition,
+        offset: row.offset,
+        error: format!(
+            "{NO_MATCH}: table {table} has no version of {} = {} at {}",
+            plan.columns[join.on_slot].name,
+            crate::decode::value_to_json(row.cell(join.on_slot)),
+            row.time
+        ),
+        raw: fields_as_json(
+            &plan.columns[..plan.field_count],
+            &row.values[..plan.field_count.min(row.values.len())],
+        )
+        .into_bytes(),
+        key: None,
+        headers: Vec::new(),
+    };
+    Stats::add(&shared.stats.dead, 1);
+    if let Err(error) = dead_letters.borrow_mut().write(&letter) {
+        shared.control.abort(error);
+    }
+}
+
+/// Sends rows each at the dataflow time it arrived at (at or after the
+/// held capability), those of one time together.
+pub(super) fn give_at_arrivals<'a>(
+    output: &mut OutputBuilderSession<
+        'a,
+        i64,
+        timely::container::CapacityContainerBuilder<Vec<Row>>,
+    >,
+    held: &Capability<i64>,
+    rows: impl Iterator<Item = (i64, Row)>,
+) {
+    let mut by_arrival: BTreeMap<i64, Vec<Row>> = BTreeMap::new();
+    for (arrival, row) in rows {
+        by_arrival.entry(arrival).or_default().push(row);
+    }
+    for (arrival, rows) in by_arrival {
+        let at = held.delayed(&arrival.max(*held.time()));
+        output.session(&at).give_iterator(rows.into_iter());
+    }
+}
