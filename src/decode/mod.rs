@@ -19,6 +19,9 @@ pub struct Decoder {
     required_slots: Vec<usize>,
     /// A label input's value field, named as such when missing.
     value_slot: Option<usize>,
+    /// A Kafka table's key: a message without a value deletes the key
+    /// its message key names (see [`Decoder::deletion`]).
+    tombstone_key: Option<usize>,
     metadata_slots: MetadataSlots,
 }
 
@@ -30,6 +33,7 @@ impl Decoder {
             time_slot: plan.time_slot,
             required_slots: plan.required_slots.clone(),
             value_slot: None,
+            tombstone_key: None,
             metadata_slots: plan.metadata_slots,
         }
     }
@@ -42,6 +46,7 @@ impl Decoder {
             time_slot: input.time_slot,
             required_slots: input.required_slots.clone(),
             value_slot: input.required_slots.get(2).copied(),
+            tombstone_key: input.tombstone_key,
             metadata_slots: input.metadata_slots,
         }
     }
@@ -52,6 +57,11 @@ impl Decoder {
     /// found late can still be a dead letter with them.
     pub fn decode(&self, record: &mut RawRecord) -> Result<Row, DeadLetter> {
         let (partition, offset) = (record.partition, record.offset);
+        if let (Some(key_slot), RawBody::Bytes(bytes)) = (self.tombstone_key, &record.body)
+            && bytes.is_empty()
+        {
+            return self.deletion(record, key_slot);
+        }
         let mut values = match &mut record.body {
             RawBody::Bytes(bytes) => {
                 let mut values = Vec::with_capacity(self.fields.len());
@@ -105,6 +115,59 @@ impl Decoder {
             offset,
             time,
             values,
+            warm_up: false,
+        })
+    }
+
+    /// A table's deletion from a Kafka tombstone: a row holding only the
+    /// key its message key names (parsed as the key's type), at the
+    /// message's timestamp (a tombstone has no time field).
+    fn deletion(&self, record: &mut RawRecord, key_slot: usize) -> Result<Row, DeadLetter> {
+        let key_field = &self.fields[key_slot];
+        let key = record.key.as_deref().map(|bytes| {
+            let text =
+                std::str::from_utf8(bytes).map_err(|_| "the message key is not valid UTF-8")?;
+            match key_field.ty {
+                ColumnType::Str => Ok(Value::Str(text.into())),
+                ColumnType::Bool => text
+                    .parse()
+                    .map(Value::Bool)
+                    .map_err(|_| "the message key is not a bool"),
+                _ => text
+                    .parse()
+                    .map(Value::I64)
+                    .map_err(|_| "the message key is not an integer"),
+            }
+        });
+        let (key, time) = match (key, record.timestamp_ms) {
+            (Some(Ok(key)), Some(time)) => (key, time),
+            (Some(Err(error)), _) => {
+                return Err(dead_letter(
+                    record,
+                    format!("tombstone: {error}"),
+                    Vec::new(),
+                ));
+            }
+            (None, _) => {
+                let error = format!(
+                    "tombstone without a message key (the '{}' it deletes)",
+                    key_field.name
+                );
+                return Err(dead_letter(record, error, Vec::new()));
+            }
+            (_, None) => {
+                return Err(dead_letter(
+                    record,
+                    "tombstone without a timestamp".into(),
+                    Vec::new(),
+                ));
+            }
+        };
+        Ok(Row {
+            partition: record.partition,
+            offset: record.offset,
+            time,
+            values: vec![key],
             warm_up: false,
         })
     }

@@ -55,7 +55,8 @@ impl<'scope> JoinAsOf<'scope> for RowStream<'scope> {
     ) -> RowStream<'scope> {
         let on = join.on_slot;
         let by_event_key = Exchange::new(move |row: &Row| row.cell(on).stable_hash());
-        let by_table_key = Exchange::new(move |row: &Row| row.cell(table_key).stable_hash());
+        let by_table_key =
+            Exchange::new(move |row: &Row| key_of_version(row, table_key).stable_hash());
         let name = format!("JoinAsOf({})", shared.plan.tables[join.table].input.name);
         self.binary_frontier(
             table,
@@ -120,8 +121,18 @@ impl<'scope> JoinAsOf<'scope> for RowStream<'scope> {
     }
 }
 
+/// The key of a table record: its key field, or the only value of a
+/// deletion.
+fn key_of_version(row: &Row, table_key: usize) -> &Value {
+    match row.values.as_slice() {
+        [key] => key,
+        _ => row.cell(table_key),
+    }
+}
+
 /// Adds a table record as a version of its key, holding the join's
-/// columns.
+/// columns; a row holding only a key (a tombstone, see
+/// [`crate::decode::Decoder`]) deletes the key.
 fn insert_version(versions: &mut AsOfTable, row: Row, join: &JoinPlan, table_key: usize) {
     let order = VersionOrder {
         time: row.time,
@@ -129,6 +140,11 @@ fn insert_version(versions: &mut AsOfTable, row: Row, join: &JoinPlan, table_key
         offset: row.offset,
     };
     let mut values = row.values;
+    if values.len() == 1 {
+        let key = values.pop().unwrap_or_default();
+        versions.insert(key, order, None);
+        return;
+    }
     let columns: Box<[Value]> = join
         .table_slots
         .iter()

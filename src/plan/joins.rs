@@ -43,6 +43,9 @@ pub struct InputPlan {
     pub metadata_slots: MetadataSlots,
     /// Slots a record must have (time, key, label value).
     pub required_slots: Vec<usize>,
+    /// For a table read from Kafka, the key slot that a message without a
+    /// value (a tombstone) deletes, named by the message key.
+    pub tombstone_key: Option<usize>,
 }
 
 /// A keyed table.
@@ -117,7 +120,17 @@ pub(super) fn tables(
             (&columns, columns.len()),
         )?;
         let mut input = input;
+        if key_slot == input.time_slot {
+            return Err(text.error_at(
+                spec.key.span(),
+                format!("table '{}' is keyed by its time field", spec.name.get_ref()),
+                "key the table by the field that names the entity",
+            ));
+        }
         input.required_slots.push(key_slot);
+        if matches!(input.source, SourcePlan::Kafka(_)) {
+            input.tombstone_key = Some(key_slot);
+        }
         tables.push(TablePlan { input, key_slot });
     }
     Ok(tables)
@@ -397,6 +410,7 @@ fn input(
         bound_ms,
         metadata_slots,
         required_slots: vec![slot],
+        tombstone_key: None,
     };
     Ok((plan, columns))
 }

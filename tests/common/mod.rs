@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod moto;
+pub mod training;
 
 use std::path::{Path, PathBuf};
 use tideflow::dataflow::{RunOptions, run};
