@@ -132,7 +132,7 @@ fn data(start: i64) -> Data {
             events: 150,
             deletions: true,
         },
-        0x6b61_666b_61,
+        0x006b_6166_6b61,
     )
 }
 
