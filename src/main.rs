@@ -502,6 +502,15 @@ fn demo(options: &DemoOptions) -> anyhow::Result<()> {
             bail!("parity: the live and backfill outputs differ; first difference:\n{difference}")
         }
     }
+    let training = &report.training;
+    println!(
+        "training set: {} rows in {}, {} joined to a merchant version, {} labelled fraud, {} with a complete horizon",
+        training.rows,
+        options.out.join("training").display(),
+        training.joined,
+        training.labelled,
+        training.complete
+    );
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! `tideflow demo`, the README's first command, end to end on a small
 //! production: the embedded broker, the live run and the backfill score
-//! every event, their outputs agree row for row, and the live latency is
-//! reported over the steady part of production.
+//! every event, their outputs agree row for row, the live latency is
+//! reported over the steady part of production, and the training set built
+//! from the same topic joins and labels every transaction.
 
 mod common;
 
@@ -51,6 +52,28 @@ fn the_demo_scores_every_event_live_and_in_the_backfill_alike() {
         steady_events > 0 && steady_events < 8000,
         "the steady part leaves out the first and last second: {stdout}"
     );
+    // The training set: every transaction, each joined to its merchant's
+    // version (every merchant has one before any transaction), some
+    // labelled, and those of the last two seconds with an open horizon.
+    let training: Vec<usize> = stdout
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("training set: ")
+                .filter(|rest| rest.contains(" rows in "))
+        })
+        .unwrap_or_else(|| panic!("no training set line: {stdout}"))
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|number| number.parse().ok())
+        .collect();
+    let (rows, joined, labelled, complete) = (
+        training[0],
+        training[training.len() - 3],
+        training[training.len() - 2],
+        training[training.len() - 1],
+    );
+    assert_eq!((rows, joined), (8000, 8000), "{stdout}");
+    assert!(labelled > 0 && labelled < rows / 10, "{stdout}");
+    assert!(complete > rows / 2 && complete < rows, "{stdout}");
     // Both runs wrote their score files.
     for run in ["live", "backfill"] {
         assert_eq!(

@@ -12,11 +12,12 @@ use crate::{Error, Result};
 use std::time::{Duration, Instant};
 
 /// The fields a generator record has, with their tideflow types.
-pub const GENERATOR_FIELDS: [(&str, &str); 4] = [
+pub const GENERATOR_FIELDS: [(&str, &str); 5] = [
     ("user_id", "string"),
     ("merchant_id", "string"),
     ("amount", "f64"),
     ("ts", "timestamp_ms"),
+    ("tx_id", "string"),
 ];
 
 /// Settings of a generator source.
@@ -135,6 +136,7 @@ impl GeneratorConfig {
         let (user, merchant, amount, generated_time) = self.record(partition, offset);
         let user = format!("u{user}");
         let object = serde_json::json!({
+            "tx_id": transaction_id(partition, offset).as_str(),
             "user_id": user,
             "merchant_id": format!("m{merchant}"),
             "amount": amount,
@@ -153,6 +155,11 @@ impl GeneratorConfig {
         let (key, value) = self.record_json(partition, sequence / partitions, time);
         (partition, key, value)
     }
+}
+
+/// The id of the transaction at `offset` of `partition`: `t<partition>-<offset>`.
+pub fn transaction_id(partition: u32, offset: u64) -> CompactString {
+    crate::format_compact!("t{partition}-{offset}")
 }
 
 /// Card amounts: log-normal around tens of units, with a thin tail of large
@@ -239,6 +246,7 @@ impl GeneratorReader {
             Some(1) => Value::Str(entity_id("m", merchant)),
             Some(2) => Value::F64(amount),
             Some(3) => Value::I64(time),
+            Some(4) => Value::Str(transaction_id(self.partition, offset)),
             _ => Value::Null,
         }));
         RawBody::Fields(fields)

@@ -11,7 +11,12 @@
 //! in whole milliseconds), taken over the steady part of production: the
 //! events of the last second wait for the end of the run, since no later
 //! event moves the watermark past them, and the first second's include the
-//! run's start.
+//! run's start. Last, the demo builds a training set from the same topic
+//! ([`training`]).
+
+mod training;
+
+pub use training::TrainingReport;
 
 use crate::dataflow::{RunOptions, run};
 use crate::plan;
@@ -26,6 +31,9 @@ use tideflow_connectors::kafka::{
 
 /// The spec the demo runs.
 pub const DEMO_SPEC: &str = "dataflows/fraud_kafka.toml";
+
+/// The spec of the demo's training set.
+pub const TRAINING_SPEC: &str = "dataflows/fraud_training.toml";
 
 const INPUT_TOPIC: &str = "transactions";
 const LIVE_SCORES: &str = "fraud-scores";
@@ -57,6 +65,8 @@ pub struct DemoReport {
     /// `None` when the two runs' outputs are identical, else the first
     /// difference.
     pub difference: Option<String>,
+    /// The training set built from the same topic.
+    pub training: TrainingReport,
 }
 
 /// Runs the demo.
@@ -121,11 +131,13 @@ pub fn run_demo(options: &DemoOptions) -> Result<DemoReport> {
     let backfill = run_pass("bulk", BACKFILL_SCORES, "backfill")?;
     let latency = live_latency(&brokers)?;
     let difference = first_difference(&options.out.join("live"), &options.out.join("backfill"))?;
+    let training = training::training_set(&broker, INPUT_TOPIC, &options.out, options.workers)?;
     Ok(DemoReport {
         live,
         backfill,
         latency,
         difference,
+        training,
     })
 }
 
