@@ -425,7 +425,7 @@ fn open_inputs<'plan>(
 /// keyed by the source's key) puts them back in offset order.
 fn join_tables<'scope>(
     rows: BatchStream<'scope>,
-    tables: Vec<(Intake, Rc<RefCell<DeadLetterWriter>>)>,
+    (tables, frontiers): (Vec<(Intake, Rc<RefCell<DeadLetterWriter>>)>, &[Handle<i64>]),
     (events, dead_letters): (&Handle<i64>, &Rc<RefCell<DeadLetterWriter>>),
     shared: &Arc<Shared>,
 ) -> BatchStream<'scope> {
@@ -433,8 +433,8 @@ fn join_tables<'scope>(
     let scope = rows.scope();
     let tables: Vec<RowStream<'scope>> = tables
         .into_iter()
-        .zip(&plan.tables)
-        .map(|((intake, letters), table)| {
+        .zip(plan.tables.iter().zip(frontiers))
+        .map(|((intake, letters), (table, frontier))| {
             let context = InputContext {
                 dead_letters: letters,
                 events: events.clone(),
@@ -442,6 +442,7 @@ fn join_tables<'scope>(
                 announces_end: false,
             };
             read_input(scope, &table.input.name, intake, shared.clone(), context)
+                .probe_with(frontier)
         })
         .collect();
     let mut joined = rows.flat_map(Batch::into_rows);
@@ -559,10 +560,12 @@ fn build_and_run(
         .iter()
         .map(|reader| reader.partition())
         .collect();
+    let table_frontiers: Vec<Handle<i64>> = plan.tables.iter().map(|_| Handle::new()).collect();
     let outputs = SourceOutputs {
         dead_letters: dead_letters.clone(),
         // A checkpointed run commits the offsets of its checkpoints.
         ledger: ledger.clone().filter(|_| !checkpointed),
+        tables: table_frontiers.clone(),
     };
     let tables = open_inputs(
         &shared,
@@ -583,7 +586,12 @@ fn build_and_run(
         let mut rows =
             read_source(scope, shared.clone(), assigned.readers, outputs).probe_with(&events);
         if !plan.joins.is_empty() {
-            rows = join_tables(rows, tables, (&events, &dead_letters), &shared);
+            rows = join_tables(
+                rows,
+                (tables, &table_frontiers),
+                (&events, &dead_letters),
+                &shared,
+            );
         }
         for (index, stage) in plan.stages.iter().enumerate() {
             rows = rows.compute_features(index, stage.clone(), shared.clone());

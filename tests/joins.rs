@@ -212,6 +212,13 @@ proptest! {
             // time and the watermark.
             let settle = pending.iter().map(|(_, time)| *time).min().unwrap_or(*watermark).min(*watermark);
             table.settle(settle);
+            // Memory follows what lookups can still reach: of the versions
+            // before the settled time, each key keeps one, not a deletion.
+            let settled = table.settled().unwrap_or(i64::MIN);
+            for (key, versions) in table.entries() {
+                let before: Vec<_> = versions.iter().filter(|version| version.order.time < settled).collect();
+                prop_assert!(before.len() <= 1 && before.iter().all(|version| version.columns.is_some()), "{key:?}: {versions:?}");
+            }
             if step == checkpoint_at {
                 table = as_of_through_checkpoint(&table);
             }
@@ -256,6 +263,11 @@ proptest! {
             // and (arriving now) at or after the watermark.
             let settle = pending.iter().map(|(_, time)| *time).min().unwrap_or(*watermark).min(*watermark);
             labels.settle(settle);
+            // No record before the settled time is kept.
+            let settled = labels.settled().unwrap_or(i64::MIN);
+            for (key, records) in labels.entries() {
+                prop_assert!(records.iter().all(|record| record.order.time >= settled), "{key:?}: {records:?}");
+            }
             if step == checkpoint_at {
                 labels = labels_through_checkpoint(&labels);
             }

@@ -14,6 +14,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::collections::hash_map::Entry;
 use tideflow_connectors::Value;
 
 /// One version of a key: its place in the order and its columns (`None`:
@@ -32,9 +33,9 @@ pub struct AsOfTable {
     keys: FxHashMap<Value, Vec<Version>>,
     /// No lookup comes before this time any more.
     settled: Option<i64>,
-    /// Keys holding a version that a newer one may make unreachable, by
-    /// the time of that newer version (or of a deletion, which itself
-    /// becomes unreachable).
+    /// Keys holding a version that a newer one makes unreachable, by the
+    /// time of that newer version (or of a deletion, which itself becomes
+    /// unreachable).
     superseded: BinaryHeap<Reverse<(i64, Value)>>,
 }
 
@@ -42,16 +43,37 @@ impl AsOfTable {
     /// Adds a version of `key` (a deletion when `columns` is `None`).
     pub fn insert(&mut self, key: Value, order: VersionOrder, columns: Option<Box<[Value]>>) {
         let is_deletion = columns.is_none();
-        let versions = self.keys.entry(key.clone()).or_default();
+        let version = Version { order, columns };
+        let mut occupied = match self.keys.entry(key) {
+            Entry::Occupied(occupied) => occupied,
+            Entry::Vacant(vacant) => {
+                if is_deletion {
+                    let key = vacant.key().clone();
+                    self.superseded.push(Reverse((order.time, key)));
+                }
+                vacant.insert(vec![version]);
+                return;
+            }
+        };
+        let versions = occupied.get_mut();
         let at = versions.partition_point(|version| version.order <= order);
         if at > 0 && versions[at - 1].order == order {
             // The same record again (a source re-read it): the same version.
-            versions[at - 1].columns = columns;
+            versions[at - 1] = version;
             return;
         }
-        versions.insert(at, Version { order, columns });
-        if versions.len() > 1 || is_deletion {
-            self.superseded.push(Reverse((order.time, key)));
+        versions.insert(at, version);
+        // A version becomes unreachable once the settled time passes the
+        // version after it: this one, when it has an older neighbour; the
+        // newer neighbour, when it has one; a deletion, itself.
+        let newer = versions.get(at + 1).map(|next| next.order.time);
+        if at > 0 || is_deletion {
+            self.superseded
+                .push(Reverse((order.time, occupied.key().clone())));
+        }
+        if let Some(newer) = newer {
+            self.superseded
+                .push(Reverse((newer, occupied.key().clone())));
         }
     }
 
@@ -67,9 +89,9 @@ impl AsOfTable {
     /// Records that no lookup comes before `time` any more, and drops the
     /// versions that no lookup at or after it can reach.
     pub fn settle(&mut self, time: i64) {
-        if self.settled.is_some_and(|settled| settled >= time) {
-            return;
-        }
+        // Entries added since the last call may be before the time
+        // already settled: look at the queue whatever the time.
+        let time = self.settled.map_or(time, |settled| settled.max(time));
         self.settled = Some(time);
         while let Some(Reverse((at, _))) = self.superseded.peek()
             && *at < time

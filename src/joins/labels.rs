@@ -59,9 +59,9 @@ impl LabelTable {
     /// Records that no row comes before `time` any more, and drops the
     /// records before it.
     pub fn settle(&mut self, time: i64) {
-        if self.settled.is_some_and(|settled| settled >= time) {
-            return;
-        }
+        // Entries added since the last call may be before the time
+        // already settled: look at the queue whatever the time.
+        let time = self.settled.map_or(time, |settled| settled.max(time));
         self.settled = Some(time);
         while let Some(Reverse((at, _))) = self.expiring.peek()
             && *at < time

@@ -242,14 +242,18 @@ fn cut_source(
     coordinator.report(cut.id, &part_name("source", worker), (bytes, false), files)
 }
 
-/// Where the source operator sends what it cannot emit as rows, and where
-/// it records progress.
+/// Where the source operator sends what it cannot emit as rows, where it
+/// records progress, and what else it reads in step with.
 #[derive(Debug)]
 pub struct SourceOutputs {
     /// Dead letters, written as records are read.
     pub dead_letters: Rc<RefCell<DeadLetterWriter>>,
     /// The offsets read, for commits once outputs are durable.
     pub ledger: Option<Rc<RefCell<OffsetLedger>>>,
+    /// The frontiers of the tables the rows are joined with: the source
+    /// reads at most `max_partition_skew` ahead of them as of its own
+    /// slowest partition, since rows ahead of a table wait for it.
+    pub tables: Vec<Handle<i64>>,
 }
 
 /// Builds the source operator of worker `scope.index()`.
@@ -275,6 +279,7 @@ pub fn read_source<'scope>(
     let SourceOutputs {
         dead_letters,
         ledger,
+        tables,
     } = outputs;
     let mut intake = Intake::new(readers, rules, &shared.restored.positions);
     report_partitions(&shared, &intake);
@@ -321,7 +326,13 @@ pub fn read_source<'scope>(
                             .slowest_of_all(peers)
                             .map_or(slowest, |published| published.max(slowest))
                     })
-                    .map(|slowest| slowest.saturating_add(skew_ms));
+                    .map(|slowest| {
+                        // Tables that have ended hold nothing back.
+                        let tables = tables.iter().filter_map(|table| {
+                            table.with_frontier(|frontier| frontier.first().copied())
+                        });
+                        tables.fold(slowest, i64::min).saturating_add(skew_ms)
+                    });
                 // Stopped, or waiting for the final checkpoint: no more
                 // reading.
                 let round = if shared.control.is_aborted() || final_bookkeeping_done {
