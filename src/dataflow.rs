@@ -395,6 +395,10 @@ fn stop_a_failed_member(cluster: &Cluster, shared: Arc<Shared>, done: Arc<Atomic
     });
 }
 
+/// A table or label input opened on a worker: its partitions and the
+/// writer of its dead letters.
+type OpenedInput = (Intake, Rc<RefCell<DeadLetterWriter>>);
+
 /// Opens worker `index`'s partitions of each table or label input, with
 /// its dead-letter writer.
 fn open_inputs<'plan>(
@@ -403,7 +407,7 @@ fn open_inputs<'plan>(
     role: &str,
     index: usize,
     peers: usize,
-) -> Result<Vec<(Intake, Rc<RefCell<DeadLetterWriter>>)>> {
+) -> Result<Vec<OpenedInput>> {
     inputs
         .enumerate()
         .map(|(at, input)| {
@@ -425,7 +429,7 @@ fn open_inputs<'plan>(
 /// keyed by the source's key) puts them back in offset order.
 fn join_tables<'scope>(
     rows: BatchStream<'scope>,
-    (tables, frontiers): (Vec<(Intake, Rc<RefCell<DeadLetterWriter>>)>, &[Handle<i64>]),
+    (tables, frontiers): (Vec<OpenedInput>, &[Handle<i64>]),
     (events, dead_letters): (&Handle<i64>, &Rc<RefCell<DeadLetterWriter>>),
     shared: &Arc<Shared>,
 ) -> BatchStream<'scope> {
@@ -465,7 +469,7 @@ fn join_tables<'scope>(
 /// Gives each row its labels, and whether their horizons were complete.
 fn attach_labels<'scope>(
     rows: BatchStream<'scope>,
-    labels: Vec<(Intake, Rc<RefCell<DeadLetterWriter>>)>,
+    labels: Vec<OpenedInput>,
     events: &Handle<i64>,
     shared: &Arc<Shared>,
 ) -> BatchStream<'scope> {
