@@ -20,7 +20,6 @@ use crate::operators::sink::WriteRows;
 use crate::operators::source::resume_at_restored;
 use crate::operators::source::{SourceOutputs, open_assigned, origin, read_source};
 use crate::operators::{BatchStream, RowStream, as_batches};
-use crate::plan::InputPlan;
 use crate::plan::{Plan, SinkPlan, SourcePlan};
 use crate::row::Origins;
 use crate::run::{Counts, RunControl, Shared, Summary, SummaryScope, report_progress};
@@ -295,6 +294,20 @@ fn start_checkpoints(
             );
             kafka.config.warm_up = false;
         }
+        // Tables and labels read on from their positions too.
+        let inputs = plan.tables.iter_mut().map(|table| &mut table.input);
+        let inputs = inputs.chain(plan.labels.iter_mut().map(|label| &mut label.input));
+        for (at, input) in inputs.enumerate() {
+            if let SourcePlan::Kafka(kafka) = &mut input.source {
+                kafka.config.start = StartPosition::Offsets(
+                    restored
+                        .input_positions(at)
+                        .values()
+                        .map(|position| (position.partition, position.next_offset))
+                        .collect(),
+                );
+            }
+        }
     }
     for sink in plan.sinks.iter().chain([&plan.dead_letters]) {
         prepare_epoch_directory(sink, restored.id, &|worker| {
@@ -302,15 +315,18 @@ fn start_checkpoints(
         })?;
     }
     resume_topics(plan, &store, &mut restored)?;
-    // Each worker's source, stages, scoring and sink report a part.
-    let parts = workers * (plan.stages.len() + 3);
+    // Each worker's source, stages, scoring and sink report a part, and
+    // so do its readers of tables and labels, its joins and its labels.
+    let inputs = plan.tables.len() + plan.labels.len();
+    let parts = workers * (plan.stages.len() + 3 + inputs + plan.joins.len() + plan.labels.len());
     // Numbered after every checkpoint in the store, refused ones too:
     // none is ever overwritten.
     let newest = store.committed_epochs()?.last().copied().unwrap_or(0);
     let coordinator = Coordinator::start(
         store,
         checkpoints.interval,
-        (parts, workers),
+        // The sources and the readers of tables and labels choose the cuts.
+        (parts, workers * (1 + inputs)),
         newest,
         cluster,
         metrics,
@@ -401,26 +417,33 @@ type OpenedInput = (Intake, Rc<RefCell<DeadLetterWriter>>);
 
 /// Opens worker `index`'s partitions of each table or label input, with
 /// its dead-letter writer.
-fn open_inputs<'plan>(
-    shared: &Shared,
-    inputs: impl Iterator<Item = &'plan InputPlan>,
-    role: &str,
-    index: usize,
-    peers: usize,
-) -> Result<Vec<OpenedInput>> {
-    inputs
+fn open_inputs(shared: &Shared, index: usize, peers: usize) -> Result<Vec<OpenedInput>> {
+    let plan = &shared.plan;
+    let tables = plan.tables.iter().map(|table| &table.input);
+    let labels = plan.labels.iter().map(|label| &label.input);
+    tables
+        .chain(labels)
         .enumerate()
         .map(|(at, input)| {
-            let intake = open_input(input, index, peers)?;
-            let origins = Origins::by_index();
-            let letters = DeadLetterWriter::open(
-                &shared.plan.dead_letters,
-                (index, &format!("-{role}{at}")),
-                &origin(&input.source),
-                origins,
-            )?
-            .of_input(&input.name);
-            Ok((intake, Rc::new(RefCell::new(letters))))
+            let restored = shared.restored.input_positions(at);
+            let intake = open_input(input, (index, peers), &restored)?;
+            let (sink, role) = (&plan.dead_letters, format!("-input{at}"));
+            let origin = origin(&input.source);
+            let letters = if shared.checkpoints.is_some() {
+                // Their Kafka topic's rows after a restore are not told
+                // apart from the events' (see the README).
+                DeadLetterWriter::open_for_epochs(
+                    sink,
+                    index,
+                    &role,
+                    &origin,
+                    Origins::by_index(),
+                    None,
+                )?
+            } else {
+                DeadLetterWriter::open(sink, (index, &role), &origin, Origins::by_index())?
+            };
+            Ok((intake, Rc::new(RefCell::new(letters.of_input(&input.name)))))
         })
         .collect()
 }
@@ -438,10 +461,13 @@ fn join_tables<'scope>(
     let tables: Vec<RowStream<'scope>> = tables
         .into_iter()
         .zip(plan.tables.iter().zip(frontiers))
-        .map(|((intake, letters), (table, frontier))| {
+        .enumerate()
+        .map(|(at, ((intake, letters), (table, frontier)))| {
             let context = InputContext {
+                index: at,
                 dead_letters: letters,
                 events: events.clone(),
+                read_ahead_ms: plan.skew_ms,
                 skew_ms: plan.skew_ms,
                 announces_end: false,
             };
@@ -450,8 +476,8 @@ fn join_tables<'scope>(
         })
         .collect();
     let mut joined = rows.flat_map(Batch::into_rows);
-    for join in &plan.joins {
-        let table = (join.clone(), plan.tables[join.table].key_slot);
+    for (index, join) in plan.joins.iter().enumerate() {
+        let table = (index, join.clone(), plan.tables[join.table].key_slot);
         joined = joined.join_as_of(
             tables[join.table].clone(),
             table,
@@ -479,15 +505,18 @@ fn attach_labels<'scope>(
         .label_complete_slot
         .expect("a plan with labels has their completeness column");
     let mut labelled = rows.flat_map(Batch::into_rows);
-    for ((intake, letters), label) in labels.into_iter().zip(&plan.labels) {
+    for (index, ((intake, letters), label)) in labels.into_iter().zip(&plan.labels).enumerate() {
         let context = InputContext {
+            index: plan.tables.len() + index,
             dead_letters: letters,
             events: events.clone(),
-            skew_ms: plan.skew_ms.saturating_add(label.horizon_ms),
+            read_ahead_ms: plan.skew_ms.saturating_add(label.horizon_ms),
+            skew_ms: plan.skew_ms,
             announces_end: true,
         };
         let records = read_input(scope, &label.input.name, intake, shared.clone(), context);
-        labelled = labelled.attach_labels(records, Arc::new(label.clone()), complete_slot);
+        let label = (index, Arc::new(label.clone()));
+        labelled = labelled.attach_labels(records, label, complete_slot, shared.clone());
     }
     as_batches(labelled)
 }
@@ -571,20 +600,8 @@ fn build_and_run(
         ledger: ledger.clone().filter(|_| !checkpointed),
         tables: table_frontiers.clone(),
     };
-    let tables = open_inputs(
-        &shared,
-        plan.tables.iter().map(|table| &table.input),
-        "table",
-        index,
-        peers,
-    )?;
-    let labels = open_inputs(
-        &shared,
-        plan.labels.iter().map(|label| &label.input),
-        "label",
-        index,
-        peers,
-    )?;
+    let mut tables = open_inputs(&shared, index, peers)?;
+    let labels = tables.split_off(plan.tables.len());
     let durable = worker.dataflow::<i64, _, _>(|scope| {
         let events = Handle::<i64>::new();
         let mut rows =

@@ -638,3 +638,215 @@ fn checkpoints_in_s3_restore_killed_runs_and_refuse_a_corrupted_one() {
     assert!(read < count, "the last run read {read} of {count} records");
     assert_same_outputs(&out, &reference);
 }
+
+/// A training set: generator transactions joined to a merchant changelog
+/// (files, out of order within the bound) with a feature over the joined
+/// risk keyed by the source's key and one keyed by merchant, labelled by
+/// chargebacks (files) within a horizon.
+const TRAINING: &str = r#"
+name = "training_checkpointed"
+[source]
+type = "generator"
+key = "user_id"
+users = 300
+merchants = 20
+partitions = 4
+count = COUNT
+RATE
+spacing_ms = 50.0
+[schema]
+tx_id = "string"
+user_id = "string"
+merchant_id = "string"
+amount = "f64"
+ts = "timestamp_ms"
+[time]
+field = "ts"
+[[table]]
+name = "merchants"
+type = "files"
+path = "DATA/merchants"
+format = "jsonl"
+key = "merchant_id"
+[table.schema]
+merchant_id = "string"
+risk = "f64"
+updated_at = "timestamp_ms"
+[table.time]
+field = "updated_at"
+max_out_of_orderness = "5s"
+[[join]]
+table = "merchants"
+on = "merchant_id"
+columns = ["risk"]
+[[feature]]
+name = "risk_max_10m"
+agg = "max"
+field = "risk"
+window = "10m"
+[[feature]]
+name = "merchant_risk_mean_1m"
+key = "merchant_id"
+agg = "mean"
+field = "risk"
+window = "1m"
+[[label]]
+name = "fraud"
+type = "files"
+path = "DATA/labels"
+format = "jsonl"
+on = "tx_id"
+value = "fraud"
+horizon = "2m"
+default = 0
+[label.schema]
+tx_id = "string"
+fraud = "i64"
+reported_at = "timestamp_ms"
+[label.time]
+field = "reported_at"
+max_out_of_orderness = "10s"
+[[sink]]
+type = "jsonl"
+path = "OUT/rows"
+[dead_letters]
+type = "jsonl"
+path = "OUT/dead"
+"#;
+
+/// Writes the changelog (two partitions, versions of the 20 merchants
+/// every few seconds of event time, out of order within the bound) and
+/// the chargebacks (one transaction in seven, up to three minutes later)
+/// of `count` generator transactions.
+fn training_data(dir: &Path, count: u64) {
+    use tideflow_connectors::generator::GeneratorConfig;
+    let config = GeneratorConfig {
+        users: 300,
+        merchants: 20,
+        partitions: 4,
+        count: Some(count),
+        spacing_ms: 50.0,
+        ..GeneratorConfig::default()
+    };
+    let start = config.start_ms;
+    let span = (count as f64 * config.spacing_ms) as i64;
+    let mut random = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |bound: u64| {
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        random % bound
+    };
+    for name in ["merchants", "labels"] {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+    }
+    for partition in 0..2 {
+        let lines: Vec<String> = (0..span / 2_000)
+            .map(|step| {
+                let time = start - 60_000 + step * 2_000 - next(4_000) as i64;
+                format!(
+                    r#"{{"merchant_id":"m{}","risk":{},"updated_at":{time}}}"#,
+                    next(20),
+                    next(1000) as f64 / 1000.0
+                )
+            })
+            .collect();
+        std::fs::write(
+            dir.join(format!("merchants/p{partition}.jsonl")),
+            lines.join("\n") + "\n",
+        )
+        .unwrap();
+    }
+    let mut labels: Vec<(i64, String)> = Vec::new();
+    for partition in 0..4u32 {
+        for offset in (0..count / 4).filter(|offset| offset % 7 == 3) {
+            let (_, _, _, time) = config.record(partition, offset);
+            let reported = time + next(180_000) as i64;
+            labels.push((
+                reported,
+                format!(
+                    r#"{{"tx_id":"t{partition}-{offset}","fraud":{},"reported_at":{reported}}}"#,
+                    1 + next(2)
+                ),
+            ));
+        }
+    }
+    labels.sort();
+    let lines: Vec<String> = labels.into_iter().map(|(_, line)| line).collect();
+    std::fs::write(dir.join("labels/p0.jsonl"), lines.join("\n") + "\n").unwrap();
+}
+
+fn training_spec(data: &Path, out: &Path, count: u64, rate: Option<u32>) -> PathBuf {
+    let mut text = TRAINING
+        .replace("COUNT", &count.to_string())
+        .replace(
+            "RATE",
+            &rate.map_or(String::new(), |rate| format!("rate = {rate}")),
+        )
+        .replace("DATA", &data.display().to_string())
+        .replace("OUT", &out.display().to_string());
+    if rate.is_some() {
+        text.push_str(&format!(
+            "[state]\ndir = \"{}\"\ninterval = \"150ms\"\n",
+            out.join("state").display()
+        ));
+    }
+    std::fs::create_dir_all(out).unwrap();
+    let path = out.join("spec.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Joins and labels hold rows (events waiting for the table, rows waiting
+/// for their horizon) and state (versions, label records) at every cut:
+/// killed ten times and restored, sometimes onto another number of
+/// workers, a training run writes exactly the rows of one uninterrupted
+/// run.
+#[test]
+fn a_training_run_killed_and_restored_writes_the_rows_of_one_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = 24_000;
+    training_data(dir.path(), count);
+    let reference = dir.path().join("reference");
+    let stderr = run_to_end(
+        &training_spec(dir.path(), &reference, count, None),
+        2,
+        NO_ENV,
+    );
+    assert!(stderr.contains("tables and labels"), "{stderr}");
+    let expected = jsonl_rows(&reference.join("rows"));
+    assert_eq!(expected.len() as u64, count);
+    let labelled = expected
+        .values()
+        .filter(|line| !line.contains(r#""fraud":0"#));
+    assert!(labelled.count() > 100, "the data labels some rows");
+    let out = dir.path().join("killed");
+    let spec = training_spec(dir.path(), &out, count, Some(4_000));
+    let mut kills = 0;
+    for (attempt, delay) in delays().take(100).enumerate() {
+        if kills == 10 {
+            break;
+        }
+        let workers = [2, 1, 3][attempt % 3];
+        if kill_after(&spec, workers, delay * 2, NO_ENV) {
+            kills += 1;
+        } else {
+            break;
+        }
+    }
+    assert_eq!(kills, 10, "the run ended before it was killed 10 times");
+    eprintln!(
+        "DEBUG {:?}",
+        std::fs::read_dir(out.join("state/checkpoints"))
+            .map(|d| d.map(|e| e.unwrap().file_name()).collect::<Vec<_>>())
+    );
+    eprintln!("DEBUG data {}", dir.path().display());
+    std::mem::forget(dir);
+    let stderr = run_to_end(&spec, 2, NO_ENV);
+    assert!(stderr.contains("restored checkpoint"), "{stderr}");
+    let got = jsonl_rows(&out.join("rows"));
+    assert_eq!(got.len(), expected.len(), "row count");
+    for (origin, line) in &expected {
+        assert_eq!(got.get(origin), Some(line), "rows at {origin:?}");
+    }
+}

@@ -138,6 +138,61 @@ pub struct StagePartChangesRef<'a> {
     pub buffered: Vec<&'a crate::row::Row>,
 }
 
+/// An as-of join's part of a checkpoint: its table's versions, the time
+/// they are settled to, and the events waiting for the table.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct JoinPart {
+    /// Each key with its versions.
+    pub versions: Vec<(tideflow_connectors::Value, Vec<crate::joins::Version>)>,
+    /// The time the versions are settled to.
+    pub settled: Option<i64>,
+    /// Events waiting for the table's watermark, in (time, partition,
+    /// offset) order.
+    pub waiting: Vec<crate::row::Row>,
+}
+
+/// A [`JoinPart`] borrowed from a running join, to encode.
+#[derive(Debug, Serialize)]
+pub struct JoinPartRef<'a> {
+    /// Each key with its versions.
+    pub versions: Vec<(&'a tideflow_connectors::Value, &'a [crate::joins::Version])>,
+    /// The time the versions are settled to.
+    pub settled: Option<i64>,
+    /// Events waiting for the table's watermark.
+    pub waiting: Vec<&'a crate::row::Row>,
+}
+
+/// A label's part of a checkpoint: its records, the time they are settled
+/// to, the rows waiting for their horizon, and the newest time the label
+/// input's readers announced.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LabelPart {
+    /// Each key with its records.
+    pub records: Vec<(tideflow_connectors::Value, Vec<crate::joins::LabelRecord>)>,
+    /// The time the records are settled to.
+    pub settled: Option<i64>,
+    /// Rows waiting for their horizon.
+    pub waiting: Vec<crate::row::Row>,
+    /// The newest event time a reader of the input announced as it ended.
+    pub newest: Option<i64>,
+}
+
+/// A [`LabelPart`] borrowed from a running label operator, to encode.
+#[derive(Debug, Serialize)]
+pub struct LabelPartRef<'a> {
+    /// Each key with its records.
+    pub records: Vec<(
+        &'a tideflow_connectors::Value,
+        &'a [crate::joins::LabelRecord],
+    )>,
+    /// The time the records are settled to.
+    pub settled: Option<i64>,
+    /// Rows waiting for their horizon.
+    pub waiting: Vec<&'a crate::row::Row>,
+    /// The newest event time a reader of the input announced.
+    pub newest: Option<i64>,
+}
+
 /// What a run starts from.
 #[derive(Debug, Default)]
 pub struct Restored {
@@ -147,6 +202,12 @@ pub struct Restored {
     pub positions: BTreeMap<u32, PartitionPosition>,
     /// Per stage, per worker of this run: its part, taken once.
     stages: Vec<Vec<Mutex<Option<StagePart>>>>,
+    /// Per table and label input (tables first), each partition's position.
+    pub inputs: Vec<BTreeMap<u32, PartitionPosition>>,
+    /// Per join, per worker of this run: its part, taken once.
+    joins: Vec<Vec<Mutex<Option<JoinPart>>>>,
+    /// Per label, per worker of this run: its part, taken once.
+    labels: Vec<Vec<Mutex<Option<LabelPart>>>>,
     /// Per Kafka sink (by index), per partition, the smallest offset at
     /// which a worker's rows after the cut can have landed.
     pub topic_starts: BTreeMap<usize, TopicOffsets>,
@@ -164,6 +225,29 @@ impl Restored {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take()
     }
+}
+
+impl Restored {
+    /// The part worker `worker` starts join `join` from, if restored.
+    pub fn take_join(&self, join: usize, worker: usize) -> Option<JoinPart> {
+        take(self.joins.get(join)?.get(worker)?)
+    }
+
+    /// The part worker `worker` starts label `label` from, if restored.
+    pub fn take_label(&self, label: usize, worker: usize) -> Option<LabelPart> {
+        take(self.labels.get(label)?.get(worker)?)
+    }
+
+    /// Where input `input`'s partitions start (none: from their beginning).
+    pub fn input_positions(&self, input: usize) -> BTreeMap<u32, PartitionPosition> {
+        self.inputs.get(input).cloned().unwrap_or_default()
+    }
+}
+
+fn take<T>(part: &Mutex<Option<T>>) -> Option<T> {
+    part.lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take()
 }
 
 /// The part name of an operator of worker `worker`.
@@ -206,6 +290,15 @@ pub fn restore(
         ..Restored::default()
     };
     let mut stages: Vec<Vec<StageKeys>> = plan.stages.iter().map(|_| Vec::new()).collect();
+    let shape = Shape {
+        stages: plan.stages.len(),
+        inputs: plan.tables.len() + plan.labels.len(),
+        joins: plan.joins.len(),
+        labels: plan.labels.len(),
+    };
+    restored.inputs = vec![BTreeMap::new(); shape.inputs];
+    let mut joins: Vec<Vec<JoinPart>> = vec![Vec::new(); shape.joins];
+    let mut labels: Vec<Vec<LabelPart>> = vec![Vec::new(); shape.labels];
     let mut files: Vec<EpochFile> = Vec::new();
     // The stages' parts are most of a checkpoint's bytes: each is decoded
     // on a thread of its own.
@@ -215,8 +308,7 @@ pub fn restore(
             .iter()
             .map(|(name, stored)| {
                 let location = location(name);
-                let stage_count = stages.len();
-                scope.spawn(move || decode_part(name, stored, stage_count, location))
+                scope.spawn(move || decode_part(name, stored, shape, location))
             })
             .collect();
         decoding
@@ -236,6 +328,15 @@ pub fn restore(
             }
             DecodedPart::Sink(cut) => cut.merge_into(&mut files_here, &mut restored.topic_starts),
             DecodedPart::Stage(index, part) => stages[index].push(*part),
+            DecodedPart::Input(index, cut) => {
+                cut.dead_letters
+                    .merge_into(&mut files_here, &mut BTreeMap::new());
+                for position in cut.partitions {
+                    restored.inputs[index].insert(position.partition, position);
+                }
+            }
+            DecodedPart::Join(index, part) => joins[index].push(*part),
+            DecodedPart::Label(index, part) => labels[index].push(*part),
         }
         if part_worker(name).is_some_and(|writer| local.contains(&(writer % workers))) {
             files.extend(files_here);
@@ -253,6 +354,21 @@ pub fn restore(
         .zip(stages)
         .map(|(stage, parts)| regroup(stage, parts, workers, in_cluster))
         .collect();
+    restored.joins = plan
+        .joins
+        .iter()
+        .zip(joins)
+        .map(|(join, parts)| {
+            let table_key = plan.tables[join.table].key_slot;
+            regroup_join(parts, (join.on_slot, table_key), workers)
+        })
+        .collect();
+    restored.labels = plan
+        .labels
+        .iter()
+        .zip(labels)
+        .map(|(label, parts)| regroup_label(parts, label.on_slot, workers))
+        .collect();
     Ok(restored)
 }
 
@@ -261,9 +377,24 @@ fn part_worker(name: &str) -> Option<usize> {
     name.rsplit_once("-w")?.1.parse().ok()
 }
 
+/// How many operators of each kind a plan has, to tell its parts apart.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    stages: usize,
+    inputs: usize,
+    joins: usize,
+    labels: usize,
+}
+
 /// A part of a checkpoint, decoded.
 enum DecodedPart {
     Source(SourceCut),
+    /// Table or label input `index`'s reader of one worker.
+    Input(usize, SourceCut),
+    /// Join `index`'s part of one worker.
+    Join(usize, Box<JoinPart>),
+    /// Label `index`'s part of one worker.
+    Label(usize, Box<LabelPart>),
     /// A sink's or the scoring's part.
     Sink(SinkCut),
     /// Stage `index`'s part of one worker.
@@ -312,17 +443,21 @@ impl StageKeys {
 }
 
 /// Decodes the part named `name` (`operator-wN`) of a checkpoint of a
-/// plan with `stage_count` stages.
+/// plan of `shape`.
 fn decode_part(
     name: &str,
     stored: &StoredPart,
-    stage_count: usize,
+    shape: Shape,
     location: String,
 ) -> Result<DecodedPart> {
     let operator = name.split("-w").next().unwrap_or_default();
-    let stage = operator
-        .strip_prefix("stage")
-        .and_then(|index| index.parse::<usize>().ok());
+    let numbered = |prefix: &str, count: usize| {
+        operator
+            .strip_prefix(prefix)
+            .and_then(|index| index.parse::<usize>().ok())
+            .filter(|index| *index < count)
+    };
+    let stage = numbered("stage", shape.stages);
     let refused = |message: &str| crate::Error::Checkpoint {
         location: location.clone(),
         message: message.into(),
@@ -335,8 +470,22 @@ fn decode_part(
     let decoded = match (operator, stage) {
         ("source", _) => super::decode::<SourceCut>(&stored.whole).map(DecodedPart::Source),
         ("sink" | "score", _) => super::decode::<SinkCut>(&stored.whole).map(DecodedPart::Sink),
-        (_, Some(index)) if index < stage_count => {
+        (_, Some(index)) => {
             StageKeys::decode(stored).map(|part| DecodedPart::Stage(index, Box::new(part)))
+        }
+        _ if numbered("input", shape.inputs).is_some() => {
+            let index = numbered("input", shape.inputs).unwrap_or_default();
+            super::decode::<SourceCut>(&stored.whole).map(|cut| DecodedPart::Input(index, cut))
+        }
+        _ if numbered("join", shape.joins).is_some() => {
+            let index = numbered("join", shape.joins).unwrap_or_default();
+            super::decode::<JoinPart>(&stored.whole)
+                .map(|part| DecodedPart::Join(index, Box::new(part)))
+        }
+        _ if numbered("label", shape.labels).is_some() => {
+            let index = numbered("label", shape.labels).unwrap_or_default();
+            super::decode::<LabelPart>(&stored.whole)
+                .map(|part| DecodedPart::Label(index, Box::new(part)))
         }
         _ => {
             return Err(refused(
@@ -386,6 +535,72 @@ fn regroup(
             buffered.sort_by_key(crate::row::Row::canonical_order);
             Mutex::new(Some(StagePart { state, buffered }))
         })
+        .collect()
+}
+
+/// A join's parts from the workers that wrote them, as the parts of this
+/// run's `workers`: each key's versions, and each waiting event, go to
+/// the worker its key hashes to (`on` the events' key slot, `table_key`
+/// the table's).
+fn regroup_join(
+    parts: Vec<JoinPart>,
+    (on, _table_key): (usize, usize),
+    workers: usize,
+) -> Vec<Mutex<Option<JoinPart>>> {
+    // Each worker settled its table up to its own events: the least of
+    // those times is settled for all (a key may move to another worker).
+    let settled = parts.iter().map(|part| part.settled).min().flatten();
+    let mut regrouped: Vec<JoinPart> = (0..workers)
+        .map(|_| JoinPart {
+            settled,
+            ..JoinPart::default()
+        })
+        .collect();
+    for part in parts {
+        for (key, versions) in part.versions {
+            let worker = owner(false, &key, 0, workers);
+            regrouped[worker].versions.push((key, versions));
+        }
+        for row in part.waiting {
+            let worker = owner(false, row.cell(on), 0, workers);
+            regrouped[worker].waiting.push(row);
+        }
+    }
+    regrouped
+        .into_iter()
+        .map(|part| Mutex::new(Some(part)))
+        .collect()
+}
+
+/// A label's parts from the workers that wrote them, as the parts of this
+/// run's `workers`, by the hash of each key and each waiting row's `on`.
+fn regroup_label(
+    parts: Vec<LabelPart>,
+    on: usize,
+    workers: usize,
+) -> Vec<Mutex<Option<LabelPart>>> {
+    let settled = parts.iter().map(|part| part.settled).min().flatten();
+    let newest = parts.iter().filter_map(|part| part.newest).max();
+    let mut regrouped: Vec<LabelPart> = (0..workers)
+        .map(|_| LabelPart {
+            settled,
+            newest,
+            ..LabelPart::default()
+        })
+        .collect();
+    for part in parts {
+        for (key, records) in part.records {
+            let worker = owner(false, &key, 0, workers);
+            regrouped[worker].records.push((key, records));
+        }
+        for row in part.waiting {
+            let worker = owner(false, row.cell(on), 0, workers);
+            regrouped[worker].waiting.push(row);
+        }
+    }
+    regrouped
+        .into_iter()
+        .map(|part| Mutex::new(Some(part)))
         .collect()
 }
 

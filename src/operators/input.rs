@@ -17,9 +17,12 @@
 
 use super::RowStream;
 use crate::Result;
+use crate::checkpoint::Cut;
+use crate::checkpoint::restore::{PartitionPosition, SinkCut, SourceCut, part_name};
 use crate::decode::Decoder;
 use crate::intake::{ALIGNMENT_RECHECK, Intake, IntakeRules};
-use crate::operators::source::open_assigned;
+use crate::operators::source::{open_assigned, resume_at_restored};
+use crate::operators::source_time;
 use crate::plan::{InputPlan, SourcePlan};
 use crate::row::Row;
 use crate::run::{Shared, Stats};
@@ -28,7 +31,6 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Scope;
 use timely::dataflow::operators::generic::operator::source;
@@ -39,26 +41,43 @@ use timely::dataflow::operators::probe::Handle;
 /// `i64::MIN`), and it has no values.
 pub const READER_END: u32 = u32::MAX;
 
-/// How soon an input whose partitions are all idle looks again at the
-/// events' frontier.
-const IDLE_FOLLOW: Duration = Duration::from_millis(20);
-
 /// What an input reader needs besides its plan.
 #[derive(Debug)]
 pub struct InputContext {
+    /// The input's place among the plan's tables then labels (its
+    /// checkpoint part is `input<index>`).
+    pub index: usize,
     /// Where its dead letters go.
     pub dead_letters: Rc<RefCell<DeadLetterWriter>>,
     /// The frontier of the events' source.
     pub events: Handle<i64>,
     /// How far past the events' frontier it may read.
+    pub read_ahead_ms: i64,
+    /// How far past the events' frontier its time may run
+    /// (`time.max_partition_skew`).
     pub skew_ms: i64,
     /// Whether it ends by sending a [`READER_END`] row (label inputs).
     pub announces_end: bool,
 }
 
+/// The id under which the reader of input `input` on worker `worker`
+/// takes part in the checkpoints' cuts, beside the sources (whose ids are
+/// their workers).
+pub fn participant(input: usize, worker: usize) -> usize {
+    (input + 1) * PARTICIPANTS_PER_INPUT + worker
+}
+
+/// Room for this many workers' ids per input.
+const PARTICIPANTS_PER_INPUT: usize = 1 << 20;
+
 /// Opens worker `index`'s partitions of an input (partition `p` is read
-/// by worker `p % peers`).
-pub fn open_input(input: &InputPlan, index: usize, peers: usize) -> Result<Intake> {
+/// by worker `p % peers`), each from its position in `restored` (a
+/// checkpoint's) when it has one.
+pub fn open_input(
+    input: &InputPlan,
+    (index, peers): (usize, usize),
+    restored: &BTreeMap<u32, PartitionPosition>,
+) -> Result<Intake> {
     let names: Vec<String> = input
         .columns
         .iter()
@@ -74,7 +93,8 @@ pub fn open_input(input: &InputPlan, index: usize, peers: usize) -> Result<Intak
             _ => None,
         },
     };
-    Ok(Intake::new(assigned.readers, rules, &BTreeMap::new()))
+    let readers = resume_at_restored(assigned.readers, restored);
+    Ok(Intake::new(readers, rules, restored))
 }
 
 /// Builds the reader of an input on worker `scope.index()`.
@@ -86,11 +106,19 @@ pub fn read_input<'scope>(
     context: InputContext,
 ) -> RowStream<'scope> {
     let InputContext {
+        index,
         dead_letters,
         events,
+        read_ahead_ms,
         skew_ms,
         announces_end,
     } = context;
+    let worker = scope.index();
+    let id = participant(index, worker);
+    if let Some(coordinator) = &shared.checkpoints {
+        coordinator.source_starts(id, i64::MIN);
+    }
+    let mut ended = false;
     source::<i64, CapacityContainerBuilder<Vec<Row>>, _, _>(
         scope,
         &format!("Input({name})"),
@@ -108,10 +136,10 @@ pub fn read_input<'scope>(
                 let events_at = events.with_frontier(|frontier| frontier.first().copied());
                 let stopping = shared.control.is_aborted() || shared.control.stop_requested();
                 let mut dead_letters = dead_letters.borrow_mut();
-                let round = if stopping {
+                let round = if stopping || ended {
                     crate::intake::Round::default()
                 } else {
-                    let limit = events_at.map(|at| at.saturating_add(skew_ms));
+                    let limit = events_at.map(|at| at.saturating_add(read_ahead_ms));
                     intake.read_round(*held.time(), limit, &mut dead_letters)
                 };
                 Stats::add(&shared.stats.inputs_in, round.records_in);
@@ -123,7 +151,8 @@ pub fn read_input<'scope>(
                 if !round.rows.is_empty() {
                     output.session(&*held).give_iterator(round.rows.into_iter());
                 }
-                if stopping || intake.all_finished() {
+                if !ended && (stopping || intake.all_finished()) {
+                    ended = true;
                     if let Err(error) = dead_letters.finish() {
                         shared.control.abort(error);
                     }
@@ -135,28 +164,80 @@ pub fn read_input<'scope>(
                         };
                         output.session(&*held).give(end);
                     }
+                }
+                // A run stopping on an error takes no last checkpoint.
+                let checkpoints = shared
+                    .checkpoints
+                    .as_deref()
+                    .filter(|_| !shared.control.is_aborted());
+                let at = (id, *held.time());
+                let step = if ended {
+                    source_time::when_finished(checkpoints, at, events_at)
+                } else {
+                    // Its time runs at most the skew ahead of the events,
+                    // however far a round read (every record it sends is
+                    // still at or after its time): a checkpoint's cut,
+                    // chosen above every reader's time, is then soon
+                    // reached by the events.
+                    let watermark = intake.watermark().map(|watermark| {
+                        events_at.map_or(watermark, |at| watermark.min(at.saturating_add(skew_ms)))
+                    });
+                    let again = match round.again {
+                        Some(wait) if round.waited_for_alignment => {
+                            Some(wait.min(ALIGNMENT_RECHECK))
+                        }
+                        again => again,
+                    };
+                    source_time::while_reading(
+                        checkpoints,
+                        at,
+                        watermark,
+                        || events_at,
+                        (again, intake.idle_timeout()),
+                    )
+                };
+                if let Some(cut) = step.cut {
+                    let part = (index, worker);
+                    if let Err(error) = cut_input(&shared, part, cut, &intake, &mut dead_letters) {
+                        shared.control.abort(error);
+                    }
+                }
+                let Some(to) = step.to else {
                     capability = None;
                     return;
-                }
-                let to = intake.watermark().or(events_at);
-                if let Some(to) = to
-                    && to > *held.time()
-                {
+                };
+                if to > *held.time() {
                     held.downgrade(&to);
                 }
-                let again = match round.again {
-                    _ if intake.watermark().is_none() => Some(IDLE_FOLLOW),
-                    Some(wait) if round.waited_for_alignment => Some(wait.min(ALIGNMENT_RECHECK)),
-                    again => again,
-                };
-                match again {
-                    Some(Duration::ZERO) => activator.activate(),
-                    Some(wait) => activator.activate_after(wait),
-                    // Woken by a reader with records; the events' frontier
-                    // is looked at again on the next round.
-                    None => activator.activate_after(IDLE_FOLLOW),
+                if step.wait.is_zero() {
+                    activator.activate();
+                } else {
+                    activator.activate_after(step.wait);
                 }
             }
         },
     )
+}
+
+/// Takes the reader's part of a checkpoint: its partitions' positions and
+/// the dead-letter files of the epoch.
+fn cut_input(
+    shared: &Shared,
+    (index, worker): (usize, usize),
+    cut: Cut,
+    intake: &Intake,
+    dead_letters: &mut DeadLetterWriter,
+) -> Result<()> {
+    let Some(coordinator) = &shared.checkpoints else {
+        return Ok(());
+    };
+    let closed = dead_letters.close_epoch(cut.id)?;
+    let files = closed.files.clone();
+    let part = SourceCut {
+        partitions: intake.positions(),
+        dead_letters: SinkCut::of_dead_letters(closed),
+    };
+    let bytes = crate::checkpoint::encode(&part);
+    let name = part_name(&format!("input{index}"), worker);
+    coordinator.report(cut.id, &name, (bytes, false), files)
 }

@@ -12,6 +12,9 @@
 //! keeps one version per key plus those newer than that.
 
 use super::RowStream;
+use super::checkpointing::CutTracker;
+use crate::checkpoint::FINAL;
+use crate::checkpoint::restore::{JoinPart, JoinPartRef, part_name};
 use crate::decode::fields_as_json;
 use crate::joins::{AsOfTable, VersionOrder};
 use crate::ordering::ReorderBuffer;
@@ -33,23 +36,108 @@ pub const NO_MATCH: &str = "no_match";
 
 /// Joins rows with a table as of their event time.
 pub trait JoinAsOf<'scope> {
-    /// Adds the join's columns to each row, from the version of its key
-    /// in `table` (rows of the table's schema) as of the row's time;
+    /// Adds join `index`'s columns to each row, from the version of its
+    /// key in `table` (rows of the table's schema) as of the row's time;
     /// `table_key` is the table's key slot.
     fn join_as_of(
         self,
         table: RowStream<'scope>,
-        join: (JoinPlan, usize),
+        join: (usize, JoinPlan, usize),
         dead_letters: Rc<RefCell<DeadLetterWriter>>,
         shared: Arc<Shared>,
     ) -> RowStream<'scope>;
+}
+
+/// What arrived at or after a cut in progress, held until the operator
+/// has cut: versions of the table, or events.
+#[derive(Debug)]
+enum HeldBack {
+    Versions(Vec<Row>),
+    Events(Vec<Row>),
+}
+
+/// A join's state on one worker: the table's versions and the events
+/// waiting for its watermark.
+#[derive(Debug)]
+struct Joining {
+    join: JoinPlan,
+    table_key: usize,
+    versions: AsOfTable,
+    waiting: ReorderBuffer,
+}
+
+impl Joining {
+    /// The state restored from `part` (its waiting events sent at
+    /// `start`), or an empty one.
+    fn start(join: JoinPlan, table_key: usize, part: Option<JoinPart>, start: i64) -> Self {
+        let mut joining = Joining {
+            join,
+            table_key,
+            versions: AsOfTable::default(),
+            waiting: ReorderBuffer::default(),
+        };
+        if let Some(part) = part {
+            joining.versions = AsOfTable::from_entries(part.versions, part.settled);
+            for row in part.waiting {
+                joining.waiting.push(row, start);
+            }
+        }
+        joining
+    }
+
+    fn take(&mut self, held: HeldBack, arrival: i64) {
+        match held {
+            HeldBack::Versions(rows) => {
+                for row in rows {
+                    insert_version(&mut self.versions, row, &self.join, self.table_key);
+                }
+            }
+            HeldBack::Events(rows) => {
+                for row in rows {
+                    self.waiting.push(row, arrival);
+                }
+            }
+        }
+    }
+
+    /// The events whose time is before `table_at` (all at the table's
+    /// end), each with its arrival, joined; events of a required join
+    /// without a version go to `refused`.
+    fn release(
+        &mut self,
+        table_at: Option<i64>,
+        mut refused: impl FnMut(&Row, &JoinPlan),
+    ) -> Vec<(i64, Row)> {
+        let on = self.join.on_slot;
+        let released = self.waiting.release_with_arrivals(table_at);
+        released
+            .into_iter()
+            .filter_map(|(arrival, mut row)| {
+                let found = self.versions.lookup(row.cell(on), row.time);
+                if found.is_none() && self.join.required {
+                    refused(&row, &self.join);
+                    return None;
+                }
+                add_columns(&mut row, &self.join.slots, found);
+                Some((arrival, row))
+            })
+            .collect()
+    }
+
+    fn part(&self) -> JoinPartRef<'_> {
+        JoinPartRef {
+            versions: self.versions.entries(),
+            settled: self.versions.settled(),
+            waiting: self.waiting.rows().collect(),
+        }
+    }
 }
 
 impl<'scope> JoinAsOf<'scope> for RowStream<'scope> {
     fn join_as_of(
         self,
         table: RowStream<'scope>,
-        (join, table_key): (JoinPlan, usize),
+        (index, join, table_key): (usize, JoinPlan, usize),
         dead_letters: Rc<RefCell<DeadLetterWriter>>,
         shared: Arc<Shared>,
     ) -> RowStream<'scope> {
@@ -58,55 +146,87 @@ impl<'scope> JoinAsOf<'scope> for RowStream<'scope> {
         let by_table_key =
             Exchange::new(move |row: &Row| key_of_version(row, table_key).stable_hash());
         let name = format!("JoinAsOf({})", shared.plan.tables[join.table].input.name);
+        let worker = self.scope().index();
         self.binary_frontier(
             table,
             by_event_key,
             by_table_key,
             &name,
             move |capability, _info| {
+                let start = *capability.time();
                 let mut capability = Some(capability);
-                let mut versions = AsOfTable::default();
-                let mut waiting = ReorderBuffer::default();
+                let restored = shared.restored.take_join(index, worker);
+                let carried = restored.as_ref().map_or(0, |part| part.waiting.len());
+                Stats::add(&shared.stats.carried, carried as u64);
+                let mut joining = Joining::start(join, table_key, restored, start);
+                let mut cuts = CutTracker::new(&shared, part_name(&format!("join{index}"), worker));
+                let mut held_back: Vec<(i64, HeldBack)> = Vec::new();
                 move |(events, events_frontier), (table, table_frontier), output| {
-                    table.for_each(|_time, rows| {
-                        for row in rows.drain(..) {
-                            insert_version(&mut versions, row, &join, table_key);
+                    table.for_each(|time, rows| {
+                        let arrival = time.least().copied().unwrap_or(i64::MIN);
+                        let rows = HeldBack::Versions(std::mem::take(rows));
+                        match cuts.holds_back(arrival) {
+                            true => held_back.push((arrival, rows)),
+                            false => joining.take(rows, arrival),
                         }
                     });
                     events.for_each(|time, rows| {
                         let arrival = time.least().copied().unwrap_or(i64::MIN);
-                        for row in rows.drain(..) {
-                            waiting.push(row, arrival);
+                        let rows = HeldBack::Events(std::mem::take(rows));
+                        match cuts.holds_back(arrival) {
+                            true => held_back.push((arrival, rows)),
+                            false => joining.take(rows, arrival),
                         }
                     });
                     let Some(held) = capability.as_mut() else {
                         return;
                     };
+                    let refused =
+                        |row: &Row, join: &JoinPlan| refuse(row, join, &shared, &dead_letters);
                     let table_at = table_frontier.frontier().first().copied();
-                    let released = waiting.release_with_arrivals(table_at);
-                    let joined = released.into_iter().filter_map(|(arrival, mut row)| {
-                        let found = versions.lookup(row.cell(on), row.time);
-                        match (found, join.required) {
-                            (None, true) => {
-                                refuse(&row, &join, &shared, &dead_letters);
-                                None
-                            }
-                            (found, _) => {
-                                add_columns(&mut row, &join.slots, found);
-                                Some((arrival, row))
-                            }
+                    // Until the join has cut, events at or past the cut's
+                    // time wait: versions after the cut are held back.
+                    let before_cut = before_cut(table_at, cuts.pending_time());
+                    give_at_arrivals(
+                        output,
+                        held,
+                        joining.release(before_cut, refused).into_iter(),
+                    );
+                    let frontier: Vec<i64> = events_frontier
+                        .frontier()
+                        .iter()
+                        .chain(table_frontier.frontier().iter())
+                        .copied()
+                        .collect();
+                    while let Some(cut) = cuts.due(&frontier) {
+                        if let Err(error) = cuts.report(cut, &joining.part(), Vec::new()) {
+                            shared.control.abort(error);
                         }
-                    });
-                    give_at_arrivals(output, held, joined);
+                        // From here on every event leaves after the cut.
+                        joining.waiting.retime_before(cut.time);
+                        if *held.time() < cut.time && cut.time != FINAL {
+                            held.downgrade(&cut.time);
+                        }
+                        for (arrival, rows) in cuts.release(&mut held_back, |(arrival, _)| *arrival)
+                        {
+                            joining.take(rows, arrival);
+                        }
+                        give_at_arrivals(
+                            output,
+                            held,
+                            joining.release(table_at, refused).into_iter(),
+                        );
+                    }
                     let events_at = events_frontier.frontier().first().copied();
-                    let oldest = [events_at, waiting.oldest_ready()]
+                    let oldest = [events_at, joining.waiting.oldest_ready()]
                         .into_iter()
                         .flatten()
                         .min();
                     if let Some(oldest) = oldest {
-                        versions.settle(oldest);
+                        joining.versions.settle(oldest);
                     }
-                    match [events_at, waiting.oldest_arrival()]
+                    let held_back_at = held_back.iter().map(|(arrival, _)| *arrival).min();
+                    match [events_at, joining.waiting.oldest_arrival(), held_back_at]
                         .into_iter()
                         .flatten()
                         .min()
@@ -118,6 +238,18 @@ impl<'scope> JoinAsOf<'scope> for RowStream<'scope> {
                 }
             },
         )
+    }
+}
+
+/// How far an operator holding rows for a watermark may release them while
+/// a cut is pending: not past the cut's time (except at the last cut,
+/// once the input has ended), so that rows at or past it leave after the
+/// cut, with those held back.
+pub(super) fn before_cut(watermark: Option<i64>, pending: Option<i64>) -> Option<i64> {
+    match (watermark, pending) {
+        (Some(watermark), Some(time)) => Some(watermark.min(time)),
+        (None, Some(time)) if time != FINAL => Some(time),
+        (watermark, _) => watermark,
     }
 }
 

@@ -7,17 +7,21 @@
 //! Each reader of the input announces the newest event time it read
 //! ([`READER_END`], sent to every worker); a row's horizon is complete
 //! when the input's newest time, less its bound, is past `t + horizon`,
-//! which every row released before the end satisfies too. So whether a
-//! row is complete depends on the label records alone, never on when they
-//! arrived.
+//! which every row released while a reader still reads satisfies too. So
+//! whether a row is complete depends on the label records alone, never
+//! on when they arrived.
 
 use super::RowStream;
+use super::checkpointing::CutTracker;
 use super::input::READER_END;
-use super::join::give_at_arrivals;
+use super::join::{before_cut, give_at_arrivals};
+use crate::checkpoint::FINAL;
+use crate::checkpoint::restore::{LabelPart, LabelPartRef, part_name};
 use crate::joins::{LabelTable, VersionOrder};
 use crate::ordering::ReorderBuffer;
 use crate::plan::LabelPlan;
 use crate::row::Row;
+use crate::run::{Shared, Stats};
 use std::sync::Arc;
 use tideflow_connectors::Value;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -27,23 +31,159 @@ use timely::dataflow::operators::vec::{Broadcast, Filter};
 
 /// Labels rows.
 pub trait AttachLabels<'scope> {
-    /// Sets the label's column of each row from `records` (the label
+    /// Sets label `index`'s column of each row from `records` (the label
     /// input's rows, as its reader sends them), and ANDs whether its
     /// horizon was complete into `complete_slot`.
     fn attach_labels(
         self,
         records: RowStream<'scope>,
-        label: Arc<LabelPlan>,
+        label: (usize, Arc<LabelPlan>),
         complete_slot: usize,
+        shared: Arc<Shared>,
     ) -> RowStream<'scope>;
+}
+
+/// What arrived at or after a cut in progress, held until the operator
+/// has cut: label records, or rows.
+#[derive(Debug)]
+enum HeldBack {
+    Records(Vec<Row>),
+    Rows(Vec<Row>),
+}
+
+/// A label's state on one worker: the records, the rows waiting for their
+/// horizon, and the newest time the input's readers announced.
+#[derive(Debug)]
+struct Labelling {
+    label: Arc<LabelPlan>,
+    complete_slot: usize,
+    labels: LabelTable,
+    waiting: ReorderBuffer,
+    newest: Option<i64>,
+    /// How many of the input's readers (one per worker) have ended.
+    ended: usize,
+    readers: usize,
+}
+
+impl Labelling {
+    /// The state restored from `part` (its waiting rows sent at `start`),
+    /// or an empty one.
+    fn start(
+        (label, complete_slot): (Arc<LabelPlan>, usize),
+        readers: usize,
+        part: Option<LabelPart>,
+        start: i64,
+    ) -> Self {
+        let mut labelling = Labelling {
+            label,
+            complete_slot,
+            labels: LabelTable::default(),
+            waiting: ReorderBuffer::default(),
+            newest: None,
+            ended: 0,
+            readers,
+        };
+        if let Some(part) = part {
+            labelling.labels = LabelTable::from_entries(part.records, part.settled);
+            labelling.newest = part.newest;
+            for row in part.waiting {
+                labelling.wait(row, start);
+            }
+        }
+        labelling
+    }
+
+    fn wait(&mut self, row: Row, arrival: i64) {
+        let ready = row.time.saturating_add(self.label.horizon_ms);
+        self.waiting.push_until(row, ready, arrival);
+    }
+
+    fn take(&mut self, held: HeldBack, arrival: i64) {
+        match held {
+            HeldBack::Records(records) => {
+                for record in records {
+                    if record.partition == READER_END {
+                        self.newest = self.newest.max(Some(record.time));
+                        self.ended += 1;
+                    } else {
+                        insert_label(&mut self.labels, record, &self.label);
+                    }
+                }
+            }
+            HeldBack::Rows(rows) => {
+                for row in rows {
+                    self.wait(row, arrival);
+                }
+            }
+        }
+    }
+
+    /// The rows whose horizon ends before `passed` (all at the input's
+    /// end), each with its arrival, labelled.
+    ///
+    /// While a reader still reads, the input's time is at most its newest
+    /// record's less the bound: a row released by it has a complete
+    /// horizon. Once every reader has ended (and after that the input's
+    /// time may follow the events, in a checkpointed run), what their
+    /// newest records say decides.
+    fn release(&mut self, passed: Option<i64>) -> Vec<(i64, Row)> {
+        let label = &self.label;
+        let complete_before = if self.ended >= self.readers {
+            self.newest
+                .map(|newest| newest.saturating_sub(label.input.bound_ms))
+        } else {
+            passed
+        };
+        let released = self.waiting.release_with_arrivals(passed);
+        released
+            .into_iter()
+            .map(|(arrival, mut row)| {
+                let end = row.time.saturating_add(label.horizon_ms);
+                let complete = complete_before.is_some_and(|before| end < before);
+                let value = self
+                    .labels
+                    .lookup(row.cell(label.on_slot), row.time, label.horizon_ms)
+                    .cloned()
+                    .unwrap_or_else(|| label.default.clone());
+                set_label(
+                    &mut row,
+                    (label.slot, value),
+                    (self.complete_slot, complete),
+                );
+                (arrival, row)
+            })
+            .collect()
+    }
+
+    /// Drops the records no row still to come can take: rows come at or
+    /// after `rows_at` and the oldest waiting row.
+    fn settle(&mut self, rows_at: Option<i64>) {
+        let oldest_row = self
+            .waiting
+            .oldest_ready()
+            .map(|ready| ready.saturating_sub(self.label.horizon_ms));
+        if let Some(oldest) = [rows_at, oldest_row].into_iter().flatten().min() {
+            self.labels.settle(oldest);
+        }
+    }
+
+    fn part(&self) -> LabelPartRef<'_> {
+        LabelPartRef {
+            records: self.labels.entries(),
+            settled: self.labels.settled(),
+            waiting: self.waiting.rows().collect(),
+            newest: self.newest,
+        }
+    }
 }
 
 impl<'scope> AttachLabels<'scope> for RowStream<'scope> {
     fn attach_labels(
         self,
         records: RowStream<'scope>,
-        label: Arc<LabelPlan>,
+        (index, label): (usize, Arc<LabelPlan>),
         complete_slot: usize,
+        shared: Arc<Shared>,
     ) -> RowStream<'scope> {
         let key_slot = label.key_slot;
         let ends = records
@@ -57,62 +197,71 @@ impl<'scope> AttachLabels<'scope> for RowStream<'scope> {
         let on = label.on_slot;
         let by_event_key = Exchange::new(move |row: &Row| row.cell(on).stable_hash());
         let name = format!("Label({})", label.input.name);
+        let (worker, peers) = (self.scope().index(), self.scope().peers());
         self.binary_frontier(
             records,
             by_event_key,
             Pipeline,
             &name,
             move |capability, _info| {
+                let start = *capability.time();
                 let mut capability = Some(capability);
-                let mut labels = LabelTable::default();
-                let mut waiting = ReorderBuffer::default();
-                let mut newest: Option<i64> = None;
-                let horizon = label.horizon_ms;
+                let restored = shared.restored.take_label(index, worker);
+                let carried = restored.as_ref().map_or(0, |part| part.waiting.len());
+                Stats::add(&shared.stats.carried, carried as u64);
+                // One reader of the input on every worker.
+                let mut labelling =
+                    Labelling::start((label, complete_slot), peers, restored, start);
+                let mut cuts =
+                    CutTracker::new(&shared, part_name(&format!("label{index}"), worker));
+                let mut held_back: Vec<(i64, HeldBack)> = Vec::new();
                 move |(rows, rows_frontier), (records, records_frontier), output| {
-                    records.for_each(|_time, records| {
-                        for record in records.drain(..) {
-                            if record.partition == READER_END {
-                                newest = newest.max(Some(record.time));
-                            } else {
-                                insert_label(&mut labels, record, &label);
-                            }
+                    records.for_each(|time, records| {
+                        let arrival = time.least().copied().unwrap_or(i64::MIN);
+                        let records = HeldBack::Records(std::mem::take(records));
+                        match cuts.holds_back(arrival) {
+                            true => held_back.push((arrival, records)),
+                            false => labelling.take(records, arrival),
                         }
                     });
                     rows.for_each(|time, rows| {
                         let arrival = time.least().copied().unwrap_or(i64::MIN);
-                        for row in rows.drain(..) {
-                            let ready = row.time.saturating_add(horizon);
-                            waiting.push_until(row, ready, arrival);
+                        let rows = HeldBack::Rows(std::mem::take(rows));
+                        match cuts.holds_back(arrival) {
+                            true => held_back.push((arrival, rows)),
+                            false => labelling.take(rows, arrival),
                         }
                     });
                     let Some(held) = capability.as_mut() else {
                         return;
                     };
                     let passed = records_frontier.frontier().first().copied();
-                    // At the end of the input, what its newest record says.
-                    let complete_before = passed.or_else(|| {
-                        newest.map(|newest| newest.saturating_sub(label.input.bound_ms))
-                    });
-                    let released = waiting.release_with_arrivals(passed);
-                    let labelled = released.into_iter().map(|(arrival, mut row)| {
-                        let end = row.time.saturating_add(horizon);
-                        let complete = complete_before.is_some_and(|before| end < before);
-                        let value = labels
-                            .lookup(row.cell(on), row.time, horizon)
-                            .cloned()
-                            .unwrap_or_else(|| label.default.clone());
-                        set_label(&mut row, (label.slot, value), (complete_slot, complete));
-                        (arrival, row)
-                    });
-                    give_at_arrivals(output, held, labelled);
-                    let rows_at = rows_frontier.frontier().first().copied();
-                    let oldest_row = waiting
-                        .oldest_ready()
-                        .map(|ready| ready.saturating_sub(horizon));
-                    if let Some(oldest) = [rows_at, oldest_row].into_iter().flatten().min() {
-                        labels.settle(oldest);
+                    let before_cut = before_cut(passed, cuts.pending_time());
+                    give_at_arrivals(output, held, labelling.release(before_cut).into_iter());
+                    let frontier: Vec<i64> = rows_frontier
+                        .frontier()
+                        .iter()
+                        .chain(records_frontier.frontier().iter())
+                        .copied()
+                        .collect();
+                    while let Some(cut) = cuts.due(&frontier) {
+                        if let Err(error) = cuts.report(cut, &labelling.part(), Vec::new()) {
+                            shared.control.abort(error);
+                        }
+                        labelling.waiting.retime_before(cut.time);
+                        if *held.time() < cut.time && cut.time != FINAL {
+                            held.downgrade(&cut.time);
+                        }
+                        for (arrival, held) in cuts.release(&mut held_back, |(arrival, _)| *arrival)
+                        {
+                            labelling.take(held, arrival);
+                        }
+                        give_at_arrivals(output, held, labelling.release(passed).into_iter());
                     }
-                    match [rows_at, waiting.oldest_arrival()]
+                    let rows_at = rows_frontier.frontier().first().copied();
+                    labelling.settle(rows_at);
+                    let held_back_at = held_back.iter().map(|(arrival, _)| *arrival).min();
+                    match [rows_at, labelling.waiting.oldest_arrival(), held_back_at]
                         .into_iter()
                         .flatten()
                         .min()

@@ -6,7 +6,8 @@
 //! partition's rows at times that never decrease, and the join sends each
 //! row at its own time), so once the frontier has passed a time, the rows
 //! of each partition read before it form a prefix of the partition, all
-//! here: they leave sorted by (partition, offset).
+//! here: they leave sorted by (partition, offset), each at the time it was
+//! read.
 
 use super::{BatchStream, RowStream};
 use crate::batch::Batch;
@@ -37,16 +38,18 @@ impl<'scope> InOffsetOrder<'scope> for RowStream<'scope> {
                     return;
                 };
                 let passed = frontier.frontier().first().copied();
-                let mut released: Vec<Row> = Vec::new();
+                // Each time's rows leave at that time (not earlier: a
+                // checkpoint's cut must find after it what was read after
+                // it), in offset order; a partition's rows of earlier
+                // times come before its rows of later ones.
                 while let Some(entry) = waiting.first_entry() {
                     if passed.is_some_and(|passed| *entry.key() >= passed) {
                         break;
                     }
-                    released.append(&mut entry.remove());
-                }
-                if !released.is_empty() {
+                    let at = held.delayed(&(*entry.key()).max(*held.time()));
+                    let mut released = entry.remove();
                     released.sort_unstable_by_key(|row| (row.partition, row.offset));
-                    output.session(&*held).give(Batch::from_rows(released));
+                    output.session(&at).give(Batch::from_rows(released));
                 }
                 match passed {
                     Some(time) if time > *held.time() => held.downgrade(&time),

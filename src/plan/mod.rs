@@ -383,15 +383,6 @@ impl Plan {
             joins::labels(text, &spec.label, &source, &mut columns)?;
         let (sinks, dead_letters) = sinks::sinks(text, spec, &source)?;
         let checkpoints = state::checkpoints(text, &spec.state)?;
-        if let (Some(_), Some(dir)) = (&checkpoints, &spec.state.dir)
-            && !(tables.is_empty() && labels.is_empty())
-        {
-            return Err(text.error_at(
-                dir.span(),
-                "checkpoints do not hold the state of joins and labels yet: a restored run would lose the rows they hold",
-                "run training sets and joins without state.dir for now",
-            ));
-        }
         let source_key_slot = inputs.source_key.and_then(|key| columns.slot_of(key));
         let mut required_slots = vec![time.slot];
         for stage in &stages {
