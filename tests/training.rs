@@ -25,7 +25,8 @@ fn write_lines(path: &Path, lines: impl IntoIterator<Item = String>) {
 }
 
 /// Writes the data under `dir` (tx/, merchants/, labels/), with a late
-/// version, a version of the wrong type and a malformed line appended to
+/// version, a version of the wrong type, a malformed line and a version
+/// without its key appended to
 /// the table's first partition, and returns what a reader should keep.
 fn write_data(dir: &Path) -> Data {
     let shape = Shape {
@@ -63,6 +64,7 @@ fn write_data(dir: &Path) -> Data {
                     .to_string(),
             );
             lines.push("{\"merchant_id\": \"m1\", ".to_owned());
+            lines.push(json!({"risk": 0.5, "updated_at": START + 2_100}).to_string());
         }
         write_lines(&dir.join(format!("merchants/p{partition}.jsonl")), lines);
     }
@@ -106,12 +108,12 @@ fn joined_and_labelled_rows_equal_the_oracle_on_every_shape() {
             assert_eq!(counts.records_in, counts.rows_out, "{summary}");
             assert_eq!(
                 counts.inputs_in,
-                (data.versions.len() + 3 + data.labels.len()) as u64,
+                (data.versions.len() + 4 + data.labels.len()) as u64,
                 "{summary}"
             );
             assert_eq!(
                 (counts.inputs_dead, counts.inputs_late),
-                (2, 1),
+                (3, 1),
                 "{summary}"
             );
             let dead = common::read_rows(&out.join("dead"));
@@ -119,12 +121,24 @@ fn joined_and_labelled_rows_equal_the_oracle_on_every_shape() {
                 .iter()
                 .map(|letter| letter["_error"].as_str().unwrap_or(""))
                 .collect();
-            assert_eq!(dead.len(), 3, "{reasons:?}");
+            assert_eq!(dead.len(), 4, "{reasons:?}");
             assert!(
                 dead.iter().all(|letter| letter["_input"] == "merchants"),
                 "{dead:?}"
             );
-            assert!(reasons.contains(&"late"), "{reasons:?}");
+            for reason in [
+                "late",
+                "missing key field 'merchant_id'",
+                "field 'risk': expected f64, got \"high\"",
+            ] {
+                assert!(reasons.contains(&reason), "{reason}: {reasons:?}");
+            }
+            assert!(
+                reasons
+                    .iter()
+                    .any(|reason| reason.starts_with("malformed JSON")),
+                "{reasons:?}"
+            );
         }
     }
 }
