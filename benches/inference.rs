@@ -14,8 +14,9 @@ use clap::Parser;
 use std::time::{Duration, Instant};
 use tideflow::batch::Batch;
 use tideflow::inference::Model;
-use tideflow::plan::{Device, ModelPlan, OutputPlan, RunRows};
+use tideflow::plan::{Device, ModelInputPlan, ModelPlan, OutputPlan, RunRows};
 use tideflow::row::Row;
+use tideflow::schema::{Column, ColumnType};
 use tideflow_connectors::Value;
 
 #[path = "common.rs"]
@@ -56,9 +57,16 @@ fn plan(path: &std::path::Path, device: Device, run_rows: usize) -> ModelPlan {
     ModelPlan {
         path: path.to_owned(),
         name: "bench".into(),
-        input_slots: (FIELDS..FIELDS + WIDTH).collect(),
-        input_columns: (0..WIDTH).map(|index| format!("c{index}")).collect(),
-        input_name: None,
+        inputs: vec![ModelInputPlan {
+            name: None,
+            columns: (0..WIDTH)
+                .map(|index| Column {
+                    name: format!("c{index}"),
+                    ty: ColumnType::F64,
+                })
+                .collect(),
+            slots: (FIELDS..FIELDS + WIDTH).collect(),
+        }],
         outputs: vec![
             OutputPlan {
                 column: "score".into(),

@@ -456,6 +456,18 @@ fn check(spec: &Path, overrides: &[String]) -> anyhow::Result<()> {
     if let Some((identity, device, independent)) = model {
         println!("  model {identity} on {device}; rows independent: {independent}");
     }
+    for input in plan.model.iter().flat_map(|model| &model.inputs) {
+        let columns: Vec<_> = input
+            .columns
+            .iter()
+            .map(|column| column.name.as_str())
+            .collect();
+        println!(
+            "  model input {}: {}",
+            input.name.as_deref().unwrap_or("(its only input)"),
+            columns.join(", ")
+        );
+    }
     let columns: Vec<_> = plan
         .columns
         .iter()

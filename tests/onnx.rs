@@ -82,7 +82,7 @@ fn a_model_that_does_not_fit_the_spec_is_rejected_by_check_and_run() {
         );
         assert!(
             stderr
-                .contains("input 'features' has shape Float32[?, 8], but the spec feeds 3 columns"),
+                .contains("input 'features' has shape Float32[?, 8], but the spec feeds 3 columns (log_amount, amount_ratio, tx_count_1h)"),
             "{command}: {stderr}"
         );
     }

@@ -7,6 +7,7 @@
 pub use compact_str::{CompactString, format_compact};
 use serde::{Deserialize, Serialize};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One typed value of a record field, a feature, or a model output.
@@ -27,6 +28,11 @@ pub enum Value {
     F64(f64),
     /// A UTF-8 string (inline up to 24 bytes).
     Str(CompactString),
+    /// A list of floats: a model output with several values per row (an
+    /// embedding). Shared, so that copying a row does not copy the list.
+    F64List(Arc<[f64]>),
+    /// A list of integers: a model output with several values per row.
+    I64List(Arc<[i64]>),
 }
 
 impl Value {
@@ -38,7 +44,7 @@ impl Value {
             Value::F64(v) => Some(*v),
             Value::I64(v) => Some(*v as f64),
             Value::Bool(v) => Some(if *v { 1.0 } else { 0.0 }),
-            Value::Null | Value::Str(_) => None,
+            Value::Null | Value::Str(_) | Value::F64List(_) | Value::I64List(_) => None,
         }
     }
 
@@ -67,6 +73,13 @@ impl PartialEq for Value {
             (Value::I64(a), Value::I64(b)) => a == b,
             (Value::F64(a), Value::F64(b)) => a.to_bits() == b.to_bits(),
             (Value::Str(a), Value::Str(b)) => a == b,
+            (Value::F64List(a), Value::F64List(b)) => {
+                a.len() == b.len()
+                    && a.iter()
+                        .zip(b.iter())
+                        .all(|(a, b)| a.to_bits() == b.to_bits())
+            }
+            (Value::I64List(a), Value::I64List(b)) => a == b,
             _ => false,
         }
     }
@@ -75,7 +88,8 @@ impl PartialEq for Value {
 impl Eq for Value {}
 
 /// A total order consistent with equality: by kind (null, bool, integer,
-/// float, string), then by value, floats in IEEE total order (which tells
+/// float, string, float list, integer list), then by value (lists
+/// lexicographically), floats in IEEE total order (which tells
 /// apart exactly the bit patterns equality does). Where values are kept
 /// in a hashed set, it gives them an order that does not depend on how
 /// the set was built.
@@ -87,12 +101,21 @@ impl Ord for Value {
             Value::I64(_) => 2,
             Value::F64(_) => 3,
             Value::Str(_) => 4,
+            Value::F64List(_) => 5,
+            Value::I64List(_) => 6,
         };
         match (self, other) {
             (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
             (Value::I64(a), Value::I64(b)) => a.cmp(b),
             (Value::F64(a), Value::F64(b)) => a.total_cmp(b),
             (Value::Str(a), Value::Str(b)) => a.cmp(b),
+            (Value::F64List(a), Value::F64List(b)) => a
+                .iter()
+                .zip(b.iter())
+                .map(|(a, b)| a.total_cmp(b))
+                .find(|order| order.is_ne())
+                .unwrap_or_else(|| a.len().cmp(&b.len())),
+            (Value::I64List(a), Value::I64List(b)) => a.cmp(b),
             _ => kind(self).cmp(&kind(other)),
         }
     }
@@ -113,6 +136,14 @@ impl Hash for Value {
             Value::I64(v) => state.write_u64(*v as u64),
             Value::F64(v) => state.write_u64(v.to_bits() ^ 0x9e37_79b9_7f4a_7c15),
             Value::Str(v) => state.write(v.as_bytes()),
+            Value::F64List(list) => {
+                state.write_u8(3);
+                list.iter().for_each(|v| state.write_u64(v.to_bits()));
+            }
+            Value::I64List(list) => {
+                state.write_u8(4);
+                list.iter().for_each(|v| state.write_u64(*v as u64));
+            }
         }
     }
 }

@@ -286,5 +286,15 @@ pub fn value_to_json(value: &Value) -> serde_json::Value {
         Value::F64(number) => serde_json::Number::from_f64(*number)
             .map_or(serde_json::Value::Null, serde_json::Value::Number),
         Value::Str(text) => serde_json::Value::String(text.to_string()),
+        // A non-finite float in a list is null, as a non-finite float
+        // column's value is.
+        Value::F64List(list) => list
+            .iter()
+            .map(|number| value_to_json(&Value::F64(*number)))
+            .collect(),
+        Value::I64List(list) => list
+            .iter()
+            .map(|number| serde_json::Value::from(*number))
+            .collect(),
     }
 }

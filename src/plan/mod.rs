@@ -198,12 +198,8 @@ pub struct ModelPlan {
     pub path: PathBuf,
     /// Name recorded in `_model`.
     pub name: String,
-    /// Slots fed to the model, in order.
-    pub input_slots: Vec<usize>,
-    /// Names of those columns (for messages).
-    pub input_columns: Vec<String>,
-    /// The model input receiving the tensor, if named in the spec.
-    pub input_name: Option<String>,
+    /// The model inputs and the columns that feed each.
+    pub inputs: Vec<ModelInputPlan>,
     /// Output columns.
     pub outputs: Vec<OutputPlan>,
     /// Where the model runs.
@@ -215,6 +211,17 @@ pub struct ModelPlan {
     /// Whether a batch the model fails on stops the run (else its rows
     /// become dead letters).
     pub stop_on_error: bool,
+}
+
+/// One model input, resolved.
+#[derive(Clone, Debug)]
+pub struct ModelInputPlan {
+    /// The model input fed, or `None` for the model's only input.
+    pub name: Option<String>,
+    /// The columns fed, in order.
+    pub columns: Vec<Column>,
+    /// Their slots.
+    pub slots: Vec<usize>,
 }
 
 /// The default run size on a GPU: large enough that a bulk batch is not

@@ -2,9 +2,9 @@
 //! outputs fill.
 
 use super::columns::Columns;
-use super::{GPU_RUN_ROWS, ModelPlan, OutputPlan, RunRows};
+use super::{GPU_RUN_ROWS, ModelInputPlan, ModelPlan, OutputPlan, RunRows};
 use crate::schema::ColumnType;
-use crate::spec::{ModelSpec, OnModelError, SpecError, SpecSource};
+use crate::spec::{ModelInputSpec, ModelSpec, OnModelError, SpecError, SpecSource};
 use toml::Spanned;
 
 /// Resolves the model, adding its output columns (typed f64 until the
@@ -18,34 +18,7 @@ pub(super) fn model(
         return Ok(None);
     };
     let (span, model) = (model.span(), model.get_ref());
-    let mut input_slots = Vec::new();
-    for input in model.inputs.get_ref() {
-        let name = input.get_ref();
-        match columns.slot_of(name) {
-            Some(slot) if columns.get(slot).ty.is_numeric() => input_slots.push(slot),
-            Some(_) => {
-                return Err(text.error_at(
-                    input.span(),
-                    format!("model input column '{name}' is a string"),
-                    "feed numeric fields, joined columns or features",
-                ));
-            }
-            None => {
-                return Err(text.error_at(
-                    input.span(),
-                    format!("model input column '{name}' is neither a field nor a feature"),
-                    "list columns defined in [schema], [[join]] or [[feature]]",
-                ));
-            }
-        }
-    }
-    if input_slots.is_empty() {
-        return Err(text.error_at(
-            model.inputs.span(),
-            "the model has no input columns",
-            "set inputs = [\"feature\", ...]",
-        ));
-    }
+    let inputs = model_inputs(text, span.clone(), model, columns)?;
     let mut outputs = Vec::new();
     for (column, source) in model.outputs.get_ref() {
         if columns.is_taken(column) {
@@ -82,14 +55,7 @@ pub(super) fn model(
     Ok(Some(ModelPlan {
         path: model.path.clone(),
         name,
-        input_slots,
-        input_columns: model
-            .inputs
-            .get_ref()
-            .iter()
-            .map(|input| input.get_ref().clone())
-            .collect(),
-        input_name: model.input_name.clone(),
+        inputs,
         outputs,
         device: model.device,
         fill_null: model.fill_null,
@@ -100,6 +66,81 @@ pub(super) fn model(
             None => RunRows::FixedOnGpu(GPU_RUN_ROWS),
         },
     }))
+}
+
+/// The model's inputs: the short form (`inputs`, one tensor) or the long
+/// form (`[[model.input]]`, one per model input), each column resolved.
+/// Element types and shapes are the model's, checked when it is opened.
+fn model_inputs(
+    text: &SpecSource,
+    span: std::ops::Range<usize>,
+    model: &ModelSpec,
+    columns: &Columns,
+) -> Result<Vec<ModelInputPlan>, SpecError> {
+    let short = model.inputs.as_ref().map(|inputs| ModelInputSpec {
+        name: model.input_name.clone().unwrap_or_default(),
+        columns: inputs.clone(),
+    });
+    let long = model.input.iter().map(|input| input.get_ref());
+    let specs: Vec<ModelInputSpec> = short.into_iter().chain(long.cloned()).collect();
+    match (&model.inputs, model.input.first()) {
+        (Some(inputs), Some(_)) => {
+            return Err(text.error_at(
+                inputs.span(),
+                "[model] has both inputs and [[model.input]]",
+                "use inputs = [...] for a model with one input, [[model.input]] blocks for several",
+            ));
+        }
+        (None, None) => {
+            return Err(text.error_at(
+                span,
+                "the model has no input columns",
+                "set inputs = [\"feature\", ...], or a [[model.input]] block per model input",
+            ));
+        }
+        _ => {}
+    }
+    let mut resolved = Vec::new();
+    for spec in specs {
+        let mut input = ModelInputPlan {
+            name: (!spec.name.is_empty()).then(|| spec.name.clone()),
+            columns: Vec::new(),
+            slots: Vec::new(),
+        };
+        for column in spec.columns.get_ref() {
+            let Some(slot) = columns.slot_of(column.get_ref()) else {
+                return Err(text.error_at(
+                    column.span(),
+                    format!(
+                        "model input column '{}' is neither a field nor a feature",
+                        column.get_ref()
+                    ),
+                    "list columns defined in [schema], [[join]] or [[feature]]",
+                ));
+            };
+            input.columns.push(columns.get(slot).clone());
+            input.slots.push(slot);
+        }
+        if input.slots.is_empty() {
+            return Err(text.error_at(
+                spec.columns.span(),
+                "a model input with no columns",
+                "list the columns that feed it, in order",
+            ));
+        }
+        if resolved
+            .iter()
+            .any(|other: &ModelInputPlan| other.name == input.name)
+        {
+            return Err(text.error_at(
+                spec.columns.span(),
+                format!("model input '{}' is fed twice", spec.name),
+                "give each [[model.input]] its own model input",
+            ));
+        }
+        resolved.push(input);
+    }
+    Ok(resolved)
 }
 
 /// Splits `"probabilities[1]"` into `("probabilities", Some(1))`.

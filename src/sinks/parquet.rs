@@ -8,7 +8,8 @@ use crate::plan::SinkPlan;
 use crate::row::{Origins, Row};
 use crate::schema::ColumnType;
 use arrow_array::builder::{
-    BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+    BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder,
+    TimestampMillisecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{Field, Schema};
@@ -187,6 +188,8 @@ enum ArrayBuilder {
     TimestampMs(TimestampMillisecondBuilder),
     F64(Float64Builder),
     Bool(BooleanBuilder),
+    F64List(ListBuilder<Float64Builder>),
+    I64List(ListBuilder<Int64Builder>),
 }
 
 impl ArrayBuilder {
@@ -199,6 +202,12 @@ impl ArrayBuilder {
             }
             ColumnType::F64 => ArrayBuilder::F64(Float64Builder::with_capacity(rows)),
             ColumnType::Bool => ArrayBuilder::Bool(BooleanBuilder::with_capacity(rows)),
+            ColumnType::F64List => {
+                ArrayBuilder::F64List(ListBuilder::with_capacity(Float64Builder::new(), rows))
+            }
+            ColumnType::I64List => {
+                ArrayBuilder::I64List(ListBuilder::with_capacity(Int64Builder::new(), rows))
+            }
         }
     }
 
@@ -213,6 +222,16 @@ impl ArrayBuilder {
             (ArrayBuilder::F64(builder), value) => builder.append_option(value.as_f64()),
             (ArrayBuilder::Bool(builder), Value::Bool(flag)) => builder.append_value(*flag),
             (ArrayBuilder::Bool(builder), _) => builder.append_null(),
+            (ArrayBuilder::F64List(builder), Value::F64List(list)) => {
+                builder.values().append_slice(list);
+                builder.append(true);
+            }
+            (ArrayBuilder::F64List(builder), _) => builder.append_null(),
+            (ArrayBuilder::I64List(builder), Value::I64List(list)) => {
+                builder.values().append_slice(list);
+                builder.append(true);
+            }
+            (ArrayBuilder::I64List(builder), _) => builder.append_null(),
         }
     }
 
@@ -223,6 +242,8 @@ impl ArrayBuilder {
             ArrayBuilder::TimestampMs(builder) => Arc::new(builder.finish()),
             ArrayBuilder::F64(builder) => Arc::new(builder.finish()),
             ArrayBuilder::Bool(builder) => Arc::new(builder.finish()),
+            ArrayBuilder::F64List(builder) => Arc::new(builder.finish()),
+            ArrayBuilder::I64List(builder) => Arc::new(builder.finish()),
         }
     }
 }

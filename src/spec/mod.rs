@@ -117,11 +117,15 @@ pub struct ModelSpec {
     pub path: PathBuf,
     /// Name recorded in `_model` (default: the file stem).
     pub name: Option<String>,
-    /// Columns (fields or features) fed to the model, in order, as one
-    /// float32 tensor of shape `[rows, len(inputs)]`.
-    pub inputs: Spanned<Vec<Spanned<String>>>,
+    /// The short form of the inputs: columns (fields, joined columns or
+    /// features) fed to the model, in order, as one tensor of shape
+    /// `[rows, len(inputs)]` (float32 for the usual model).
+    pub inputs: Option<Spanned<Vec<Spanned<String>>>>,
     /// The model input that receives that tensor (default: its only input).
     pub input_name: Option<String>,
+    /// The long form: `[[model.input]]`, one per model input.
+    #[serde(default)]
+    pub input: Vec<Spanned<ModelInputSpec>>,
     /// Output columns: `column = "model_output"` or
     /// `column = "model_output[i]"` for column `i` of a 2-D output.
     pub outputs: Spanned<IndexMap<String, Spanned<String>>>,
@@ -142,6 +146,19 @@ pub struct ModelSpec {
     /// and the run goes on) or `stop` (the run stops with the error).
     #[serde(default)]
     pub on_error: OnModelError,
+}
+
+/// `[[model.input]]`: one model input and the columns that feed it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInputSpec {
+    /// The model input's name.
+    pub name: String,
+    /// Columns fed to it, in order: the tensor is `[rows, len(columns)]`,
+    /// or for a fixed 3-D input `[rows, a, b]` the `a * b` columns in row
+    /// order. Its element type is the model's: float32, float64, int64,
+    /// int32, bool or string.
+    pub columns: Spanned<Vec<Spanned<String>>>,
 }
 
 /// What a batch the model fails on becomes.

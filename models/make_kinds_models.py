@@ -1,0 +1,260 @@
+"""Build the models that test every kind of model input and output, and
+their reference scores from the Python ONNX Runtime.
+
+- `input_kinds.onnx` (the `onnx` helper API): six inputs of every element
+  type tideflow feeds — `amounts` float64 [rows, 2], `counts` int64
+  [rows, 1], `small` int32 [rows, 1], `flags` bool [rows, 1], `grid`
+  float32 [rows, 2, 3] (a fixed 3-D input) and `merchant` string
+  [rows, 1] — and outputs of every kind it reads: `score` float64
+  [rows, 1], `code` int64 [rows] (a string looked up in a table),
+  `negated` bool [rows, 1], `small_plus` int32 [rows, 1], `count_u8`
+  uint8 [rows, 1], `embedding` float32 [rows, 4] (a list column),
+  `doubled` float32 [rows, 2, 3] (a list of 6), `pair` int64 [rows, 2]
+  (a list of integers) and `echo` string [rows, 1].
+- `review_classifier.onnx` (scikit-learn, skl2onnx): a TF-IDF vectorizer
+  and a logistic regression over synthetic product reviews; one string
+  input `text` [rows, 1]; outputs `label` int64 [rows] and
+  `probabilities` float32 [rows, 2].
+
+For each, `reference/NAME.jsonl` holds rows to score (the fields a spec
+reads, some of them null) and, under `expected`, the outputs the Python
+ONNX Runtime gives those rows, nulls fed as tideflow feeds them (0,
+false, the empty string). The tests score the same rows with the engine
+and compare. Everything here is seeded; the `.onnx` and reference files
+are committed, so the tests need no Python. Rerun only to change them:
+
+    python3 -m venv /tmp/models-env
+    /tmp/models-env/bin/pip install -r models/requirements.txt
+    /tmp/models-env/bin/python models/make_kinds_models.py
+"""
+
+import json
+import pathlib
+
+import numpy as np
+import onnx
+import onnxruntime
+from onnx import TensorProto, helper, numpy_helper
+from skl2onnx import to_onnx
+from skl2onnx.common.data_types import StringTensorType
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+
+HERE = pathlib.Path(__file__).resolve().parent
+MERCHANTS = ["m1", "m2", "m3"]
+
+
+def input_kinds_model() -> onnx.ModelProto:
+    random = np.random.default_rng(7)
+    weights = random.normal(0.0, 1.0, (6, 4)).astype(np.float32)
+    bias = random.normal(0.0, 0.1, (4,)).astype(np.float32)
+    initializers = [
+        numpy_helper.from_array(weights, "weights"),
+        numpy_helper.from_array(bias, "bias"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis_one"),
+        numpy_helper.from_array(np.array([0.5]), "half"),
+        numpy_helper.from_array(np.array([1], dtype=np.int32), "one_i32"),
+        numpy_helper.from_array(np.array([2.0], dtype=np.float32), "two"),
+        numpy_helper.from_array(np.array([-1, 6], dtype=np.int64), "flat_shape"),
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), "vector_shape"),
+    ]
+    node = helper.make_node
+    nodes = [
+        node("ReduceSum", ["amounts", "axis_one"], ["amount_total"], keepdims=1),
+        node("Mul", ["amount_total", "half"], ["amount_half"]),
+        node("Cast", ["counts"], ["counts_f64"], to=TensorProto.DOUBLE),
+        node("Add", ["amount_half", "counts_f64"], ["score"]),
+        node("Reshape", ["merchant", "vector_shape"], ["merchant_vector"]),
+        node(
+            "LabelEncoder",
+            ["merchant_vector"],
+            ["code"],
+            domain="ai.onnx.ml",
+            keys_strings=MERCHANTS,
+            values_int64s=[1, 2, 3],
+            default_int64=-1,
+        ),
+        node("Not", ["flags"], ["negated"]),
+        node("Add", ["small", "one_i32"], ["small_plus"]),
+        node("Cast", ["counts"], ["count_u8"], to=TensorProto.UINT8),
+        node("Reshape", ["grid", "flat_shape"], ["grid_flat"]),
+        node("MatMul", ["grid_flat", "weights"], ["projected"]),
+        node("Add", ["projected", "bias"], ["embedding"]),
+        node("Mul", ["grid", "two"], ["doubled"]),
+        node("Cast", ["small"], ["small_i64"], to=TensorProto.INT64),
+        node("Concat", ["counts", "small_i64"], ["pair"], axis=1),
+        node("Identity", ["merchant"], ["echo"]),
+    ]
+    tensor = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        nodes,
+        "input_kinds",
+        [
+            tensor("amounts", TensorProto.DOUBLE, [None, 2]),
+            tensor("counts", TensorProto.INT64, [None, 1]),
+            tensor("small", TensorProto.INT32, [None, 1]),
+            tensor("flags", TensorProto.BOOL, [None, 1]),
+            tensor("grid", TensorProto.FLOAT, [None, 2, 3]),
+            tensor("merchant", TensorProto.STRING, [None, 1]),
+        ],
+        [
+            tensor("score", TensorProto.DOUBLE, [None, 1]),
+            tensor("code", TensorProto.INT64, [None]),
+            tensor("negated", TensorProto.BOOL, [None, 1]),
+            tensor("small_plus", TensorProto.INT32, [None, 1]),
+            tensor("count_u8", TensorProto.UINT8, [None, 1]),
+            tensor("embedding", TensorProto.FLOAT, [None, 4]),
+            tensor("doubled", TensorProto.FLOAT, [None, 2, 3]),
+            tensor("pair", TensorProto.INT64, [None, 2]),
+            tensor("echo", TensorProto.STRING, [None, 1]),
+        ],
+        initializers,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)],
+        producer_name="tideflow models/make_kinds_models.py",
+    )
+    model.ir_version = 8
+    model.model_version = 1
+    onnx.checker.check_model(model)
+    return model
+
+
+def input_kinds_rows(count: int):
+    random = np.random.default_rng(11)
+    rows = []
+    for index in range(count):
+        row = {
+            "id": index,
+            "ts": 1_700_000_000_000 + index * 1000,
+            "a": round(float(random.normal(50.0, 20.0)), 3),
+            "b": round(float(random.exponential(10.0)), 3),
+            "count": int(random.integers(0, 200)),
+            "small": int(random.integers(-1000, 1000)),
+            "flag": bool(random.integers(0, 2)),
+            "merchant": str(random.choice(MERCHANTS + ["m9"])),
+        }
+        for cell in range(6):
+            row[f"g{cell}"] = round(float(random.normal(0.0, 2.0)), 4)
+        rows.append(row)
+    # Nulls, fed as tideflow feeds them: 0, false, the empty string.
+    for field in ["a", "count", "small", "flag", "merchant", "g4"]:
+        rows[3][field] = None
+    rows[5]["merchant"] = None
+    return rows
+
+
+def input_kinds_feeds(rows):
+    def column(name, dtype, fill):
+        return np.array(
+            [fill if row[name] is None else row[name] for row in rows], dtype=dtype
+        ).reshape(-1, 1)
+
+    grid = np.hstack([column(f"g{cell}", np.float32, 0.0) for cell in range(6)])
+    return {
+        "amounts": np.hstack([column("a", np.float64, 0.0), column("b", np.float64, 0.0)]),
+        "counts": column("count", np.int64, 0),
+        "small": column("small", np.int32, 0),
+        "flags": column("flag", np.bool_, False),
+        "grid": grid.reshape(-1, 2, 3),
+        "merchant": column("merchant", object, ""),
+    }
+
+
+def review_corpus(count: int, seed: int):
+    random = np.random.default_rng(seed)
+    good = ["great", "excellent", "love", "perfect", "fast", "recommend", "happy", "sturdy"]
+    bad = ["broken", "terrible", "refund", "slow", "disappointed", "cheap", "awful", "late"]
+    neutral = ["the", "product", "arrived", "box", "color", "size", "it", "was", "and", "item"]
+    texts, labels = [], []
+    for _ in range(count):
+        positive = bool(random.integers(0, 2))
+        mood = good if positive else bad
+        words = list(random.choice(neutral, int(random.integers(3, 8))))
+        words += list(random.choice(mood, int(random.integers(1, 4))))
+        # Some noise: a word of the other mood.
+        if random.random() < 0.2:
+            words.append(str(random.choice(bad if positive else good)))
+        random.shuffle(words)
+        texts.append(" ".join(words))
+        labels.append(int(positive))
+    return texts, np.array(labels)
+
+
+def review_classifier():
+    texts, labels = review_corpus(600, 3)
+    pipeline = make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=500))
+    pipeline.fit(texts, labels)
+    model = to_onnx(
+        pipeline,
+        initial_types=[("text", StringTensorType([None, 1]))],
+        options={id(pipeline.steps[-1][1]): {"zipmap": False}},
+        target_opset={"": 17, "ai.onnx.ml": 3},
+    )
+    # skl2onnx lowercases in the en_US.UTF-8 locale, which a machine
+    # without that locale installed cannot construct (ONNX Runtime refuses
+    # the model); C.UTF-8 is built into glibc and lowercases ASCII alike.
+    for node in model.graph.node:
+        if node.op_type == "StringNormalizer":
+            kept = [a for a in node.attribute if a.name != "locale"]
+            del node.attribute[:]
+            node.attribute.extend(kept + [helper.make_attribute("locale", "C.UTF-8")])
+    model.model_version = 1
+    return model
+
+
+def review_rows():
+    texts, _ = review_corpus(40, 5)
+    texts += ["", "Great product, FAST delivery!", "unknownword another", None]
+    return [
+        {"id": index, "ts": 1_700_000_000_000 + index * 1000, "review": text}
+        for index, text in enumerate(texts)
+    ]
+
+
+def json_ready(value):
+    if isinstance(value, np.ndarray):
+        return [json_ready(item) for item in value.tolist()]
+    if isinstance(value, list):
+        return [json_ready(item) for item in value]
+    if isinstance(value, float):
+        return float(repr(value)) if np.isfinite(value) else None
+    if isinstance(value, bytes):
+        return value.decode()
+    return value
+
+
+def write_reference(name: str, model: onnx.ModelProto, rows, feeds):
+    path = HERE / f"{name}.onnx"
+    path.write_bytes(model.SerializeToString())
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    outputs = dict(zip(names, session.run(None, feeds)))
+    with open(HERE / "reference" / f"{name}.jsonl", "w") as out:
+        for index, row in enumerate(rows):
+            expected = {}
+            for output, values in outputs.items():
+                value = values[index]
+                if isinstance(value, np.ndarray):
+                    value = value.reshape(-1).tolist()
+                elif isinstance(value, np.generic):
+                    value = value.item()
+                expected[output] = json_ready(value)
+            out.write(json.dumps({**row, "expected": expected}) + "\n")
+    print(f"wrote {path.name} and reference/{name}.jsonl ({len(rows)} rows)")
+
+
+def main():
+    rows = input_kinds_rows(40)
+    write_reference("input_kinds", input_kinds_model(), rows, input_kinds_feeds(rows))
+    rows = review_rows()
+    text = np.array(
+        [row["review"] if row["review"] is not None else "" for row in rows], dtype=object
+    ).reshape(-1, 1)
+    write_reference("review_classifier", review_classifier(), rows, {"text": text})
+
+
+if __name__ == "__main__":
+    main()
