@@ -66,6 +66,7 @@ fn plan(path: &std::path::Path, device: Device, run_rows: usize) -> ModelPlan {
                 })
                 .collect(),
             slots: (FIELDS..FIELDS + WIDTH).collect(),
+            tokens: None,
         }],
         outputs: vec![
             OutputPlan {

@@ -15,6 +15,14 @@ their reference scores from the Python ONNX Runtime.
   and a logistic regression over synthetic product reviews; one string
   input `text` [rows, 1]; outputs `label` int64 [rows] and
   `probabilities` float32 [rows, 2].
+- `review_encoder.onnx` (the `onnx` helper API) with
+  `review_encoder.tokenizer.json` (a WordPiece tokenizer whose words the
+  `tokenizers` package learns from the same reviews): a transformer-shaped model, token
+  ids and attention mask (int64 [rows, 16]) through an embedding table,
+  one masked self-attention layer and masked mean pooling to `embedding`
+  float32 [rows, 8], and a logistic `score` float32 [rows, 1]. Its
+  reference rows are tokenized by the `tokenizers` package, truncated and
+  padded to 16 tokens.
 
 For each, `reference/NAME.jsonl` holds rows to score (the fields a spec
 reads, some of them null) and, under `expected`, the outputs the Python
@@ -201,6 +209,12 @@ def review_classifier():
             kept = [a for a in node.attribute if a.name != "locale"]
             del node.attribute[:]
             node.attribute.extend(kept + [helper.make_attribute("locale", "C.UTF-8")])
+    # skl2onnx lists the opsets from a set, in an order that changes from
+    # one Python process to the next; sorted, the file is the same bytes
+    # every time.
+    opsets = sorted(model.opset_import, key=lambda opset: opset.domain)
+    del model.opset_import[:]
+    model.opset_import.extend(opsets)
     model.model_version = 1
     return model
 
@@ -212,6 +226,129 @@ def review_rows():
         {"id": index, "ts": 1_700_000_000_000 + index * 1000, "review": text}
         for index, text in enumerate(texts)
     ]
+
+
+ENCODER_MAX_LEN = 16
+ENCODER_WIDTH = 8
+
+
+def review_tokenizer():
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    # The words are learned by the tokenizers package's word-level trainer
+    # (the subword trainers break ties between equally frequent merges in
+    # an order that changes from run to run); the vocabulary adds the
+    # corpus's letters, alone and as continuations, so that a word outside
+    # it is split into pieces rather than lost. Numbered in sorted order,
+    # the file is the same bytes on every run.
+    trainer = trainers.WordLevelTrainer(special_tokens=specials)
+    texts, _ = review_corpus(600, 3)
+    words = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    words.normalizer = tokenizer.normalizer
+    words.pre_tokenizer = tokenizer.pre_tokenizer
+    words.train_from_iterator(texts, trainer)
+    learned = set(words.get_vocab()) - set(specials)
+    letters = set("abcdefghijklmnopqrstuvwxyz0123456789")
+    pieces = sorted(learned | letters | {"##" + letter for letter in letters})
+    vocab = {token: index for index, token in enumerate(specials + pieces)}
+    trained = tokenizer
+    tokenizer = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = trained.normalizer
+    tokenizer.pre_tokenizer = trained.pre_tokenizer
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return tokenizer
+
+
+def review_encoder(vocab_size: int) -> onnx.ModelProto:
+    random = np.random.default_rng(13)
+    width = ENCODER_WIDTH
+
+    def weights(name, *shape, scale=0.5):
+        values = random.normal(0.0, scale, shape).astype(np.float32)
+        return numpy_helper.from_array(values, name)
+
+    initializers = [
+        weights("token_embeddings", vocab_size, width),
+        weights("query_weights", width, width),
+        weights("key_weights", width, width),
+        weights("score_weights", width, 1),
+        numpy_helper.from_array(np.array([1.0 / np.sqrt(width)], dtype=np.float32), "scale"),
+        numpy_helper.from_array(np.array([-1e9], dtype=np.float32), "masked"),
+        numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis_one"),
+        numpy_helper.from_array(np.array([2], dtype=np.int64), "axis_two"),
+    ]
+    node = helper.make_node
+    nodes = [
+        node("Gather", ["token_embeddings", "input_ids"], ["tokens"], axis=0),
+        node("Cast", ["attention_mask"], ["mask"], to=TensorProto.FLOAT),
+        # Self-attention over the tokens, padding masked out of the keys.
+        node("MatMul", ["tokens", "query_weights"], ["queries"]),
+        node("MatMul", ["tokens", "key_weights"], ["keys"]),
+        node("Transpose", ["keys"], ["keys_t"], perm=[0, 2, 1]),
+        node("MatMul", ["queries", "keys_t"], ["affinity"]),
+        node("Mul", ["affinity", "scale"], ["scaled"]),
+        node("Sub", ["one", "mask"], ["padding"]),
+        node("Mul", ["padding", "masked"], ["padding_bias"]),
+        node("Unsqueeze", ["padding_bias", "axis_one"], ["key_bias"]),
+        node("Add", ["scaled", "key_bias"], ["biased"]),
+        node("Softmax", ["biased"], ["attention"], axis=-1),
+        node("MatMul", ["attention", "tokens"], ["attended"]),
+        node("Add", ["attended", "tokens"], ["residual"]),
+        # Mean over the real tokens.
+        node("Unsqueeze", ["mask", "axis_two"], ["mask_3d"]),
+        node("Mul", ["residual", "mask_3d"], ["kept"]),
+        node("ReduceSum", ["kept", "axis_one"], ["summed"], keepdims=0),
+        node("ReduceSum", ["mask", "axis_one"], ["counted"], keepdims=1),
+        node("Max", ["counted", "one"], ["count"]),
+        node("Div", ["summed", "count"], ["pooled"]),
+        node("Tanh", ["pooled"], ["embedding"]),
+        node("MatMul", ["embedding", "score_weights"], ["logit"]),
+        node("Sigmoid", ["logit"], ["score"]),
+    ]
+    tensor = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        nodes,
+        "review_encoder",
+        [
+            tensor("input_ids", TensorProto.INT64, [None, ENCODER_MAX_LEN]),
+            tensor("attention_mask", TensorProto.INT64, [None, ENCODER_MAX_LEN]),
+        ],
+        [
+            tensor("embedding", TensorProto.FLOAT, [None, width]),
+            tensor("score", TensorProto.FLOAT, [None, 1]),
+        ],
+        initializers,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17)],
+        producer_name="tideflow models/make_kinds_models.py",
+    )
+    model.ir_version = 8
+    model.model_version = 1
+    onnx.checker.check_model(model)
+    return model
+
+
+def encoder_feeds(tokenizer, rows):
+    tokenizer.enable_truncation(max_length=ENCODER_MAX_LEN)
+    tokenizer.enable_padding(
+        length=ENCODER_MAX_LEN, pad_id=tokenizer.token_to_id("[PAD]"), pad_token="[PAD]"
+    )
+    texts = [row["review"] if row["review"] is not None else "" for row in rows]
+    encodings = tokenizer.encode_batch(texts)
+    return {
+        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+    }
 
 
 def json_ready(value):
@@ -254,6 +391,17 @@ def main():
         [row["review"] if row["review"] is not None else "" for row in rows], dtype=object
     ).reshape(-1, 1)
     write_reference("review_classifier", review_classifier(), rows, {"text": text})
+    tokenizer = review_tokenizer()
+    tokenizer.save(str(HERE / "review_encoder.tokenizer.json"))
+    # Longer reviews, so that truncation at 16 tokens is exercised.
+    long_rows = [
+        {**row, "review": None if row["review"] is None else row["review"] + " " + row["review"]}
+        for row in rows
+    ]
+    encoder = review_encoder(tokenizer.get_vocab_size())
+    write_reference(
+        "review_encoder", encoder, long_rows, encoder_feeds(tokenizer, long_rows)
+    )
 
 
 if __name__ == "__main__":

@@ -299,6 +299,102 @@ fn a_text_classifier_scores_raw_strings_as_python_onnx_runtime_does() {
     assert_eq!(labels.len(), 2, "{labels:?}");
 }
 
+/// Runs a spec of `dataflows/` on its reference rows (paths from the
+/// repository root) on `workers` workers; its rows, sorted by id.
+fn run_example(spec: &str, out: &Path, workers: usize, extra: &[String]) -> Vec<Json> {
+    let root = common::root();
+    let plan_text = std::fs::read_to_string(root.join(spec)).unwrap();
+    let absolute = |path: &str| root.join(path).display().to_string();
+    // The example's paths are relative to the repository root.
+    let text = plan_text.replace("\"models/", &format!("\"{}/", absolute("models")));
+    let mut overrides = common::output_overrides(out);
+    overrides.extend(extra.iter().cloned());
+    let summary = common::run_text(&text, &overrides, workers).unwrap();
+    assert_eq!(summary.counts.dead, 0, "{summary}");
+    let mut rows = common::read_rows(&out.join("rows"));
+    rows.sort_by_key(|row| row["id"].as_i64());
+    rows
+}
+
+#[test]
+fn a_text_model_tokenized_in_the_engine_scores_as_python_onnx_runtime_does() {
+    common::require_onnxruntime();
+    let reference = reference("review_encoder");
+    for (workers, batching) in [(1, "bulk"), (2, "micro")] {
+        let out = tempfile::tempdir().unwrap();
+        let policy = vec![format!("batching.policy=\"{batching}\"")];
+        let rows = run_example(
+            "dataflows/review_embeddings.toml",
+            out.path(),
+            workers,
+            &policy,
+        );
+        check_against_reference(&rows, &reference, &["embedding", "score"]);
+    }
+    // The reference rows truncate (reviews of more than 14 words) and pad
+    // (short ones, the empty review): both are exercised.
+    let words = |row: &Json| {
+        row["review"]
+            .as_str()
+            .map_or(0, |text| text.split(' ').count())
+    };
+    assert!(reference.iter().any(|row| words(row) > 14));
+    assert!(reference.iter().any(|row| words(row) < 5));
+}
+
+#[test]
+fn tokenizer_options_that_do_not_fit_the_model_are_refused_with_the_reason() {
+    common::require_onnxruntime();
+    let out = tempfile::tempdir().unwrap();
+    let root = common::root();
+    let text = std::fs::read_to_string(root.join("dataflows/review_embeddings.toml"))
+        .unwrap()
+        .replace("\"models/", &format!("\"{}/models/", root.display()));
+    let cases = [
+        (
+            "model.input[0].max_len=32",
+            "input 'input_ids' takes 16 tokens per row, but max_len is 32",
+        ),
+        (
+            "model.input[0].mask=\"nope\"",
+            "has no input 'nope' (for the tokens of 'input_ids')",
+        ),
+        (
+            "model.input[0].tokenizer=\"missing.json\"",
+            "cannot read tokenizer missing.json",
+        ),
+        (
+            "model.input[0].text=\"id\"",
+            "text column 'id' is i64, not a string",
+        ),
+        (
+            "model.input[0].mask=\"input_ids\"",
+            "input 'input_ids' is fed twice",
+        ),
+    ];
+    for (set, expected) in cases {
+        let error = common::run_text(&text, &[set.to_owned()], 1)
+            .map(|_| ())
+            .expect_err(set)
+            .to_string();
+        assert!(error.contains(expected), "{set}: {error}");
+    }
+    let without_mask: Vec<String> = text
+        .lines()
+        .filter(|line| !line.starts_with("mask"))
+        .map(str::to_owned)
+        .collect();
+    let error = common::run_text(&without_mask.join("\n"), &[], 1)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("input 'attention_mask' (Int64[?, 16]) is fed no columns"),
+        "{error}"
+    );
+    drop(out);
+}
+
 #[test]
 fn columns_that_do_not_fit_a_model_input_are_refused_with_the_reason() {
     common::require_onnxruntime();

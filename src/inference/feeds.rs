@@ -9,18 +9,91 @@
 //! value (`false` for bool, the empty string for strings). The buffers
 //! keep their capacity from batch to batch.
 
+use super::text::TextFeed;
 use crate::batch::{Batch, SlotCells};
 use crate::plan::ModelInputPlan;
 use crate::schema::ColumnType;
-use ort::session::SessionInputValue;
+use ort::session::{Session, SessionInputValue};
 use ort::value::{Outlet, Tensor, TensorElementType, TensorRef, ValueType};
 use tideflow_connectors::Value;
 
-/// One model input and the buffer its tensor is built from.
+/// What feeds one model input (or, for text, the inputs its tokens
+/// feed).
 #[derive(Debug)]
-pub(super) struct Feed {
+pub(super) enum Feed {
+    /// Columns as they are.
+    Columns(ColumnFeed),
+    /// A string column's tokens.
+    Text(TextFeed),
+}
+
+impl Feed {
+    /// The feed of model input `input` of `session`, or why it cannot be.
+    pub(super) fn new(
+        session: &Session,
+        outlet: &Outlet,
+        input: &ModelInputPlan,
+        fill_null: f32,
+    ) -> Result<Feed, String> {
+        Ok(match &input.tokens {
+            Some(tokens) => Feed::Text(TextFeed::new(session, outlet, input.slots[0], tokens)?),
+            None => Feed::Columns(ColumnFeed::new(outlet, input, fill_null)?),
+        })
+    }
+
+    /// The model inputs it feeds.
+    pub(super) fn names(&self) -> Vec<&str> {
+        match self {
+            Feed::Columns(feed) => vec![feed.name.as_str()],
+            Feed::Text(feed) => feed.names().collect(),
+        }
+    }
+
+    /// Gathers the cells of every row of `batch`, then pads up to `padded`
+    /// rows (runs of a fixed size) with the element type's zero.
+    pub(super) fn gather(&mut self, batch: &Batch, padded: usize) -> Result<(), String> {
+        match self {
+            Feed::Columns(feed) => feed.gather(batch, padded),
+            Feed::Text(feed) => feed.gather(batch, padded),
+        }
+    }
+
+    /// Fills `rows` rows with varied made-up values (for the
+    /// row-independence probe).
+    pub(super) fn probe(&mut self, rows: usize) {
+        match self {
+            Feed::Columns(feed) => feed.probe(rows),
+            Feed::Text(feed) => feed.probe(rows),
+        }
+    }
+
+    /// A feed holding only row `row` of this one, padded to `padded` rows.
+    pub(super) fn single_row(&self, row: usize, padded: usize) -> Feed {
+        match self {
+            Feed::Columns(feed) => Feed::Columns(feed.single_row(row, padded)),
+            Feed::Text(feed) => Feed::Text(feed.single_row(row, padded)),
+        }
+    }
+
+    /// The named tensors of rows `first..first + rows`.
+    pub(super) fn tensors(
+        &self,
+        first: usize,
+        rows: usize,
+    ) -> ort::Result<Vec<(&str, SessionInputValue<'_>)>> {
+        match self {
+            Feed::Columns(feed) => Ok(vec![(feed.name.as_str(), feed.tensor(first, rows)?)]),
+            Feed::Text(feed) => feed.tensors(first, rows),
+        }
+    }
+}
+
+/// One model input fed from columns, and the buffer its tensor is built
+/// from.
+#[derive(Debug)]
+pub(super) struct ColumnFeed {
     /// The model input's name.
-    pub(super) name: String,
+    name: String,
     /// The dimensions of one row: the model's shape without its batch axis.
     row_shape: Vec<i64>,
     /// Cells per row (the product of `row_shape`).
@@ -34,7 +107,7 @@ pub(super) struct Feed {
 
 /// Rows of cells, `width` per row, of the input's element type.
 #[derive(Clone, Debug)]
-enum Buffer {
+pub(super) enum Buffer {
     F32(Vec<f32>),
     F64(Vec<f64>),
     I64(Vec<i64>),
@@ -43,14 +116,10 @@ enum Buffer {
     Str(Vec<String>),
 }
 
-impl Feed {
+impl ColumnFeed {
     /// The feed of `outlet` from the columns of `input`, or why those
     /// columns cannot feed it.
-    pub(super) fn new(
-        outlet: &Outlet,
-        input: &ModelInputPlan,
-        fill_null: f32,
-    ) -> Result<Feed, String> {
+    fn new(outlet: &Outlet, input: &ModelInputPlan, fill_null: f32) -> Result<ColumnFeed, String> {
         let ValueType::Tensor { ty, shape, .. } = outlet.dtype() else {
             return Err(format!("input '{}' is not a tensor", outlet.name()));
         };
@@ -89,7 +158,7 @@ impl Feed {
                 names.join(", ")
             )
         })?;
-        Ok(Feed {
+        Ok(ColumnFeed {
             name: outlet.name().to_owned(),
             width: input.columns.len(),
             row_shape,
@@ -99,9 +168,7 @@ impl Feed {
         })
     }
 
-    /// Gathers the cells of every row of `batch`, then pads up to `padded`
-    /// rows (runs of a fixed size) with the element type's zero.
-    pub(super) fn gather(&mut self, batch: &Batch, padded: usize) -> Result<(), String> {
+    fn gather(&mut self, batch: &Batch, padded: usize) -> Result<(), String> {
         let (count, width) = (batch.len(), self.width);
         self.buffer.resize(padded * width);
         let readers: Vec<SlotCells<'_>> =
@@ -135,9 +202,7 @@ impl Feed {
         Ok(())
     }
 
-    /// Fills `rows` rows with varied made-up values of the element type
-    /// (for the row-independence probe).
-    pub(super) fn probe(&mut self, rows: usize) {
+    fn probe(&mut self, rows: usize) {
         let cells = rows * self.width;
         let number = |index: usize| ((index * 7919 % 1000) as f64) / 97.0 - 3.0;
         self.buffer = match &self.buffer {
@@ -154,12 +219,11 @@ impl Feed {
         };
     }
 
-    /// A feed holding only row `row` of this one, padded to `padded` rows.
-    pub(super) fn single_row(&self, row: usize, padded: usize) -> Feed {
+    fn single_row(&self, row: usize, padded: usize) -> ColumnFeed {
         let mut buffer = self.buffer.slice(row * self.width, self.width);
         buffer.resize(padded * self.width);
         buffer.clear_from(self.width);
-        Feed {
+        ColumnFeed {
             name: self.name.clone(),
             row_shape: self.row_shape.clone(),
             width: self.width,
@@ -170,19 +234,12 @@ impl Feed {
     }
 
     /// The tensor of rows `first..first + rows`.
-    pub(super) fn tensor(&self, first: usize, rows: usize) -> ort::Result<SessionInputValue<'_>> {
+    fn tensor(&self, first: usize, rows: usize) -> ort::Result<SessionInputValue<'_>> {
         let shape: Vec<i64> = std::iter::once(rows as i64)
             .chain(self.row_shape.iter().copied())
             .collect();
-        let range = first * self.width..(first + rows) * self.width;
-        Ok(match &self.buffer {
-            Buffer::F32(cells) => TensorRef::from_array_view((shape, &cells[range]))?.into(),
-            Buffer::F64(cells) => TensorRef::from_array_view((shape, &cells[range]))?.into(),
-            Buffer::I64(cells) => TensorRef::from_array_view((shape, &cells[range]))?.into(),
-            Buffer::I32(cells) => TensorRef::from_array_view((shape, &cells[range]))?.into(),
-            Buffer::Bool(cells) => TensorRef::from_array_view((shape, &cells[range]))?.into(),
-            Buffer::Str(cells) => Tensor::from_string_array((shape, &cells[range]))?.into(),
-        })
+        self.buffer
+            .tensor(&shape, first * self.width, rows * self.width)
     }
 }
 
@@ -211,7 +268,45 @@ impl Buffer {
         }
     }
 
-    fn resize(&mut self, cells: usize) {
+    /// The tensor of `shape` over `len` cells from `start`.
+    pub(super) fn tensor(
+        &self,
+        shape: &[i64],
+        start: usize,
+        len: usize,
+    ) -> ort::Result<SessionInputValue<'_>> {
+        let shape = shape.to_vec();
+        let range = start..start + len;
+        Ok(match self {
+            Buffer::F32(cells) => TensorRef::from_array_view((shape, &cells[range]))?.into(),
+            Buffer::F64(cells) => TensorRef::from_array_view((shape, &cells[range]))?.into(),
+            Buffer::I64(cells) => TensorRef::from_array_view((shape, &cells[range]))?.into(),
+            Buffer::I32(cells) => TensorRef::from_array_view((shape, &cells[range]))?.into(),
+            Buffer::Bool(cells) => TensorRef::from_array_view((shape, &cells[range]))?.into(),
+            Buffer::Str(cells) => Tensor::from_string_array((shape, &cells[range]))?.into(),
+        })
+    }
+
+    /// Writes token numbers from cell `start` on (into an integer buffer).
+    pub(super) fn set_tokens(&mut self, start: usize, tokens: &[u32]) {
+        let range = start..start + tokens.len();
+        match self {
+            Buffer::I64(cells) => {
+                for (cell, token) in cells[range].iter_mut().zip(tokens) {
+                    *cell = i64::from(*token);
+                }
+            }
+            Buffer::I32(cells) => {
+                for (cell, token) in cells[range].iter_mut().zip(tokens) {
+                    // Vocabularies are far below 2^31 tokens.
+                    *cell = *token as i32;
+                }
+            }
+            _ => unreachable!("token parts are int64 or int32 buffers"),
+        }
+    }
+
+    pub(super) fn resize(&mut self, cells: usize) {
         match self {
             Buffer::F32(values) => values.resize(cells, 0.0),
             Buffer::F64(values) => values.resize(cells, 0.0),
@@ -224,7 +319,7 @@ impl Buffer {
 
     /// Sets every cell from `start` on to the element type's zero (the
     /// padding of a last short run).
-    fn clear_from(&mut self, start: usize) {
+    pub(super) fn clear_from(&mut self, start: usize) {
         match self {
             Buffer::F32(values) => values[start..].fill(0.0),
             Buffer::F64(values) => values[start..].fill(0.0),
@@ -236,7 +331,7 @@ impl Buffer {
     }
 
     /// A copy of `len` cells from `start`.
-    fn slice(&self, start: usize, len: usize) -> Buffer {
+    pub(super) fn slice(&self, start: usize, len: usize) -> Buffer {
         let range = start..start + len;
         match self {
             Buffer::F32(values) => Buffer::F32(values[range].to_vec()),

@@ -10,6 +10,7 @@
 
 mod feeds;
 mod outputs;
+mod text;
 
 use crate::batch::{Batch, Cells};
 use crate::plan::{Device, ModelPlan, OutputPlan};
@@ -269,13 +270,21 @@ impl Model {
             .iter()
             .map(|input| {
                 let outlet = find_input(&session, input.name.as_deref()).map_err(fail)?;
-                Feed::new(outlet, input, plan.fill_null).map_err(fail)
+                Feed::new(&session, outlet, input, plan.fill_null).map_err(fail)
             })
             .collect::<Result<Vec<_>>>()?;
+        let fed: Vec<&str> = feeds.iter().flat_map(Feed::names).collect();
+        if let Some(twice) = fed
+            .iter()
+            .enumerate()
+            .find(|(index, name)| fed[..*index].contains(name))
+        {
+            return Err(fail(format!("input '{}' is fed twice", twice.1)));
+        }
         if let Some(unfed) = session
             .inputs()
             .iter()
-            .find(|outlet| feeds.iter().all(|feed| feed.name != outlet.name()))
+            .find(|outlet| !fed.contains(&outlet.name()))
         {
             return Err(fail(format!(
                 "input '{}' ({}) is fed no columns; add a [[model.input]] for it",
@@ -524,11 +533,10 @@ impl Runs {
             rows,
             message: error.to_string(),
         };
-        let inputs = feeds
-            .iter()
-            .map(|feed| Ok((feed.name.as_str(), feed.tensor(first, rows)?)))
-            .collect::<ort::Result<Vec<_>>>()
-            .map_err(fail)?;
+        let mut inputs = Vec::new();
+        for feed in feeds {
+            inputs.extend(feed.tensors(first, rows).map_err(fail)?);
+        }
         let outputs = self.session.run(inputs).map_err(fail)?;
         let columns = mapped
             .iter()

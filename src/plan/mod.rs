@@ -222,6 +222,22 @@ pub struct ModelInputPlan {
     pub columns: Vec<Column>,
     /// Their slots.
     pub slots: Vec<usize>,
+    /// For a text input (its one column a string column): how it is
+    /// tokenized.
+    pub tokens: Option<TokensPlan>,
+}
+
+/// How a text column becomes token ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokensPlan {
+    /// The `tokenizer.json`.
+    pub tokenizer: PathBuf,
+    /// Tokens per row, if the spec sets it (else the model's width).
+    pub max_len: Option<usize>,
+    /// The model input fed the attention mask.
+    pub mask: Option<String>,
+    /// The model input fed the token type ids.
+    pub type_ids: Option<String>,
 }
 
 /// The default run size on a GPU: large enough that a bulk batch is not

@@ -2,7 +2,7 @@
 //! outputs fill.
 
 use super::columns::Columns;
-use super::{GPU_RUN_ROWS, ModelInputPlan, ModelPlan, OutputPlan, RunRows};
+use super::{GPU_RUN_ROWS, ModelInputPlan, ModelPlan, OutputPlan, RunRows, TokensPlan};
 use crate::schema::ColumnType;
 use crate::spec::{ModelInputSpec, ModelSpec, OnModelError, SpecError, SpecSource};
 use toml::Spanned;
@@ -79,10 +79,22 @@ fn model_inputs(
 ) -> Result<Vec<ModelInputPlan>, SpecError> {
     let short = model.inputs.as_ref().map(|inputs| ModelInputSpec {
         name: model.input_name.clone().unwrap_or_default(),
-        columns: inputs.clone(),
+        columns: Some(inputs.clone()),
+        text: None,
+        tokenizer: None,
+        max_len: None,
+        mask: None,
+        type_ids: None,
     });
-    let long = model.input.iter().map(|input| input.get_ref());
-    let specs: Vec<ModelInputSpec> = short.into_iter().chain(long.cloned()).collect();
+    let long = model
+        .input
+        .iter()
+        .map(|input| (input.span(), input.get_ref()));
+    let specs: Vec<(std::ops::Range<usize>, ModelInputSpec)> = short
+        .into_iter()
+        .map(|spec| (span.clone(), spec))
+        .chain(long.map(|(span, spec)| (span, spec.clone())))
+        .collect();
     match (&model.inputs, model.input.first()) {
         (Some(inputs), Some(_)) => {
             return Err(text.error_at(
@@ -101,39 +113,14 @@ fn model_inputs(
         _ => {}
     }
     let mut resolved = Vec::new();
-    for spec in specs {
-        let mut input = ModelInputPlan {
-            name: (!spec.name.is_empty()).then(|| spec.name.clone()),
-            columns: Vec::new(),
-            slots: Vec::new(),
-        };
-        for column in spec.columns.get_ref() {
-            let Some(slot) = columns.slot_of(column.get_ref()) else {
-                return Err(text.error_at(
-                    column.span(),
-                    format!(
-                        "model input column '{}' is neither a field nor a feature",
-                        column.get_ref()
-                    ),
-                    "list columns defined in [schema], [[join]] or [[feature]]",
-                ));
-            };
-            input.columns.push(columns.get(slot).clone());
-            input.slots.push(slot);
-        }
-        if input.slots.is_empty() {
-            return Err(text.error_at(
-                spec.columns.span(),
-                "a model input with no columns",
-                "list the columns that feed it, in order",
-            ));
-        }
+    for (span, spec) in specs {
+        let input = model_input(text, span.clone(), &spec, columns)?;
         if resolved
             .iter()
             .any(|other: &ModelInputPlan| other.name == input.name)
         {
             return Err(text.error_at(
-                spec.columns.span(),
+                span,
                 format!("model input '{}' is fed twice", spec.name),
                 "give each [[model.input]] its own model input",
             ));
@@ -141,6 +128,101 @@ fn model_inputs(
         resolved.push(input);
     }
     Ok(resolved)
+}
+
+/// One model input: its columns resolved, or its text column and how it
+/// is tokenized.
+fn model_input(
+    text: &SpecSource,
+    span: std::ops::Range<usize>,
+    spec: &ModelInputSpec,
+    columns: &Columns,
+) -> Result<ModelInputPlan, SpecError> {
+    let mut input = ModelInputPlan {
+        name: (!spec.name.is_empty()).then(|| spec.name.clone()),
+        columns: Vec::new(),
+        slots: Vec::new(),
+        tokens: None,
+    };
+    let listed: Vec<&Spanned<String>> = match (&spec.columns, &spec.text) {
+        (Some(listed), None) => listed.get_ref().iter().collect(),
+        (None, Some(column)) => vec![column],
+        _ => {
+            return Err(text.error_at(
+                span,
+                format!("model input '{}' needs columns or text, not both", spec.name),
+                "columns = [...] feeds columns as they are; text = \"column\" with tokenizer = \"tokenizer.json\" feeds a string column's token ids",
+            ));
+        }
+    };
+    for column in listed {
+        let Some(slot) = columns.slot_of(column.get_ref()) else {
+            return Err(text.error_at(
+                column.span(),
+                format!(
+                    "model input column '{}' is neither a field nor a feature",
+                    column.get_ref()
+                ),
+                "list columns defined in [schema], [[join]] or [[feature]]",
+            ));
+        };
+        input.columns.push(columns.get(slot).clone());
+        input.slots.push(slot);
+    }
+    if input.slots.is_empty() {
+        return Err(text.error_at(
+            span,
+            "a model input with no columns",
+            "list the columns that feed it, in order",
+        ));
+    }
+    let tokenizing = spec.tokenizer.is_some()
+        || spec.max_len.is_some()
+        || spec.mask.is_some()
+        || spec.type_ids.is_some();
+    match (&spec.text, &spec.tokenizer) {
+        (Some(column), Some(tokenizer)) => {
+            if input.columns[0].ty != crate::schema::ColumnType::Str {
+                return Err(text.error_at(
+                    column.span(),
+                    format!(
+                        "text column '{}' is {}, not a string",
+                        column.get_ref(),
+                        input.columns[0].ty.name()
+                    ),
+                    "tokenize a string column",
+                ));
+            }
+            input.tokens = Some(TokensPlan {
+                tokenizer: tokenizer.clone(),
+                max_len: spec.max_len,
+                mask: spec.mask.clone(),
+                type_ids: spec.type_ids.clone(),
+            });
+        }
+        (Some(_), None) => {
+            return Err(text.error_at(
+                span,
+                format!(
+                    "model input '{}' tokenizes text with no tokenizer",
+                    spec.name
+                ),
+                "set tokenizer = \"path/to/tokenizer.json\"",
+            ));
+        }
+        (None, _) if tokenizing => {
+            return Err(text.error_at(
+                span,
+                format!(
+                    "model input '{}' sets tokenizer options but has no text column",
+                    spec.name
+                ),
+                "set text = \"column\" to tokenize a string column",
+            ));
+        }
+        (None, _) => {}
+    }
+    Ok(input)
 }
 
 /// Splits `"probabilities[1]"` into `("probabilities", Some(1))`.

@@ -148,7 +148,8 @@ pub struct ModelSpec {
     pub on_error: OnModelError,
 }
 
-/// `[[model.input]]`: one model input and the columns that feed it.
+/// `[[model.input]]`: one model input and the columns that feed it, or
+/// the text column tokenized into it.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelInputSpec {
@@ -158,7 +159,20 @@ pub struct ModelInputSpec {
     /// or for a fixed 3-D input `[rows, a, b]` the `a * b` columns in row
     /// order. Its element type is the model's: float32, float64, int64,
     /// int32, bool or string.
-    pub columns: Spanned<Vec<Spanned<String>>>,
+    pub columns: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Instead of columns: a string column tokenized into this input's
+    /// token ids (int64 or int32 `[rows, max_len]`).
+    pub text: Option<Spanned<String>>,
+    /// The `tokenizer.json` that tokenizes `text`.
+    pub tokenizer: Option<PathBuf>,
+    /// Tokens per row: longer texts are truncated, shorter ones padded
+    /// (default: the model input's fixed width).
+    pub max_len: Option<usize>,
+    /// The model input that takes the attention mask (1 for a token, 0
+    /// for padding), if the model has one.
+    pub mask: Option<String>,
+    /// The model input that takes the token type ids, if the model has one.
+    pub type_ids: Option<String>,
 }
 
 /// What a batch the model fails on becomes.
