@@ -3,9 +3,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
+use tideflow::batch::Batch;
 use tideflow::dataflow::{RunOptions, run};
+use tideflow::plan::{Device, ExecutorPlan, ModelInputPlan, ModelPlan, OutputPlan, RunRows};
+use tideflow::row::Row;
 use tideflow::run::Summary;
+use tideflow::schema::{Column, ColumnType};
 use tideflow::spec::SpecSource;
+use tideflow_connectors::Value;
 use tideflow_connectors::generator::GeneratorConfig;
 
 /// The repository root: as cargo says when it runs the benchmark (read at
@@ -293,3 +298,86 @@ pub fn require_onnxruntime() {
 /// The allocator the `tideflow` binary uses, so benchmarks measure the same.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+pub const WIDTH: usize = 8;
+/// Schema fields before the model's input columns (a transaction's four).
+pub const FIELDS: usize = 4;
+
+/// The plan of the example MLP (`models/fraud_mlp.onnx`) fed `WIDTH`
+/// float columns after `FIELDS` schema fields, reading the fraud
+/// probability and the label.
+pub fn mlp_plan(path: &std::path::Path, device: Device, run_rows: usize) -> ModelPlan {
+    ModelPlan {
+        path: path.to_owned(),
+        name: "bench".into(),
+        inputs: vec![ModelInputPlan {
+            name: None,
+            columns: (0..WIDTH)
+                .map(|index| Column {
+                    name: format!("c{index}"),
+                    ty: ColumnType::F64,
+                })
+                .collect(),
+            slots: (FIELDS..FIELDS + WIDTH).collect(),
+            tokens: None,
+        }],
+        outputs: vec![
+            OutputPlan {
+                column: "score".into(),
+                slot: FIELDS + WIDTH,
+                output: "probabilities".into(),
+                index: Some(1),
+            },
+            OutputPlan {
+                column: "label".into(),
+                slot: FIELDS + WIDTH + 1,
+                output: "label".into(),
+                index: None,
+            },
+        ],
+        device,
+        executor: ExecutorPlan {
+            mode: tideflow::spec::ExecutorMode::PerWorker,
+            max_rows: 16384,
+            max_delay: std::time::Duration::from_millis(2),
+        },
+        fill_null: 0.0,
+        stop_on_error: true,
+        run_rows: match run_rows {
+            0 => RunRows::PerBatch,
+            rows => RunRows::Fixed(rows),
+        },
+    }
+}
+
+/// A batch as the feature stages leave it for the model: rows of a
+/// transaction's schema fields, the model's `WIDTH` inputs (row-major in
+/// `chunk`) computed as float columns beside them.
+pub fn scoring_batch(chunk: &[f32]) -> Batch {
+    let rows: Vec<Row> = (0..chunk.len() / WIDTH)
+        .map(|offset| Row {
+            partition: 0,
+            offset: offset as u64,
+            time: offset as i64,
+            values: vec![
+                Value::Str(format!("u{offset}").into()),
+                Value::Str(format!("m{}", offset % 500).into()),
+                Value::F64(offset as f64),
+                Value::I64(offset as i64),
+            ],
+            warm_up: false,
+        })
+        .collect();
+    let mut batch = Batch::from_rows(rows);
+    for column in 0..WIDTH {
+        batch.set_numbers(
+            FIELDS + column,
+            chunk
+                .iter()
+                .skip(column)
+                .step_by(WIDTH)
+                .map(|value| Some(f64::from(*value))),
+        );
+    }
+    batch
+}

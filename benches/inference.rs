@@ -12,12 +12,8 @@
 
 use clap::Parser;
 use std::time::{Duration, Instant};
-use tideflow::batch::Batch;
 use tideflow::inference::Model;
-use tideflow::plan::{Device, ModelInputPlan, ModelPlan, OutputPlan, RunRows};
-use tideflow::row::Row;
-use tideflow::schema::{Column, ColumnType};
-use tideflow_connectors::Value;
+use tideflow::plan::Device;
 
 #[path = "common.rs"]
 mod common;
@@ -49,48 +45,7 @@ struct Args {
     bench: bool,
 }
 
-const WIDTH: usize = 8;
-/// Schema fields before the model's input columns (a transaction's four).
-const FIELDS: usize = 4;
-
-fn plan(path: &std::path::Path, device: Device, run_rows: usize) -> ModelPlan {
-    ModelPlan {
-        path: path.to_owned(),
-        name: "bench".into(),
-        inputs: vec![ModelInputPlan {
-            name: None,
-            columns: (0..WIDTH)
-                .map(|index| Column {
-                    name: format!("c{index}"),
-                    ty: ColumnType::F64,
-                })
-                .collect(),
-            slots: (FIELDS..FIELDS + WIDTH).collect(),
-            tokens: None,
-        }],
-        outputs: vec![
-            OutputPlan {
-                column: "score".into(),
-                slot: FIELDS + WIDTH,
-                output: "probabilities".into(),
-                index: Some(1),
-            },
-            OutputPlan {
-                column: "label".into(),
-                slot: FIELDS + WIDTH + 1,
-                output: "label".into(),
-                index: None,
-            },
-        ],
-        device,
-        fill_null: 0.0,
-        stop_on_error: true,
-        run_rows: match run_rows {
-            0 => RunRows::PerBatch,
-            rows => RunRows::Fixed(rows),
-        },
-    }
-}
+use common::{WIDTH, mlp_plan as plan, scoring_batch};
 
 fn input(rows: usize) -> Vec<f32> {
     (0..rows * WIDTH)
@@ -182,35 +137,10 @@ impl BareOrt {
     }
 }
 
-/// The engine's scoring path on one batch as the feature stages leave it:
-/// rows of a transaction's schema fields, the inputs computed as float
-/// columns beside them. Only scoring is timed, not building the batch.
+/// The engine's scoring path on one batch as the feature stages leave it
+/// (see `scoring_batch`). Only scoring is timed, not building the batch.
 fn engine_score(model: &mut Model, chunk: &[f32]) -> Duration {
-    let rows: Vec<Row> = (0..chunk.len() / WIDTH)
-        .map(|offset| Row {
-            partition: 0,
-            offset: offset as u64,
-            time: offset as i64,
-            values: vec![
-                Value::Str(format!("u{offset}").into()),
-                Value::Str(format!("m{}", offset % 500).into()),
-                Value::F64(offset as f64),
-                Value::I64(offset as i64),
-            ],
-            warm_up: false,
-        })
-        .collect();
-    let mut batch = Batch::from_rows(rows);
-    for column in 0..WIDTH {
-        batch.set_numbers(
-            FIELDS + column,
-            chunk
-                .iter()
-                .skip(column)
-                .step_by(WIDTH)
-                .map(|value| Some(f64::from(*value))),
-        );
-    }
+    let mut batch = scoring_batch(chunk);
     let started = Instant::now();
     model.score(&mut batch).expect("score");
     let elapsed = started.elapsed();

@@ -7,7 +7,7 @@ use crate::checkpoint::restore::{DEAD_LETTERS, Restored, restore};
 use crate::checkpoint::{CheckpointStore, Coordinator};
 use crate::cluster::{Cluster, ClusterLinks, gather_counts, stop_when_a_peer_is_lost};
 use crate::commit::OffsetLedger;
-use crate::inference::Model;
+use crate::inference::{Model, Scorer, SharedExecutor};
 use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::operators::features::ComputeFeatures;
@@ -95,6 +95,30 @@ pub fn prepare_model(plan: &mut Plan) -> Result<Option<(String, String, bool)>> 
     )))
 }
 
+/// The process's shared inference executor, when the model's executor is
+/// shared on its device and the model scores rows independently of their
+/// batch (else which workers' batches meet in the executor, a matter of
+/// timing, would change the scores).
+fn shared_executor(
+    plan: &Plan,
+    model_info: Option<&(String, String, bool)>,
+) -> Result<Option<SharedExecutor>> {
+    let (Some(model), Some((_, device, independent))) = (&plan.model, model_info) else {
+        return Ok(None);
+    };
+    if !model.executor.is_shared(device) {
+        return Ok(None);
+    }
+    if !independent {
+        eprintln!(
+            "tideflow: model {} does not score rows independently of their batch; a shared executor would make its scores depend on which workers' batches meet in it, so each worker runs its own session",
+            model.name
+        );
+        return Ok(None);
+    }
+    Ok(Some(SharedExecutor::start(Model::open(model)?)?))
+}
+
 /// Runs a plan to completion (or until its source is unbounded and the
 /// process is stopped) and returns its summary. In a cluster, this runs
 /// one process of it; process 0's summary counts the whole cluster.
@@ -150,6 +174,8 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
         shared.restored = restored;
     }
     shared.in_cluster = options.cluster.is_some();
+    shared.executor = shared_executor(&shared.plan, model_info.as_ref())?;
+    let executor_shared = shared.executor.is_some();
     let shared = Arc::new(shared);
     let started = Instant::now();
     let done = Arc::new(AtomicBool::new(false));
@@ -239,11 +265,16 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
         workers,
         model: model_info.map(|(identity, device, independent)| {
             format!(
-                "{identity} on {device} ({})",
+                "{identity} on {device} ({}){}",
                 if independent {
                     "rows scored independently: outputs are batch-invariant"
                 } else {
                     "rows NOT scored independently: outputs may vary with batching"
+                },
+                if executor_shared {
+                    "; one executor shared by the process's workers"
+                } else {
+                    ""
                 }
             )
         }),
@@ -569,7 +600,14 @@ fn build_and_run(
             commit_interval.unwrap_or(Duration::from_secs(1)),
         )))
     });
-    let model = plan.model.as_ref().map(Model::open).transpose()?;
+    let model = match &shared.executor {
+        Some(executor) => Some(Scorer::Shared(executor.handle())),
+        None => plan
+            .model
+            .as_ref()
+            .map(|model| Model::open(model).map(|model| Scorer::PerWorker(Box::new(model))))
+            .transpose()?,
+    };
     let layout = Layout::new(plan, shared.model_identity.clone());
     let writers = plan
         .sinks

@@ -8,9 +8,12 @@
 //! column (`outputs`). The same code scores micro-batches and bulk
 //! batches; only the batch size differs.
 
+mod executor;
 mod feeds;
 mod outputs;
 mod text;
+
+pub use executor::{ExecutorHandle, Scorer, SharedExecutor};
 
 use crate::batch::{Batch, Cells};
 use crate::plan::{Device, ModelPlan, OutputPlan};

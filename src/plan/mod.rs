@@ -208,9 +208,33 @@ pub struct ModelPlan {
     pub fill_null: f32,
     /// How many rows each ONNX Runtime run takes.
     pub run_rows: RunRows,
+    /// Who runs the sessions.
+    pub executor: ExecutorPlan,
     /// Whether a batch the model fails on stops the run (else its rows
     /// become dead letters).
     pub stop_on_error: bool,
+}
+
+/// `[model.executor]`, resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecutorPlan {
+    /// As the spec asks.
+    pub mode: crate::spec::ExecutorMode,
+    /// Rows a shared executor scores together at most.
+    pub max_rows: usize,
+    /// How long a shared executor waits for more batches.
+    pub max_delay: Duration,
+}
+
+impl ExecutorPlan {
+    /// Whether one executor per process runs the model on `device`.
+    pub fn is_shared(&self, device: &str) -> bool {
+        match self.mode {
+            crate::spec::ExecutorMode::Auto => device.starts_with("cuda"),
+            crate::spec::ExecutorMode::PerWorker => false,
+            crate::spec::ExecutorMode::Shared => true,
+        }
+    }
 }
 
 /// One model input, resolved.

@@ -2,9 +2,11 @@
 //! outputs fill.
 
 use super::columns::Columns;
-use super::{GPU_RUN_ROWS, ModelInputPlan, ModelPlan, OutputPlan, RunRows, TokensPlan};
+use super::{
+    ExecutorPlan, GPU_RUN_ROWS, ModelInputPlan, ModelPlan, OutputPlan, RunRows, TokensPlan,
+};
 use crate::schema::ColumnType;
-use crate::spec::{ModelInputSpec, ModelSpec, OnModelError, SpecError, SpecSource};
+use crate::spec::{ExecutorSpec, ModelInputSpec, ModelSpec, OnModelError, SpecError, SpecSource};
 use toml::Spanned;
 
 /// Resolves the model, adding its output columns (typed f64 until the
@@ -60,6 +62,7 @@ pub(super) fn model(
         device: model.device,
         fill_null: model.fill_null,
         stop_on_error: model.on_error == OnModelError::Stop,
+        executor: executor(text, &model.executor)?,
         run_rows: match model.run_rows {
             Some(0) => RunRows::PerBatch,
             Some(rows) => RunRows::Fixed(rows),
@@ -128,6 +131,27 @@ fn model_inputs(
         resolved.push(input);
     }
     Ok(resolved)
+}
+
+/// `[model.executor]`, defaults filled in: 16384 rows, 2 ms.
+fn executor(text: &SpecSource, spec: &ExecutorSpec) -> Result<ExecutorPlan, SpecError> {
+    let max_rows = match &spec.max_rows {
+        None => 16384,
+        Some(rows) if *rows.get_ref() == 0 => {
+            return Err(text.error_at(
+                rows.span(),
+                "max_rows must be at least 1",
+                "set max_rows to a positive number",
+            ));
+        }
+        Some(rows) => *rows.get_ref(),
+    };
+    let delay_ms = super::source::duration_ms(text, spec.max_delay.as_ref(), "2ms")?;
+    Ok(ExecutorPlan {
+        mode: spec.mode,
+        max_rows,
+        max_delay: std::time::Duration::from_millis(delay_ms.max(0) as u64),
+    })
 }
 
 /// One model input: its columns resolved, or its text column and how it

@@ -146,6 +146,39 @@ pub struct ModelSpec {
     /// and the run goes on) or `stop` (the run stops with the error).
     #[serde(default)]
     pub on_error: OnModelError,
+    /// `[model.executor]`: who runs the model's sessions.
+    #[serde(default)]
+    pub executor: ExecutorSpec,
+}
+
+/// `[model.executor]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorSpec {
+    /// `auto` (the default: shared on a GPU, per worker on the CPU),
+    /// `per_worker` or `shared`.
+    #[serde(default)]
+    pub mode: ExecutorMode,
+    /// A shared executor scores at most this many rows together (whole
+    /// batches: one larger batch is scored alone). Default 16384.
+    pub max_rows: Option<Spanned<usize>>,
+    /// How long a shared executor waits for other workers' batches after
+    /// the first arrives. Default `2ms`.
+    pub max_delay: Option<Spanned<String>>,
+}
+
+/// Who runs a model's sessions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorMode {
+    /// Shared on a GPU, per worker on the CPU.
+    #[default]
+    Auto,
+    /// A session per worker, scoring that worker's batches.
+    PerWorker,
+    /// One session per process, scoring the batches of all its workers
+    /// together.
+    Shared,
 }
 
 /// `[[model.input]]`: one model input and the columns that feed it, or
