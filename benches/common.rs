@@ -309,6 +309,7 @@ pub const FIELDS: usize = 4;
 pub fn mlp_plan(path: &std::path::Path, device: Device, run_rows: usize) -> ModelPlan {
     ModelPlan {
         path: path.to_owned(),
+        registry: None,
         name: "bench".into(),
         inputs: vec![ModelInputPlan {
             name: None,

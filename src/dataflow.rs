@@ -7,9 +7,9 @@ use crate::checkpoint::restore::{DEAD_LETTERS, Restored, restore};
 use crate::checkpoint::{CheckpointStore, Coordinator};
 use crate::cluster::{Cluster, ClusterLinks, gather_counts, stop_when_a_peer_is_lost};
 use crate::commit::OffsetLedger;
-use crate::inference::{Model, Scorer, SharedExecutor};
 use crate::intake::Intake;
 use crate::metrics::Metrics;
+use crate::models::{ModelVersions, VersionedScorer};
 use crate::operators::features::ComputeFeatures;
 use crate::operators::input::{InputContext, open_input, read_input};
 use crate::operators::join::JoinAsOf;
@@ -77,53 +77,58 @@ impl RunOptions {
     }
 }
 
-/// Resolves the model's output column types into the plan and returns the
-/// model's identity and device, checking the model against the spec.
-pub fn prepare_model(plan: &mut Plan) -> Result<Option<(String, String, bool)>> {
+/// Opens the versions of the plan's model, checks them against the plan,
+/// and types the output columns as the model gives them.
+pub fn prepare_model(plan: &mut Plan) -> Result<Option<Arc<ModelVersions>>> {
     let Some(model_plan) = &plan.model else {
         return Ok(None);
     };
-    let mut model = Model::open(model_plan)?;
-    for (output, ty) in model_plan.outputs.iter().zip(model.output_types()) {
+    let versions = ModelVersions::open(model_plan)?;
+    for (output, ty) in model_plan.outputs.iter().zip(versions.output_types()) {
         plan.columns[output.slot].ty = *ty;
     }
-    let row_independent = model.is_row_independent()?;
-    Ok(Some((
-        model.identity().to_owned(),
-        model.device().to_owned(),
-        row_independent,
-    )))
+    Ok(Some(Arc::new(versions)))
 }
 
-/// The process's shared inference executor, when the model's executor is
-/// shared on its device and the model scores rows independently of their
-/// batch (else which workers' batches meet in the executor, a matter of
-/// timing, would change the scores).
-fn shared_executor(
-    plan: &Plan,
-    model_info: Option<&(String, String, bool)>,
-) -> Result<Option<SharedExecutor>> {
-    let (Some(model), Some((_, device, independent))) = (&plan.model, model_info) else {
-        return Ok(None);
-    };
-    if !model.executor.is_shared(device) {
-        return Ok(None);
+/// What the summary says of the model: the version scoring the newest
+/// rows, where, whether its rows are scored independently, and for a
+/// registry every version by the event time it scores from.
+fn describe_model(versions: &ModelVersions) -> String {
+    let current = versions.current();
+    let mut text = format!(
+        "{} on {} ({})",
+        current.identity,
+        current.device,
+        if current.independent {
+            "rows scored independently: outputs are batch-invariant"
+        } else {
+            "rows NOT scored independently: outputs may vary with batching"
+        }
+    );
+    if current.is_shared() {
+        text.push_str("; one executor shared by the process's workers");
     }
-    if !independent {
-        eprintln!(
-            "tideflow: model {} does not score rows independently of their batch; a shared executor would make its scores depend on which workers' batches meet in it, so each worker runs its own session",
-            model.name
-        );
-        return Ok(None);
+    let schedule = versions.schedule();
+    if versions.is_registry() && !schedule.switches.is_empty() {
+        let switches: Vec<String> = schedule
+            .switches
+            .iter()
+            .map(|(from, version)| format!("v{version} from {from}"))
+            .collect();
+        text.push_str(&format!(
+            "; versions by event time (ms): v{}, {}",
+            schedule.base,
+            switches.join(", ")
+        ));
     }
-    Ok(Some(SharedExecutor::start(Model::open(model)?)?))
+    text
 }
 
 /// Runs a plan to completion (or until its source is unbounded and the
 /// process is stopped) and returns its summary. In a cluster, this runs
 /// one process of it; process 0's summary counts the whole cluster.
 pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
-    let model_info = prepare_model(&mut plan)?;
+    let models = prepare_model(&mut plan)?;
     plan.resolve_source()?;
     let workers = options.workers.max(1);
     let (config, local) = match &options.cluster {
@@ -161,11 +166,14 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
         .source
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner()) = origin(&plan.source);
-    let mut shared = Shared::new(
-        plan,
-        model_info.as_ref().map(|(identity, ..)| identity.clone()),
-        metrics,
-    );
+    // A single file's `_model` is the same for every row; a registry's
+    // rows name their versions in a column.
+    let constant_identity = models
+        .as_ref()
+        .filter(|versions| !versions.is_registry())
+        .map(|versions| versions.current().identity.clone());
+    let mut shared = Shared::new(plan, constant_identity, metrics);
+    shared.models = models.clone();
     if let Some(stop) = &options.stop {
         shared.control = RunControl::draining_on(stop.clone());
     }
@@ -174,8 +182,6 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
         shared.restored = restored;
     }
     shared.in_cluster = options.cluster.is_some();
-    shared.executor = shared_executor(&shared.plan, model_info.as_ref())?;
-    let executor_shared = shared.executor.is_some();
     let shared = Arc::new(shared);
     let started = Instant::now();
     let done = Arc::new(AtomicBool::new(false));
@@ -263,21 +269,7 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
         // cluster's connection set-up is not part of the run.
         elapsed,
         workers,
-        model: model_info.map(|(identity, device, independent)| {
-            format!(
-                "{identity} on {device} ({}){}",
-                if independent {
-                    "rows scored independently: outputs are batch-invariant"
-                } else {
-                    "rows NOT scored independently: outputs may vary with batching"
-                },
-                if executor_shared {
-                    "; one executor shared by the process's workers"
-                } else {
-                    ""
-                }
-            )
-        }),
+        model: models.as_deref().map(describe_model),
         scope,
     })
 }
@@ -600,14 +592,7 @@ fn build_and_run(
             commit_interval.unwrap_or(Duration::from_secs(1)),
         )))
     });
-    let model = match &shared.executor {
-        Some(executor) => Some(Scorer::Shared(executor.handle())),
-        None => plan
-            .model
-            .as_ref()
-            .map(|model| Model::open(model).map(|model| Scorer::PerWorker(Box::new(model))))
-            .transpose()?,
-    };
+    let model = shared.models.clone().map(VersionedScorer::new);
     let layout = Layout::new(plan, shared.model_identity.clone());
     let writers = plan
         .sinks

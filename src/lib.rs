@@ -24,6 +24,7 @@ pub mod intake;
 pub mod joins;
 pub mod launch;
 pub mod metrics;
+pub mod models;
 pub mod operators;
 pub mod ordering;
 pub mod plan;

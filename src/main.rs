@@ -453,8 +453,25 @@ fn check(spec: &Path, overrides: &[String]) -> anyhow::Result<()> {
             tideflow::decode::value_to_json(&label.default)
         );
     }
-    if let Some((identity, device, independent)) = model {
-        println!("  model {identity} on {device}; rows independent: {independent}");
+    if let Some(versions) = model {
+        let current = versions.current();
+        println!(
+            "  model {} on {}; rows independent: {}",
+            current.identity, current.device, current.independent
+        );
+        if versions.is_registry() {
+            let schedule = versions.schedule();
+            println!(
+                "  model versions: {:?} in the registry; v{} from the start{}",
+                versions.available()?,
+                schedule.base,
+                schedule
+                    .switches
+                    .iter()
+                    .map(|(from, version)| format!(", v{version} from {from} ms"))
+                    .collect::<String>()
+            );
+        }
     }
     for input in plan.model.iter().flat_map(|model| &model.inputs) {
         let columns: Vec<_> = input

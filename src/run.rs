@@ -150,8 +150,8 @@ pub struct Shared {
     pub checkpoints: Option<Arc<crate::checkpoint::Coordinator>>,
     /// What the run starts from: the checkpoint restored, if any.
     pub restored: crate::checkpoint::restore::Restored,
-    /// The process's shared inference executor, when the model has one.
-    pub executor: Option<crate::inference::SharedExecutor>,
+    /// The model's versions, when the plan has a model.
+    pub models: Option<Arc<crate::models::ModelVersions>>,
 }
 
 impl Shared {
@@ -170,7 +170,7 @@ impl Shared {
             watermarks: Default::default(),
             checkpoints: None,
             restored: Default::default(),
-            executor: None,
+            models: None,
         }
     }
 

@@ -56,6 +56,11 @@ impl WorkerWatermarks {
         }
     }
 
+    /// The slowest watermark published, if any worker holds one.
+    pub fn slowest(&self) -> Option<i64> {
+        lock(&self.active).values().min().copied()
+    }
+
     /// Registers that worker `worker`'s source waits for other workers'
     /// partitions to catch up, and how to wake it when they move.
     pub fn wait_for_alignment(&self, worker: usize, wake: Waker) {

@@ -419,6 +419,25 @@ impl Model {
         independent
     }
 
+    /// Whether a probe batch scores NaN in any output: a version that
+    /// does is refused before it is promoted.
+    pub fn probe_has_nan(&mut self) -> Result<bool> {
+        let rows = 37;
+        let padded = self.padded(rows);
+        let mut probe = std::mem::take(&mut self.feeds);
+        for feed in &mut probe {
+            feed.probe(padded);
+        }
+        let scored = self.score_feeds(&probe, rows);
+        self.feeds = probe;
+        let is_nan = |value: &Value| match value {
+            Value::F64(number) => number.is_nan(),
+            Value::F64List(list) => list.iter().any(|number| number.is_nan()),
+            _ => false,
+        };
+        Ok(scored?.iter().flatten().any(is_nan))
+    }
+
     /// Whether scoring the first `rows` rows of `probe` together gives
     /// each row the outputs it gets alone.
     fn scores_rows_alone(&mut self, probe: &[Feed], rows: usize) -> Result<bool> {

@@ -10,7 +10,7 @@ use crate::batch::{Batch, RowCells};
 use crate::batching::Batcher;
 use crate::checkpoint::restore::{SinkCut, part_name};
 use crate::features::expr::{Expr, Numbers};
-use crate::inference::Scorer;
+use crate::models::VersionedScorer;
 use crate::row::DeadLetter;
 use crate::run::{Shared, Stats};
 use crate::sinks::DeadLetterWriter;
@@ -28,7 +28,7 @@ pub trait ScoreRows<'scope> {
     /// the rows of batches the model fails on go to `dead_letters`.
     fn score_rows(
         self,
-        model: Option<Scorer>,
+        model: Option<VersionedScorer>,
         shared: Arc<Shared>,
         dead_letters: Rc<RefCell<DeadLetterWriter>>,
     ) -> BatchStream<'scope>;
@@ -37,7 +37,7 @@ pub trait ScoreRows<'scope> {
 impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
     fn score_rows(
         self,
-        mut model: Option<Scorer>,
+        mut model: Option<VersionedScorer>,
         shared: Arc<Shared>,
         dead_letters: Rc<RefCell<DeadLetterWriter>>,
     ) -> BatchStream<'scope> {

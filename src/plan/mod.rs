@@ -194,8 +194,11 @@ pub enum SourcePlan {
 /// The model stage, resolved.
 #[derive(Clone, Debug)]
 pub struct ModelPlan {
-    /// The `.onnx` file.
+    /// The `.onnx` file (for a registry: of the version pinned, else of
+    /// its newest).
     pub path: PathBuf,
+    /// The registry the model comes from, if any.
+    pub registry: Option<RegistryPlan>,
     /// Name recorded in `_model`.
     pub name: String,
     /// The model inputs and the columns that feed each.
@@ -213,6 +216,17 @@ pub struct ModelPlan {
     /// Whether a batch the model fails on stops the run (else its rows
     /// become dead letters).
     pub stop_on_error: bool,
+}
+
+/// A model from a registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistryPlan {
+    /// The registry directory.
+    pub dir: PathBuf,
+    /// The version the spec pins, which scores every row.
+    pub pinned: Option<u64>,
+    /// The `_model` column, which names the version that scored each row.
+    pub model_slot: usize,
 }
 
 /// `[model.executor]`, resolved.
@@ -425,9 +439,14 @@ impl Plan {
             features::features(text, &spec.feature, &mut columns, inputs)?;
         let key_ttl = spec.state.key_ttl.as_ref();
         features::key_ttl(text, key_ttl, &mut stages, time.bound_ms)?;
-        let model = model::model(text, spec.model.as_ref(), &mut columns)?;
+        let mut model = model::model(text, spec.model.as_ref(), &mut columns)?;
         let (labels, label_complete_slot) =
             joins::labels(text, &spec.label, &source, &mut columns)?;
+        // A registry's rows name their version in a column of their own,
+        // last (a single file's `_model` is the same for every row).
+        if let Some(registry) = model.as_mut().and_then(|model| model.registry.as_mut()) {
+            registry.model_slot = columns.push("_model", crate::schema::ColumnType::Str);
+        }
         let (sinks, dead_letters) = sinks::sinks(text, spec, &source)?;
         let checkpoints = state::checkpoints(text, &spec.state)?;
         let source_key_slot = inputs.source_key.and_then(|key| columns.slot_of(key));

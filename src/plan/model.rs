@@ -3,8 +3,10 @@
 
 use super::columns::Columns;
 use super::{
-    ExecutorPlan, GPU_RUN_ROWS, ModelInputPlan, ModelPlan, OutputPlan, RunRows, TokensPlan,
+    ExecutorPlan, GPU_RUN_ROWS, ModelInputPlan, ModelPlan, OutputPlan, RegistryPlan, RunRows,
+    TokensPlan,
 };
+use crate::models::registry::Registry;
 use crate::schema::ColumnType;
 use crate::spec::{ExecutorSpec, ModelInputSpec, ModelSpec, OnModelError, SpecError, SpecSource};
 use toml::Spanned;
@@ -48,14 +50,18 @@ pub(super) fn model(
             "add [model.outputs] column = \"model_output[i]\"",
         ));
     }
+    let (path, registry) = model_file(text, model)?;
     let name = model.name.clone().unwrap_or_else(|| {
-        model
-            .path
-            .file_stem()
-            .map_or("model".into(), |stem| stem.to_string_lossy().into_owned())
+        let named_by = if registry.is_some() {
+            model.path.file_name()
+        } else {
+            model.path.file_stem()
+        };
+        named_by.map_or("model".into(), |stem| stem.to_string_lossy().into_owned())
     });
     Ok(Some(ModelPlan {
-        path: model.path.clone(),
+        path,
+        registry,
         name,
         inputs,
         outputs,
@@ -131,6 +137,62 @@ fn model_inputs(
         resolved.push(input);
     }
     Ok(resolved)
+}
+
+/// The model file and, for a registry directory, the registry: the file
+/// of the pinned version, else of the newest (the versions that score the
+/// rows are the promotions record's, read when the run starts).
+fn model_file(
+    text: &SpecSource,
+    model: &ModelSpec,
+) -> Result<(std::path::PathBuf, Option<RegistryPlan>), SpecError> {
+    if !Registry::is_registry(&model.path) {
+        if let Some(version) = &model.version {
+            return Err(text.error_at(
+                version.span(),
+                format!(
+                    "{} is a file, not a registry directory",
+                    model.path.display()
+                ),
+                "pin a version of a registry NAME/VERSION/model.onnx, or drop version",
+            ));
+        }
+        return Ok((model.path.clone(), None));
+    }
+    let fail = |error: crate::Error| {
+        text.error(
+            error.to_string(),
+            "a registry is a directory NAME/ of versions NAME/VERSION/model.onnx",
+        )
+    };
+    let registry = Registry::open(&model.path).map_err(fail)?;
+    let pinned = model.version.as_ref().map(|version| *version.get_ref());
+    let version = match pinned {
+        Some(version) => version,
+        None => *registry
+            .versions()
+            .map_err(fail)?
+            .last()
+            .expect("open checked"),
+    };
+    let path = registry
+        .model_path(version)
+        .map_err(|error| match &model.version {
+            Some(spanned) => text.error_at(
+                spanned.span(),
+                error.to_string(),
+                "pin a version the registry holds",
+            ),
+            None => fail(error),
+        })?;
+    Ok((
+        path,
+        Some(RegistryPlan {
+            dir: model.path.clone(),
+            pinned,
+            model_slot: 0,
+        }),
+    ))
 }
 
 /// `[model.executor]`, defaults filled in: 16384 rows, 2 ms.

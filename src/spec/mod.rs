@@ -113,8 +113,12 @@ pub struct FeatureSpec {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
-    /// The `.onnx` file.
+    /// The `.onnx` file, or a registry directory `NAME/` of versions
+    /// `NAME/VERSION/model.onnx`.
     pub path: PathBuf,
+    /// A registry's version that scores every row (default: the versions
+    /// its promotions record names, each from its event time on).
+    pub version: Option<Spanned<u64>>,
     /// Name recorded in `_model` (default: the file stem).
     pub name: Option<String>,
     /// The short form of the inputs: columns (fields, joined columns or

@@ -1,0 +1,369 @@
+//! Models as a lifecycle: the versions of a registry that score a run's
+//! rows, each from the event time its promotion recorded, and a worker's
+//! scorer that gives each row the version in effect at its event time.
+//!
+//! A promotion takes effect at an event time chosen when it is asked for:
+//! after every row scored so far (and not before the slowest watermark),
+//! so that no row already written changes version. It is recorded in the
+//! registry (see [`registry`]) before any row is scored by it, and every
+//! later run over the same history (a backfill, a restore) reads the
+//! record, so each row is scored by the same version, bit for bit. A new
+//! version is checked before the switch: it must load, fit the spec's
+//! inputs and outputs with the same output types, and give no NaN on a
+//! probe batch; a version that does not is refused and the running one
+//! goes on.
+
+pub mod registry;
+
+use crate::batch::{Batch, Cells};
+use crate::inference::{Model, Scorer, SharedExecutor};
+use crate::plan::ModelPlan;
+use crate::schema::ColumnType;
+use crate::{Error, Result};
+use registry::{Promotion, Registry, Schedule};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use tideflow_connectors::Value;
+
+/// A run's model versions: the schedule, and each version opened.
+#[derive(Debug)]
+pub struct ModelVersions {
+    plan: ModelPlan,
+    registry: Option<Registry>,
+    schedule: RwLock<Schedule>,
+    /// The newest event time of any row scored: a promotion takes effect
+    /// after it.
+    scored_up_to: AtomicI64,
+    opened: Mutex<BTreeMap<u64, Arc<Opened>>>,
+    output_types: Vec<ColumnType>,
+}
+
+/// One version, checked.
+#[derive(Debug)]
+pub struct Opened {
+    /// Its plan: the template's, with its file.
+    plan: ModelPlan,
+    /// What `_model` says of it.
+    pub identity: String,
+    /// Where it runs.
+    pub device: String,
+    /// Whether it scores each row independently of its batch.
+    pub independent: bool,
+    /// The process's executor for it, when shared.
+    executor: Option<SharedExecutor>,
+}
+
+/// The version a single model file has in a schedule.
+const SINGLE_FILE: u64 = 0;
+
+impl ModelVersions {
+    /// The versions of `plan`'s model that score the run: a single file,
+    /// a registry's pinned version, or those its promotions record names.
+    /// Each is opened and checked.
+    pub fn open(plan: &ModelPlan) -> Result<ModelVersions> {
+        let (registry, schedule) = match &plan.registry {
+            None => (None, Schedule::single(SINGLE_FILE)),
+            Some(registry_plan) => {
+                let registry = Registry::open(&registry_plan.dir)?;
+                let schedule = match registry_plan.pinned {
+                    Some(version) => Schedule::single(version),
+                    None => registry.schedule()?,
+                };
+                (Some(registry), schedule)
+            }
+        };
+        let mut versions = ModelVersions {
+            plan: plan.clone(),
+            registry,
+            schedule: RwLock::new(schedule.clone()),
+            scored_up_to: AtomicI64::new(i64::MIN),
+            opened: Mutex::new(BTreeMap::new()),
+            output_types: Vec::new(),
+        };
+        for version in schedule.versions() {
+            let (opened, types) = versions.check(version)?;
+            if versions.output_types.is_empty() {
+                versions.output_types = types;
+            }
+            lock(&versions.opened).insert(version, Arc::new(opened));
+        }
+        Ok(versions)
+    }
+
+    /// The plan of the model (of its first version).
+    pub fn plan(&self) -> &ModelPlan {
+        &self.plan
+    }
+
+    /// The column type of each mapped output, in plan order.
+    pub fn output_types(&self) -> &[ColumnType] {
+        &self.output_types
+    }
+
+    /// Whether the versions come from a registry (and rows name theirs
+    /// in a `_model` column).
+    pub fn is_registry(&self) -> bool {
+        self.registry.is_some()
+    }
+
+    /// The schedule now.
+    pub fn schedule(&self) -> Schedule {
+        self.schedule
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The version in effect for the newest rows, opened.
+    pub fn current(&self) -> Arc<Opened> {
+        let latest = self.schedule().latest();
+        lock(&self.opened)[&latest].clone()
+    }
+
+    /// The registry's versions present, if the model has a registry.
+    pub fn available(&self) -> Result<Vec<u64>> {
+        self.registry
+            .as_ref()
+            .map_or(Ok(Vec::new()), Registry::versions)
+    }
+
+    /// Promotes `version`: from the event time after every row scored so
+    /// far (and not before `watermark`), rows are scored by it. Checked
+    /// first, recorded durably before it takes effect; the time it takes
+    /// effect from is returned.
+    pub fn promote(&self, version: u64, watermark: Option<i64>) -> Result<Promotion> {
+        let refuse = |message: String| Error::Model {
+            path: self.plan.path.display().to_string(),
+            message,
+        };
+        let Some(registry) = &self.registry else {
+            return Err(refuse(
+                "is a single file; promote versions of a registry (path = a directory NAME/ of NAME/VERSION/model.onnx)".into(),
+            ));
+        };
+        if let Some(pinned) = self.plan.registry.as_ref().and_then(|plan| plan.pinned) {
+            return Err(refuse(format!(
+                "the spec pins version {pinned} (model.version); remove it to promote"
+            )));
+        }
+        let already = lock(&self.opened).get(&version).cloned();
+        if already.is_none() {
+            let (opened, types) = self.check(version)?;
+            if types != self.output_types {
+                let names = |types: &[ColumnType]| {
+                    types
+                        .iter()
+                        .map(|ty| ty.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                return Err(refuse(format!(
+                    "version {version} gives outputs of types ({}), the running version ({}); refused",
+                    names(&types),
+                    names(&self.output_types)
+                )));
+            }
+            lock(&self.opened).insert(version, Arc::new(opened));
+        }
+        let mut schedule = self
+            .schedule
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Every batch scored under the old schedule has finished (they
+        // hold it for reading), so the newest time scored is final here.
+        let after_scored = self.scored_up_to.load(Ordering::SeqCst).saturating_add(1);
+        let from_ms = after_scored.max(watermark.unwrap_or(i64::MIN));
+        let promotion = Promotion {
+            version,
+            from_ms: Some(from_ms),
+            requested_at_ms: registry::now_ms(),
+        };
+        registry.record(&promotion)?;
+        *schedule = registry.schedule()?;
+        Ok(promotion)
+    }
+
+    /// Opens `version` and checks it: it loads and fits the spec, and
+    /// scores a probe batch without NaN. Its output types are returned
+    /// beside it.
+    fn check(&self, version: u64) -> Result<(Opened, Vec<ColumnType>)> {
+        let mut plan = self.plan.clone();
+        if let Some(registry) = &self.registry {
+            plan.path = registry.model_path(version)?;
+        }
+        let mut model = Model::open(&plan)?;
+        let independent = model.is_row_independent()?;
+        if model.probe_has_nan()? {
+            return Err(Error::Model {
+                path: plan.path.display().to_string(),
+                message: "scores NaN on a probe batch; refused".into(),
+            });
+        }
+        let identity = match &self.registry {
+            Some(registry) => {
+                let hash = model.identity().rsplit('@').next().unwrap_or_default();
+                format!("{}:v{version}@{hash}", registry.name())
+            }
+            None => model.identity().to_owned(),
+        };
+        let device = model.device().to_owned();
+        let types = model.output_types().to_vec();
+        let executor = if plan.executor.is_shared(&device) && independent {
+            Some(SharedExecutor::start(model)?)
+        } else {
+            if plan.executor.is_shared(&device) {
+                eprintln!(
+                    "tideflow: model {identity} does not score rows independently of their batch; a shared executor would make its scores depend on which workers' batches meet in it, so each worker runs its own session"
+                );
+            }
+            None
+        };
+        Ok((
+            Opened {
+                plan,
+                identity,
+                device,
+                independent,
+                executor,
+            },
+            types,
+        ))
+    }
+
+    /// Version `version`, opened.
+    fn opened(&self, version: u64) -> Arc<Opened> {
+        lock(&self.opened)[&version].clone()
+    }
+}
+
+impl Opened {
+    /// Whether one executor per process runs it.
+    pub fn is_shared(&self) -> bool {
+        self.executor.is_some()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A worker's scorer: each row scored by the version in effect at its
+/// event time.
+#[derive(Debug)]
+pub struct VersionedScorer {
+    versions: Arc<ModelVersions>,
+    scorers: BTreeMap<u64, Scorer>,
+}
+
+impl VersionedScorer {
+    /// A worker's scorer of the run's versions.
+    pub fn new(versions: Arc<ModelVersions>) -> Self {
+        VersionedScorer {
+            versions,
+            scorers: BTreeMap::new(),
+        }
+    }
+
+    /// The model's plan.
+    pub fn plan(&self) -> &ModelPlan {
+        &self.versions.plan
+    }
+
+    /// Scores the rows of `batch`, each by its version, adding the
+    /// outputs (and, for a registry, `_model`).
+    pub fn score(&mut self, batch: &mut Batch) -> Result<()> {
+        let versions = self.versions.clone();
+        // Held while scoring: a promotion waits for batches in flight.
+        let schedule = versions
+            .schedule
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(newest) = batch.rows().iter().map(|row| row.time).max() {
+            versions.scored_up_to.fetch_max(newest, Ordering::SeqCst);
+        }
+        let first = batch
+            .rows()
+            .first()
+            .map_or(schedule.base, |row| schedule.version_at(row.time));
+        let uniform = batch
+            .rows()
+            .iter()
+            .all(|row| schedule.version_at(row.time) == first);
+        if uniform {
+            self.scorer(first)?.score(batch)?;
+            self.name_version(batch, |_| first);
+            return Ok(());
+        }
+        self.score_by_version(batch, &schedule)
+    }
+
+    /// A batch that straddles a promotion: each version's rows scored
+    /// apart, their outputs put back in row order.
+    fn score_by_version(&mut self, batch: &mut Batch, schedule: &Schedule) -> Result<()> {
+        let row_versions: Vec<u64> = batch
+            .rows()
+            .iter()
+            .map(|row| schedule.version_at(row.time))
+            .collect();
+        let mut parts: BTreeMap<u64, Batch> = BTreeMap::new();
+        for version in &row_versions {
+            if parts.contains_key(version) {
+                continue;
+            }
+            let mut part = batch.clone();
+            part.retain(|row| schedule.version_at(row.time) == *version);
+            self.scorer(*version)?.score(&mut part)?;
+            parts.insert(*version, part);
+        }
+        let plan = self.versions.plan.clone();
+        for (output, ty) in plan.outputs.iter().zip(&self.versions.output_types) {
+            let mut cells = Cells::for_type(*ty, row_versions.len());
+            let mut taken: BTreeMap<u64, usize> = BTreeMap::new();
+            for version in &row_versions {
+                let index = taken.entry(*version).or_default();
+                cells.push(parts[version].value(output.slot, *index).into_owned());
+                *index += 1;
+            }
+            batch.set_cells(output.slot, cells);
+        }
+        self.name_version(batch, |row| row_versions[row]);
+        Ok(())
+    }
+
+    /// Writes `_model` for a registry's rows: the identity of the version
+    /// that scored each.
+    fn name_version(&self, batch: &mut Batch, version_of: impl Fn(usize) -> u64) {
+        let Some(registry) = &self.versions.plan.registry else {
+            return;
+        };
+        let mut names: BTreeMap<u64, Value> = BTreeMap::new();
+        let values: Vec<Value> = (0..batch.len())
+            .map(|row| {
+                let version = version_of(row);
+                names
+                    .entry(version)
+                    .or_insert_with(|| {
+                        Value::Str(self.versions.opened(version).identity.as_str().into())
+                    })
+                    .clone()
+            })
+            .collect();
+        batch.set_column(registry.model_slot, ColumnType::Str, values);
+    }
+
+    /// This worker's scorer of `version`, opened the first time.
+    fn scorer(&mut self, version: u64) -> Result<&mut Scorer> {
+        if !self.scorers.contains_key(&version) {
+            let opened = self.versions.opened(version);
+            let scorer = match &opened.executor {
+                Some(executor) => Scorer::Shared(executor.handle()),
+                None => Scorer::PerWorker(Box::new(Model::open(&opened.plan)?)),
+            };
+            self.scorers.insert(version, scorer);
+        }
+        Ok(self.scorers.get_mut(&version).expect("inserted above"))
+    }
+}
