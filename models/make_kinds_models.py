@@ -23,6 +23,8 @@ their reference scores from the Python ONNX Runtime.
   float32 [rows, 8], and a logistic `score` float32 [rows, 1]. Its
   reference rows are tokenized by the `tokenizers` package, truncated and
   padded to 16 tokens.
+- `nan_scores.onnx`: the fraud models' signature, scoring NaN (a bad
+  version that a registry refuses to promote).
 
 For each, `reference/NAME.jsonl` holds rows to score (the fields a spec
 reads, some of them null) and, under `expected`, the outputs the Python
@@ -351,6 +353,43 @@ def encoder_feeds(tokenizer, rows):
     }
 
 
+def nan_scores_model() -> onnx.ModelProto:
+    """The fraud models' signature (features float32 [rows, 8] to label
+    int64 [rows] and probabilities float32 [rows, 2]), scoring NaN: a bad
+    version a registry refuses to promote."""
+    node = helper.make_node
+    nodes = [
+        node("Slice", ["features", "starts", "ends", "axes"], ["first_two"]),
+        node("Mul", ["first_two", "nan"], ["probabilities"]),
+        node("ArgMax", ["first_two"], ["label"], axis=1, keepdims=0),
+    ]
+    initializers = [
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "starts"),
+        numpy_helper.from_array(np.array([2], dtype=np.int64), "ends"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
+        numpy_helper.from_array(np.array([np.nan], dtype=np.float32), "nan"),
+    ]
+    tensor = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        nodes,
+        "nan_scores",
+        [tensor("features", TensorProto.FLOAT, [None, 8])],
+        [
+            tensor("label", TensorProto.INT64, [None]),
+            tensor("probabilities", TensorProto.FLOAT, [None, 2]),
+        ],
+        initializers,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17)],
+        producer_name="tideflow models/make_kinds_models.py",
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def json_ready(value):
     if isinstance(value, np.ndarray):
         return [json_ready(item) for item in value.tolist()]
@@ -391,6 +430,8 @@ def main():
         [row["review"] if row["review"] is not None else "" for row in rows], dtype=object
     ).reshape(-1, 1)
     write_reference("review_classifier", review_classifier(), rows, {"text": text})
+    (HERE / "nan_scores.onnx").write_bytes(nan_scores_model().SerializeToString())
+    print("wrote nan_scores.onnx")
     tokenizer = review_tokenizer()
     tokenizer.save(str(HERE / "review_encoder.tokenizer.json"))
     # Longer reviews, so that truncation at 16 tokens is exercised.

@@ -53,6 +53,8 @@ pub struct RunOptions {
     /// Where the run counts and measures itself (for a metrics endpoint);
     /// a fresh registry by default.
     pub metrics: Option<Arc<Metrics>>,
+    /// Where to serve the admin API, if anywhere.
+    pub admin: Option<crate::admin::AdminOptions>,
 }
 
 impl Default for RunOptions {
@@ -63,6 +65,7 @@ impl Default for RunOptions {
             stop: None,
             cluster: None,
             metrics: None,
+            admin: None,
         }
     }
 }
@@ -183,6 +186,15 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
     }
     shared.in_cluster = options.cluster.is_some();
     let shared = Arc::new(shared);
+    let _admin = options
+        .admin
+        .as_ref()
+        .map(|admin| {
+            let server = crate::admin::AdminServer::start(admin, shared.clone())?;
+            eprintln!("tideflow: admin API at http://{}/", server.address());
+            Ok::<_, Error>(server)
+        })
+        .transpose()?;
     let started = Instant::now();
     let done = Arc::new(AtomicBool::new(false));
     let label = options

@@ -8,6 +8,7 @@
 //! write them. Bad records become dead letters; every input record is
 //! accounted for in the run's [`run::Summary`].
 
+pub mod admin;
 pub mod batch;
 pub mod batching;
 mod cache;

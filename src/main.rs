@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tideflow::admin::AdminOptions;
 use tideflow::cluster::Cluster;
 use tideflow::dataflow::{RunOptions, prepare_model, run};
 use tideflow::demo::{DemoOptions, run_demo};
@@ -107,6 +108,11 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+    /// A registry model's versions: list them, or promote one.
+    Models {
+        #[command(subcommand)]
+        action: ModelsAction,
+    },
     /// Show an ONNX model's inputs and outputs.
     Inspect {
         /// The `.onnx` file.
@@ -128,6 +134,42 @@ enum Command {
         /// Output directory.
         #[arg(long, default_value = "out/demo")]
         out: PathBuf,
+    },
+}
+
+/// What `tideflow models` does.
+#[derive(Debug, Subcommand)]
+enum ModelsAction {
+    /// The registry's versions and which scores rows from which event time.
+    List {
+        /// The dataflow spec whose model is a registry.
+        spec: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Switch to VERSION: in a running dataflow (--admin, at the event
+    /// time after every row it scored), or recorded ahead for the rows
+    /// from event time --at on (for runs that have not read them yet).
+    Promote {
+        spec: PathBuf,
+        version: u64,
+        /// The admin API of the running dataflow (HOST:PORT or a port).
+        #[arg(long, value_name = "ADDRESS", conflicts_with = "at")]
+        admin: Option<String>,
+        /// Record the promotion from this event time (epoch ms or RFC 3339)
+        /// without a running dataflow.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Switch a running dataflow back to the version before its newest
+    /// promotion.
+    Rollback {
+        spec: PathBuf,
+        /// The admin API of the running dataflow (HOST:PORT or a port).
+        #[arg(long, value_name = "ADDRESS")]
+        admin: String,
     },
 }
 
@@ -158,6 +200,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             // Fail here, not in N processes at once, on a spec that does
             // not load.
             plan::load(&spec, &run.overrides())?;
+            if run.admin.is_some() {
+                bail!(
+                    "--admin serves one process's models: promotions across a cluster's processes are not coordinated yet; record one ahead with `tideflow models promote SPEC VERSION --at TIME`"
+                );
+            }
             let interrupts = count_interrupts()?;
             let options = LaunchOptions {
                 program: std::env::current_exe().context("finding the tideflow executable")?,
@@ -170,6 +217,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(launch(&options, &interrupts)?)
         }
         Command::Check { spec, overrides } => check(&spec, &overrides),
+        Command::Models { action } => models(action),
         Command::Gen {
             brokers,
             topic,
@@ -262,6 +310,14 @@ struct RunArgs {
     /// 127.0.0.1). `launch` gives process I the port plus I.
     #[arg(long, value_name = "ADDRESS")]
     metrics: Option<String>,
+    /// Serve the admin API (status, model versions, promotions) at
+    /// HOST:PORT (a bare port binds 127.0.0.1). Changes take a bearer
+    /// token when TIDEFLOW_ADMIN_TOKEN is set.
+    #[arg(long, value_name = "ADDRESS")]
+    admin: Option<String>,
+    /// Let --admin bind an address other than loopback.
+    #[arg(long)]
+    admin_public: bool,
 }
 
 impl RunArgs {
@@ -340,6 +396,11 @@ fn run_here(
         }
         None => None,
     };
+    let admin = run_args
+        .admin
+        .as_deref()
+        .map(|address| AdminOptions::new(parse_address(address)?, run_args.admin_public))
+        .transpose()?;
     let summary = run(
         plan,
         &RunOptions {
@@ -348,6 +409,7 @@ fn run_here(
             stop,
             cluster,
             metrics: Some(metrics),
+            admin,
         },
     )?;
     eprint!("{summary}");
@@ -355,6 +417,107 @@ fn run_here(
         bail!("input records do not reconcile with outputs and dead letters");
     }
     Ok(())
+}
+
+/// `tideflow models`.
+fn models(action: ModelsAction) -> anyhow::Result<()> {
+    match action {
+        ModelsAction::List { spec, overrides } => {
+            let registry = registry_of(&spec, &overrides)?;
+            let schedule = registry.schedule()?;
+            println!(
+                "{}: versions {:?}",
+                registry.dir().display(),
+                registry.versions()?
+            );
+            println!("  v{} from the start", schedule.base);
+            for (from, version) in &schedule.switches {
+                println!("  v{version} from event time {from} ms");
+            }
+            Ok(())
+        }
+        ModelsAction::Promote {
+            spec,
+            version,
+            admin,
+            at,
+            overrides,
+        } => match (admin, at) {
+            (Some(admin), _) => {
+                let body = format!("{{\"version\":{version}}}");
+                println!("{}", admin_request(&admin, "/models/promote", &body)?);
+                Ok(())
+            }
+            (None, Some(at)) => {
+                let registry = registry_of(&spec, &overrides)?;
+                registry.model_path(version)?;
+                let from_ms = tideflow_connectors::kafka::parse_time(&at).map_err(|error| {
+                    anyhow::anyhow!("--at {at}: {error}; write epoch ms or an RFC 3339 time")
+                })?;
+                registry.schedule()?;
+                registry.record(&tideflow::models::registry::Promotion {
+                    version,
+                    from_ms: Some(from_ms),
+                    requested_at_ms: tideflow::models::registry::now_ms(),
+                })?;
+                println!("recorded: v{version} scores rows from event time {from_ms} ms");
+                Ok(())
+            }
+            (None, None) => bail!(
+                "say where: --admin ADDRESS (a running dataflow's admin API) or --at TIME (recorded ahead, for rows not yet read)"
+            ),
+        },
+        ModelsAction::Rollback { spec: _, admin } => {
+            println!("{}", admin_request(&admin, "/models/rollback", "{}")?);
+            Ok(())
+        }
+    }
+}
+
+/// The registry of a spec's model.
+fn registry_of(
+    spec: &Path,
+    overrides: &[String],
+) -> anyhow::Result<tideflow::models::registry::Registry> {
+    let plan = plan::load(spec, overrides)?;
+    let Some(registry) = plan.model.and_then(|model| model.registry) else {
+        bail!(
+            "{}: the model is not a registry (model.path = a directory NAME/ of NAME/VERSION/model.onnx)",
+            spec.display()
+        );
+    };
+    Ok(tideflow::models::registry::Registry::open(&registry.dir)?)
+}
+
+/// POSTs `body` to `path` of the admin API at `address`, with the bearer
+/// token from the environment; the answer's body, or why it failed.
+fn admin_request(address: &str, path: &str, body: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let address = parse_address(address)?;
+    let mut stream = std::net::TcpStream::connect(address)
+        .with_context(|| format!("connecting to the admin API at {address}"))?;
+    let token = std::env::var(tideflow::admin::TOKEN_VARIABLE)
+        .ok()
+        .filter(|token| !token.is_empty())
+        .map_or(String::new(), |token| {
+            format!("Authorization: Bearer {token}\r\n")
+        });
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\n{token}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let status = answer.split(' ').nth(1).unwrap_or_default().to_owned();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, body)| body)
+        .to_owned();
+    if status != "200" {
+        bail!("the admin API answered {status}: {body}");
+    }
+    Ok(body)
 }
 
 /// A value as a TOML string literal, for `--set`-style overrides.

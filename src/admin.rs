@@ -1,0 +1,265 @@
+//! The admin API of a running dataflow (`tideflow run --admin ADDRESS`):
+//! its status, its model versions, and promotions and rollbacks of them.
+//!
+//! It binds a loopback address unless told otherwise (`--admin-public`).
+//! When `TIDEFLOW_ADMIN_TOKEN` is set, anything that changes state takes
+//! `Authorization: Bearer TOKEN`; reading does not.
+//!
+//! - `GET /status`: the run's counts, its slowest watermark, its models.
+//! - `GET /models`: the registry's versions, the schedule (which version
+//!   scores rows from which event time), the version scoring new rows.
+//! - `POST /models/promote` with `{"version": N}`: checks version N and
+//!   switches to it from the event time after every row scored so far;
+//!   answers with the recorded promotion, or 409 with why it was refused.
+//! - `POST /models/rollback`: promotes the version in effect before the
+//!   newest switch.
+
+use crate::run::Shared;
+use crate::{Error, Result};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value as Json_, json};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The environment variable holding the bearer token for changes.
+pub const TOKEN_VARIABLE: &str = "TIDEFLOW_ADMIN_TOKEN";
+
+/// Where and how to serve the admin API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminOptions {
+    /// The address to bind.
+    pub address: SocketAddr,
+    /// The bearer token changes need, if any.
+    pub token: Option<String>,
+}
+
+impl AdminOptions {
+    /// Options for `address`, which must be a loopback address unless
+    /// `public`, with the token from the environment.
+    pub fn new(address: SocketAddr, public: bool) -> Result<AdminOptions> {
+        if !address.ip().is_loopback() && !public {
+            return Err(Error::Runtime(format!(
+                "--admin {address} is not a loopback address; the admin API changes the running models, so pass --admin-public to serve it beyond this machine (and set {TOKEN_VARIABLE})"
+            )));
+        }
+        Ok(AdminOptions {
+            address,
+            token: std::env::var(TOKEN_VARIABLE)
+                .ok()
+                .filter(|token| !token.is_empty()),
+        })
+    }
+}
+
+/// The admin server of a run; stops when dropped.
+#[derive(Debug)]
+pub struct AdminServer {
+    address: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Clone)]
+struct Admin {
+    shared: Arc<Shared>,
+    token: Option<Arc<str>>,
+}
+
+impl AdminServer {
+    /// Binds `options.address` and serves the API of `shared`'s run on a
+    /// thread of its own.
+    pub fn start(options: &AdminOptions, shared: Arc<Shared>) -> Result<AdminServer> {
+        let listener = std::net::TcpListener::bind(options.address).map_err(|error| {
+            Error::Runtime(format!("--admin {}: cannot bind: {error}", options.address))
+        })?;
+        let address = listener
+            .local_addr()
+            .map_err(|error| Error::Runtime(error.to_string()))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|error| Error::Runtime(error.to_string()))?;
+        let admin = Admin {
+            shared,
+            token: options.token.as_deref().map(Arc::from),
+        };
+        let app = Router::new()
+            .route("/status", get(status))
+            .route("/models", get(models))
+            .route("/models/promote", post(promote))
+            .route("/models/rollback", post(rollback))
+            .with_state(admin);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|error| Error::Runtime(format!("admin API: {error}")))?;
+        let thread = std::thread::Builder::new()
+            .name("tideflow-admin".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                        return;
+                    };
+                    let shutdown = async {
+                        let _ = stopped.await;
+                    };
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown)
+                        .await;
+                });
+            })
+            .map_err(|error| Error::Runtime(format!("admin API: {error}")))?;
+        Ok(AdminServer {
+            address,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// The address served.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+type Answer = (StatusCode, Json<Json_>);
+
+fn refused(status: StatusCode, message: impl Into<String>) -> Answer {
+    (status, Json(json!({ "error": message.into() })))
+}
+
+/// Whether a request that changes state carries the token, when one is set.
+fn authorized(admin: &Admin, headers: &HeaderMap) -> std::result::Result<(), Answer> {
+    let Some(token) = &admin.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if given == Some(token.as_ref()) {
+        Ok(())
+    } else {
+        Err(refused(
+            StatusCode::UNAUTHORIZED,
+            format!("changes need Authorization: Bearer <{TOKEN_VARIABLE}>"),
+        ))
+    }
+}
+
+async fn status(State(admin): State<Admin>) -> Answer {
+    let shared = &admin.shared;
+    let counts = shared.stats.snapshot();
+    (
+        StatusCode::OK,
+        Json(json!({
+            "name": shared.plan.name,
+            "records_in": counts.records_in,
+            "rows_out": counts.rows_out,
+            "dead_letters": counts.dead,
+            "late": counts.late,
+            "watermark_ms": shared.watermarks.slowest(),
+            "models": models_json(shared),
+        })),
+    )
+}
+
+async fn models(State(admin): State<Admin>) -> Answer {
+    (StatusCode::OK, Json(models_json(&admin.shared)))
+}
+
+fn models_json(shared: &Shared) -> Json_ {
+    let Some(versions) = &shared.models else {
+        return Json_::Null;
+    };
+    let schedule = versions.schedule();
+    let current = versions.current();
+    json!({
+        "name": versions.plan().name,
+        "registry": versions.plan().registry.as_ref().map(|registry| registry.dir.display().to_string()),
+        "available": versions.available().unwrap_or_default(),
+        "current": current.identity,
+        "device": current.device,
+        "base_version": schedule.base,
+        "switches": schedule.switches.iter().map(|(from_ms, version)| json!({
+            "from_ms": from_ms,
+            "version": version,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct PromoteRequest {
+    version: u64,
+}
+
+async fn promote(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Json(request): Json<PromoteRequest>,
+) -> Answer {
+    if let Err(answer) = authorized(&admin, &headers) {
+        return answer;
+    }
+    promote_version(&admin, request.version).await
+}
+
+async fn rollback(State(admin): State<Admin>, headers: HeaderMap) -> Answer {
+    if let Err(answer) = authorized(&admin, &headers) {
+        return answer;
+    }
+    let Some(versions) = &admin.shared.models else {
+        return refused(StatusCode::CONFLICT, "the dataflow has no model");
+    };
+    let schedule = versions.schedule();
+    let before = match schedule.switches.len() {
+        0 => {
+            return refused(
+                StatusCode::CONFLICT,
+                "no promotion to roll back: one version scores every row",
+            );
+        }
+        1 => schedule.base,
+        switches => schedule.switches[switches - 2].1,
+    };
+    promote_version(&admin, before).await
+}
+
+/// Promotes `version` off the async thread (it opens and probes the
+/// model, and waits for batches in flight).
+async fn promote_version(admin: &Admin, version: u64) -> Answer {
+    let shared = admin.shared.clone();
+    if shared.in_cluster {
+        return refused(
+            StatusCode::CONFLICT,
+            "promotions of a cluster's processes are not coordinated yet: record one ahead of the rows it applies to with `tideflow models promote SPEC VERSION --at TIME` before the run",
+        );
+    }
+    let promoted = tokio::task::spawn_blocking(move || {
+        let versions = shared
+            .models
+            .as_ref()
+            .ok_or_else(|| Error::Runtime("the dataflow has no model".into()))?;
+        versions.promote(version, shared.watermarks.slowest())
+    })
+    .await;
+    match promoted {
+        Ok(Ok(promotion)) => (StatusCode::OK, Json(json!(promotion))),
+        Ok(Err(error)) => refused(StatusCode::CONFLICT, error.to_string()),
+        Err(error) => refused(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    }
+}

@@ -1,0 +1,334 @@
+//! Model versions switched at a recorded stream position: a live run
+//! promoted from version 1 to 2 half way through its admin API, then the
+//! same history replayed as a backfill (identical rows, `_model` switching
+//! at the recorded event time, each version's rows those of a run pinned
+//! to it), and a live run killed after its promotion and restored (the
+//! rows of one uninterrupted backfill). Bad versions are refused and the
+//! running one goes on; the API takes the token when one is set and binds
+//! loopback only unless told.
+
+mod common;
+
+use serde_json::Value as Json;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const EVENTS: u64 = 8000;
+const RATE: u64 = 4000;
+
+/// A registry `fraud/` in `dir`: version 1 the MLP, 2 the boosted trees,
+/// 3 a model of another shape, 4 one that scores NaN, 5 not a model.
+fn registry(dir: &Path) -> PathBuf {
+    let registry = dir.join("fraud");
+    let root = common::root();
+    let versions: [(u64, &[u8]); 5] = [
+        (
+            1,
+            &std::fs::read(root.join("models/fraud_mlp.onnx")).unwrap(),
+        ),
+        (
+            2,
+            &std::fs::read(root.join("models/fraud_gbt.onnx")).unwrap(),
+        ),
+        (
+            3,
+            &std::fs::read(root.join("models/table_lookup.onnx")).unwrap(),
+        ),
+        (
+            4,
+            &std::fs::read(root.join("models/nan_scores.onnx")).unwrap(),
+        ),
+        (5, b"not an ONNX model"),
+    ];
+    for (version, bytes) in versions {
+        let version_dir = registry.join(version.to_string());
+        std::fs::create_dir_all(&version_dir).unwrap();
+        std::fs::write(version_dir.join("model.onnx"), bytes).unwrap();
+    }
+    // The run's base version is 1: recorded before the first run (without
+    // a record, the newest version would be the base).
+    std::fs::write(
+        registry.join("promotions.jsonl"),
+        "{\"version\":1,\"from_ms\":null,\"requested_at_ms\":0}\n",
+    )
+    .unwrap();
+    registry
+}
+
+/// The generator spec of `dataflows/fraud_generator.toml` over `registry`
+/// writing to `out`: paced at `RATE` events/s when `live`, with
+/// checkpoints when `state`. Its merchant features are keyed by user
+/// here, so that every row is computed in offset order and scored at once,
+/// ahead of the watermark: a promotion must then take effect after the
+/// rows scored, not merely at the watermark.
+fn spec(registry: &Path, out: &Path, live: bool, state: bool) -> PathBuf {
+    let root = common::root();
+    let mut text = std::fs::read_to_string(root.join("dataflows/fraud_generator.toml"))
+        .unwrap()
+        .replace("key = \"merchant_id\"\n", "")
+        .replace("models/fraud_mlp.onnx", &registry.display().to_string())
+        .replace(
+            "count = 200000",
+            &format!(
+                "count = {EVENTS}{}",
+                if live {
+                    format!("\nrate = {RATE}")
+                } else {
+                    String::new()
+                }
+            ),
+        )
+        .replace("out/demo/scores/", &out.join("rows").display().to_string())
+        .replace("out/demo/dead/", &out.join("dead").display().to_string());
+    if state {
+        text.push_str(&format!(
+            "\n[state]\ndir = \"{}\"\ninterval = \"150ms\"\n",
+            out.join("state").display()
+        ));
+    }
+    std::fs::create_dir_all(out).unwrap();
+    let path = out.join("spec.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn tideflow() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tideflow"));
+    command.env_remove("TIDEFLOW_ADMIN_TOKEN");
+    command
+}
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `tideflow run` of `spec` on 2 workers with the admin API at
+/// `port`, and `token` as the admin token.
+fn start_live(spec: &Path, port: u16, token: Option<&str>) -> Child {
+    let mut command = tideflow();
+    command
+        .args([
+            "run",
+            &spec.display().to_string(),
+            "--workers",
+            "2",
+            "--quiet",
+        ])
+        .args(["--admin", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(token) = token {
+        command.env("TIDEFLOW_ADMIN_TOKEN", token);
+    }
+    command.spawn().unwrap()
+}
+
+/// `tideflow models promote SPEC VERSION --admin PORT`: its output, or
+/// its error, once the API answers (the run may still be starting).
+fn promote(spec: &Path, version: u64, port: u16, token: Option<&str>) -> Result<Json, String> {
+    let started = Instant::now();
+    loop {
+        let mut command = tideflow();
+        command.args(["models", "promote", &spec.display().to_string()]);
+        command.args([version.to_string(), "--admin".into(), port.to_string()]);
+        if let Some(token) = token {
+            command.env("TIDEFLOW_ADMIN_TOKEN", token);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        if output.status.success() {
+            return Ok(serde_json::from_slice(&output.stdout).unwrap());
+        }
+        let starting = stderr.contains("connecting to the admin API");
+        if !starting || started.elapsed() > Duration::from_secs(30) {
+            return Err(stderr);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_success(child: Child) {
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Runs a spec to the end (no admin API).
+fn run_to_end(spec: &Path, overrides: &[&str]) {
+    let mut command = tideflow();
+    command.args([
+        "run",
+        &spec.display().to_string(),
+        "--workers",
+        "2",
+        "--quiet",
+    ]);
+    for set in overrides {
+        command.args(["--set", set]);
+    }
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn rows(out: &Path) -> Vec<Json> {
+    common::read_rows(&out.join("rows"))
+}
+
+fn version_of(row: &Json) -> &str {
+    let model = row["_model"].as_str().unwrap();
+    model.split('@').next().unwrap()
+}
+
+/// Every row of `rows` scored by v1 before `from_ms` and by v2 from it,
+/// some rows by each.
+fn check_switch(rows: &[Json], from_ms: i64) {
+    let mut by_version = [0, 0];
+    for row in rows {
+        let before = row["ts"].as_i64().unwrap() < from_ms;
+        let expected = if before { "fraud:v1" } else { "fraud:v2" };
+        assert_eq!(version_of(row), expected, "{row} (switch at {from_ms})");
+        by_version[usize::from(!before)] += 1;
+    }
+    assert!(
+        by_version[0] > 0 && by_version[1] > 0,
+        "the promotion came at the start or the end: {by_version:?} rows by v1, v2"
+    );
+}
+
+#[test]
+fn a_live_run_promoted_half_way_is_reproduced_by_a_backfill() {
+    common::require_onnxruntime();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry(dir.path());
+    let live_out = dir.path().join("live");
+    let live_spec = spec(&registry, &live_out, true, false);
+    let port = free_port();
+    let live = start_live(&live_spec, port, None);
+    // Bad versions are refused, and the running one goes on.
+    for (version, reason) in [
+        (3, "has shape Float32[?, 1], but the spec feeds 8 columns"),
+        (4, "scores NaN on a probe batch; refused"),
+        (5, "model"),
+        (9, "has no version 9"),
+    ] {
+        let error = promote(&live_spec, version, port, None).unwrap_err();
+        assert!(error.contains(reason), "version {version}: {error}");
+    }
+    // Half way through the events (paced at RATE a second).
+    std::thread::sleep(Duration::from_millis(EVENTS * 1000 / RATE / 2));
+    let promotion = promote(&live_spec, 2, port, None).unwrap();
+    let from_ms = promotion["from_ms"].as_i64().unwrap();
+    assert_eq!(promotion["version"], 2);
+    wait_success(live);
+    let live_rows = rows(&live_out);
+    assert_eq!(live_rows.len() as u64, EVENTS);
+    check_switch(&live_rows, from_ms);
+
+    // The same history as a backfill reads the record: the same rows.
+    let backfill_out = dir.path().join("backfill");
+    run_to_end(&spec(&registry, &backfill_out, false, false), &[]);
+    assert!(
+        common::read_lines(&backfill_out.join("rows"))
+            == common::read_lines(&live_out.join("rows")),
+        "the backfill's rows differ from the live run's"
+    );
+
+    // Each version's rows are those of a run pinned to it.
+    for version in [1, 2] {
+        let pinned_out = dir.path().join(format!("pinned{version}"));
+        let pinned_spec = spec(&registry, &pinned_out, false, false);
+        run_to_end(&pinned_spec, &[&format!("model.version={version}")]);
+        let pinned = rows(&pinned_out);
+        for (row, pinned) in live_rows.iter().zip(&pinned) {
+            assert_eq!(
+                (&row["_partition"], &row["_offset"]),
+                (&pinned["_partition"], &pinned["_offset"])
+            );
+            if version_of(row) == format!("fraud:v{version}") {
+                assert_eq!(
+                    row, pinned,
+                    "scored by v{version}, unlike the run pinned to it"
+                );
+            }
+        }
+    }
+    // `tideflow models list` shows the record.
+    let output = tideflow()
+        .args(["models", "list", &live_spec.display().to_string()])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        listed.contains(&format!("v2 from event time {from_ms} ms"))
+            && listed.contains("v1 from the start"),
+        "{listed}"
+    );
+}
+
+#[test]
+fn a_promoted_run_killed_and_restored_writes_the_rows_of_a_backfill() {
+    common::require_onnxruntime();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry(dir.path());
+    let live_out = dir.path().join("live");
+    let live_spec = spec(&registry, &live_out, true, true);
+    let port = free_port();
+    let mut live = start_live(&live_spec, port, Some("secret"));
+    // Changes need the token when one is set.
+    let refused = promote(&live_spec, 2, port, None).unwrap_err();
+    assert!(refused.contains("401"), "{refused}");
+    std::thread::sleep(Duration::from_millis(EVENTS * 1000 / RATE / 3));
+    let from_ms = promote(&live_spec, 2, port, Some("secret")).unwrap()["from_ms"]
+        .as_i64()
+        .unwrap();
+    // Some rows on, killed, then restored from its checkpoint.
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(
+        live.try_wait().unwrap().is_none(),
+        "the run ended before it was killed"
+    );
+    live.kill().unwrap();
+    live.wait().unwrap();
+    run_to_end(&live_spec, &[]);
+
+    let backfill_out = dir.path().join("backfill");
+    run_to_end(&spec(&registry, &backfill_out, false, false), &[]);
+    let restored = rows(&live_out);
+    check_switch(&restored, from_ms);
+    assert!(
+        common::read_lines(&live_out.join("rows"))
+            == common::read_lines(&backfill_out.join("rows")),
+        "the restored run's rows differ from the backfill's"
+    );
+}
+
+#[test]
+fn the_admin_api_binds_loopback_unless_told() {
+    common::require_onnxruntime();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry(dir.path());
+    let spec = spec(&registry, &dir.path().join("out"), false, false);
+    let output = tideflow()
+        .args(["run", &spec.display().to_string(), "--admin", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("is not a loopback address") && stderr.contains("--admin-public"),
+        "{stderr}"
+    );
+}
