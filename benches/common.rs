@@ -310,6 +310,8 @@ pub fn mlp_plan(path: &std::path::Path, device: Device, run_rows: usize) -> Mode
     ModelPlan {
         path: path.to_owned(),
         registry: None,
+        shadows: Vec::new(),
+        canary: None,
         name: "bench".into(),
         inputs: vec![ModelInputPlan {
             name: None,

@@ -199,6 +199,14 @@ fn models_json(shared: &Shared) -> Json_ {
             "from_ms": from_ms,
             "version": version,
         })).collect::<Vec<_>>(),
+        "shadows": versions.shadow_stats().into_iter().map(|(label, stats)| json!({
+            "label": label,
+            "stats": stats,
+        })).collect::<Vec<_>>(),
+        "canary": versions.plan().canary.as_ref().map(|canary| json!({
+            "version": canary.version,
+            "fraction": canary.buckets as f64 / crate::plan::CANARY_BUCKETS as f64,
+        })),
     })
 }
 

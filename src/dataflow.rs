@@ -87,8 +87,11 @@ pub fn prepare_model(plan: &mut Plan) -> Result<Option<Arc<ModelVersions>>> {
         return Ok(None);
     };
     let versions = ModelVersions::open(model_plan)?;
-    for (output, ty) in model_plan.outputs.iter().zip(versions.output_types()) {
-        plan.columns[output.slot].ty = *ty;
+    let challengers = model_plan.shadows.iter().map(|shadow| &shadow.outputs);
+    for outputs in std::iter::once(&model_plan.outputs).chain(challengers) {
+        for (output, ty) in outputs.iter().zip(versions.output_types()) {
+            plan.columns[output.slot].ty = *ty;
+        }
     }
     Ok(Some(Arc::new(versions)))
 }
@@ -111,6 +114,19 @@ fn describe_model(versions: &ModelVersions) -> String {
     if current.is_shared() {
         text.push_str("; one executor shared by the process's workers");
     }
+    if let Some(canary) = &versions.plan().canary {
+        text.push_str(&format!(
+            "; canary v{} scores {:.2}% of keys",
+            canary.version,
+            100.0 * canary.buckets as f64 / crate::plan::CANARY_BUCKETS as f64
+        ));
+    }
+    for (label, stats) in versions.shadow_stats() {
+        text.push_str(&format!(
+            "\n  shadow {label}: {}",
+            describe_shadow(versions, &stats)
+        ));
+    }
     let schedule = versions.schedule();
     if versions.is_registry() && !schedule.switches.is_empty() {
         let switches: Vec<String> = schedule
@@ -123,6 +139,33 @@ fn describe_model(versions: &ModelVersions) -> String {
             schedule.base,
             switches.join(", ")
         ));
+    }
+    text
+}
+
+/// A challenger against the champion: rows compared, agreement on the
+/// outputs that are not floats, and the mean absolute difference of each
+/// float output.
+pub fn describe_shadow(versions: &ModelVersions, stats: &crate::models::ShadowStats) -> String {
+    let rows = stats.rows.max(1) as f64;
+    let mut text = format!(
+        "{} rows, {:.2}% agreeing",
+        stats.rows,
+        100.0 * stats.agreeing as f64 / rows
+    );
+    let plan = versions.plan();
+    for ((output, ty), sum) in plan
+        .outputs
+        .iter()
+        .zip(versions.output_types())
+        .zip(&stats.abs_difference_sums)
+    {
+        if *ty == crate::schema::ColumnType::F64 {
+            text.push_str(&format!(", mean |Δ {}| {:.6}", output.column, sum / rows));
+        }
+    }
+    if stats.failed > 0 {
+        text.push_str(&format!(", {} rows it failed on", stats.failed));
     }
     text
 }

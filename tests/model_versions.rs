@@ -162,25 +162,23 @@ fn wait_success(child: Child) {
     );
 }
 
-/// Runs a spec to the end (no admin API).
+/// Runs a spec to the end on 2 workers (no admin API).
 fn run_to_end(spec: &Path, overrides: &[&str]) {
+    run_on(spec, 2, overrides);
+}
+
+/// Runs a spec to the end on `workers` workers; its standard error.
+fn run_on(spec: &Path, workers: usize, overrides: &[&str]) -> String {
     let mut command = tideflow();
-    command.args([
-        "run",
-        &spec.display().to_string(),
-        "--workers",
-        "2",
-        "--quiet",
-    ]);
+    command.args(["run", &spec.display().to_string(), "--quiet", "--workers"]);
+    command.arg(workers.to_string());
     for set in overrides {
         command.args(["--set", set]);
     }
     let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    stderr
 }
 
 fn rows(out: &Path) -> Vec<Json> {
@@ -330,5 +328,102 @@ fn the_admin_api_binds_loopback_unless_told() {
     assert!(
         stderr.contains("is not a loopback address") && stderr.contains("--admin-public"),
         "{stderr}"
+    );
+}
+
+/// A backfill of the generator spec with `extra` spec text appended, on
+/// `workers` workers; its rows and standard error.
+fn backfill_with(
+    dir: &Path,
+    name: &str,
+    extra: &str,
+    workers: usize,
+    overrides: &[&str],
+) -> (Vec<Json>, String) {
+    let out = dir.join(name);
+    let spec = spec(&dir.join("fraud"), &out, false, false);
+    let mut text = std::fs::read_to_string(&spec).unwrap();
+    text.push_str(extra);
+    std::fs::write(&spec, text).unwrap();
+    let stderr = run_on(&spec, workers, overrides);
+    (rows(&out), stderr)
+}
+
+/// The row without the columns named.
+fn without(row: &Json, columns: &[&str]) -> Json {
+    let mut row = row.clone();
+    for column in columns {
+        row.as_object_mut().unwrap().remove(*column);
+    }
+    row
+}
+
+#[test]
+fn shadows_and_canaries_leave_the_champions_rows_as_they_are() {
+    common::require_onnxruntime();
+    let dir = tempfile::tempdir().unwrap();
+    registry(dir.path());
+    let (plain, _) = backfill_with(dir.path(), "plain", "", 2, &[]);
+    let (pinned2, _) = backfill_with(dir.path(), "pinned2", "", 2, &["model.version=2"]);
+
+    // A shadow: the champion's columns as without it, its own those of
+    // version 2.
+    let (shadowed, stderr) = backfill_with(
+        dir.path(),
+        "shadow",
+        "\n[[model.shadow]]\nversion = 2\n",
+        2,
+        &[],
+    );
+    assert_eq!(shadowed.len(), plain.len());
+    let shadow_columns = ["fraud_probability_v2", "fraud_label_v2"];
+    for ((row, plain), pinned2) in shadowed.iter().zip(&plain).zip(&pinned2) {
+        assert_eq!(without(row, &shadow_columns), *plain);
+        assert_eq!(
+            row["fraud_probability_v2"], pinned2["fraud_probability"],
+            "{row}"
+        );
+        assert_eq!(row["fraud_label_v2"], pinned2["fraud_label"], "{row}");
+    }
+    assert!(
+        stderr.contains(&format!("shadow v2: {EVENTS} rows, "))
+            && stderr.contains("mean |Δ fraud_probability|"),
+        "{stderr}"
+    );
+
+    // A canary of 30% of users: each user always scored by one version,
+    // the same on 1 and 2 workers; its rows those of version 2, the others
+    // the champion's as without it.
+    let canary = "\n[model.canary]\nversion = 2\nfraction = 0.3\n";
+    let (canaried, _) = backfill_with(dir.path(), "canary", canary, 2, &[]);
+    let (one_worker, _) = backfill_with(dir.path(), "canary1", canary, 1, &[]);
+    assert!(
+        canaried == one_worker,
+        "canary rows differ between 1 and 2 workers"
+    );
+    let mut version_of_user = std::collections::BTreeMap::new();
+    for ((row, plain), pinned2) in canaried.iter().zip(&plain).zip(&pinned2) {
+        let version = version_of(row).to_owned();
+        let user = row["user_id"].as_str().unwrap().to_owned();
+        let first = version_of_user
+            .entry(user)
+            .or_insert_with(|| version.clone());
+        assert_eq!(*first, version, "a user scored by two versions: {row}");
+        let expected = if version == "fraud:v2" {
+            pinned2
+        } else {
+            plain
+        };
+        assert_eq!(row, expected);
+    }
+    let canary_users = version_of_user
+        .values()
+        .filter(|version| *version == "fraud:v2")
+        .count();
+    let share = canary_users as f64 / version_of_user.len() as f64;
+    assert!(
+        (0.2..0.4).contains(&share),
+        "{canary_users} of {} users",
+        version_of_user.len()
     );
 }

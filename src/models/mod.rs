@@ -17,7 +17,7 @@ pub mod registry;
 
 use crate::batch::{Batch, Cells};
 use crate::inference::{Model, Scorer, SharedExecutor};
-use crate::plan::ModelPlan;
+use crate::plan::{ModelPlan, OutputPlan};
 use crate::schema::ColumnType;
 use crate::{Error, Result};
 use registry::{Promotion, Registry, Schedule};
@@ -37,6 +37,24 @@ pub struct ModelVersions {
     scored_up_to: AtomicI64,
     opened: Mutex<BTreeMap<u64, Arc<Opened>>>,
     output_types: Vec<ColumnType>,
+    /// Each challenger's plan (its outputs into its own columns) and how
+    /// it compares with the champion so far.
+    shadows: Vec<(ModelPlan, Mutex<ShadowStats>)>,
+}
+
+/// How a challenger's scores compare with the champion's.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct ShadowStats {
+    /// Rows both scored.
+    pub rows: u64,
+    /// Of those, rows on whose every output that is not a float (a
+    /// label, say) the two agree.
+    pub agreeing: u64,
+    /// Per float output (in plan order, others 0), the sum of the
+    /// absolute differences.
+    pub abs_difference_sums: Vec<f64>,
+    /// Rows of batches the challenger failed on (not compared).
+    pub failed: u64,
 }
 
 /// One version, checked.
@@ -80,15 +98,71 @@ impl ModelVersions {
             scored_up_to: AtomicI64::new(i64::MIN),
             opened: Mutex::new(BTreeMap::new()),
             output_types: Vec::new(),
+            shadows: Vec::new(),
         };
-        for version in schedule.versions() {
+        let canary = plan.canary.as_ref().map(|canary| canary.version);
+        for version in schedule.versions().into_iter().chain(canary) {
+            if lock(&versions.opened).contains_key(&version) {
+                continue;
+            }
             let (opened, types) = versions.check(version)?;
             if versions.output_types.is_empty() {
                 versions.output_types = types;
+            } else if types != versions.output_types {
+                return Err(versions.mismatch(version, &types));
             }
             lock(&versions.opened).insert(version, Arc::new(opened));
         }
+        for shadow in &plan.shadows {
+            let mut shadow_plan = plan.clone();
+            shadow_plan.path = shadow.path.clone();
+            shadow_plan.outputs = shadow.outputs.clone();
+            shadow_plan.registry = None;
+            shadow_plan.shadows = Vec::new();
+            shadow_plan.canary = None;
+            let model = Model::open(&shadow_plan)?;
+            if model.output_types() != versions.output_types {
+                return Err(versions.mismatch_of(&shadow.label, model.output_types()));
+            }
+            let stats = ShadowStats {
+                abs_difference_sums: vec![0.0; plan.outputs.len()],
+                ..ShadowStats::default()
+            };
+            versions.shadows.push((shadow_plan, Mutex::new(stats)));
+        }
         Ok(versions)
+    }
+
+    /// Each challenger's label and its comparison with the champion so far.
+    pub fn shadow_stats(&self) -> Vec<(String, ShadowStats)> {
+        self.plan
+            .shadows
+            .iter()
+            .zip(&self.shadows)
+            .map(|(shadow, (_, stats))| (shadow.label.clone(), lock(stats).clone()))
+            .collect()
+    }
+
+    fn mismatch(&self, version: u64, types: &[ColumnType]) -> Error {
+        self.mismatch_of(&format!("version {version}"), types)
+    }
+
+    fn mismatch_of(&self, what: &str, types: &[ColumnType]) -> Error {
+        let names = |types: &[ColumnType]| {
+            types
+                .iter()
+                .map(|ty| ty.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Error::Model {
+            path: self.plan.path.display().to_string(),
+            message: format!(
+                "{what} gives outputs of types ({}), the running version ({}); refused",
+                names(types),
+                names(&self.output_types)
+            ),
+        }
     }
 
     /// The plan of the model (of its first version).
@@ -250,20 +324,54 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Whether `key` is among a canary's keys: the first `buckets` of
+/// `CANARY_BUCKETS` buckets of the keys' stable hashes (the same in every
+/// process and run, so a key always gets the same version).
+fn is_canary_key(key: &Value, buckets: u64) -> bool {
+    key.stable_hash() % crate::plan::CANARY_BUCKETS < buckets
+}
+
+/// Adds the comparison of the champion's outputs with a challenger's, row
+/// by row, to `stats`.
+fn compare(
+    batch: &Batch,
+    (champion, challenger): (&[OutputPlan], &[OutputPlan]),
+    stats: &mut ShadowStats,
+) {
+    stats.rows += batch.len() as u64;
+    for row in 0..batch.len() {
+        let mut agree = true;
+        for (index, (ours, theirs)) in champion.iter().zip(challenger).enumerate() {
+            let (ours, theirs) = (batch.value(ours.slot, row), batch.value(theirs.slot, row));
+            match (&*ours, &*theirs) {
+                (Value::F64(ours), Value::F64(theirs)) => {
+                    stats.abs_difference_sums[index] += (ours - theirs).abs();
+                }
+                (ours, theirs) => agree &= ours == theirs,
+            }
+        }
+        stats.agreeing += u64::from(agree);
+    }
+}
+
 /// A worker's scorer: each row scored by the version in effect at its
 /// event time.
 #[derive(Debug)]
 pub struct VersionedScorer {
     versions: Arc<ModelVersions>,
     scorers: BTreeMap<u64, Scorer>,
+    /// The challengers' sessions, opened the first time.
+    shadows: Vec<Option<Model>>,
 }
 
 impl VersionedScorer {
     /// A worker's scorer of the run's versions.
     pub fn new(versions: Arc<ModelVersions>) -> Self {
+        let shadows = versions.shadows.iter().map(|_| None).collect();
         VersionedScorer {
             versions,
             scorers: BTreeMap::new(),
+            shadows,
         }
     }
 
@@ -284,37 +392,74 @@ impl VersionedScorer {
         if let Some(newest) = batch.rows().iter().map(|row| row.time).max() {
             versions.scored_up_to.fetch_max(newest, Ordering::SeqCst);
         }
-        let first = batch
-            .rows()
-            .first()
-            .map_or(schedule.base, |row| schedule.version_at(row.time));
-        let uniform = batch
-            .rows()
-            .iter()
-            .all(|row| schedule.version_at(row.time) == first);
-        if uniform {
+        let row_versions = self.row_versions(batch, &schedule);
+        let first = row_versions.first().copied().unwrap_or(schedule.base);
+        if row_versions.iter().all(|version| *version == first) {
             self.scorer(first)?.score(batch)?;
-            self.name_version(batch, |_| first);
-            return Ok(());
+        } else {
+            self.score_by_version(batch, &row_versions)?;
         }
-        self.score_by_version(batch, &schedule)
+        self.name_version(batch, |row| row_versions[row]);
+        self.score_shadows(batch);
+        Ok(())
     }
 
-    /// A batch that straddles a promotion: each version's rows scored
-    /// apart, their outputs put back in row order.
-    fn score_by_version(&mut self, batch: &mut Batch, schedule: &Schedule) -> Result<()> {
-        let row_versions: Vec<u64> = batch
+    /// The version of each row: the canary's for a canary key, else the
+    /// one in effect at the row's event time.
+    fn row_versions(&self, batch: &Batch, schedule: &Schedule) -> Vec<u64> {
+        let canary = self.versions.plan.canary.as_ref();
+        batch
             .rows()
             .iter()
-            .map(|row| schedule.version_at(row.time))
-            .collect();
+            .enumerate()
+            .map(|(index, row)| match canary {
+                Some(canary)
+                    if is_canary_key(&batch.value(canary.key_slot, index), canary.buckets) =>
+                {
+                    canary.version
+                }
+                _ => schedule.version_at(row.time),
+            })
+            .collect()
+    }
+
+    /// Scores `batch` with each challenger into its own columns and adds
+    /// the comparison with the champion to its stats; a challenger that
+    /// fails leaves its columns null, and the champion's rows go on.
+    fn score_shadows(&mut self, batch: &mut Batch) {
+        let versions = self.versions.clone();
+        for (index, (plan, stats)) in versions.shadows.iter().enumerate() {
+            let scored = match &mut self.shadows[index] {
+                Some(model) => model.score(batch),
+                slot => Model::open(plan).and_then(|model| slot.insert(model).score(batch)),
+            };
+            let mut stats = lock(stats);
+            if scored.is_err() {
+                stats.failed += batch.len() as u64;
+                for output in &plan.outputs {
+                    let nulls = vec![Value::Null; batch.len()];
+                    batch.set_column(output.slot, ColumnType::Str, nulls);
+                }
+                continue;
+            }
+            compare(batch, (&versions.plan.outputs, &plan.outputs), &mut stats);
+        }
+    }
+
+    /// A batch of rows of several versions (a promotion, a canary): each
+    /// version's rows scored apart, their outputs put back in row order.
+    fn score_by_version(&mut self, batch: &mut Batch, row_versions: &[u64]) -> Result<()> {
         let mut parts: BTreeMap<u64, Batch> = BTreeMap::new();
-        for version in &row_versions {
+        for version in row_versions {
             if parts.contains_key(version) {
                 continue;
             }
             let mut part = batch.clone();
-            part.retain(|row| schedule.version_at(row.time) == *version);
+            let mut index = 0;
+            part.retain(|_| {
+                index += 1;
+                row_versions[index - 1] == *version
+            });
             self.scorer(*version)?.score(&mut part)?;
             parts.insert(*version, part);
         }
@@ -322,14 +467,13 @@ impl VersionedScorer {
         for (output, ty) in plan.outputs.iter().zip(&self.versions.output_types) {
             let mut cells = Cells::for_type(*ty, row_versions.len());
             let mut taken: BTreeMap<u64, usize> = BTreeMap::new();
-            for version in &row_versions {
+            for version in row_versions {
                 let index = taken.entry(*version).or_default();
                 cells.push(parts[version].value(output.slot, *index).into_owned());
                 *index += 1;
             }
             batch.set_cells(output.slot, cells);
         }
-        self.name_version(batch, |row| row_versions[row]);
         Ok(())
     }
 

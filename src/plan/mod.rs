@@ -23,6 +23,7 @@ mod state;
 
 pub use features::Expressions;
 pub use joins::{InputPlan, JoinPlan, LABEL_COMPLETE, LabelPlan, TablePlan};
+pub use model::CANARY_BUCKETS;
 pub use sinks::SinkPlan;
 
 use crate::features::StagePlan;
@@ -213,6 +214,10 @@ pub struct ModelPlan {
     pub run_rows: RunRows,
     /// Who runs the sessions.
     pub executor: ExecutorPlan,
+    /// Challengers scoring the same rows into columns of their own.
+    pub shadows: Vec<ShadowPlan>,
+    /// A fraction of keys scored by another version.
+    pub canary: Option<CanaryPlan>,
     /// Whether a batch the model fails on stops the run (else its rows
     /// become dead letters).
     pub stop_on_error: bool,
@@ -227,6 +232,28 @@ pub struct RegistryPlan {
     pub pinned: Option<u64>,
     /// The `_model` column, which names the version that scored each row.
     pub model_slot: usize,
+}
+
+/// A challenger, resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShadowPlan {
+    /// How it is named in metrics: `v3`, or the file's stem.
+    pub label: String,
+    /// Its file.
+    pub path: PathBuf,
+    /// The champion's outputs, each into the challenger's own column.
+    pub outputs: Vec<OutputPlan>,
+}
+
+/// The canary, resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CanaryPlan {
+    /// The registry version scoring the canary keys.
+    pub version: u64,
+    /// Of 10,000 buckets of keys' stable hashes, the first this many.
+    pub buckets: u64,
+    /// The key.
+    pub key_slot: usize,
 }
 
 /// `[model.executor]`, resolved.
@@ -439,7 +466,8 @@ impl Plan {
             features::features(text, &spec.feature, &mut columns, inputs)?;
         let key_ttl = spec.state.key_ttl.as_ref();
         features::key_ttl(text, key_ttl, &mut stages, time.bound_ms)?;
-        let mut model = model::model(text, spec.model.as_ref(), &mut columns)?;
+        let source_key = spec.source.get_ref().key();
+        let mut model = model::model(text, spec.model.as_ref(), &mut columns, source_key)?;
         let (labels, label_complete_slot) =
             joins::labels(text, &spec.label, &source, &mut columns)?;
         // A registry's rows name their version in a column of their own,

@@ -3,12 +3,15 @@
 
 use super::columns::Columns;
 use super::{
-    ExecutorPlan, GPU_RUN_ROWS, ModelInputPlan, ModelPlan, OutputPlan, RegistryPlan, RunRows,
-    TokensPlan,
+    CanaryPlan, ExecutorPlan, GPU_RUN_ROWS, ModelInputPlan, ModelPlan, OutputPlan, RegistryPlan,
+    RunRows, ShadowPlan, TokensPlan,
 };
 use crate::models::registry::Registry;
 use crate::schema::ColumnType;
-use crate::spec::{ExecutorSpec, ModelInputSpec, ModelSpec, OnModelError, SpecError, SpecSource};
+use crate::spec::{
+    CanarySpec, ExecutorSpec, ModelInputSpec, ModelSpec, OnModelError, ShadowSpec, SpecError,
+    SpecSource,
+};
 use toml::Spanned;
 
 /// Resolves the model, adding its output columns (typed f64 until the
@@ -17,6 +20,7 @@ pub(super) fn model(
     text: &SpecSource,
     model: Option<&Spanned<ModelSpec>>,
     columns: &mut Columns,
+    source_key: Option<&str>,
 ) -> Result<Option<ModelPlan>, SpecError> {
     let Some(model) = model else {
         return Ok(None);
@@ -51,6 +55,16 @@ pub(super) fn model(
         ));
     }
     let (path, registry) = model_file(text, model)?;
+    let shadows = model
+        .shadow
+        .iter()
+        .map(|shadow| shadow_plan(text, shadow, model, &outputs, columns))
+        .collect::<Result<Vec<_>, _>>()?;
+    let canary = model
+        .canary
+        .as_ref()
+        .map(|canary| canary_plan(text, canary, model, columns, source_key))
+        .transpose()?;
     let name = model.name.clone().unwrap_or_else(|| {
         let named_by = if registry.is_some() {
             model.path.file_name()
@@ -69,6 +83,8 @@ pub(super) fn model(
         fill_null: model.fill_null,
         stop_on_error: model.on_error == OnModelError::Stop,
         executor: executor(text, &model.executor)?,
+        shadows,
+        canary,
         run_rows: match model.run_rows {
             Some(0) => RunRows::PerBatch,
             Some(rows) => RunRows::Fixed(rows),
@@ -194,6 +210,134 @@ fn model_file(
         }),
     ))
 }
+
+/// A challenger: its file, and a column of its own for each of the
+/// champion's outputs.
+fn shadow_plan(
+    text: &SpecSource,
+    shadow: &Spanned<ShadowSpec>,
+    model: &ModelSpec,
+    outputs: &[OutputPlan],
+    columns: &mut Columns,
+) -> Result<ShadowPlan, SpecError> {
+    let (span, spec) = (shadow.span(), shadow.get_ref());
+    let (label, path) = match (&spec.version, &spec.path) {
+        (Some(version), None) => {
+            if !Registry::is_registry(&model.path) {
+                return Err(text.error_at(
+                    span,
+                    "a shadow version needs the model to be a registry",
+                    "give the shadow a path = \"file.onnx\" instead",
+                ));
+            }
+            let registry = Registry::open(&model.path).map_err(|error| {
+                text.error_at(span.clone(), error.to_string(), "fix the registry")
+            })?;
+            let path = registry.model_path(*version).map_err(|error| {
+                text.error_at(
+                    span.clone(),
+                    error.to_string(),
+                    "name a version the registry holds",
+                )
+            })?;
+            (format!("v{version}"), path)
+        }
+        (None, Some(path)) => (
+            path.file_stem()
+                .map_or("shadow".into(), |stem| stem.to_string_lossy().into_owned()),
+            path.clone(),
+        ),
+        _ => {
+            return Err(text.error_at(
+                span,
+                "a shadow needs a version or a path, not both",
+                "version = N (of the registry) or path = \"file.onnx\"",
+            ));
+        }
+    };
+    let suffix = spec.suffix.clone().unwrap_or_else(|| match spec.version {
+        Some(version) => format!("_v{version}"),
+        None => "_shadow".into(),
+    });
+    let mut shadow_outputs = Vec::new();
+    for output in outputs {
+        let column = format!("{}{suffix}", output.column);
+        if columns.is_taken(&column) {
+            return Err(text.error_at(
+                span,
+                format!("shadow column '{column}' has the name of an existing column"),
+                "set a suffix of its own",
+            ));
+        }
+        shadow_outputs.push(OutputPlan {
+            slot: columns.push(&column, ColumnType::F64),
+            column,
+            ..output.clone()
+        });
+    }
+    Ok(ShadowPlan {
+        label,
+        path,
+        outputs: shadow_outputs,
+    })
+}
+
+/// The canary: its version of the registry, and the keys it scores.
+fn canary_plan(
+    text: &SpecSource,
+    canary: &Spanned<CanarySpec>,
+    model: &ModelSpec,
+    columns: &Columns,
+    source_key: Option<&str>,
+) -> Result<CanaryPlan, SpecError> {
+    let (span, spec) = (canary.span(), canary.get_ref());
+    if !Registry::is_registry(&model.path) || model.version.is_some() {
+        return Err(text.error_at(
+            span,
+            "a canary needs the model to be a registry whose version is not pinned",
+            "set model.path to a registry directory and remove model.version",
+        ));
+    }
+    if !(0.0..=1.0).contains(&spec.fraction) {
+        return Err(text.error_at(
+            span,
+            format!("canary fraction {} is not between 0 and 1", spec.fraction),
+            "set fraction = 0.05 for 5% of keys",
+        ));
+    }
+    let key = spec.key.as_deref().or(source_key).ok_or_else(|| {
+        text.error_at(
+            span.clone(),
+            "the canary has no key (and the source none)",
+            "set key = \"user_id\": a key is always scored by the same version",
+        )
+    })?;
+    let key_slot = columns.slot_of(key).ok_or_else(|| {
+        text.error_at(
+            span.clone(),
+            format!("canary key '{key}' is not a column"),
+            "name a field of [schema]",
+        )
+    })?;
+    let registry = Registry::open(&model.path)
+        .map_err(|error| text.error_at(span.clone(), error.to_string(), "fix the registry"))?;
+    registry.model_path(spec.version).map_err(|error| {
+        text.error_at(
+            span.clone(),
+            error.to_string(),
+            "name a version the registry holds",
+        )
+    })?;
+    Ok(CanaryPlan {
+        version: spec.version,
+        buckets: (spec.fraction * CANARY_BUCKETS as f64).round() as u64,
+        key_slot,
+    })
+}
+
+/// Keys are spread over this many buckets by their stable hash; a canary
+/// takes the first `fraction` of them.
+pub const CANARY_BUCKETS: u64 = 10_000;
 
 /// `[model.executor]`, defaults filled in: 16384 rows, 2 ms.
 fn executor(text: &SpecSource, spec: &ExecutorSpec) -> Result<ExecutorPlan, SpecError> {

@@ -153,6 +153,37 @@ pub struct ModelSpec {
     /// `[model.executor]`: who runs the model's sessions.
     #[serde(default)]
     pub executor: ExecutorSpec,
+    /// `[[model.shadow]]`: challengers scoring the same rows into columns
+    /// of their own.
+    #[serde(default)]
+    pub shadow: Vec<Spanned<ShadowSpec>>,
+    /// `[model.canary]`: a fraction of keys scored by another version.
+    pub canary: Option<Spanned<CanarySpec>>,
+}
+
+/// `[[model.shadow]]`: a challenger.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSpec {
+    /// A version of the model's registry.
+    pub version: Option<u64>,
+    /// Or a model file.
+    pub path: Option<PathBuf>,
+    /// Appended to each output column's name for the challenger's
+    /// (default `_v{version}`, or `_shadow` for a file).
+    pub suffix: Option<String>,
+}
+
+/// `[model.canary]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanarySpec {
+    /// The registry version that scores the canary keys.
+    pub version: u64,
+    /// The fraction of keys, 0 to 1, by a stable hash of the key.
+    pub fraction: f64,
+    /// The key field (default: the source's key).
+    pub key: Option<String>,
 }
 
 /// `[model.executor]`.
