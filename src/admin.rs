@@ -5,7 +5,8 @@
 //! When `TIDEFLOW_ADMIN_TOKEN` is set, anything that changes state takes
 //! `Authorization: Bearer TOKEN`; reading does not.
 //!
-//! - `GET /status`: the run's counts, its slowest watermark, its models.
+//! - `GET /status`: the run's counts, its slowest watermark, its models,
+//!   and the drift of its columns against a reference.
 //! - `GET /models`: the registry's versions, the schedule (which version
 //!   scores rows from which event time), the version scoring new rows.
 //! - `POST /models/promote` with `{"version": N}`: checks version N and
@@ -174,6 +175,12 @@ async fn status(State(admin): State<Admin>) -> Answer {
             "late": counts.late,
             "watermark_ms": shared.watermarks.slowest(),
             "models": models_json(shared),
+            "drift": shared.drift.as_ref().map(|drift| {
+                drift.psi().into_iter().map(|(column, psi)| json!({
+                    "column": column,
+                    "psi": psi,
+                })).collect::<Vec<_>>()
+            }),
         })),
     )
 }

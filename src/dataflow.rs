@@ -55,6 +55,9 @@ pub struct RunOptions {
     pub metrics: Option<Arc<Metrics>>,
     /// Where to serve the admin API, if anywhere.
     pub admin: Option<crate::admin::AdminOptions>,
+    /// Drift to observe instead of the plan's reference (`tideflow
+    /// profile` samples the rows for a profile).
+    pub drift: Option<Arc<crate::models::drift::Drift>>,
 }
 
 impl Default for RunOptions {
@@ -66,6 +69,7 @@ impl Default for RunOptions {
             cluster: None,
             metrics: None,
             admin: None,
+            drift: None,
         }
     }
 }
@@ -220,6 +224,19 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
         .map(|versions| versions.current().identity.clone());
     let mut shared = Shared::new(plan, constant_identity, metrics);
     shared.models = models.clone();
+    shared.drift = match (&options.drift, &shared.plan.drift_reference) {
+        (Some(drift), _) => Some(drift.clone()),
+        (None, Some(reference)) => Some(Arc::new(crate::models::drift::Drift::monitoring(
+            reference,
+            &shared.plan.drift_columns(),
+        )?)),
+        (None, None) => None,
+    };
+    *shared
+        .metrics
+        .drift
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = shared.drift.clone();
     if let Some(stop) = &options.stop {
         shared.control = RunControl::draining_on(stop.clone());
     }
@@ -325,6 +342,10 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
         elapsed,
         workers,
         model: models.as_deref().map(describe_model),
+        drift: shared
+            .drift
+            .as_ref()
+            .map_or_else(Vec::new, |drift| drift.psi()),
         scope,
     })
 }

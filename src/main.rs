@@ -108,6 +108,18 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+    /// Profile a bounded run's features and model outputs (a sample of
+    /// their rows binned by deciles) as the reference `[drift]` measures
+    /// later runs against.
+    Profile {
+        /// The dataflow spec (TOML).
+        spec: PathBuf,
+        /// Where to write the profile (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
+    },
     /// A registry model's versions: list them, or promote one.
     Models {
         #[command(subcommand)]
@@ -218,6 +230,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check { spec, overrides } => check(&spec, &overrides),
         Command::Models { action } => models(action),
+        Command::Profile { spec, out, run } => profile(&spec, &out, &run),
         Command::Gen {
             brokers,
             topic,
@@ -410,12 +423,49 @@ fn run_here(
             cluster,
             metrics: Some(metrics),
             admin,
+            drift: None,
         },
     )?;
     eprint!("{summary}");
     if !summary.reconciles() {
         bail!("input records do not reconcile with outputs and dead letters");
     }
+    Ok(())
+}
+
+/// `tideflow profile`: runs the spec over its bounded input, sampling its
+/// rows, and writes their profile.
+fn profile(spec: &Path, out: &Path, run_args: &RunArgs) -> anyhow::Result<()> {
+    let plan = plan::load(spec, &run_args.overrides())?;
+    if let tideflow::plan::SourcePlan::Kafka(kafka) = &plan.source
+        && kafka.config.end == tideflow_connectors::kafka::EndPosition::Never
+    {
+        bail!(
+            "a profile is of a bounded run: give the Kafka source an end (--until now, or a time)"
+        );
+    }
+    let drift = Arc::new(tideflow::models::drift::Drift::profiling(
+        plan.drift_columns(),
+    ));
+    let summary = run(
+        plan,
+        &RunOptions {
+            workers: run_args.workers,
+            progress: !run_args.quiet,
+            drift: Some(drift.clone()),
+            ..RunOptions::default()
+        },
+    )?;
+    eprint!("{summary}");
+    let profile = drift.profile().expect("profiling");
+    let text = serde_json::to_string_pretty(&profile)?;
+    std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "profile of {} columns over a sample of {} rows written to {}",
+        profile.columns.len(),
+        profile.rows,
+        out.display()
+    );
     Ok(())
 }
 

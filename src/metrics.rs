@@ -157,6 +157,8 @@ pub struct Metrics {
     /// Per (stage key, worker): keys held and checkpoint bytes at the
     /// newest cut.
     pub stage_state: Mutex<BTreeMap<(String, usize), (u64, u64)>>,
+    /// The drift of the rows against a reference, when measured.
+    pub drift: Mutex<Option<Arc<crate::models::drift::Drift>>>,
 }
 
 /// What the newest committed checkpoint took.
@@ -185,6 +187,7 @@ impl Default for Metrics {
             source: Mutex::default(),
             checkpoint: Mutex::default(),
             stage_state: Mutex::default(),
+            drift: Mutex::default(),
         }
     }
 }
@@ -239,9 +242,32 @@ impl Metrics {
             })
     }
 
+    /// The drift of each measured column, as a gauge.
+    fn render_drift(&self, out: &mut String) {
+        let Some(drift) = lock(&self.drift).clone() else {
+            return;
+        };
+        let psi = drift.psi();
+        if psi.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tideflow_drift_psi Population stability index of the column's values against the drift reference.\n# TYPE tideflow_drift_psi gauge"
+        );
+        for (column, value) in psi {
+            let _ = writeln!(
+                out,
+                "tideflow_drift_psi{{column=\"{}\"}} {value}",
+                escape(&column)
+            );
+        }
+    }
+
     /// The metrics as Prometheus text.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        self.render_drift(&mut out);
         let counts = self.stats.snapshot();
         let source = escape(&lock(&self.source));
         let counter = |out: &mut String, name: &str, help: &str, value: u64| {

@@ -152,6 +152,8 @@ pub struct Shared {
     pub restored: crate::checkpoint::restore::Restored,
     /// The model's versions, when the plan has a model.
     pub models: Option<Arc<crate::models::ModelVersions>>,
+    /// What the run does with the drift of its rows, if anything.
+    pub drift: Option<Arc<crate::models::drift::Drift>>,
 }
 
 impl Shared {
@@ -171,6 +173,7 @@ impl Shared {
             checkpoints: None,
             restored: Default::default(),
             models: None,
+            drift: None,
         }
     }
 
@@ -244,6 +247,8 @@ pub struct Summary {
     pub workers: usize,
     /// `_model` and device, when a model scored the rows.
     pub model: Option<String>,
+    /// Per column, the PSI of the rows against the drift reference.
+    pub drift: Vec<(String, f64)>,
     /// What the counts cover.
     pub scope: SummaryScope,
 }
@@ -356,6 +361,18 @@ impl std::fmt::Display for Summary {
         }
         if let Some(model) = &self.model {
             writeln!(f, "  model {model}")?;
+        }
+        if !self.drift.is_empty() {
+            let columns: Vec<String> = self
+                .drift
+                .iter()
+                .map(|(column, psi)| format!("{column} {psi:.4}"))
+                .collect();
+            writeln!(
+                f,
+                "  drift (PSI against the reference): {}",
+                columns.join(", ")
+            )?;
         }
         Ok(())
     }

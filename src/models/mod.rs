@@ -13,6 +13,7 @@
 //! probe batch; a version that does not is refused and the running one
 //! goes on.
 
+pub mod drift;
 pub mod registry;
 
 use crate::batch::{Batch, Cells};

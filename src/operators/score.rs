@@ -96,6 +96,9 @@ impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
                         let seconds = scoring.elapsed().as_secs_f64();
                         shared.metrics.inference_seconds.observe(seconds);
                     }
+                    if let Some(drift) = &shared.drift {
+                        drift.observe(&batch);
+                    }
                     shared.stats.batch(batch.len());
                     shared.metrics.batch_rows.observe(batch.len() as f64);
                     output.session(&*held).give(batch);

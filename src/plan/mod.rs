@@ -87,6 +87,8 @@ pub struct Plan {
     pub label_complete_slot: Option<usize>,
     /// The model, if any.
     pub model: Option<ModelPlan>,
+    /// The reference profile the rows' drift is measured against.
+    pub drift_reference: Option<PathBuf>,
     /// Batching policy.
     pub batching: BatchingPlan,
     /// Output sinks.
@@ -428,6 +430,31 @@ pub struct BatchingPlan {
     pub bulk: BatchLimits,
 }
 
+impl Plan {
+    /// The columns whose drift is measured, `(name, slot)`: the numeric
+    /// columns the rows gain before they are scored and the model's
+    /// outputs (joined columns, features, expressions, outputs, shadows'
+    /// outputs), not schema fields, lists, labels or `_model`.
+    pub fn drift_columns(&self) -> Vec<(String, usize)> {
+        let labels: Vec<usize> =
+            self.labels
+                .iter()
+                .map(|label| label.slot)
+                .chain(self.label_complete_slot)
+                .chain(self.model.iter().filter_map(|model| {
+                    model.registry.as_ref().map(|registry| registry.model_slot)
+                }))
+                .collect();
+        self.columns
+            .iter()
+            .enumerate()
+            .skip(self.field_count)
+            .filter(|(slot, column)| column.ty.is_numeric() && !labels.contains(slot))
+            .map(|(slot, column)| (column.name.clone(), slot))
+            .collect()
+    }
+}
+
 /// Reads, parses and checks a spec file with `--set` overrides.
 pub fn load(file: &std::path::Path, overrides: &[String]) -> Result<Plan, SpecError> {
     let mut source = SpecSource::read(file)?;
@@ -502,6 +529,7 @@ impl Plan {
             labels,
             label_complete_slot,
             model,
+            drift_reference: spec.drift.as_ref().map(|drift| drift.reference.clone()),
             batching: batching::batching(text, &spec.batching)?,
             sinks,
             dead_letters,

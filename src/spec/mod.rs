@@ -67,6 +67,8 @@ pub struct Spec {
     /// How long feature state is kept.
     #[serde(default)]
     pub state: StateSpec,
+    /// `[drift]`: a reference profile to measure the rows against.
+    pub drift: Option<DriftSpec>,
 }
 
 /// `[state]`.
@@ -159,6 +161,14 @@ pub struct ModelSpec {
     pub shadow: Vec<Spanned<ShadowSpec>>,
     /// `[model.canary]`: a fraction of keys scored by another version.
     pub canary: Option<Spanned<CanarySpec>>,
+}
+
+/// `[drift]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftSpec {
+    /// The profile `tideflow profile` wrote.
+    pub reference: PathBuf,
 }
 
 /// `[[model.shadow]]`: a challenger.
