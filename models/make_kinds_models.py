@@ -33,9 +33,7 @@ false, the empty string). The tests score the same rows with the engine
 and compare. Everything here is seeded; the `.onnx` and reference files
 are committed, so the tests need no Python. Rerun only to change them:
 
-    python3 -m venv /tmp/models-env
-    /tmp/models-env/bin/pip install -r models/requirements.txt
-    /tmp/models-env/bin/python models/make_kinds_models.py
+    $(scripts/setup-model-tools.sh | tail -1) models/make_kinds_models.py
 """
 
 import json
