@@ -2,7 +2,8 @@
 # The whole test suite on a fresh machine: installs the ONNX Runtime library
 # (from the onnxruntime wheel on PyPI), the test broker (tansu, built from
 # crates.io, about 15 minutes the first time) and the external test client
-# (Python confluent-kafka from PyPI) into ~/.cache/tideflow, then
+# (Python confluent-kafka from PyPI) into ~/.cache/tideflow, Debian's
+# chromium for the status page test, then
 # runs every unit, integration and doc test against them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,5 +11,6 @@ source scripts/env.sh
 ORT_DYLIB_PATH="$(scripts/setup-onnxruntime.sh | tail -n 1)"
 TIDEFLOW_TANSU="$(scripts/setup-tansu.sh | tail -n 1)"
 TIDEFLOW_TEST_PYTHON="$(scripts/setup-test-clients.sh | tail -n 1)"
-export ORT_DYLIB_PATH TIDEFLOW_TANSU TIDEFLOW_TEST_PYTHON
+TIDEFLOW_CHROMIUM="$(scripts/setup-chromium.sh | tail -n 1)"
+export ORT_DYLIB_PATH TIDEFLOW_TANSU TIDEFLOW_TEST_PYTHON TIDEFLOW_CHROMIUM
 cargo test --workspace "$@"

@@ -110,6 +110,30 @@ impl Histogram {
             .sum()
     }
 
+    /// The upper bound of the bucket that holds quantile `q` (0 to 1) of
+    /// the observations (infinity for those past the largest bound); `None`
+    /// before any observation.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = (q.clamp(0.0, 1.0) * total as f64).ceil().max(1.0) as u64;
+        let mut cumulative = 0;
+        for (index, count) in self.counts.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            if cumulative >= rank {
+                return Some(self.bounds.get(index).copied().unwrap_or(f64::INFINITY));
+            }
+        }
+        Some(f64::INFINITY)
+    }
+
+    /// The largest bound.
+    pub fn largest_bound(&self) -> f64 {
+        self.bounds.last().copied().unwrap_or(f64::INFINITY)
+    }
+
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;

@@ -71,6 +71,8 @@ pub struct Opened {
     pub independent: bool,
     /// The process's executor for it, when shared.
     executor: Option<SharedExecutor>,
+    /// Rows it has scored in this process.
+    rows: std::sync::atomic::AtomicU64,
 }
 
 /// The version a single model file has in a schedule.
@@ -301,9 +303,18 @@ impl ModelVersions {
                 device,
                 independent,
                 executor,
+                rows: std::sync::atomic::AtomicU64::new(0),
             },
             types,
         ))
+    }
+
+    /// Every version opened, with the rows each has scored.
+    pub fn rows_by_version(&self) -> Vec<(String, u64)> {
+        lock(&self.opened)
+            .values()
+            .map(|opened| (opened.identity.clone(), opened.rows()))
+            .collect()
     }
 
     /// Version `version`, opened.
@@ -316,6 +327,11 @@ impl Opened {
     /// Whether one executor per process runs it.
     pub fn is_shared(&self) -> bool {
         self.executor.is_some()
+    }
+
+    /// Rows it has scored in this process.
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
     }
 }
 
@@ -401,8 +417,23 @@ impl VersionedScorer {
             self.score_by_version(batch, &row_versions)?;
         }
         self.name_version(batch, |row| row_versions[row]);
+        self.count_rows(&row_versions);
         self.score_shadows(batch);
         Ok(())
+    }
+
+    /// Adds the rows of each version to its count.
+    fn count_rows(&self, row_versions: &[u64]) {
+        let mut runs: BTreeMap<u64, u64> = BTreeMap::new();
+        for version in row_versions {
+            *runs.entry(*version).or_default() += 1;
+        }
+        for (version, rows) in runs {
+            self.versions
+                .opened(version)
+                .rows
+                .fetch_add(rows, Ordering::Relaxed);
+        }
     }
 
     /// The version of each row: the canary's for a canary key, else the

@@ -5,8 +5,13 @@
 //! When `TIDEFLOW_ADMIN_TOKEN` is set, anything that changes state takes
 //! `Authorization: Bearer TOKEN`; reading does not.
 //!
-//! - `GET /status`: the run's counts, its slowest watermark, its models,
-//!   and the drift of its columns against a reference.
+//! - `GET /`: the status page, charts of `/status` polled once a second:
+//!   throughput, lag per partition, latency percentiles, the model
+//!   versions and their rows, drift.
+//! - `GET /status`: the run's counts, partitions (progress, lag,
+//!   watermarks), latency percentiles, newest checkpoint, models (versions,
+//!   rows by version, shadows, canary) and the drift of its columns
+//!   against a reference.
 //! - `GET /models`: the registry's versions, the schedule (which version
 //!   scores rows from which event time), the version scoring new rows.
 //! - `POST /models/promote` with `{"version": N}`: checks version N and
@@ -87,6 +92,7 @@ impl AdminServer {
             token: options.token.as_deref().map(Arc::from),
         };
         let app = Router::new()
+            .route("/", get(page))
             .route("/status", get(status))
             .route("/models", get(models))
             .route("/models/promote", post(promote))
@@ -163,26 +169,76 @@ fn authorized(admin: &Admin, headers: &HeaderMap) -> std::result::Result<(), Ans
 }
 
 async fn status(State(admin): State<Admin>) -> Answer {
-    let shared = &admin.shared;
+    (StatusCode::OK, Json(status_json(&admin.shared)))
+}
+
+/// The status page: charts of `/status`, polled once a second.
+async fn page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("status.html"))
+}
+
+/// The run as `/status` gives it.
+fn status_json(shared: &Shared) -> Json_ {
     let counts = shared.stats.snapshot();
-    (
-        StatusCode::OK,
-        Json(json!({
-            "name": shared.plan.name,
-            "records_in": counts.records_in,
-            "rows_out": counts.rows_out,
-            "dead_letters": counts.dead,
-            "late": counts.late,
-            "watermark_ms": shared.watermarks.slowest(),
-            "models": models_json(shared),
-            "drift": shared.drift.as_ref().map(|drift| {
-                drift.psi().into_iter().map(|(column, psi)| json!({
-                    "column": column,
-                    "psi": psi,
-                })).collect::<Vec<_>>()
-            }),
-        })),
-    )
+    let metrics = &shared.metrics;
+    let partitions: Vec<Json_> = metrics
+        .partitions
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .iter()
+        .map(|(partition, status)| {
+            json!({
+                "partition": partition,
+                "done": status.done,
+                "total": status.total,
+                "lag": status.lag,
+                "watermark_ms": status.watermark,
+            })
+        })
+        .collect();
+    let latency = &metrics.event_to_output_seconds;
+    // Past the largest bucket, the figure is a bound: "> 60000".
+    let milliseconds = |q: f64| match latency.quantile(q) {
+        Some(seconds) if seconds.is_finite() => json!(seconds * 1000.0),
+        Some(_) => json!(format!("> {}", latency.largest_bound() * 1000.0)),
+        None => Json_::Null,
+    };
+    let checkpoint = metrics
+        .checkpoint
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .map(|checkpoint| {
+            json!({
+                "id": checkpoint.id,
+                "age_s": checkpoint.at.elapsed().as_secs_f64(),
+                "duration_s": checkpoint.duration.as_secs_f64(),
+                "bytes": checkpoint.bytes,
+            })
+        });
+    json!({
+        "name": shared.plan.name,
+        "source": crate::operators::source::origin(&shared.plan.source),
+        "elapsed_s": shared.started.get().map_or(0.0, |started| started.elapsed().as_secs_f64()),
+        "records_in": counts.records_in,
+        "rows_out": counts.rows_out,
+        "dead_letters": counts.dead,
+        "late": counts.late,
+        "batches": counts.batches,
+        "watermark_ms": shared.watermarks.slowest(),
+        "partitions": partitions,
+        "latency_ms": {
+            "p50": milliseconds(0.5),
+            "p99": milliseconds(0.99),
+        },
+        "checkpoint": checkpoint,
+        "models": models_json(shared),
+        "drift": shared.drift.as_ref().map(|drift| {
+            drift.psi().into_iter().map(|(column, psi)| json!({
+                "column": column,
+                "psi": psi,
+            })).collect::<Vec<_>>()
+        }),
+    })
 }
 
 async fn models(State(admin): State<Admin>) -> Answer {
@@ -205,6 +261,10 @@ fn models_json(shared: &Shared) -> Json_ {
         "switches": schedule.switches.iter().map(|(from_ms, version)| json!({
             "from_ms": from_ms,
             "version": version,
+        })).collect::<Vec<_>>(),
+        "rows_by_version": versions.rows_by_version().into_iter().map(|(version, rows)| json!({
+            "version": version,
+            "rows": rows,
         })).collect::<Vec<_>>(),
         "shadows": versions.shadow_stats().into_iter().map(|(label, stats)| json!({
             "label": label,
