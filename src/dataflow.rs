@@ -237,6 +237,11 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
         .drift
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner()) = shared.drift.clone();
+    *shared
+        .metrics
+        .models
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = shared.models.clone();
     if let Some(stop) = &options.stop {
         shared.control = RunControl::draining_on(stop.clone());
     }
@@ -250,7 +255,7 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
         .admin
         .as_ref()
         .map(|admin| {
-            let server = crate::admin::AdminServer::start(admin, shared.clone())?;
+            let server = crate::admin::start(admin, shared.clone())?;
             eprintln!("tideflow: admin API at http://{}/", server.address());
             Ok::<_, Error>(server)
         })

@@ -1,19 +1,22 @@
-//! Metrics of a run in the Prometheus text format, served over HTTP on
-//! `--metrics ADDRESS` (loopback unless the address says otherwise).
+//! Metrics of a run in the OpenMetrics text format (which Prometheus
+//! reads), encoded by the `prometheus-client` crate and served over HTTP
+//! on `--metrics ADDRESS` (loopback unless the address says otherwise) and
+//! at the admin API's `/metrics`.
 //!
 //! The registry is made by whoever starts the run and handed to it, so the
 //! endpoint can be read while the run goes on and after it has ended (a
 //! test compares the final scrape with the summary). Counters are the run's
 //! own [`Stats`]; histograms have fixed buckets and are updated with
-//! relaxed atomics, so recording costs a few adds on the hot path.
+//! relaxed atomics, so recording costs a few adds on the hot path (the
+//! crate's own histogram takes a lock per observation, and a batch's rows
+//! are observed together here); a scrape reads a snapshot of them all and
+//! hands it to the crate's encoder.
 
 use crate::run::Stats;
 use crate::{Error, Result};
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -134,17 +137,21 @@ impl Histogram {
         self.bounds.last().copied().unwrap_or(f64::INFINITY)
     }
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            cumulative += count.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let total = self.count();
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {total}");
+    /// `(upper bound, count)` of each bucket, the last `+Inf`, counts
+    /// not cumulative; and the sum of the observations.
+    fn buckets(&self) -> (Vec<(f64, u64)>, f64) {
+        let buckets = self
+            .bounds
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(&self.counts)
+            .map(|(bound, count)| (bound, count.load(Ordering::Relaxed)))
+            .collect();
+        (
+            buckets,
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )
     }
 }
 
@@ -183,6 +190,8 @@ pub struct Metrics {
     pub stage_state: Mutex<BTreeMap<(String, usize), (u64, u64)>>,
     /// The drift of the rows against a reference, when measured.
     pub drift: Mutex<Option<Arc<crate::models::drift::Drift>>>,
+    /// The run's model versions, for their rows and shadows.
+    pub models: Mutex<Option<Arc<crate::models::ModelVersions>>>,
 }
 
 /// What the newest committed checkpoint took.
@@ -212,6 +221,7 @@ impl Default for Metrics {
             checkpoint: Mutex::default(),
             stage_state: Mutex::default(),
             drift: Mutex::default(),
+            models: Mutex::default(),
         }
     }
 }
@@ -266,199 +276,434 @@ impl Metrics {
             })
     }
 
-    /// The drift of each measured column, as a gauge.
-    fn render_drift(&self, out: &mut String) {
-        let Some(drift) = lock(&self.drift).clone() else {
-            return;
-        };
-        let psi = drift.psi();
-        if psi.is_empty() {
-            return;
-        }
-        let _ = writeln!(
-            out,
-            "# HELP tideflow_drift_psi Population stability index of the column's values against the drift reference.\n# TYPE tideflow_drift_psi gauge"
-        );
-        for (column, value) in psi {
-            let _ = writeln!(
-                out,
-                "tideflow_drift_psi{{column=\"{}\"}} {value}",
-                escape(&column)
-            );
-        }
-    }
-
-    /// The metrics as Prometheus text.
+    /// The metrics in the OpenMetrics text format (which Prometheus
+    /// reads), encoded by the `prometheus-client` crate from a snapshot.
     pub fn render(&self) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(self.snapshot()));
         let mut out = String::new();
-        self.render_drift(&mut out);
-        let counts = self.stats.snapshot();
-        let source = escape(&lock(&self.source));
-        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{source=\"{source}\"}} {value}"
-            );
-        };
-        counter(
-            &mut out,
-            "tideflow_records_in_total",
-            "Records read from the source.",
-            counts.records_in,
-        );
-        counter(
-            &mut out,
-            "tideflow_records_replayed_total",
-            "Records replayed to rebuild window state (not in records_in).",
-            counts.replayed,
-        );
-        counter(
-            &mut out,
-            "tideflow_dead_letters_total",
-            "Records sent to dead letters, late ones excluded.",
-            counts.dead,
-        );
-        counter(
-            &mut out,
-            "tideflow_late_total",
-            "Records behind the watermark, sent to dead letters as late.",
-            counts.late,
-        );
-        counter(
-            &mut out,
-            "tideflow_rows_out_total",
-            "Rows written (each to every sink).",
-            counts.rows_out,
-        );
-        let _ = writeln!(
-            out,
-            "# HELP tideflow_sink_rows_total Rows written, per sink.\n# TYPE tideflow_sink_rows_total counter"
-        );
-        for (sink, rows) in lock(&self.sink_rows).iter() {
-            let _ = writeln!(
-                out,
-                "tideflow_sink_rows_total{{sink=\"{}\"}} {rows}",
-                escape(sink)
-            );
-        }
-        let partitions = lock(&self.partitions).clone();
-        let _ = writeln!(
-            out,
-            "# HELP tideflow_partition_lag Records on the broker not yet read, per source partition.\n# TYPE tideflow_partition_lag gauge"
-        );
-        for (index, status) in &partitions {
-            if let Some(lag) = status.lag {
-                let _ = writeln!(out, "tideflow_partition_lag{{partition=\"{index}\"}} {lag}");
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP tideflow_partition_watermark_ms Event-time watermark per source partition (epoch ms).\n# TYPE tideflow_partition_watermark_ms gauge"
-        );
-        for (index, status) in &partitions {
-            if let Some(watermark) = status.watermark {
-                let _ = writeln!(
-                    out,
-                    "tideflow_partition_watermark_ms{{partition=\"{index}\"}} {watermark}"
-                );
-            }
-        }
-        self.batch_rows
-            .render(&mut out, "tideflow_batch_rows", "Rows per scored batch.");
-        self.inference_seconds.render(
-            &mut out,
-            "tideflow_inference_seconds",
-            "Time to score one batch.",
-        );
-        self.event_to_output_seconds.render(
-            &mut out,
-            "tideflow_event_to_output_seconds",
-            "From a row's event time to its write by the sinks (end-to-end latency where event time is when the event happened).",
-        );
-        self.render_state(&mut out);
-        if let Some(at) = *lock(&self.last_commit) {
-            let _ = writeln!(
-                out,
-                "# HELP tideflow_commit_age_seconds Seconds since source offsets were last committed.\n# TYPE tideflow_commit_age_seconds gauge\ntideflow_commit_age_seconds {}",
-                at.elapsed().as_secs_f64()
-            );
-        }
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
-}
 
-impl Metrics {
-    /// Checkpoint and state gauges.
-    fn render_state(&self, out: &mut String) {
-        if let Some(status) = *lock(&self.checkpoint) {
-            let gauges = [
-                (
-                    "tideflow_checkpoint_id",
-                    "The newest committed checkpoint.",
-                    status.id as f64,
-                ),
-                (
-                    "tideflow_checkpoint_duration_seconds",
-                    "From announcing the newest committed checkpoint to committing it.",
-                    status.duration.as_secs_f64(),
-                ),
-                (
-                    "tideflow_checkpoint_bytes",
-                    "Bytes of the newest committed checkpoint's parts.",
-                    status.bytes as f64,
-                ),
-                (
-                    "tideflow_checkpoint_age_seconds",
-                    "Seconds since the newest checkpoint committed.",
-                    status.at.elapsed().as_secs_f64(),
-                ),
-            ];
-            for (name, help, value) in gauges {
-                let _ = writeln!(
-                    out,
-                    "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-                );
-            }
-        }
+    /// Everything a scrape shows, read now.
+    fn snapshot(&self) -> Snapshot {
         let mut per_stage: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         for ((stage, _), (keys, bytes)) in lock(&self.stage_state).iter() {
             let total = per_stage.entry(stage.clone()).or_default();
             total.0 += keys;
             total.1 += bytes;
         }
-        if per_stage.is_empty() {
-            return;
-        }
-        let _ = writeln!(
-            out,
-            "# HELP tideflow_state_keys Keys a feature stage held at the newest cut, over all workers.\n# TYPE tideflow_state_keys gauge"
-        );
-        for (stage, (keys, _)) in &per_stage {
-            let _ = writeln!(
-                out,
-                "tideflow_state_keys{{stage=\"{}\"}} {keys}",
-                escape(stage)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP tideflow_state_bytes Checkpoint bytes of a feature stage at the newest cut, over all workers.\n# TYPE tideflow_state_bytes gauge"
-        );
-        for (stage, (_, bytes)) in &per_stage {
-            let _ = writeln!(
-                out,
-                "tideflow_state_bytes{{stage=\"{}\"}} {bytes}",
-                escape(stage)
-            );
+        Snapshot {
+            counts: self.stats.snapshot(),
+            source: lock(&self.source).clone(),
+            sink_rows: lock(&self.sink_rows).clone(),
+            partitions: lock(&self.partitions).clone(),
+            histograms: [
+                (
+                    "tideflow_batch_rows",
+                    "Rows per scored batch.",
+                    self.batch_rows.buckets(),
+                ),
+                (
+                    "tideflow_inference_seconds",
+                    "Time to score one batch.",
+                    self.inference_seconds.buckets(),
+                ),
+                (
+                    "tideflow_event_to_output_seconds",
+                    "From a row's event time to its write by the sinks (end-to-end latency where event time is when the event happened).",
+                    self.event_to_output_seconds.buckets(),
+                ),
+            ],
+            checkpoint: *lock(&self.checkpoint),
+            per_stage,
+            commit_age: lock(&self.last_commit).map(|at| at.elapsed().as_secs_f64()),
+            drift: lock(&self.drift)
+                .as_ref()
+                .map_or_else(Vec::new, |drift| drift.psi()),
+            models: lock(&self.models).as_deref().map(ModelFigures::of),
         }
     }
 }
 
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A histogram's name, help, buckets (`(upper bound, count)`) and sum.
+type HistogramFigures = (&'static str, &'static str, (Vec<(f64, u64)>, f64));
+
+/// A label set of one label.
+type OneLabel = [(&'static str, String); 1];
+
+/// A challenger's label, stats, and each float output column with its
+/// mean absolute difference from the champion's.
+type ShadowFigures = (String, crate::models::ShadowStats, Vec<(String, f64)>);
+
+/// A scrape's figures, owned, for the encoder.
+#[derive(Debug)]
+struct Snapshot {
+    counts: crate::run::Counts,
+    source: String,
+    sink_rows: BTreeMap<String, u64>,
+    partitions: BTreeMap<u32, PartitionStatus>,
+    histograms: [HistogramFigures; 3],
+    checkpoint: Option<CheckpointStatus>,
+    per_stage: BTreeMap<String, (u64, u64)>,
+    commit_age: Option<f64>,
+    drift: Vec<(String, f64)>,
+    models: Option<ModelFigures>,
+}
+
+/// The rows each model version scored, and each challenger against the
+/// champion.
+#[derive(Debug)]
+struct ModelFigures {
+    rows_by_version: Vec<(String, u64)>,
+    /// Per challenger: its label, the stats, and the float output columns
+    /// with their mean absolute difference.
+    shadows: Vec<ShadowFigures>,
+}
+
+impl ModelFigures {
+    fn of(models: &crate::models::ModelVersions) -> ModelFigures {
+        let plan = models.plan();
+        let shadows = models
+            .shadow_stats()
+            .into_iter()
+            .map(|(label, stats)| {
+                let rows = stats.rows.max(1) as f64;
+                let differences = plan
+                    .outputs
+                    .iter()
+                    .zip(models.output_types())
+                    .zip(&stats.abs_difference_sums)
+                    .filter(|((_, ty), _)| **ty == crate::schema::ColumnType::F64)
+                    .map(|((output, _), sum)| (output.column.clone(), sum / rows))
+                    .collect();
+                (label, stats, differences)
+            })
+            .collect();
+        ModelFigures {
+            rows_by_version: models.rows_by_version(),
+            shadows,
+        }
+    }
+
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    ) -> std::fmt::Result {
+        use prometheus_client::metrics::MetricType;
+        let versions: Vec<([(&str, String); 1], u64)> = self
+            .rows_by_version
+            .iter()
+            .map(|(version, rows)| ([("version", version.clone())], *rows))
+            .collect();
+        family(
+            encoder,
+            ("tideflow_model_rows", "Rows each model version scored."),
+            MetricType::Counter,
+            versions
+                .iter()
+                .map(|(labels, rows)| (&labels[..], (*rows).into())),
+        )?;
+        if self.shadows.is_empty() {
+            return Ok(());
+        }
+        let challengers: Vec<([(&str, String); 1], &crate::models::ShadowStats)> = self
+            .shadows
+            .iter()
+            .map(|(label, stats, _)| ([("challenger", label.clone())], stats))
+            .collect();
+        family(
+            encoder,
+            (
+                "tideflow_shadow_rows",
+                "Rows a challenger scored beside the champion.",
+            ),
+            MetricType::Counter,
+            challengers
+                .iter()
+                .map(|(labels, stats)| (&labels[..], stats.rows.into())),
+        )?;
+        family(
+            encoder,
+            (
+                "tideflow_shadow_agreeing_rows",
+                "Of those, rows on whose every output that is not a float the challenger agrees with the champion.",
+            ),
+            MetricType::Counter,
+            challengers
+                .iter()
+                .map(|(labels, stats)| (&labels[..], stats.agreeing.into())),
+        )?;
+        let differences: Vec<([(&str, String); 2], f64)> = self
+            .shadows
+            .iter()
+            .flat_map(|(label, _, differences)| {
+                differences.iter().map(move |(column, mean)| {
+                    (
+                        [("challenger", label.clone()), ("column", column.clone())],
+                        *mean,
+                    )
+                })
+            })
+            .collect();
+        family(
+            encoder,
+            (
+                "tideflow_shadow_abs_difference_mean",
+                "Mean absolute difference of a float output between the challenger and the champion.",
+            ),
+            MetricType::Gauge,
+            differences
+                .iter()
+                .map(|(labels, mean)| (&labels[..], (*mean).into())),
+        )
+    }
+}
+
+/// One labelled sample of a family.
+type Labelled<'a> = (&'a [(&'a str, String)], Figure);
+
+/// A sample's value: integers are written as integers.
+#[derive(Clone, Copy, Debug)]
+enum Figure {
+    Integer(i64),
+    Float(f64),
+}
+
+impl From<u64> for Figure {
+    fn from(value: u64) -> Self {
+        Figure::Integer(i64::try_from(value).unwrap_or(i64::MAX))
+    }
+}
+
+impl From<i64> for Figure {
+    fn from(value: i64) -> Self {
+        Figure::Integer(value)
+    }
+}
+
+impl From<f64> for Figure {
+    fn from(value: f64) -> Self {
+        Figure::Float(value)
+    }
+}
+
+impl prometheus_client::collector::Collector for Snapshot {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> std::fmt::Result {
+        use prometheus_client::metrics::MetricType;
+        let counts = &self.counts;
+        let source = [("source", self.source.clone())];
+        // Counter names lose their `_total`, which the encoder adds.
+        for (name, help, value) in [
+            (
+                "tideflow_records_in",
+                "Records read from the source.",
+                counts.records_in,
+            ),
+            (
+                "tideflow_records_replayed",
+                "Records replayed to rebuild window state (not in records_in).",
+                counts.replayed,
+            ),
+            (
+                "tideflow_dead_letters",
+                "Records sent to dead letters, late ones excluded.",
+                counts.dead,
+            ),
+            (
+                "tideflow_late",
+                "Records behind the watermark, sent to dead letters as late.",
+                counts.late,
+            ),
+            (
+                "tideflow_rows_out",
+                "Rows written (each to every sink).",
+                counts.rows_out,
+            ),
+        ] {
+            family(
+                &mut encoder,
+                (name, help),
+                MetricType::Counter,
+                [(&source[..], value.into())],
+            )?;
+        }
+        let sinks: Vec<[(&str, String); 1]> = self
+            .sink_rows
+            .keys()
+            .map(|sink| [("sink", sink.clone())])
+            .collect();
+        family(
+            &mut encoder,
+            ("tideflow_sink_rows", "Rows written, per sink."),
+            MetricType::Counter,
+            sinks
+                .iter()
+                .zip(self.sink_rows.values())
+                .map(|(labels, rows)| (&labels[..], (*rows).into())),
+        )?;
+        let partitions: Vec<([(&str, String); 1], &PartitionStatus)> = self
+            .partitions
+            .iter()
+            .map(|(index, status)| ([("partition", index.to_string())], status))
+            .collect();
+        family(
+            &mut encoder,
+            (
+                "tideflow_partition_lag",
+                "Records on the broker not yet read, per source partition.",
+            ),
+            MetricType::Gauge,
+            partitions
+                .iter()
+                .filter_map(|(labels, status)| Some((&labels[..], status.lag?.into()))),
+        )?;
+        family(
+            &mut encoder,
+            (
+                "tideflow_partition_watermark_ms",
+                "Event-time watermark per source partition (epoch ms).",
+            ),
+            MetricType::Gauge,
+            partitions
+                .iter()
+                .filter_map(|(labels, status)| Some((&labels[..], status.watermark?.into()))),
+        )?;
+        for (name, help, (buckets, sum)) in &self.histograms {
+            let count = buckets.iter().map(|(_, count)| count).sum();
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                *sum, count, buckets, None,
+            )?;
+        }
+        let none: &[(&str, String)] = &[];
+        if let Some(status) = self.checkpoint {
+            for (name, help, value) in [
+                (
+                    "tideflow_checkpoint_id",
+                    "The newest committed checkpoint.",
+                    status.id.into(),
+                ),
+                (
+                    "tideflow_checkpoint_duration_seconds",
+                    "From announcing the newest committed checkpoint to committing it.",
+                    status.duration.as_secs_f64().into(),
+                ),
+                (
+                    "tideflow_checkpoint_bytes",
+                    "Bytes of the newest committed checkpoint's parts.",
+                    status.bytes.into(),
+                ),
+                (
+                    "tideflow_checkpoint_age_seconds",
+                    "Seconds since the newest checkpoint committed.",
+                    status.at.elapsed().as_secs_f64().into(),
+                ),
+            ] {
+                family(
+                    &mut encoder,
+                    (name, help),
+                    MetricType::Gauge,
+                    [(none, value)],
+                )?;
+            }
+        }
+        let stages: Vec<(OneLabel, (u64, u64))> = self
+            .per_stage
+            .iter()
+            .map(|(stage, figures)| ([("stage", stage.clone())], *figures))
+            .collect();
+        if !stages.is_empty() {
+            family(
+                &mut encoder,
+                (
+                    "tideflow_state_keys",
+                    "Keys a feature stage held at the newest cut, over all workers.",
+                ),
+                MetricType::Gauge,
+                stages
+                    .iter()
+                    .map(|(labels, (keys, _))| (&labels[..], (*keys).into())),
+            )?;
+            family(
+                &mut encoder,
+                (
+                    "tideflow_state_bytes",
+                    "Checkpoint bytes of a feature stage at the newest cut, over all workers.",
+                ),
+                MetricType::Gauge,
+                stages
+                    .iter()
+                    .map(|(labels, (_, bytes))| (&labels[..], (*bytes).into())),
+            )?;
+        }
+        if let Some(age) = self.commit_age {
+            family(
+                &mut encoder,
+                (
+                    "tideflow_commit_age_seconds",
+                    "Seconds since source offsets were last committed.",
+                ),
+                MetricType::Gauge,
+                [(none, age.into())],
+            )?;
+        }
+        if let Some(models) = &self.models {
+            models.encode(&mut encoder)?;
+        }
+        let columns: Vec<([(&str, String); 1], f64)> = self
+            .drift
+            .iter()
+            .map(|(column, psi)| ([("column", column.clone())], *psi))
+            .collect();
+        if !columns.is_empty() {
+            family(
+                &mut encoder,
+                (
+                    "tideflow_drift_psi",
+                    "Population stability index of the column's values against the drift reference.",
+                ),
+                MetricType::Gauge,
+                columns
+                    .iter()
+                    .map(|(labels, psi)| (&labels[..], (*psi).into())),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Encodes a family of samples of one metric type: counters (as floats,
+/// which the format allows) or gauges.
+fn family<'a>(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    (name, help): (&str, &str),
+    metric_type: prometheus_client::metrics::MetricType,
+    samples: impl IntoIterator<Item = Labelled<'a>>,
+) -> std::fmt::Result {
+    use prometheus_client::encoding::NoLabelSet;
+    use prometheus_client::metrics::MetricType;
+    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, value) in samples {
+        let mut metric = family.encode_family(&labels)?;
+        match (&metric_type, value) {
+            (MetricType::Counter, Figure::Integer(value)) => {
+                let value = u64::try_from(value).unwrap_or(0);
+                metric.encode_counter::<NoLabelSet, u64, f64>(&value, None)?
+            }
+            (MetricType::Counter, Figure::Float(value)) => {
+                metric.encode_counter::<NoLabelSet, f64, f64>(&value, None)?
+            }
+            (_, Figure::Integer(value)) => metric.encode_gauge(&value)?,
+            (_, Figure::Float(value)) => metric.encode_gauge(&value)?,
+        }
+    }
+    Ok(())
 }
 
 /// Parses `--metrics`: `HOST:PORT`, or a bare port on 127.0.0.1.
@@ -475,74 +720,41 @@ pub fn parse_address(text: &str) -> Result<SocketAddr> {
     })
 }
 
-/// Serves `metrics` at `address` until dropped.
-#[derive(Debug)]
-pub struct MetricsServer {
-    address: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// The metrics as an HTTP answer: the OpenMetrics text with its content
+/// type.
+pub fn exposition(metrics: &Metrics) -> impl axum::response::IntoResponse + use<> {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.render(),
+    )
 }
 
+/// Serves `metrics` at `address` (`GET /metrics`) until dropped.
+#[derive(Debug)]
+pub struct MetricsServer(crate::admin::HttpServer);
+
 impl MetricsServer {
-    /// Binds `address` and serves every request with the metrics.
+    /// Binds `address` and serves the metrics.
     pub fn start(address: SocketAddr, metrics: Arc<Metrics>) -> Result<Self> {
-        let listener = TcpListener::bind(address).map_err(|error| {
-            Error::Metrics(format!("cannot serve metrics on {address}: {error}"))
-        })?;
-        let address = listener
-            .local_addr()
-            .map_err(|error| Error::Metrics(error.to_string()))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|error| Error::Metrics(error.to_string()))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !stopped.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => answer(stream, &metrics),
-                    // Unparked when the server is dropped.
-                    Err(_) => std::thread::park_timeout(Duration::from_millis(20)),
-                }
-            }
-        });
-        Ok(MetricsServer {
-            address,
-            stop,
-            thread: Some(thread),
-        })
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move { exposition(&metrics) }
+            }),
+        );
+        crate::admin::HttpServer::start(address, app, "--metrics")
+            .map(MetricsServer)
+            .map_err(|error| Error::Metrics(error.to_string()))
     }
 
     /// Where the metrics are served.
     pub fn address(&self) -> SocketAddr {
-        self.address
+        self.0.address()
     }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            thread.thread().unpark();
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Answers one HTTP request with the metrics, whatever the path.
-fn answer(mut stream: std::net::TcpStream, metrics: &Metrics) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    // The request itself does not matter; read its head so the client is
-    // not reset while still sending.
-    let mut head = [0u8; 4096];
-    let _ = stream.read(&mut head);
-    let body = metrics.render();
-    let response = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(response.as_bytes());
 }
 
 #[cfg(test)]
@@ -550,18 +762,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histograms_count_into_cumulative_buckets() {
-        let histogram = Histogram::new(vec![1.0, 10.0]);
+    fn histograms_count_into_buckets_and_encode_cumulatively() {
+        let metrics = Metrics::default();
         for value in [0.5, 1.0, 5.0, 50.0] {
-            histogram.observe(value);
+            metrics.inference_seconds.observe(value);
         }
-        let mut out = String::new();
-        histogram.render(&mut out, "h", "test");
-        assert!(out.contains("h_bucket{le=\"1\"} 2\n"), "{out}");
-        assert!(out.contains("h_bucket{le=\"10\"} 3\n"), "{out}");
-        assert!(out.contains("h_bucket{le=\"+Inf\"} 4\n"), "{out}");
-        assert!(out.contains("h_sum 56.5\n"), "{out}");
-        assert!(out.contains("h_count 4\n"), "{out}");
+        let (buckets, sum) = metrics.inference_seconds.buckets();
+        assert_eq!(sum, 56.5);
+        let counted: Vec<u64> = buckets.iter().map(|(_, count)| *count).collect();
+        assert_eq!(counted.iter().sum::<u64>(), 4);
+        assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, 0));
+        let out = metrics.render();
+        let name = "tideflow_inference_seconds";
+        assert!(
+            out.contains(&format!("{name}_bucket{{le=\"0.5\"}} 1\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{name}_bucket{{le=\"1.0\"}} 2\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{name}_bucket{{le=\"5.0\"}} 3\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{name}_bucket{{le=\"+Inf\"}} 4\n")),
+            "{out}"
+        );
+        assert!(out.contains(&format!("{name}_sum 56.5\n")), "{out}");
+        assert!(out.contains(&format!("{name}_count 4\n")), "{out}");
+        assert!(out.ends_with("# EOF\n"), "{out}");
     }
 
     #[test]
@@ -576,11 +807,20 @@ mod tests {
             one_by_one.observe(value);
         }
         all_at_once.observe_all(values);
-        let (mut expected, mut out) = (String::new(), String::new());
-        one_by_one.render(&mut expected, "h", "test");
-        all_at_once.render(&mut out, "h", "test");
-        assert!(out.contains("h_count 9\n"), "{out}");
-        assert_eq!(expected, out);
+        assert_eq!(all_at_once.count(), 9);
+        assert_eq!(one_by_one.buckets(), all_at_once.buckets());
+    }
+
+    #[test]
+    fn a_quantile_is_the_bound_of_its_bucket() {
+        let histogram = Histogram::new(vec![1.0, 10.0]);
+        assert_eq!(histogram.quantile(0.5), None);
+        for value in [0.5, 0.6, 5.0, 50.0] {
+            histogram.observe(value);
+        }
+        assert_eq!(histogram.quantile(0.5), Some(1.0));
+        assert_eq!(histogram.quantile(0.75), Some(10.0));
+        assert_eq!(histogram.quantile(0.99), Some(f64::INFINITY));
     }
 
     #[test]

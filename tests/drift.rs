@@ -86,11 +86,14 @@ fn monitored(
     let summary = run(plan, &options).unwrap();
     let rendered = metrics.render();
     for (column, psi) in &summary.drift {
-        let line = format!("tideflow_drift_psi{{column=\"{column}\"}} {psi}");
-        assert!(
-            rendered.contains(&line),
-            "{line} not in the metrics:\n{rendered}"
-        );
+        let name = format!("tideflow_drift_psi{{column=\"{column}\"}} ");
+        let gauge: f64 = rendered
+            .lines()
+            .find_map(|line| line.strip_prefix(&name))
+            .unwrap_or_else(|| panic!("no {name} in the metrics:\n{rendered}"))
+            .parse()
+            .unwrap();
+        assert_eq!(gauge, *psi, "{column}");
     }
     (summary.drift, common::read_rows(&out.join("rows")))
 }

@@ -29,12 +29,15 @@ fn paced_overrides(out: &std::path::Path, count: u64, rate: f64) -> Vec<String> 
 fn scrape(address: std::net::SocketAddr) -> String {
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
-    assert!(response.contains("text/plain; version=0.0.4"), "{response}");
+    assert!(
+        response.contains("application/openmetrics-text; version=1.0.0"),
+        "{response}"
+    );
     response
 }
 

@@ -391,6 +391,54 @@ fn shadows_and_canaries_leave_the_champions_rows_as_they_are() {
         "{stderr}"
     );
 
+    // The metrics count the challenger's rows and agreement, and the rows
+    // of each version.
+    let spec_path = dir.path().join("shadow").join("spec.toml");
+    let metrics = std::sync::Arc::new(tideflow::metrics::Metrics::default());
+    let options = tideflow::dataflow::RunOptions {
+        metrics: Some(metrics.clone()),
+        ..tideflow::dataflow::RunOptions::with_workers(2)
+    };
+    let out = dir.path().join("shadow-metrics");
+    let plan = tideflow::plan::load(
+        &spec_path,
+        &[
+            format!("sink[0].path=\"{}\"", out.join("rows").display()),
+            format!("dead_letters.path=\"{}\"", out.join("dead").display()),
+        ],
+    )
+    .unwrap();
+    tideflow::dataflow::run(plan, &options).unwrap();
+    let text = metrics.render();
+    let agreeing = shadowed
+        .iter()
+        .filter(|row| row["fraud_label"] == row["fraud_label_v2"])
+        .count();
+    for (name, expected) in [
+        (
+            "tideflow_shadow_rows_total{challenger=\"v2\"} ".to_owned(),
+            EVENTS,
+        ),
+        (
+            "tideflow_shadow_agreeing_rows_total{challenger=\"v2\"} ".to_owned(),
+            agreeing as u64,
+        ),
+        (
+            format!(
+                "tideflow_model_rows_total{{version=\"{}\"}} ",
+                shadowed[0]["_model"].as_str().unwrap()
+            ),
+            EVENTS,
+        ),
+    ] {
+        let value = text.lines().find_map(|line| line.strip_prefix(&name));
+        assert_eq!(
+            value,
+            Some(expected.to_string().as_str()),
+            "{name} in:\n{text}"
+        );
+    }
+
     // A canary of 30% of users: each user always scored by one version,
     // the same on 1 and 2 workers; its rows those of version 2, the others
     // the champion's as without it.

@@ -5,6 +5,7 @@
 //! When `TIDEFLOW_ADMIN_TOKEN` is set, anything that changes state takes
 //! `Authorization: Bearer TOKEN`; reading does not.
 //!
+//! - `GET /metrics`: the metrics, as `--metrics` serves them.
 //! - `GET /`: the status page, charts of `/status` polled once a second:
 //!   throughput, lag per partition, latency percentiles, the model
 //!   versions and their rows, drift.
@@ -60,51 +61,29 @@ impl AdminOptions {
     }
 }
 
-/// The admin server of a run; stops when dropped.
+/// An HTTP server on a thread of its own (a current-thread tokio runtime):
+/// the admin API, or the metrics alone. Stops when dropped.
 #[derive(Debug)]
-pub struct AdminServer {
+pub struct HttpServer {
     address: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-#[derive(Clone)]
-struct Admin {
-    shared: Arc<Shared>,
-    token: Option<Arc<str>>,
-}
-
-impl AdminServer {
-    /// Binds `options.address` and serves the API of `shared`'s run on a
-    /// thread of its own.
-    pub fn start(options: &AdminOptions, shared: Arc<Shared>) -> Result<AdminServer> {
-        let listener = std::net::TcpListener::bind(options.address).map_err(|error| {
-            Error::Runtime(format!("--admin {}: cannot bind: {error}", options.address))
-        })?;
-        let address = listener
-            .local_addr()
-            .map_err(|error| Error::Runtime(error.to_string()))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|error| Error::Runtime(error.to_string()))?;
-        let admin = Admin {
-            shared,
-            token: options.token.as_deref().map(Arc::from),
-        };
-        let app = Router::new()
-            .route("/", get(page))
-            .route("/status", get(status))
-            .route("/models", get(models))
-            .route("/models/promote", post(promote))
-            .route("/models/rollback", post(rollback))
-            .with_state(admin);
+impl HttpServer {
+    /// Binds `address` and serves `app`; `what` names it in errors.
+    pub fn start(address: SocketAddr, app: Router, what: &str) -> Result<HttpServer> {
+        let fail = |error: std::io::Error| Error::Runtime(format!("{what} on {address}: {error}"));
+        let listener = std::net::TcpListener::bind(address).map_err(fail)?;
+        let address = listener.local_addr().map_err(fail)?;
+        listener.set_nonblocking(true).map_err(fail)?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .build()
-            .map_err(|error| Error::Runtime(format!("admin API: {error}")))?;
+            .map_err(fail)?;
         let thread = std::thread::Builder::new()
-            .name("tideflow-admin".into())
+            .name("tideflow-http".into())
             .spawn(move || {
                 runtime.block_on(async move {
                     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
@@ -118,8 +97,8 @@ impl AdminServer {
                         .await;
                 });
             })
-            .map_err(|error| Error::Runtime(format!("admin API: {error}")))?;
-        Ok(AdminServer {
+            .map_err(fail)?;
+        Ok(HttpServer {
             address,
             stop: Some(stop),
             thread: Some(thread),
@@ -132,7 +111,7 @@ impl AdminServer {
     }
 }
 
-impl Drop for AdminServer {
+impl Drop for HttpServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -141,6 +120,37 @@ impl Drop for AdminServer {
             let _ = thread.join();
         }
     }
+}
+
+/// The admin server of a run; stops when dropped.
+pub type AdminServer = HttpServer;
+
+#[derive(Clone)]
+struct Admin {
+    shared: Arc<Shared>,
+    token: Option<Arc<str>>,
+}
+
+/// Starts the admin API of `shared`'s run at `options.address`.
+pub fn start(options: &AdminOptions, shared: Arc<Shared>) -> Result<AdminServer> {
+    let admin = Admin {
+        shared,
+        token: options.token.as_deref().map(Arc::from),
+    };
+    let app = Router::new()
+        .route("/", get(page))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/models", get(models))
+        .route("/models/promote", post(promote))
+        .route("/models/rollback", post(rollback))
+        .with_state(admin);
+    HttpServer::start(options.address, app, "--admin")
+}
+
+/// The run's metrics, as `--metrics` serves them.
+async fn metrics(State(admin): State<Admin>) -> impl axum::response::IntoResponse {
+    crate::metrics::exposition(&admin.shared.metrics)
 }
 
 type Answer = (StatusCode, Json<Json_>);
