@@ -43,6 +43,8 @@ pub struct LaunchOptions {
     /// Where process 0 serves metrics; process I serves them on the port
     /// plus I.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Where process 0 serves the admin API; process I on the port plus I.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// One launched process and how it ended.
@@ -128,6 +130,11 @@ fn start_member(options: &LaunchOptions, index: usize, hosts: &Path) -> Result<M
             let mut address = *address;
             address.set_port(address.port() + index as u16);
             ["--metrics".to_owned(), address.to_string()]
+        }))
+        .args(options.admin.iter().flat_map(|address| {
+            let mut address = *address;
+            address.set_port(address.port() + index as u16);
+            ["--admin".to_owned(), address.to_string()]
         }))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -165,7 +165,8 @@ enum ModelsAction {
     Promote {
         spec: PathBuf,
         version: u64,
-        /// The admin API of the running dataflow (HOST:PORT or a port).
+        /// The admin API of the running dataflow (HOST:PORT or a port); of
+        /// a cluster, every process's, separated by commas.
         #[arg(long, value_name = "ADDRESS", conflicts_with = "at")]
         admin: Option<String>,
         /// Record the promotion from this event time (epoch ms or RFC 3339)
@@ -212,11 +213,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             // Fail here, not in N processes at once, on a spec that does
             // not load.
             plan::load(&spec, &run.overrides())?;
-            if run.admin.is_some() {
-                bail!(
-                    "--admin serves one process's models: promotions across a cluster's processes are not coordinated yet; record one ahead with `tideflow models promote SPEC VERSION --at TIME`"
-                );
-            }
             let interrupts = count_interrupts()?;
             let options = LaunchOptions {
                 program: std::env::current_exe().context("finding the tideflow executable")?,
@@ -225,6 +221,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 workers: run.workers,
                 run_args: run.to_args(),
                 metrics: run.metrics.as_deref().map(parse_address).transpose()?,
+                admin: run.admin.as_deref().map(parse_address).transpose()?,
             };
             Ok(launch(&options, &interrupts)?)
         }
@@ -325,7 +322,8 @@ struct RunArgs {
     metrics: Option<String>,
     /// Serve the admin API (status, model versions, promotions) at
     /// HOST:PORT (a bare port binds 127.0.0.1). Changes take a bearer
-    /// token when TIDEFLOW_ADMIN_TOKEN is set.
+    /// token when TIDEFLOW_ADMIN_TOKEN is set. `launch` gives process I
+    /// the port plus I.
     #[arg(long, value_name = "ADDRESS")]
     admin: Option<String>,
     /// Let --admin bind an address other than loopback.
@@ -354,6 +352,9 @@ impl RunArgs {
         }
         if self.quiet {
             args.push("--quiet".into());
+        }
+        if self.admin_public {
+            args.push("--admin-public".into());
         }
         for (flag, value) in [("--from", &self.from), ("--until", &self.until)] {
             if let Some(value) = value {
@@ -494,8 +495,13 @@ fn models(action: ModelsAction) -> anyhow::Result<()> {
             overrides,
         } => match (admin, at) {
             (Some(admin), _) => {
-                let body = format!("{{\"version\":{version}}}");
-                println!("{}", admin_request(&admin, "/models/promote", &body)?);
+                let addresses: Vec<&str> = admin.split(',').map(str::trim).collect();
+                if let [address] = addresses[..] {
+                    let body = format!("{{\"version\":{version}}}");
+                    println!("{}", admin_request(address, "/models/promote", &body)?);
+                } else {
+                    println!("{}", promote_cluster(&addresses, version)?);
+                }
                 Ok(())
             }
             (None, Some(at)) => {
@@ -522,6 +528,48 @@ fn models(action: ModelsAction) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Promotes `version` in every process of a cluster: prepares them all
+/// (each holds its scoring and says the newest event time it scored),
+/// then commits them all from the event time after the newest of them
+/// (and not before the slowest watermark). A process that cannot prepare
+/// lets the others go unchanged.
+fn promote_cluster(addresses: &[&str], version: u64) -> anyhow::Result<String> {
+    let body = format!("{{\"version\":{version}}}");
+    let mut prepared: Vec<(&str, serde_json::Value)> = Vec::new();
+    for address in addresses {
+        match admin_request(address, "/models/prepare", &body) {
+            Ok(answer) => prepared.push((address, serde_json::from_str(&answer)?)),
+            Err(error) => {
+                for (address, _) in &prepared {
+                    let _ = admin_request(address, "/models/abort", "{}");
+                }
+                bail!(
+                    "{address} did not prepare the promotion, which none of the processes made: {error:#}"
+                );
+            }
+        }
+    }
+    let after_scored = prepared
+        .iter()
+        .filter_map(|(_, answer)| answer["scored_up_to_ms"].as_i64())
+        .max()
+        .unwrap_or(i64::MIN)
+        .saturating_add(1);
+    let slowest = prepared
+        .iter()
+        .filter_map(|(_, answer)| answer["watermark_ms"].as_i64())
+        .min();
+    let from_ms = after_scored.max(slowest.unwrap_or(i64::MIN));
+    let commit = format!("{{\"version\":{version},\"from_ms\":{from_ms}}}");
+    let mut answer = String::new();
+    for (address, _) in &prepared {
+        answer = admin_request(address, "/models/commit", &commit).with_context(|| {
+            format!("committing the promotion in {address} (the processes before it have it: promote again to make them agree)")
+        })?;
+    }
+    Ok(answer)
 }
 
 /// The registry of a spec's model.

@@ -132,11 +132,17 @@ fn start_live(spec: &Path, port: u16, token: Option<&str>) -> Child {
 /// `tideflow models promote SPEC VERSION --admin PORT`: its output, or
 /// its error, once the API answers (the run may still be starting).
 fn promote(spec: &Path, version: u64, port: u16, token: Option<&str>) -> Result<Json, String> {
+    promote_at(spec, version, &port.to_string(), token)
+}
+
+/// `tideflow models promote SPEC VERSION --admin ADMIN` (one address, or
+/// a cluster's, separated by commas), once the API answers.
+fn promote_at(spec: &Path, version: u64, admin: &str, token: Option<&str>) -> Result<Json, String> {
     let started = Instant::now();
     loop {
         let mut command = tideflow();
         command.args(["models", "promote", &spec.display().to_string()]);
-        command.args([version.to_string(), "--admin".into(), port.to_string()]);
+        command.args([version.to_string(), "--admin".into(), admin.to_owned()]);
         if let Some(token) = token {
             command.env("TIDEFLOW_ADMIN_TOKEN", token);
         }
@@ -473,5 +479,60 @@ fn shadows_and_canaries_leave_the_champions_rows_as_they_are() {
         (0.2..0.4).contains(&share),
         "{canary_users} of {} users",
         version_of_user.len()
+    );
+}
+
+/// Two free loopback ports, one after the other.
+fn free_port_pair() -> u16 {
+    loop {
+        let port = free_port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+#[test]
+fn a_launched_cluster_is_promoted_at_one_event_time_in_every_process() {
+    common::require_onnxruntime();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry(dir.path());
+    let live_out = dir.path().join("live");
+    let live_spec = spec(&registry, &live_out, true, false);
+    let port = free_port_pair();
+    let launch = tideflow()
+        .args([
+            "launch",
+            &live_spec.display().to_string(),
+            "--processes",
+            "2",
+        ])
+        .args(["--workers", "1", "--quiet", "--admin", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A single process's promotion is refused in a cluster, with the way.
+    let single = promote(&live_spec, 2, port, None).unwrap_err();
+    assert!(
+        single.contains("a cluster's processes are promoted together"),
+        "{single}"
+    );
+    std::thread::sleep(Duration::from_millis(EVENTS * 1000 / RATE / 3));
+    let both = format!("127.0.0.1:{port},127.0.0.1:{}", port + 1);
+    let from_ms = promote_at(&live_spec, 2, &both, None).unwrap()["from_ms"]
+        .as_i64()
+        .unwrap();
+    wait_success(launch);
+    let live_rows = rows(&live_out);
+    assert_eq!(live_rows.len() as u64, EVENTS);
+    check_switch(&live_rows, from_ms);
+
+    let backfill_out = dir.path().join("backfill");
+    run_to_end(&spec(&registry, &backfill_out, false, false), &[]);
+    assert!(
+        common::read_lines(&backfill_out.join("rows"))
+            == common::read_lines(&live_out.join("rows")),
+        "the backfill's rows differ from the cluster's"
     );
 }

@@ -20,6 +20,11 @@
 //!   answers with the recorded promotion, or 409 with why it was refused.
 //! - `POST /models/rollback`: promotes the version in effect before the
 //!   newest switch.
+//! - `POST /models/prepare` with `{"version": N}`, then `POST
+//!   /models/commit` with `{"version": N, "from_ms": T}` (or `POST
+//!   /models/abort`): a cluster's promotion, every process prepared (its
+//!   scoring held, its newest event time scored returned) before any is
+//!   committed at the event time after the newest of them all.
 
 use crate::run::Shared;
 use crate::{Error, Result};
@@ -129,6 +134,8 @@ pub type AdminServer = HttpServer;
 struct Admin {
     shared: Arc<Shared>,
     token: Option<Arc<str>>,
+    /// A promotion prepared by `/models/prepare`, awaiting its commit.
+    pending: Arc<std::sync::Mutex<Option<crate::models::Prepared>>>,
 }
 
 /// Starts the admin API of `shared`'s run at `options.address`.
@@ -136,6 +143,7 @@ pub fn start(options: &AdminOptions, shared: Arc<Shared>) -> Result<AdminServer>
     let admin = Admin {
         shared,
         token: options.token.as_deref().map(Arc::from),
+        pending: Arc::default(),
     };
     let app = Router::new()
         .route("/", get(page))
@@ -144,6 +152,9 @@ pub fn start(options: &AdminOptions, shared: Arc<Shared>) -> Result<AdminServer>
         .route("/models", get(models))
         .route("/models/promote", post(promote))
         .route("/models/rollback", post(rollback))
+        .route("/models/prepare", post(prepare))
+        .route("/models/commit", post(commit))
+        .route("/models/abort", post(abort))
         .with_state(admin);
     HttpServer::start(options.address, app, "--admin")
 }
@@ -324,6 +335,103 @@ async fn rollback(State(admin): State<Admin>, headers: HeaderMap) -> Answer {
     promote_version(&admin, before).await
 }
 
+#[derive(serde::Deserialize)]
+struct CommitRequest {
+    version: u64,
+    from_ms: i64,
+}
+
+/// The first phase of a cluster's promotion: checks the version, holds
+/// scoring, and answers with the newest event time scored and the slowest
+/// watermark.
+async fn prepare(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Json(request): Json<PromoteRequest>,
+) -> Answer {
+    if let Err(answer) = authorized(&admin, &headers) {
+        return answer;
+    }
+    let shared = admin.shared.clone();
+    let pending = admin.pending.clone();
+    let prepared = tokio::task::spawn_blocking(move || {
+        let versions = shared
+            .models
+            .as_ref()
+            .ok_or_else(|| Error::Runtime("the dataflow has no model".into()))?;
+        let mut pending = pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if pending.is_some() {
+            return Err(Error::Runtime(
+                "another promotion is prepared; commit or abort it".into(),
+            ));
+        }
+        let prepared = versions.prepare(request.version)?;
+        let answer = json!({
+            "version": request.version,
+            "scored_up_to_ms": prepared.scored_up_to(),
+            "watermark_ms": shared.watermarks.slowest(),
+        });
+        *pending = Some(prepared);
+        Ok(answer)
+    })
+    .await;
+    match prepared {
+        Ok(Ok(answer)) => (StatusCode::OK, Json(answer)),
+        Ok(Err(error)) => refused(StatusCode::CONFLICT, error.to_string()),
+        Err(error) => refused(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    }
+}
+
+/// The second phase: records the prepared promotion from `from_ms` and
+/// lets scoring go on with it.
+async fn commit(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Json(request): Json<CommitRequest>,
+) -> Answer {
+    if let Err(answer) = authorized(&admin, &headers) {
+        return answer;
+    }
+    let pending = admin.pending.clone();
+    let committed = tokio::task::spawn_blocking(move || {
+        let prepared = pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+            .ok_or_else(|| Error::Runtime("no promotion is prepared".into()))?;
+        if prepared.version() != request.version {
+            return Err(Error::Runtime(format!(
+                "the promotion prepared is of version {}, not {}; it is let go",
+                prepared.version(),
+                request.version
+            )));
+        }
+        prepared.commit(request.from_ms)
+    })
+    .await;
+    match committed {
+        Ok(Ok(promotion)) => (StatusCode::OK, Json(json!(promotion))),
+        Ok(Err(error)) => refused(StatusCode::CONFLICT, error.to_string()),
+        Err(error) => refused(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    }
+}
+
+/// Lets a prepared promotion go: scoring goes on unchanged.
+async fn abort(State(admin): State<Admin>, headers: HeaderMap) -> Answer {
+    if let Err(answer) = authorized(&admin, &headers) {
+        return answer;
+    }
+    let had = admin
+        .pending
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take()
+        .is_some();
+    (StatusCode::OK, Json(json!({ "aborted": had })))
+}
+
 /// Promotes `version` off the async thread (it opens and probes the
 /// model, and waits for batches in flight).
 async fn promote_version(admin: &Admin, version: u64) -> Answer {
@@ -331,7 +439,7 @@ async fn promote_version(admin: &Admin, version: u64) -> Answer {
     if shared.in_cluster {
         return refused(
             StatusCode::CONFLICT,
-            "promotions of a cluster's processes are not coordinated yet: record one ahead of the rows it applies to with `tideflow models promote SPEC VERSION --at TIME` before the run",
+            "a cluster's processes are promoted together: name every process's admin API, `tideflow models promote SPEC VERSION --admin HOST:PORT,HOST:PORT,...` (it prepares them all, then commits them all at one event time)",
         );
     }
     let promoted = tokio::task::spawn_blocking(move || {

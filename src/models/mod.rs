@@ -75,6 +75,48 @@ pub struct Opened {
     rows: std::sync::atomic::AtomicU64,
 }
 
+/// How long a prepared promotion holds scoring before it gives up.
+pub const PREPARED_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A promotion prepared: scoring is held until it is committed or
+/// dropped.
+#[derive(Debug)]
+pub struct Prepared {
+    version: u64,
+    scored_up_to: i64,
+    decide: std::sync::mpsc::Sender<i64>,
+    answered: std::sync::mpsc::Receiver<Result<Promotion>>,
+}
+
+impl Prepared {
+    /// The version it promotes.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The newest event time this process has scored.
+    pub fn scored_up_to(&self) -> i64 {
+        self.scored_up_to
+    }
+
+    /// Records the promotion from `from_ms` and lets scoring go on with it.
+    pub fn commit(self, from_ms: i64) -> Result<Promotion> {
+        if from_ms <= self.scored_up_to {
+            return Err(Error::Runtime(format!(
+                "a promotion from event time {from_ms} would change rows already scored (up to {})",
+                self.scored_up_to
+            )));
+        }
+        let gone = || {
+            Error::Runtime(format!(
+                "the prepared promotion was held longer than {PREPARED_FOR:?} and let go; promote again"
+            ))
+        };
+        self.decide.send(from_ms).map_err(|_| gone())?;
+        self.answered.recv().map_err(|_| gone())?
+    }
+}
+
 /// The version a single model file has in a schedule.
 const SINGLE_FILE: u64 = 0;
 
@@ -209,18 +251,29 @@ impl ModelVersions {
     /// far (and not before `watermark`), rows are scored by it. Checked
     /// first, recorded durably before it takes effect; the time it takes
     /// effect from is returned.
-    pub fn promote(&self, version: u64, watermark: Option<i64>) -> Result<Promotion> {
-        let refuse = |message: String| Error::Model {
-            path: self.plan.path.display().to_string(),
-            message,
-        };
-        let Some(registry) = &self.registry else {
-            return Err(refuse(
+    pub fn promote(self: &Arc<Self>, version: u64, watermark: Option<i64>) -> Result<Promotion> {
+        let prepared = self.prepare(version)?;
+        let from_ms = prepared
+            .scored_up_to()
+            .saturating_add(1)
+            .max(watermark.unwrap_or(i64::MIN));
+        prepared.commit(from_ms)
+    }
+
+    /// The first phase of a promotion: checks `version`, then holds every
+    /// worker's scoring (after the batches in flight) until the promotion
+    /// is committed at an event time or dropped, which lets it go on
+    /// unchanged; after `PREPARED_FOR` it goes on by itself. A cluster's
+    /// processes are all prepared, then all committed at the event time
+    /// after the newest any of them scored.
+    pub fn prepare(self: &Arc<Self>, version: u64) -> Result<Prepared> {
+        let Some(registry) = self.registry.clone() else {
+            return Err(self.refuse(
                 "is a single file; promote versions of a registry (path = a directory NAME/ of NAME/VERSION/model.onnx)".into(),
             ));
         };
         if let Some(pinned) = self.plan.registry.as_ref().and_then(|plan| plan.pinned) {
-            return Err(refuse(format!(
+            return Err(self.refuse(format!(
                 "the spec pins version {pinned} (model.version); remove it to promote"
             )));
         }
@@ -228,37 +281,58 @@ impl ModelVersions {
         if already.is_none() {
             let (opened, types) = self.check(version)?;
             if types != self.output_types {
-                let names = |types: &[ColumnType]| {
-                    types
-                        .iter()
-                        .map(|ty| ty.name())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
-                return Err(refuse(format!(
-                    "version {version} gives outputs of types ({}), the running version ({}); refused",
-                    names(&types),
-                    names(&self.output_types)
-                )));
+                return Err(self.mismatch(version, &types));
             }
             lock(&self.opened).insert(version, Arc::new(opened));
         }
-        let mut schedule = self
-            .schedule
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Every batch scored under the old schedule has finished (they
-        // hold it for reading), so the newest time scored is final here.
-        let after_scored = self.scored_up_to.load(Ordering::SeqCst).saturating_add(1);
-        let from_ms = after_scored.max(watermark.unwrap_or(i64::MIN));
-        let promotion = Promotion {
+        let (held, holding) = std::sync::mpsc::channel();
+        let (decide, decision) = std::sync::mpsc::channel::<i64>();
+        let (answer, answered) = std::sync::mpsc::channel();
+        let versions = self.clone();
+        std::thread::Builder::new()
+            .name("tideflow-promotion".into())
+            .spawn(move || {
+                let mut schedule = versions
+                    .schedule
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                // Every batch scored under the old schedule has finished
+                // (they hold it for reading), and none starts until this
+                // ends: the newest time scored is final here.
+                let _ = held.send(versions.scored_up_to.load(Ordering::SeqCst));
+                let Ok(from_ms) = decision.recv_timeout(PREPARED_FOR) else {
+                    return;
+                };
+                let promotion = Promotion {
+                    version,
+                    from_ms: Some(from_ms),
+                    requested_at_ms: registry::now_ms(),
+                };
+                let recorded = registry
+                    .record_once(&promotion)
+                    .and_then(|()| registry.schedule());
+                let _ = answer.send(recorded.map(|recorded| {
+                    *schedule = recorded;
+                    promotion
+                }));
+            })
+            .map_err(|error| Error::Runtime(format!("cannot prepare a promotion: {error}")))?;
+        let scored_up_to = holding
+            .recv()
+            .map_err(|_| Error::Runtime("the promotion's thread ended".into()))?;
+        Ok(Prepared {
             version,
-            from_ms: Some(from_ms),
-            requested_at_ms: registry::now_ms(),
-        };
-        registry.record(&promotion)?;
-        *schedule = registry.schedule()?;
-        Ok(promotion)
+            scored_up_to,
+            decide,
+            answered,
+        })
+    }
+
+    fn refuse(&self, message: String) -> Error {
+        Error::Model {
+            path: self.plan.path.display().to_string(),
+            message,
+        }
     }
 
     /// Opens `version` and checks it: it loads and fits the spec, and

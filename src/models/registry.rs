@@ -202,6 +202,20 @@ impl Registry {
         file.sync_all().map_err(fail)
     }
 
+    /// Appends `promotion` unless the record already ends with it (the
+    /// processes of a cluster over one shared registry each record it).
+    pub fn record_once(&self, promotion: &Promotion) -> Result<()> {
+        let path = self.dir.join(PROMOTIONS);
+        let last = std::fs::read_to_string(&path).ok().and_then(|text| {
+            let line = text.lines().rev().find(|line| !line.trim().is_empty())?;
+            serde_json::from_str::<Promotion>(line).ok()
+        });
+        let same = last.is_some_and(|last| {
+            (last.version, last.from_ms) == (promotion.version, promotion.from_ms)
+        });
+        if same { Ok(()) } else { self.record(promotion) }
+    }
+
     fn error(&self, message: impl Into<String>) -> Error {
         Error::Model {
             path: self.dir.display().to_string(),
