@@ -187,6 +187,17 @@ fn run_on(spec: &Path, workers: usize, overrides: &[&str]) -> String {
     stderr
 }
 
+/// Replays the history as a backfill over `registry` (reading its
+/// promotions record) and checks it writes exactly the rows in `out`.
+fn assert_backfill_writes(registry: &Path, dir: &Path, out: &Path, whose: &str) {
+    let backfill_out = dir.join("backfill");
+    run_to_end(&spec(registry, &backfill_out, false, false), &[]);
+    assert!(
+        common::read_lines(&backfill_out.join("rows")) == common::read_lines(&out.join("rows")),
+        "the backfill's rows differ from {whose}"
+    );
+}
+
 fn rows(out: &Path) -> Vec<Json> {
     common::read_rows(&out.join("rows"))
 }
@@ -231,8 +242,8 @@ fn a_live_run_promoted_half_way_is_reproduced_by_a_backfill() {
         let error = promote(&live_spec, version, port, None).unwrap_err();
         assert!(error.contains(reason), "version {version}: {error}");
     }
-    // Half way through the events (paced at RATE a second).
-    std::thread::sleep(Duration::from_millis(EVENTS * 1000 / RATE / 2));
+    // Some way through the events (paced at RATE a second).
+    common::wait_for_rows(port, EVENTS / 4);
     let promotion = promote(&live_spec, 2, port, None).unwrap();
     let from_ms = promotion["from_ms"].as_i64().unwrap();
     assert_eq!(promotion["version"], 2);
@@ -242,13 +253,7 @@ fn a_live_run_promoted_half_way_is_reproduced_by_a_backfill() {
     check_switch(&live_rows, from_ms);
 
     // The same history as a backfill reads the record: the same rows.
-    let backfill_out = dir.path().join("backfill");
-    run_to_end(&spec(&registry, &backfill_out, false, false), &[]);
-    assert!(
-        common::read_lines(&backfill_out.join("rows"))
-            == common::read_lines(&live_out.join("rows")),
-        "the backfill's rows differ from the live run's"
-    );
+    assert_backfill_writes(&registry, dir.path(), &live_out, "the live run's");
 
     // Each version's rows are those of a run pinned to it.
     for version in [1, 2] {
@@ -294,7 +299,7 @@ fn a_promoted_run_killed_and_restored_writes_the_rows_of_a_backfill() {
     // Changes need the token when one is set.
     let refused = promote(&live_spec, 2, port, None).unwrap_err();
     assert!(refused.contains("401"), "{refused}");
-    std::thread::sleep(Duration::from_millis(EVENTS * 1000 / RATE / 3));
+    common::wait_for_rows(port, EVENTS / 4);
     let from_ms = promote(&live_spec, 2, port, Some("secret")).unwrap()["from_ms"]
         .as_i64()
         .unwrap();
@@ -308,15 +313,8 @@ fn a_promoted_run_killed_and_restored_writes_the_rows_of_a_backfill() {
     live.wait().unwrap();
     run_to_end(&live_spec, &[]);
 
-    let backfill_out = dir.path().join("backfill");
-    run_to_end(&spec(&registry, &backfill_out, false, false), &[]);
-    let restored = rows(&live_out);
-    check_switch(&restored, from_ms);
-    assert!(
-        common::read_lines(&live_out.join("rows"))
-            == common::read_lines(&backfill_out.join("rows")),
-        "the restored run's rows differ from the backfill's"
-    );
+    check_switch(&rows(&live_out), from_ms);
+    assert_backfill_writes(&registry, dir.path(), &live_out, "the restored run's");
 }
 
 #[test]
@@ -518,7 +516,8 @@ fn a_launched_cluster_is_promoted_at_one_event_time_in_every_process() {
         single.contains("a cluster's processes are promoted together"),
         "{single}"
     );
-    std::thread::sleep(Duration::from_millis(EVENTS * 1000 / RATE / 3));
+    // Process 0 reads half the partitions.
+    common::wait_for_rows(port, EVENTS / 8);
     let both = format!("127.0.0.1:{port},127.0.0.1:{}", port + 1);
     let from_ms = promote_at(&live_spec, 2, &both, None).unwrap()["from_ms"]
         .as_i64()
@@ -528,11 +527,5 @@ fn a_launched_cluster_is_promoted_at_one_event_time_in_every_process() {
     assert_eq!(live_rows.len() as u64, EVENTS);
     check_switch(&live_rows, from_ms);
 
-    let backfill_out = dir.path().join("backfill");
-    run_to_end(&spec(&registry, &backfill_out, false, false), &[]);
-    assert!(
-        common::read_lines(&backfill_out.join("rows"))
-            == common::read_lines(&live_out.join("rows")),
-        "the backfill's rows differ from the cluster's"
-    );
+    assert_backfill_writes(&registry, dir.path(), &live_out, "the cluster's");
 }

@@ -9,7 +9,6 @@ mod common;
 
 use common::broker::Broker;
 use serde_json::Value as Json;
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,23 +32,8 @@ fn chromium() -> PathBuf {
     path
 }
 
-/// `GET path` of the admin API at `port`: the body, if it answered.
-fn get(port: u16, path: &str) -> Option<String> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    answer
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-}
-
 fn status(port: u16) -> Option<Json> {
-    serde_json::from_str(&get(port, "/status")?).ok()
+    common::admin_status(port)
 }
 
 /// Runs headless chromium on the page with `arguments` (`--dump-dom`,

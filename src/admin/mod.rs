@@ -335,6 +335,17 @@ async fn rollback(State(admin): State<Admin>, headers: HeaderMap) -> Answer {
     promote_version(&admin, before).await
 }
 
+/// Runs `work` off the async thread (it opens and probes models, and
+/// waits for batches in flight) and answers with its JSON, or 409 with
+/// the reason it failed.
+async fn blocking(work: impl FnOnce() -> Result<Json_> + Send + 'static) -> Answer {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(answer)) => (StatusCode::OK, Json(answer)),
+        Ok(Err(error)) => refused(StatusCode::CONFLICT, error.to_string()),
+        Err(error) => refused(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct CommitRequest {
     version: u64,
@@ -354,7 +365,7 @@ async fn prepare(
     }
     let shared = admin.shared.clone();
     let pending = admin.pending.clone();
-    let prepared = tokio::task::spawn_blocking(move || {
+    blocking(move || {
         let versions = shared
             .models
             .as_ref()
@@ -376,12 +387,7 @@ async fn prepare(
         *pending = Some(prepared);
         Ok(answer)
     })
-    .await;
-    match prepared {
-        Ok(Ok(answer)) => (StatusCode::OK, Json(answer)),
-        Ok(Err(error)) => refused(StatusCode::CONFLICT, error.to_string()),
-        Err(error) => refused(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
-    }
+    .await
 }
 
 /// The second phase: records the prepared promotion from `from_ms` and
@@ -395,7 +401,7 @@ async fn commit(
         return answer;
     }
     let pending = admin.pending.clone();
-    let committed = tokio::task::spawn_blocking(move || {
+    blocking(move || {
         let prepared = pending
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -408,14 +414,9 @@ async fn commit(
                 request.version
             )));
         }
-        prepared.commit(request.from_ms)
+        Ok(json!(prepared.commit(request.from_ms)?))
     })
-    .await;
-    match committed {
-        Ok(Ok(promotion)) => (StatusCode::OK, Json(json!(promotion))),
-        Ok(Err(error)) => refused(StatusCode::CONFLICT, error.to_string()),
-        Err(error) => refused(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
-    }
+    .await
 }
 
 /// Lets a prepared promotion go: scoring goes on unchanged.
@@ -442,17 +443,14 @@ async fn promote_version(admin: &Admin, version: u64) -> Answer {
             "a cluster's processes are promoted together: name every process's admin API, `tideflow models promote SPEC VERSION --admin HOST:PORT,HOST:PORT,...` (it prepares them all, then commits them all at one event time)",
         );
     }
-    let promoted = tokio::task::spawn_blocking(move || {
+    blocking(move || {
         let versions = shared
             .models
             .as_ref()
             .ok_or_else(|| Error::Runtime("the dataflow has no model".into()))?;
-        versions.promote(version, shared.watermarks.slowest())
+        Ok(json!(
+            versions.promote(version, shared.watermarks.slowest())?
+        ))
     })
-    .await;
-    match promoted {
-        Ok(Ok(promotion)) => (StatusCode::OK, Json(json!(promotion))),
-        Ok(Err(error)) => refused(StatusCode::CONFLICT, error.to_string()),
-        Err(error) => refused(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
-    }
+    .await
 }

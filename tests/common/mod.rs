@@ -378,3 +378,35 @@ impl Drop for Members {
         self.kill();
     }
 }
+
+/// `GET /status` of the admin API on the loopback `port`, if it answered.
+pub fn admin_status(port: u16) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        stream,
+        "GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let (_, body) = answer.split_once("\r\n\r\n")?;
+    serde_json::from_str(body).ok()
+}
+
+/// Waits until the run whose admin API is on `port` has written at least
+/// `rows` rows (panics after a minute).
+pub fn wait_for_rows(port: u16, rows: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while admin_status(port)
+        .and_then(|status| status["rows_out"].as_u64())
+        .unwrap_or(0)
+        < rows
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run at port {port} did not write {rows} rows within a minute"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
