@@ -734,6 +734,31 @@ fn check(spec: &Path, overrides: &[String]) -> anyhow::Result<()> {
             );
         }
     }
+    if let Some(model) = &plan.model {
+        for shadow in &model.shadows {
+            let columns: Vec<&str> = shadow
+                .outputs
+                .iter()
+                .map(|output| output.column.as_str())
+                .collect();
+            println!("  shadow {} into {}", shadow.label, columns.join(", "));
+        }
+        if let Some(canary) = &model.canary {
+            println!(
+                "  canary v{} for {:.2}% of keys by {}",
+                canary.version,
+                100.0 * canary.buckets as f64 / tideflow::plan::CANARY_BUCKETS as f64,
+                plan.columns[canary.key_slot].name
+            );
+        }
+    }
+    if let Some(reference) = &plan.drift_reference {
+        println!(
+            "  drift of {} columns against {}",
+            plan.drift_columns().len(),
+            reference.display()
+        );
+    }
     for input in plan.model.iter().flat_map(|model| &model.inputs) {
         let columns: Vec<_> = input
             .columns

@@ -468,6 +468,22 @@ fn shadows_and_canaries_leave_the_champions_rows_as_they_are() {
         };
         assert_eq!(row, expected);
     }
+    // `tideflow check` says what scores beside the champion.
+    for (name, expected) in [
+        (
+            "shadow",
+            "shadow v2 into fraud_probability_v2, fraud_label_v2",
+        ),
+        ("canary", "canary v2 for 30.00% of keys by user_id"),
+    ] {
+        let spec = dir.path().join(name).join("spec.toml");
+        let output = tideflow()
+            .args(["check", &spec.display().to_string()])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains(expected), "{stdout}");
+    }
     let canary_users = version_of_user
         .values()
         .filter(|version| *version == "fraud:v2")
