@@ -246,6 +246,14 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
         shared.control = RunControl::draining_on(stop.clone());
     }
     if let Some((coordinator, restored)) = checkpoints {
+        if let Some(models) = &models {
+            // The checkpoint's schedule first: promotions the registry's
+            // record lost are recorded again before any row is scored.
+            if let Some(kept) = &restored.model_schedule {
+                models.adopt(kept)?;
+            }
+            coordinator.keep_schedule_of(models.clone());
+        }
         shared.checkpoints = Some(coordinator);
         shared.restored = restored;
     }

@@ -3,7 +3,9 @@
 //! same history replayed as a backfill (identical rows, `_model` switching
 //! at the recorded event time, each version's rows those of a run pinned
 //! to it), and a live run killed after its promotion and restored (the
-//! rows of one uninterrupted backfill). Bad versions are refused and the
+//! rows of one uninterrupted backfill, even when the registry's record
+//! lost the promotion: the checkpoint keeps the schedule). Bad versions
+//! are refused and the
 //! running one goes on; the API takes the token when one is set and binds
 //! loopback only unless told.
 
@@ -303,15 +305,39 @@ fn a_promoted_run_killed_and_restored_writes_the_rows_of_a_backfill() {
     let from_ms = promote(&live_spec, 2, port, Some("secret")).unwrap()["from_ms"]
         .as_i64()
         .unwrap();
-    // Some rows on, killed, then restored from its checkpoint.
-    std::thread::sleep(Duration::from_millis(400));
+    // Two checkpoints on (the second cut wholly after the promotion),
+    // killed, then restored from its newest checkpoint.
+    let checkpoint = || {
+        common::admin_status(port)
+            .and_then(|status| status["checkpoint"]["id"].as_u64())
+            .unwrap_or(0)
+    };
+    let promoted_at = checkpoint();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while checkpoint() < promoted_at + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint after the promotion"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(
         live.try_wait().unwrap().is_none(),
         "the run ended before it was killed"
     );
     live.kill().unwrap();
     live.wait().unwrap();
-    run_to_end(&live_spec, &[]);
+    // The registry's record loses the promotion (restored from an older
+    // copy, say): the checkpoint kept the schedule, and the restore
+    // records it again before scoring.
+    let record = registry.join("promotions.jsonl");
+    let lines = std::fs::read_to_string(&record).unwrap();
+    assert!(lines.contains(&format!("\"from_ms\":{from_ms}")), "{lines}");
+    std::fs::write(&record, lines.lines().next().unwrap().to_owned() + "\n").unwrap();
+    let restore = run_on(&live_spec, 2, &[]);
+    assert!(restore.contains("recorded again"), "{restore}");
+    let lines = std::fs::read_to_string(&record).unwrap();
+    assert!(lines.contains(&format!("\"from_ms\":{from_ms}")), "{lines}");
 
     check_switch(&rows(&live_out), from_ms);
     assert_backfill_writes(&registry, dir.path(), &live_out, "the restored run's");

@@ -74,6 +74,8 @@ impl EpochFile {
 #[derive(Debug)]
 pub struct Coordinator {
     store: CheckpointStore,
+    /// The model versions, whose schedule every checkpoint keeps.
+    models: Mutex<Option<Arc<crate::models::ModelVersions>>>,
     metrics: Arc<crate::metrics::Metrics>,
     /// Parts on their way to the writer thread, and the thread.
     writer: Mutex<Option<(Sender<Part>, JoinHandle<()>)>>,
@@ -207,6 +209,7 @@ impl Coordinator {
             .map(|(_, processes)| Leader::new(processes, interval, last_id));
         let coordinator = Arc::new(Coordinator {
             store,
+            models: Mutex::new(None),
             metrics,
             writer: Mutex::new(None),
             failure: Mutex::new(None),
@@ -437,6 +440,34 @@ impl Coordinator {
         self.lock().committed.is_some_and(|(_, time)| time == FINAL)
     }
 
+    /// Gives the checkpoints the model versions whose schedule they keep.
+    pub fn keep_schedule_of(&self, models: Arc<crate::models::ModelVersions>) {
+        *self
+            .models
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(models);
+    }
+
+    /// `receipts` and, when the run has promotable model versions, the
+    /// receipt of the schedule's part, written now: a restore then scores
+    /// the rows after the checkpoint as this run did, even from a registry
+    /// whose record lost promotions.
+    fn with_schedule(&self, id: u64, mut receipts: Vec<PartReceipt>) -> Result<Vec<PartReceipt>> {
+        let schedule = self
+            .models
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            .and_then(|models| models.schedule_to_keep());
+        if let Some(bytes) = schedule {
+            receipts.push(
+                self.store
+                    .write_part(id, crate::models::SCHEDULE_PART, &bytes)?,
+            );
+        }
+        Ok(receipts)
+    }
+
     /// Does what the leader's step says.
     fn follow(&self, inner: &mut Inner, step: Step) {
         match step {
@@ -444,7 +475,10 @@ impl Coordinator {
             Step::Send(messages) => inner.outbox.extend(messages),
             Step::Commit { id, time, receipts } => {
                 let bytes = receipts.iter().map(|receipt| receipt.bytes).sum();
-                if let Err(error) = self.store.commit(id, receipts) {
+                let committed = self
+                    .with_schedule(id, receipts)
+                    .and_then(|receipts| self.store.commit(id, receipts));
+                if let Err(error) = committed {
                     self.fail(error);
                     return;
                 }
@@ -623,7 +657,8 @@ impl Coordinator {
         }
         let progress = inner.in_progress.take().expect("checked above");
         let bytes = progress.receipts.iter().map(|receipt| receipt.bytes).sum();
-        self.store.commit(progress.id, progress.receipts.clone())?;
+        let receipts = self.with_schedule(progress.id, progress.receipts.clone())?;
+        self.store.commit(progress.id, receipts)?;
         self.publish(&mut inner, progress, bytes)
     }
 

@@ -213,6 +213,8 @@ pub struct Restored {
     pub topic_starts: BTreeMap<usize, TopicOffsets>,
     /// Per Kafka sink (by index), what it resumes from, once read.
     pub topic_resumes: BTreeMap<usize, Arc<TopicResume>>,
+    /// The model versions' schedule as of the checkpoint, if it holds one.
+    pub model_schedule: Option<crate::models::registry::Schedule>,
 }
 
 impl Restored {
@@ -337,6 +339,7 @@ pub fn restore(
             }
             DecodedPart::Join(index, part) => joins[index].push(*part),
             DecodedPart::Label(index, part) => labels[index].push(*part),
+            DecodedPart::Models(schedule) => restored.model_schedule = Some(schedule),
         }
         if part_worker(name).is_some_and(|writer| local.contains(&(writer % workers))) {
             files.extend(files_here);
@@ -399,6 +402,8 @@ enum DecodedPart {
     Sink(SinkCut),
     /// Stage `index`'s part of one worker.
     Stage(usize, Box<StageKeys>),
+    /// The model versions' schedule (written by the coordinator).
+    Models(crate::models::registry::Schedule),
 }
 
 /// One worker's part of a stage, decoded: its clock and keys, and the
@@ -470,6 +475,9 @@ fn decode_part(
     let decoded = match (operator, stage) {
         ("source", _) => super::decode::<SourceCut>(&stored.whole).map(DecodedPart::Source),
         ("sink" | "score", _) => super::decode::<SinkCut>(&stored.whole).map(DecodedPart::Sink),
+        (crate::models::SCHEDULE_PART, _) => serde_json::from_slice(&stored.whole)
+            .map(DecodedPart::Models)
+            .map_err(|error| refused(&error.to_string())),
         (_, Some(index)) => {
             StageKeys::decode(stored).map(|part| DecodedPart::Stage(index, Box::new(part)))
         }

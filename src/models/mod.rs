@@ -75,6 +75,10 @@ pub struct Opened {
     rows: std::sync::atomic::AtomicU64,
 }
 
+/// The part of every checkpoint that holds the model versions' schedule
+/// (written by the checkpoint coordinator beside the operators' parts).
+pub const SCHEDULE_PART: &str = "models";
+
 /// How long a prepared promotion holds scoring before it gives up.
 pub const PREPARED_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -232,6 +236,71 @@ impl ModelVersions {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    /// The schedule as a checkpoint keeps it, when the versions come from
+    /// a registry that can be promoted (a pinned version or a single file
+    /// has nothing to keep).
+    pub fn schedule_to_keep(&self) -> Option<Vec<u8>> {
+        let promotable = self
+            .plan
+            .registry
+            .as_ref()
+            .is_some_and(|plan| plan.pinned.is_none());
+        promotable.then(|| serde_json::to_vec(&self.schedule()).expect("a schedule serializes"))
+    }
+
+    /// Takes in the schedule a restored checkpoint kept: promotions it
+    /// holds that the registry's record lacks (a record restored from an
+    /// older copy, say) are recorded again, so the restored run scores the
+    /// rows after the checkpoint as the run before it did. A record of
+    /// another base version is refused: it is not this run's history.
+    pub fn adopt(&self, kept: &Schedule) -> Result<()> {
+        let Some(registry) = &self.registry else {
+            return Ok(());
+        };
+        let current = self.schedule();
+        if current.base != kept.base {
+            return Err(self.refuse(format!(
+                "the registry's promotions record starts from version {}, the checkpoint's from version {} (with switches {:?}); restore {} to the checkpoint's history",
+                current.base,
+                kept.base,
+                kept.switches,
+                registry.dir().join(registry::PROMOTIONS).display()
+            )));
+        }
+        let missing: Vec<(i64, u64)> = kept
+            .switches
+            .iter()
+            .filter(|switch| !current.switches.contains(switch))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for (from_ms, version) in &missing {
+            if !lock(&self.opened).contains_key(version) {
+                let (opened, types) = self.check(*version)?;
+                if types != self.output_types {
+                    return Err(self.mismatch(*version, &types));
+                }
+                lock(&self.opened).insert(*version, Arc::new(opened));
+            }
+            registry.record(&Promotion {
+                version: *version,
+                from_ms: Some(*from_ms),
+                requested_at_ms: registry::now_ms(),
+            })?;
+        }
+        eprintln!(
+            "tideflow: the registry's promotions record lacked {} promotion(s) the checkpoint holds; recorded again",
+            missing.len()
+        );
+        *self
+            .schedule
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = registry.schedule()?;
+        Ok(())
     }
 
     /// The version in effect for the newest rows, opened.

@@ -36,7 +36,7 @@ pub struct Promotion {
 }
 
 /// Which version scores a row of each event time.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Schedule {
     /// The version in effect before every promotion.
     pub base: u64,
@@ -79,7 +79,8 @@ impl Schedule {
         versions
     }
 
-    fn add(&mut self, from_ms: i64, version: u64) {
+    /// Adds a switch (after any of the same time).
+    pub fn add(&mut self, from_ms: i64, version: u64) {
         // After every switch of the same time: the later recorded wins.
         let at = self.switches.partition_point(|(from, _)| *from <= from_ms);
         self.switches.insert(at, (from_ms, version));
