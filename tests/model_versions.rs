@@ -74,8 +74,10 @@ fn spec(registry: &Path, out: &Path, live: bool, state: bool) -> PathBuf {
             "count = 200000",
             &format!(
                 "count = {EVENTS}{}",
+                // A checkpointed run is paced at half the rate, so that the
+                // kill after its checkpoints lands well before its end.
                 if live {
-                    format!("\nrate = {RATE}")
+                    format!("\nrate = {}", if state { RATE / 2 } else { RATE })
                 } else {
                     String::new()
                 }
