@@ -10,8 +10,7 @@ the environment when it is imported), timed from start to exit: reading the
 JSONL, computing, writing Parquet."""
 
 import argparse
-import json
-import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -198,6 +197,7 @@ def main():
     reference = read_features(tideflow_out)
     for name, path in outputs.items():
         check_equal(reference, read_features(path), name)
+    shutil.rmtree(work)
     print(f"peers: {args.events} events, {args.users} users, JSONL -> 4 user features -> Parquet; "
           f"outputs equal (sums and means within 1e-9 relative); best of {args.repeats}, rows/s")
     print(f"{'threads':>7} {'tideflow':>12} {'duckdb':>12} {'polars':>12} {'vs duckdb':>10} {'vs polars':>10}")
