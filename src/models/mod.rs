@@ -11,7 +11,15 @@
 //! version is checked before the switch: it must load, fit the spec's
 //! inputs and outputs with the same output types, and give no NaN on a
 //! probe batch; a version that does not is refused and the running one
-//! goes on.
+//! goes on. Every checkpoint keeps a copy of the schedule, which a restore
+//! uses to repair a record that lost promotions. A cluster's processes are
+//! promoted in two phases ([`ModelVersions::prepare`], then
+//! [`Prepared::commit`] at one event time for all).
+//!
+//! Beside the champion, shadows score the same rows into columns of their
+//! own and are compared with it, and a canary version scores a stable
+//! fraction of keys. [`drift`] measures how far the rows' columns have
+//! moved from a reference profile.
 
 pub mod drift;
 pub mod registry;
