@@ -565,19 +565,20 @@ fn regroup_join(
         })
         .collect();
     for part in parts {
-        for (key, versions) in part.versions {
-            let worker = owner(false, &key, 0, workers);
-            regrouped[worker].versions.push((key, versions));
-        }
-        for row in part.waiting {
-            let worker = owner(false, row.cell(on), 0, workers);
-            regrouped[worker].waiting.push(row);
-        }
+        by_key_hash(
+            part.versions,
+            |(key, _)| key,
+            workers,
+            |worker, entry| regrouped[worker].versions.push(entry),
+        );
+        by_key_hash(
+            part.waiting,
+            |row| row.cell(on),
+            workers,
+            |worker, row| regrouped[worker].waiting.push(row),
+        );
     }
-    regrouped
-        .into_iter()
-        .map(|part| Mutex::new(Some(part)))
-        .collect()
+    offered(regrouped)
 }
 
 /// A label's parts from the workers that wrote them, as the parts of this
@@ -597,16 +598,38 @@ fn regroup_label(
         })
         .collect();
     for part in parts {
-        for (key, records) in part.records {
-            let worker = owner(false, &key, 0, workers);
-            regrouped[worker].records.push((key, records));
-        }
-        for row in part.waiting {
-            let worker = owner(false, row.cell(on), 0, workers);
-            regrouped[worker].waiting.push(row);
-        }
+        by_key_hash(
+            part.records,
+            |(key, _)| key,
+            workers,
+            |worker, entry| regrouped[worker].records.push(entry),
+        );
+        by_key_hash(
+            part.waiting,
+            |row| row.cell(on),
+            workers,
+            |worker, row| regrouped[worker].waiting.push(row),
+        );
     }
-    regrouped
+    offered(regrouped)
+}
+
+/// Hands each of `items` to the worker that owns its key by hash.
+fn by_key_hash<T>(
+    items: Vec<T>,
+    key: impl Fn(&T) -> &tideflow_connectors::Value,
+    workers: usize,
+    mut put: impl FnMut(usize, T),
+) {
+    for item in items {
+        let worker = owner(false, key(&item), 0, workers);
+        put(worker, item);
+    }
+}
+
+/// Each worker's part, to be taken once.
+fn offered<T>(parts: Vec<T>) -> Vec<Mutex<Option<T>>> {
+    parts
         .into_iter()
         .map(|part| Mutex::new(Some(part)))
         .collect()

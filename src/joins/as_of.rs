@@ -134,13 +134,7 @@ impl AsOfTable {
     /// Every key with its versions, in key order (so that the same table
     /// always gives the same checkpoint bytes).
     pub fn entries(&self) -> Vec<(&Value, &[Version])> {
-        let mut entries: Vec<_> = self
-            .keys
-            .iter()
-            .map(|(key, versions)| (key, versions.as_slice()))
-            .collect();
-        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        entries
+        super::sorted_entries(&self.keys)
     }
 
     /// A table holding `entries` (from [`AsOfTable::entries`] of one or

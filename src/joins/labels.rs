@@ -86,13 +86,7 @@ impl LabelTable {
 
     /// Every key with its records, in key order.
     pub fn entries(&self) -> Vec<(&Value, &[LabelRecord])> {
-        let mut entries: Vec<_> = self
-            .keys
-            .iter()
-            .map(|(key, records)| (key, records.as_slice()))
-            .collect();
-        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        entries
+        super::sorted_entries(&self.keys)
     }
 
     /// A table holding `entries` (from [`LabelTable::entries`] of one or

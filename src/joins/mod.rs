@@ -22,6 +22,7 @@ pub use as_of::{AsOfTable, Version};
 pub use labels::{LabelRecord, LabelTable};
 
 use serde::{Deserialize, Serialize};
+use tideflow_connectors::Value;
 
 /// Where a table or label record sits in the order that breaks ties:
 /// event time, then the partition and offset it was read at.
@@ -33,4 +34,15 @@ pub struct VersionOrder {
     pub partition: u32,
     /// Offset within it.
     pub offset: u64,
+}
+
+/// Every key with its held items, in key order: a table's checkpoint
+/// bytes are then the same however its hash map grew.
+fn sorted_entries<T>(keys: &rustc_hash::FxHashMap<Value, Vec<T>>) -> Vec<(&Value, &[T])> {
+    let mut entries: Vec<_> = keys
+        .iter()
+        .map(|(key, items)| (key, items.as_slice()))
+        .collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    entries
 }

@@ -185,6 +185,22 @@ impl CutTracker {
         self.pending().is_some_and(|cut| time >= cut.time)
     }
 
+    /// What arrived at dataflow time `arrival`: held back while a cut in
+    /// progress has yet to be taken at or before that time, else handed to
+    /// `take` now.
+    pub fn take_or_hold_back<T>(
+        &self,
+        (arrival, item): (i64, T),
+        held_back: &mut Vec<(i64, T)>,
+        take: impl FnOnce(T, i64),
+    ) {
+        if self.holds_back(arrival) {
+            held_back.push((arrival, item));
+        } else {
+            take(item, arrival);
+        }
+    }
+
     /// Takes out of `held_back` (in order) what no cut in progress holds
     /// back any more, once the operator has cut; the rest stays.
     pub fn release<T>(&self, held_back: &mut Vec<T>, time: impl Fn(&T) -> i64) -> Vec<T> {

@@ -165,18 +165,16 @@ impl<'scope> JoinAsOf<'scope> for RowStream<'scope> {
                     table.for_each(|time, rows| {
                         let arrival = time.least().copied().unwrap_or(i64::MIN);
                         let rows = HeldBack::Versions(std::mem::take(rows));
-                        match cuts.holds_back(arrival) {
-                            true => held_back.push((arrival, rows)),
-                            false => joining.take(rows, arrival),
-                        }
+                        cuts.take_or_hold_back((arrival, rows), &mut held_back, |rows, at| {
+                            joining.take(rows, at)
+                        });
                     });
                     events.for_each(|time, rows| {
                         let arrival = time.least().copied().unwrap_or(i64::MIN);
                         let rows = HeldBack::Events(std::mem::take(rows));
-                        match cuts.holds_back(arrival) {
-                            true => held_back.push((arrival, rows)),
-                            false => joining.take(rows, arrival),
-                        }
+                        cuts.take_or_hold_back((arrival, rows), &mut held_back, |rows, at| {
+                            joining.take(rows, at)
+                        });
                     });
                     let Some(held) = capability.as_mut() else {
                         return;
@@ -192,12 +190,8 @@ impl<'scope> JoinAsOf<'scope> for RowStream<'scope> {
                         held,
                         joining.release(before_cut, refused).into_iter(),
                     );
-                    let frontier: Vec<i64> = events_frontier
-                        .frontier()
-                        .iter()
-                        .chain(table_frontier.frontier().iter())
-                        .copied()
-                        .collect();
+                    let frontier =
+                        both_frontiers(&events_frontier.frontier(), &table_frontier.frontier());
                     while let Some(cut) = cuts.due(&frontier) {
                         if let Err(error) = cuts.report(cut, &joining.part(), Vec::new()) {
                             shared.control.abort(error);
@@ -226,15 +220,8 @@ impl<'scope> JoinAsOf<'scope> for RowStream<'scope> {
                         joining.versions.settle(oldest);
                     }
                     let held_back_at = held_back.iter().map(|(arrival, _)| *arrival).min();
-                    match [events_at, joining.waiting.oldest_arrival(), held_back_at]
-                        .into_iter()
-                        .flatten()
-                        .min()
-                    {
-                        Some(time) if time > *held.time() => held.downgrade(&time),
-                        Some(_) => {}
-                        None => capability = None,
-                    }
+                    let oldest = [events_at, joining.waiting.oldest_arrival(), held_back_at];
+                    hold_at_oldest(&mut capability, oldest);
                 }
             },
         )
@@ -334,6 +321,28 @@ fn refuse(row: &Row, join: &JoinPlan, shared: &Shared, dead_letters: &RefCell<De
     Stats::add(&shared.stats.dead, 1);
     if let Err(error) = dead_letters.borrow_mut().write(&letter) {
         shared.control.abort(error);
+    }
+}
+
+/// The frontiers of an operator's two inputs, as one: a cut is due once
+/// both have passed its time.
+pub(super) fn both_frontiers(first: &[i64], second: &[i64]) -> Vec<i64> {
+    first.iter().chain(second).copied().collect()
+}
+
+/// Holds `capability` at the oldest of `times` (what may still arrive or
+/// leave), or drops it when there is none: the operator is done.
+pub(super) fn hold_at_oldest(
+    capability: &mut Option<Capability<i64>>,
+    times: impl IntoIterator<Item = Option<i64>>,
+) {
+    let Some(held) = capability.as_mut() else {
+        return;
+    };
+    match times.into_iter().flatten().min() {
+        Some(time) if time > *held.time() => held.downgrade(&time),
+        Some(_) => {}
+        None => *capability = None,
     }
 }
 

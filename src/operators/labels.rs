@@ -14,7 +14,7 @@
 use super::RowStream;
 use super::checkpointing::CutTracker;
 use super::input::READER_END;
-use super::join::{before_cut, give_at_arrivals};
+use super::join::{before_cut, both_frontiers, give_at_arrivals, hold_at_oldest};
 use crate::checkpoint::FINAL;
 use crate::checkpoint::restore::{LabelPart, LabelPartRef, part_name};
 use crate::joins::{LabelTable, VersionOrder};
@@ -219,18 +219,16 @@ impl<'scope> AttachLabels<'scope> for RowStream<'scope> {
                     records.for_each(|time, records| {
                         let arrival = time.least().copied().unwrap_or(i64::MIN);
                         let records = HeldBack::Records(std::mem::take(records));
-                        match cuts.holds_back(arrival) {
-                            true => held_back.push((arrival, records)),
-                            false => labelling.take(records, arrival),
-                        }
+                        cuts.take_or_hold_back((arrival, records), &mut held_back, |held, at| {
+                            labelling.take(held, at)
+                        });
                     });
                     rows.for_each(|time, rows| {
                         let arrival = time.least().copied().unwrap_or(i64::MIN);
                         let rows = HeldBack::Rows(std::mem::take(rows));
-                        match cuts.holds_back(arrival) {
-                            true => held_back.push((arrival, rows)),
-                            false => labelling.take(rows, arrival),
-                        }
+                        cuts.take_or_hold_back((arrival, rows), &mut held_back, |held, at| {
+                            labelling.take(held, at)
+                        });
                     });
                     let Some(held) = capability.as_mut() else {
                         return;
@@ -238,12 +236,8 @@ impl<'scope> AttachLabels<'scope> for RowStream<'scope> {
                     let passed = records_frontier.frontier().first().copied();
                     let before_cut = before_cut(passed, cuts.pending_time());
                     give_at_arrivals(output, held, labelling.release(before_cut).into_iter());
-                    let frontier: Vec<i64> = rows_frontier
-                        .frontier()
-                        .iter()
-                        .chain(records_frontier.frontier().iter())
-                        .copied()
-                        .collect();
+                    let frontier =
+                        both_frontiers(&rows_frontier.frontier(), &records_frontier.frontier());
                     while let Some(cut) = cuts.due(&frontier) {
                         if let Err(error) = cuts.report(cut, &labelling.part(), Vec::new()) {
                             shared.control.abort(error);
@@ -261,15 +255,8 @@ impl<'scope> AttachLabels<'scope> for RowStream<'scope> {
                     let rows_at = rows_frontier.frontier().first().copied();
                     labelling.settle(rows_at);
                     let held_back_at = held_back.iter().map(|(arrival, _)| *arrival).min();
-                    match [rows_at, labelling.waiting.oldest_arrival(), held_back_at]
-                        .into_iter()
-                        .flatten()
-                        .min()
-                    {
-                        Some(time) if time > *held.time() => held.downgrade(&time),
-                        Some(_) => {}
-                        None => capability = None,
-                    }
+                    let oldest = [rows_at, labelling.waiting.oldest_arrival(), held_back_at];
+                    hold_at_oldest(&mut capability, oldest);
                 }
             },
         )
