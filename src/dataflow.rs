@@ -222,7 +222,10 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
         .as_ref()
         .filter(|versions| !versions.is_registry())
         .map(|versions| versions.current().identity.clone());
+    let held_rows_budget = plan.buffered_rows.saturating_mul(workers as u64);
     let mut shared = Shared::new(plan, constant_identity, metrics);
+    shared.watermarks =
+        crate::watermarks::WorkerWatermarks::with_held_rows_budget(held_rows_budget);
     shared.models = models.clone();
     shared.drift = match (&options.drift, &shared.plan.drift_reference) {
         (Some(drift), _) => Some(drift.clone()),

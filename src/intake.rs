@@ -13,8 +13,8 @@
 //! (Kafka) stops holding the watermark back, so one silent partition does
 //! not stall the graph. Its records that arrive later behind the watermark
 //! the others have reached are late: they go to dead letters as `late`.
-//! Partitions are read in step by event time: one whose watermark is more
-//! than the skew limit ahead of the slowest partition of all workers waits.
+//! A round is given a read limit while partitions are read in step (the
+//! source decides when): a partition whose watermark is past it waits.
 
 use crate::checkpoint::restore::PartitionPosition;
 use crate::decode::Decoder;

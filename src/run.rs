@@ -30,6 +30,8 @@ pub struct Stats {
     pub batches: AtomicU64,
     /// Largest batch.
     pub max_batch: AtomicU64,
+    /// Most rows the process held for the watermark at once.
+    pub most_held: AtomicU64,
     /// Records read from tables and label inputs.
     pub inputs_in: AtomicU64,
     /// Of those, dead letters other than late ones.
@@ -61,6 +63,7 @@ impl Stats {
             late: self.late.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
             max_batch: self.max_batch.load(Ordering::Relaxed),
+            most_held: self.most_held.load(Ordering::Relaxed),
             inputs_in: self.inputs_in.load(Ordering::Relaxed),
             inputs_dead: self.inputs_dead.load(Ordering::Relaxed),
             inputs_late: self.inputs_late.load(Ordering::Relaxed),
@@ -87,6 +90,10 @@ pub struct Counts {
     pub batches: u64,
     /// Largest batch.
     pub max_batch: u64,
+    /// Most rows one process held for the watermark at once (event-time
+    /// stages, joins, labels): what partitions read in step bound.
+    #[serde(default)]
+    pub most_held: u64,
     /// Records read from tables and label inputs (outside `records_in`).
     pub inputs_in: u64,
     /// Of those, dead letters other than late ones.
@@ -107,6 +114,7 @@ impl Counts {
             late: sum.late + part.late,
             batches: sum.batches + part.batches,
             max_batch: sum.max_batch.max(part.max_batch),
+            most_held: sum.most_held.max(part.most_held),
             inputs_in: sum.inputs_in + part.inputs_in,
             inputs_dead: sum.inputs_dead + part.inputs_dead,
             inputs_late: sum.inputs_late + part.inputs_late,
@@ -343,6 +351,13 @@ impl std::fmt::Display for Summary {
                 f,
                 "  {} earlier records replayed to rebuild window state (source.warm_up)",
                 counts.replayed
+            )?;
+        }
+        if counts.most_held > 0 {
+            writeln!(
+                f,
+                "  at most {} rows held for the watermark at once (time.max_buffered_rows per worker)",
+                counts.most_held
             )?;
         }
         if counts.carried > 0 {

@@ -7,8 +7,17 @@
 //! are all idle follows the slowest active one; a partition too far ahead
 //! of the slowest of all (partition skew) waits, and its source is woken
 //! as soon as another worker's watermark moves rather than on a timer.
+//!
+//! Reading in step is what bounds the rows that event-time stages, joins
+//! and labels hold until the watermark passes them; where they hold few
+//! (every partition of a file backfill readable at once, features keyed
+//! by the source's key) it only costs: a worker slowed for a moment holds
+//! every other one back. So partitions are read in step only while the
+//! process holds more rows for the watermark than its budget
+//! (`[time] max_buffered_rows` per worker); below it they read freely.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Wakes a worker's source from another thread.
@@ -30,6 +39,32 @@ pub struct WorkerWatermarks {
     /// Per worker whose partitions wait for slower ones, how to wake its
     /// source once another worker's watermark moves.
     aligning: Mutex<BTreeMap<usize, Waker>>,
+    /// Rows the process's operators hold until the watermark passes them.
+    held_rows: AtomicI64,
+    /// How many held rows the process allows before its partitions are
+    /// read in step.
+    held_rows_budget: i64,
+}
+
+/// What one operator last added to the process's held rows, so that it
+/// reports only the change.
+#[derive(Debug, Default)]
+pub struct HeldRows {
+    reported: i64,
+}
+
+impl HeldRows {
+    /// Reports that the operator now holds `rows` rows for the watermark;
+    /// the most the process held at once goes to `most_held`.
+    pub fn report(&mut self, watermarks: &WorkerWatermarks, rows: usize, most_held: &AtomicU64) {
+        let rows = i64::try_from(rows).unwrap_or(i64::MAX);
+        if rows != self.reported {
+            let change = rows - self.reported;
+            let held = watermarks.held_rows.fetch_add(change, Ordering::Relaxed) + change;
+            most_held.fetch_max(held.max(0) as u64, Ordering::Relaxed);
+            self.reported = rows;
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -39,6 +74,26 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl WorkerWatermarks {
+    /// Watermarks of a process whose operators may hold `budget` rows for
+    /// the watermark before its partitions are read in step.
+    pub fn with_held_rows_budget(budget: u64) -> Self {
+        WorkerWatermarks {
+            held_rows_budget: i64::try_from(budget).unwrap_or(i64::MAX),
+            ..WorkerWatermarks::default()
+        }
+    }
+
+    /// Whether the process holds more rows for the watermark than its
+    /// budget: only then are partitions read in step.
+    pub fn over_held_rows_budget(&self) -> bool {
+        self.held_rows.load(Ordering::Relaxed) > self.held_rows_budget
+    }
+
+    /// Rows the process holds for the watermark now.
+    pub fn held_rows(&self) -> u64 {
+        self.held_rows.load(Ordering::Relaxed).max(0) as u64
+    }
+
     /// Publishes worker `worker`'s watermark: `None` when none of its
     /// partitions holds it back. Sources waiting for slower partitions are
     /// woken when it moves.
@@ -150,5 +205,23 @@ mod tests {
         // Woken once per wait.
         watermarks.publish(1, Some(40));
         assert_eq!(woken.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn partitions_read_in_step_only_over_the_held_rows_budget() {
+        let watermarks = WorkerWatermarks::with_held_rows_budget(100);
+        let (mut features, mut join) = (HeldRows::default(), HeldRows::default());
+        let most = AtomicU64::new(0);
+        features.report(&watermarks, 60, &most);
+        join.report(&watermarks, 40, &most);
+        assert_eq!(watermarks.held_rows(), 100);
+        assert!(!watermarks.over_held_rows_budget());
+        join.report(&watermarks, 41, &most);
+        assert!(watermarks.over_held_rows_budget());
+        // Released rows count down again.
+        features.report(&watermarks, 0, &most);
+        assert_eq!(watermarks.held_rows(), 41);
+        assert!(!watermarks.over_held_rows_budget());
+        assert_eq!(most.load(Ordering::SeqCst), 101);
     }
 }

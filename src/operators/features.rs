@@ -18,6 +18,7 @@ use crate::features::{StagePlan, StageState};
 use crate::ordering::ReorderBuffer;
 use crate::row::Row;
 use crate::run::Shared;
+use crate::watermarks::HeldRows;
 use std::sync::Arc;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::Capability;
@@ -280,6 +281,7 @@ fn in_event_time_order<'scope>(
             }
             let mut cuts = CutTracker::new(&shared, part_name(&format!("stage{index}"), worker));
             let mut held_back: Vec<(i64, Vec<Row>)> = Vec::new();
+            let mut held_rows = HeldRows::default();
             move |(input, frontier), output| {
                 input.for_each(|time, rows| {
                     let arrival = time.least().copied().unwrap_or(i64::MIN);
@@ -334,6 +336,7 @@ fn in_event_time_order<'scope>(
                         output.session(&*held).give(released);
                     }
                 }
+                held_rows.report(&shared.watermarks, buffer.len(), &shared.stats.most_held);
                 // Held no later than the oldest row still buffered or held
                 // back.
                 let oldest_held_back = held_back.iter().map(|(arrival, _)| *arrival).min();

@@ -22,6 +22,7 @@ use crate::plan::JoinPlan;
 use crate::row::{DeadLetter, Row};
 use crate::run::{Shared, Stats};
 use crate::sinks::DeadLetterWriter;
+use crate::watermarks::HeldRows;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -161,6 +162,7 @@ impl<'scope> JoinAsOf<'scope> for RowStream<'scope> {
                 let mut joining = Joining::start(join, table_key, restored, start);
                 let mut cuts = CutTracker::new(&shared, part_name(&format!("join{index}"), worker));
                 let mut held_back: Vec<(i64, HeldBack)> = Vec::new();
+                let mut held_rows = HeldRows::default();
                 move |(events, events_frontier), (table, table_frontier), output| {
                     table.for_each(|time, rows| {
                         let arrival = time.least().copied().unwrap_or(i64::MIN);
@@ -222,6 +224,11 @@ impl<'scope> JoinAsOf<'scope> for RowStream<'scope> {
                     let held_back_at = held_back.iter().map(|(arrival, _)| *arrival).min();
                     let oldest = [events_at, joining.waiting.oldest_arrival(), held_back_at];
                     hold_at_oldest(&mut capability, oldest);
+                    held_rows.report(
+                        &shared.watermarks,
+                        joining.waiting.len(),
+                        &shared.stats.most_held,
+                    );
                 }
             },
         )

@@ -22,6 +22,7 @@ use crate::ordering::ReorderBuffer;
 use crate::plan::LabelPlan;
 use crate::row::Row;
 use crate::run::{Shared, Stats};
+use crate::watermarks::HeldRows;
 use std::sync::Arc;
 use tideflow_connectors::Value;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -214,6 +215,7 @@ impl<'scope> AttachLabels<'scope> for RowStream<'scope> {
                     Labelling::start((label, complete_slot), peers, restored, start);
                 let mut cuts =
                     CutTracker::new(&shared, part_name(&format!("label{index}"), worker));
+                let mut held_rows = HeldRows::default();
                 let mut held_back: Vec<(i64, HeldBack)> = Vec::new();
                 move |(rows, rows_frontier), (records, records_frontier), output| {
                     records.for_each(|time, records| {
@@ -257,6 +259,11 @@ impl<'scope> AttachLabels<'scope> for RowStream<'scope> {
                     let held_back_at = held_back.iter().map(|(arrival, _)| *arrival).min();
                     let oldest = [rows_at, labelling.waiting.oldest_arrival(), held_back_at];
                     hold_at_oldest(&mut capability, oldest);
+                    held_rows.report(
+                        &shared.watermarks,
+                        labelling.waiting.len(),
+                        &shared.stats.most_held,
+                    );
                 }
             },
         )

@@ -5,12 +5,14 @@
 //! [`super::source_time`] decides (to the intake's watermark, cutting the
 //! checkpoints it crosses).
 //!
-//! Partitions are read in step by event time: one whose
-//! watermark is more than `time.max_partition_skew` ahead of the slowest
-//! partition of all workers (the frontier of the source's output) waits
-//! until the others catch up. Brokers that fill fetches from one partition
-//! first would otherwise have event-time features buffer a whole backfill,
-//! and hold back offset commits until every partition had been reached.
+//! Once the process holds more rows for the watermark than its budget
+//! (`time.max_buffered_rows`, see [`crate::watermarks`]), partitions are
+//! read in step by event time: one whose watermark is more than
+//! `time.max_partition_skew` ahead of the slowest partition of all workers
+//! (the frontier of the source's output) waits until the others catch up.
+//! Brokers that fill fetches from one partition first would otherwise have
+//! event-time features buffer a whole backfill. Under the budget every
+//! partition reads freely.
 
 use super::BatchStream;
 use super::source_time;
@@ -315,8 +317,12 @@ pub fn read_source<'scope>(
                     shared.control.abort(error);
                 }
                 let mut dead_letters = dead_letters.borrow_mut();
-                let read_limit = slowest_in_source
-                    .with_frontier(|frontier| frontier.first().copied())
+                // Under the budget of held rows, reading ahead costs little
+                // memory: every partition reads freely.
+                let in_step = shared.watermarks.over_held_rows_budget();
+                let read_limit = in_step
+                    .then(|| slowest_in_source.with_frontier(|frontier| frontier.first().copied()))
+                    .flatten()
                     .map(|slowest| {
                         // The probe sees this worker's own progress a step
                         // late; where every worker has published its

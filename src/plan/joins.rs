@@ -398,6 +398,16 @@ fn input(
         MetadataSlots::default()
     };
     let EventTime { slot, bound_ms, .. } = source::event_time(text, fields.time, &columns)?;
+    if let Some(rows) = &fields.time.get_ref().max_buffered_rows {
+        return Err(text.error_at(
+            rows.span(),
+            format!(
+                "'{}': max_buffered_rows belongs to the events' [time]",
+                fields.name.get_ref()
+            ),
+            "set it in [time] of the source: it bounds what the whole run holds",
+        ));
+    }
     let source = match fields.input.get_ref() {
         InputType::Kafka => kafka_input(text, fields, events)?,
         InputType::Files => files_input(text, fields)?,

@@ -73,6 +73,9 @@ pub struct Plan {
     /// How far ahead of the slowest partition's watermark a partition is
     /// read, ms.
     pub skew_ms: i64,
+    /// Rows held for the watermark per worker before partitions are read
+    /// in step by `skew_ms`.
+    pub buffered_rows: u64,
     /// Window-feature stages; the source-keyed stage (if any) first.
     pub stages: Vec<StagePlan>,
     /// Expression features in spec order: (slot, expression).
@@ -522,6 +525,7 @@ impl Plan {
             source_key_slot,
             bound_ms: time.bound_ms,
             skew_ms: time.skew_ms,
+            buffered_rows: time.buffered_rows,
             stages,
             expressions,
             tables,

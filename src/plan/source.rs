@@ -66,6 +66,12 @@ pub(super) fn kafka_metadata_fields(
     }
 }
 
+/// Rows held for the watermark per worker, by default, before partitions
+/// are read in step: at 16 workers, some 4M rows (a few hundred bytes
+/// each), enough to ride out a worker that falls behind for a moment
+/// without holding the fast ones back.
+const DEFAULT_BUFFERED_ROWS: u64 = 1 << 18;
+
 /// The event time, resolved.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct EventTime {
@@ -75,6 +81,9 @@ pub(super) struct EventTime {
     pub bound_ms: i64,
     /// The partition skew limit, ms.
     pub skew_ms: i64,
+    /// Rows held for the watermark per worker before the skew limit
+    /// applies.
+    pub buffered_rows: u64,
 }
 
 /// Resolves a `time` table against the fields.
@@ -106,6 +115,10 @@ pub(super) fn event_time(
         slot,
         bound_ms: duration_ms(text, spec.max_out_of_orderness.as_ref(), "0s")?,
         skew_ms: duration_ms(text, spec.max_partition_skew.as_ref(), "10s")?,
+        buffered_rows: spec
+            .max_buffered_rows
+            .as_ref()
+            .map_or(DEFAULT_BUFFERED_ROWS, |rows| *rows.get_ref()),
     })
 }
 

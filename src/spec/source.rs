@@ -157,6 +157,11 @@ pub struct TimeSpec {
     /// How far a partition's watermark may run ahead of the slowest
     /// partition's (over all workers) before the source stops reading it
     /// until the others catch up (default `10s`). Bounds what event-time
-    /// features buffer when partitions are fetched unevenly.
+    /// features buffer when partitions are fetched unevenly. Applies only
+    /// while the rows held for the watermark exceed `max_buffered_rows`.
     pub max_partition_skew: Option<Spanned<String>>,
+    /// How many rows per worker event-time stages, joins and labels may
+    /// hold for the watermark before partitions are read in step by
+    /// `max_partition_skew` (default 262144; `[time]` of the source only).
+    pub max_buffered_rows: Option<Spanned<u64>>,
 }
