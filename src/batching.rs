@@ -7,6 +7,12 @@
 //! (a backfill) and micro once every source has caught up. Batch boundaries
 //! never change a row's values, only when it leaves. A dataflow without a
 //! model has nothing to batch for: its rows pass through as they come.
+//!
+//! Unless the spec fixes `bulk.max_rows`, the bulk batch size is tuned as
+//! the run goes ([`SizeTuner`]): the model's time per row depends on how
+//! much of a batch and the model's intermediate tensors stay in cache,
+//! which depends on the model, the machine and how many workers share its
+//! caches, so it is measured rather than guessed.
 
 use crate::batch::Batch;
 use crate::plan::{BatchLimits, BatchingPlan, Policy};
@@ -28,6 +34,8 @@ pub struct Batcher {
     /// Whether rows go on as they come, whatever the policy: without a
     /// model there is nothing to batch for.
     passes_through: bool,
+    /// Tunes the bulk batch size, unless the spec fixed it.
+    tuner: Option<SizeTuner>,
 }
 
 impl Batcher {
@@ -42,6 +50,15 @@ impl Batcher {
                 Policy::Bulk | Policy::Adaptive => plan.bulk.max_rows,
             },
             passes_through,
+            tuner: plan.tuned_bulk.then(|| SizeTuner::new(plan.bulk.max_rows)),
+        }
+    }
+
+    /// Tells the batcher how long the model took to score a batch of
+    /// `rows` rows, for tuning the bulk batch size.
+    pub fn scored(&mut self, rows: usize, seconds: f64) {
+        if let Some(tuner) = &mut self.tuner {
+            tuner.observe(rows, seconds);
         }
     }
 
@@ -50,7 +67,13 @@ impl Batcher {
     pub fn limits(&self, behind: bool) -> BatchLimits {
         match (self.plan.policy, behind) {
             (Policy::Micro, _) | (Policy::Adaptive, false) => self.plan.micro,
-            (Policy::Bulk, _) | (Policy::Adaptive, true) => self.plan.bulk,
+            (Policy::Bulk, _) | (Policy::Adaptive, true) => BatchLimits {
+                max_rows: self
+                    .tuner
+                    .as_ref()
+                    .map_or(self.plan.bulk.max_rows, SizeTuner::size),
+                ..self.plan.bulk
+            },
         }
     }
 
@@ -125,6 +148,111 @@ impl Batcher {
     }
 }
 
+/// The smallest bulk batch size tried.
+const SMALLEST_TUNED: usize = 512;
+
+/// Full batches measured at a size before it is judged.
+const SAMPLES: usize = 5;
+
+/// Full batches between looks at the sizes beside the chosen one.
+const RECHECK_EVERY: usize = 256;
+
+/// Chooses the bulk batch size with the least model time per row, among
+/// powers of two from 512 rows to the largest allowed: each is measured
+/// over a few full batches, the fastest is kept, and from time to time the
+/// sizes beside it are measured again, so the choice follows the load.
+#[derive(Debug)]
+pub struct SizeTuner {
+    /// The sizes tried, smallest first.
+    sizes: Vec<usize>,
+    /// Per size, seconds per row of its recent full batches.
+    samples: Vec<Vec<f64>>,
+    /// The size in use, as an index into `sizes`.
+    current: usize,
+    /// Sizes still to measure before choosing, next last.
+    to_measure: Vec<usize>,
+    /// Full batches since the choice was last made.
+    since_choice: usize,
+}
+
+impl SizeTuner {
+    /// A tuner of sizes up to `largest` rows.
+    pub fn new(largest: usize) -> Self {
+        let mut sizes: Vec<usize> =
+            std::iter::successors(Some(SMALLEST_TUNED), |size| size.checked_mul(2))
+                .take_while(|size| *size < largest)
+                .collect();
+        sizes.push(largest);
+        let count = sizes.len();
+        SizeTuner {
+            sizes,
+            samples: vec![Vec::new(); count],
+            // Measured from the largest down: what an untuned run used.
+            current: count - 1,
+            to_measure: (0..count).collect(),
+            since_choice: 0,
+        }
+    }
+
+    /// The batch size to use now.
+    pub fn size(&self) -> usize {
+        self.sizes[self.current]
+    }
+
+    /// Records that a batch of `rows` rows took `seconds` to score. Only
+    /// full batches of the size in use count: a batch cut short by its
+    /// deadline or the end of input says little of its size.
+    pub fn observe(&mut self, rows: usize, seconds: f64) {
+        if rows != self.size() {
+            return;
+        }
+        let samples = &mut self.samples[self.current];
+        samples.push(seconds / rows as f64);
+        if samples.len() < SAMPLES {
+            return;
+        }
+        if self.to_measure.last() == Some(&self.current) {
+            self.to_measure.pop();
+        }
+        if let Some(next) = self.to_measure.last() {
+            self.current = *next;
+            self.samples[self.current].clear();
+            return;
+        }
+        self.since_choice += 1;
+        if self.since_choice == 1 {
+            self.current = self.fastest();
+        } else if self.since_choice >= RECHECK_EVERY {
+            // Measure the chosen size and its neighbours again.
+            let chosen = self.current;
+            self.to_measure = [chosen + 1, chosen.wrapping_sub(1), chosen]
+                .into_iter()
+                .filter(|index| *index < self.sizes.len())
+                .collect();
+            self.since_choice = 0;
+            self.current = *self.to_measure.last().expect("the chosen size");
+            self.samples[self.current].clear();
+        } else {
+            // Keep the latest samples only.
+            let samples = &mut self.samples[self.current];
+            samples.remove(0);
+        }
+    }
+
+    /// The measured size with the least median time per row.
+    fn fastest(&self) -> usize {
+        let median = |samples: &Vec<f64>| {
+            let mut sorted = samples.clone();
+            sorted.sort_by(f64::total_cmp);
+            sorted.get(sorted.len() / 2).copied()
+        };
+        (0..self.sizes.len())
+            .filter_map(|index| median(&self.samples[index]).map(|time| (index, time)))
+            .min_by(|(_, a), (_, b)| a.total_cmp(b))
+            .map_or(self.current, |(index, _)| index)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +269,7 @@ mod tests {
                 max_rows: 4,
                 max_delay: Duration::from_secs(1),
             },
+            tuned_bulk: false,
         }
     }
 
@@ -208,5 +337,68 @@ mod tests {
             Some(3)
         );
         assert!(batcher.is_empty());
+    }
+
+    /// A model whose time per row is least at 2048 rows: the tuner settles
+    /// there, having started at the largest size.
+    #[test]
+    fn the_tuner_settles_on_the_size_with_the_least_time_per_row() {
+        let per_row = |rows: usize| {
+            let distance = (rows as f64 / 2048.0).log2().abs();
+            1e-6 * (1.0 + distance)
+        };
+        let mut tuner = SizeTuner::new(16384);
+        assert_eq!(tuner.size(), 16384);
+        let mut sizes_used = std::collections::BTreeSet::new();
+        for _ in 0..2000 {
+            let rows = tuner.size();
+            sizes_used.insert(rows);
+            tuner.observe(rows, per_row(rows) * rows as f64);
+        }
+        assert_eq!(tuner.size(), 2048);
+        assert_eq!(
+            sizes_used.into_iter().collect::<Vec<_>>(),
+            [512, 1024, 2048, 4096, 8192, 16384]
+        );
+        // Batches cut short do not count.
+        let mut tuner = SizeTuner::new(16384);
+        for _ in 0..100 {
+            tuner.observe(100, 1.0);
+        }
+        assert_eq!(tuner.size(), 16384);
+    }
+
+    /// When the machine's load moves the best size, the periodic look at
+    /// the neighbours follows it.
+    #[test]
+    fn the_tuner_follows_a_change_in_the_best_size() {
+        let cost = |best: f64| {
+            move |rows: usize| 1e-6 * (1.0 + (rows as f64 / best).log2().abs()) * rows as f64
+        };
+        let mut tuner = SizeTuner::new(16384);
+        let before = cost(8192.0);
+        for _ in 0..100 {
+            let rows = tuner.size();
+            tuner.observe(rows, before(rows));
+        }
+        assert_eq!(tuner.size(), 8192);
+        let after = cost(2048.0);
+        for _ in 0..3000 {
+            let rows = tuner.size();
+            tuner.observe(rows, after(rows));
+        }
+        assert_eq!(tuner.size(), 2048);
+    }
+
+    /// A fixed size is used as given.
+    #[test]
+    fn a_fixed_bulk_size_is_not_tuned() {
+        let mut batcher = Batcher::new(plan(Policy::Bulk), false);
+        batcher.scored(4, 1.0);
+        assert_eq!(batcher.limits(true).max_rows, 4);
+        let mut tuned = plan(Policy::Bulk);
+        tuned.tuned_bulk = true;
+        tuned.bulk.max_rows = 16384;
+        assert_eq!(Batcher::new(tuned, false).limits(true).max_rows, 16384);
     }
 }

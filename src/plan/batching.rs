@@ -9,7 +9,8 @@ use std::time::Duration;
 /// The micro-batch defaults: 256 rows, 5 ms.
 const MICRO: (usize, &str) = (256, "5ms");
 
-/// The bulk-batch defaults: 16384 rows, 1 s.
+/// The bulk-batch defaults: 16384 rows (the largest size tried when the
+/// size is tuned), 1 s.
 const BULK: (usize, &str) = (16384, "1s");
 
 /// Resolves the batching policy and limits, defaults filled in.
@@ -21,6 +22,7 @@ pub(super) fn batching(
         policy: batching.policy,
         micro: limits(text, &batching.micro, MICRO)?,
         bulk: limits(text, &batching.bulk, BULK)?,
+        tuned_bulk: batching.bulk.max_rows.is_none(),
     })
 }
 

@@ -431,6 +431,9 @@ pub struct BatchingPlan {
     pub micro: BatchLimits,
     /// Bulk limits.
     pub bulk: BatchLimits,
+    /// Whether the bulk batch size is tuned as the run goes (the spec left
+    /// `bulk.max_rows` unset); `bulk.max_rows` is then the largest size.
+    pub tuned_bulk: bool,
 }
 
 impl Plan {

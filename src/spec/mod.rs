@@ -276,8 +276,8 @@ pub struct BatchingSpec {
     /// (defaults 256 rows, `5ms`).
     #[serde(default)]
     pub micro: BatchLimitsSpec,
-    /// Bulk batches: flushed at `max_rows` or after `max_delay`
-    /// (defaults 16384 rows, `1s`).
+    /// Bulk batches: flushed at `max_rows` or after `max_delay` (default
+    /// `1s`; `max_rows` unset: tuned between 512 and 16384 rows).
     #[serde(default)]
     pub bulk: BatchLimitsSpec,
 }
