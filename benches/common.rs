@@ -384,3 +384,40 @@ pub fn scoring_batch(chunk: &[f32]) -> Batch {
     }
     batch
 }
+
+/// Writes `events` generator transactions (20k users, 500 merchants) as
+/// JSON lines, one file per partition, as the file source reads them.
+pub fn write_transactions(dir: &std::path::Path, events: u64, partitions: u32) {
+    use std::io::Write;
+    let config = GeneratorConfig {
+        users: 20_000,
+        merchants: 500,
+        count: Some(events),
+        partitions,
+        spacing_ms: 20.0,
+        ..Default::default()
+    };
+    for partition in 0..config.partitions {
+        let file = std::fs::File::create(dir.join(format!("part-{partition:02}.jsonl")))
+            .expect("input file");
+        let mut out = std::io::BufWriter::new(file);
+        for offset in 0..config.partition_count(partition).unwrap_or(0) {
+            let (user, merchant, amount, time) = config.record(partition, offset);
+            writeln!(out, r#"{{"user_id":"u{user}","merchant_id":"m{merchant}","amount":{amount},"ts":{time}}}"#).expect("write");
+        }
+    }
+}
+
+/// A spec without its model: `[model]` and its sub-tables left out.
+pub fn without_model(spec: &str) -> String {
+    let mut in_model = false;
+    spec.lines()
+        .filter(|line| {
+            if line.starts_with('[') {
+                in_model = line.starts_with("[model");
+            }
+            !in_model
+        })
+        .map(|line| format!("{line}\n"))
+        .collect()
+}

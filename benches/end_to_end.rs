@@ -9,8 +9,7 @@
 //! Run: `cargo bench --bench end_to_end -- --events 1000000`
 
 use clap::Parser;
-use std::io::{BufRead, Write};
-use tideflow_connectors::generator::GeneratorConfig;
+use std::io::BufRead;
 
 #[path = "common.rs"]
 mod common;
@@ -30,26 +29,6 @@ struct Args {
     bench: bool,
 }
 
-fn write_input(dir: &std::path::Path, events: u64) {
-    let config = GeneratorConfig {
-        users: 20_000,
-        merchants: 500,
-        count: Some(events),
-        partitions: 4,
-        spacing_ms: 20.0,
-        ..Default::default()
-    };
-    for partition in 0..config.partitions {
-        let file =
-            std::fs::File::create(dir.join(format!("part-{partition}.jsonl"))).expect("input file");
-        let mut out = std::io::BufWriter::new(file);
-        for offset in 0..config.partition_count(partition).unwrap_or(0) {
-            let (user, merchant, amount, time) = config.record(partition, offset);
-            writeln!(out, r#"{{"user_id":"u{user}","merchant_id":"m{merchant}","amount":{amount},"ts":{time}}}"#).expect("write");
-        }
-    }
-}
-
 fn parse_only(dir: &std::path::Path) -> u64 {
     let mut parsed = 0;
     for entry in std::fs::read_dir(dir).expect("input dir") {
@@ -63,20 +42,6 @@ fn parse_only(dir: &std::path::Path) -> u64 {
         }
     }
     parsed
-}
-
-/// The spec without its model: `[model]` and its sub-tables left out.
-fn without_model(spec: &str) -> String {
-    let mut in_model = false;
-    spec.lines()
-        .filter(|line| {
-            if line.starts_with('[') {
-                in_model = line.starts_with("[model");
-            }
-            !in_model
-        })
-        .map(|line| format!("{line}\n"))
-        .collect()
 }
 
 /// Events/s of a run of `spec` with `overrides`, and its mean batch size.
@@ -95,9 +60,9 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let input = dir.path().join("in");
     std::fs::create_dir(&input).expect("input dir");
-    write_input(&input, args.events);
+    common::write_transactions(&input, args.events, 4);
     let spec = std::fs::read_to_string(root.join("dataflows/fraud.toml")).expect("fraud.toml");
-    let features_only = without_model(&spec);
+    let features_only = common::without_model(&spec);
     let base = vec![
         format!("source.path=\"{}\"", input.display()),
         format!(

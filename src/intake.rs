@@ -209,6 +209,16 @@ impl Intake {
             .max()
     }
 
+    /// The watermark of every partition together once all have ended:
+    /// the least of their last watermarks, if any partition saw an event.
+    pub fn final_watermark(&self) -> Option<i64> {
+        self.partitions
+            .iter()
+            .filter(|partition| partition.clock.has_seen())
+            .map(|partition| partition.clock.watermark(self.rules.bound_ms))
+            .min()
+    }
+
     /// Each partition's progress, lag and watermark, for the metrics.
     pub fn statuses(&self) -> impl Iterator<Item = (u32, PartitionStatus)> + '_ {
         self.partitions.iter().map(|partition| {

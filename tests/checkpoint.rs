@@ -835,13 +835,6 @@ fn a_training_run_killed_and_restored_writes_the_rows_of_one_uninterrupted_run()
         }
     }
     assert_eq!(kills, 10, "the run ended before it was killed 10 times");
-    eprintln!(
-        "DEBUG {:?}",
-        std::fs::read_dir(out.join("state/checkpoints"))
-            .map(|d| d.map(|e| e.unwrap().file_name()).collect::<Vec<_>>())
-    );
-    eprintln!("DEBUG data {}", dir.path().display());
-    std::mem::forget(dir);
     let stderr = run_to_end(&spec, 2, NO_ENV);
     assert!(stderr.contains("restored checkpoint"), "{stderr}");
     let got = jsonl_rows(&out.join("rows"));

@@ -379,7 +379,15 @@ pub fn read_source<'scope>(
                         .checkpoints
                         .as_deref()
                         .filter(|_| !shared.control.is_aborted());
-                    let follow = shared.watermarks.slowest_active();
+                    // With no other source reading, at least as far as its
+                    // own partitions got: a source that finished in its first
+                    // round (restored near its end) would otherwise stay at
+                    // its start, and inputs read in step with it (tables,
+                    // labels) would wait for it forever.
+                    let follow = shared
+                        .watermarks
+                        .slowest_active()
+                        .or_else(|| intake.final_watermark());
                     source_time::when_finished(checkpoints, at, follow)
                 } else {
                     let watermark = intake.watermark();
