@@ -410,13 +410,30 @@ pub fn write_transactions(dir: &std::path::Path, events: u64, partitions: u32) {
 
 /// A spec without its model: `[model]` and its sub-tables left out.
 pub fn without_model(spec: &str) -> String {
-    let mut in_model = false;
+    without_tables(spec, &["[model"])
+}
+
+/// A spec without its model and with a null sink in place of its sinks:
+/// what its features alone cost.
+pub fn features_only(spec: &str) -> String {
+    null_outputs(&without_model(spec))
+}
+
+/// A spec whose sinks and dead letters are null ones.
+pub fn null_outputs(spec: &str) -> String {
+    without_tables(spec, &["[[sink]]", "[dead_letters]"])
+        + "[[sink]]\ntype = \"null\"\n[dead_letters]\ntype = \"null\"\n"
+}
+
+/// A spec without the tables whose headers start with any of `prefixes`.
+fn without_tables(spec: &str, prefixes: &[&str]) -> String {
+    let mut left_out = false;
     spec.lines()
         .filter(|line| {
             if line.starts_with('[') {
-                in_model = line.starts_with("[model");
+                left_out = prefixes.iter().any(|prefix| line.starts_with(prefix));
             }
-            !in_model
+            !left_out
         })
         .map(|line| format!("{line}\n"))
         .collect()

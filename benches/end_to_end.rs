@@ -62,7 +62,7 @@ fn main() {
     std::fs::create_dir(&input).expect("input dir");
     common::write_transactions(&input, args.events, 4);
     let spec = std::fs::read_to_string(root.join("dataflows/fraud.toml")).expect("fraud.toml");
-    let features_only = common::without_model(&spec);
+    let features_only = common::features_only(&spec);
     let base = vec![
         format!("source.path=\"{}\"", input.display()),
         format!(
@@ -85,8 +85,7 @@ fn main() {
         overrides.push(format!("batching.bulk.max_rows={rows}"));
         overrides
     };
-    let mut features = base.clone();
-    features.push("sink[0].type=\"null\"".to_owned());
+    let features = base.clone();
     let (fixed_large, fixed_small) = (with_rows(16384), with_rows(4096));
     let runs: [(&str, &str, &[String]); 4] = [
         (

@@ -66,8 +66,6 @@ fn workloads(root: &Path, dir: &Path, events: u64) -> Vec<Workload> {
         format!("source.partitions={PARTITIONS}"),
         "source.users=100000".to_owned(),
         "batching.policy=\"bulk\"".to_owned(),
-        "sink[0].type=\"null\"".to_owned(),
-        "dead_letters.type=\"null\"".to_owned(),
     ];
     let parquet = |name: &str| {
         vec![
@@ -75,7 +73,7 @@ fn workloads(root: &Path, dir: &Path, events: u64) -> Vec<Workload> {
             "batching.policy=\"bulk\"".to_owned(),
             "sink[0].type=\"parquet\"".to_owned(),
             format!("sink[0].path=\"{}\"", dir.join(name).display()),
-            "dead_letters.type=\"null\"".to_owned(),
+            format!("dead_letters.path=\"{}\"", dir.join("dead").display()),
         ]
     };
     let mut scored = generator.clone();
@@ -92,12 +90,12 @@ fn workloads(root: &Path, dir: &Path, events: u64) -> Vec<Workload> {
     vec![
         Workload {
             name: "generator → 8 features → null",
-            spec: common::without_model(&generator_spec),
+            spec: common::features_only(&generator_spec),
             overrides: generator,
         },
         Workload {
             name: "generator → 8 features → MLP → null",
-            spec: generator_spec,
+            spec: common::null_outputs(&generator_spec),
             overrides: scored,
         },
         Workload {
@@ -176,8 +174,8 @@ fn main() {
 /// A line chart as SVG: workers on a log-2 axis, events/s from zero.
 fn plot(title: &str, workers: &[usize], names: &[&str], rates: &[Vec<f64>]) -> String {
     const COLOURS: [&str; 4] = ["#1b6ca8", "#d1495b", "#2e8b57", "#e0a030"];
-    let (width, height) = (720.0, 420.0);
-    let (left, right, top, bottom) = (80.0, 250.0, 40.0, 50.0);
+    let (width, height) = (800.0, 420.0);
+    let (left, right, top, bottom) = (80.0, 300.0, 40.0, 50.0);
     let plot_width = width - left - right;
     let plot_height = height - top - bottom;
     let highest = rates.iter().flatten().copied().fold(0.0, f64::max);

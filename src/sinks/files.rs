@@ -3,7 +3,7 @@
 //! commits), and JSON lines on standard output or error.
 
 use super::parquet::ParquetWriter;
-use super::{EpochOutput, Epochs, Layout, RowWriter, sink_error};
+use super::{BackgroundSync, EpochOutput, Epochs, Layout, RowWriter, sink_error};
 use crate::batch::Batch;
 use crate::checkpoint::EpochFile;
 use crate::plan::SinkPlan;
@@ -248,6 +248,8 @@ pub(super) fn part_path(dir: &Path, worker: usize, extension: &str) -> PathBuf {
 pub(super) struct JsonlWriter {
     file: BufWriter<File>,
     epochs: Epochs,
+    /// Syncs the file behind the worker's back (see [`BackgroundSync`]).
+    syncer: BackgroundSync,
     layout: Layout,
     sink: SinkPlan,
     line: Vec<u8>,
@@ -260,6 +262,7 @@ impl JsonlWriter {
         Ok(JsonlWriter {
             file: BufWriter::with_capacity(1 << 16, file),
             epochs: Epochs::default(),
+            syncer: BackgroundSync::default(),
             layout,
             sink: sink.clone(),
             line: Vec::new(),
@@ -281,16 +284,30 @@ impl RowWriter for JsonlWriter {
         Ok(())
     }
 
+    /// Hands the file to the sync thread: the epoch is durable once it
+    /// has synced it.
     fn sync(&mut self) -> Result<u64> {
-        self.finish()?;
-        self.epochs.close()
+        if let Some(failure) = self.syncer.failure() {
+            return Err(sink_error(&self.sink, failure));
+        }
+        self.file
+            .flush()
+            .map_err(|error| sink_error(&self.sink, error))?;
+        let epoch = self.epochs.close()?;
+        self.syncer
+            .request(self.file.get_ref(), epoch)
+            .map_err(|error| sink_error(&self.sink, error))?;
+        Ok(epoch)
     }
 
     fn is_durable(&self, epoch: u64) -> bool {
-        self.epochs.closed(epoch)
+        self.syncer.synced(epoch)
     }
 
     fn finish(&mut self) -> Result<()> {
+        if let Some(failure) = self.syncer.failure() {
+            return Err(sink_error(&self.sink, failure));
+        }
         self.file
             .flush()
             .map_err(|error| sink_error(&self.sink, error))?;

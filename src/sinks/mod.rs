@@ -191,6 +191,79 @@ impl Epochs {
     }
 }
 
+/// Syncs a writer's file to disk on a thread of its own, so that the
+/// worker that wrote it goes on scoring while the disk catches up (a sync
+/// can take tens of milliseconds, and a live row waiting behind it shows
+/// in the tail of its latency). An epoch is durable once a sync asked for
+/// after it returned; a failed sync fails the writer's next call.
+#[derive(Debug, Default)]
+pub(super) struct BackgroundSync {
+    requests: Option<std::sync::mpsc::Sender<(std::fs::File, u64)>>,
+    synced: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failure: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BackgroundSync {
+    /// Asks for everything written to `file` so far to be synced, after
+    /// which epoch `epoch` is durable.
+    pub(super) fn request(&mut self, file: &std::fs::File, epoch: u64) -> std::io::Result<()> {
+        let handle = file.try_clone()?;
+        if self.requests.is_none() {
+            let (sender, receiver) = std::sync::mpsc::channel::<(std::fs::File, u64)>();
+            let (synced, failure) = (self.synced.clone(), self.failure.clone());
+            self.thread = Some(
+                std::thread::Builder::new()
+                    .name("tideflow-sync".into())
+                    .spawn(move || {
+                        for (file, epoch) in receiver {
+                            match file.sync_data() {
+                                Ok(()) => {
+                                    synced.fetch_max(epoch, std::sync::atomic::Ordering::Release);
+                                }
+                                Err(error) => {
+                                    let mut failure = failure
+                                        .lock()
+                                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                                    failure.get_or_insert(error.to_string());
+                                }
+                            }
+                        }
+                    })?,
+            );
+            self.requests = Some(sender);
+        }
+        if let Some(requests) = &self.requests {
+            // Fails only if the thread has gone, which it does only when
+            // this writer drops it.
+            let _ = requests.send((handle, epoch));
+        }
+        Ok(())
+    }
+
+    /// Whether epoch `epoch` is on disk.
+    pub(super) fn synced(&self, epoch: u64) -> bool {
+        epoch <= self.synced.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Why a sync failed, if one did.
+    pub(super) fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for BackgroundSync {
+    fn drop(&mut self) {
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Counts and drops (for benchmarks).
 struct NullWriter(Epochs);
 
@@ -209,5 +282,30 @@ impl RowWriter for NullWriter {
 
     fn finish(&mut self) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// The epoch asked for becomes durable once the thread has synced the
+    /// file, and no later epoch does.
+    #[test]
+    fn a_background_sync_makes_its_epoch_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = std::fs::File::create(dir.path().join("rows.jsonl")).unwrap();
+        file.write_all(b"{}\n").unwrap();
+        let mut syncer = BackgroundSync::default();
+        assert!(syncer.synced(0) && !syncer.synced(1));
+        syncer.request(&file, 3).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !syncer.synced(3) {
+            assert!(std::time::Instant::now() < deadline, "never synced");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(!syncer.synced(4));
+        assert_eq!(syncer.failure(), None);
     }
 }
