@@ -54,8 +54,18 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // Writers mostly keep one field order, often the schema's: the
+        // field after the last one found is tried before the others.
+        let mut next = 0;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match self.fields.iter().position(|field| field.name == key) {
+            let found = match self.fields.get(next) {
+                Some(field) if field.name == key => Some(next),
+                _ => self.fields.iter().position(|field| field.name == key),
+            };
+            if let Some(slot) = found {
+                next = slot + 1;
+            }
+            match found {
                 Some(slot) => {
                     let field = &self.fields[slot];
                     self.values[slot] = map.next_value_seed(FieldSeed {
