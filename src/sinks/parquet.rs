@@ -99,6 +99,12 @@ impl ParquetWriter {
     }
 }
 
+/// Rows per row group. The writer holds a row group's encoded pages in
+/// memory until it is full: at the crate's default (a million rows) every
+/// file's first million rows land in memory the system must first clear,
+/// while smaller groups reuse the memory the last one freed.
+const ROW_GROUP_ROWS: usize = 1 << 17;
+
 /// Dictionary encoding only where values repeat: keys, names, flags and
 /// small integers. Floats (amounts, features, scores), event times and
 /// offsets are nearly all distinct, so a dictionary would hash every value
@@ -116,7 +122,8 @@ fn parquet_properties(schema: &Schema) -> parquet::file::properties::WriterPrope
             ) || field.name() == "_offset"
         })
         .fold(
-            parquet::file::properties::WriterProperties::builder(),
+            parquet::file::properties::WriterProperties::builder()
+                .set_max_row_group_row_count(Some(ROW_GROUP_ROWS)),
             |properties, field| {
                 properties.set_column_dictionary_enabled(
                     parquet::schema::types::ColumnPath::from(field.name().as_str()),
