@@ -9,10 +9,12 @@
 //! model has nothing to batch for: its rows pass through as they come.
 //!
 //! Unless the spec fixes `bulk.max_rows`, the bulk batch size is tuned as
-//! the run goes ([`SizeTuner`]): the model's time per row depends on how
-//! much of a batch and the model's intermediate tensors stay in cache,
-//! which depends on the model, the machine and how many workers share its
-//! caches, so it is measured rather than guessed.
+//! the run goes ([`SizeTuner`]) by the worker's pace: the wall time per row
+//! between full batches, which counts the model (whose time per row
+//! depends on how much of a batch and its intermediate tensors stay in
+//! cache: the model, the machine, how many workers share its caches) and
+//! everything a batch costs downstream (a Parquet write, a message),
+//! so the size is measured rather than guessed.
 
 use crate::batch::Batch;
 use crate::plan::{BatchLimits, BatchingPlan, Policy};
@@ -36,6 +38,9 @@ pub struct Batcher {
     passes_through: bool,
     /// Tunes the bulk batch size, unless the spec fixed it.
     tuner: Option<SizeTuner>,
+    /// The size whose pace is being measured, since when, and the rows
+    /// sent at it since then.
+    pace: Option<(usize, Instant, usize)>,
 }
 
 impl Batcher {
@@ -51,14 +56,32 @@ impl Batcher {
             },
             passes_through,
             tuner: plan.tuned_bulk.then(|| SizeTuner::new(plan.bulk.max_rows)),
+            pace: None,
         }
     }
 
-    /// Tells the batcher how long the model took to score a batch of
-    /// `rows` rows, for tuning the bulk batch size.
-    pub fn scored(&mut self, rows: usize, seconds: f64) {
-        if let Some(tuner) = &mut self.tuner {
-            tuner.observe(rows, seconds);
+    /// Measures the worker's pace at the tuned size: called as a full
+    /// batch of `size` rows leaves. A measurement spans at least
+    /// [`PACE_ROWS`] rows, so that it covers several rounds of the
+    /// worker's operators whatever the size.
+    fn pace(&mut self, size: usize) {
+        let Some(tuner) = &mut self.tuner else {
+            return;
+        };
+        if size != tuner.size() {
+            return;
+        }
+        let now = Instant::now();
+        match &mut self.pace {
+            Some((paced, since, rows)) if *paced == size => {
+                *rows += size;
+                if *rows >= PACE_ROWS {
+                    let per_row = now.duration_since(*since).as_secs_f64() / *rows as f64;
+                    tuner.observe(size, per_row);
+                    self.pace = Some((tuner.size(), now, 0));
+                }
+            }
+            _ => self.pace = Some((size, now, 0)),
         }
     }
 
@@ -115,6 +138,10 @@ impl Batcher {
             } else {
                 self.oldest = Some(now);
             }
+            if limits == self.limits(true) {
+                // A bulk batch: the tuner's.
+                self.pace(limits.max_rows);
+            }
             return Some(batch);
         }
         let overdue = self
@@ -151,16 +178,19 @@ impl Batcher {
 /// The smallest bulk batch size tried.
 const SMALLEST_TUNED: usize = 512;
 
-/// Full batches measured at a size before it is judged.
-const SAMPLES: usize = 5;
+/// Rows one measurement of the worker's pace spans, at least.
+const PACE_ROWS: usize = 16384;
 
-/// Full batches between looks at the sizes beside the chosen one.
-const RECHECK_EVERY: usize = 256;
+/// Measurements of a size before it is judged.
+const SAMPLES: usize = 3;
 
-/// Chooses the bulk batch size with the least model time per row, among
+/// Measurements between looks at the sizes beside the chosen one.
+const RECHECK_EVERY: usize = 64;
+
+/// Chooses the bulk batch size with the least wall time per row, among
 /// powers of two from 512 rows to the largest allowed: each is measured
-/// over a few full batches, the fastest is kept, and from time to time the
-/// sizes beside it are measured again, so the choice follows the load.
+/// a few times, the fastest is kept, and from time to time the sizes
+/// beside it are measured again, so the choice follows the load.
 #[derive(Debug)]
 pub struct SizeTuner {
     /// The sizes tried, smallest first.
@@ -199,15 +229,14 @@ impl SizeTuner {
         self.sizes[self.current]
     }
 
-    /// Records that a batch of `rows` rows took `seconds` to score. Only
-    /// full batches of the size in use count: a batch cut short by its
-    /// deadline or the end of input says little of its size.
-    pub fn observe(&mut self, rows: usize, seconds: f64) {
-        if rows != self.size() {
+    /// Records that at batches of `size` rows the worker took
+    /// `seconds_per_row` a row. Only the size in use counts.
+    pub fn observe(&mut self, size: usize, seconds_per_row: f64) {
+        if size != self.size() {
             return;
         }
         let samples = &mut self.samples[self.current];
-        samples.push(seconds / rows as f64);
+        samples.push(seconds_per_row);
         if samples.len() < SAMPLES {
             return;
         }
@@ -353,14 +382,14 @@ mod tests {
         for _ in 0..2000 {
             let rows = tuner.size();
             sizes_used.insert(rows);
-            tuner.observe(rows, per_row(rows) * rows as f64);
+            tuner.observe(rows, per_row(rows));
         }
         assert_eq!(tuner.size(), 2048);
         assert_eq!(
             sizes_used.into_iter().collect::<Vec<_>>(),
             [512, 1024, 2048, 4096, 8192, 16384]
         );
-        // Batches cut short do not count.
+        // Sizes not in use do not count.
         let mut tuner = SizeTuner::new(16384);
         for _ in 0..100 {
             tuner.observe(100, 1.0);
@@ -372,9 +401,7 @@ mod tests {
     /// the neighbours follows it.
     #[test]
     fn the_tuner_follows_a_change_in_the_best_size() {
-        let cost = |best: f64| {
-            move |rows: usize| 1e-6 * (1.0 + (rows as f64 / best).log2().abs()) * rows as f64
-        };
+        let cost = |best: f64| move |rows: usize| 1e-6 * (1.0 + (rows as f64 / best).log2().abs());
         let mut tuner = SizeTuner::new(16384);
         let before = cost(8192.0);
         for _ in 0..100 {
@@ -394,7 +421,11 @@ mod tests {
     #[test]
     fn a_fixed_bulk_size_is_not_tuned() {
         let mut batcher = Batcher::new(plan(Policy::Bulk), false);
-        batcher.scored(4, 1.0);
+        for _ in 0..100 {
+            batcher.extend(rows(4), Instant::now());
+            let batch = batcher.next_batch(true, false, Instant::now());
+            assert_eq!(batch.map(|batch| batch.len()), Some(4));
+        }
         assert_eq!(batcher.limits(true).max_rows, 4);
         let mut tuned = plan(Policy::Bulk);
         tuned.tuned_bulk = true;

@@ -95,7 +95,6 @@ impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
                         }
                         let seconds = scoring.elapsed().as_secs_f64();
                         shared.metrics.inference_seconds.observe(seconds);
-                        batcher.scored(batch.len(), seconds);
                     }
                     if let Some(drift) = &shared.drift {
                         drift.observe(&batch);
