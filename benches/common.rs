@@ -63,28 +63,9 @@ ts = "timestamp_ms"
 field = "ts"
 "#;
 
-/// The four user features of the feature workload.
-pub const FOUR_FEATURES: &str = r#"
-[[feature]]
-name = "amount_sum_1h"
-agg = "sum"
-field = "amount"
-window = "1h"
-[[feature]]
-name = "count_10m"
-agg = "count"
-window = "10m"
-[[feature]]
-name = "amount_mean_24h"
-agg = "mean"
-field = "amount"
-window = "24h"
-[[feature]]
-name = "amount_max_1h"
-agg = "max"
-field = "amount"
-window = "1h"
-"#;
+/// The four user features of the feature workload (shared with
+/// benches/peers.py).
+pub const FOUR_FEATURES: &str = include_str!("four_features.toml");
 
 const PIPELINE_TAIL: &str = r#"
 [batching]

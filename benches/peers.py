@@ -20,6 +20,10 @@ from pathlib import Path
 WINDOWS_MS = {"amount_sum_1h": 3_600_000, "count_10m": 600_000,
               "amount_mean_24h": 86_400_000, "amount_max_1h": 3_600_000}
 
+# The features tideflow computes, shared with the Rust benches; the SQL and
+# Polars below compute the same ones, by WINDOWS_MS.
+FEATURES = (Path(__file__).parent / "four_features.toml").read_text()
+
 # DuckDB's window functions share a sort when their windows share a
 # partition and order, as these do.
 
@@ -36,25 +40,7 @@ amount = "f64"
 ts = "timestamp_ms"
 [time]
 field = "ts"
-[[feature]]
-name = "amount_sum_1h"
-agg = "sum"
-field = "amount"
-window = "1h"
-[[feature]]
-name = "count_10m"
-agg = "count"
-window = "10m"
-[[feature]]
-name = "amount_mean_24h"
-agg = "mean"
-field = "amount"
-window = "24h"
-[[feature]]
-name = "amount_max_1h"
-agg = "max"
-field = "amount"
-window = "1h"
+{features}
 [batching]
 policy = "bulk"
 [[sink]]
@@ -183,7 +169,7 @@ def main():
     outputs = {name: work / f"{name}.parquet" for name in ["duckdb", "polars"]}
     tideflow_out = work / "tideflow"
     spec = work / "peers.toml"
-    spec.write_text(SPEC.format(data=data, out=tideflow_out, dead=dead))
+    spec.write_text(SPEC.format(data=data, out=tideflow_out, dead=dead, features=FEATURES))
     tools = {
         "tideflow": lambda count: tideflow_command(args.tideflow, spec, count),
         "duckdb": lambda count: [python, "-c", DUCKDB, str(count), str(data), str(outputs["duckdb"])],

@@ -145,16 +145,23 @@ pub fn start(options: &AdminOptions, shared: Arc<Shared>) -> Result<AdminServer>
         token: options.token.as_deref().map(Arc::from),
         pending: Arc::default(),
     };
-    let app = Router::new()
-        .route("/", get(page))
-        .route("/status", get(status))
-        .route("/metrics", get(metrics))
-        .route("/models", get(models))
+    // Every change passes the token check first, in one place.
+    let changes = Router::new()
         .route("/models/promote", post(promote))
         .route("/models/rollback", post(rollback))
         .route("/models/prepare", post(prepare))
         .route("/models/commit", post(commit))
         .route("/models/abort", post(abort))
+        .route_layer(axum::middleware::from_fn_with_state(
+            admin.clone(),
+            require_token,
+        ));
+    let app = Router::new()
+        .route("/", get(page))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/models", get(models))
+        .merge(changes)
         .with_state(admin);
     HttpServer::start(options.address, app, "--admin")
 }
@@ -186,6 +193,20 @@ fn authorized(admin: &Admin, headers: &HeaderMap) -> std::result::Result<(), Ans
             StatusCode::UNAUTHORIZED,
             format!("changes need Authorization: Bearer <{TOKEN_VARIABLE}>"),
         ))
+    }
+}
+
+/// Lets a request that changes state through only with the token, when
+/// one is set.
+async fn require_token(
+    State(admin): State<Admin>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match authorized(&admin, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(answer) => answer.into_response(),
     }
 }
 
@@ -303,21 +324,11 @@ struct PromoteRequest {
     version: u64,
 }
 
-async fn promote(
-    State(admin): State<Admin>,
-    headers: HeaderMap,
-    Json(request): Json<PromoteRequest>,
-) -> Answer {
-    if let Err(answer) = authorized(&admin, &headers) {
-        return answer;
-    }
+async fn promote(State(admin): State<Admin>, Json(request): Json<PromoteRequest>) -> Answer {
     promote_version(&admin, request.version).await
 }
 
-async fn rollback(State(admin): State<Admin>, headers: HeaderMap) -> Answer {
-    if let Err(answer) = authorized(&admin, &headers) {
-        return answer;
-    }
+async fn rollback(State(admin): State<Admin>) -> Answer {
     let Some(versions) = &admin.shared.models else {
         return refused(StatusCode::CONFLICT, "the dataflow has no model");
     };
@@ -355,14 +366,7 @@ struct CommitRequest {
 /// The first phase of a cluster's promotion: checks the version, holds
 /// scoring, and answers with the newest event time scored and the slowest
 /// watermark.
-async fn prepare(
-    State(admin): State<Admin>,
-    headers: HeaderMap,
-    Json(request): Json<PromoteRequest>,
-) -> Answer {
-    if let Err(answer) = authorized(&admin, &headers) {
-        return answer;
-    }
+async fn prepare(State(admin): State<Admin>, Json(request): Json<PromoteRequest>) -> Answer {
     let shared = admin.shared.clone();
     let pending = admin.pending.clone();
     blocking(move || {
@@ -392,14 +396,7 @@ async fn prepare(
 
 /// The second phase: records the prepared promotion from `from_ms` and
 /// lets scoring go on with it.
-async fn commit(
-    State(admin): State<Admin>,
-    headers: HeaderMap,
-    Json(request): Json<CommitRequest>,
-) -> Answer {
-    if let Err(answer) = authorized(&admin, &headers) {
-        return answer;
-    }
+async fn commit(State(admin): State<Admin>, Json(request): Json<CommitRequest>) -> Answer {
     let pending = admin.pending.clone();
     blocking(move || {
         let prepared = pending
@@ -420,10 +417,7 @@ async fn commit(
 }
 
 /// Lets a prepared promotion go: scoring goes on unchanged.
-async fn abort(State(admin): State<Admin>, headers: HeaderMap) -> Answer {
-    if let Err(answer) = authorized(&admin, &headers) {
-        return answer;
-    }
+async fn abort(State(admin): State<Admin>) -> Answer {
     let had = admin
         .pending
         .lock()
