@@ -5,6 +5,7 @@ use super::source::duration_ms;
 use super::{BatchLimits, BatchingPlan};
 use crate::spec::{BatchLimitsSpec, BatchingSpec, SpecError, SpecSource};
 use std::time::Duration;
+use toml::Spanned;
 
 /// The micro-batch defaults: 256 rows, 5 ms.
 const MICRO: (usize, &str) = (256, "5ms");
@@ -29,9 +30,27 @@ pub(super) fn batching(
 fn limits(
     text: &SpecSource,
     spec: &BatchLimitsSpec,
-    (default_rows, default_delay): (usize, &str),
+    defaults: (usize, &str),
 ) -> Result<BatchLimits, SpecError> {
-    let max_rows = match &spec.max_rows {
+    let (max_rows, max_delay) = rows_and_delay(
+        text,
+        (spec.max_rows.as_ref(), spec.max_delay.as_ref()),
+        defaults,
+    )?;
+    Ok(BatchLimits {
+        max_rows,
+        max_delay,
+    })
+}
+
+/// A `max_rows` (at least 1) and a `max_delay` of the spec, or their
+/// defaults: batches' limits and the shared executor's.
+pub(super) fn rows_and_delay(
+    text: &SpecSource,
+    (max_rows, max_delay): (Option<&Spanned<usize>>, Option<&Spanned<String>>),
+    (default_rows, default_delay): (usize, &str),
+) -> Result<(usize, Duration), SpecError> {
+    let rows = match max_rows {
         None => default_rows,
         Some(rows) if *rows.get_ref() == 0 => {
             return Err(text.error_at(
@@ -42,9 +61,6 @@ fn limits(
         }
         Some(rows) => *rows.get_ref(),
     };
-    let delay_ms = duration_ms(text, spec.max_delay.as_ref(), default_delay)?;
-    Ok(BatchLimits {
-        max_rows,
-        max_delay: Duration::from_millis(delay_ms.max(0) as u64),
-    })
+    let delay_ms = duration_ms(text, max_delay, default_delay)?;
+    Ok((rows, Duration::from_millis(delay_ms.max(0) as u64)))
 }

@@ -341,22 +341,15 @@ pub const CANARY_BUCKETS: u64 = 10_000;
 
 /// `[model.executor]`, defaults filled in: 16384 rows, 2 ms.
 fn executor(text: &SpecSource, spec: &ExecutorSpec) -> Result<ExecutorPlan, SpecError> {
-    let max_rows = match &spec.max_rows {
-        None => 16384,
-        Some(rows) if *rows.get_ref() == 0 => {
-            return Err(text.error_at(
-                rows.span(),
-                "max_rows must be at least 1",
-                "set max_rows to a positive number",
-            ));
-        }
-        Some(rows) => *rows.get_ref(),
-    };
-    let delay_ms = super::source::duration_ms(text, spec.max_delay.as_ref(), "2ms")?;
+    let (max_rows, max_delay) = super::batching::rows_and_delay(
+        text,
+        (spec.max_rows.as_ref(), spec.max_delay.as_ref()),
+        (16384, "2ms"),
+    )?;
     Ok(ExecutorPlan {
         mode: spec.mode,
         max_rows,
-        max_delay: std::time::Duration::from_millis(delay_ms.max(0) as u64),
+        max_delay,
     })
 }
 
