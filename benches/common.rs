@@ -264,6 +264,15 @@ pub fn timed_interleaved(
         .collect()
 }
 
+/// The device `--device` names: cpu, cuda or cuda:N. Not `auto`: a
+/// bench's sides must run on the same device, named.
+pub fn explicit_device(text: &str) -> Device {
+    match Device::parse(text) {
+        Some(Device::Auto) | None => panic!("--device: cpu, cuda or cuda:N"),
+        Some(device) => device,
+    }
+}
+
 /// Fails with the set-up command when ONNX Runtime is missing.
 pub fn require_onnxruntime() {
     let path = std::env::var_os("ORT_DYLIB_PATH")

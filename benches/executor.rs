@@ -57,10 +57,7 @@ struct Round {
 fn main() {
     common::require_onnxruntime();
     let args = Args::parse();
-    let device = match Device::parse(&args.device) {
-        Some(Device::Auto) | None => panic!("--device: cpu, cuda or cuda:N"),
-        Some(device) => device,
-    };
+    let device = common::explicit_device(&args.device);
     println!(
         "inference executor: {} rows of {WIDTH} features over {} workers, {}, {}, shared executor waits up to {:?}",
         args.rows,

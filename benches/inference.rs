@@ -151,11 +151,7 @@ fn engine_score(model: &mut Model, chunk: &[f32]) -> Duration {
 fn main() {
     common::require_onnxruntime();
     let args = Args::parse();
-    // Both sides must name the same device, so `auto` is not offered.
-    let device = match Device::parse(&args.device) {
-        Some(Device::Auto) | None => panic!("--device: cpu, cuda or cuda:N"),
-        Some(device) => device,
-    };
+    let device = common::explicit_device(&args.device);
     let data = input(args.rows);
     println!(
         "inference: {} rows of {WIDTH} features, {}, {}, 1 intra-op thread, engine runs of {}",

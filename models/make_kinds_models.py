@@ -53,6 +53,21 @@ HERE = pathlib.Path(__file__).resolve().parent
 MERCHANTS = ["m1", "m2", "m3"]
 
 
+def finished_model(graph, opset_imports, model_version=None) -> onnx.ModelProto:
+    """A checked model of `graph`, at IR version 8 (what ONNX Runtime 1.x
+    and the engine read), with this script as its producer."""
+    model = helper.make_model(
+        graph,
+        opset_imports=opset_imports,
+        producer_name="tideflow models/make_kinds_models.py",
+    )
+    model.ir_version = 8
+    if model_version is not None:
+        model.model_version = model_version
+    onnx.checker.check_model(model)
+    return model
+
+
 def input_kinds_model() -> onnx.ModelProto:
     random = np.random.default_rng(7)
     weights = random.normal(0.0, 1.0, (6, 4)).astype(np.float32)
@@ -119,15 +134,7 @@ def input_kinds_model() -> onnx.ModelProto:
         ],
         initializers,
     )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)],
-        producer_name="tideflow models/make_kinds_models.py",
-    )
-    model.ir_version = 8
-    model.model_version = 1
-    onnx.checker.check_model(model)
-    return model
+    return finished_model(graph, [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)], model_version=1)
 
 
 def input_kinds_rows(count: int):
@@ -327,15 +334,7 @@ def review_encoder(vocab_size: int) -> onnx.ModelProto:
         ],
         initializers,
     )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", 17)],
-        producer_name="tideflow models/make_kinds_models.py",
-    )
-    model.ir_version = 8
-    model.model_version = 1
-    onnx.checker.check_model(model)
-    return model
+    return finished_model(graph, [helper.make_opsetid("", 17)], model_version=1)
 
 
 def encoder_feeds(tokenizer, rows):
@@ -378,14 +377,7 @@ def nan_scores_model() -> onnx.ModelProto:
         ],
         initializers,
     )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", 17)],
-        producer_name="tideflow models/make_kinds_models.py",
-    )
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return finished_model(graph, [helper.make_opsetid("", 17)])
 
 
 def json_ready(value):
