@@ -14,14 +14,7 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 DUCKDB_VERSION="1.5.6"
 POLARS_VERSION="1.44.2"
-cache="${TIDEFLOW_CACHE:-$HOME/.cache/tideflow}"
-venv="$cache/peers"
-python="$venv/bin/python"
-if ! "$python" -c "import duckdb, polars" 2>/dev/null; then
-  echo "tideflow: installing duckdb $DUCKDB_VERSION and polars $POLARS_VERSION from PyPI" >&2
-  [ -x "$python" ] || python3 -m venv "$venv" >&2
-  "$python" -m pip install --quiet --only-binary=:all: \
-    "duckdb==$DUCKDB_VERSION" "polars==$POLARS_VERSION" >&2
-fi
+source scripts/pypi-venv.sh
+pypi_venv peers "import duckdb, polars" "duckdb==$DUCKDB_VERSION" "polars==$POLARS_VERSION"
 cargo build --release --quiet --bin tideflow
 exec "$python" benches/peers.py --tideflow "$CARGO_TARGET_DIR/release/tideflow" "$@"

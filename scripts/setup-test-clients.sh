@@ -7,17 +7,11 @@
 # second run finds them and does nothing.
 # Prints the environment's python on its last line.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/pypi-venv.sh
 
 CONFLUENT_KAFKA_VERSION="2.16.1"
 MOTO_VERSION="5.2.5"
-cache="${TIDEFLOW_CACHE:-$HOME/.cache/tideflow}"
-venv="$cache/test-clients"
-python="$venv/bin/python"
-
-if ! "$python" -c "import confluent_kafka, moto.server, boto3" 2>/dev/null; then
-  echo "tideflow: installing confluent-kafka $CONFLUENT_KAFKA_VERSION and moto $MOTO_VERSION from PyPI" >&2
-  [ -x "$python" ] || python3 -m venv "$venv" >&2
-  "$python" -m pip install --quiet --only-binary=:all: \
-    "confluent-kafka==$CONFLUENT_KAFKA_VERSION" "moto[server]==$MOTO_VERSION" >&2
-fi
+pypi_venv test-clients "import confluent_kafka, moto.server, boto3" \
+  "confluent-kafka==$CONFLUENT_KAFKA_VERSION" "moto[server]==$MOTO_VERSION"
 echo "$python"
