@@ -135,6 +135,9 @@ impl JsonlReader {
     /// Reads the next line without its terminator; `None` at end of file.
     /// A line over the limit is consumed to its end but only its prefix kept.
     fn next_line(&mut self) -> std::io::Result<Option<RawBody>> {
+        if let Some(line) = self.whole_line_in_buffer()? {
+            return Ok(Some(RawBody::Bytes(line)));
+        }
         let mut line = Vec::new();
         let mut total = 0usize;
         let mut saw_any = false;
@@ -181,10 +184,25 @@ impl JsonlReader {
         }
         Ok(Some(RawBody::Bytes(line)))
     }
+
+    /// The common case, taken without a loop: the next line lies whole in
+    /// the read buffer and within the limit, and is copied out once, into
+    /// a vector of its size.
+    fn whole_line_in_buffer(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        let buffer = self.reader.fill_buf()?;
+        let Some(at) = memchr_newline(buffer).filter(|at| *at <= self.max_record_bytes) else {
+            return Ok(None);
+        };
+        let text = &buffer[..at];
+        let line = text.strip_suffix(b"\r").unwrap_or(text).to_vec();
+        self.reader.consume(at + 1);
+        self.bytes_read += at as u64 + 1;
+        Ok(Some(line))
+    }
 }
 
 fn memchr_newline(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|byte| *byte == b'\n')
+    memchr::memchr(b'\n', bytes)
 }
 
 impl PartitionReader for JsonlReader {
@@ -472,6 +490,28 @@ mod tests {
             other => panic!("expected unreadable, got {other:?}"),
         }
         assert!(matches!(&records[3].body, RawBody::Bytes(b) if b == b"{\"a\":2}"));
+    }
+
+    /// Lines that straddle the end of the read buffer (64 KiB) read back
+    /// whole, as lines found inside it do.
+    #[test]
+    fn lines_across_the_read_buffer_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.jsonl");
+        let lines: Vec<String> = (0..3000)
+            .map(|index| format!("{{\"n\":{index},\"pad\":\"{}\"}}", "y".repeat(index % 97)))
+            .collect();
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let mut reader = JsonlReader::open(&path, 0, 4096).unwrap();
+        let read: Vec<Vec<u8>> = read_all(&mut reader)
+            .into_iter()
+            .map(|record| match record.body {
+                RawBody::Bytes(bytes) => bytes,
+                other => panic!("expected bytes, got {other:?}"),
+            })
+            .collect();
+        let expected: Vec<Vec<u8>> = lines.into_iter().map(String::into_bytes).collect();
+        assert_eq!(read, expected);
     }
 
     #[test]
