@@ -14,7 +14,7 @@
 //! event-time order), [`Batch::into_rows`] moves the columns into the rows'
 //! slots first, so a row carries everything computed for it.
 
-use crate::features::expr::Numbers;
+use crate::features::expr::NumberColumns;
 use crate::row::Row;
 use crate::schema::ColumnType;
 use std::borrow::Cow;
@@ -404,10 +404,21 @@ impl<'batch> RowCells<'_, 'batch> {
     }
 }
 
-impl Numbers for RowCells<'_, '_> {
-    #[inline]
-    fn number(&self, slot: usize) -> Option<f64> {
-        self.readers.slots.get(slot)?.number(self.index)
+impl NumberColumns for Batch {
+    fn rows(&self) -> usize {
+        self.len()
+    }
+
+    fn numbers(&self, slot: usize) -> Vec<Option<f64>> {
+        let cells = self.cells(slot);
+        match cells.floats() {
+            Some((values, present)) => values
+                .iter()
+                .zip(present)
+                .map(|(value, present)| present.then_some(*value))
+                .collect(),
+            None => (0..self.len()).map(|index| cells.number(index)).collect(),
+        }
     }
 }
 

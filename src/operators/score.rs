@@ -6,10 +6,10 @@
 
 use super::BatchStream;
 use super::checkpointing::CutTracker;
-use crate::batch::{Batch, RowCells};
+use crate::batch::Batch;
 use crate::batching::Batcher;
 use crate::checkpoint::restore::{SinkCut, part_name};
-use crate::features::expr::{Expr, Numbers};
+use crate::features::expr::Expr;
 use crate::models::VersionedScorer;
 use crate::row::DeadLetter;
 use crate::run::{Shared, Stats};
@@ -219,57 +219,13 @@ fn forget_arrivals(arrivals: &mut VecDeque<(i64, usize)>, mut count: usize) {
 
 /// Adds a column per expression; each may read the columns before it.
 ///
-/// The expressions are evaluated row by row, all of a row's at once: the
-/// cells a row holds are an allocation of their own, and evaluating one
-/// expression over the whole batch at a time would bring every row into
-/// cache once per expression.
+/// Each expression is evaluated over the whole batch at once, a node at
+/// a time (see [`Expr::eval_column`]), and its column joins the batch
+/// before the next one reads it.
 fn evaluate_expressions(expressions: &[(usize, Expr)], batch: &mut Batch) {
-    if expressions.is_empty() {
-        return;
-    }
-    let mut columns: Vec<Vec<Option<f64>>> = expressions
-        .iter()
-        .map(|_| Vec::with_capacity(batch.len()))
-        .collect();
-    {
-        let readers = batch.readers();
-        let mut row_results = Vec::with_capacity(expressions.len());
-        for index in 0..batch.len() {
-            row_results.clear();
-            for (_, expr) in expressions {
-                let earlier = EarlierResults {
-                    row: readers.row(index),
-                    expressions,
-                    results: &row_results,
-                };
-                row_results.push(expr.eval(&earlier));
-            }
-            for (column, result) in columns.iter_mut().zip(&row_results) {
-                column.push(*result);
-            }
-        }
-    }
-    for ((slot, _), numbers) in expressions.iter().zip(columns) {
+    for (slot, expr) in expressions {
+        let numbers = expr.eval_column(batch);
         batch.set_numbers(*slot, numbers);
-    }
-}
-
-/// A row's numbers as an expression sees them: the results of the
-/// expressions before it in this row, else the row's cells.
-struct EarlierResults<'row, 'batch> {
-    row: RowCells<'row, 'batch>,
-    expressions: &'row [(usize, Expr)],
-    /// Results of the first `results.len()` expressions.
-    results: &'row [Option<f64>],
-}
-
-impl Numbers for EarlierResults<'_, '_> {
-    fn number(&self, slot: usize) -> Option<f64> {
-        let mut earlier = self.expressions.iter().zip(self.results);
-        match earlier.find(|((computed, _), _)| *computed == slot) {
-            Some((_, result)) => *result,
-            None => self.row.number(slot),
-        }
     }
 }
 
