@@ -15,6 +15,8 @@ use tideflow_connectors::{RawBody, RawRecord, Value};
 #[derive(Clone, Debug)]
 pub struct Decoder {
     fields: Vec<Column>,
+    /// Room made in each decoded row (see [`Plan::row_width`]).
+    row_width: usize,
     time_slot: usize,
     required_slots: Vec<usize>,
     /// A label input's value field, named as such when missing.
@@ -30,6 +32,7 @@ impl Decoder {
     pub fn new(plan: &Plan) -> Self {
         Decoder {
             fields: plan.columns[..plan.field_count].to_vec(),
+            row_width: plan.row_width(),
             time_slot: plan.time_slot,
             required_slots: plan.required_slots.clone(),
             value_slot: None,
@@ -43,6 +46,7 @@ impl Decoder {
     pub fn for_input(input: &InputPlan) -> Self {
         Decoder {
             fields: input.columns.clone(),
+            row_width: input.columns.len(),
             time_slot: input.time_slot,
             required_slots: input.required_slots.clone(),
             value_slot: input.required_slots.get(2).copied(),
@@ -64,7 +68,7 @@ impl Decoder {
         }
         let mut values = match &mut record.body {
             RawBody::Bytes(bytes) => {
-                let mut values = Vec::with_capacity(self.fields.len());
+                let mut values = Vec::with_capacity(self.row_width);
                 if let Err(error) = self.decode_json(bytes, &mut values) {
                     let raw = std::mem::take(bytes);
                     return Err(dead_letter(record, error, raw));

@@ -103,6 +103,20 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The slots a decoded row comes to hold itself. Rows travel alone into
+    /// a stage keyed across partitions, carrying the features of every
+    /// stage before it in their own slots: the decoder makes room for them
+    /// at once, rather than every row growing (a reallocation and a copy)
+    /// when its batch is taken apart.
+    pub fn row_width(&self) -> usize {
+        let last_exchanging = self.stages.iter().rposition(|stage| !stage.source_keyed);
+        self.stages[..last_exchanging.unwrap_or(0)]
+            .iter()
+            .flat_map(|stage| &stage.features)
+            .map(|feature| feature.slot + 1)
+            .fold(self.field_count, usize::max)
+    }
+
     /// Whether records can be late: only when some feature aggregates
     /// over a window or rows are joined or labelled, since otherwise no
     /// result depends on arrival order.
