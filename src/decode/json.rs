@@ -272,6 +272,16 @@ mod tests {
                 Value::Bool(true)
             ]
         );
+        // A key written with escapes names the field it spells.
+        assert_eq!(
+            decode(r#"{"am\u006funt": 2.5, "n\u0061me": "q"}"#).unwrap(),
+            [
+                Value::Str("q".into()),
+                Value::F64(2.5),
+                Value::Null,
+                Value::Null
+            ]
+        );
         assert_eq!(
             decode(r#"{"amount": null}"#).unwrap(),
             [Value::Null, Value::Null, Value::Null, Value::Null]
