@@ -348,6 +348,28 @@ fn a_checkpoint_restores_onto_another_number_of_workers() {
     }
 }
 
+/// Starts one process of `spec` on `workers` workers writing to `out`,
+/// waits until it has committed a checkpoint, and kills it with SIGKILL
+/// soon after; it must still have been running.
+fn kill_after_a_checkpoint(spec: &Path, out: &Path, workers: usize) {
+    let mut child = start(spec, workers, NO_ENV);
+    let started = std::time::Instant::now();
+    while common::committed_checkpoints(out).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no checkpoint committed in a minute"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run finished before it was killed"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// Starts the processes of a cluster running `spec`, one worker each, on
 /// free loopback ports.
 fn start_cluster(spec: &Path, processes: usize) -> common::Members {
@@ -403,7 +425,10 @@ fn kill_cluster_after_a_checkpoint(spec: &Path, out: &Path, newest: u64, delay: 
 #[test]
 fn checkpoints_of_a_cluster_restore_onto_one_process_and_back() {
     let dir = tempfile::tempdir().unwrap();
-    let count = 12_000;
+    // Eight seconds of records at 5000/s: a cluster takes one to three
+    // seconds to connect and commit its first checkpoint, and each kill
+    // must still find it running.
+    let count = 40_000;
     let reference = reference(dir.path(), count);
 
     // Two processes killed twice, each restart restoring the cluster's
@@ -428,12 +453,7 @@ fn checkpoints_of_a_cluster_restore_onto_one_process_and_back() {
     // One process killed, then a cluster of two to the end.
     let out = dir.path().join("1-process-to-2");
     let single_spec = spec(&out, count, Some(8_000), true);
-    assert!(kill_after(
-        &single_spec,
-        2,
-        Duration::from_millis(700),
-        NO_ENV
-    ));
+    kill_after_a_checkpoint(&single_spec, &out, 2);
     let stderr = run_cluster_to_end(&single_spec, 2);
     assert!(stderr.contains("restored checkpoint"), "{stderr}");
     assert_same_outputs(&out, &reference);
