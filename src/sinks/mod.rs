@@ -290,6 +290,29 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// A checkpointed file sink opens its epoch's file for rows, not for
+    /// an empty batch: an empty batch after the final checkpoint left an
+    /// empty pending file behind a finished run.
+    #[test]
+    fn an_empty_batch_opens_no_epoch_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = SinkPlan::Jsonl(dir.path().to_path_buf());
+        let layout = Layout {
+            columns: Vec::new(),
+            field_count: 0,
+            model: None,
+            key_slot: None,
+            origins: Origins::by_index(),
+        };
+        let mut writer = EpochRowWriter::new(&sink, dir.path(), &layout, 0, "jsonl");
+        writer
+            .write(&crate::batch::Batch::from_rows(Vec::new()))
+            .unwrap();
+        writer.finish().unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert!(writer.close_epoch(1).unwrap().files.is_empty());
+    }
+
     /// The epoch asked for becomes durable once the thread has synced the
     /// file, and no later epoch does.
     #[test]
