@@ -613,10 +613,12 @@ fn checkpoints_in_s3_restore_killed_runs_and_refuse_a_corrupted_one() {
     let moto = common::moto::Moto::start();
     let environment = moto.environment();
     let dir = tempfile::tempdir().unwrap();
-    let count = 20_000;
+    // Ten seconds of records: each run must commit a checkpoint to the
+    // bucket (slower than a disk) before it is killed.
+    let count = 40_000;
     let reference = reference(dir.path(), count);
     let out = dir.path().join("s3");
-    let spec_path = spec(&out, count, Some(8_000), false);
+    let spec_path = spec(&out, count, Some(4_000), false);
     let mut text = std::fs::read_to_string(&spec_path).unwrap();
     text.push_str(&format!(
         "[state]\ndir = \"s3://{}/runs/s3\"\ninterval = \"150ms\"\n",
@@ -624,11 +626,29 @@ fn checkpoints_in_s3_restore_killed_runs_and_refuse_a_corrupted_one() {
     ));
     std::fs::write(&spec_path, text).unwrap();
 
-    let mut kills = 0;
-    for delay in delays().take(5) {
-        kills += usize::from(kill_after(&spec_path, 2, delay * 2, &environment));
+    // Five runs, each killed once it has committed a checkpoint of its own.
+    let newest_manifest = || {
+        moto.keys("runs/s3/checkpoints/")
+            .into_iter()
+            .rfind(|key| key.ends_with("/MANIFEST"))
+    };
+    for _ in 0..5 {
+        let before = newest_manifest();
+        let mut child = start(&spec_path, 2, &environment);
+        let started = std::time::Instant::now();
+        while newest_manifest() <= before {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no checkpoint committed to the bucket in a minute"
+            );
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
-    assert_eq!(kills, 5, "the run ended before it was killed 5 times");
     // The checkpoints are in the bucket, none on the local disk.
     let manifests: Vec<String> = moto
         .keys("runs/s3/checkpoints/")
