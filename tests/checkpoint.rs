@@ -353,21 +353,13 @@ fn a_checkpoint_restores_onto_another_number_of_workers() {
 /// soon after; it must still have been running.
 fn kill_after_a_checkpoint(spec: &Path, out: &Path, workers: usize) {
     let mut child = start(spec, workers, NO_ENV);
-    let started = std::time::Instant::now();
-    while common::committed_checkpoints(out).is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no checkpoint committed in a minute"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the run finished before it was killed"
+    common::wait_until(
+        Duration::from_secs(60),
+        "no checkpoint committed in a minute",
+        || !common::committed_checkpoints(out).is_empty(),
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    common::kill_running(&mut child);
 }
 
 /// Starts the processes of a cluster running `spec`, one worker each, on
@@ -635,19 +627,12 @@ fn checkpoints_in_s3_restore_killed_runs_and_refuse_a_corrupted_one() {
     for _ in 0..5 {
         let before = newest_manifest();
         let mut child = start(&spec_path, 2, &environment);
-        let started = std::time::Instant::now();
-        while newest_manifest() <= before {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "no checkpoint committed to the bucket in a minute"
-            );
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it was killed"
+        common::wait_until(
+            Duration::from_secs(60),
+            "no checkpoint committed to the bucket in a minute",
+            || newest_manifest() > before,
         );
-        child.kill().unwrap();
-        child.wait().unwrap();
+        common::kill_running(&mut child);
     }
     // The checkpoints are in the bucket, none on the local disk.
     let manifests: Vec<String> = moto

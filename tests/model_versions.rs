@@ -315,20 +315,12 @@ fn a_promoted_run_killed_and_restored_writes_the_rows_of_a_backfill() {
             .unwrap_or(0)
     };
     let promoted_at = checkpoint();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while checkpoint() < promoted_at + 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no checkpoint after the promotion"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(
-        live.try_wait().unwrap().is_none(),
-        "the run ended before it was killed"
+    common::wait_until(
+        Duration::from_secs(30),
+        "no checkpoint after the promotion",
+        || checkpoint() >= promoted_at + 2,
     );
-    live.kill().unwrap();
-    live.wait().unwrap();
+    common::kill_running(&mut live);
     // The registry's record loses the promotion (restored from an older
     // copy, say): the checkpoint kept the schedule, and the restore
     // records it again before scoring.

@@ -410,3 +410,24 @@ pub fn wait_for_rows(port: u16, rows: u64) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Polls `done` until it holds; after `limit` fails the test, saying what
+/// never happened.
+pub fn wait_until(limit: std::time::Duration, never: &str, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "{never}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Kills (SIGKILL) and reaps a run that must still be running: a run that
+/// ended first was not interrupted, and a restore after it tests nothing.
+pub fn kill_running(child: &mut std::process::Child) {
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run ended before it was killed"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
