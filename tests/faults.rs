@@ -71,6 +71,15 @@ fn backfill(brokers: &str, topic: &str, out: &Path) -> tideflow::Result<tideflow
         format!("sink[0].topic=\"{topic}-scores\""),
         format!("sink[1].path=\"{}\"", out.display()),
         format!("dead_letters.topic=\"{topic}-dead\""),
+        // One produce request in flight per connection. The mock cluster
+        // checks the sequence numbers of transactional producers only, so it
+        // appends a request sent after one it refused; librdkafka then takes
+        // the later success as proof that the refused records were written
+        // too (its implicit acknowledgement) and reports them delivered. A
+        // real broker refuses the later request as out of order and nothing
+        // is lost: one request at a time gives the mock that behaviour.
+        "sink[0].options.\"max.in.flight.requests.per.connection\"=1".into(),
+        "dead_letters.options.\"max.in.flight.requests.per.connection\"=1".into(),
         format!(
             "model.path=\"{}\"",
             root().join("models/fraud_mlp.onnx").display()
