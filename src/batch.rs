@@ -44,8 +44,103 @@ pub enum Cells {
     F64(Nullable<f64>),
     /// Integers.
     I64(Nullable<i64>),
+    /// Strings.
+    Str(Strings),
     /// Any values.
     Values(Vec<Value>),
+}
+
+/// String cells: their text one after another, where each ends in it, and
+/// whether each is present (an absent one is empty). One allocation for a
+/// column rather than one per cell, read in order by the writers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Strings {
+    text: String,
+    ends: Vec<usize>,
+    present: Vec<bool>,
+}
+
+impl Strings {
+    fn with_capacity(rows: usize) -> Self {
+        Strings {
+            text: String::new(),
+            ends: Vec::with_capacity(rows),
+            present: Vec::with_capacity(rows),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.present.len()
+    }
+
+    #[inline]
+    fn push(&mut self, text: Option<&str>) {
+        if let Some(text) = text {
+            self.text.push_str(text);
+        }
+        self.ends.push(self.text.len());
+        self.present.push(text.is_some());
+    }
+
+    #[inline]
+    fn start(&self, index: usize) -> usize {
+        if index == 0 { 0 } else { self.ends[index - 1] }
+    }
+
+    /// The string of row `index`, if present.
+    #[inline]
+    pub fn get(&self, index: usize) -> Option<&str> {
+        self.present[index].then(|| &self.text[self.start(index)..self.ends[index]])
+    }
+
+    /// The text, the end of each string in it, and whether each is
+    /// present: the layout of an Arrow string array.
+    pub fn parts(&self) -> (&str, &[usize], &[bool]) {
+        (&self.text, &self.ends, &self.present)
+    }
+
+    fn append(&mut self, other: Strings) {
+        let shift = self.text.len();
+        self.text.push_str(&other.text);
+        self.ends.extend(other.ends.iter().map(|end| end + shift));
+        self.present.extend(other.present);
+    }
+
+    fn reserve(&mut self, additional: usize) {
+        self.ends.reserve(additional);
+        self.present.reserve(additional);
+    }
+
+    fn split_off(&mut self, at: usize) -> Self {
+        let cut = self.start(at);
+        Strings {
+            text: self.text.split_off(cut),
+            ends: self
+                .ends
+                .split_off(at)
+                .iter()
+                .map(|end| end - cut)
+                .collect(),
+            present: self.present.split_off(at),
+        }
+    }
+
+    fn retain(&mut self, kept: &[bool]) {
+        let mut retained = Strings::with_capacity(self.len());
+        for (index, _) in kept.iter().enumerate().filter(|(_, kept)| **kept) {
+            retained.push(self.get(index));
+        }
+        *self = retained;
+    }
+
+    fn into_values(self) -> Vec<Value> {
+        (0..self.len())
+            .map(|index| {
+                self.get(index)
+                    .map_or(Value::Null, |text| Value::Str(text.into()))
+            })
+            .collect()
+    }
 }
 
 /// Typed cells: the numbers, with whether each is present (not null; an
@@ -131,6 +226,46 @@ impl Batch {
             rows,
             columns: Vec::new(),
         }
+    }
+
+    /// An empty batch whose schema fields (slots `0..fields.len()`, of
+    /// these types) are columns, for [`Batch::push_fields`] to fill with
+    /// room for `rows`.
+    pub fn with_fields(fields: &[ColumnType], rows: usize) -> Self {
+        Batch {
+            rows: Vec::with_capacity(rows),
+            columns: fields
+                .iter()
+                .enumerate()
+                .map(|(slot, ty)| Column {
+                    slot,
+                    cells: Cells::for_type(*ty, rows),
+                })
+                .collect(),
+        }
+    }
+
+    /// Adds a decoded record: `row` (its origin and time; its values are
+    /// not read) and `fields`, its schema fields in slot order, moved into
+    /// the field columns of a batch made by [`Batch::with_fields`].
+    pub fn push_fields(&mut self, row: Row, fields: &mut Vec<Value>) {
+        debug_assert!(
+            self.columns
+                .iter()
+                .take(fields.len())
+                .enumerate()
+                .all(|(slot, column)| column.slot == slot)
+        );
+        for (column, value) in self.columns.iter_mut().zip(fields.drain(..)) {
+            column.cells.push(value);
+        }
+        self.rows.push(row);
+    }
+
+    /// Adds a row that holds its own values (a batch with no columns).
+    pub fn push_row(&mut self, row: Row) {
+        debug_assert!(self.columns.is_empty());
+        self.rows.push(row);
     }
 
     /// Number of rows.
@@ -353,6 +488,23 @@ impl<'batch> SlotCells<'batch> {
         }
     }
 
+    /// The strings of a string column, for readers that take them in bulk.
+    pub fn strings(&self) -> Option<&'batch Strings> {
+        match self {
+            SlotCells::Column(Cells::Str(strings)) => Some(strings),
+            _ => None,
+        }
+    }
+
+    /// The integers of an I64 column and whether each is present, for
+    /// readers that take them in bulk.
+    pub fn integers(&self) -> Option<(&'batch [i64], &'batch [bool])> {
+        match self {
+            SlotCells::Column(Cells::I64(integers)) => Some((&integers.values, &integers.present)),
+            _ => None,
+        }
+    }
+
     /// The floats of a computed F64 column and whether each is present,
     /// for readers that take them in bulk.
     pub fn floats(&self) -> Option<(&'batch [f64], &'batch [bool])> {
@@ -427,7 +579,8 @@ impl Cells {
     pub(crate) fn for_type(ty: ColumnType, rows: usize) -> Self {
         match ty {
             ColumnType::F64 => Cells::F64(Nullable::with_capacity(rows)),
-            ColumnType::I64 => Cells::I64(Nullable::with_capacity(rows)),
+            ColumnType::I64 | ColumnType::TimestampMs => Cells::I64(Nullable::with_capacity(rows)),
+            ColumnType::Str => Cells::Str(Strings::with_capacity(rows)),
             _ => Cells::Values(Vec::with_capacity(rows)),
         }
     }
@@ -452,6 +605,7 @@ impl Cells {
         match self {
             Cells::F64(floats) => floats.reserve(additional),
             Cells::I64(integers) => integers.reserve(additional),
+            Cells::Str(strings) => strings.reserve(additional),
             Cells::Values(values) => values.reserve(additional),
         }
     }
@@ -460,6 +614,7 @@ impl Cells {
         match self {
             Cells::F64(floats) => floats.len(),
             Cells::I64(integers) => integers.len(),
+            Cells::Str(strings) => strings.len(),
             Cells::Values(values) => values.len(),
         }
     }
@@ -471,6 +626,7 @@ impl Cells {
         match (&mut *self, value) {
             (Cells::F64(floats), Value::F64(number)) => floats.push(Some(number)),
             (Cells::I64(integers), Value::I64(number)) => integers.push(Some(number)),
+            (Cells::Str(strings), Value::Str(text)) => strings.push(Some(&text)),
             (Cells::Values(values), value) => values.push(value),
             (_, value) => self.push_other(value),
         }
@@ -500,6 +656,7 @@ impl Cells {
         match (&mut *self, value) {
             (Cells::F64(floats), Value::Null) => floats.push(None),
             (Cells::I64(integers), Value::Null) => integers.push(None),
+            (Cells::Str(strings), Value::Null) => strings.push(None),
             (_, value) => {
                 let mut values = std::mem::replace(self, Cells::Values(Vec::new())).into_values();
                 values.push(value);
@@ -513,6 +670,11 @@ impl Cells {
         match self {
             Cells::F64(floats) => Cow::Owned(floats.get(index).map_or(Value::Null, Value::F64)),
             Cells::I64(integers) => Cow::Owned(integers.get(index).map_or(Value::Null, Value::I64)),
+            Cells::Str(strings) => Cow::Owned(
+                strings
+                    .get(index)
+                    .map_or(Value::Null, |text| Value::Str(text.into())),
+            ),
             Cells::Values(values) => Cow::Borrowed(&values[index]),
         }
     }
@@ -522,6 +684,7 @@ impl Cells {
         match self {
             Cells::F64(floats) => floats.get(index),
             Cells::I64(integers) => integers.get(index).map(|number| number as f64),
+            Cells::Str(_) => None,
             Cells::Values(values) => values[index].as_f64(),
         }
     }
@@ -531,6 +694,7 @@ impl Cells {
         match self {
             Cells::F64(floats) => floats.into_values(Value::F64),
             Cells::I64(integers) => integers.into_values(Value::I64),
+            Cells::Str(strings) => strings.into_values(),
             Cells::Values(values) => values,
         }
     }
@@ -539,6 +703,7 @@ impl Cells {
         match (&mut *self, other) {
             (Cells::F64(floats), Cells::F64(more)) => floats.append(more),
             (Cells::I64(integers), Cells::I64(more)) => integers.append(more),
+            (Cells::Str(strings), Cells::Str(more)) => strings.append(more),
             (_, other) => {
                 let mut values = std::mem::replace(self, Cells::Values(Vec::new())).into_values();
                 values.extend(other.into_values());
@@ -551,6 +716,7 @@ impl Cells {
         match self {
             Cells::F64(floats) => Cells::F64(floats.split_off(at)),
             Cells::I64(integers) => Cells::I64(integers.split_off(at)),
+            Cells::Str(strings) => Cells::Str(strings.split_off(at)),
             Cells::Values(values) => Cells::Values(values.split_off(at)),
         }
     }
@@ -559,6 +725,7 @@ impl Cells {
         match self {
             Cells::F64(floats) => floats.retain(kept),
             Cells::I64(integers) => integers.retain(kept),
+            Cells::Str(strings) => strings.retain(kept),
             Cells::Values(values) => keep_flagged(values, kept),
         }
     }

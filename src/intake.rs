@@ -16,16 +16,18 @@
 //! A round is given a read limit while partitions are read in step (the
 //! source decides when): a partition whose watermark is past it waits.
 
+use crate::batch::Batch;
 use crate::checkpoint::restore::PartitionPosition;
 use crate::decode::Decoder;
 use crate::metrics::PartitionStatus;
 use crate::ordering::PartitionClock;
 use crate::row::{LATE, Row};
+use crate::schema::ColumnType;
 use crate::sinks::DeadLetterWriter;
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use tideflow_connectors::{PartitionReader, Poll, RawRecord};
+use tideflow_connectors::{PartitionReader, Poll, RawRecord, Value};
 
 /// How many records one round reads from a partition, at most.
 const RECORDS_PER_POLL: usize = 1024;
@@ -79,13 +81,18 @@ pub struct IntakeRules {
     /// After how long without records a caught-up partition stops holding
     /// the watermark back (Kafka).
     pub idle_timeout: Option<Duration>,
+    /// Whether rounds hold their schema fields in typed columns (the
+    /// dataflow's source) rather than in each row (tables and labels,
+    /// whose rows are kept one by one).
+    pub columnar: bool,
 }
 
 /// What a round of reading gave.
 #[derive(Debug, Default)]
 pub struct Round {
-    /// Rows decoded, partition by partition.
-    pub rows: Vec<Row>,
+    /// Rows decoded, partition by partition: their schema fields in
+    /// columns where the rules say so.
+    pub batch: Batch,
     /// Per partition read, the offset after its last record read (warm-up
     /// records aside).
     pub read_up_to: Vec<(u32, u64)>,
@@ -114,6 +121,10 @@ pub struct Intake {
     partitions: Vec<Partition>,
     rules: IntakeRules,
     raw: Vec<RawRecord>,
+    /// The schema field types, for a round's columns.
+    field_types: Vec<ColumnType>,
+    /// One record's fields on their way into the columns.
+    fields: Vec<Value>,
 }
 
 impl std::fmt::Debug for Intake {
@@ -154,8 +165,10 @@ impl Intake {
             .collect();
         Intake {
             partitions,
+            field_types: rules.decoder.field_types(),
             rules,
             raw: Vec::with_capacity(RECORDS_PER_POLL),
+            fields: Vec::new(),
         }
     }
 
@@ -250,12 +263,15 @@ impl Intake {
         dead_letters: &mut DeadLetterWriter,
     ) -> Round {
         let mut round = Round::default();
+        if self.rules.columnar {
+            round.batch = Batch::with_fields(&self.field_types, 0);
+        }
         let unfinished = self
             .partitions
             .iter()
             .filter(|partition| !partition.finished)
             .count();
-        let (rules, raw) = (&self.rules, &mut self.raw);
+        let (rules, raw, fields) = (&self.rules, &mut self.raw, &mut self.fields);
         for (index, partition) in self
             .partitions
             .iter_mut()
@@ -280,6 +296,7 @@ impl Intake {
                 partition,
                 rules,
                 raw,
+                fields,
                 held,
                 remaining,
                 &mut round,
@@ -329,6 +346,7 @@ fn read_partition(
     partition: &mut Partition,
     rules: &IntakeRules,
     raw: &mut Vec<RawRecord>,
+    fields: &mut Vec<Value>,
     held: i64,
     remaining: usize,
     round: &mut Round,
@@ -348,7 +366,9 @@ fn read_partition(
         } else {
             raw.len()
         };
-        round.rows.reserve(offered * remaining);
+        round
+            .batch
+            .reserve_rows(round.batch.len() + offered * remaining);
         read += raw.len();
         let first_output = partition.reader.first_output_offset();
         if let Some(last) = raw.last() {
@@ -366,7 +386,24 @@ fn read_partition(
             } else {
                 round.records_in += 1;
             }
-            let letter = match rules.decoder.decode(&mut record) {
+            let decoded = if rules.columnar {
+                rules
+                    .decoder
+                    .decode_fields(&mut record, fields)
+                    .map(|time| Row {
+                        partition: record.partition,
+                        offset: record.offset,
+                        time,
+                        values: Vec::new(),
+                        warm_up,
+                    })
+            } else {
+                rules.decoder.decode(&mut record).map(|mut row| {
+                    row.warm_up = warm_up;
+                    row
+                })
+            };
+            let letter = match decoded {
                 // Behind the partition's own clock, or (after the
                 // partition was idle) behind the watermark.
                 Ok(row)
@@ -380,12 +417,22 @@ fn read_partition(
                         continue;
                     }
                     round.late += 1;
-                    rules.decoder.late_letter(&mut record, &row, LATE.into())
+                    let decoded_fields = if rules.columnar {
+                        &fields[..]
+                    } else {
+                        &row.values
+                    };
+                    rules
+                        .decoder
+                        .late_letter(&mut record, decoded_fields, LATE.into())
                 }
                 Ok(mut row) => {
                     partition.clock.observe(row.time);
-                    row.warm_up = warm_up;
-                    round.rows.push(row);
+                    if rules.columnar {
+                        round.batch.push_fields(row, fields);
+                    } else {
+                        round.batch.push_row(std::mem::take(&mut row));
+                    }
                     continue;
                 }
                 Err(_) if warm_up => continue,
@@ -428,7 +475,7 @@ mod tests {
         crate::plan::load(&spec, &overrides).unwrap()
     }
 
-    fn intake(plan: &Plan, restored: &BTreeMap<u32, PartitionPosition>) -> Intake {
+    fn intake(plan: &Plan, restored: &BTreeMap<u32, PartitionPosition>, columnar: bool) -> Intake {
         let readers = open_assigned(&plan.source, &plan.field_names(), 0, 1)
             .unwrap()
             .readers;
@@ -437,6 +484,7 @@ mod tests {
             bound_ms: plan.bound_ms,
             tracks_lateness: plan.tracks_lateness(),
             idle_timeout: None,
+            columnar,
         };
         Intake::new(resume_at_restored(readers, restored), rules, restored)
     }
@@ -447,9 +495,9 @@ mod tests {
 
     /// Reads rounds, as the source operator does, until every partition
     /// has ended or `rounds` have been read; returns the origins of the
-    /// rows and the number of late records.
-    fn read(intake: &mut Intake, rounds: usize) -> (BTreeSet<(u32, u64)>, u64) {
-        let (mut rows, mut late) = (BTreeSet::new(), 0);
+    /// rows with their fields and the number of late records.
+    fn read(intake: &mut Intake, rounds: usize) -> (BTreeMap<(u32, u64), Vec<Value>>, u64) {
+        let (mut rows, mut late) = (BTreeMap::new(), 0);
         for _ in 0..rounds {
             if intake.all_finished() {
                 break;
@@ -458,8 +506,9 @@ mod tests {
             assert!(round.error.is_none(), "{:?}", round.error);
             assert_eq!(round.dead, 0);
             late += round.late;
-            for row in round.rows {
-                assert!(rows.insert((row.partition, row.offset)), "read twice");
+            for row in round.batch.into_rows() {
+                let origin = (row.partition, row.offset);
+                assert!(rows.insert(origin, row.values).is_none(), "read twice");
             }
         }
         (rows, late)
@@ -488,12 +537,19 @@ mod tests {
     #[test]
     fn every_record_is_a_row_or_late_and_positions_follow_the_reads() {
         let plan = plan(6_000);
-        let mut intake = intake(&plan, &BTreeMap::new());
+        let mut intake = intake(&plan, &BTreeMap::new(), true);
         let (rows, late) = read(&mut intake, usize::MAX);
         let expected = on_time(&plan);
         assert!(late > 0, "the test data has late records");
-        assert_eq!(rows, expected);
+        assert_eq!(rows.keys().copied().collect::<BTreeSet<_>>(), expected);
         assert_eq!(rows.len() as u64 + late, 6_000);
+        // Fields read through columns are those decoded row by row.
+        let (by_row, _) = read(
+            &mut self::intake(&plan, &BTreeMap::new(), false),
+            usize::MAX,
+        );
+        assert_eq!(rows, by_row);
+        assert!(rows.values().all(|fields| fields.len() == plan.field_count));
         let SourcePlan::Generator(config) = &plan.source else {
             unreachable!("a generator plan")
         };
@@ -508,17 +564,18 @@ mod tests {
     #[test]
     fn an_intake_restored_from_positions_reads_on_where_the_first_stopped() {
         let plan = plan(30_000);
-        let mut first = intake(&plan, &BTreeMap::new());
-        let (mut rows, mut late) = read(&mut first, 3);
+        let mut first = intake(&plan, &BTreeMap::new(), true);
+        let (rows, mut late) = read(&mut first, 3);
+        let mut rows: BTreeSet<(u32, u64)> = rows.into_keys().collect();
         let positions: BTreeMap<u32, PartitionPosition> = first
             .positions()
             .into_iter()
             .map(|position| (position.partition, position))
             .collect();
         assert!(!first.all_finished(), "three rounds read part of the input");
-        let mut second = intake(&plan, &positions);
+        let mut second = intake(&plan, &positions, true);
         let (more, more_late) = read(&mut second, usize::MAX);
-        for origin in more {
+        for origin in more.into_keys() {
             assert!(rows.insert(origin), "{origin:?} read by both");
         }
         late += more_late;

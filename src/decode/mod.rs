@@ -60,36 +60,60 @@ impl Decoder {
     /// keeps its bytes (typed fields move into the row), so that a row
     /// found late can still be a dead letter with them.
     pub fn decode(&self, record: &mut RawRecord) -> Result<Row, DeadLetter> {
-        let (partition, offset) = (record.partition, record.offset);
         if let (Some(key_slot), RawBody::Bytes(bytes)) = (self.tombstone_key, &record.body)
             && bytes.is_empty()
         {
             return self.deletion(record, key_slot);
         }
-        let mut values = match &mut record.body {
+        let mut values = Vec::with_capacity(self.row_width);
+        let time = self.decode_fields(record, &mut values)?;
+        Ok(Row {
+            partition: record.partition,
+            offset: record.offset,
+            time,
+            values,
+            warm_up: false,
+        })
+    }
+
+    /// The schema field types, in slot order: the columns
+    /// [`Decoder::decode_fields`] fills.
+    pub fn field_types(&self) -> Vec<ColumnType> {
+        self.fields.iter().map(|field| field.ty).collect()
+    }
+
+    /// Decodes one record's schema fields into `values` (emptied first,
+    /// and reused from record to record: a batch's columns take the
+    /// values, so no row allocates) and returns its event time. A table's
+    /// tombstone is not a record of fields: [`Decoder::decode`] reads it.
+    pub fn decode_fields(
+        &self,
+        record: &mut RawRecord,
+        values: &mut Vec<Value>,
+    ) -> Result<i64, DeadLetter> {
+        values.clear();
+        match &mut record.body {
             RawBody::Bytes(bytes) => {
-                let mut values = Vec::with_capacity(self.row_width);
-                if let Err(error) = self.decode_json(bytes, &mut values) {
+                if let Err(error) = self.decode_json(bytes, values) {
                     let raw = std::mem::take(bytes);
                     return Err(dead_letter(record, error, raw));
                 }
-                values
             }
             RawBody::Fields(fields) => {
                 if let Err(error) = self.check_fields(fields) {
                     let raw = fields_as_json(&self.fields, fields).into_bytes();
                     return Err(dead_letter(record, error, raw));
                 }
-                // The record's own vector becomes the row's: no allocation.
-                std::mem::take(fields)
+                // The record's own vector becomes the values: no copy.
+                std::mem::swap(values, fields);
             }
             RawBody::Unreadable { reason, prefix } => {
                 let (error, raw) = (reason.clone(), std::mem::take(prefix));
                 return Err(dead_letter(record, error, raw));
             }
-        };
-        if let Err(error) = self.fill_metadata(record, &mut values) {
-            let raw = self.raw_bytes(record, &values);
+        }
+        if let Err(error) = self.fill_metadata(record, values) {
+            let raw = self.raw_bytes(record, values);
             return Err(dead_letter(record, error, raw));
         }
         for slot in &self.required_slots {
@@ -101,26 +125,22 @@ impl Decoder {
                 } else {
                     "key"
                 };
-                let raw = self.raw_bytes(record, &values);
+                let raw = self.raw_bytes(record, values);
                 let error = format!("missing {role} field '{}'", self.fields[*slot].name);
                 return Err(dead_letter(record, error, raw));
             }
         }
-        let Value::I64(time) = values[self.time_slot] else {
-            let raw = self.raw_bytes(record, &values);
-            return Err(dead_letter(
-                record,
-                "event time is not an integer".into(),
-                raw,
-            ));
-        };
-        Ok(Row {
-            partition,
-            offset,
-            time,
-            values,
-            warm_up: false,
-        })
+        match values[self.time_slot] {
+            Value::I64(time) => Ok(time),
+            _ => {
+                let raw = self.raw_bytes(record, values);
+                Err(dead_letter(
+                    record,
+                    "event time is not an integer".into(),
+                    raw,
+                ))
+            }
+        }
     }
 
     /// A table's deletion from a Kafka tombstone: a row holding only the
@@ -179,8 +199,13 @@ impl Decoder {
     /// The dead letter of a row decoded from `record` that turned out late
     /// (or otherwise unusable after decoding): the record's bytes, or its
     /// fields as JSON where the transport gave fields.
-    pub fn late_letter(&self, record: &mut RawRecord, row: &Row, error: String) -> DeadLetter {
-        let raw = self.raw_bytes(record, &row.values);
+    pub fn late_letter(
+        &self,
+        record: &mut RawRecord,
+        fields: &[Value],
+        error: String,
+    ) -> DeadLetter {
+        let raw = self.raw_bytes(record, fields);
         dead_letter(record, error, raw)
     }
 

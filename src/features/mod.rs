@@ -16,7 +16,7 @@ pub mod keys;
 pub mod numbers;
 pub mod window;
 
-use crate::batch::{Batch, Cells};
+use crate::batch::{Batch, Cells, RowCells};
 use crate::cache;
 use crate::row::Row;
 use claims::ClaimedKey;
@@ -247,24 +247,27 @@ impl StageState {
         batch: &mut Batch,
     ) -> Result<(), KeyConflict> {
         const CHUNK_ROWS: usize = 128;
-        // The stage reads its key and fields from the rows.
-        batch.materialize_slots(&plan.read_slots());
+        // The key and fields are read where they are held: in the batch's
+        // columns (as decoded) or in the rows (after an exchange).
         let rows = batch.rows();
+        let fields = batch.readers();
+        let key_cells = batch.cells(plan.key_slot);
         let mut columns: Vec<Cells> = plan
             .features
             .iter()
             .map(|feature| Cells::for_type(feature.agg.output_type(), rows.len()))
             .collect();
-        let (mut hashes, mut slots) = (
+        let (mut keys, mut hashes, mut slots) = (
+            Vec::with_capacity(CHUNK_ROWS),
             Vec::with_capacity(CHUNK_ROWS),
             Vec::with_capacity(CHUNK_ROWS),
         );
-        for rows in rows.chunks(CHUNK_ROWS) {
+        for (chunk, rows) in rows.chunks(CHUNK_ROWS).enumerate() {
+            let first = chunk * CHUNK_ROWS;
+            keys.clear();
+            keys.extend((first..first + rows.len()).map(|index| key_cells.value(index)));
             hashes.clear();
-            hashes.extend(
-                rows.iter()
-                    .map(|row| KeyHash::of(&row.values[plan.key_slot])),
-            );
+            hashes.extend(keys.iter().map(|key| KeyHash::of(key)));
             // Like the headers (see `read_ahead`), buckets that stay in
             // cache anyway are not asked for.
             if !self.keys.stays_in_cache() {
@@ -273,11 +276,11 @@ impl StageState {
                 }
             }
             slots.clear();
-            for (row, hash) in rows.iter().zip(&hashes) {
-                slots.push(self.slot_for(plan, row, *hash)?);
+            for ((row, key), hash) in rows.iter().zip(&keys).zip(&hashes) {
+                slots.push(self.slot_for(plan, row, key, *hash)?);
             }
             self.read_ahead(&slots);
-            for (row, slot) in rows.iter().zip(&slots) {
+            for (index, (row, slot)) in rows.iter().zip(&slots).enumerate() {
                 if self.has_expired(plan, *slot, row.time) {
                     self.reset_slot(plan, *slot);
                 }
@@ -286,9 +289,10 @@ impl StageState {
                 }
                 let newest = self.newest[*slot].max(row.time);
                 self.newest[*slot] = newest;
+                let row_fields = fields.row(first + index);
                 self.numbers
-                    .update(*slot, bound_ms, newest, row.time, &row.values, &mut columns);
-                self.update_others(plan, bound_ms, *slot, row, &mut columns);
+                    .update(*slot, bound_ms, newest, row.time, &row_fields, &mut columns);
+                self.update_others(plan, bound_ms, *slot, row.time, &row_fields, &mut columns);
                 self.observe(row.partition, row.time);
             }
         }
@@ -351,20 +355,21 @@ impl StageState {
         plan: &StagePlan,
         bound_ms: i64,
         slot: usize,
-        row: &Row,
+        time: i64,
+        fields: &RowCells<'_, '_>,
         columns: &mut [Cells],
     ) {
         let width = self.others.len();
         let states = &mut self.other_states[slot * width..(slot + 1) * width];
         for (index, state) in self.others.iter().zip(states) {
             let feature = &plan.features[*index];
-            let value = feature.field.map(|slot| &row.values[slot]);
+            let value = feature.field.map(|slot| fields.value(slot));
             columns[*index].push(state.update(
                 feature.agg,
                 feature.window,
                 bound_ms,
-                row.time,
-                value,
+                time,
+                value.as_deref(),
             ));
         }
     }
@@ -469,9 +474,9 @@ impl StageState {
         &mut self,
         plan: &StagePlan,
         row: &Row,
+        key: &Value,
         hash: KeyHash,
     ) -> Result<usize, KeyConflict> {
-        let key = &row.values[plan.key_slot];
         let entry = match self.keys.get(hash, key) {
             Some(entry) => entry,
             None => {

@@ -13,7 +13,7 @@
 
 use super::exact::ExactSum;
 use super::window::{Agg, Running, Spread, WindowMs, aggregate_number, push_extreme};
-use crate::batch::Cells;
+use crate::batch::{Cells, RowCells};
 use crate::cache;
 use crate::features::WindowFeature;
 use serde::{Deserialize, Serialize};
@@ -323,7 +323,7 @@ impl NumericState {
         bound_ms: i64,
         newest: i64,
         time: i64,
-        values: &[Value],
+        fields: &RowCells<'_, '_>,
         columns: &mut [Cells],
     ) {
         if self.layout.is_empty() {
@@ -341,7 +341,7 @@ impl NumericState {
             extras: &mut self.extras[slot * extras..(slot + 1) * extras],
             extremes: &mut self.extremes[slot * extremes..(slot + 1) * extremes],
         }
-        .update(bound_ms, newest, time, values, columns);
+        .update(bound_ms, newest, time, fields, columns);
     }
 
     /// Bytes of fixed-size state per key: the ring's header, the running
@@ -560,7 +560,7 @@ impl KeyNumbers<'_> {
         bound_ms: i64,
         newest: i64,
         time: i64,
-        values: &[Value],
+        fields: &RowCells<'_, '_>,
         columns: &mut [Cells],
     ) {
         let layout = self.layout;
@@ -577,7 +577,7 @@ impl KeyNumbers<'_> {
         };
         let samples = self.ring.insert(stride, position, time);
         for (sample, slot) in samples.iter_mut().zip(&layout.columns) {
-            *sample = to_sample(&values[*slot]);
+            *sample = to_sample(&fields.value(*slot));
         }
         self.add_and_slide(newest, time, position, in_order);
         self.forget(bound_ms, newest);
@@ -1242,7 +1242,11 @@ mod tests {
             .collect();
         for (time, amount) in [(1, Value::F64(2.0)), (2, Value::Null), (3, Value::F64(5.0))] {
             newest = newest.max(time);
-            state.update(0, 0, newest, time, &[amount], &mut columns);
+            let record = crate::batch::Batch::from_rows(vec![crate::row::Row {
+                values: vec![amount],
+                ..Default::default()
+            }]);
+            state.update(0, 0, newest, time, &record.readers().row(0), &mut columns);
         }
         let columns: Vec<Vec<Value>> = columns.into_iter().map(Cells::into_values).collect();
         let results: Vec<Vec<Value>> = (0..3)

@@ -92,6 +92,8 @@ pub fn open_input(
             SourcePlan::Kafka(kafka) => Some(kafka.idle_timeout),
             _ => None,
         },
+        // Table and label rows are kept one by one.
+        columnar: false,
     };
     let readers = resume_at_restored(assigned.readers, restored);
     Ok(Intake::new(readers, rules, restored))
@@ -148,8 +150,10 @@ pub fn read_input<'scope>(
                 if let Some(error) = round.error {
                     shared.control.abort(error);
                 }
-                if !round.rows.is_empty() {
-                    output.session(&*held).give_iterator(round.rows.into_iter());
+                if !round.batch.is_empty() {
+                    output
+                        .session(&*held)
+                        .give_iterator(round.batch.into_rows().into_iter());
                 }
                 if !ended && (stopping || intake.all_finished()) {
                     ended = true;

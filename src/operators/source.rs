@@ -273,6 +273,7 @@ pub fn read_source<'scope>(
             SourcePlan::Kafka(kafka) => Some(kafka.idle_timeout),
             _ => None,
         },
+        columnar: true,
     };
     let skew_ms = shared.plan.skew_ms;
     let (worker, peers) = (scope.index(), scope.peers());
@@ -350,8 +351,8 @@ pub fn read_source<'scope>(
                 if let Some(error) = round.error {
                     shared.control.abort(error);
                 }
-                if !round.rows.is_empty() {
-                    output.session(&*held).give(Batch::from_rows(round.rows));
+                if !round.batch.is_empty() {
+                    output.session(&*held).give(round.batch);
                 }
                 if let Some(ledger) = &ledger {
                     ledger

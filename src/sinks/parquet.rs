@@ -3,7 +3,7 @@
 
 use super::{Epochs, Layout, RowWriter, sink_error};
 use crate::Result;
-use crate::batch::{Batch, SlotCells};
+use crate::batch::{Batch, SlotCells, Strings};
 use crate::plan::SinkPlan;
 use crate::row::{Origins, Row};
 use crate::schema::ColumnType;
@@ -12,6 +12,7 @@ use arrow_array::builder::{
     TimestampMillisecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
+use arrow_buffer::{Buffer, NullBuffer, OffsetBuffer};
 use arrow_schema::{Field, Schema};
 use std::fs::File;
 use std::path::Path;
@@ -265,18 +266,51 @@ fn integer(value: &Value) -> Option<i64> {
 
 /// The Arrow array of one output column of a batch.
 fn column_array(ty: ColumnType, cells: SlotCells<'_>, rows: usize) -> ArrayRef {
-    if let (ColumnType::F64, Some((values, present))) = (ty, cells.floats()) {
-        // A computed float column: its vectors are the array.
-        return Arc::new(arrow_array::Float64Array::new(
-            values.to_vec().into(),
-            Some(present.iter().copied().collect()),
-        ));
+    // A typed column's vectors are the array, copied whole.
+    let nulls = |present: &[bool]| Some(present.iter().copied().collect());
+    match ty {
+        ColumnType::F64 if let Some((values, present)) = cells.floats() => {
+            return Arc::new(arrow_array::Float64Array::new(
+                values.to_vec().into(),
+                nulls(present),
+            ));
+        }
+        ColumnType::I64 if let Some((values, present)) = cells.integers() => {
+            return Arc::new(arrow_array::Int64Array::new(
+                values.to_vec().into(),
+                nulls(present),
+            ));
+        }
+        ColumnType::TimestampMs if let Some((values, present)) = cells.integers() => {
+            return Arc::new(arrow_array::TimestampMillisecondArray::new(
+                values.to_vec().into(),
+                nulls(present),
+            ));
+        }
+        ColumnType::Str if let Some(array) = cells.strings().and_then(string_array) => {
+            return Arc::new(array);
+        }
+        _ => {}
     }
     let mut builder = ArrayBuilder::new(ty, rows);
     for index in 0..rows {
         builder.append(&cells.value(index));
     }
     builder.finish()
+}
+
+/// The Arrow array of a string column: its text and ends are the array's
+/// values and offsets (`None` past the 2 GiB an array's offsets reach).
+fn string_array(strings: &Strings) -> Option<arrow_array::StringArray> {
+    let (text, ends, present) = strings.parts();
+    let offsets: Vec<i32> = std::iter::once(Some(0))
+        .chain(ends.iter().map(|end| i32::try_from(*end).ok()))
+        .collect::<Option<_>>()?;
+    Some(arrow_array::StringArray::new(
+        OffsetBuffer::new(offsets.into()),
+        Buffer::from(text.as_bytes()),
+        present.iter().copied().collect::<NullBuffer>().into(),
+    ))
 }
 
 impl RowWriter for ParquetWriter {
