@@ -1,5 +1,6 @@
 //! Cluster mode: one run over N worker processes joined by timely
-//! dataflow's own TCP communication, on one machine or many.
+//! dataflow's TCP communication (over connections made by [`connect`]),
+//! on one machine or many.
 //!
 //! Each process runs W worker threads; timely numbers the N×W workers of
 //! the cluster, and everything that assigns work by worker index (source
@@ -12,6 +13,8 @@
 //! of a peer (a process whose connection to another is lost stops at once,
 //! naming the process that is gone, instead of waiting for it forever).
 
+mod connect;
+
 use crate::checkpoint::Coordinator;
 use crate::checkpoint::agreement::{Addressed, Control};
 use crate::run::{Counts, Shared};
@@ -20,6 +23,7 @@ use std::cell::RefCell;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
+use timely::communication::AllocatorBuilder;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::InputHandle;
 use timely::dataflow::operators::vec::Broadcast;
@@ -96,18 +100,14 @@ impl Cluster {
         Ok(())
     }
 
-    /// The timely configuration of this process with `workers` threads.
-    pub fn timely_config(&self, workers: usize) -> timely::Config {
-        timely::Config {
-            communication: timely::CommunicationConfig::Cluster {
-                threads: workers,
-                process: self.process,
-                addresses: self.addresses.clone(),
-                report: false,
-                zerocopy: false,
-            },
-            worker: timely::WorkerConfig::default(),
-        }
+    /// timely's allocators for this process with `workers` threads, once
+    /// it is connected to every other process (see [`connect`]), and the
+    /// guard of the connections.
+    pub fn connect(
+        &self,
+        workers: usize,
+    ) -> std::result::Result<(Vec<AllocatorBuilder>, Box<dyn std::any::Any + Send>), String> {
+        connect::allocators(&self.addresses, self.process, workers)
     }
 
     /// A label for messages: `process I of N`.

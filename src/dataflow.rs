@@ -181,14 +181,22 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
     let models = prepare_model(&mut plan)?;
     plan.resolve_source()?;
     let workers = options.workers.max(1);
-    let (config, local) = match &options.cluster {
+    let ((allocators, connections), local) = match &options.cluster {
         Some(cluster) => {
             cluster.validate().map_err(Error::Cluster)?;
             stop_when_a_peer_is_lost(cluster);
             let first = cluster.process * workers;
-            (cluster.timely_config(workers), first..first + workers)
+            (
+                cluster.connect(workers).map_err(Error::Cluster)?,
+                first..first + workers,
+            )
         }
-        None => (timely::Config::process(workers), 0..workers),
+        None => (
+            timely::CommunicationConfig::Process(workers)
+                .try_build()
+                .map_err(Error::Cluster)?,
+            0..workers,
+        ),
     };
     let all_workers = options
         .cluster
@@ -289,24 +297,30 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
     let worker_gathered = gathered.clone();
     let in_cluster = options.cluster.is_some();
     let worker_started = shared.clone();
-    let guards = timely::execute(config, move |worker| {
-        worker_started.started.get_or_init(Instant::now);
-        let links =
-            in_cluster.then(|| ClusterLinks::build(worker, worker_shared.clone(), local.clone()));
-        if let Err(error) = build_and_run(worker, worker_shared.clone(), links) {
-            worker_shared.control.abort(error);
-        }
-        if in_cluster {
-            // One worker of each process sends the process's counts.
-            let counts = (worker.index() == local.start).then(|| worker_shared.stats.snapshot());
-            let counts = gather_counts(worker, counts);
-            if !counts.is_empty() {
-                *worker_gathered
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = counts;
+    let guards = timely::execute::execute_from(
+        allocators,
+        connections,
+        timely::WorkerConfig::default(),
+        move |worker| {
+            worker_started.started.get_or_init(Instant::now);
+            let links = in_cluster
+                .then(|| ClusterLinks::build(worker, worker_shared.clone(), local.clone()));
+            if let Err(error) = build_and_run(worker, worker_shared.clone(), links) {
+                worker_shared.control.abort(error);
             }
-        }
-    })
+            if in_cluster {
+                // One worker of each process sends the process's counts.
+                let counts =
+                    (worker.index() == local.start).then(|| worker_shared.stats.snapshot());
+                let counts = gather_counts(worker, counts);
+                if !counts.is_empty() {
+                    *worker_gathered
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = counts;
+                }
+            }
+        },
+    )
     .map_err(Error::Runtime)?;
     let results = guards.join();
     // The last checkpoint is stored before the run counts as done.
