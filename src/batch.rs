@@ -1,18 +1,19 @@
 //! The batch: what moves between the operators of the dataflow graph.
 //!
-//! A batch is a run of rows plus the columns computed for them on the way
-//! (window features, expressions, model outputs). Each row is allocated
-//! once, when it is decoded, with a value slot for every output column;
-//! a computed column lives beside the rows instead, in one typed vector,
-//! and its slot in the rows stays null. A column of numbers is then
-//! written and read in order, a cell every 8 bytes, which is what the
-//! model's input tensor and a columnar file want; a row's cells would be
-//! written one cache line per row (and those lines have mostly left the
-//! cache since decoding).
+//! A batch is a run of rows (each record's origin and event time) and
+//! columns: the source decodes each schema field into one typed column
+//! (strings as one text with their ends, integers, floats), and every
+//! stage adds what it computes (window features, expressions, model
+//! outputs) as columns of its own. A column is written and read in order,
+//! a cell every few bytes, which is what the features, the model's input
+//! tensor and a columnar file want; cells held in each row would be read
+//! one cache line per row, and allocated once per row.
 //!
 //! Where rows must travel or wait one by one (exchanged by a key, held in
 //! event-time order), [`Batch::into_rows`] moves the columns into the rows'
-//! slots first, so a row carries everything computed for it.
+//! value slots first, so a row carries everything known of it; a batch
+//! made of such rows reads its fields from them until stages add columns
+//! again.
 
 use crate::features::expr::NumberColumns;
 use crate::row::Row;
@@ -28,14 +29,14 @@ pub struct Batch {
     columns: Vec<Column>,
 }
 
-/// A computed column: the slot it fills and its cells, one per row.
+/// A column: the slot it fills and its cells, one per row.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Column {
     slot: usize,
     cells: Cells,
 }
 
-/// The cells of a computed column: typed where its producer knows the
+/// The cells of a column: typed where its producer knows the
 /// type (numeric features, expressions, model outputs), values otherwise
 /// (and once a cell does not fit the type).
 #[derive(Clone, Debug, PartialEq)]
@@ -220,7 +221,7 @@ fn keep_flagged<T>(items: &mut Vec<T>, kept: &[bool]) {
 }
 
 impl Batch {
-    /// A batch of rows with no computed columns.
+    /// A batch of rows with no columns (rows holding their values).
     pub fn from_rows(rows: Vec<Row>) -> Self {
         Batch {
             rows,
@@ -278,20 +279,21 @@ impl Batch {
         self.rows.is_empty()
     }
 
-    /// The rows. A slot held by a computed column is null in them: read
-    /// cells through [`Batch::value`] or [`Batch::cells`].
+    /// The rows. A slot held by a column (a decoded field, a computed
+    /// value) is null in them: read cells through [`Batch::value`] or
+    /// [`Batch::cells`].
     pub fn rows(&self) -> &[Row] {
         &self.rows
     }
 
-    /// The rows, with every computed column moved into their slots.
+    /// The rows, with every column moved into their slots.
     pub fn into_rows(mut self) -> Vec<Row> {
         self.materialize();
         self.rows
     }
 
-    /// Moves every computed column into the rows' slots (a row holds its
-    /// schema fields when decoded: it grows once to hold them all).
+    /// Moves every column into the rows' slots (each row grows once, to
+    /// the widest slot held).
     pub fn materialize(&mut self) {
         let Some(width) = self.columns.iter().map(|column| column.slot + 1).max() else {
             return;
@@ -309,18 +311,6 @@ impl Batch {
         }
     }
 
-    /// Moves the computed columns of `slots` (if any) into the rows, for
-    /// code that reads those slots from the rows.
-    pub fn materialize_slots(&mut self, slots: &[usize]) {
-        if self
-            .columns
-            .iter()
-            .any(|column| slots.contains(&column.slot))
-        {
-            self.materialize();
-        }
-    }
-
     /// The number of slots of the widest row or column.
     fn width(&self) -> usize {
         let rows = self.rows.iter().map(|row| row.values.len()).max();
@@ -328,7 +318,7 @@ impl Batch {
         rows.unwrap_or(0).max(columns.unwrap_or(0))
     }
 
-    /// The index of the computed column that fills `slot`.
+    /// The index of the column that fills `slot`.
     fn column_of(&self, slot: usize) -> Option<usize> {
         // Few columns: a scan beats a map.
         self.columns.iter().position(|column| column.slot == slot)

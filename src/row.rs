@@ -1,10 +1,11 @@
-//! The row: what moves between the operators of the dataflow graph.
+//! The row: one record's place in the dataflow graph.
 //!
-//! A row is one input record with its origin and event time, and a value
-//! slot for every output column: schema fields first, then features, then
-//! model outputs. A row is allocated once, when it is decoded; what stages
-//! compute for it travels beside it, as a column of its
-//! [`crate::batch::Batch`], until rows must travel alone.
+//! A row is one input record's origin and event time, and a value slot
+//! for every output column: schema fields first, then features, then
+//! model outputs. In a batch the values live in the batch's columns (see
+//! [`crate::batch::Batch`]) and the slots stay empty; they are filled
+//! when rows travel or wait alone, and for the inputs of tables and
+//! labels, whose rows are kept one by one.
 
 use serde::{Deserialize, Serialize};
 use tideflow_connectors::Value;

@@ -384,8 +384,8 @@ fn run_cluster_to_end(spec: &Path, processes: usize) -> String {
 }
 
 /// Starts a cluster writing to `out`, waits until it has committed a
-/// checkpoint newer than `newest` (its processes connect first, which
-/// takes a while), then kills every process with SIGKILL after `delay`.
+/// checkpoint newer than `newest` (its processes connect first), then
+/// kills every process with SIGKILL after `delay`.
 /// Returns the newest checkpoint committed by then; every process must
 /// still have been running.
 fn kill_cluster_after_a_checkpoint(spec: &Path, out: &Path, newest: u64, delay: Duration) -> u64 {
@@ -417,9 +417,9 @@ fn kill_cluster_after_a_checkpoint(spec: &Path, out: &Path, newest: u64, delay: 
 #[test]
 fn checkpoints_of_a_cluster_restore_onto_one_process_and_back() {
     let dir = tempfile::tempdir().unwrap();
-    // Eight seconds of records at 5000/s: a cluster takes one to three
-    // seconds to connect and commit its first checkpoint, and each kill
-    // must still find it running.
+    // Eight seconds of records at 5000/s: each kill comes after a
+    // checkpoint the cluster committed (the first after its processes have
+    // connected) and must still find it running.
     let count = 40_000;
     let reference = reference(dir.path(), count);
 

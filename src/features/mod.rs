@@ -57,15 +57,6 @@ pub struct StagePlan {
     pub key_ttl_ms: Option<i64>,
 }
 
-impl StagePlan {
-    /// The slots the stage reads from its rows: the key and the
-    /// aggregated fields.
-    pub fn read_slots(&self) -> Vec<usize> {
-        let fields = self.features.iter().filter_map(|feature| feature.field);
-        std::iter::once(self.key_slot).chain(fields).collect()
-    }
-}
-
 /// A key seen in two partitions of a source keyed by it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyConflict {
