@@ -830,4 +830,72 @@ mod tests {
             [Value::Null, Value::F64(2.0), Value::F64(4.0), Value::Null]
         );
     }
+
+    /// Record `index`'s fields: a string (absent, empty, or with
+    /// characters of several bytes), an integer and a float.
+    fn fields_of(index: u64) -> Vec<Value> {
+        let text = match index % 4 {
+            0 => Value::Null,
+            1 => Value::Str("".into()),
+            2 => Value::Str(format!("é{index}→ü").into()),
+            _ => Value::Str(format!("user-{index}-with-a-name-longer-than-inline").into()),
+        };
+        let integer = if index % 5 == 0 {
+            Value::Null
+        } else {
+            Value::I64(index as i64 * 1000)
+        };
+        vec![text, integer, Value::F64(index as f64 / 4.0)]
+    }
+
+    /// Rows 0..count that hold their own fields: the reference.
+    fn rows_holding(range: std::ops::Range<u64>) -> Vec<Row> {
+        range
+            .map(|offset| Row {
+                offset,
+                time: offset as i64,
+                values: fields_of(offset),
+                warm_up: offset % 3 == 1,
+                ..Row::default()
+            })
+            .collect()
+    }
+
+    /// The same rows with their fields decoded into columns.
+    fn columns_holding(range: std::ops::Range<u64>) -> Batch {
+        let types = [ColumnType::Str, ColumnType::I64, ColumnType::F64];
+        let mut batch = Batch::with_fields(&types, 0);
+        for mut row in rows_holding(range) {
+            let mut fields = std::mem::take(&mut row.values);
+            batch.push_fields(row, &mut fields);
+            assert!(fields.is_empty(), "the fields moved into the columns");
+        }
+        batch
+    }
+
+    #[test]
+    fn field_columns_append_split_and_retain_as_rows_holding_their_fields_do() {
+        let mut batch = columns_holding(0..37);
+        batch.append(columns_holding(37..50));
+        let mut reference = rows_holding(0..50);
+        assert_eq!(batch.clone().into_rows(), reference);
+        for (slot, index) in [(0, 2), (0, 3), (0, 4), (1, 5), (1, 6), (2, 7)] {
+            assert_eq!(
+                batch.value(slot, index).into_owned(),
+                reference[index].values[slot],
+                "slot {slot} row {index}"
+            );
+        }
+        let tail = batch.split_off(23);
+        let reference_tail = reference.split_off(23);
+        assert_eq!(tail.clone().into_rows(), reference_tail);
+        let mut head = batch;
+        head.retain(|row| !row.warm_up);
+        reference.retain(|row| !row.warm_up);
+        assert_eq!(head.clone().into_rows(), reference);
+        // Split and kept parts append again as one.
+        head.append(tail);
+        reference.extend(reference_tail);
+        assert_eq!(head.into_rows(), reference);
+    }
 }
