@@ -263,6 +263,35 @@ impl Batch {
         self.rows.push(row);
     }
 
+    /// A batch of rows that held their values, with the values moved into
+    /// one column per slot, each of its type in `types` (the output
+    /// columns'). Each row's values are then read once, here, rather than
+    /// once by every stage, the model and the sink that read the batch
+    /// next: a row's values lie in a heap block of their own, seldom still
+    /// in cache.
+    pub fn columns_of_rows(mut rows: Vec<Row>, types: &[ColumnType]) -> Self {
+        let width = rows.iter().map(|row| row.values.len()).max().unwrap_or(0);
+        debug_assert!(width <= types.len());
+        let mut cells: Vec<Cells> = types[..width.min(types.len())]
+            .iter()
+            .map(|ty| Cells::for_type(*ty, rows.len()))
+            .collect();
+        for row in &mut rows {
+            let mut values = std::mem::take(&mut row.values).into_iter();
+            for column in &mut cells {
+                column.push(values.next().unwrap_or_default());
+            }
+        }
+        Batch {
+            rows,
+            columns: cells
+                .into_iter()
+                .enumerate()
+                .map(|(slot, cells)| Column { slot, cells })
+                .collect(),
+        }
+    }
+
     /// Adds a row that holds its own values (a batch with no columns).
     pub fn push_row(&mut self, row: Row) {
         debug_assert!(self.columns.is_empty());
@@ -893,6 +922,19 @@ mod tests {
         head.retain(|row| !row.warm_up);
         reference.retain(|row| !row.warm_up);
         assert_eq!(head.clone().into_rows(), reference);
+        // Rows that held their fields, turned into columns, read the same.
+        let moved = Batch::columns_of_rows(
+            rows_holding(0..50),
+            &[
+                ColumnType::Str,
+                ColumnType::I64,
+                ColumnType::F64,
+                ColumnType::F64,
+            ],
+        );
+        assert!(moved.rows().iter().all(|row| row.values.is_empty()));
+        assert!(matches!(moved.cells(0), SlotCells::Column(Cells::Str(_))));
+        assert_eq!(moved.into_rows(), rows_holding(0..50));
         // Split and kept parts append again as one.
         head.append(tail);
         reference.extend(reference_tail);

@@ -261,6 +261,7 @@ fn in_event_time_order<'scope>(
     shared: Arc<Shared>,
 ) -> BatchStream<'scope> {
     let worker = stream.scope().index();
+    let types = shared.plan.column_types();
     stream.unary_frontier(
         route_by_key(stage.key_slot),
         &name,
@@ -305,7 +306,7 @@ fn in_event_time_order<'scope>(
                     (None, Some(time)) if time != crate::checkpoint::FINAL => Some(time),
                     (watermark, _) => watermark,
                 };
-                let mut released = Batch::from_rows(buffer.release(before_cut));
+                let mut released = Batch::columns_of_rows(buffer.release(before_cut), &types);
                 if !released.is_empty()
                     && !shared.control.is_aborted()
                     && apply_or_abort(&mut state, &stage, &shared, &mut released)
@@ -328,7 +329,7 @@ fn in_event_time_order<'scope>(
                     }
                     // At the end of input, what came after the cut leaves
                     // now too.
-                    let mut released = Batch::from_rows(buffer.release(watermark));
+                    let mut released = Batch::columns_of_rows(buffer.release(watermark), &types);
                     if !released.is_empty()
                         && !shared.control.is_aborted()
                         && apply_or_abort(&mut state, &stage, &shared, &mut released)

@@ -136,6 +136,11 @@ impl Plan {
             .or_else(|| self.stages.first().map(|stage| stage.key_slot))
     }
 
+    /// The type of every output column, in slot order.
+    pub fn column_types(&self) -> Vec<crate::schema::ColumnType> {
+        self.columns.iter().map(|column| column.ty).collect()
+    }
+
     /// The names of the schema fields, in order.
     pub fn field_names(&self) -> Vec<String> {
         self.columns[..self.field_count]
