@@ -869,7 +869,7 @@ mod tests {
             2 => Value::Str(format!("é{index}→ü").into()),
             _ => Value::Str(format!("user-{index}-with-a-name-longer-than-inline").into()),
         };
-        let integer = if index % 5 == 0 {
+        let integer = if index.is_multiple_of(5) {
             Value::Null
         } else {
             Value::I64(index as i64 * 1000)
