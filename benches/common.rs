@@ -289,6 +289,12 @@ pub fn require_onnxruntime() {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Gives the allocator the binary's settings; every benchmark's `main`
+/// calls it first, before any thread starts.
+pub fn allocate_as_the_binary_does() {
+    tideflow::allocator::keep_freed_memory_a_while();
+}
+
 pub const WIDTH: usize = 8;
 /// Schema fields before the model's input columns (a transaction's four).
 pub const FIELDS: usize = 4;

@@ -108,6 +108,7 @@ fn decoder() -> Decoder {
 }
 
 fn main() {
+    common::allocate_as_the_binary_does();
     let args = Args::parse();
     let lines = lines(args.records);
     let decoder = decoder();

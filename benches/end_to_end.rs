@@ -54,6 +54,7 @@ fn measure(spec: &str, overrides: &[String], workers: usize, events: u64) -> (f6
 }
 
 fn main() {
+    common::allocate_as_the_binary_does();
     common::require_onnxruntime();
     let args = Args::parse();
     let root = common::root();

@@ -55,6 +55,7 @@ struct Round {
 }
 
 fn main() {
+    common::allocate_as_the_binary_does();
     common::require_onnxruntime();
     let args = Args::parse();
     let device = common::explicit_device(&args.device);

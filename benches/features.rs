@@ -49,6 +49,7 @@ struct Args {
 }
 
 fn main() {
+    common::allocate_as_the_binary_does();
     let args = Args::parse();
     println!(
         "feature throughput: {} events, 4 window features, generator source, null sink",

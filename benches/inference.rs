@@ -149,6 +149,7 @@ fn engine_score(model: &mut Model, chunk: &[f32]) -> Duration {
 }
 
 fn main() {
+    common::allocate_as_the_binary_does();
     common::require_onnxruntime();
     let args = Args::parse();
     let device = common::explicit_device(&args.device);

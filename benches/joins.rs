@@ -76,6 +76,7 @@ enum Which {
 }
 
 fn main() {
+    common::allocate_as_the_binary_does();
     let args = Args::parse();
     match args.which.unwrap_or(Which::Asof {
         events: 4_000_000,

@@ -125,6 +125,7 @@ enum Which {
 }
 
 fn main() {
+    common::allocate_as_the_binary_does();
     common::require_onnxruntime();
     let args = Args::parse();
     EXTRA_OVERRIDES.get_or_init(|| args.overrides.clone());

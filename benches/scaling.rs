@@ -82,6 +82,7 @@ fn launched(overrides: &[String], processes: usize, events: u64) -> f64 {
 }
 
 fn main() {
+    common::allocate_as_the_binary_does();
     let args = Args::parse();
     common::require_onnxruntime();
     let overrides = vec![

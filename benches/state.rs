@@ -129,6 +129,7 @@ fn best(repeats: usize, mut work: impl FnMut()) -> Duration {
 }
 
 fn main() {
+    common::allocate_as_the_binary_does();
     let args = Args::parse();
     println!(
         "feature state: {} keys, {} records each, one minute apart",

@@ -199,6 +199,7 @@ fn python_rates(
 }
 
 fn main() {
+    common::allocate_as_the_binary_does();
     common::require_onnxruntime();
     let args = Args::parse();
     let texts = texts(args.rows);

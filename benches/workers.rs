@@ -115,6 +115,7 @@ fn workloads(root: &Path, dir: &Path, events: u64) -> Vec<Workload> {
 }
 
 fn main() {
+    common::allocate_as_the_binary_does();
     let args = Args::parse();
     common::require_onnxruntime();
     let cores = std::thread::available_parallelism().map_or(1, usize::from);

@@ -9,6 +9,7 @@
 //! accounted for in the run's [`run::Summary`].
 
 pub mod admin;
+pub mod allocator;
 pub mod batch;
 pub mod batching;
 mod cache;

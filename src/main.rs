@@ -26,39 +26,6 @@ use tideflow_connectors::kafka::{ClientOptions, GenerateOptions, produce_generat
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// How long mimalloc keeps memory freed before giving it back to the
-/// system. At its default (10 ms) the memory of each batch went back
-/// between one batch and the next, and came back as fresh pages the
-/// kernel first had to clear: 9,000 to 11,000 page faults in a 2M-event
-/// features run (2 workers) and 55,000 to 95,000 in the fraud run with
-/// its model and Parquet, against 700 and 6,000 to 8,000 at 1 s, with the
-/// same peak memory. `MIMALLOC_PURGE_DELAY` set in the environment wins.
-const FREED_MEMORY_KEPT_MS: std::ffi::c_long = 1000;
-
-/// mimalloc's option `mi_option_purge_delay` (its place in `mi_option_e`
-/// of mimalloc.h; the Rust bindings name no constant for it), and its
-/// default there: an option at that place with another value is not the
-/// one meant, and is left alone.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-const MI_DEFAULT_PURGE_DELAY_MS: std::ffi::c_long = 10;
-
-/// Sets [`FREED_MEMORY_KEPT_MS`]; called first thing in `main`, before the
-/// process starts a thread.
-#[allow(unsafe_code)]
-fn keep_freed_memory_a_while() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return;
-    }
-    // SAFETY: both functions take an option index (checked against the
-    // table's bounds by mimalloc) and a number, and touch only mimalloc's
-    // option table, which no other thread uses yet.
-    unsafe {
-        if libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) == MI_DEFAULT_PURGE_DELAY_MS {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, FREED_MEMORY_KEPT_MS);
-        }
-    }
-}
-
 #[derive(Debug, Parser)]
 #[command(
     name = "tideflow",
@@ -221,7 +188,7 @@ enum ModelsAction {
 }
 
 fn main() -> std::process::ExitCode {
-    keep_freed_memory_a_while();
+    tideflow::allocator::keep_freed_memory_a_while();
     match dispatch(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
