@@ -18,11 +18,12 @@
 use crate::features::expr::NumberColumns;
 use crate::row::Row;
 use crate::schema::ColumnType;
+use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use tideflow_connectors::Value;
 
 /// Rows and the columns computed for them.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
     rows: Vec<Row>,
     /// Computed columns, each as long as `rows`, in the order added.
@@ -30,7 +31,7 @@ pub struct Batch {
 }
 
 /// A column: the slot it fills and its cells, one per row.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Column {
     slot: usize,
     cells: Cells,
@@ -39,7 +40,7 @@ pub struct Column {
 /// The cells of a column: typed where its producer knows the
 /// type (numeric features, expressions, model outputs), values otherwise
 /// (and once a cell does not fit the type).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Cells {
     /// Floats.
     F64(Nullable<f64>),
@@ -54,7 +55,7 @@ pub enum Cells {
 /// String cells: their text one after another, where each ends in it, and
 /// whether each is present (an absent one is empty). One allocation for a
 /// column rather than one per cell, read in order by the writers.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Strings {
     text: String,
     ends: Vec<usize>,
@@ -146,7 +147,7 @@ impl Strings {
 
 /// Typed cells: the numbers, with whether each is present (not null; an
 /// absent one holds the type's default).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Nullable<T> {
     values: Vec<T>,
     present: Vec<bool>,
@@ -465,6 +466,125 @@ impl Batch {
         }
     }
 
+    /// Splits the batch by the worker that owns each row's key in
+    /// `key_slot` (its stable hash modulo `workers`, the same in every
+    /// process): each worker's part, keeping the rows' order and their
+    /// columns. Parts with no row are left out.
+    pub fn split_by_key(self, key_slot: usize, workers: usize) -> Vec<(usize, Batch)> {
+        if self.is_empty() {
+            return Vec::new();
+        }
+        if workers <= 1 {
+            return vec![(0, self)];
+        }
+        let keys = self.cells(key_slot);
+        let owners: Vec<usize> = (0..self.len())
+            .map(|index| (keys.stable_hash(index) % workers as u64) as usize)
+            .collect();
+        self.split_by(&owners, workers)
+    }
+
+    /// Splits the batch into `parts` batches: row `i` goes to part
+    /// `owners[i]`.
+    fn split_by(self, owners: &[usize], parts: usize) -> Vec<(usize, Batch)> {
+        let first = owners[0];
+        if owners.iter().all(|owner| *owner == first) {
+            return vec![(first, self)];
+        }
+        let mut counts = vec![0; parts];
+        for owner in owners {
+            counts[*owner] += 1;
+        }
+        let mut split: Vec<Batch> = counts
+            .iter()
+            .map(|count| Batch {
+                rows: Vec::with_capacity(*count),
+                columns: self
+                    .columns
+                    .iter()
+                    .map(|column| Column {
+                        slot: column.slot,
+                        cells: column.cells.empty_like(*count),
+                    })
+                    .collect(),
+            })
+            .collect();
+        for (place, column) in self.columns.iter().enumerate() {
+            for (index, owner) in owners.iter().enumerate() {
+                split[*owner].columns[place]
+                    .cells
+                    .push_from(&column.cells, index);
+            }
+        }
+        for (row, owner) in self.rows.into_iter().zip(owners) {
+            split[*owner].rows.push(row);
+        }
+        split
+            .into_iter()
+            .enumerate()
+            .filter(|(_, part)| !part.is_empty())
+            .collect()
+    }
+
+    /// A batch of the rows `picks` names, in that order: each pick is a
+    /// batch of `sources` and a row in it, whose origin and cells are
+    /// copied. A slot some sources hold in a column is a column of the
+    /// result (of that column's type); rows of the other sources give
+    /// their own value of it.
+    pub fn gather(sources: &[&Batch], picks: &[(u32, u32)]) -> Batch {
+        let rows = picks
+            .iter()
+            .map(|&(source, index)| sources[source as usize].rows[index as usize].clone())
+            .collect();
+        let width = sources
+            .iter()
+            .flat_map(|batch| batch.columns.iter().map(|column| column.slot + 1))
+            .max()
+            .unwrap_or(0);
+        let mut columns = Vec::new();
+        for slot in 0..width {
+            let held: Vec<Option<&Cells>> = sources
+                .iter()
+                .map(|batch| {
+                    batch
+                        .column_of(slot)
+                        .map(|place| &batch.columns[place].cells)
+                })
+                .collect();
+            let Some(model) = held.iter().flatten().next() else {
+                continue;
+            };
+            let mut cells = model.empty_like(picks.len());
+            for &(source, index) in picks {
+                let index = index as usize;
+                match held[source as usize] {
+                    Some(from) => cells.push_from(from, index),
+                    None => cells.push(sources[source as usize].rows[index].cell(slot).clone()),
+                }
+            }
+            columns.push(Column { slot, cells });
+        }
+        Batch { rows, columns }
+    }
+
+    /// Whether some row holds values of its own (rather than all of them
+    /// lying in columns).
+    pub fn has_row_values(&self) -> bool {
+        self.rows.iter().any(|row| !row.values.is_empty())
+    }
+
+    /// Puts the rows, with their cells, in canonical order (event time,
+    /// partition, offset).
+    pub fn sort_by_canonical_order(&mut self) {
+        if self.rows.is_sorted_by_key(Row::canonical_order) {
+            return;
+        }
+        let mut order: Vec<u32> = (0..self.rows.len() as u32).collect();
+        order.sort_by_key(|index| self.rows[*index as usize].canonical_order());
+        let picks: Vec<(u32, u32)> = order.into_iter().map(|index| (0, index)).collect();
+        *self = Batch::gather(&[self], &picks);
+    }
+
     /// Keeps only the rows for which `keep` holds, with their cells.
     pub fn retain(&mut self, mut keep: impl FnMut(&Row) -> bool) {
         let kept: Vec<bool> = self.rows.iter().map(&mut keep).collect();
@@ -504,6 +624,18 @@ impl<'batch> SlotCells<'batch> {
         match self {
             SlotCells::Column(cells) => cells.number(index),
             SlotCells::Rows(rows, slot) => rows[index].cell(*slot).as_f64(),
+        }
+    }
+
+    /// [`Value::stable_hash`] of the value of row `index`.
+    #[inline]
+    pub fn stable_hash(&self, index: usize) -> u64 {
+        match self {
+            SlotCells::Column(Cells::Str(strings)) => match strings.get(index) {
+                Some(text) => Value::stable_hash_of_text(text),
+                None => Value::Null.stable_hash(),
+            },
+            _ => self.value(index).stable_hash(),
         }
     }
 
@@ -635,6 +767,33 @@ impl Cells {
             Cells::I64(integers) => integers.len(),
             Cells::Str(strings) => strings.len(),
             Cells::Values(values) => values.len(),
+        }
+    }
+
+    /// Empty cells of the same type, with room for `rows`.
+    fn empty_like(&self, rows: usize) -> Cells {
+        match self {
+            Cells::F64(_) => Cells::F64(Nullable::with_capacity(rows)),
+            Cells::I64(_) => Cells::I64(Nullable::with_capacity(rows)),
+            Cells::Str(strings) => {
+                let mut empty = Strings::with_capacity(rows);
+                let per_row = strings.text.len() / strings.len().max(1);
+                empty.text.reserve(per_row * rows);
+                Cells::Str(empty)
+            }
+            Cells::Values(_) => Cells::Values(Vec::with_capacity(rows)),
+        }
+    }
+
+    /// Adds the cell of row `index` of `from`.
+    #[inline]
+    fn push_from(&mut self, from: &Cells, index: usize) {
+        match (&mut *self, from) {
+            (Cells::F64(floats), Cells::F64(more)) => floats.push(more.get(index)),
+            (Cells::I64(integers), Cells::I64(more)) => integers.push(more.get(index)),
+            (Cells::Str(strings), Cells::Str(more)) => strings.push(more.get(index)),
+            (Cells::Values(values), Cells::Values(more)) => values.push(more[index].clone()),
+            (_, from) => self.push(from.value(index).into_owned()),
         }
     }
 
@@ -939,5 +1098,75 @@ mod tests {
         head.append(tail);
         reference.extend(reference_tail);
         assert_eq!(head.into_rows(), reference);
+    }
+
+    /// Who owns a key among `workers`, computed from the value itself.
+    fn owner(key: &Value, workers: usize) -> usize {
+        (key.stable_hash() % workers as u64) as usize
+    }
+
+    #[test]
+    fn a_batch_split_by_key_sends_each_row_with_its_cells_to_its_keys_owner() {
+        let mut batch = columns_holding(0..200);
+        batch.set_numbers(
+            3,
+            (0..200).map(|index| (index % 7 != 0).then_some(index as f64)),
+        );
+        let whole = batch.clone().into_rows();
+        // Strings (some null or empty) and integers (some null) as keys.
+        for key_slot in [0, 1] {
+            for workers in [1, 2, 3, 4] {
+                let mut expected = vec![Vec::new(); workers];
+                for row in &whole {
+                    expected[owner(&row.values[key_slot], workers)].push(row.clone());
+                }
+                let mut split = vec![Vec::new(); workers];
+                for (worker, part) in batch.clone().split_by_key(key_slot, workers) {
+                    assert!(!part.is_empty() && split[worker].is_empty());
+                    split[worker] = part.into_rows();
+                }
+                assert_eq!(split, expected, "key slot {key_slot}, {workers} workers");
+            }
+        }
+    }
+
+    /// Rows whose event times are out of offset order.
+    fn out_of_order(range: std::ops::Range<u64>) -> Vec<Row> {
+        rows_holding(range)
+            .into_iter()
+            .map(|row| Row {
+                time: (row.offset * 37 % 23) as i64,
+                ..row
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sorting_and_gathering_move_each_rows_cells_with_it() {
+        let types = [ColumnType::Str, ColumnType::I64, ColumnType::F64];
+        let mut sorted = Batch::columns_of_rows(out_of_order(0..60), &types);
+        sorted.sort_by_canonical_order();
+        let mut expected = out_of_order(0..60);
+        expected.sort_by_key(Row::canonical_order);
+        assert_eq!(sorted.clone().into_rows(), expected);
+        // Rows from a batch of columns and from one of rows holding their
+        // values, interleaved.
+        let columns = Batch::columns_of_rows(rows_holding(0..10), &types);
+        let rows = Batch::from_rows(rows_holding(10..20));
+        let picks: Vec<(u32, u32)> = (0..10)
+            .flat_map(|index| [(1, 9 - index), (0, index)])
+            .collect();
+        let gathered = Batch::gather(&[&columns, &rows], &picks);
+        let reference: Vec<Row> = picks
+            .iter()
+            .map(|&(source, index)| {
+                rows_holding(0..20)[source as usize * 10 + index as usize].clone()
+            })
+            .collect();
+        assert!(matches!(
+            gathered.cells(0),
+            SlotCells::Column(Cells::Str(_))
+        ));
+        assert_eq!(gathered.into_rows(), reference);
     }
 }

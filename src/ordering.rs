@@ -1,12 +1,16 @@
-//! Event-time order: per-partition lateness, and the buffer that releases
-//! rows in (event time, partition, offset) order once the watermark passes.
+//! Event-time order: per-partition lateness, and the buffers that release
+//! rows in (event time, partition, offset) order once the watermark passes:
+//! [`HeldBatches`] for the batches of a feature stage, [`ReorderBuffer`]
+//! for rows kept one by one (labels, join inputs).
 //!
 //! Lateness is decided per partition, from that partition's records alone,
 //! so it does not depend on how partitions interleave at run time: a record
 //! is late when its event time is more than the out-of-orderness bound
 //! behind the newest event time its partition has shown before it.
 
+use crate::batch::Batch;
 use crate::row::Row;
+use crate::schema::ColumnType;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -153,9 +157,137 @@ impl ReorderBuffer {
     }
 }
 
+/// Batches held until the watermark passes their rows, released merged
+/// into one batch in canonical order.
+///
+/// Each batch is sorted once as it comes (rows of a partition arrive in
+/// offset order, mostly in event-time order too, so it usually is
+/// already), and then waits as a run; a release takes the prefix of each
+/// run the watermark has passed and merges those prefixes. Rows stay in
+/// their batch's columns throughout: none is held, or copied, one by one.
+///
+/// Each run keeps the dataflow time its batch arrived at, as
+/// [`ReorderBuffer`] does for each row.
+#[derive(Debug, Default)]
+pub struct HeldBatches {
+    runs: Vec<Run>,
+    /// The output columns' types, for batches whose rows hold their own
+    /// values (those restored from a checkpoint).
+    types: Vec<ColumnType>,
+}
+
+/// A sorted batch, the rows from `next` on still held.
+#[derive(Debug)]
+struct Run {
+    arrival: i64,
+    batch: Batch,
+    next: usize,
+}
+
+impl HeldBatches {
+    /// An empty buffer of batches whose slots have these `types`.
+    pub fn new(types: Vec<ColumnType>) -> Self {
+        HeldBatches {
+            runs: Vec::new(),
+            types,
+        }
+    }
+
+    /// Holds a batch that arrived at dataflow time `arrival`.
+    pub fn push(&mut self, mut batch: Batch, arrival: i64) {
+        if batch.is_empty() {
+            return;
+        }
+        if batch.has_row_values() {
+            batch = Batch::columns_of_rows(batch.into_rows(), &self.types);
+        }
+        batch.sort_by_canonical_order();
+        self.runs.push(Run {
+            arrival,
+            batch,
+            next: 0,
+        });
+    }
+
+    /// The earliest dataflow time a held row arrived at.
+    pub fn oldest_arrival(&self) -> Option<i64> {
+        self.runs.iter().map(|run| run.arrival).min()
+    }
+
+    /// Removes and returns, in canonical order, every row with event time
+    /// before `watermark` (all of them when `watermark` is `None`, the end
+    /// of input).
+    pub fn release(&mut self, watermark: Option<i64>) -> Batch {
+        let mut picks = Vec::new();
+        for (place, run) in self.runs.iter_mut().enumerate() {
+            let rows = &run.batch.rows()[run.next..];
+            let end = run.next
+                + match watermark {
+                    Some(watermark) => rows.partition_point(|row| row.time < watermark),
+                    None => rows.len(),
+                };
+            picks.extend(
+                (run.next..end)
+                    .map(|index| (run.batch.rows()[index].canonical_order(), place, index)),
+            );
+            run.next = end;
+        }
+        let released = self.merge(picks);
+        self.runs.retain(|run| run.next < run.batch.len());
+        released
+    }
+
+    /// The rows `picks` names, in canonical order, as one batch. Each
+    /// run's picks are in order already: the sort merges them.
+    fn merge(&self, mut picks: Vec<((i64, u32, u64), usize, usize)>) -> Batch {
+        picks.sort_by_key(|(order, _, _)| *order);
+        let picks: Vec<(u32, u32)> = picks
+            .into_iter()
+            .map(|(_, run, index)| (run as u32, index as u32))
+            .collect();
+        let sources: Vec<&Batch> = self.runs.iter().map(|run| &run.batch).collect();
+        Batch::gather(&sources, &picks)
+    }
+
+    /// Moves the arrival of every row held before `time` up to it: rows a
+    /// checkpoint at `time` keeps are sent after it.
+    pub fn retime_before(&mut self, time: i64) {
+        for run in &mut self.runs {
+            run.arrival = run.arrival.max(time);
+        }
+    }
+
+    /// The rows held, in canonical order, each holding its values (for a
+    /// checkpoint).
+    pub fn rows(&self) -> Vec<Row> {
+        let picks = self
+            .runs
+            .iter()
+            .enumerate()
+            .flat_map(|(place, run)| {
+                (run.next..run.batch.len())
+                    .map(move |index| (run.batch.rows()[index].canonical_order(), place, index))
+            })
+            .collect();
+        self.merge(picks).into_rows()
+    }
+
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.runs.iter().map(|run| run.batch.len() - run.next).sum()
+    }
+
+    /// Whether no row is held.
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use tideflow_connectors::Value;
 
     #[test]
     fn lateness_is_measured_from_the_partitions_newest_record() {
@@ -191,5 +323,78 @@ mod tests {
         assert_eq!(buffer.oldest_arrival(), Some(6));
         assert_eq!(buffer.release(None).len(), 1);
         assert_eq!(buffer.oldest_arrival(), None);
+    }
+
+    /// A row of partition `partition` at `offset` and `time`, its fields
+    /// naming it.
+    fn row(partition: u32, offset: u64, time: i64) -> Row {
+        Row {
+            partition,
+            offset,
+            time,
+            values: vec![
+                Value::Str(format!("p{partition}o{offset}").into()),
+                Value::I64(time),
+                Value::F64(offset as f64 / 2.0),
+            ],
+            warm_up: offset % 5 == 0,
+        }
+    }
+
+    fn types() -> Vec<ColumnType> {
+        vec![ColumnType::Str, ColumnType::TimestampMs, ColumnType::F64]
+    }
+
+    proptest! {
+        /// Batches held as runs leave exactly as rows held one by one in
+        /// a reorder buffer do: the same rows, in the same order, with the
+        /// same values, at every watermark; and a checkpoint in between
+        /// sees the same rows still held.
+        #[test]
+        fn held_batches_release_what_a_reorder_buffer_of_rows_releases(
+            batches in proptest::collection::vec(
+                (0u32..3, 1usize..40, 0i64..50, 0i64..30), 1..12),
+            watermarks in proptest::collection::vec(0i64..120, 1..8),
+        ) {
+            let mut held = HeldBatches::new(types());
+            let mut reference = ReorderBuffer::default();
+            let mut offsets = [0u64; 3];
+            let mut watermarks = watermarks.into_iter();
+            for (arrival, (partition, length, start, spread)) in batches.into_iter().enumerate() {
+                let arrival = arrival as i64;
+                let rows: Vec<Row> = (0..length)
+                    .map(|index| {
+                        let offset = offsets[partition as usize];
+                        offsets[partition as usize] += 1;
+                        // Event times wander around `start` within `spread`.
+                        let time = start + (offset as i64 * 7919 + index as i64) % (spread + 1);
+                        row(partition, offset, time)
+                    })
+                    .collect();
+                for row in &rows {
+                    reference.push(row.clone(), arrival);
+                }
+                // Half the batches hold their fields in columns, as
+                // decoded; the others as rows restored from a checkpoint.
+                let batch = if arrival % 2 == 0 {
+                    Batch::columns_of_rows(rows, &types())
+                } else {
+                    Batch::from_rows(rows)
+                };
+                held.push(batch, arrival);
+                prop_assert_eq!(held.oldest_arrival(), reference.oldest_arrival());
+                let checkpointed: Vec<Row> = reference.rows().cloned().collect();
+                prop_assert_eq!(held.rows(), checkpointed);
+                if let Some(watermark) = watermarks.next() {
+                    let released = held.release(Some(watermark));
+                    prop_assert!(!released.has_row_values());
+                    prop_assert_eq!(released.into_rows(), reference.release(Some(watermark)));
+                    prop_assert_eq!(held.len(), reference.len());
+                    prop_assert_eq!(held.oldest_arrival(), reference.oldest_arrival());
+                }
+            }
+            prop_assert_eq!(held.release(None).into_rows(), reference.release(None));
+            prop_assert!(held.is_empty());
+        }
     }
 }

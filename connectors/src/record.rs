@@ -61,6 +61,15 @@ impl Value {
         self.hash(&mut hasher);
         hasher.finish()
     }
+
+    /// [`Value::stable_hash`] of the string `text`, without making the
+    /// value (keys held in string columns).
+    #[inline]
+    pub fn stable_hash_of_text(text: &str) -> u64 {
+        let mut hasher = StableHasher::default();
+        hasher.write(text.as_bytes());
+        hasher.finish()
+    }
 }
 
 impl PartialEq for Value {
@@ -135,6 +144,7 @@ impl Hash for Value {
             Value::Bool(v) => state.write_u8(if *v { 2 } else { 1 }),
             Value::I64(v) => state.write_u64(*v as u64),
             Value::F64(v) => state.write_u64(v.to_bits() ^ 0x9e37_79b9_7f4a_7c15),
+            // As `stable_hash_of_text` hashes a string.
             Value::Str(v) => state.write(v.as_bytes()),
             Value::F64List(list) => {
                 state.write_u8(3);
@@ -270,5 +280,24 @@ pub trait PartitionReader: Send {
     /// cannot, and the engine skips the records before it instead.
     fn seek(&mut self, _offset: u64) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_string_hashes_alike_as_a_value_and_as_text() {
+        for text in ["", "u1", "a string longer than twenty-four bytes", "é"] {
+            assert_eq!(
+                Value::stable_hash_of_text(text),
+                Value::Str(text.into()).stable_hash()
+            );
+        }
+        assert_ne!(
+            Value::stable_hash_of_text("u1"),
+            Value::stable_hash_of_text("u2")
+        );
     }
 }

@@ -3,19 +3,20 @@
 //! offset order), on the worker that reads the rows' partitions: within a
 //! process, batches need not move between workers, and the keys each
 //! worker keeps are claimed in [`crate::features::claims`] so that a key
-//! found in two partitions still stops the run. (Across processes rows are
-//! sent one by one to the worker that owns their key, which sees every
-//! partition of it.) Any other stage exchanges rows by its key, holds them
-//! until the watermark passes them and computes them in (event time,
-//! partition, offset) order.
+//! found in two partitions still stops the run. (Across processes each
+//! batch is split by the worker that owns each row's key, which sees every
+//! partition of it.) Any other stage splits batches by its key the same
+//! way, holds the parts until the watermark passes their rows and computes
+//! the rows in (event time, partition, offset) order. Rows keep their
+//! cells in columns all the way: split, held, merged.
 
+use super::BatchStream;
 use super::checkpointing::CutTracker;
-use super::{BatchStream, RowStream};
 use crate::Error;
 use crate::batch::Batch;
 use crate::checkpoint::restore::{StagePart, StagePartChangesRef, StagePartRef, part_name};
 use crate::features::{StagePlan, StageState};
-use crate::ordering::ReorderBuffer;
+use crate::ordering::HeldBatches;
 use crate::row::Row;
 use crate::run::Shared;
 use crate::watermarks::HeldRows;
@@ -23,7 +24,6 @@ use std::sync::Arc;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::Map;
 
 /// Computes the window features of a stage.
 pub trait ComputeFeatures<'scope> {
@@ -52,10 +52,13 @@ impl<'scope> ComputeFeatures<'scope> for BatchStream<'scope> {
                 where_read(self, name, index, stage, shared, claiming)
             }
             (true, true) => {
-                let routed = by_key_in_offset_order(one_by_one(self), stage.key_slot);
+                let routed = by_key_in_offset_order(split_by_key(self, stage.key_slot));
                 where_read(routed, name, index, stage, shared, false)
             }
-            (false, _) => in_event_time_order(one_by_one(self), name, index, stage, shared),
+            (false, _) => {
+                let split = split_by_key(self, stage.key_slot);
+                in_event_time_order(split, name, index, stage, shared)
+            }
         }
     }
 }
@@ -105,10 +108,33 @@ fn report_stage(
     }
 }
 
-/// The rows of each batch, each carrying its computed columns, to be sent
-/// by key.
-fn one_by_one(batches: BatchStream<'_>) -> RowStream<'_> {
-    batches.flat_map(Batch::into_rows)
+/// A part of a batch and the worker it goes to.
+type Routed = (u64, Batch);
+
+/// Parts of batches, each bound for one worker.
+type RoutedStream<'scope> = timely::dataflow::Stream<'scope, i64, Vec<Routed>>;
+
+/// Splits each batch by the worker that owns each row's key (see
+/// [`Batch::split_by_key`]), the rows keeping their columns.
+fn split_by_key(batches: BatchStream<'_>, key_slot: usize) -> RoutedStream<'_> {
+    let workers = batches.scope().peers();
+    batches.unary(Pipeline, "SplitByKey", move |_capability, _info| {
+        move |input, output| {
+            input.for_each(|time, batches| {
+                let mut session = output.session(&time);
+                for batch in batches.drain(..) {
+                    for (worker, part) in batch.split_by_key(key_slot, workers) {
+                        session.give((worker as u64, part));
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// Sends each part to its worker.
+fn to_owner() -> Exchange<Routed, impl FnMut(&Routed) -> u64 + 'static> {
+    Exchange::new(|(worker, _): &Routed| *worker)
 }
 
 fn apply_or_abort(
@@ -130,12 +156,6 @@ fn apply_or_abort(
             false
         }
     }
-}
-
-/// Sends each row to the worker that owns its key (a stable hash, the same
-/// in every process).
-fn route_by_key(key_slot: usize) -> Exchange<Row, impl FnMut(&Row) -> u64 + 'static> {
-    Exchange::new(move |row: &Row| row.values[key_slot].stable_hash())
 }
 
 /// Claims the keys a worker started keeping since the last batch and
@@ -230,31 +250,30 @@ fn where_read<'scope>(
     })
 }
 
-/// Rows sent to the worker that owns their key, which sees every
-/// partition of it, each partition's rows in offset order (one worker
-/// reads a partition, and timely keeps the order between two workers):
-/// how a source-keyed stage gets its rows across processes.
-fn by_key_in_offset_order(rows: RowStream<'_>, key_slot: usize) -> BatchStream<'_> {
-    rows.unary(route_by_key(key_slot), "ByKey", |_capability, _info| {
+/// Parts of batches received by the worker that owns their rows' keys,
+/// which sees every partition of them, each partition's rows in offset
+/// order (one worker reads a partition, and timely keeps the order between
+/// two workers): how a source-keyed stage gets its rows across processes.
+fn by_key_in_offset_order(parts: RoutedStream<'_>) -> BatchStream<'_> {
+    parts.unary(to_owner(), "ByKey", |_capability, _info| {
         |input, output| {
-            input.for_each(|time, rows| {
-                output
-                    .session(&time)
-                    .give(Batch::from_rows(std::mem::take(rows)));
+            input.for_each(|time, parts| {
+                let batches = parts.drain(..).map(|(_, batch)| batch);
+                output.session(&time).give_iterator(batches);
             });
         }
     })
 }
 
 /// A stage keyed by another field: rows go to the worker that owns their
-/// key, wait in a reorder buffer, and are computed in (event time,
-/// partition, offset) order as the watermark releases them.
+/// key (as parts of their batches), wait there, and are computed in
+/// (event time, partition, offset) order as the watermark releases them.
 ///
 /// In a checkpointed run, rows at or past the cut in progress wait until
 /// the stage has cut; its part holds the rows still buffered, which it
 /// then sends at the cut's time or later.
 fn in_event_time_order<'scope>(
-    stream: RowStream<'scope>,
+    stream: RoutedStream<'scope>,
     name: String,
     index: usize,
     stage: StagePlan,
@@ -262,108 +281,102 @@ fn in_event_time_order<'scope>(
 ) -> BatchStream<'scope> {
     let worker = stream.scope().index();
     let types = shared.plan.column_types();
-    stream.unary_frontier(
-        route_by_key(stage.key_slot),
-        &name,
-        move |capability, _info| {
-            let StagePart {
-                mut state,
-                buffered,
-            } = starting_part(&shared, index, worker, &stage);
-            if shared.checkpoints.is_some() {
-                state.track_changes();
-            }
-            let mut buffer = ReorderBuffer::default();
-            let mut capability = Some(capability);
-            let start = capability.as_ref().map_or(i64::MIN, |held| *held.time());
-            crate::run::Stats::add(&shared.stats.carried, buffered.len() as u64);
-            for row in buffered {
-                buffer.push(row, start);
-            }
-            let mut cuts = CutTracker::new(&shared, part_name(&format!("stage{index}"), worker));
-            let mut held_back: Vec<(i64, Vec<Row>)> = Vec::new();
-            let mut held_rows = HeldRows::default();
-            move |(input, frontier), output| {
-                input.for_each(|time, rows| {
-                    let arrival = time.least().copied().unwrap_or(i64::MIN);
-                    if cuts.holds_back(arrival) {
-                        held_back.push((arrival, std::mem::take(rows)));
-                        return;
-                    }
-                    buffer_rows(&mut buffer, rows, arrival, &shared);
-                });
-                let watermark = frontier.frontier().iter().min().copied();
-                let Some(held) = capability.as_mut() else {
+    stream.unary_frontier(to_owner(), &name, move |capability, _info| {
+        let StagePart {
+            mut state,
+            buffered,
+        } = starting_part(&shared, index, worker, &stage);
+        if shared.checkpoints.is_some() {
+            state.track_changes();
+        }
+        let mut buffer = HeldBatches::new(types);
+        let mut capability = Some(capability);
+        let start = capability.as_ref().map_or(i64::MIN, |held| *held.time());
+        crate::run::Stats::add(&shared.stats.carried, buffered.len() as u64);
+        buffer.push(Batch::from_rows(buffered), start);
+        let mut cuts = CutTracker::new(&shared, part_name(&format!("stage{index}"), worker));
+        let mut held_back: Vec<(i64, Vec<Routed>)> = Vec::new();
+        let mut held_rows = HeldRows::default();
+        move |(input, frontier), output| {
+            input.for_each(|time, parts| {
+                let arrival = time.least().copied().unwrap_or(i64::MIN);
+                if cuts.holds_back(arrival) {
+                    held_back.push((arrival, std::mem::take(parts)));
                     return;
-                };
-                // Rows after a cut (held back) have event times at or past
-                // it: until the stage has cut, only rows before the cut's
-                // time leave, so that rows at or past it, from before the
-                // cut and after, leave together in canonical order.
-                let pending = cuts.pending_time();
-                let before_cut = match (watermark, pending) {
-                    (Some(watermark), Some(time)) => Some(watermark.min(time)),
-                    (None, Some(time)) if time != crate::checkpoint::FINAL => Some(time),
-                    (watermark, _) => watermark,
-                };
-                let mut released = Batch::columns_of_rows(buffer.release(before_cut), &types);
+                }
+                hold(&mut buffer, parts, arrival, &shared);
+            });
+            let watermark = frontier.frontier().iter().min().copied();
+            let Some(held) = capability.as_mut() else {
+                return;
+            };
+            // Rows after a cut (held back) have event times at or past
+            // it: until the stage has cut, only rows before the cut's
+            // time leave, so that rows at or past it, from before the
+            // cut and after, leave together in canonical order.
+            let pending = cuts.pending_time();
+            let before_cut = match (watermark, pending) {
+                (Some(watermark), Some(time)) => Some(watermark.min(time)),
+                (None, Some(time)) if time != crate::checkpoint::FINAL => Some(time),
+                (watermark, _) => watermark,
+            };
+            let mut released = buffer.release(before_cut);
+            if !released.is_empty()
+                && !shared.control.is_aborted()
+                && apply_or_abort(&mut state, &stage, &shared, &mut released)
+            {
+                output.session(&*held).give(released);
+            }
+            // Rows released above are before the cut; the rows still
+            // buffered go into it, and are sent after it.
+            while let Some(cut) = cuts.due(&frontier.frontier()) {
+                let rows = buffer.rows();
+                let part = (&mut state, rows.iter().collect());
+                report_stage(&mut cuts, cut, part, (&stage, worker), &shared);
+                // From here on every row leaves after the cut.
+                buffer.retime_before(cut.time);
+                if *held.time() < cut.time && cut.time != crate::checkpoint::FINAL {
+                    held.downgrade(&cut.time);
+                }
+                for (arrival, mut parts) in cuts.release(&mut held_back, |(arrival, _)| *arrival) {
+                    hold(&mut buffer, &mut parts, arrival, &shared);
+                }
+                // At the end of input, what came after the cut leaves
+                // now too.
+                let mut released = buffer.release(watermark);
                 if !released.is_empty()
                     && !shared.control.is_aborted()
                     && apply_or_abort(&mut state, &stage, &shared, &mut released)
                 {
                     output.session(&*held).give(released);
                 }
-                // Rows released above are before the cut; the rows still
-                // buffered go into it, and are sent after it.
-                while let Some(cut) = cuts.due(&frontier.frontier()) {
-                    let part = (&mut state, buffer.rows().collect());
-                    report_stage(&mut cuts, cut, part, (&stage, worker), &shared);
-                    // From here on every row leaves after the cut.
-                    buffer.retime_before(cut.time);
-                    if *held.time() < cut.time && cut.time != crate::checkpoint::FINAL {
-                        held.downgrade(&cut.time);
-                    }
-                    for (arrival, mut rows) in cuts.release(&mut held_back, |(arrival, _)| *arrival)
-                    {
-                        buffer_rows(&mut buffer, &mut rows, arrival, &shared);
-                    }
-                    // At the end of input, what came after the cut leaves
-                    // now too.
-                    let mut released = Batch::columns_of_rows(buffer.release(watermark), &types);
-                    if !released.is_empty()
-                        && !shared.control.is_aborted()
-                        && apply_or_abort(&mut state, &stage, &shared, &mut released)
-                    {
-                        output.session(&*held).give(released);
-                    }
-                }
-                held_rows.report(&shared.watermarks, buffer.len(), &shared.stats.most_held);
-                // Held no later than the oldest row still buffered or held
-                // back.
-                let oldest_held_back = held_back.iter().map(|(arrival, _)| *arrival).min();
-                match watermark.map(|watermark| {
-                    buffer
-                        .oldest_arrival()
-                        .into_iter()
-                        .chain(oldest_held_back)
-                        .fold(watermark, i64::min)
-                }) {
-                    Some(time) if time > *held.time() => held.downgrade(&time),
-                    Some(_) => {}
-                    None => capability = None,
-                }
             }
-        },
-    )
+            held_rows.report(&shared.watermarks, buffer.len(), &shared.stats.most_held);
+            // Held no later than the oldest row still buffered or held
+            // back.
+            let oldest_held_back = held_back.iter().map(|(arrival, _)| *arrival).min();
+            match watermark.map(|watermark| {
+                buffer
+                    .oldest_arrival()
+                    .into_iter()
+                    .chain(oldest_held_back)
+                    .fold(watermark, i64::min)
+            }) {
+                Some(time) if time > *held.time() => held.downgrade(&time),
+                Some(_) => {}
+                None => capability = None,
+            }
+        }
+    })
 }
 
-fn buffer_rows(buffer: &mut ReorderBuffer, rows: &mut Vec<Row>, arrival: i64, shared: &Shared) {
+fn hold(buffer: &mut HeldBatches, parts: &mut Vec<Routed>, arrival: i64, shared: &Shared) {
     if shared.control.is_aborted() {
-        rows.clear();
+        parts.clear();
         return;
     }
-    for row in rows.drain(..) {
-        buffer.push(row, arrival);
+    for (_, batch) in parts.drain(..) {
+        buffer.push(batch, arrival);
     }
 }
 
