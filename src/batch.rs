@@ -135,6 +135,33 @@ impl Strings {
         *self = retained;
     }
 
+    /// The strings split into parts: string `i` goes to part `owners[i]`,
+    /// which gets `counts[part]` strings.
+    fn split_by(&self, owners: &[usize], counts: &[usize]) -> Vec<Strings> {
+        let per_string = self.text.len() / self.len().max(1);
+        let mut parts: Vec<Strings> = counts
+            .iter()
+            .map(|count| {
+                let mut part = Strings::with_capacity(*count);
+                part.text.reserve(per_string * count);
+                part
+            })
+            .collect();
+        for (index, owner) in owners.iter().enumerate() {
+            parts[*owner].push(self.get(index));
+        }
+        parts
+    }
+
+    /// The strings `picks` names: a source among `sources`, a string in it.
+    fn gather(sources: &[&Strings], picks: &[(u32, u32)]) -> Strings {
+        let mut gathered = Strings::with_capacity(picks.len());
+        for &(source, index) in picks {
+            gathered.push(sources[source as usize].get(index as usize));
+        }
+        gathered
+    }
+
     fn into_values(self) -> Vec<Value> {
         (0..self.len())
             .map(|index| {
@@ -203,6 +230,32 @@ impl<T: Copy + Default> Nullable<T> {
     fn retain(&mut self, kept: &[bool]) {
         keep_flagged(&mut self.values, kept);
         keep_flagged(&mut self.present, kept);
+    }
+
+    /// The cells split into parts: cell `i` goes to part `owners[i]`,
+    /// which gets `counts[part]` cells.
+    fn split_by(&self, owners: &[usize], counts: &[usize]) -> Vec<Nullable<T>> {
+        let mut parts: Vec<Nullable<T>> = counts
+            .iter()
+            .map(|count| Nullable::with_capacity(*count))
+            .collect();
+        for ((value, present), owner) in self.values.iter().zip(&self.present).zip(owners) {
+            let part = &mut parts[*owner];
+            part.values.push(*value);
+            part.present.push(*present);
+        }
+        parts
+    }
+
+    /// The cells `picks` names: a source among `sources`, a cell in it.
+    fn gather(sources: &[&Nullable<T>], picks: &[(u32, u32)]) -> Nullable<T> {
+        let mut gathered = Nullable::with_capacity(picks.len());
+        for &(source, index) in picks {
+            let source = sources[source as usize];
+            gathered.values.push(source.values[index as usize]);
+            gathered.present.push(source.present[index as usize]);
+        }
+        gathered
     }
 
     /// The cells as values, each number wrapped by `value`.
@@ -499,21 +552,14 @@ impl Batch {
             .iter()
             .map(|count| Batch {
                 rows: Vec::with_capacity(*count),
-                columns: self
-                    .columns
-                    .iter()
-                    .map(|column| Column {
-                        slot: column.slot,
-                        cells: column.cells.empty_like(*count),
-                    })
-                    .collect(),
+                columns: Vec::with_capacity(self.columns.len()),
             })
             .collect();
-        for (place, column) in self.columns.iter().enumerate() {
-            for (index, owner) in owners.iter().enumerate() {
-                split[*owner].columns[place]
-                    .cells
-                    .push_from(&column.cells, index);
+        for column in &self.columns {
+            let parts = column.cells.split_by(owners, &counts);
+            for (batch, cells) in split.iter_mut().zip(parts) {
+                let slot = column.slot;
+                batch.columns.push(Column { slot, cells });
             }
         }
         for (row, owner) in self.rows.into_iter().zip(owners) {
@@ -554,6 +600,10 @@ impl Batch {
             let Some(model) = held.iter().flatten().next() else {
                 continue;
             };
+            if let Some(cells) = Cells::gather_alike(&held, picks) {
+                columns.push(Column { slot, cells });
+                continue;
+            }
             let mut cells = model.empty_like(picks.len());
             for &(source, index) in picks {
                 let index = index as usize;
@@ -783,6 +833,83 @@ impl Cells {
             }
             Cells::Values(_) => Cells::Values(Vec::with_capacity(rows)),
         }
+    }
+
+    /// The cells split into parts: cell `i` goes to part `owners[i]`,
+    /// which gets `counts[part]` cells.
+    fn split_by(&self, owners: &[usize], counts: &[usize]) -> Vec<Cells> {
+        match self {
+            Cells::F64(floats) => floats
+                .split_by(owners, counts)
+                .into_iter()
+                .map(Cells::F64)
+                .collect(),
+            Cells::I64(integers) => integers
+                .split_by(owners, counts)
+                .into_iter()
+                .map(Cells::I64)
+                .collect(),
+            Cells::Str(strings) => strings
+                .split_by(owners, counts)
+                .into_iter()
+                .map(Cells::Str)
+                .collect(),
+            Cells::Values(values) => {
+                let mut parts: Vec<Vec<Value>> = counts
+                    .iter()
+                    .map(|count| Vec::with_capacity(*count))
+                    .collect();
+                for (value, owner) in values.iter().zip(owners) {
+                    parts[*owner].push(value.clone());
+                }
+                parts.into_iter().map(Cells::Values).collect()
+            }
+        }
+    }
+
+    /// The cells `picks` names (a source, a cell in it), where every
+    /// source holds cells of one type (`held`); `None` where one holds none
+    /// or cells of another type.
+    fn gather_alike(held: &[Option<&Cells>], picks: &[(u32, u32)]) -> Option<Cells> {
+        fn all<'cells, T>(
+            held: &[Option<&'cells Cells>],
+            typed: impl Fn(&'cells Cells) -> Option<&'cells T>,
+        ) -> Option<Vec<&'cells T>> {
+            held.iter().map(|cells| cells.and_then(&typed)).collect()
+        }
+        Some(match held.iter().flatten().next()? {
+            Cells::F64(_) => {
+                let sources = all(held, |cells| match cells {
+                    Cells::F64(floats) => Some(floats),
+                    _ => None,
+                })?;
+                Cells::F64(Nullable::gather(&sources, picks))
+            }
+            Cells::I64(_) => {
+                let sources = all(held, |cells| match cells {
+                    Cells::I64(integers) => Some(integers),
+                    _ => None,
+                })?;
+                Cells::I64(Nullable::gather(&sources, picks))
+            }
+            Cells::Str(_) => {
+                let sources = all(held, |cells| match cells {
+                    Cells::Str(strings) => Some(strings),
+                    _ => None,
+                })?;
+                Cells::Str(Strings::gather(&sources, picks))
+            }
+            Cells::Values(_) => {
+                let sources = all(held, |cells| match cells {
+                    Cells::Values(values) => Some(values),
+                    _ => None,
+                })?;
+                let picked = picks
+                    .iter()
+                    .map(|&(source, index)| sources[source as usize][index as usize].clone());
+                Cells::Values(picked.collect())
+            }
+        })
     }
 
     /// Adds the cell of row `index` of `from`.
@@ -1152,11 +1279,11 @@ mod tests {
         // Rows from a batch of columns and from one of rows holding their
         // values, interleaved.
         let columns = Batch::columns_of_rows(rows_holding(0..10), &types);
-        let rows = Batch::from_rows(rows_holding(10..20));
+        let holding = Batch::from_rows(rows_holding(10..20));
         let picks: Vec<(u32, u32)> = (0..10)
             .flat_map(|index| [(1, 9 - index), (0, index)])
             .collect();
-        let gathered = Batch::gather(&[&columns, &rows], &picks);
+        let gathered = Batch::gather(&[&columns, &holding], &picks);
         let reference: Vec<Row> = picks
             .iter()
             .map(|&(source, index)| {
@@ -1167,6 +1294,21 @@ mod tests {
             gathered.cells(0),
             SlotCells::Column(Cells::Str(_))
         ));
+        assert_eq!(gathered.into_rows(), reference);
+        // Slot 2 holds values in one source (a string did not fit) and
+        // floats in the other.
+        let mut floats = Batch::from_rows(rows(4, 3));
+        floats.set_numbers(1, [Some(1.0), None, Some(3.0), None]);
+        floats.set_numbers(2, [Some(0.5), Some(1.5), None, Some(2.5)]);
+        let sources = [with_columns(3), floats];
+        let picks = [(1, 3), (0, 1), (1, 0), (0, 2), (0, 0)];
+        let gathered = Batch::gather(&[&sources[0], &sources[1]], &picks);
+        let reference: Vec<Row> = picks
+            .iter()
+            .map(|&(source, index)| {
+                sources[source as usize].clone().into_rows()[index as usize].clone()
+            })
+            .collect();
         assert_eq!(gathered.into_rows(), reference);
     }
 }

@@ -337,7 +337,7 @@ mod tests {
                 Value::I64(time),
                 Value::F64(offset as f64 / 2.0),
             ],
-            warm_up: offset % 5 == 0,
+            warm_up: offset.is_multiple_of(5),
         }
     }
 

@@ -267,7 +267,6 @@ fn integer(value: &Value) -> Option<i64> {
 /// The Arrow array of one output column of a batch.
 fn column_array(ty: ColumnType, cells: SlotCells<'_>, rows: usize) -> ArrayRef {
     // A typed column's vectors are the array, copied whole.
-    let nulls = |present: &[bool]| Some(present.iter().copied().collect());
     match ty {
         ColumnType::F64 if let Some((values, present)) = cells.floats() => {
             return Arc::new(arrow_array::Float64Array::new(
@@ -309,8 +308,19 @@ fn string_array(strings: &Strings) -> Option<arrow_array::StringArray> {
     Some(arrow_array::StringArray::new(
         OffsetBuffer::new(offsets.into()),
         Buffer::from(text.as_bytes()),
-        present.iter().copied().collect::<NullBuffer>().into(),
+        nulls(present),
     ))
+}
+
+/// The null buffer of cells, each present or not: none where all are
+/// (most computed columns), so that the Parquet writer fills their
+/// definition levels at once rather than reading a flag per value.
+fn nulls(present: &[bool]) -> Option<NullBuffer> {
+    if present.iter().all(|present| *present) {
+        None
+    } else {
+        Some(present.iter().copied().collect())
+    }
 }
 
 impl RowWriter for ParquetWriter {
