@@ -9,11 +9,14 @@
 //! tensor and a columnar file want; cells held in each row would be read
 //! one cache line per row, and allocated once per row.
 //!
-//! Where rows must travel or wait one by one (exchanged by a key, held in
-//! event-time order), [`Batch::into_rows`] moves the columns into the rows'
-//! value slots first, so a row carries everything known of it; a batch
-//! made of such rows reads its fields from them until stages add columns
-//! again.
+//! Batches keep their columns where rows go to other workers or wait for
+//! the watermark: [`Batch::split_by_key`] gives each worker its part of a
+//! batch, and [`Batch::gather`] merges rows of several batches into one
+//! (see [`crate::ordering::HeldBatches`]). Rows hold values of their own
+//! only where they are kept one by one (table and label inputs, join
+//! sides, a checkpoint's held rows): [`Batch::into_rows`] moves the
+//! columns into the rows' value slots, and a batch made of such rows reads
+//! its cells from them until stages add columns again.
 
 use crate::features::expr::NumberColumns;
 use crate::row::Row;

@@ -4,8 +4,8 @@
 //! for every output column: schema fields first, then features, then
 //! model outputs. In a batch the values live in the batch's columns (see
 //! [`crate::batch::Batch`]) and the slots stay empty; they are filled
-//! when rows travel or wait alone, and for the inputs of tables and
-//! labels, whose rows are kept one by one.
+//! where rows are kept one by one: the inputs of tables and labels, the
+//! sides of joins, the rows a checkpoint holds.
 
 use serde::{Deserialize, Serialize};
 use tideflow_connectors::Value;

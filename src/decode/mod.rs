@@ -15,7 +15,7 @@ use tideflow_connectors::{RawBody, RawRecord, Value};
 #[derive(Clone, Debug)]
 pub struct Decoder {
     fields: Vec<Column>,
-    /// Room made in each decoded row (see [`Plan::row_width`]).
+    /// Room made in each row decoded alone: its schema fields.
     row_width: usize,
     time_slot: usize,
     required_slots: Vec<usize>,
@@ -32,7 +32,7 @@ impl Decoder {
     pub fn new(plan: &Plan) -> Self {
         Decoder {
             fields: plan.columns[..plan.field_count].to_vec(),
-            row_width: plan.row_width(),
+            row_width: plan.field_count,
             time_slot: plan.time_slot,
             required_slots: plan.required_slots.clone(),
             value_slot: None,

@@ -20,8 +20,8 @@ pub mod source_time;
 /// A stream of batches in a tideflow graph.
 pub type BatchStream<'scope> = timely::dataflow::Stream<'scope, i64, Vec<crate::batch::Batch>>;
 
-/// A stream of single rows: how rows travel where they are exchanged by
-/// key (see [`crate::batch::Batch::into_rows`]).
+/// A stream of single rows: table, label and join rows, kept one by one
+/// (see [`crate::batch::Batch::into_rows`]).
 pub type RowStream<'scope> = timely::dataflow::Stream<'scope, i64, Vec<crate::row::Row>>;
 
 /// Each container of rows as one batch.

@@ -103,20 +103,6 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The slots a decoded row comes to hold itself. Rows travel alone into
-    /// a stage keyed across partitions, carrying the features of every
-    /// stage before it in their own slots: the decoder makes room for them
-    /// at once, rather than every row growing (a reallocation and a copy)
-    /// when its batch is taken apart.
-    pub fn row_width(&self) -> usize {
-        let last_exchanging = self.stages.iter().rposition(|stage| !stage.source_keyed);
-        self.stages[..last_exchanging.unwrap_or(0)]
-            .iter()
-            .flat_map(|stage| &stage.features)
-            .map(|feature| feature.slot + 1)
-            .fold(self.field_count, usize::max)
-    }
-
     /// Whether records can be late: only when some feature aggregates
     /// over a window or rows are joined or labelled, since otherwise no
     /// result depends on arrival order.
@@ -606,29 +592,6 @@ type = "null"
     /// Rows make room for the features they carry into a stage keyed
     /// across partitions (the fraud spec's merchant stage: the user
     /// features), and no more; with no such stage, for their fields.
-    #[test]
-    fn rows_make_room_for_the_features_they_carry_between_workers() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/fraud.toml");
-        let source = SpecSource {
-            text: std::fs::read_to_string(&path).unwrap(),
-            file: path,
-            overrides: Vec::new(),
-        };
-        let fraud = Plan::from_spec(&source.parse().unwrap(), &source).unwrap();
-        let user_stage = &fraud.stages[0];
-        assert!(user_stage.source_keyed && !fraud.stages[1].source_keyed);
-        let carried = user_stage
-            .features
-            .iter()
-            .map(|feature| feature.slot + 1)
-            .max();
-        assert_eq!(Some(fraud.row_width()), carried);
-        assert!(fraud.row_width() < fraud.columns.len());
-
-        let alone = plan_with_state("").unwrap();
-        assert_eq!(alone.row_width(), alone.field_count);
-    }
-
     #[test]
     fn key_ttl_reaches_every_stage() {
         let plan = plan_with_state("[state]\nkey_ttl = \"30d\"").unwrap();
