@@ -881,38 +881,45 @@ impl Cells {
             held.iter().map(|cells| cells.and_then(&typed)).collect()
         }
         Some(match held.iter().flatten().next()? {
-            Cells::F64(_) => {
-                let sources = all(held, |cells| match cells {
-                    Cells::F64(floats) => Some(floats),
-                    _ => None,
-                })?;
-                Cells::F64(Nullable::gather(&sources, picks))
-            }
-            Cells::I64(_) => {
-                let sources = all(held, |cells| match cells {
-                    Cells::I64(integers) => Some(integers),
-                    _ => None,
-                })?;
-                Cells::I64(Nullable::gather(&sources, picks))
-            }
-            Cells::Str(_) => {
-                let sources = all(held, |cells| match cells {
-                    Cells::Str(strings) => Some(strings),
-                    _ => None,
-                })?;
-                Cells::Str(Strings::gather(&sources, picks))
-            }
+            Cells::F64(_) => Cells::F64(Nullable::gather(&all(held, Cells::floats)?, picks)),
+            Cells::I64(_) => Cells::I64(Nullable::gather(&all(held, Cells::integers)?, picks)),
+            Cells::Str(_) => Cells::Str(Strings::gather(&all(held, Cells::strings)?, picks)),
             Cells::Values(_) => {
-                let sources = all(held, |cells| match cells {
-                    Cells::Values(values) => Some(values),
-                    _ => None,
-                })?;
+                let sources = all(held, Cells::values)?;
                 let picked = picks
                     .iter()
                     .map(|&(source, index)| sources[source as usize][index as usize].clone());
                 Cells::Values(picked.collect())
             }
         })
+    }
+
+    fn floats(&self) -> Option<&Nullable<f64>> {
+        match self {
+            Cells::F64(floats) => Some(floats),
+            _ => None,
+        }
+    }
+
+    fn integers(&self) -> Option<&Nullable<i64>> {
+        match self {
+            Cells::I64(integers) => Some(integers),
+            _ => None,
+        }
+    }
+
+    fn strings(&self) -> Option<&Strings> {
+        match self {
+            Cells::Str(strings) => Some(strings),
+            _ => None,
+        }
+    }
+
+    fn values(&self) -> Option<&Vec<Value>> {
+        match self {
+            Cells::Values(values) => Some(values),
+            _ => None,
+        }
     }
 
     /// Adds the cell of row `index` of `from`.
