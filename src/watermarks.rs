@@ -4,9 +4,13 @@
 //!
 //! A worker publishes the watermark of its partitions that hold it back,
 //! or none while they are all idle or finished. A worker whose partitions
-//! are all idle follows the slowest active one; a partition too far ahead
-//! of the slowest of all (partition skew) waits, and its source is woken
-//! as soon as another worker's watermark moves rather than on a timer.
+//! are all idle (or that has none, or has read them all and still cuts
+//! checkpoints) follows the slowest active one; a partition too far ahead
+//! of the slowest of all (partition skew) waits. Both are woken as soon as
+//! the watermark they wait on moves rather than on a timer: a follower's
+//! time is part of the frontier every event-time stage waits for, so a
+//! follower that looked only every so often would hold every row of those
+//! stages back until it did.
 //!
 //! Reading in step is what bounds the rows that event-time stages, joins
 //! and labels hold until the watermark passes them; where they hold few
@@ -39,6 +43,9 @@ pub struct WorkerWatermarks {
     /// Per worker whose partitions wait for slower ones, how to wake its
     /// source once another worker's watermark moves.
     aligning: Mutex<BTreeMap<usize, Waker>>,
+    /// Per worker that follows the slowest active watermark, how to wake
+    /// its source once that moves.
+    following: Mutex<BTreeMap<usize, Waker>>,
     /// Rows the process's operators hold until the watermark passes them.
     held_rows: AtomicI64,
     /// How many held rows the process allows before its partitions are
@@ -96,18 +103,27 @@ impl WorkerWatermarks {
 
     /// Publishes worker `worker`'s watermark: `None` when none of its
     /// partitions holds it back. Sources waiting for slower partitions are
-    /// woken when it moves.
+    /// woken when it moves, and followers when the slowest active one
+    /// does.
     pub fn publish(&self, worker: usize, watermark: Option<i64>) {
-        let moved = {
+        let (moved, slowest_moved) = {
             let mut active = lock(&self.active);
+            let slowest_before = active.values().min().copied();
             let previous = match watermark {
                 Some(watermark) => active.insert(worker, watermark),
                 None => active.remove(&worker),
             };
-            previous != watermark
+            let moved = previous != watermark;
+            (
+                moved,
+                moved && active.values().min().copied() != slowest_before,
+            )
         };
         if moved {
-            self.wake_aligning(worker);
+            wake_others(&self.aligning, worker);
+        }
+        if slowest_moved {
+            wake_others(&self.following, worker);
         }
     }
 
@@ -122,25 +138,12 @@ impl WorkerWatermarks {
         lock(&self.aligning).insert(worker, wake);
     }
 
-    /// Wakes the sources waiting for alignment, other than `worker`'s:
-    /// without this they would look again only on a timer, and a worker
-    /// ahead would sit idle while the others catch up.
-    fn wake_aligning(&self, worker: usize) {
-        let waiting: Vec<Waker> = {
-            let mut aligning = lock(&self.aligning);
-            if aligning.is_empty() || aligning.keys().all(|waiting| *waiting == worker) {
-                return;
-            }
-            let own = aligning.remove(&worker);
-            let others = std::mem::take(&mut *aligning).into_values().collect();
-            if let Some(own) = own {
-                aligning.insert(worker, own);
-            }
-            others
-        };
-        for wake in waiting {
-            (wake.0)();
-        }
+    /// Registers that worker `worker`'s source follows the slowest active
+    /// watermark (see [`Self::slowest_active`]), and how to wake it when
+    /// that moves. Registered before reading it, so that no move between
+    /// the read and the registration goes unseen.
+    pub fn wait_to_follow(&self, worker: usize, wake: Waker) {
+        lock(&self.following).insert(worker, wake);
     }
 
     /// The watermark worker `worker` last published.
@@ -162,6 +165,28 @@ impl WorkerWatermarks {
         (active.len() == workers)
             .then(|| active.values().min().copied())
             .flatten()
+    }
+}
+
+/// Wakes the sources registered in `waiting`, other than `worker`'s, each
+/// once per registration: without this they would look again only on a
+/// timer, and a worker ahead would sit idle while the others catch up, or
+/// a follower would hold back the stages that wait for its time.
+fn wake_others(waiting: &Mutex<BTreeMap<usize, Waker>>, worker: usize) {
+    let woken: Vec<Waker> = {
+        let mut waiting = lock(waiting);
+        if waiting.keys().all(|waiter| *waiter == worker) {
+            return;
+        }
+        let own = waiting.remove(&worker);
+        let others = std::mem::take(&mut *waiting).into_values().collect();
+        if let Some(own) = own {
+            waiting.insert(worker, own);
+        }
+        others
+    };
+    for wake in woken {
+        (wake.0)();
     }
 }
 
@@ -205,6 +230,36 @@ mod tests {
         // Woken once per wait.
         watermarks.publish(1, Some(40));
         assert_eq!(woken.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_follower_is_woken_when_the_slowest_active_watermark_moves() {
+        let watermarks = WorkerWatermarks::default();
+        let woken = Arc::new(AtomicUsize::new(0));
+        let counter = woken.clone();
+        let wake = Waker(Arc::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }));
+        watermarks.publish(1, Some(10));
+        watermarks.publish(2, Some(50));
+        watermarks.wait_to_follow(0, wake.clone());
+        // A move of a worker ahead of the slowest leaves the slowest where
+        // it was: nothing to follow yet.
+        watermarks.publish(2, Some(60));
+        assert_eq!(woken.load(Ordering::SeqCst), 0);
+        watermarks.publish(1, Some(20));
+        assert_eq!(woken.load(Ordering::SeqCst), 1);
+        // Woken once per wait; its own publications do not wake it.
+        watermarks.publish(1, Some(30));
+        assert_eq!(woken.load(Ordering::SeqCst), 1);
+        watermarks.wait_to_follow(0, wake.clone());
+        watermarks.publish(0, Some(5));
+        watermarks.publish(0, None);
+        assert_eq!(woken.load(Ordering::SeqCst), 1);
+        // The slowest turning idle moves the slowest active one too.
+        watermarks.publish(1, None);
+        assert_eq!(woken.load(Ordering::SeqCst), 2);
+        assert_eq!(watermarks.slowest_active(), Some(60));
     }
 
     #[test]

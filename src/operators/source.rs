@@ -385,6 +385,11 @@ pub fn read_source<'scope>(
                     // round (restored near its end) would otherwise stay at
                     // its start, and inputs read in step with it (tables,
                     // labels) would wait for it forever.
+                    if checkpoints.is_some() {
+                        shared
+                            .watermarks
+                            .wait_to_follow(worker, Waker(wake.clone()));
+                    }
                     let follow = shared
                         .watermarks
                         .slowest_active()
@@ -393,6 +398,11 @@ pub fn read_source<'scope>(
                 } else {
                     let watermark = intake.watermark();
                     shared.watermarks.publish(worker, watermark);
+                    if watermark.is_none() {
+                        shared
+                            .watermarks
+                            .wait_to_follow(worker, Waker(wake.clone()));
+                    }
                     source_time::while_reading(
                         shared.checkpoints.as_deref(),
                         at,

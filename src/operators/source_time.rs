@@ -15,7 +15,9 @@ use crate::checkpoint::{Coordinator, Cut, FINAL};
 use std::time::Duration;
 
 /// How soon a source whose partitions are all idle looks again at the
-/// other workers' watermarks.
+/// other workers' watermarks at the latest: it is woken as soon as the
+/// slowest of them moves (see [`crate::watermarks`]), and this timer only
+/// covers a wake it might miss.
 pub const IDLE_FOLLOW: Duration = Duration::from_millis(50);
 
 /// How soon a source held by a checkpoint looks again.
