@@ -5,7 +5,9 @@
 //! the same topic from the same broker in the same run. The mock cluster
 //! keeps at most 100,000 messages or 5 MB per partition (older ones are
 //! deleted), so topics with millions of events are spread over enough
-//! partitions to keep every event.
+//! partitions to keep every event. A fetch walks the partition's message
+//! sets from the oldest, so it costs more as the partition grows: keep the
+//! latency runs short for their partition count (see the README).
 //!
 //! - `ingest`: engine rows/s reading a topic of small JSON events (decode +
 //!   one window feature, null sink) against a bare rdkafka `BaseConsumer`
