@@ -292,7 +292,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Gives the allocator the binary's settings; every benchmark's `main`
 /// calls it first, before any thread starts.
 pub fn allocate_as_the_binary_does() {
-    tideflow::allocator::keep_freed_memory_a_while();
+    tideflow::allocator::apply_memory_settings();
 }
 
 pub const WIDTH: usize = 8;

@@ -188,7 +188,7 @@ enum ModelsAction {
 }
 
 fn main() -> std::process::ExitCode {
-    tideflow::allocator::keep_freed_memory_a_while();
+    tideflow::allocator::apply_memory_settings();
     match dispatch(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
