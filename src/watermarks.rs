@@ -211,14 +211,20 @@ mod tests {
         assert_eq!(watermarks.of(0), Some(50));
     }
 
-    #[test]
-    fn a_waiting_source_is_woken_when_another_workers_watermark_moves() {
-        let watermarks = WorkerWatermarks::default();
+    /// A waker and how many times it was called.
+    fn counting_waker() -> (Waker, Arc<AtomicUsize>) {
         let woken = Arc::new(AtomicUsize::new(0));
         let counter = woken.clone();
         let wake = Waker(Arc::new(move || {
             counter.fetch_add(1, Ordering::SeqCst);
         }));
+        (wake, woken)
+    }
+
+    #[test]
+    fn a_waiting_source_is_woken_when_another_workers_watermark_moves() {
+        let watermarks = WorkerWatermarks::default();
+        let (wake, woken) = counting_waker();
         watermarks.publish(1, Some(10));
         watermarks.wait_for_alignment(0, wake.clone());
         // Its own move does not wake it, nor a publication that moves nothing.
@@ -235,11 +241,7 @@ mod tests {
     #[test]
     fn a_follower_is_woken_when_the_slowest_active_watermark_moves() {
         let watermarks = WorkerWatermarks::default();
-        let woken = Arc::new(AtomicUsize::new(0));
-        let counter = woken.clone();
-        let wake = Waker(Arc::new(move || {
-            counter.fetch_add(1, Ordering::SeqCst);
-        }));
+        let (wake, woken) = counting_waker();
         watermarks.publish(1, Some(10));
         watermarks.publish(2, Some(50));
         watermarks.wait_to_follow(0, wake.clone());
