@@ -254,7 +254,13 @@ type = "null"
         brokers = broker.bootstrap_servers(),
         schema = TX_SCHEMA,
     );
-    let (summary, engine) = common::run_spec(&spec, &[], workers);
+    let overrides: Vec<String> = EXTRA_OVERRIDES
+        .get()
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    let (summary, engine) = common::run_spec(&spec, &overrides, workers);
     assert_eq!(summary.counts.records_in, events, "{summary}");
     let bare_rate = events as f64 / bare.as_secs_f64();
     let engine_rate = events as f64 / engine.as_secs_f64();
