@@ -57,19 +57,23 @@ fn records() -> (Vec<String>, Vec<Option<f64>>, Vec<i64>) {
     (users, amounts, times)
 }
 
+/// Runs the spec over `input` in `format`, writing under `out`, with
+/// `extra` overrides: the rows of its JSONL sink, and its Parquet sink's
+/// directory.
 fn run(
-    dir: &std::path::Path,
+    out: &std::path::Path,
     input: &std::path::Path,
     format: &str,
+    extra: &[String],
 ) -> (Vec<serde_json::Value>, std::path::PathBuf) {
-    let out = dir.join(format!("out-{format}"));
-    let overrides = vec![
+    let mut overrides = vec![
         format!("source.path=\"{}\"", input.display()),
         format!("source.format=\"{format}\""),
         format!("sink[0].path=\"{}\"", out.join("jsonl").display()),
         format!("sink[1].path=\"{}\"", out.join("parquet").display()),
         format!("dead_letters.path=\"{}\"", out.join("dead").display()),
     ];
+    overrides.extend_from_slice(extra);
     let summary = common::run_text(SPEC, &overrides, 2).unwrap();
     assert_eq!(
         (summary.counts.records_in, summary.counts.rows_out),
@@ -79,11 +83,9 @@ fn run(
     (common::read_rows(&out.join("jsonl")), out.join("parquet"))
 }
 
-#[test]
-fn parquet_source_and_sink_agree_with_jsonl() {
-    let dir = tempfile::tempdir().unwrap();
+/// Writes the records as JSON lines to `path`.
+fn write_jsonl(path: &std::path::Path) {
     let (users, amounts, times) = records();
-    let jsonl = dir.path().join("in.jsonl");
     let lines: String = users
         .iter()
         .zip(&amounts)
@@ -95,7 +97,15 @@ fn parquet_source_and_sink_agree_with_jsonl() {
             )
         })
         .collect();
-    std::fs::write(&jsonl, lines).unwrap();
+    std::fs::write(path, lines).unwrap();
+}
+
+#[test]
+fn parquet_source_and_sink_agree_with_jsonl() {
+    let dir = tempfile::tempdir().unwrap();
+    let (users, amounts, times) = records();
+    let jsonl = dir.path().join("in.jsonl");
+    write_jsonl(&jsonl);
     let parquet = dir.path().join("in.parquet");
     let batch = RecordBatch::try_from_iter([
         ("user_id", Arc::new(StringArray::from(users.clone())) as _),
@@ -112,20 +122,65 @@ fn parquet_source_and_sink_agree_with_jsonl() {
     writer.write(&batch).unwrap();
     writer.close().unwrap();
 
-    let (from_jsonl, _) = run(dir.path(), &jsonl, "jsonl");
-    let (from_parquet, parquet_out) = run(dir.path(), &parquet, "parquet");
+    let (from_jsonl, _) = run(&dir.path().join("out-jsonl"), &jsonl, "jsonl", &[]);
+    let (from_parquet, parquet_out) =
+        run(&dir.path().join("out-parquet"), &parquet, "parquet", &[]);
     assert_eq!(from_jsonl, from_parquet);
+    assert_parquet_holds(&parquet_out, &from_jsonl);
+}
 
-    // Every column of the Parquet sink holds what the JSONL sink holds:
-    // fields (string, float with nulls, time), origin and features.
-    let mut from_sink: Vec<_> = common::read_parquet_batches(&parquet_out)
+/// Every column of the Parquet files in `dir` holds what the JSONL sink
+/// holds: fields (string, float with nulls, time), origin and features.
+fn assert_parquet_holds(dir: &std::path::Path, from_jsonl: &[serde_json::Value]) {
+    let mut from_sink: Vec<_> = common::read_parquet_batches(dir)
         .iter()
         .flat_map(rows_as_json)
         .collect();
     from_sink.sort_by_key(|row| row["_offset"].as_i64());
     assert_eq!(from_sink.len(), from_jsonl.len());
-    for (parquet_row, jsonl_row) in from_sink.iter().zip(&from_jsonl) {
+    for (parquet_row, jsonl_row) in from_sink.iter().zip(from_jsonl) {
         assert_eq!(parquet_row, jsonl_row);
+    }
+}
+
+#[test]
+fn compressed_parquet_holds_the_jsonl_rows() {
+    use parquet::basic::Compression;
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("in.jsonl");
+    write_jsonl(&jsonl);
+    for (setting, is_codec) in [
+        (
+            "snappy",
+            (|codec| codec == Compression::SNAPPY) as fn(Compression) -> bool,
+        ),
+        ("zstd(3)", |codec| matches!(codec, Compression::ZSTD(_))),
+    ] {
+        let compression = format!("sink[1].compression=\"{setting}\"");
+        let out = dir.path().join(setting);
+        let (from_jsonl, parquet_out) = run(&out, &jsonl, "jsonl", &[compression]);
+        assert_parquet_holds(&parquet_out, &from_jsonl);
+        let mut chunks = 0;
+        for entry in std::fs::read_dir(&parquet_out).unwrap() {
+            let file = std::fs::File::open(entry.unwrap().path()).unwrap();
+            let metadata = parquet::file::metadata::ParquetMetaDataReader::new()
+                .parse_and_finish(&file)
+                .unwrap();
+            for column in metadata
+                .row_groups()
+                .iter()
+                .flat_map(|group| group.columns())
+            {
+                let codec = column.compression();
+                assert!(
+                    is_codec(codec),
+                    "{setting}: {} is {codec}",
+                    column.column_path()
+                );
+                chunks += 1;
+            }
+        }
+        assert!(chunks > 0, "{setting}: no column chunk written");
     }
 }
 

@@ -24,7 +24,7 @@ mod state;
 pub use features::Expressions;
 pub use joins::{InputPlan, JoinPlan, LABEL_COMPLETE, LabelPlan, TablePlan};
 pub use model::CANARY_BUCKETS;
-pub use sinks::SinkPlan;
+pub use sinks::{ParquetCompression, SinkPlan};
 
 use crate::features::StagePlan;
 use crate::row::Origins;
@@ -554,7 +554,9 @@ impl Plan {
 mod tests {
     use super::*;
 
-    fn plan_with_state(state: &str) -> Result<Plan, SpecError> {
+    /// The plan of a spec with a generator source, two features and a
+    /// null sink, and `tables` after them.
+    fn plan_with_tables(tables: &str) -> Result<Plan, SpecError> {
         let text = format!(
             r#"
 name = "t"
@@ -578,7 +580,7 @@ name = "gap"
 agg = "since_prev"
 [[sink]]
 type = "null"
-{state}
+{tables}
 "#
         );
         let source = SpecSource {
@@ -594,30 +596,76 @@ type = "null"
     /// features), and no more; with no such stage, for their fields.
     #[test]
     fn key_ttl_reaches_every_stage() {
-        let plan = plan_with_state("[state]\nkey_ttl = \"30d\"").unwrap();
+        let plan = plan_with_tables("[state]\nkey_ttl = \"30d\"").unwrap();
         assert_eq!(plan.stages[0].key_ttl_ms, Some(30 * 24 * 3_600_000));
-        assert_eq!(plan_with_state("").unwrap().stages[0].key_ttl_ms, None);
+        assert_eq!(plan_with_tables("").unwrap().stages[0].key_ttl_ms, None);
     }
 
     #[test]
     fn a_key_ttl_shorter_than_a_window_and_the_bound_is_refused() {
         // 1h + 5s is the least a key must be kept for the 1h sum to stay
         // exact.
-        assert!(plan_with_state("[state]\nkey_ttl = \"3605s\"").is_ok());
-        let error = plan_with_state("[state]\nkey_ttl = \"1h\"").unwrap_err();
+        assert!(plan_with_tables("[state]\nkey_ttl = \"3605s\"").is_ok());
+        let error = plan_with_tables("[state]\nkey_ttl = \"1h\"").unwrap_err();
         assert!(error.message.contains("keyed by 'user_id'"), "{error}");
         assert!(error.hint.unwrap().contains("3605000 ms"));
     }
 
     #[test]
     fn checkpoints_go_to_a_directory_or_s3_and_no_other_url() {
-        let plan = plan_with_state("[state]\ndir = \"s3://bucket/runs\"").unwrap();
+        let plan = plan_with_tables("[state]\ndir = \"s3://bucket/runs\"").unwrap();
         assert_eq!(
             plan.checkpoints.unwrap().dir,
             PathBuf::from("s3://bucket/runs")
         );
-        let error = plan_with_state("[state]\ndir = \"gs://bucket/runs\"").unwrap_err();
+        let error = plan_with_tables("[state]\ndir = \"gs://bucket/runs\"").unwrap_err();
         assert!(error.message.contains("cannot write to"), "{error}");
         assert!(error.hint.unwrap().contains("s3://BUCKET/PREFIX"));
+    }
+
+    /// The compression of a second sink, Parquet, with `setting`.
+    fn parquet_compression(setting: &str) -> Result<ParquetCompression, SpecError> {
+        let plan = plan_with_tables(&format!(
+            "[[sink]]\ntype = \"parquet\"\npath = \"out/\"\n{setting}"
+        ))?;
+        match &plan.sinks[1] {
+            SinkPlan::Parquet { compression, .. } => Ok(*compression),
+            other => panic!("a Parquet sink planned as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parquet_sinks_take_the_codecs_every_reader_takes() {
+        assert_eq!(parquet_compression(""), Ok(ParquetCompression::None));
+        for (setting, expected) in [
+            ("none", ParquetCompression::None),
+            ("snappy", ParquetCompression::Snappy),
+            ("ZSTD", ParquetCompression::Zstd(1)),
+            ("zstd(9)", ParquetCompression::Zstd(9)),
+            ("zstd(-5)", ParquetCompression::Zstd(-5)),
+        ] {
+            let compression = parquet_compression(&format!("compression = \"{setting}\""));
+            assert_eq!(compression, Ok(expected), "{setting}");
+        }
+        for (setting, complaint) in [
+            ("gzip", "unknown Parquet compression 'gzip'"),
+            ("zstd(23)", "from -131072 to 22, not '23'"),
+            ("zstd(fast)", "not 'fast'"),
+        ] {
+            let error = parquet_compression(&format!("compression = \"{setting}\"")).unwrap_err();
+            assert!(error.message.contains(complaint), "{setting}: {error}");
+            assert!(error.hint.unwrap().contains("zstd(LEVEL)"), "{setting}");
+            assert_eq!(error.line, Some(23), "{setting}: the [[sink]] line");
+        }
+    }
+
+    #[test]
+    fn dead_letters_take_no_parquet_compression() {
+        let error = plan_with_tables(
+            "[dead_letters]\ntype = \"parquet\"\npath = \"dead/\"\ncompression = \"zstd\"",
+        )
+        .unwrap_err();
+        assert!(error.message.contains("written as JSON lines"), "{error}");
+        assert!(plan_with_tables("[dead_letters]\ntype = \"parquet\"\npath = \"dead/\"").is_ok());
     }
 }

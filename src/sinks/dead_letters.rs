@@ -112,7 +112,7 @@ impl DeadLetterWriter {
         origins: Origins,
     ) -> Result<Self> {
         let inner = match sink {
-            SinkPlan::Jsonl(dir) | SinkPlan::Parquet(dir) => {
+            SinkPlan::Jsonl(dir) | SinkPlan::Parquet { dir, .. } => {
                 let path = dir.join(format!("part-{worker:04}{role}.jsonl"));
                 let file = File::create(&path)
                     .map_err(|error| sink_error(sink, format!("{}: {error}", path.display())))?;
@@ -150,7 +150,7 @@ impl DeadLetterWriter {
         origins: Origins,
         resume: Option<Arc<TopicResume>>,
     ) -> Result<Self> {
-        let (SinkPlan::Jsonl(dir) | SinkPlan::Parquet(dir)) = sink else {
+        let (SinkPlan::Jsonl(dir) | SinkPlan::Parquet { dir, .. }) = sink else {
             let mut writer = DeadLetterWriter::open(sink, (worker, role), origin, origins)?;
             if let (DeadLetterTarget::Kafka(_), Some(resume)) = (&writer.inner, resume) {
                 writer.exactly_once = Some((resume.starts.clone(), resume));

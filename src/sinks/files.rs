@@ -70,7 +70,7 @@ pub fn prepare_epoch_directory(
     restored: u64,
     owns: &dyn Fn(usize) -> bool,
 ) -> Result<()> {
-    let (SinkPlan::Jsonl(dir) | SinkPlan::Parquet(dir)) = sink else {
+    let (SinkPlan::Jsonl(dir) | SinkPlan::Parquet { dir, .. }) = sink else {
         return Ok(());
     };
     let fail = |error: std::io::Error| sink_error(sink, error);
@@ -204,7 +204,7 @@ impl RowWriter for EpochRowWriter {
 /// A JSONL or Parquet writer of one file.
 fn open_file_writer(sink: &SinkPlan, layout: &Layout, path: &Path) -> Result<Box<dyn RowWriter>> {
     Ok(match sink {
-        SinkPlan::Parquet(_) => Box::new(ParquetWriter::create(path, layout.clone(), sink)?),
+        SinkPlan::Parquet { .. } => Box::new(ParquetWriter::create(path, layout.clone(), sink)?),
         _ => Box::new(JsonlWriter::create(path, layout.clone(), sink)?),
     })
 }
@@ -216,7 +216,7 @@ fn open_file_writer(sink: &SinkPlan, layout: &Layout, path: &Path) -> Result<Box
 /// first also those of workers beyond the cluster's), so that no process
 /// removes what another has started to write.
 pub fn prepare_directory(sink: &SinkPlan, owned: &dyn Fn(usize) -> bool) -> Result<()> {
-    let (SinkPlan::Jsonl(dir) | SinkPlan::Parquet(dir)) = sink else {
+    let (SinkPlan::Jsonl(dir) | SinkPlan::Parquet { dir, .. }) = sink else {
         return Ok(());
     };
     let fail = |error: std::io::Error| Error::Sink {

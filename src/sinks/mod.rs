@@ -87,7 +87,7 @@ pub fn open_epoch_row_writer(
 ) -> Result<Box<dyn RowWriter>> {
     let extension = match (sink, resume) {
         (SinkPlan::Jsonl(_), _) => "jsonl",
-        (SinkPlan::Parquet(_), _) => "parquet",
+        (SinkPlan::Parquet { .. }, _) => "parquet",
         (
             SinkPlan::Kafka {
                 brokers,
@@ -102,7 +102,7 @@ pub fn open_epoch_row_writer(
         }
         _ => return open_row_writer(sink, layout, worker),
     };
-    let (SinkPlan::Jsonl(dir) | SinkPlan::Parquet(dir)) = sink else {
+    let (SinkPlan::Jsonl(dir) | SinkPlan::Parquet { dir, .. }) = sink else {
         unreachable!("matched above")
     };
     Ok(Box::new(EpochRowWriter::new(
@@ -151,7 +151,7 @@ pub fn open_row_writer(
             layout.clone(),
             sink,
         )?),
-        SinkPlan::Parquet(dir) => Box::new(ParquetWriter::create(
+        SinkPlan::Parquet { dir, .. } => Box::new(ParquetWriter::create(
             &part_path(dir, worker, "parquet"),
             layout.clone(),
             sink,

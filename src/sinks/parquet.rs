@@ -4,7 +4,7 @@
 use super::{Epochs, Layout, RowWriter, sink_error};
 use crate::Result;
 use crate::batch::{Batch, SlotCells, Strings};
-use crate::plan::SinkPlan;
+use crate::plan::{ParquetCompression, SinkPlan};
 use crate::row::{Origins, Row};
 use crate::schema::ColumnType;
 use arrow_array::builder::{
@@ -57,7 +57,11 @@ impl ParquetWriter {
         let schema = Arc::new(Schema::new(fields));
         let file = File::create(path)
             .map_err(|error| sink_error(sink, format!("{}: {error}", path.display())))?;
-        let properties = parquet_properties(&schema);
+        let compression = match sink {
+            SinkPlan::Parquet { compression, .. } => *compression,
+            _ => ParquetCompression::None,
+        };
+        let properties = parquet_properties(&schema, compression);
         let writer = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), Some(properties))
             .map_err(|error| sink_error(sink, error))?;
         Ok(ParquetWriter {
@@ -111,8 +115,20 @@ const ROW_GROUP_ROWS: usize = 1 << 17;
 /// offsets are nearly all distinct, so a dictionary would hash every value
 /// only for the writer to fall back to plain encoding once it fills (a
 /// third of an end-to-end run's CPU went to the Parquet sink with it).
-fn parquet_properties(schema: &Schema) -> parquet::file::properties::WriterProperties {
+fn parquet_properties(
+    schema: &Schema,
+    compression: ParquetCompression,
+) -> parquet::file::properties::WriterProperties {
     use arrow_schema::DataType;
+    use parquet::basic::{Compression, ZstdLevel};
+    let compression = match compression {
+        ParquetCompression::None => Compression::UNCOMPRESSED,
+        ParquetCompression::Snappy => Compression::SNAPPY,
+        ParquetCompression::Zstd(level) => Compression::ZSTD(
+            // The plan accepts only the levels zstd takes.
+            ZstdLevel::try_new(level).expect("a zstd level the plan checked"),
+        ),
+    };
     schema
         .fields()
         .iter()
@@ -124,7 +140,8 @@ fn parquet_properties(schema: &Schema) -> parquet::file::properties::WriterPrope
         })
         .fold(
             parquet::file::properties::WriterProperties::builder()
-                .set_max_row_group_row_count(Some(ROW_GROUP_ROWS)),
+                .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+                .set_compression(compression),
             |properties, field| {
                 properties.set_column_dictionary_enabled(
                     parquet::schema::types::ColumnPath::from(field.name().as_str()),

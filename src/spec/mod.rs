@@ -314,7 +314,7 @@ pub enum SinkSpec {
     /// JSON lines, one file per worker, in directory `path`.
     Jsonl(PathSinkSpec),
     /// Parquet, one file per worker, in directory `path`.
-    Parquet(PathSinkSpec),
+    Parquet(ParquetSinkSpec),
     /// JSON lines on standard output.
     Stdout(NoOptions),
     /// JSON lines on standard error.
@@ -345,6 +345,17 @@ pub struct KafkaSinkSpec {
 pub struct PathSinkSpec {
     /// The output directory (created if missing).
     pub path: PathBuf,
+}
+
+/// `type = "parquet"`: a directory, and how its files' pages are
+/// compressed.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetSinkSpec {
+    /// The output directory (created if missing).
+    pub path: PathBuf,
+    /// `none`, `snappy`, `zstd` or `zstd(LEVEL)` (default: `none`).
+    pub compression: Option<String>,
 }
 
 /// A sink without options.
