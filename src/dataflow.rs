@@ -15,6 +15,7 @@ use crate::operators::input::{InputContext, open_input, read_input};
 use crate::operators::join::JoinAsOf;
 use crate::operators::labels::AttachLabels;
 use crate::operators::offset_order::InOffsetOrder;
+use crate::operators::rebalance::{Rebalance, RowBalance};
 use crate::operators::score::ScoreRows;
 use crate::operators::sink::WriteRows;
 use crate::operators::source::resume_at_restored;
@@ -269,6 +270,7 @@ pub fn run(mut plan: Plan, options: &RunOptions) -> Result<Summary> {
         shared.restored = restored;
     }
     shared.in_cluster = options.cluster.is_some();
+    shared.balance = RowBalance::new(local.clone());
     let shared = Arc::new(shared);
     let _admin = options
         .admin
@@ -650,6 +652,17 @@ fn attach_labels<'scope>(
     as_batches(labelled)
 }
 
+/// Whether rows reach the model on a worker other than the one that read
+/// them (a join, a stage keyed across partitions, or a cluster's routing
+/// by key): only then are they rebalanced (see [`crate::operators::rebalance`]).
+fn moves_rows(plan: &Plan, in_cluster: bool) -> bool {
+    !plan.joins.is_empty()
+        || plan
+            .stages
+            .iter()
+            .any(|stage| !stage.source_keyed || in_cluster)
+}
+
 fn build_and_run(
     worker: &mut timely::worker::Worker,
     shared: Arc<Shared>,
@@ -747,9 +760,11 @@ fn build_and_run(
             rows = rows.compute_features(index, stage.clone(), shared.clone());
         }
         // Replayed rows have rebuilt the windows; they are not the run's own.
-        let mut rows = rows
-            .map_in_place(|batch| batch.retain(|row| !row.warm_up))
-            .score_rows(model, shared.clone(), model_dead_letters);
+        let mut rows = rows.map_in_place(|batch| batch.retain(|row| !row.warm_up));
+        if moves_rows(plan, shared.in_cluster) {
+            rows = rows.rebalance(shared.clone());
+        }
+        let mut rows = rows.score_rows(model, shared.clone(), model_dead_letters);
         if !plan.labels.is_empty() {
             rows = attach_labels(rows, labels, &events, &shared);
         }

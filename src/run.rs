@@ -148,6 +148,9 @@ pub struct Shared {
     /// Whether the run is one process of a cluster (set before the
     /// workers start).
     pub in_cluster: bool,
+    /// Rows each worker of this process has taken for the model and the
+    /// sinks, after a stage that moved rows (set before the workers start).
+    pub balance: crate::operators::rebalance::RowBalance,
     /// The partition of each key of the source-keyed stage kept by a
     /// worker of this process.
     pub key_claims: crate::features::claims::KeyClaims,
@@ -176,6 +179,7 @@ impl Shared {
             model_identity,
             started: std::sync::OnceLock::new(),
             in_cluster: false,
+            balance: Default::default(),
             key_claims: Default::default(),
             watermarks: Default::default(),
             checkpoints: None,

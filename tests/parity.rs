@@ -141,3 +141,45 @@ fn processes_give_identical_rows() {
         }
     }
 }
+
+/// One merchant holds every row: its stage puts them all on one worker.
+/// The model and the sinks still share them among the workers (each
+/// worker's file holds a fair part), and the rows are those of one worker.
+#[test]
+fn rows_of_one_hot_key_are_scored_on_every_worker() {
+    common::require_onnxruntime();
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::root().join("models/fraud_mlp.onnx");
+    let run = |workers: usize, policy: &str| {
+        let out = dir.path().join(format!("{workers}-{policy}"));
+        let mut overrides = vec![
+            "source.merchants=1".to_owned(),
+            "source.count=40000".to_owned(),
+            format!("batching.policy={policy}"),
+            format!("model.path=\"{}\"", model.display()),
+        ];
+        overrides.extend(common::output_overrides(&out));
+        let summary = common::run_text(common::PARITY_SPEC, &overrides, workers).unwrap();
+        assert!(summary.counts.reconciles(), "{summary}");
+        out.join("rows")
+    };
+    let expected = common::read_lines(&run(1, "bulk"));
+    for policy in ["micro", "bulk"] {
+        let rows = run(4, policy);
+        assert_eq!(common::read_lines(&rows), expected, "{policy}: rows differ");
+        let per_worker: Vec<usize> = (0..4)
+            .map(|worker| {
+                let file = rows.join(format!("part-{worker:04}.jsonl"));
+                std::fs::read_to_string(&file)
+                    .unwrap_or_else(|error| panic!("{}: {error}", file.display()))
+                    .lines()
+                    .count()
+            })
+            .collect();
+        let fair = expected.len() / 4;
+        assert!(
+            per_worker.iter().all(|rows| *rows >= fair / 2),
+            "{policy}: rows per worker {per_worker:?}, a fair part {fair}"
+        );
+    }
+}

@@ -12,6 +12,7 @@ pub mod input;
 pub mod join;
 pub mod labels;
 pub mod offset_order;
+pub mod rebalance;
 pub mod score;
 pub mod sink;
 pub mod source;
