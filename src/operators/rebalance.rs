@@ -12,7 +12,9 @@
 //! So after such a stage each batch goes to the worker of the process
 //! that has taken the fewest rows so far, unless its own worker is within
 //! a batch of that: rows stay where they are while the load is even and
-//! move only to even it out. Batches move whole (no row is copied) and
+//! move only to even it out. Batches move whole (no row is copied), but
+//! for the few larger than [`PIECE_ROWS`] (what a watermark held back and
+//! releases at once, at the end of a backfill say), which go in pieces, and
 //! never to another process. Where no stage has moved rows, they stay on
 //! the worker that read them, so a source-keyed run keeps each key's rows
 //! on one worker, in order.
@@ -23,6 +25,11 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
+
+/// The most rows routed as one: a larger batch is cut into pieces of
+/// this many, so that a batch the watermark releases at once is spread
+/// too. A bulk batch's size, which the batcher downstream groups again.
+pub const PIECE_ROWS: usize = 4096;
 
 /// Rows each worker of a process has taken for scoring and writing, which
 /// every worker's router reads.
@@ -89,7 +96,7 @@ impl<'scope> Rebalance<'scope> for BatchStream<'scope> {
             move |input, output| {
                 input.for_each(|time, batches| {
                     let mut session = output.session(&time);
-                    for batch in batches.drain(..).filter(|batch| !batch.is_empty()) {
+                    for batch in batches.drain(..).flat_map(pieces) {
                         let target = shared.balance.route(worker, batch.len());
                         session.give((target as u64, batch));
                     }
@@ -106,6 +113,21 @@ impl<'scope> Rebalance<'scope> for BatchStream<'scope> {
             }
         })
     }
+}
+
+/// A batch in pieces of at most [`PIECE_ROWS`] rows, in order (none if
+/// it is empty): each piece but the first is copied once.
+fn pieces(mut batch: Batch) -> Vec<Batch> {
+    let mut pieces = Vec::new();
+    while batch.len() > PIECE_ROWS {
+        let last_piece_starts = (batch.len() - 1) / PIECE_ROWS * PIECE_ROWS;
+        pieces.push(batch.split_off(last_piece_starts));
+    }
+    if !batch.is_empty() {
+        pieces.push(batch);
+    }
+    pieces.reverse();
+    pieces
 }
 
 #[cfg(test)]
@@ -135,6 +157,32 @@ mod tests {
         let (least, most) = (taken.iter().min().unwrap(), taken.iter().max().unwrap());
         assert_eq!(taken.iter().sum::<u64>(), 300_000);
         assert!(most - least <= 2000, "{taken:?}");
+    }
+
+    #[test]
+    fn large_batches_go_in_pieces_in_order() {
+        let batch = |rows: std::ops::Range<usize>| {
+            Batch::from_rows(
+                rows.map(|offset| crate::row::Row {
+                    offset: offset as u64,
+                    ..Default::default()
+                })
+                .collect(),
+            )
+        };
+        let offsets = |pieces: Vec<Batch>| -> Vec<Vec<u64>> {
+            pieces
+                .iter()
+                .map(|piece| piece.rows().iter().map(|row| row.offset).collect())
+                .collect()
+        };
+        assert!(pieces(batch(0..0)).is_empty());
+        assert_eq!(offsets(pieces(batch(0..PIECE_ROWS))).len(), 1);
+        let cut = offsets(pieces(batch(0..2 * PIECE_ROWS + 5)));
+        let lengths: Vec<usize> = cut.iter().map(Vec::len).collect();
+        assert_eq!(lengths, [PIECE_ROWS, PIECE_ROWS, 5]);
+        let flat: Vec<u64> = cut.into_iter().flatten().collect();
+        assert_eq!(flat, (0..2 * PIECE_ROWS as u64 + 5).collect::<Vec<_>>());
     }
 
     #[test]
