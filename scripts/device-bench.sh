@@ -12,7 +12,8 @@
 #
 # `run` prints events/s against workers for the four workloads (and the
 # end-to-end / features-only ratio at each count) and the live latency
-# over a bare consumer at 1k, 10k and 50k events/s on 8 partitions.
+# over a bare consumer at 1k, 10k and 50k events/s on 8 partitions (2
+# workers, then 8 at 50k).
 # EVENTS (default 4000000) and ROUNDS (default 1) size the workers bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +47,9 @@ run() {
         --plot "$out/workers.svg" 2>&1 | grep -v '^tideflow: worker' | tee "$out/workers.txt"
     "$pack_dir/kafka" latency --rates 1000,10000,50000 --seconds 10 2>&1 |
         grep -v '^tideflow: worker' | tee "$out/latency.txt"
+    # One worker per partition, as a many-core deployment would run it.
+    "$pack_dir/kafka" latency --rates 50000 --seconds 10 --workers 8 2>&1 |
+        grep -v '^tideflow: worker' | tee -a "$out/latency.txt"
 }
 
 case "${1:-}" in
