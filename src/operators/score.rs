@@ -46,8 +46,10 @@ impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
         self.unary_frontier(Pipeline, "Score", move |capability, info| {
             let activator = scope.activator_for(info.address.clone());
             let mut batcher = Batcher::new(shared.plan.batching, model.is_none());
-            // (dataflow time, rows) of the rows in the batcher, oldest first:
-            // the capability is held no later than the oldest.
+            // (dataflow time, rows) of the rows in the batcher, in the order
+            // they came (not always in time order: rebalanced rows come from
+            // every worker): the capability is held no later than the
+            // earliest.
             let mut arrivals: VecDeque<(i64, usize)> = VecDeque::new();
             let mut capability = Some(capability);
             let mut wrote_dead_letters = false;
@@ -127,8 +129,9 @@ impl<'scope> ScoreRows<'scope> for BatchStream<'scope> {
                 let oldest_held_back = held_back.iter().map(|(arrival, _)| *arrival).min();
                 let hold = frontier.frontier().iter().min().map(|time| {
                     arrivals
-                        .front()
-                        .map(|(oldest, _)| *oldest)
+                        .iter()
+                        .map(|(arrival, _)| *arrival)
+                        .min()
                         .into_iter()
                         .chain(oldest_held_back)
                         .fold(*time, i64::min)
