@@ -654,13 +654,7 @@ fn attach_labels<'scope>(
 
 /// Whether rows reach the model on a worker other than the one that read
 /// them (a join, a stage keyed across partitions, or a cluster's routing
-/// by key): only then are they rebalanced (see [`crate::operators::rebalance`]),
-/// and only in a run without checkpoints. With them, a checkpointed Kafka
-/// run killed twenty times wrote a row twice in two runs of three (tests/
-/// kafka.rs); none without the rebalance. Until the cause is found (some
-/// operator between the exchange and the sinks must assume its input
-/// arrives in time order), checkpointed runs keep rows where their keys
-/// left them.
+/// by key): only then are they rebalanced (see [`crate::operators::rebalance`]).
 fn moves_rows(plan: &Plan, in_cluster: bool) -> bool {
     !plan.joins.is_empty()
         || plan
@@ -767,7 +761,7 @@ fn build_and_run(
         }
         // Replayed rows have rebuilt the windows; they are not the run's own.
         let mut rows = rows.map_in_place(|batch| batch.retain(|row| !row.warm_up));
-        if moves_rows(plan, shared.in_cluster) && !checkpointed {
+        if moves_rows(plan, shared.in_cluster) {
             rows = rows.rebalance(shared.clone());
         }
         let mut rows = rows.score_rows(model, shared.clone(), model_dead_letters);

@@ -787,22 +787,30 @@ fn dead_letters_by_origin(
 }
 
 /// The rows on a scores topic by their origin (`_partition`, `_offset`),
-/// failing on an origin written twice.
+/// failing on an origin written twice (naming where each copy landed and
+/// when, to tell which run wrote it).
 fn scores_by_origin(
     broker: &Broker,
     topic: &str,
 ) -> std::collections::BTreeMap<(u64, u64), String> {
     let mut by_origin = std::collections::BTreeMap::new();
+    let mut landed = std::collections::BTreeMap::new();
     for record in read_topic(&broker.brokers, topic, &ClientOptions::default()).unwrap() {
         let row: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
         let origin = (
             row["_partition"].as_u64().unwrap(),
             row["_offset"].as_u64().unwrap(),
         );
+        let place = (record.partition, record.offset, record.timestamp_ms);
         let value = String::from_utf8(record.value).unwrap();
         if let Some(before) = by_origin.insert(origin, value) {
-            panic!("{topic}: the row of {origin:?} is there twice: {before}");
+            panic!(
+                "{topic}: the row of {origin:?} is there twice, as (partition, offset, \
+                 timestamp) {:?} and {place:?}: {before}",
+                landed[&origin]
+            );
         }
+        landed.insert(origin, place);
     }
     by_origin
 }

@@ -17,8 +17,7 @@
 //! releases at once, at the end of a backfill say), which go in pieces, and
 //! never to another process. Where no stage has moved rows, they stay on
 //! the worker that read them, so a source-keyed run keeps each key's rows
-//! on one worker, in order. Checkpointed runs do not rebalance yet (see
-//! `moves_rows` in `dataflow.rs`).
+//! on one worker, in order.
 
 use super::BatchStream;
 use crate::batch::Batch;

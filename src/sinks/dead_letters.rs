@@ -182,17 +182,14 @@ impl DeadLetterWriter {
     pub fn close_epoch(&mut self, id: u64) -> Result<EpochOutput> {
         let DeadLetterTarget::Epochs { names, current } = &mut self.inner else {
             self.finish()?;
-            let (DeadLetterTarget::Kafka(producer), Some((starts, _))) =
+            let (DeadLetterTarget::Kafka(producer), Some((starts, resume))) =
                 (&self.inner, &mut self.exactly_once)
             else {
                 return Ok(EpochOutput::default());
             };
             // As a Kafka sink of rows does: later letters land after
             // the ends of those acknowledged now.
-            for (partition, end) in producer.delivered_ends() {
-                let start = starts.entry(partition).or_insert(end);
-                *start = (*start).max(end);
-            }
+            resume.move_starts(starts, producer.delivered_ends());
             return Ok(EpochOutput {
                 files: Vec::new(),
                 topic_starts: Some(starts.clone()),

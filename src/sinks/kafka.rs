@@ -10,7 +10,9 @@
 //! where any of its later rows can land. A restart reads the topic from
 //! the smallest of these offsets over the workers, collects the origins
 //! found there, and skips the rows with those origins when the run makes
-//! them again. Before the first checkpoint, the offsets are the topic's
+//! them again; until it has made every one of them, its cuts record the
+//! offsets it restored, so that a restart from them finds those rows too.
+//! Before the first checkpoint, the offsets are the topic's
 //! ends when the first run started.
 
 use super::{EpochOutput, Layout, MODEL_HEADER, RowWriter};
@@ -104,6 +106,30 @@ impl TopicResume {
             self.remaining.fetch_sub(1, Ordering::Relaxed);
         }
         found
+    }
+
+    /// Moves a writer's `starts` up to the ends of what it has had
+    /// acknowledged (`delivered`), at a cut: later rows land after them.
+    /// Not while rows an interrupted run wrote after the restored cut are
+    /// still to be made again: those lie below this run's ends, and a
+    /// restart from this cut, which makes them again, must find them, so
+    /// its reading starts where this run's did. (Moved up regardless, a
+    /// run restored, cut before it had made again what the killed run had
+    /// written, and killed, left those rows for the next restart to write
+    /// twice.) Once none is left, every one of them was made in an epoch
+    /// before the cut of any writer that sees none left.
+    pub(super) fn move_starts(
+        &self,
+        starts: &mut TopicOffsets,
+        delivered: impl IntoIterator<Item = (i32, i64)>,
+    ) {
+        if self.remaining.load(Ordering::Relaxed) > 0 {
+            return;
+        }
+        for (partition, end) in delivered {
+            let start = starts.entry(partition).or_insert(end);
+            *start = (*start).max(end);
+        }
     }
 }
 
@@ -226,13 +252,10 @@ impl RowWriter for KafkaWriter {
     /// the cut then land after the ends of this writer's rows before it.
     fn close_epoch(&mut self, _id: u64) -> Result<EpochOutput> {
         self.finish()?;
-        let Some((starts, _)) = &mut self.exactly_once else {
+        let Some((starts, resume)) = &mut self.exactly_once else {
             return Ok(EpochOutput::default());
         };
-        for (partition, end) in self.producer.delivered_ends() {
-            let start = starts.entry(partition).or_insert(end);
-            *start = (*start).max(end);
-        }
+        resume.move_starts(starts, self.producer.delivered_ends());
         Ok(EpochOutput {
             files: Vec::new(),
             topic_starts: Some(starts.clone()),
