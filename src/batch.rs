@@ -23,7 +23,7 @@ use crate::row::Row;
 use crate::schema::ColumnType;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
-use tideflow_connectors::Value;
+use tideflow_connectors::{Cell, Value};
 
 /// Rows and the columns computed for them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -316,6 +316,17 @@ impl Batch {
         );
         for (column, value) in self.columns.iter_mut().zip(fields.drain(..)) {
             column.cells.push(value);
+        }
+        self.rows.push(row);
+    }
+
+    /// Adds a record read as columns: `row` (its origin and time; its
+    /// values are not read) and `cells`, its schema fields in slot order,
+    /// each written into its column of a batch made by
+    /// [`Batch::with_fields`] without becoming a [`Value`].
+    pub fn push_cells<'a>(&mut self, row: Row, cells: impl Iterator<Item = Cell<'a>>) {
+        for (column, cell) in self.columns.iter_mut().zip(cells) {
+            column.cells.push_cell(cell);
         }
         self.rows.push(row);
     }
@@ -944,6 +955,21 @@ impl Cells {
             (Cells::Str(strings), Value::Str(text)) => strings.push(Some(&text)),
             (Cells::Values(values), value) => values.push(value),
             (_, value) => self.push_other(value),
+        }
+    }
+
+    /// Adds a cell read from a column, as its own type where it is the
+    /// column's.
+    #[inline(always)]
+    fn push_cell(&mut self, cell: Cell<'_>) {
+        match (&mut *self, cell) {
+            (Cells::F64(floats), Cell::F64(number)) => floats.push(Some(number)),
+            (Cells::F64(floats), Cell::Null) => floats.push(None),
+            (Cells::I64(integers), Cell::I64(number)) => integers.push(Some(number)),
+            (Cells::I64(integers), Cell::Null) => integers.push(None),
+            (Cells::Str(strings), Cell::Str(text)) => strings.push(Some(text)),
+            (Cells::Str(strings), Cell::Null) => strings.push(None),
+            (_, cell) => self.push(cell.to_value()),
         }
     }
 

@@ -27,7 +27,7 @@ use crate::sinks::DeadLetterWriter;
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use tideflow_connectors::{PartitionReader, Poll, RawRecord, Value};
+use tideflow_connectors::{ColumnChunk, PartitionReader, Poll, RawRecord, Value};
 
 /// How many records one round reads from a partition, at most.
 const RECORDS_PER_POLL: usize = 1024;
@@ -340,8 +340,10 @@ impl Intake {
     }
 }
 
-/// Reads one partition's share of a round, in small chunks, each decoded
-/// while its raw records are still in the nearest cache.
+/// Reads one partition's share of a round: as columns where its reader
+/// delivers them and the round's rows are columns, otherwise record by
+/// record.
+#[allow(clippy::too_many_arguments)]
 fn read_partition(
     partition: &mut Partition,
     rules: &IntakeRules,
@@ -352,105 +354,229 @@ fn read_partition(
     round: &mut Round,
     dead_letters: &mut DeadLetterWriter,
 ) -> Result<Poll> {
-    let mut read = 0;
-    let mut read_up_to = None;
-    let polled = loop {
-        raw.clear();
-        let chunk = RECORDS_PER_CHUNK.min(RECORDS_PER_POLL - read);
-        let polled = partition.reader.poll(raw, chunk)?;
-        // Room for what this partition still offers (a full chunk
-        // promises a full read) from each partition left: grown a row at
-        // a time, the vector would copy its rows at every doubling.
-        let offered = if raw.len() == chunk {
-            RECORDS_PER_POLL - read
-        } else {
-            raw.len()
-        };
-        round
-            .batch
-            .reserve_rows(round.batch.len() + offered * remaining);
-        read += raw.len();
-        let first_output = partition.reader.first_output_offset();
-        if let Some(last) = raw.last() {
-            if last.offset >= first_output {
-                read_up_to = Some((last.partition, last.offset + 1));
-            }
-            partition.next_offset = partition.next_offset.max(last.offset + 1);
-            partition.last_record = Instant::now();
-        }
-        let chunk_read = raw.len();
-        for mut record in raw.drain(..) {
-            let warm_up = record.offset < first_output;
-            if warm_up {
-                round.replayed += 1;
+    let mut reading = Reading {
+        rules,
+        held,
+        round,
+        dead_letters,
+        fields,
+    };
+    if rules.columnar && partition.reader.columnar().is_some() {
+        reading.columns(partition, remaining)
+    } else {
+        reading.records(partition, raw, remaining)
+    }
+}
+
+/// A partition's share of a round being read: where its rows, counts and
+/// dead letters go.
+struct Reading<'round> {
+    rules: &'round IntakeRules,
+    held: i64,
+    round: &'round mut Round,
+    dead_letters: &'round mut DeadLetterWriter,
+    /// One record's fields on their way into the columns.
+    fields: &'round mut Vec<Value>,
+}
+
+impl Reading<'_> {
+    /// Reads record by record, in small chunks, each decoded while its raw
+    /// records are still in the nearest cache.
+    fn records(
+        &mut self,
+        partition: &mut Partition,
+        raw: &mut Vec<RawRecord>,
+        remaining: usize,
+    ) -> Result<Poll> {
+        let mut read = 0;
+        let mut read_up_to = None;
+        let polled = loop {
+            raw.clear();
+            let chunk = RECORDS_PER_CHUNK.min(RECORDS_PER_POLL - read);
+            let polled = partition.reader.poll(raw, chunk)?;
+            // Room for what this partition still offers (a full chunk
+            // promises a full read) from each partition left: grown a row
+            // at a time, the vector would copy its rows at every doubling.
+            let offered = if raw.len() == chunk {
+                RECORDS_PER_POLL - read
             } else {
-                round.records_in += 1;
+                raw.len()
+            };
+            self.round
+                .batch
+                .reserve_rows(self.round.batch.len() + offered * remaining);
+            read += raw.len();
+            let first_output = partition.reader.first_output_offset();
+            if let Some(last) = raw.last() {
+                if last.offset >= first_output {
+                    read_up_to = Some((last.partition, last.offset + 1));
+                }
+                partition.next_offset = partition.next_offset.max(last.offset + 1);
+                partition.last_record = Instant::now();
             }
-            let decoded = if rules.columnar {
-                rules
-                    .decoder
-                    .decode_fields(&mut record, fields)
-                    .map(|time| Row {
-                        partition: record.partition,
-                        offset: record.offset,
+            let chunk_read = raw.len();
+            for record in raw.drain(..) {
+                let warm_up = record.offset < first_output;
+                self.count(warm_up);
+                self.record(partition, record, warm_up)?;
+            }
+            // A short chunk: the reader has nothing more now, and asking
+            // again at once would only say so.
+            if polled != Poll::Ready || chunk_read < chunk || read >= RECORDS_PER_POLL {
+                break polled;
+            }
+        };
+        self.round.read_up_to.extend(read_up_to);
+        Ok(polled)
+    }
+
+    /// Reads chunks of columns: each row whose fields fit the schema and
+    /// that is on time goes from the chunk's columns into the round's; any
+    /// other is decoded from its record, to its dead letter.
+    fn columns(&mut self, partition: &mut Partition, remaining: usize) -> Result<Poll> {
+        let first_output = partition.reader.first_output_offset();
+        let mut read = 0;
+        let mut read_up_to = None;
+        while read < RECORDS_PER_POLL {
+            let reader = partition
+                .reader
+                .columnar()
+                .expect("a reader that delivers columns");
+            let Some(chunk) = reader.next_chunk(RECORDS_PER_POLL - read)? else {
+                break;
+            };
+            read += chunk.len();
+            self.round
+                .batch
+                .reserve_rows(self.round.batch.len() + chunk.len() * remaining);
+            let end = chunk.first_offset + chunk.len() as u64;
+            if end > first_output {
+                read_up_to = Some((chunk.partition, end));
+            }
+            partition.next_offset = partition.next_offset.max(end);
+            partition.last_record = Instant::now();
+            self.chunk(partition, &chunk, first_output)?;
+        }
+        self.round.read_up_to.extend(read_up_to);
+        Ok(if read == 0 {
+            Poll::Finished
+        } else {
+            Poll::Ready
+        })
+    }
+
+    /// Takes the rows of one chunk of columns.
+    fn chunk(
+        &mut self,
+        partition: &mut Partition,
+        chunk: &ColumnChunk,
+        first_output: u64,
+    ) -> Result<()> {
+        let rules = self.rules;
+        let fields = rules.decoder.chunk_fields(chunk);
+        for row in 0..chunk.len() {
+            let offset = chunk.first_offset + row as u64;
+            let warm_up = offset < first_output;
+            self.count(warm_up);
+            let on_time = fields.as_ref().and_then(|fields| {
+                let time = fields.time(row)?;
+                let late = rules.tracks_lateness
+                    && (partition.clock.is_late(time, rules.bound_ms) || time < self.held);
+                (!late).then_some((fields, time))
+            });
+            match on_time {
+                Some((fields, time)) => {
+                    partition.clock.observe(time);
+                    let origin = Row {
+                        partition: chunk.partition,
+                        offset,
                         time,
                         values: Vec::new(),
                         warm_up,
-                    })
-            } else {
-                rules.decoder.decode(&mut record).map(|mut row| {
-                    row.warm_up = warm_up;
-                    row
-                })
-            };
-            let letter = match decoded {
-                // Behind the partition's own clock, or (after the
-                // partition was idle) behind the watermark.
-                Ok(row)
-                    if rules.tracks_lateness
-                        && (partition.clock.is_late(row.time, rules.bound_ms)
-                            || row.time < held) =>
-                {
-                    if warm_up {
-                        // Its dead letter was written by the run that
-                        // first read it.
-                        continue;
-                    }
-                    round.late += 1;
-                    let decoded_fields = if rules.columnar {
-                        &fields[..]
-                    } else {
-                        &row.values
                     };
-                    rules
-                        .decoder
-                        .late_letter(&mut record, decoded_fields, LATE.into())
+                    self.round.batch.push_cells(origin, fields.cells(row));
                 }
-                Ok(mut row) => {
-                    partition.clock.observe(row.time);
-                    if rules.columnar {
-                        round.batch.push_fields(row, fields);
-                    } else {
-                        round.batch.push_row(std::mem::take(&mut row));
-                    }
-                    continue;
-                }
-                Err(_) if warm_up => continue,
-                Err(letter) => {
-                    round.dead += 1;
-                    letter
-                }
-            };
-            dead_letters.write(&letter)?;
+                None => self.record(partition, chunk.record(row), warm_up)?,
+            }
         }
-        // A short chunk: the reader has nothing more now, and asking
-        // again at once would only say so.
-        if polled != Poll::Ready || chunk_read < chunk || read >= RECORDS_PER_POLL {
-            break polled;
+        Ok(())
+    }
+
+    /// Counts a record read: the run's own, or replayed to rebuild state.
+    fn count(&mut self, warm_up: bool) {
+        if warm_up {
+            self.round.replayed += 1;
+        } else {
+            self.round.records_in += 1;
         }
-    };
-    round.read_up_to.extend(read_up_to);
-    Ok(polled)
+    }
+
+    /// Decodes one record into a row of the round, or a dead letter.
+    fn record(
+        &mut self,
+        partition: &mut Partition,
+        mut record: RawRecord,
+        warm_up: bool,
+    ) -> Result<()> {
+        let rules = self.rules;
+        let fields = &mut *self.fields;
+        let decoded = if rules.columnar {
+            rules
+                .decoder
+                .decode_fields(&mut record, fields)
+                .map(|time| Row {
+                    partition: record.partition,
+                    offset: record.offset,
+                    time,
+                    values: Vec::new(),
+                    warm_up,
+                })
+        } else {
+            rules.decoder.decode(&mut record).map(|mut row| {
+                row.warm_up = warm_up;
+                row
+            })
+        };
+        let letter = match decoded {
+            // Behind the partition's own clock, or (after the partition
+            // was idle) behind the watermark.
+            Ok(row)
+                if rules.tracks_lateness
+                    && (partition.clock.is_late(row.time, rules.bound_ms)
+                        || row.time < self.held) =>
+            {
+                if warm_up {
+                    // Its dead letter was written by the run that first
+                    // read it.
+                    return Ok(());
+                }
+                self.round.late += 1;
+                let decoded_fields = if rules.columnar {
+                    &fields[..]
+                } else {
+                    &row.values
+                };
+                rules
+                    .decoder
+                    .late_letter(&mut record, decoded_fields, LATE.into())
+            }
+            Ok(mut row) => {
+                partition.clock.observe(row.time);
+                if rules.columnar {
+                    self.round.batch.push_fields(row, fields);
+                } else {
+                    self.round.batch.push_row(std::mem::take(&mut row));
+                }
+                return Ok(());
+            }
+            Err(_) if warm_up => return Ok(()),
+            Err(letter) => {
+                self.round.dead += 1;
+                letter
+            }
+        };
+        self.dead_letters.write(&letter)
+    }
 }
 
 #[cfg(test)]

@@ -213,3 +213,221 @@ fn rows_as_json(batch: &RecordBatch) -> Vec<serde_json::Value> {
     }
     rows.into_iter().map(serde_json::Value::Object).collect()
 }
+
+const ODD_SPEC: &str = r#"
+name = "parquet_odd"
+[source]
+type = "files"
+path = "unset"
+format = "jsonl"
+key = "user_id"
+[schema]
+user_id = "string"
+amount = "f64"
+ts = "timestamp_ms"
+channel = "string"
+[time]
+field = "ts"
+max_out_of_orderness = "1s"
+[[feature]]
+name = "amount_sum_1m"
+agg = "sum"
+field = "amount"
+window = "1m"
+[[sink]]
+type = "jsonl"
+path = "unset"
+[dead_letters]
+type = "jsonl"
+path = "unset"
+"#;
+
+/// What a run of [`ODD_SPEC`] gave: its counts (records in, rows out,
+/// dead, late), its rows, and its dead letters' origins and reasons.
+type OddRun = (
+    (u64, u64, u64, u64),
+    Vec<serde_json::Value>,
+    Vec<(u64, String)>,
+);
+
+fn run_odd(out: &std::path::Path, input: &std::path::Path, format: &str) -> OddRun {
+    let overrides = [
+        format!("source.path=\"{}\"", input.display()),
+        format!("source.format=\"{format}\""),
+        format!("sink[0].path=\"{}\"", out.join("rows").display()),
+        format!("dead_letters.path=\"{}\"", out.join("dead").display()),
+    ];
+    let summary = common::run_text(ODD_SPEC, &overrides, 2).unwrap();
+    assert!(summary.counts.reconciles(), "{summary}");
+    let counts = &summary.counts;
+    let mut dead: Vec<(u64, String)> = common::read_rows(&out.join("dead"))
+        .iter()
+        .map(|letter| {
+            (
+                letter["_offset"].as_u64().unwrap(),
+                letter["_error"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    dead.sort();
+    (
+        (counts.records_in, counts.rows_out, counts.dead, counts.late),
+        common::read_rows(&out.join("rows")),
+        dead,
+    )
+}
+
+/// Writes `columns` as a Parquet file of row groups of 700 rows.
+fn write_parquet(path: &std::path::Path, columns: Vec<(&str, arrow_array::ArrayRef)>) {
+    let batch = RecordBatch::try_from_iter(columns).unwrap();
+    let properties = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(700))
+        .build();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(path).unwrap(),
+        batch.schema(),
+        Some(properties),
+    )
+    .unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+/// Parquet columns go straight into the engine's columns: narrow integers
+/// widen into a float field, microsecond timestamps become milliseconds, a
+/// column the schema lacks is not read and a field the file lacks is null;
+/// records without a key, and late ones, become the dead letters the same
+/// records in JSONL (decoded line by line) become. Several Parquet row
+/// groups and several reads of a partition.
+#[test]
+fn parquet_columns_read_as_the_same_records_in_jsonl() {
+    const ROWS: i64 = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let user = |i: i64| (i % 37 != 5).then(|| format!("u{}", i % 13));
+    let amount = |i: i64| (i % 11 != 0).then(|| i32::try_from(i % 500).unwrap() - 100);
+    // Every 50th record is 5 s behind the others: late against 1 s.
+    let time = |i: i64| 1_000_000 + i * 40 - if i % 50 == 49 { 5_000 } else { 0 };
+    let jsonl: String = (0..ROWS)
+        .map(|i| {
+            format!(
+                "{}\n",
+                serde_json::json!({
+                    "user_id": user(i), "amount": amount(i), "ts": time(i), "note": "n"
+                })
+            )
+        })
+        .collect();
+    std::fs::write(dir.path().join("in.jsonl"), jsonl).unwrap();
+    let parquet = dir.path().join("in.parquet");
+    write_parquet(
+        &parquet,
+        vec![
+            (
+                "user_id",
+                Arc::new((0..ROWS).map(user).collect::<StringArray>()) as _,
+            ),
+            (
+                "amount",
+                Arc::new((0..ROWS).map(amount).collect::<arrow_array::Int32Array>()) as _,
+            ),
+            (
+                "ts",
+                Arc::new(arrow_array::TimestampMicrosecondArray::from_iter_values(
+                    (0..ROWS).map(|i| time(i) * 1000),
+                )) as _,
+            ),
+            (
+                "note",
+                Arc::new(StringArray::from_iter_values((0..ROWS).map(|_| "n"))) as _,
+            ),
+        ],
+    );
+    let from_jsonl = run_odd(
+        &dir.path().join("out-jsonl"),
+        &dir.path().join("in.jsonl"),
+        "jsonl",
+    );
+    let from_parquet = run_odd(&dir.path().join("out-parquet"), &parquet, "parquet");
+    let (counts, rows, dead) = &from_parquet;
+    assert_eq!(counts.0, ROWS as u64);
+    assert!(
+        counts.2 > 0 && counts.3 > 0,
+        "missing keys and late: {counts:?}"
+    );
+    assert!(rows.iter().all(|row| row["channel"].is_null()));
+    assert!(
+        dead.iter()
+            .any(|(_, reason)| reason.contains("missing key field 'user_id'"))
+    );
+    assert_eq!(from_parquet, from_jsonl);
+}
+
+/// A Parquet column whose type does not fit its field, or that tideflow
+/// cannot read at all, makes each record a dead letter naming the column;
+/// the records of the other file are rows.
+#[test]
+fn parquet_columns_of_other_types_become_dead_letters_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let users = || {
+        Arc::new(StringArray::from_iter_values(
+            (0..20).map(|i| format!("u{i}")),
+        )) as _
+    };
+    let times = || Arc::new(Int64Array::from_iter_values((0..20).map(|i| 1000 + i))) as _;
+    write_parquet(
+        &input.join("a-text.parquet"),
+        vec![
+            ("user_id", users()),
+            (
+                "amount",
+                Arc::new(StringArray::from_iter_values(
+                    (0..20).map(|i| i.to_string()),
+                )) as _,
+            ),
+            ("ts", times()),
+        ],
+    );
+    write_parquet(
+        &input.join("b-decimal.parquet"),
+        vec![
+            ("user_id", users()),
+            (
+                "amount",
+                Arc::new(
+                    arrow_array::Decimal128Array::from_iter_values(0..20)
+                        .with_precision_and_scale(10, 2)
+                        .unwrap(),
+                ) as _,
+            ),
+            ("ts", times()),
+        ],
+    );
+    write_parquet(
+        &input.join("c-good.parquet"),
+        vec![
+            ("user_id", users()),
+            (
+                "amount",
+                Arc::new(Float64Array::from_iter_values((0..20).map(f64::from))) as _,
+            ),
+            ("ts", times()),
+        ],
+    );
+    let ((records, rows_out, dead, late), rows, letters) =
+        run_odd(&dir.path().join("out"), &input, "parquet");
+    assert_eq!((records, rows_out, dead, late), (60, 20, 40, 0));
+    assert!(rows.iter().all(|row| row["_partition"] == 2));
+    let letters_of = |partition_reason: &str| {
+        letters
+            .iter()
+            .filter(|(_, reason)| reason.contains(partition_reason))
+            .count()
+    };
+    assert_eq!(letters_of("field 'amount': expected f64"), 20);
+    assert_eq!(
+        letters_of("column 'amount' has Parquet type Decimal128(10, 2)"),
+        20
+    );
+}

@@ -3,13 +3,14 @@
 //! parses them); Parquet files deliver typed fields, since the format is
 //! already columnar and typed.
 
-use crate::record::{PartitionReader, Poll, RawBody, RawRecord, Value};
+use crate::columnar::{ColumnChunk, ColumnReader};
+use crate::record::{PartitionReader, Poll, RawBody, RawRecord};
 use crate::{Error, Result};
-use arrow_array::{Array, RecordBatch, cast::AsArray, types};
-use arrow_schema::{DataType, TimeUnit};
+use arrow_array::ArrayRef;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The file formats a file source reads, named in specs `jsonl` and
 /// `parquet`.
@@ -249,14 +250,17 @@ impl PartitionReader for JsonlReader {
     }
 }
 
-/// Reads a Parquet file batch by batch; the offset of a record is its row
-/// index in the file.
+/// Reads a Parquet file batch by batch, only the columns it was opened
+/// with; the offset of a record is its row index in the file. Its records
+/// come as columns ([`ColumnReader`]) or, polled, one by one.
 pub struct ParquetReader {
     path: PathBuf,
     partition: u32,
-    columns: Vec<String>,
+    columns: Arc<[String]>,
     batches: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
-    current: Option<RecordBatch>,
+    /// The batch being read: its arrays of the named columns, and rows.
+    current: Vec<Option<ArrayRef>>,
+    rows_in_batch: usize,
     row_in_batch: usize,
     next_offset: u64,
     total_rows: u64,
@@ -272,9 +276,34 @@ impl std::fmt::Debug for ParquetReader {
     }
 }
 
+/// Rows the Parquet reader decodes at a time.
+const PARQUET_BATCH_ROWS: usize = 8192;
+
 impl ParquetReader {
     /// Opens `path` as partition `partition`, delivering `columns` in order.
     pub fn open(path: &Path, partition: u32, columns: &[String]) -> Result<Self> {
+        let (batches, total_rows) = Self::batches(path, columns, 0)?;
+        Ok(ParquetReader {
+            path: path.to_owned(),
+            partition,
+            columns: columns.into(),
+            batches,
+            current: Vec::new(),
+            rows_in_batch: 0,
+            row_in_batch: 0,
+            next_offset: 0,
+            total_rows,
+            finished: false,
+        })
+    }
+
+    /// The file's batches of the named columns it has, from row `offset`,
+    /// and its row count.
+    fn batches(
+        path: &Path,
+        columns: &[String],
+        offset: usize,
+    ) -> Result<(parquet::arrow::arrow_reader::ParquetRecordBatchReader, u64)> {
         let file = File::open(path).map_err(|source| Error::Io {
             path: path.to_owned(),
             source,
@@ -286,106 +315,58 @@ impl ParquetReader {
         let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(parquet_error)?;
         let total_rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
+        // Only the columns read: a wide file's others are never decoded.
+        let roots: Vec<usize> = columns
+            .iter()
+            .filter_map(|name| builder.schema().index_of(name).ok())
+            .collect();
+        let projection = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), roots);
         let batches = builder
-            .with_batch_size(8192)
+            .with_projection(projection)
+            .with_offset(offset)
+            .with_batch_size(PARQUET_BATCH_ROWS)
             .build()
             .map_err(parquet_error)?;
-        Ok(ParquetReader {
-            path: path.to_owned(),
-            partition,
-            columns: columns.to_vec(),
-            batches,
-            current: None,
-            row_in_batch: 0,
-            next_offset: 0,
-            total_rows,
-            finished: false,
-        })
-    }
-
-    fn row_body(&self, batch: &RecordBatch, row: usize) -> RawBody {
-        let mut fields = Vec::with_capacity(self.columns.len());
-        for name in &self.columns {
-            let Some(column) = batch.column_by_name(name) else {
-                fields.push(Value::Null);
-                continue;
-            };
-            match arrow_value(column.as_ref(), row) {
-                Ok(value) => fields.push(value),
-                Err(data_type) => {
-                    let reason = format!(
-                        "column '{name}' has Parquet type {data_type}, which tideflow cannot read"
-                    );
-                    return RawBody::Unreadable {
-                        reason,
-                        prefix: Vec::new(),
-                    };
-                }
-            }
-        }
-        RawBody::Fields(fields)
+        Ok((batches, total_rows))
     }
 }
 
-/// The value at `row` of an Arrow array, or the array's type if tideflow
-/// has no value for it.
-fn arrow_value(array: &dyn Array, row: usize) -> std::result::Result<Value, DataType> {
-    if array.is_null(row) {
-        return Ok(Value::Null);
-    }
-    let value = match array.data_type() {
-        DataType::Boolean => Value::Bool(array.as_boolean().value(row)),
-        DataType::Int8 => Value::I64(array.as_primitive::<types::Int8Type>().value(row).into()),
-        DataType::Int16 => Value::I64(array.as_primitive::<types::Int16Type>().value(row).into()),
-        DataType::Int32 => Value::I64(array.as_primitive::<types::Int32Type>().value(row).into()),
-        DataType::Int64 => Value::I64(array.as_primitive::<types::Int64Type>().value(row)),
-        DataType::UInt8 => Value::I64(array.as_primitive::<types::UInt8Type>().value(row).into()),
-        DataType::UInt16 => Value::I64(array.as_primitive::<types::UInt16Type>().value(row).into()),
-        DataType::UInt32 => Value::I64(array.as_primitive::<types::UInt32Type>().value(row).into()),
-        DataType::UInt64 => {
-            match i64::try_from(array.as_primitive::<types::UInt64Type>().value(row)) {
-                Ok(value) => Value::I64(value),
-                Err(_) => return Err(DataType::UInt64),
+impl ColumnReader for ParquetReader {
+    fn next_chunk(&mut self, max_records: usize) -> Result<Option<ColumnChunk>> {
+        while self.row_in_batch == self.rows_in_batch {
+            match self.batches.next() {
+                Some(Ok(batch)) => {
+                    self.current = self
+                        .columns
+                        .iter()
+                        .map(|name| batch.column_by_name(name).cloned())
+                        .collect();
+                    self.rows_in_batch = batch.num_rows();
+                    self.row_in_batch = 0;
+                }
+                Some(Err(error)) => {
+                    return Err(Error::Parquet {
+                        path: self.path.clone(),
+                        message: error.to_string(),
+                    });
+                }
+                None => {
+                    self.finished = true;
+                    return Ok(None);
+                }
             }
         }
-        DataType::Float32 => {
-            Value::F64(array.as_primitive::<types::Float32Type>().value(row).into())
-        }
-        DataType::Float64 => Value::F64(array.as_primitive::<types::Float64Type>().value(row)),
-        DataType::Utf8 => Value::Str(array.as_string::<i32>().value(row).into()),
-        DataType::LargeUtf8 => Value::Str(array.as_string::<i64>().value(row).into()),
-        DataType::Utf8View => Value::Str(array.as_string_view().value(row).into()),
-        DataType::Timestamp(unit, _) => {
-            let raw = match unit {
-                TimeUnit::Second => array
-                    .as_primitive::<types::TimestampSecondType>()
-                    .value(row)
-                    .saturating_mul(1000),
-                TimeUnit::Millisecond => array
-                    .as_primitive::<types::TimestampMillisecondType>()
-                    .value(row),
-                TimeUnit::Microsecond => {
-                    array
-                        .as_primitive::<types::TimestampMicrosecondType>()
-                        .value(row)
-                        / 1000
-                }
-                TimeUnit::Nanosecond => {
-                    array
-                        .as_primitive::<types::TimestampNanosecondType>()
-                        .value(row)
-                        / 1_000_000
-                }
-            };
-            Value::I64(raw)
-        }
-        DataType::Date32 => {
-            Value::I64(i64::from(array.as_primitive::<types::Date32Type>().value(row)) * 86_400_000)
-        }
-        DataType::Date64 => Value::I64(array.as_primitive::<types::Date64Type>().value(row)),
-        other => return Err(other.clone()),
-    };
-    Ok(value)
+        let end = self.rows_in_batch.min(self.row_in_batch + max_records);
+        let chunk = ColumnChunk::new(
+            (self.partition, self.next_offset),
+            self.columns.clone(),
+            &self.current,
+            self.row_in_batch..end,
+        );
+        self.next_offset += chunk.len() as u64;
+        self.row_in_batch = end;
+        Ok(Some(chunk))
+    }
 }
 
 impl PartitionReader for ParquetReader {
@@ -396,49 +377,21 @@ impl PartitionReader for ParquetReader {
     fn poll(&mut self, out: &mut Vec<RawRecord>, max_records: usize) -> Result<Poll> {
         let mut produced = 0;
         while produced < max_records {
-            let batch = match &self.current {
-                Some(batch) if self.row_in_batch < batch.num_rows() => batch.clone(),
-                _ => match self.batches.next() {
-                    Some(Ok(batch)) => {
-                        self.current = Some(batch);
-                        self.row_in_batch = 0;
-                        continue;
-                    }
-                    Some(Err(error)) => {
-                        return Err(Error::Parquet {
-                            path: self.path.clone(),
-                            message: error.to_string(),
-                        });
-                    }
-                    None => {
-                        self.finished = true;
-                        break;
-                    }
-                },
+            let Some(chunk) = self.next_chunk(max_records - produced)? else {
+                break;
             };
-            let end = batch
-                .num_rows()
-                .min(self.row_in_batch + (max_records - produced));
-            for row in self.row_in_batch..end {
-                let body = self.row_body(&batch, row);
-                out.push(RawRecord {
-                    partition: self.partition,
-                    offset: self.next_offset,
-                    timestamp_ms: None,
-                    key: None,
-                    headers: Vec::new(),
-                    body,
-                });
-                self.next_offset += 1;
-                produced += 1;
-            }
-            self.row_in_batch = end;
+            out.extend((0..chunk.len()).map(|row| chunk.record(row)));
+            produced += chunk.len();
         }
         Ok(if produced == 0 && self.finished {
             Poll::Finished
         } else {
             Poll::Ready
         })
+    }
+
+    fn columnar(&mut self) -> Option<&mut dyn ColumnReader> {
+        Some(self)
     }
 
     fn is_behind(&self) -> bool {
@@ -448,11 +401,28 @@ impl PartitionReader for ParquetReader {
     fn progress(&self) -> (u64, Option<u64>) {
         (self.next_offset, Some(self.total_rows))
     }
+
+    fn seek(&mut self, offset: u64) -> bool {
+        let Ok(skip) = usize::try_from(offset) else {
+            return false;
+        };
+        match Self::batches(&self.path, &self.columns, skip) {
+            Ok((batches, _)) => {
+                self.batches = batches;
+                self.current.clear();
+                (self.rows_in_batch, self.row_in_batch) = (0, 0);
+                self.next_offset = offset;
+                true
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Value;
     use std::io::Write;
 
     fn read_all(reader: &mut dyn PartitionReader) -> Vec<RawRecord> {
@@ -528,5 +498,69 @@ mod tests {
         assert_eq!(names, ["a.jsonl", "b.jsonl"]);
         let error = discover_partitions(dir.path(), FileFormat::Parquet).unwrap_err();
         assert!(error.to_string().contains("no input files"), "{error}");
+    }
+
+    /// Writes rows `0..rows` of an `id` integer column and a `name` string
+    /// column, in row groups of 100 rows.
+    fn write_parquet(path: &Path, rows: i64) {
+        use arrow_array::{Int64Array, RecordBatch, StringArray};
+        let batch = RecordBatch::try_from_iter([
+            (
+                "id",
+                Arc::new(Int64Array::from_iter_values(0..rows)) as ArrayRef,
+            ),
+            (
+                "name",
+                Arc::new(StringArray::from_iter_values(
+                    (0..rows).map(|row| format!("n{row}")),
+                )) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let properties = parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(100))
+            .build();
+        let file = File::create(path).unwrap();
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(properties)).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+    }
+
+    #[test]
+    fn parquet_rows_read_alike_polled_in_columns_and_after_a_seek() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.parquet");
+        write_parquet(&path, 20_000);
+        let columns = ["name".to_owned(), "absent".to_owned(), "id".to_owned()];
+        let expected = |row: u64| {
+            vec![
+                Value::Str(format!("n{row}").into()),
+                Value::Null,
+                Value::I64(row as i64),
+            ]
+        };
+        let polled = read_all(&mut ParquetReader::open(&path, 3, &columns).unwrap());
+        assert_eq!(polled.len(), 20_000);
+        for (row, record) in polled.iter().enumerate() {
+            assert_eq!((record.partition, record.offset), (3, row as u64));
+            assert!(matches!(&record.body, RawBody::Fields(f) if *f == expected(row as u64)));
+        }
+        // In chunks, across the reader's batches, from a seek on.
+        let mut reader = ParquetReader::open(&path, 3, &columns).unwrap();
+        assert!(reader.seek(12_345));
+        let mut next = 12_345;
+        while let Some(chunk) = reader.next_chunk(1000).unwrap() {
+            assert!(chunk.len() <= 1000 && chunk.first_offset == next);
+            for row in 0..chunk.len() {
+                let cells: Vec<Value> = (0..3)
+                    .map(|column| chunk.column(column).unwrap().cell(row).to_value())
+                    .collect();
+                assert_eq!(cells, expected(next + row as u64));
+            }
+            next += chunk.len() as u64;
+        }
+        assert_eq!(next, 20_000);
+        assert_eq!(reader.progress(), (20_000, Some(20_000)));
     }
 }

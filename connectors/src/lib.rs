@@ -8,11 +8,13 @@
 //! each reader can be tested on its own and a Kafka partition drops in as
 //! just another [`PartitionReader`].
 
+pub mod columnar;
 pub mod files;
 pub mod generator;
 pub mod kafka;
 pub mod record;
 
+pub use columnar::{Cell, CellKind, ColumnCells, ColumnChunk, ColumnReader};
 pub use record::{CompactString, PartitionReader, Poll, RawBody, RawRecord, Value, format_compact};
 
 use std::path::PathBuf;

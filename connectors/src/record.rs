@@ -281,6 +281,12 @@ pub trait PartitionReader: Send {
     fn seek(&mut self, _offset: u64) -> bool {
         false
     }
+
+    /// The reader's records as columns, where its transport is columnar:
+    /// the engine then reads them chunk by chunk instead of polling.
+    fn columnar(&mut self) -> Option<&mut dyn crate::columnar::ColumnReader> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ mod json;
 use crate::plan::{InputPlan, MetadataSlots, Plan};
 use crate::row::{DeadLetter, Row};
 use crate::schema::{Column, ColumnType};
-use tideflow_connectors::{RawBody, RawRecord, Value};
+use tideflow_connectors::{Cell, CellKind, ColumnCells, ColumnChunk, RawBody, RawRecord, Value};
 
 /// Decodes raw records against a plan's schema.
 #[derive(Clone, Debug)]
@@ -143,6 +143,39 @@ impl Decoder {
         }
     }
 
+    /// A chunk's schema fields, to go straight from its columns into a
+    /// batch's; `None` where its records must be decoded one by one: a
+    /// column cannot be read or holds cells of another type than its
+    /// field's (each such record is a dead letter saying so), or fields
+    /// come from a record's metadata.
+    pub fn chunk_fields<'a>(&'a self, chunk: &'a ColumnChunk) -> Option<ChunkFields<'a>> {
+        if self.metadata_slots.key.is_some()
+            || self.metadata_slots.timestamp.is_some()
+            || self.tombstone_key.is_some()
+        {
+            return None;
+        }
+        let mut columns = Vec::with_capacity(self.fields.len());
+        for (index, field) in self.fields.iter().enumerate() {
+            let cells = chunk.column(index).ok()?;
+            let widen = match (field.ty, cells.kind()) {
+                (_, CellKind::Missing)
+                | (ColumnType::Str, CellKind::Text)
+                | (ColumnType::Bool, CellKind::Bool)
+                | (ColumnType::F64, CellKind::Float)
+                | (ColumnType::I64 | ColumnType::TimestampMs, CellKind::Integer) => false,
+                (ColumnType::F64, CellKind::Integer) => true,
+                _ => return None,
+            };
+            columns.push((cells, widen));
+        }
+        Some(ChunkFields {
+            columns,
+            time_slot: self.time_slot,
+            required_slots: &self.required_slots,
+        })
+    }
+
     /// A table's deletion from a Kafka tombstone: a row holding only the
     /// key its message key names (parsed as the key's type), at the
     /// message's timestamp (a tombstone has no time field).
@@ -260,6 +293,50 @@ impl Decoder {
             check_typed_value(field, value)?;
         }
         Ok(())
+    }
+}
+
+/// A chunk's schema fields, each column's cells of its field's type
+/// (integers widened for float fields).
+#[derive(Debug)]
+pub struct ChunkFields<'a> {
+    columns: Vec<(ColumnCells<'a>, bool)>,
+    time_slot: usize,
+    required_slots: &'a [usize],
+}
+
+impl<'a> ChunkFields<'a> {
+    /// The event time of row `row`, if the row goes straight into
+    /// columns: its time and its other required fields are present.
+    /// Otherwise its record is decoded alone, to its dead letter.
+    #[inline]
+    pub fn time(&self, row: usize) -> Option<i64> {
+        if self
+            .required_slots
+            .iter()
+            .any(|slot| self.cell(*slot, row) == Cell::Null)
+        {
+            return None;
+        }
+        match self.cell(self.time_slot, row) {
+            Cell::I64(time) => Some(time),
+            _ => None,
+        }
+    }
+
+    /// The fields of row `row`, in slot order.
+    #[inline]
+    pub fn cells(&self, row: usize) -> impl Iterator<Item = Cell<'a>> + '_ {
+        (0..self.columns.len()).map(move |slot| self.cell(slot, row))
+    }
+
+    #[inline]
+    fn cell(&self, slot: usize, row: usize) -> Cell<'a> {
+        let (cells, widen) = &self.columns[slot];
+        match cells.cell(row) {
+            Cell::I64(number) if *widen => Cell::F64(number as f64),
+            cell => cell,
+        }
     }
 }
 
