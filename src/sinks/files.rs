@@ -278,6 +278,7 @@ impl JsonlWriter {
 impl RowWriter for JsonlWriter {
     fn write(&mut self, batch: &Batch) -> Result<()> {
         let readers = batch.readers();
+        let mut written = 0;
         for index in 0..batch.len() {
             self.line.clear();
             self.layout.json_line(&readers.row(index), &mut self.line);
@@ -285,8 +286,11 @@ impl RowWriter for JsonlWriter {
             self.file
                 .write_all(&self.line)
                 .map_err(|error| sink_error(&self.sink, error))?;
+            written += self.line.len();
         }
-        Ok(())
+        self.syncer
+            .write_behind(self.file.get_ref(), written as u64)
+            .map_err(|error| sink_error(&self.sink, error))
     }
 
     /// Hands the file to the sync thread: the epoch is durable once it

@@ -196,13 +196,26 @@ impl Epochs {
 /// can take tens of milliseconds, and a live row waiting behind it shows
 /// in the tail of its latency). An epoch is durable once a sync asked for
 /// after it returned; a failed sync fails the writer's next call.
+///
+/// The same thread writes a file behind its writer ([`BackgroundSync::
+/// write_behind`]): without it the system keeps a backfill's whole output
+/// in memory until the final sync, which then waits for all of it while
+/// the workers idle (125 ms for each of two 95 MB Parquet files here).
 #[derive(Debug, Default)]
 pub(super) struct BackgroundSync {
     requests: Option<std::sync::mpsc::Sender<(std::fs::File, u64)>>,
     synced: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Syncs asked for and not yet done.
+    outstanding: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     failure: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Bytes written since the last write-behind sync was asked for.
+    unsynced_bytes: u64,
 }
+
+/// How many bytes a writer writes before its sync thread writes them
+/// behind it.
+const WRITE_BEHIND_BYTES: u64 = 16 << 20;
 
 impl BackgroundSync {
     /// Asks for everything written to `file` so far to be synced, after
@@ -212,6 +225,7 @@ impl BackgroundSync {
         if self.requests.is_none() {
             let (sender, receiver) = std::sync::mpsc::channel::<(std::fs::File, u64)>();
             let (synced, failure) = (self.synced.clone(), self.failure.clone());
+            let outstanding = self.outstanding.clone();
             self.thread = Some(
                 std::thread::Builder::new()
                     .name("tideflow-sync".into())
@@ -228,17 +242,36 @@ impl BackgroundSync {
                                     failure.get_or_insert(error.to_string());
                                 }
                             }
+                            outstanding.fetch_sub(1, std::sync::atomic::Ordering::Release);
                         }
                     })?,
             );
             self.requests = Some(sender);
         }
         if let Some(requests) = &self.requests {
+            self.outstanding
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            self.unsynced_bytes = 0;
             // Fails only if the thread has gone, which it does only when
             // this writer drops it.
             let _ = requests.send((handle, epoch));
         }
         Ok(())
+    }
+
+    /// Counts `bytes` written to `file` and, every [`WRITE_BEHIND_BYTES`],
+    /// has the sync thread start putting them on disk, unless it is still
+    /// syncing: the writer's final sync then waits only for the rest. The
+    /// sync makes no epoch durable that was not already.
+    pub(super) fn write_behind(&mut self, file: &std::fs::File, bytes: u64) -> std::io::Result<()> {
+        self.unsynced_bytes += bytes;
+        if self.unsynced_bytes < WRITE_BEHIND_BYTES
+            || self.outstanding.load(std::sync::atomic::Ordering::Acquire) > 0
+        {
+            return Ok(());
+        }
+        let durable = self.synced.load(std::sync::atomic::Ordering::Acquire);
+        self.request(file, durable)
     }
 
     /// Whether epoch `epoch` is on disk.
@@ -289,6 +322,41 @@ impl RowWriter for NullWriter {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// The sync thread is asked to write a file behind its writer once
+    /// [`WRITE_BEHIND_BYTES`] have been written since it last was, and
+    /// that marks no epoch durable.
+    #[test]
+    fn files_are_written_behind_every_few_megabytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = std::fs::File::create(dir.path().join("part")).unwrap();
+        let mut syncer = BackgroundSync::default();
+        let chunk = vec![b'x'; 1 << 20];
+        let asked = |syncer: &BackgroundSync| syncer.thread.is_some();
+        for _ in 0..WRITE_BEHIND_BYTES / (1 << 20) - 1 {
+            file.write_all(&chunk).unwrap();
+            syncer.write_behind(&file, chunk.len() as u64).unwrap();
+        }
+        assert!(!asked(&syncer), "asked before {WRITE_BEHIND_BYTES} bytes");
+        file.write_all(&chunk).unwrap();
+        syncer.write_behind(&file, chunk.len() as u64).unwrap();
+        assert!(asked(&syncer));
+        assert_eq!(syncer.unsynced_bytes, 0);
+        let started = std::time::Instant::now();
+        while syncer
+            .outstanding
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
+        {
+            assert!(started.elapsed().as_secs() < 60, "the sync never ended");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(syncer.failure().is_none());
+        assert!(
+            !syncer.synced(1),
+            "a write-behind sync made an epoch durable"
+        );
+    }
 
     /// A checkpointed file sink opens its epoch's file for rows, not for
     /// an empty batch: an empty batch after the final checkpoint left an

@@ -1,7 +1,7 @@
 //! The Arrow/Parquet format: rows as typed Arrow columns, written to a
 //! Parquet file whose row groups the Arrow writer decides.
 
-use super::{Epochs, Layout, RowWriter, sink_error};
+use super::{BackgroundSync, Epochs, Layout, RowWriter, sink_error};
 use crate::Result;
 use crate::batch::{Batch, SlotCells, Strings};
 use crate::plan::{ParquetCompression, SinkPlan};
@@ -23,6 +23,10 @@ use tideflow_connectors::Value;
 pub(super) struct ParquetWriter {
     writer: Option<parquet::arrow::ArrowWriter<File>>,
     epochs: Epochs,
+    /// Writes the file behind the writer (see [`BackgroundSync`]).
+    syncer: BackgroundSync,
+    /// What the Parquet writer had written at the last batch.
+    bytes_written: usize,
     schema: Arc<Schema>,
     layout: Layout,
     sink: SinkPlan,
@@ -67,6 +71,8 @@ impl ParquetWriter {
         Ok(ParquetWriter {
             writer: Some(writer),
             epochs: Epochs::default(),
+            syncer: BackgroundSync::default(),
+            bytes_written: 0,
             schema,
             layout,
             sink: sink.clone(),
@@ -100,6 +106,12 @@ impl ParquetWriter {
             .ok_or_else(|| sink_error(&self.sink, "written after finish"))?;
         writer
             .write(&batch)
+            .map_err(|error| sink_error(&self.sink, error))?;
+        let written = writer.bytes_written();
+        let bytes = written.saturating_sub(self.bytes_written) as u64;
+        self.bytes_written = written;
+        self.syncer
+            .write_behind(writer.inner(), bytes)
             .map_err(|error| sink_error(&self.sink, error))
     }
 }
@@ -355,6 +367,9 @@ impl RowWriter for ParquetWriter {
     }
 
     fn finish(&mut self) -> Result<()> {
+        if let Some(failure) = self.syncer.failure() {
+            return Err(sink_error(&self.sink, failure));
+        }
         if let Some(writer) = self.writer.take() {
             let file = writer
                 .into_inner()
