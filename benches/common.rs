@@ -184,19 +184,23 @@ pub fn two_loops_at_once(config: &GeneratorConfig) -> Duration {
 
 /// Runs a spec given as text and returns its summary and wall time.
 pub fn run_spec(text: &str, overrides: &[String], workers: usize) -> (Summary, Duration) {
+    let plan = plan_of(text, overrides);
+    let started = Instant::now();
+    let summary =
+        run(plan, &RunOptions::with_workers(workers)).unwrap_or_else(|error| panic!("{error}"));
+    assert!(summary.counts.reconciles(), "{summary}");
+    (summary, started.elapsed())
+}
+
+/// The plan of a spec text with overrides.
+pub fn plan_of(text: &str, overrides: &[String]) -> tideflow::plan::Plan {
     let source = SpecSource {
         file: "bench.toml".into(),
         text: text.to_owned(),
         overrides: overrides.to_vec(),
     };
     let spec = source.parse().unwrap_or_else(|error| panic!("{error}"));
-    let plan =
-        tideflow::plan::Plan::from_spec(&spec, &source).unwrap_or_else(|error| panic!("{error}"));
-    let started = Instant::now();
-    let summary =
-        run(plan, &RunOptions::with_workers(workers)).unwrap_or_else(|error| panic!("{error}"));
-    assert!(summary.counts.reconciles(), "{summary}");
-    (summary, started.elapsed())
+    tideflow::plan::Plan::from_spec(&spec, &source).unwrap_or_else(|error| panic!("{error}"))
 }
 
 /// The best (shortest) of `repeats` timings of `work`, with its result.
@@ -381,18 +385,23 @@ pub fn scoring_batch(chunk: &[f32]) -> Batch {
     batch
 }
 
-/// Writes `events` generator transactions (20k users, 500 merchants) as
-/// JSON lines, one file per partition, as the file source reads them.
-pub fn write_transactions(dir: &std::path::Path, events: u64, partitions: u32) {
-    use std::io::Write;
-    let config = GeneratorConfig {
+/// The transactions the file benchmarks read: `events` of them from 20k
+/// users at 500 merchants on `partitions` partitions.
+pub fn transactions(events: u64, partitions: u32) -> GeneratorConfig {
+    GeneratorConfig {
         users: 20_000,
         merchants: 500,
         count: Some(events),
         partitions,
         spacing_ms: 20.0,
         ..Default::default()
-    };
+    }
+}
+
+/// Writes the generator's transactions as JSON lines, one file per
+/// partition, as the file source reads them.
+pub fn write_transactions(dir: &std::path::Path, config: &GeneratorConfig) {
+    use std::io::Write;
     for partition in 0..config.partitions {
         let file = std::fs::File::create(dir.join(format!("part-{partition:02}.jsonl")))
             .expect("input file");
@@ -400,6 +409,70 @@ pub fn write_transactions(dir: &std::path::Path, events: u64, partitions: u32) {
         for offset in 0..config.partition_count(partition).unwrap_or(0) {
             let (user, merchant, amount, time) = config.record(partition, offset);
             writeln!(out, r#"{{"user_id":"u{user}","merchant_id":"m{merchant}","amount":{amount},"ts":{time}}}"#).expect("write");
+        }
+    }
+}
+
+/// Writes the generator's transactions as Parquet (Snappy, row groups of
+/// 128k rows), one file per partition, with the values of
+/// [`write_transactions`].
+pub fn write_transactions_parquet(dir: &std::path::Path, config: &GeneratorConfig) {
+    use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+    use std::sync::Arc;
+    const ROWS_PER_WRITE: u64 = 65_536;
+    let properties = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(131_072))
+        .build();
+    for partition in 0..config.partitions {
+        let file = std::fs::File::create(dir.join(format!("part-{partition:02}.parquet")))
+            .expect("input file");
+        let mut writer: Option<parquet::arrow::ArrowWriter<std::fs::File>> = None;
+        let mut file = Some(file);
+        let count = config.partition_count(partition).unwrap_or(0);
+        for start in (0..count).step_by(ROWS_PER_WRITE as usize) {
+            let records: Vec<_> = (start..count.min(start + ROWS_PER_WRITE))
+                .map(|offset| config.record(partition, offset))
+                .collect();
+            let batch = RecordBatch::try_from_iter([
+                (
+                    "user_id",
+                    Arc::new(StringArray::from_iter_values(
+                        records.iter().map(|record| format!("u{}", record.0)),
+                    )) as ArrayRef,
+                ),
+                (
+                    "merchant_id",
+                    Arc::new(StringArray::from_iter_values(
+                        records.iter().map(|record| format!("m{}", record.1)),
+                    )),
+                ),
+                (
+                    "amount",
+                    Arc::new(Float64Array::from_iter_values(
+                        records.iter().map(|record| record.2),
+                    )),
+                ),
+                (
+                    "ts",
+                    Arc::new(Int64Array::from_iter_values(
+                        records.iter().map(|record| record.3),
+                    )),
+                ),
+            ])
+            .expect("a batch of transactions");
+            let writer = writer.get_or_insert_with(|| {
+                parquet::arrow::ArrowWriter::try_new(
+                    file.take().expect("one file"),
+                    batch.schema(),
+                    Some(properties.clone()),
+                )
+                .expect("a Parquet writer")
+            });
+            writer.write(&batch).expect("write");
+        }
+        if let Some(writer) = writer {
+            writer.close().expect("close");
         }
     }
 }

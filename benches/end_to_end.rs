@@ -87,7 +87,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let input = dir.path().join("in");
     std::fs::create_dir(&input).expect("input dir");
-    common::write_transactions(&input, args.events, 4);
+    common::write_transactions(&input, &common::transactions(args.events, 4));
     let spec = std::fs::read_to_string(root.join("dataflows/fraud.toml")).expect("fraud.toml");
     let features_only = common::features_only(&spec);
     let base = vec![

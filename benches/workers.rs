@@ -2,16 +2,18 @@
 //! of them the README shows (written by this program, with the machine it
 //! ran on in its title).
 //!
-//! Workloads, on the same generated transactions (100k users, 500
-//! merchants, 16 partitions):
+//! Workloads, on the same generated transactions (those of
+//! `dataflows/fraud_generator.toml` with 100k users and 16 partitions; the
+//! files hold the records the generator makes):
 //! - generator → the 8 features of `dataflows/fraud_generator.toml` → null;
 //! - the same → the fraud MLP → null;
 //! - JSONL files → the 8 features → the MLP → Parquet (`dataflows/fraud.toml`);
+//! - Parquet files → the same;
 //! - JSONL files → the 4 user features of the feature bench → Parquet.
 //!
 //! Each point is the best of `--rounds` runs taken in turn. Prints each
 //! workload's events/s, its rate at the most workers over its rate at one,
-//! and the end-to-end path's rate over the features-only rate at each
+//! and the end-to-end paths' rates over the features-only rate at each
 //! worker count.
 //!
 //! Run: `cargo bench --bench workers -- --events 2000000 --plot docs/workers.svg`
@@ -51,9 +53,6 @@ struct Workload {
 }
 
 fn workloads(root: &Path, dir: &Path, events: u64) -> Vec<Workload> {
-    let input = dir.join("in");
-    std::fs::create_dir_all(&input).expect("input dir");
-    common::write_transactions(&input, events, PARTITIONS);
     let generator_spec =
         std::fs::read_to_string(root.join("dataflows/fraud_generator.toml")).expect("spec");
     let files_spec = std::fs::read_to_string(root.join("dataflows/fraud.toml")).expect("spec");
@@ -67,7 +66,18 @@ fn workloads(root: &Path, dir: &Path, events: u64) -> Vec<Workload> {
         "source.users=100000".to_owned(),
         "batching.policy=\"bulk\"".to_owned(),
     ];
-    let parquet = |name: &str| {
+    let tideflow::plan::SourcePlan::Generator(transactions) =
+        common::plan_of(&generator_spec, &generator).source
+    else {
+        unreachable!("fraud_generator.toml reads the generator")
+    };
+    let (input, parquet_input) = (dir.join("in"), dir.join("in-parquet"));
+    for input in [&input, &parquet_input] {
+        std::fs::create_dir_all(input).expect("input dir");
+    }
+    common::write_transactions(&input, &transactions);
+    common::write_transactions_parquet(&parquet_input, &transactions);
+    let files = |input: &Path, name: &str| {
         vec![
             format!("source.path=\"{}\"", input.display()),
             "batching.policy=\"bulk\"".to_owned(),
@@ -78,12 +88,15 @@ fn workloads(root: &Path, dir: &Path, events: u64) -> Vec<Workload> {
     };
     let mut scored = generator.clone();
     scored.push(model.clone());
-    let mut end_to_end = parquet("out-mlp");
-    end_to_end.push(model);
+    let mut end_to_end = files(&input, "out-mlp");
+    end_to_end.push(model.clone());
+    let mut from_parquet = files(&parquet_input, "out-mlp-parquet");
+    from_parquet.extend([model, "source.format=\"parquet\"".to_owned()]);
     let four_features = format!(
         "name = \"four_features\"\n[source]\ntype = \"files\"\npath = \"unset\"\nformat = \"jsonl\"\n\
          key = \"user_id\"\n[schema]\nuser_id = \"string\"\nmerchant_id = \"string\"\n\
-         amount = \"f64\"\nts = \"timestamp_ms\"\n[time]\nfield = \"ts\"\n{}\
+         amount = \"f64\"\nts = \"timestamp_ms\"\n[time]\nfield = \"ts\"\n\
+         max_out_of_orderness = \"5s\"\n{}\
          [[sink]]\ntype = \"parquet\"\npath = \"unset\"\n[dead_letters]\ntype = \"null\"\n",
         common::FOUR_FEATURES
     );
@@ -100,8 +113,13 @@ fn workloads(root: &Path, dir: &Path, events: u64) -> Vec<Workload> {
         },
         Workload {
             name: "JSONL → 8 features → MLP → Parquet",
-            spec: files_spec,
+            spec: files_spec.clone(),
             overrides: end_to_end,
+        },
+        Workload {
+            name: "Parquet → 8 features → MLP → Parquet",
+            spec: files_spec,
+            overrides: from_parquet,
         },
         Workload {
             name: "JSONL → 4 user features → Parquet",
@@ -156,11 +174,13 @@ fn main() {
         }
         println!(" {:>9.2}", rates[rates.len() - 1] / rates[0]);
     }
-    print!("{:<40}", "JSONL end to end / generator features");
-    for (end_to_end, features) in rates[2].iter().zip(&rates[0]) {
-        print!(" {:>12.2}", end_to_end / features);
+    for (index, name) in [(2, "JSONL"), (3, "Parquet")] {
+        print!("{:<40}", format!("{name} end to end / generator features"));
+        for (end_to_end, features) in rates[index].iter().zip(&rates[0]) {
+            print!(" {:>12.2}", end_to_end / features);
+        }
+        println!();
     }
-    println!();
     if let Some(path) = &args.plot {
         let title = format!(
             "events/s against workers ({} events, {PARTITIONS} partitions, a {cores}-core machine)",
@@ -174,7 +194,7 @@ fn main() {
 
 /// A line chart as SVG: workers on a log-2 axis, events/s from zero.
 fn plot(title: &str, workers: &[usize], names: &[&str], rates: &[Vec<f64>]) -> String {
-    const COLOURS: [&str; 4] = ["#1b6ca8", "#d1495b", "#2e8b57", "#e0a030"];
+    const COLOURS: [&str; 5] = ["#1b6ca8", "#d1495b", "#2e8b57", "#7b4fa0", "#e0a030"];
     let (width, height) = (800.0, 420.0);
     let (left, right, top, bottom) = (80.0, 300.0, 40.0, 50.0);
     let plot_width = width - left - right;
