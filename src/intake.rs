@@ -709,4 +709,85 @@ mod tests {
         assert_eq!(rows, on_time(&plan));
         assert_eq!(rows.len() as u64 + late, 30_000);
     }
+
+    /// A Parquet source's plan over two files of `rows` rows each, 2% of
+    /// them late against a bound of 1 s, and the directory holding them.
+    fn parquet_plan(rows: i64) -> (Plan, tempfile::TempDir) {
+        use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        for file in 0..2 {
+            let times = (0..rows).map(|row| 1_000 * row - if row % 50 == 7 { 5_000 } else { 0 });
+            let batch = RecordBatch::try_from_iter([
+                (
+                    "user_id",
+                    Arc::new(StringArray::from_iter_values(
+                        (0..rows).map(|row| format!("u{}", row % 9)),
+                    )) as ArrayRef,
+                ),
+                (
+                    "amount",
+                    Arc::new(Float64Array::from_iter_values(
+                        (0..rows).map(|row| row as f64),
+                    )),
+                ),
+                ("ts", Arc::new(Int64Array::from_iter_values(times))),
+            ])
+            .unwrap();
+            let path = dir.path().join(format!("p{file}.parquet"));
+            let mut writer = parquet::arrow::ArrowWriter::try_new(
+                std::fs::File::create(path).unwrap(),
+                batch.schema(),
+                None,
+            )
+            .unwrap();
+            writer.write(&batch).unwrap();
+            writer.close().unwrap();
+        }
+        let spec = format!(
+            "name = \"p\"\n[source]\ntype = \"files\"\npath = \"{}\"\nformat = \"parquet\"\n\
+             key = \"user_id\"\n[schema]\nuser_id = \"string\"\namount = \"f64\"\n\
+             ts = \"timestamp_ms\"\n[time]\nfield = \"ts\"\nmax_out_of_orderness = \"1s\"\n\
+             [[feature]]\nname = \"amount_sum_1m\"\nagg = \"sum\"\nfield = \"amount\"\n\
+             window = \"1m\"\n[[sink]]\ntype = \"null\"\n[dead_letters]\ntype = \"null\"\n",
+            dir.path().display()
+        );
+        let spec_path = dir.path().join("spec.toml");
+        std::fs::write(&spec_path, spec).unwrap();
+        (crate::plan::load(&spec_path, &[]).unwrap(), dir)
+    }
+
+    /// Parquet read as columns gives the rows record-by-record reading
+    /// gives, and a run restored from positions reads on where the first
+    /// stopped (its readers seek), with the same records late.
+    #[test]
+    fn parquet_columns_read_as_records_and_restore_where_they_stopped() {
+        let (plan, _dir) = parquet_plan(5_000);
+        let (rows, late) = read(&mut intake(&plan, &BTreeMap::new(), true), usize::MAX);
+        let (by_record, late_by_record) =
+            read(&mut intake(&plan, &BTreeMap::new(), false), usize::MAX);
+        assert_eq!((&rows, late), (&by_record, late_by_record));
+        assert_eq!(rows.len() as u64 + late, 10_000);
+        assert!(late > 0);
+
+        let mut first = intake(&plan, &BTreeMap::new(), true);
+        let (read_first, mut late_after) = read(&mut first, 3);
+        let positions: BTreeMap<u32, PartitionPosition> = first
+            .positions()
+            .into_iter()
+            .map(|position| (position.partition, position))
+            .collect();
+        assert!(!first.all_finished(), "three rounds read part of the input");
+        let mut after = intake(&plan, &positions, true);
+        let (read_after, more_late) = read(&mut after, usize::MAX);
+        late_after += more_late;
+        let mut restored = read_first;
+        for (origin, fields) in read_after {
+            assert!(
+                restored.insert(origin, fields).is_none(),
+                "{origin:?} read twice"
+            );
+        }
+        assert_eq!((restored, late_after), (rows, late));
+    }
 }
