@@ -226,6 +226,7 @@ user_id = "string"
 amount = "f64"
 ts = "timestamp_ms"
 channel = "string"
+tag = "string"
 [time]
 field = "ts"
 max_out_of_orderness = "1s"
@@ -237,13 +238,17 @@ window = "1m"
 [[sink]]
 type = "jsonl"
 path = "unset"
+[[sink]]
+type = "parquet"
+path = "unset"
 [dead_letters]
 type = "jsonl"
 path = "unset"
 "#;
 
 /// What a run of [`ODD_SPEC`] gave: its counts (records in, rows out,
-/// dead, late), its rows, and its dead letters' origins and reasons.
+/// dead, late), its rows, and its dead letters' origins and reasons. Its
+/// Parquet sink holds the rows of its JSONL sink.
 type OddRun = (
     (u64, u64, u64, u64),
     Vec<serde_json::Value>,
@@ -255,6 +260,7 @@ fn run_odd(out: &std::path::Path, input: &std::path::Path, format: &str) -> OddR
         format!("source.path=\"{}\"", input.display()),
         format!("source.format=\"{format}\""),
         format!("sink[0].path=\"{}\"", out.join("rows").display()),
+        format!("sink[1].path=\"{}\"", out.join("parquet").display()),
         format!("dead_letters.path=\"{}\"", out.join("dead").display()),
     ];
     let summary = common::run_text(ODD_SPEC, &overrides, 2).unwrap();
@@ -270,9 +276,11 @@ fn run_odd(out: &std::path::Path, input: &std::path::Path, format: &str) -> OddR
         })
         .collect();
     dead.sort();
+    let rows = common::read_rows(&out.join("rows"));
+    assert_parquet_holds(&out.join("parquet"), &rows);
     (
         (counts.records_in, counts.rows_out, counts.dead, counts.late),
-        common::read_rows(&out.join("rows")),
+        rows,
         dead,
     )
 }
@@ -295,7 +303,8 @@ fn write_parquet(path: &std::path::Path, columns: Vec<(&str, arrow_array::ArrayR
 
 /// Parquet columns go straight into the engine's columns: narrow integers
 /// widen into a float field, microsecond timestamps become milliseconds, a
-/// column the schema lacks is not read and a field the file lacks is null;
+/// column the schema lacks is not read and a field the file lacks is null
+/// (the sink writes the many distinct channels past its dictionary);
 /// records without a key, and late ones, become the dead letters the same
 /// records in JSONL (decoded line by line) become. Several Parquet row
 /// groups and several reads of a partition.
@@ -307,12 +316,14 @@ fn parquet_columns_read_as_the_same_records_in_jsonl() {
     let amount = |i: i64| (i % 11 != 0).then(|| i32::try_from(i % 500).unwrap() - 100);
     // Every 50th record is 5 s behind the others: late against 1 s.
     let time = |i: i64| 1_000_000 + i * 40 - if i % 50 == 49 { 5_000 } else { 0 };
+    let channel = |i: i64| format!("channel-{i:06}-of-many");
     let jsonl: String = (0..ROWS)
         .map(|i| {
             format!(
                 "{}\n",
                 serde_json::json!({
-                    "user_id": user(i), "amount": amount(i), "ts": time(i), "note": "n"
+                    "user_id": user(i), "amount": amount(i), "ts": time(i), "note": "n",
+                    "channel": channel(i)
                 })
             )
         })
@@ -340,6 +351,10 @@ fn parquet_columns_read_as_the_same_records_in_jsonl() {
                 "note",
                 Arc::new(StringArray::from_iter_values((0..ROWS).map(|_| "n"))) as _,
             ),
+            (
+                "channel",
+                Arc::new(StringArray::from_iter_values((0..ROWS).map(channel))) as _,
+            ),
         ],
     );
     let from_jsonl = run_odd(
@@ -354,7 +369,7 @@ fn parquet_columns_read_as_the_same_records_in_jsonl() {
         counts.2 > 0 && counts.3 > 0,
         "missing keys and late: {counts:?}"
     );
-    assert!(rows.iter().all(|row| row["channel"].is_null()));
+    assert!(rows.iter().all(|row| row["tag"].is_null()));
     assert!(
         dead.iter()
             .any(|(_, reason)| reason.contains("missing key field 'user_id'"))

@@ -122,6 +122,17 @@ impl ParquetWriter {
 /// while smaller groups reuse the memory the last one freed.
 const ROW_GROUP_ROWS: usize = 1 << 17;
 
+/// How large a column chunk's dictionary grows before the writer falls
+/// back to plain encoding for the rest of the chunk. At the crate's
+/// default (1 MiB) a column of many distinct strings (user ids) hashed
+/// every value into a table far larger than the cache for indices a few
+/// bytes shorter than the strings; 16 KiB keeps dictionaries for columns
+/// whose values repeat (merchants, labels, counts, the model's name).
+/// Release build, 2M events, fraud JSONL -> features -> MLP -> Parquet, 1
+/// worker, 3 rounds: 20k users 4.73-4.86 s -> 4.44-4.57 s, files 199 ->
+/// 219 MB; 100k users 4.76-5.02 s -> 4.33-4.42 s, 210 -> 219 MB.
+const DICTIONARY_BYTES: usize = 16 << 10;
+
 /// Dictionary encoding only where values repeat: keys, names, flags and
 /// small integers. Floats (amounts, features, scores), event times and
 /// offsets are nearly all distinct, so a dictionary would hash every value
@@ -153,6 +164,7 @@ fn parquet_properties(
         .fold(
             parquet::file::properties::WriterProperties::builder()
                 .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+                .set_dictionary_page_size_limit(DICTIONARY_BYTES)
                 .set_compression(compression),
             |properties, field| {
                 properties.set_column_dictionary_enabled(
