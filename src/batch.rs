@@ -111,9 +111,14 @@ impl Strings {
         self.present.extend(other.present);
     }
 
+    /// Room for `additional` more strings, their text as long on average
+    /// as the strings held (grown by doubling, a batch's text would be
+    /// copied again at every doubling).
     fn reserve(&mut self, additional: usize) {
         self.ends.reserve(additional);
         self.present.reserve(additional);
+        let per_string = self.text.len().div_ceil(self.len().max(1));
+        self.text.reserve(per_string * additional);
     }
 
     fn split_off(&mut self, at: usize) -> Self {

@@ -1,6 +1,7 @@
 //! File sources: a file, or a directory whose files are the partitions in
 //! name order. JSONL files deliver their lines as bytes (the `decode` stage
-//! parses them); Parquet files deliver typed fields, since the format is
+//! parses them); Parquet files deliver their columns as Arrow arrays (see
+//! [`crate::columnar`]), or, polled, typed fields, since the format is
 //! already columnar and typed.
 
 use crate::columnar::{ColumnChunk, ColumnReader};

@@ -2,9 +2,9 @@
 //! dataflow, and the plain readers the engine wraps into timely operators.
 //!
 //! A connector knows a transport (files, a generator; Kafka in its own
-//! module) and hands out *raw* records: the bytes of a line, or typed fields
-//! where the transport is already columnar (Parquet) or synthetic
-//! (generator). It knows nothing of timely, schemas, or features, so that
+//! module) and hands out *raw* records: the bytes of a line, typed fields
+//! where the transport is synthetic (generator), or runs of records as
+//! Arrow columns where it is columnar already (Parquet). It knows nothing of timely, schemas, or features, so that
 //! each reader can be tested on its own and a Kafka partition drops in as
 //! just another [`PartitionReader`].
 
