@@ -573,13 +573,18 @@ impl VersionedScorer {
         Ok(())
     }
 
-    /// Adds the rows of each version to its count.
+    /// Adds the rows of each version to its count. A batch holds one
+    /// version or a few, mostly in runs: counted run by run into a short
+    /// list rather than row by row into a map.
     fn count_rows(&self, row_versions: &[u64]) {
-        let mut runs: BTreeMap<u64, u64> = BTreeMap::new();
-        for version in row_versions {
-            *runs.entry(*version).or_default() += 1;
+        let mut counts: Vec<(u64, u64)> = Vec::new();
+        for run in row_versions.chunk_by(|one, next| one == next) {
+            match counts.iter_mut().find(|(version, _)| *version == run[0]) {
+                Some((_, rows)) => *rows += run.len() as u64,
+                None => counts.push((run[0], run.len() as u64)),
+            }
         }
-        for (version, rows) in runs {
+        for (version, rows) in counts {
             self.versions
                 .opened(version)
                 .rows
