@@ -214,39 +214,15 @@ fn rows_as_json(batch: &RecordBatch) -> Vec<serde_json::Value> {
     rows.into_iter().map(serde_json::Value::Object).collect()
 }
 
-const ODD_SPEC: &str = r#"
-name = "parquet_odd"
-[source]
-type = "files"
-path = "unset"
-format = "jsonl"
-key = "user_id"
-[schema]
-user_id = "string"
-amount = "f64"
-ts = "timestamp_ms"
-channel = "string"
-tag = "string"
-[time]
-field = "ts"
-max_out_of_orderness = "1s"
-[[feature]]
-name = "amount_sum_1m"
-agg = "sum"
-field = "amount"
-window = "1m"
-[[sink]]
-type = "jsonl"
-path = "unset"
-[[sink]]
-type = "parquet"
-path = "unset"
-[dead_letters]
-type = "jsonl"
-path = "unset"
-"#;
+/// [`SPEC`] with two more string fields: `channel` and `tag`.
+fn odd_spec() -> String {
+    SPEC.replace(
+        "ts = \"timestamp_ms\"\n",
+        "ts = \"timestamp_ms\"\nchannel = \"string\"\ntag = \"string\"\n",
+    )
+}
 
-/// What a run of [`ODD_SPEC`] gave: its counts (records in, rows out,
+/// What a run of [`odd_spec`] gave: its counts (records in, rows out,
 /// dead, late), its rows, and its dead letters' origins and reasons. Its
 /// Parquet sink holds the rows of its JSONL sink.
 type OddRun = (
@@ -263,7 +239,7 @@ fn run_odd(out: &std::path::Path, input: &std::path::Path, format: &str) -> OddR
         format!("sink[1].path=\"{}\"", out.join("parquet").display()),
         format!("dead_letters.path=\"{}\"", out.join("dead").display()),
     ];
-    let summary = common::run_text(ODD_SPEC, &overrides, 2).unwrap();
+    let summary = common::run_text(&odd_spec(), &overrides, 2).unwrap();
     assert!(summary.counts.reconciles(), "{summary}");
     let counts = &summary.counts;
     let mut dead: Vec<(u64, String)> = common::read_rows(&out.join("dead"))
@@ -391,53 +367,40 @@ fn parquet_columns_of_other_types_become_dead_letters_naming_them() {
         )) as _
     };
     let times = || Arc::new(Int64Array::from_iter_values((0..20).map(|i| 1000 + i))) as _;
-    write_parquet(
-        &input.join("a-text.parquet"),
-        vec![
-            ("user_id", users()),
-            (
-                "amount",
-                Arc::new(StringArray::from_iter_values(
-                    (0..20).map(|i| i.to_string()),
-                )) as _,
+    let amounts: [(&str, arrow_array::ArrayRef); 3] = [
+        (
+            "a-text",
+            Arc::new(StringArray::from_iter_values(
+                (0..20).map(|i| i.to_string()),
+            )),
+        ),
+        (
+            "b-decimal",
+            Arc::new(
+                arrow_array::Decimal128Array::from_iter_values(0..20)
+                    .with_precision_and_scale(10, 2)
+                    .unwrap(),
             ),
-            ("ts", times()),
-        ],
-    );
-    write_parquet(
-        &input.join("b-decimal.parquet"),
-        vec![
-            ("user_id", users()),
-            (
-                "amount",
-                Arc::new(
-                    arrow_array::Decimal128Array::from_iter_values(0..20)
-                        .with_precision_and_scale(10, 2)
-                        .unwrap(),
-                ) as _,
-            ),
-            ("ts", times()),
-        ],
-    );
-    write_parquet(
-        &input.join("c-good.parquet"),
-        vec![
-            ("user_id", users()),
-            (
-                "amount",
-                Arc::new(Float64Array::from_iter_values((0..20).map(f64::from))) as _,
-            ),
-            ("ts", times()),
-        ],
-    );
+        ),
+        (
+            "c-good",
+            Arc::new(Float64Array::from_iter_values((0..20).map(f64::from))),
+        ),
+    ];
+    for (name, amount) in amounts {
+        write_parquet(
+            &input.join(format!("{name}.parquet")),
+            vec![("user_id", users()), ("amount", amount), ("ts", times())],
+        );
+    }
     let ((records, rows_out, dead, late), rows, letters) =
         run_odd(&dir.path().join("out"), &input, "parquet");
     assert_eq!((records, rows_out, dead, late), (60, 20, 40, 0));
     assert!(rows.iter().all(|row| row["_partition"] == 2));
-    let letters_of = |partition_reason: &str| {
+    let letters_of = |saying: &str| {
         letters
             .iter()
-            .filter(|(_, reason)| reason.contains(partition_reason))
+            .filter(|(_, reason)| reason.contains(saying))
             .count()
     };
     assert_eq!(letters_of("field 'amount': expected f64"), 20);
