@@ -10,7 +10,7 @@
 #                                  # .device/ carried): runs them, writing
 #                                  # their output and plot to $OUT (or out/)
 #
-# `run` prints events/s against workers for the four workloads (and the
+# `run` prints events/s against workers for the five workloads (and the
 # end-to-end / features-only ratio at each count) and the live latency
 # over a bare consumer at 1k, 10k and 50k events/s on 8 partitions (2
 # workers, then 8 at 50k).
