@@ -642,16 +642,15 @@ impl Batch {
         self.rows.iter().any(|row| !row.values.is_empty())
     }
 
-    /// Puts the rows, with their cells, in canonical order (event time,
-    /// partition, offset).
-    pub fn sort_by_canonical_order(&mut self) {
+    /// The indices of the rows in canonical order (event time, partition,
+    /// offset); `None` when the rows are in that order already.
+    pub fn canonical_order(&self) -> Option<Vec<u32>> {
         if self.rows.is_sorted_by_key(Row::canonical_order) {
-            return;
+            return None;
         }
         let mut order: Vec<u32> = (0..self.rows.len() as u32).collect();
         order.sort_by_key(|index| self.rows[*index as usize].canonical_order());
-        let picks: Vec<(u32, u32)> = order.into_iter().map(|index| (0, index)).collect();
-        *self = Batch::gather(&[self], &picks);
+        Some(order)
     }
 
     /// Keeps only the rows for which `keep` holds, with their cells.
@@ -1312,8 +1311,15 @@ mod tests {
     #[test]
     fn sorting_and_gathering_move_each_rows_cells_with_it() {
         let types = [ColumnType::Str, ColumnType::I64, ColumnType::F64];
-        let mut sorted = Batch::columns_of_rows(out_of_order(0..60), &types);
-        sorted.sort_by_canonical_order();
+        let unsorted = Batch::columns_of_rows(out_of_order(0..60), &types);
+        let picks: Vec<(u32, u32)> = unsorted
+            .canonical_order()
+            .expect("out of order")
+            .into_iter()
+            .map(|index| (0, index))
+            .collect();
+        let sorted = Batch::gather(&[&unsorted], &picks);
+        assert_eq!(sorted.canonical_order(), None);
         let mut expected = out_of_order(0..60);
         expected.sort_by_key(Row::canonical_order);
         assert_eq!(sorted.clone().into_rows(), expected);

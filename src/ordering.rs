@@ -160,11 +160,13 @@ impl ReorderBuffer {
 /// Batches held until the watermark passes their rows, released merged
 /// into one batch in canonical order.
 ///
-/// Each batch is sorted once as it comes (rows of a partition arrive in
-/// offset order, mostly in event-time order too, so it usually is
-/// already), and then waits as a run; a release takes the prefix of each
-/// run the watermark has passed and merges those prefixes. Rows stay in
-/// their batch's columns throughout: none is held, or copied, one by one.
+/// The order of each batch's rows is sorted once as it comes (rows of a
+/// partition arrive in offset order, mostly in event-time order too, so
+/// it usually is already), and the batch waits as a run in that order; a
+/// release takes the prefix of each run the watermark has passed and
+/// merges those prefixes. Rows stay in their batch's columns throughout
+/// and are copied once, into the batch released: none is held, or
+/// copied, one by one.
 ///
 /// Each run keeps the dataflow time its batch arrived at, as
 /// [`ReorderBuffer`] does for each row.
@@ -176,12 +178,54 @@ pub struct HeldBatches {
     types: Vec<ColumnType>,
 }
 
-/// A sorted batch, the rows from `next` on still held.
+/// A batch in canonical order, the rows from position `next` in that
+/// order on still held.
 #[derive(Debug)]
 struct Run {
     arrival: i64,
     batch: Batch,
+    /// The batch's row indices in canonical order; `None` when its rows
+    /// are in that order.
+    order: Option<Vec<u32>>,
     next: usize,
+}
+
+impl Run {
+    /// The index in the batch of the row at `position` in canonical order.
+    fn index(&self, position: usize) -> usize {
+        self.order
+            .as_ref()
+            .map_or(position, |order| order[position] as usize)
+    }
+
+    /// The position in canonical order of the first held row whose event
+    /// time is not before `watermark`.
+    fn end_before(&self, watermark: i64) -> usize {
+        let rows = self.batch.rows();
+        let (mut low, mut high) = (self.next, rows.len());
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if rows[self.index(middle)].time < watermark {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        low
+    }
+
+    /// The held rows from position `next` to `end`: their canonical order
+    /// and batch index, with `place`, the run's.
+    fn picks(
+        &self,
+        place: usize,
+        end: usize,
+    ) -> impl Iterator<Item = ((i64, u32, u64), usize, usize)> + '_ {
+        (self.next..end).map(move |position| {
+            let index = self.index(position);
+            (self.batch.rows()[index].canonical_order(), place, index)
+        })
+    }
 }
 
 impl HeldBatches {
@@ -201,9 +245,9 @@ impl HeldBatches {
         if batch.has_row_values() {
             batch = Batch::columns_of_rows(batch.into_rows(), &self.types);
         }
-        batch.sort_by_canonical_order();
         self.runs.push(Run {
             arrival,
+            order: batch.canonical_order(),
             batch,
             next: 0,
         });
@@ -220,16 +264,11 @@ impl HeldBatches {
     pub fn release(&mut self, watermark: Option<i64>) -> Batch {
         let mut picks = Vec::new();
         for (place, run) in self.runs.iter_mut().enumerate() {
-            let rows = &run.batch.rows()[run.next..];
-            let end = run.next
-                + match watermark {
-                    Some(watermark) => rows.partition_point(|row| row.time < watermark),
-                    None => rows.len(),
-                };
-            picks.extend(
-                (run.next..end)
-                    .map(|index| (run.batch.rows()[index].canonical_order(), place, index)),
-            );
+            let end = match watermark {
+                Some(watermark) => run.end_before(watermark),
+                None => run.batch.len(),
+            };
+            picks.extend(run.picks(place, end));
             run.next = end;
         }
         let released = self.merge(picks);
@@ -264,10 +303,7 @@ impl HeldBatches {
             .runs
             .iter()
             .enumerate()
-            .flat_map(|(place, run)| {
-                (run.next..run.batch.len())
-                    .map(move |index| (run.batch.rows()[index].canonical_order(), place, index))
-            })
+            .flat_map(|(place, run)| run.picks(place, run.batch.len()))
             .collect();
         self.merge(picks).into_rows()
     }
