@@ -18,7 +18,7 @@
 
 use crate::batch::Batch;
 use crate::checkpoint::restore::PartitionPosition;
-use crate::decode::Decoder;
+use crate::decode::{Decoder, FlatCell};
 use crate::metrics::PartitionStatus;
 use crate::ordering::PartitionClock;
 use crate::row::{LATE, Row};
@@ -124,7 +124,15 @@ pub struct Intake {
     /// The schema field types, for a round's columns.
     field_types: Vec<ColumnType>,
     /// One record's fields on their way into the columns.
-    fields: Vec<Value>,
+    fields: FieldBuffers,
+}
+
+/// One record's fields on their way into a round's columns: scanned from
+/// a JSON record of the common shape, or else decoded as values.
+#[derive(Default)]
+struct FieldBuffers {
+    scanned: Vec<FlatCell>,
+    values: Vec<Value>,
 }
 
 impl std::fmt::Debug for Intake {
@@ -168,7 +176,7 @@ impl Intake {
             field_types: rules.decoder.field_types(),
             rules,
             raw: Vec::with_capacity(RECORDS_PER_POLL),
-            fields: Vec::new(),
+            fields: FieldBuffers::default(),
         }
     }
 
@@ -348,7 +356,7 @@ fn read_partition(
     partition: &mut Partition,
     rules: &IntakeRules,
     raw: &mut Vec<RawRecord>,
-    fields: &mut Vec<Value>,
+    fields: &mut FieldBuffers,
     held: i64,
     remaining: usize,
     round: &mut Round,
@@ -376,7 +384,7 @@ struct Reading<'round> {
     round: &'round mut Round,
     dead_letters: &'round mut DeadLetterWriter,
     /// One record's fields on their way into the columns.
-    fields: &'round mut Vec<Value>,
+    fields: &'round mut FieldBuffers,
 }
 
 impl Reading<'_> {
@@ -511,6 +519,33 @@ impl Reading<'_> {
         }
     }
 
+    /// Takes a JSON record of the common shape that is on time straight
+    /// into the round's columns; false where it must be decoded (to a
+    /// row, a late record's dead letter or another).
+    #[inline]
+    fn take_flat(&mut self, partition: &mut Partition, record: &RawRecord, warm_up: bool) -> bool {
+        let rules = self.rules;
+        let Some((time, text)) = rules.decoder.scan_flat(record, &mut self.fields.scanned) else {
+            return false;
+        };
+        if rules.tracks_lateness
+            && (partition.clock.is_late(time, rules.bound_ms) || time < self.held)
+        {
+            return false;
+        }
+        partition.clock.observe(time);
+        let origin = Row {
+            partition: record.partition,
+            offset: record.offset,
+            time,
+            values: Vec::new(),
+            warm_up,
+        };
+        let cells = self.fields.scanned.iter().map(|cell| cell.cell(text));
+        self.round.batch.push_cells(origin, cells);
+        true
+    }
+
     /// Decodes one record into a row of the round, or a dead letter.
     fn record(
         &mut self,
@@ -519,7 +554,10 @@ impl Reading<'_> {
         warm_up: bool,
     ) -> Result<()> {
         let rules = self.rules;
-        let fields = &mut *self.fields;
+        if rules.columnar && self.take_flat(partition, &record, warm_up) {
+            return Ok(());
+        }
+        let fields = &mut self.fields.values;
         let decoded = if rules.columnar {
             rules
                 .decoder

@@ -1,7 +1,9 @@
-//! JSON records decoded straight into typed slots: a serde visitor walks
-//! the object once, keeps the schema's fields, and skips the rest without
-//! building a `serde_json::Value` tree.
+//! JSON records decoded straight into typed slots: the common flat record
+//! by one scan of its bytes ([`super::flat`]), any other by a serde
+//! visitor that walks the object once, keeps the schema's fields, and
+//! skips the rest without building a `serde_json::Value` tree.
 
+use super::flat::{decode_flat, field_named};
 use crate::schema::{Column, ColumnType};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use std::fmt;
@@ -13,6 +15,20 @@ use tideflow_connectors::Value;
 pub fn decode_object(text: &str, fields: &[Column], values: &mut Vec<Value>) -> Result<(), String> {
     values.clear();
     values.resize(fields.len(), Value::Null);
+    if decode_flat(text, fields, values) {
+        return Ok(());
+    }
+    values.iter_mut().for_each(|value| *value = Value::Null);
+    decode_with_serde(text, fields, values)
+}
+
+/// Decodes any JSON text into `values` (one null per schema field), or
+/// says precisely why it is not a record of the schema.
+pub(super) fn decode_with_serde(
+    text: &str,
+    fields: &[Column],
+    values: &mut [Value],
+) -> Result<(), String> {
     let mut reason = None;
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let parsed = RecordSeed {
@@ -33,7 +49,7 @@ pub fn decode_object(text: &str, fields: &[Column], values: &mut Vec<Value>) -> 
 /// The whole record: a JSON object.
 struct RecordSeed<'a> {
     fields: &'a [Column],
-    values: &'a mut Vec<Value>,
+    values: &'a mut [Value],
     /// Set when a field has the wrong type: the precise reason.
     reason: &'a mut Option<String>,
 }
@@ -105,10 +121,7 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     }
 
     fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Option<usize>, E> {
-        Ok(match self.fields.get(self.next) {
-            Some(field) if field.name == key => Some(self.next),
-            _ => self.fields.iter().position(|field| field.name == key),
-        })
+        Ok(field_named(self.fields, self.next, key))
     }
 }
 

@@ -4,7 +4,10 @@
 //! already typed by the transport), not where the record came from. Every
 //! raw record ends as exactly one row or one dead letter.
 
+mod flat;
 mod json;
+
+pub use flat::FlatCell;
 
 use crate::plan::{InputPlan, MetadataSlots, Plan};
 use crate::row::{DeadLetter, Row};
@@ -149,10 +152,7 @@ impl Decoder {
     /// field's (each such record is a dead letter saying so), or fields
     /// come from a record's metadata.
     pub fn chunk_fields<'a>(&'a self, chunk: &'a ColumnChunk) -> Option<ChunkFields<'a>> {
-        if self.metadata_slots.key.is_some()
-            || self.metadata_slots.timestamp.is_some()
-            || self.tombstone_key.is_some()
-        {
+        if !self.fields_are_the_body() {
             return None;
         }
         let mut columns = Vec::with_capacity(self.fields.len());
@@ -174,6 +174,46 @@ impl Decoder {
             time_slot: self.time_slot,
             required_slots: &self.required_slots,
         })
+    }
+
+    /// A JSON record of the common shape (see [`flat`]) whose required
+    /// fields are present, scanned into `cells` to go straight into a
+    /// batch's columns: its event time, and its text, which the cells'
+    /// strings point into. `None` where the record must go through
+    /// [`Decoder::decode_fields`], to its row or to its dead letter.
+    #[inline]
+    pub fn scan_flat<'r>(
+        &self,
+        record: &'r RawRecord,
+        cells: &mut Vec<FlatCell>,
+    ) -> Option<(i64, &'r str)> {
+        let RawBody::Bytes(bytes) = &record.body else {
+            return None;
+        };
+        if !self.fields_are_the_body() {
+            return None;
+        }
+        let text = std::str::from_utf8(bytes).ok()?;
+        if !flat::scan_flat(text, &self.fields, cells)
+            || self
+                .required_slots
+                .iter()
+                .any(|slot| cells[*slot] == FlatCell::Null)
+        {
+            return None;
+        }
+        match cells[self.time_slot] {
+            FlatCell::I64(time) => Some((time, text)),
+            _ => None,
+        }
+    }
+
+    /// Whether a record's fields all come from its body: none from its
+    /// metadata, and no tombstone to read.
+    fn fields_are_the_body(&self) -> bool {
+        self.metadata_slots.key.is_none()
+            && self.metadata_slots.timestamp.is_none()
+            && self.tombstone_key.is_none()
     }
 
     /// A table's deletion from a Kafka tombstone: a row holding only the
