@@ -160,7 +160,11 @@ fn records_decode_alike_whichever_shape_they_are_written_in() {
         overrides.extend(common::output_overrides(dir.path()));
         let summary = common::run_text(SPEC, &overrides, 1).unwrap();
         assert_eq!(
-            (summary.counts.rows_out, summary.counts.late, summary.counts.dead),
+            (
+                summary.counts.rows_out,
+                summary.counts.late,
+                summary.counts.dead
+            ),
             (4, 1, 1),
             "{name}: {summary}"
         );
@@ -169,7 +173,11 @@ fn records_decode_alike_whichever_shape_they_are_written_in() {
         // A dead letter keeps the line it came from.
         for letter in &dead {
             let offset = letter["_offset"].as_u64().unwrap() as usize;
-            assert_eq!(letter["_raw"].as_str(), Some(lines[offset].as_str()), "{name}");
+            assert_eq!(
+                letter["_raw"].as_str(),
+                Some(lines[offset].as_str()),
+                "{name}"
+            );
         }
         let fields = |row: &serde_json::Value, names: &[&str]| -> Vec<String> {
             names.iter().map(|name| row[*name].to_string()).collect()
@@ -205,7 +213,11 @@ fn records_decode_alike_whichever_shape_they_are_written_in() {
     assert_eq!(flat_rows, expected);
     assert_eq!(flat_dead[0][0], "3");
     assert!(flat_dead[0][1].contains("late"), "{:?}", flat_dead);
-    assert!(flat_dead[1][1].contains("missing key field"), "{:?}", flat_dead);
+    assert!(
+        flat_dead[1][1].contains("missing key field"),
+        "{:?}",
+        flat_dead
+    );
 }
 
 /// Base64 (RFC 4648, padded) decoded by looking each character up.

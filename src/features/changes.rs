@@ -380,6 +380,39 @@ mod tests {
         );
     }
 
+    /// A sweep forgets exactly the keys whose newest record is at least
+    /// the longest window and the bound behind their partition's newest
+    /// (10 + 1 minutes here), and nothing while none is.
+    #[test]
+    fn a_sweep_forgets_exactly_the_keys_idle_past_the_window_and_bound() {
+        let mut state = StageState::new(&plan());
+        apply(
+            &mut state,
+            &[
+                ("old", 0, 1.0),
+                ("edge", 9, 1.0),
+                ("near", 10, 1.0),
+                ("a", 10, 1.0),
+            ],
+        );
+        state.evict_idle_keys(&plan(), BOUND_MS);
+        assert_eq!(state.key_count(), 4, "none is idle at minute 10");
+        // At minute 11, `old` (minute 0) is exactly 11 minutes behind.
+        apply(&mut state, &[("a", 11, 1.0)]);
+        state.evict_idle_keys(&plan(), BOUND_MS);
+        assert_eq!(state.key_count(), 3, "old is idle at minute 11");
+        apply(&mut state, &[("a", 20, 1.0)]);
+        state.evict_idle_keys(&plan(), BOUND_MS);
+        let mut kept: Vec<String> = state
+            .into_keys()
+            .1
+            .iter()
+            .map(|key| super::super::render_key(&key.key))
+            .collect();
+        kept.sort();
+        assert_eq!(kept, ["'a'", "'near'"]);
+    }
+
     /// A whole part, then two parts of changes (records in order and out
     /// of it, records dropped from the front, keys forgotten, a new key in
     /// a freed slot) restore to the state they were taken from, which then

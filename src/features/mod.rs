@@ -397,6 +397,24 @@ impl StageState {
             key_changes,
             ..
         } = self;
+        // Most sweeps find no key idle (none does in a backfill shorter
+        // than its windows). One pass over the newest times, in slot
+        // order, says so without walking the key table, whose buckets lie
+        // in megabytes and each read its key's newest time from anywhere.
+        // A free slot's newest time is `i64::MIN`; a key's is its last
+        // record's.
+        let latest = if plan.source_keyed {
+            partition_newest.iter().copied().max().unwrap_or(i64::MIN)
+        } else {
+            *stage_newest
+        };
+        let latest_horizon = latest.saturating_sub(longest).saturating_sub(bound_ms);
+        if !newest
+            .iter()
+            .any(|time| *time != i64::MIN && *time <= latest_horizon)
+        {
+            return;
+        }
         let mut evicted = Vec::new();
         keys.retain(|key, entry| {
             let reference = if plan.source_keyed {
