@@ -132,15 +132,106 @@ impl Expr {
     /// and `coalesce` evaluate all their arguments and pick per row, which
     /// changes nothing: evaluation has no effects and cannot fail.
     pub fn eval_column<C: NumberColumns + ?Sized>(&self, columns: &C) -> Vec<Option<f64>> {
+        self.operand(columns).into_column(columns.rows())
+    }
+
+    /// The expression over every row: a column, or, where it reads no
+    /// column, one number (a literal is never spread into a column of
+    /// copies for an operator to read: `x / 3600000` is one pass over `x`).
+    fn operand<C: NumberColumns + ?Sized>(&self, columns: &C) -> Operand {
         match self {
-            Expr::Number(value) => vec![Some(*value); columns.rows()],
-            Expr::Column(slot) => columns.numbers(*slot),
-            Expr::Negate(inner) => map_present(inner.eval_column(columns), |value| -value),
+            Expr::Number(value) => Operand::Constant(*value),
+            Expr::Column(slot) => Operand::Column(columns.numbers(*slot)),
+            Expr::Negate(inner) => inner.operand(columns).map(|value| -value),
             Expr::Binary(op, left, right) => {
-                binary_column(*op, left.eval_column(columns), right.eval_column(columns))
+                match (left.operand(columns), right.operand(columns)) {
+                    (Operand::Column(left), Operand::Column(right)) => {
+                        Operand::Column(binary_column(*op, left, right))
+                    }
+                    (Operand::Column(left), Operand::Constant(right)) => {
+                        Operand::Column(binary_with_constant(*op, left, right, Side::Right))
+                    }
+                    (Operand::Constant(left), Operand::Column(right)) => {
+                        Operand::Column(binary_with_constant(*op, right, left, Side::Left))
+                    }
+                    (Operand::Constant(left), Operand::Constant(right)) => {
+                        Operand::Constant(apply_binary(*op, left, right))
+                    }
+                }
             }
             Expr::Call(function, args) => call_column(*function, args, columns),
         }
+    }
+}
+
+/// An expression evaluated over every row (see [`Expr::operand`]).
+enum Operand {
+    Column(Vec<Option<f64>>),
+    /// The same number, never null, for every row.
+    Constant(f64),
+}
+
+impl Operand {
+    fn into_column(self, rows: usize) -> Vec<Option<f64>> {
+        match self {
+            Operand::Column(column) => column,
+            Operand::Constant(value) => vec![Some(value); rows],
+        }
+    }
+
+    /// Applies a function of one number to every present one.
+    fn map(self, apply: impl Fn(f64) -> f64) -> Operand {
+        match self {
+            Operand::Column(column) => Operand::Column(map_present(column, apply)),
+            Operand::Constant(value) => Operand::Constant(apply(value)),
+        }
+    }
+
+    /// Combines row by row; a null on either side is null.
+    fn zip(self, other: Operand, combine: impl Fn(f64, f64) -> f64) -> Operand {
+        match (self, other) {
+            (Operand::Column(left), Operand::Column(right)) => {
+                Operand::Column(zip_present(left, right, combine))
+            }
+            (Operand::Column(left), Operand::Constant(right)) => {
+                Operand::Column(map_present(left, |left| combine(left, right)))
+            }
+            (Operand::Constant(left), Operand::Column(right)) => {
+                Operand::Column(map_present(right, |right| combine(left, right)))
+            }
+            (Operand::Constant(left), Operand::Constant(right)) => {
+                Operand::Constant(combine(left, right))
+            }
+        }
+    }
+}
+
+/// Which side of a binary operator a constant is on.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Left,
+    Right,
+}
+
+/// A binary operator between a column and a constant, chosen once, so
+/// that each loop runs one operation.
+fn binary_with_constant(
+    op: BinaryOp,
+    column: Vec<Option<f64>>,
+    constant: f64,
+    side: Side,
+) -> Vec<Option<f64>> {
+    match (op, side) {
+        (BinaryOp::Add, Side::Right) => map_present(column, |value| value + constant),
+        (BinaryOp::Add, Side::Left) => map_present(column, |value| constant + value),
+        (BinaryOp::Sub, Side::Right) => map_present(column, |value| value - constant),
+        (BinaryOp::Sub, Side::Left) => map_present(column, |value| constant - value),
+        (BinaryOp::Mul, Side::Right) => map_present(column, |value| value * constant),
+        (BinaryOp::Mul, Side::Left) => map_present(column, |value| constant * value),
+        (BinaryOp::Div, Side::Right) => map_present(column, |value| value / constant),
+        (BinaryOp::Div, Side::Left) => map_present(column, |value| constant / value),
+        (op, Side::Right) => map_present(column, |value| apply_binary(op, value, constant)),
+        (op, Side::Left) => map_present(column, |value| apply_binary(op, constant, value)),
     }
 }
 
@@ -194,39 +285,53 @@ fn call_column<C: NumberColumns + ?Sized>(
     function: Function,
     args: &[Expr],
     columns: &C,
-) -> Vec<Option<f64>> {
-    let mut evaluated = args.iter().map(|arg| arg.eval_column(columns));
-    let mut first = evaluated.next().unwrap_or_default();
+) -> Operand {
+    let rows = columns.rows();
+    let mut evaluated = args.iter().map(|arg| arg.operand(columns));
+    let first = evaluated
+        .next()
+        .unwrap_or(Operand::Column(vec![None; rows]));
     match function {
-        Function::Ln => map_present(first, f64::ln),
-        Function::Log1p => map_present(first, f64::ln_1p),
-        Function::Exp => map_present(first, f64::exp),
-        Function::Sqrt => map_present(first, f64::sqrt),
-        Function::Abs => map_present(first, f64::abs),
-        Function::Min => evaluated.fold(first, |result, arg| zip_present(result, arg, f64::min)),
-        Function::Max => evaluated.fold(first, |result, arg| zip_present(result, arg, f64::max)),
+        Function::Ln => first.map(f64::ln),
+        Function::Log1p => first.map(f64::ln_1p),
+        Function::Exp => first.map(f64::exp),
+        Function::Sqrt => first.map(f64::sqrt),
+        Function::Abs => first.map(f64::abs),
+        Function::Min => evaluated.fold(first, |result, arg| result.zip(arg, f64::min)),
+        Function::Max => evaluated.fold(first, |result, arg| result.zip(arg, f64::max)),
         Function::If => {
-            let (then, otherwise) = (
-                evaluated.next().unwrap_or_default(),
-                evaluated.next().unwrap_or_default(),
-            );
-            for ((result, then), otherwise) in first.iter_mut().zip(then).zip(otherwise) {
+            let mut column = first.into_column(rows);
+            let mut branch = || {
+                evaluated
+                    .next()
+                    .map_or_else(|| vec![None; rows], |arg| arg.into_column(rows))
+            };
+            let (then, otherwise) = (branch(), branch());
+            for ((result, then), otherwise) in column.iter_mut().zip(then).zip(otherwise) {
                 *result = match *result {
                     None => None,
                     Some(condition) if condition != 0.0 => then,
                     Some(_) => otherwise,
                 };
             }
-            first
+            Operand::Column(column)
         }
-        Function::Coalesce => {
-            for arg in evaluated {
-                for (result, value) in first.iter_mut().zip(arg) {
+        // The first present argument: a constant is present in every row.
+        Function::Coalesce => evaluated.fold(first, |result, arg| match (result, arg) {
+            (Operand::Constant(value), _) => Operand::Constant(value),
+            (Operand::Column(mut column), Operand::Constant(value)) => {
+                column
+                    .iter_mut()
+                    .for_each(|result| *result = result.or(Some(value)));
+                Operand::Column(column)
+            }
+            (Operand::Column(mut column), Operand::Column(arg)) => {
+                for (result, value) in column.iter_mut().zip(arg) {
                     *result = result.or(value);
                 }
+                Operand::Column(column)
             }
-            first
-        }
+        }),
     }
 }
 
@@ -559,6 +664,14 @@ mod tests {
             "if(a > b, n, b * 2)",
             "coalesce(n, b, a, 3)",
             "if(n, coalesce(a, 1), -b)",
+            "a / 3600000 + 2 - b * 0.5",
+            "2 - a / (1 + b) * 3",
+            "min(coalesce(n, 86400000) / 3600000, 24)",
+            "max(3, a) + min(a, -1, b)",
+            "coalesce(5, a) + coalesce(a, 5, b) + coalesce(n, b, 7)",
+            "-(2) * a + ln(2) + abs(-3) - a",
+            "if(a > 1, 2, b) + if(1, a, 2) + if(0, 2, 3)",
+            "2 < a + (a >= 1) + (3 == 3)",
         ];
         let rows = Rows(rows);
         for text in texts {
