@@ -283,19 +283,13 @@ mod tests {
     use proptest::prelude::*;
 
     fn fields() -> Vec<Column> {
-        [
+        crate::decode::test_fields(&[
             ("name", ColumnType::Str),
             ("amount", ColumnType::F64),
             ("ts", ColumnType::TimestampMs),
             ("ok", ColumnType::Bool),
             ("count", ColumnType::I64),
-        ]
-        .into_iter()
-        .map(|(name, ty)| Column {
-            name: name.into(),
-            ty,
-        })
-        .collect()
+        ])
     }
 
     /// The fast path's values, if it takes the record.

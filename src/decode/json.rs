@@ -225,18 +225,12 @@ mod tests {
     use super::*;
 
     fn fields() -> Vec<Column> {
-        [
+        crate::decode::test_fields(&[
             ("name", ColumnType::Str),
             ("amount", ColumnType::F64),
             ("ts", ColumnType::TimestampMs),
             ("ok", ColumnType::Bool),
-        ]
-        .into_iter()
-        .map(|(name, ty)| Column {
-            name: name.into(),
-            ty,
-        })
-        .collect()
+        ])
     }
 
     fn decode(text: &str) -> Result<Vec<Value>, String> {

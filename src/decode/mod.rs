@@ -399,6 +399,18 @@ fn check_typed_value(field: &Column, value: &mut Value) -> Result<(), String> {
     }
 }
 
+/// Schema fields from (name, type) pairs, for the decoders' tests.
+#[cfg(test)]
+fn test_fields(named: &[(&str, ColumnType)]) -> Vec<Column> {
+    named
+        .iter()
+        .map(|(name, ty)| Column {
+            name: (*name).into(),
+            ty: *ty,
+        })
+        .collect()
+}
+
 /// A dead letter of `record` with its key and headers.
 fn dead_letter(record: &mut RawRecord, error: String, raw: Vec<u8>) -> DeadLetter {
     DeadLetter {
