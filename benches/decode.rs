@@ -142,7 +142,9 @@ fn main() {
                 time,
                 ..Row::default()
             };
-            if let Some((time, text)) = decoder.scan_flat(record, &mut scanned) {
+            if let RawBody::Bytes(bytes) = &record.body
+                && let Some((time, text)) = decoder.scan_flat(bytes, &mut scanned)
+            {
                 rows += u64::from(time > 0);
                 batch.push_cells(origin(time), scanned.iter().map(|cell| cell.cell(text)));
                 continue;

@@ -27,7 +27,7 @@ use crate::sinks::DeadLetterWriter;
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use tideflow_connectors::{ColumnChunk, PartitionReader, Poll, RawRecord, Value};
+use tideflow_connectors::{ColumnChunk, PartitionReader, Poll, RawBody, RawRecord, Value};
 
 /// How many records one round reads from a partition, at most.
 const RECORDS_PER_POLL: usize = 1024;
@@ -371,6 +371,8 @@ fn read_partition(
     };
     if rules.columnar && partition.reader.columnar().is_some() {
         reading.columns(partition, remaining)
+    } else if rules.columnar && partition.reader.lines().is_some() {
+        reading.lines(partition, raw, remaining)
     } else {
         reading.records(partition, raw, remaining)
     }
@@ -397,45 +399,123 @@ impl Reading<'_> {
         remaining: usize,
     ) -> Result<Poll> {
         let mut read = 0;
-        let mut read_up_to = None;
         let polled = loop {
-            raw.clear();
             let chunk = RECORDS_PER_CHUNK.min(RECORDS_PER_POLL - read);
-            let polled = partition.reader.poll(raw, chunk)?;
-            // Room for what this partition still offers (a full chunk
-            // promises a full read) from each partition left: grown a row
-            // at a time, the vector would copy its rows at every doubling.
-            let offered = if raw.len() == chunk {
-                RECORDS_PER_POLL - read
-            } else {
-                raw.len()
-            };
-            self.round
-                .batch
-                .reserve_rows(self.round.batch.len() + offered * remaining);
-            read += raw.len();
-            let first_output = partition.reader.first_output_offset();
-            if let Some(last) = raw.last() {
-                if last.offset >= first_output {
-                    read_up_to = Some((last.partition, last.offset + 1));
-                }
-                partition.next_offset = partition.next_offset.max(last.offset + 1);
-                partition.last_record = Instant::now();
-            }
-            let chunk_read = raw.len();
-            for record in raw.drain(..) {
-                let warm_up = record.offset < first_output;
-                self.count(warm_up);
-                self.record(partition, record, warm_up)?;
-            }
+            let (polled, chunk_read) = self.poll_chunk(partition, raw, chunk, remaining, read)?;
+            read += chunk_read;
             // A short chunk: the reader has nothing more now, and asking
             // again at once would only say so.
             if polled != Poll::Ready || chunk_read < chunk || read >= RECORDS_PER_POLL {
                 break polled;
             }
         };
-        self.round.read_up_to.extend(read_up_to);
         Ok(polled)
+    }
+
+    /// Polls up to `chunk` records (`read` of the round's share read
+    /// before) and decodes them; returns the poll and how many came.
+    fn poll_chunk(
+        &mut self,
+        partition: &mut Partition,
+        raw: &mut Vec<RawRecord>,
+        chunk: usize,
+        remaining: usize,
+        read: usize,
+    ) -> Result<(Poll, usize)> {
+        raw.clear();
+        let polled = partition.reader.poll(raw, chunk)?;
+        // Room for what this partition still offers (a full chunk
+        // promises a full read) from each partition left: grown a row at
+        // a time, the vector would copy its rows at every doubling.
+        let offered = if raw.len() == chunk {
+            RECORDS_PER_POLL - read
+        } else {
+            raw.len()
+        };
+        self.round
+            .batch
+            .reserve_rows(self.round.batch.len() + offered * remaining);
+        let first_output = partition.reader.first_output_offset();
+        if let Some(last) = raw.last() {
+            self.note_read(partition, last.partition, last.offset, first_output);
+        }
+        let chunk_read = raw.len();
+        for record in raw.drain(..) {
+            let warm_up = record.offset < first_output;
+            self.count(warm_up);
+            self.record(&mut partition.clock, record, warm_up)?;
+        }
+        Ok((polled, chunk_read))
+    }
+
+    /// Notes that the partition's records up to `last` were read.
+    fn note_read(&mut self, partition: &mut Partition, id: u32, last: u64, first_output: u64) {
+        if last >= first_output {
+            // A partition's chunks are read one after another: one entry
+            // for them all.
+            match self.round.read_up_to.last_mut() {
+                Some((seen, up_to)) if *seen == id => *up_to = last + 1,
+                _ => self.round.read_up_to.push((id, last + 1)),
+            }
+        }
+        partition.next_offset = partition.next_offset.max(last + 1);
+        partition.last_record = Instant::now();
+    }
+
+    /// Reads lines where they lie in the reader's buffer: a JSON record of
+    /// the common shape that is on time goes from its line into the
+    /// round's columns, without a copy; any other line becomes a record
+    /// (a copy of it), decoded to its row or its dead letter. A line that
+    /// does not lie whole in the buffer is polled.
+    fn lines(
+        &mut self,
+        partition: &mut Partition,
+        raw: &mut Vec<RawRecord>,
+        remaining: usize,
+    ) -> Result<Poll> {
+        let first_output = partition.reader.first_output_offset();
+        self.round
+            .batch
+            .reserve_rows(self.round.batch.len() + RECORDS_PER_POLL * remaining);
+        let mut read = 0;
+        while read < RECORDS_PER_POLL {
+            let Partition { reader, clock, .. } = &mut *partition;
+            let reader = reader.lines().expect("a reader of lines");
+            let mut lines = reader.whole_lines()?;
+            while read < RECORDS_PER_POLL
+                && let Some(line) = lines.next_line()
+            {
+                read += 1;
+                let (id, offset) = (lines.partition(), lines.next_offset() - 1);
+                let warm_up = offset < first_output;
+                self.count(warm_up);
+                if !(self.rules.columnar && self.take_flat(clock, id, offset, line, warm_up)) {
+                    let record = RawRecord {
+                        partition: id,
+                        offset,
+                        timestamp_ms: None,
+                        key: None,
+                        headers: Vec::new(),
+                        body: RawBody::Bytes(line.to_vec()),
+                    };
+                    self.record(clock, record, warm_up)?;
+                }
+            }
+            let (id, next_offset, taken) = (lines.partition(), lines.next_offset(), lines.taken());
+            reader.consume_lines(taken);
+            if taken.lines > 0 {
+                self.note_read(partition, id, next_offset - 1, first_output);
+                continue;
+            }
+            // The next line is not whole in the buffer, is over-long, or
+            // the file has ended: polled as a record.
+            let (polled, polled_read) = self.poll_chunk(partition, raw, 1, remaining, read)?;
+            read += polled_read;
+            if polled != Poll::Ready || polled_read == 0 {
+                return Ok(polled);
+            }
+        }
+        Ok(Poll::Ready)
     }
 
     /// Reads chunks of columns: each row whose fields fit the schema and
@@ -504,7 +584,7 @@ impl Reading<'_> {
                     };
                     self.round.batch.push_cells(origin, fields.cells(row));
                 }
-                None => self.record(partition, chunk.record(row), warm_up)?,
+                None => self.record(&mut partition.clock, chunk.record(row), warm_up)?,
             }
         }
         Ok(())
@@ -523,20 +603,25 @@ impl Reading<'_> {
     /// into the round's columns; false where it must be decoded (to a
     /// row, a late record's dead letter or another).
     #[inline]
-    fn take_flat(&mut self, partition: &mut Partition, record: &RawRecord, warm_up: bool) -> bool {
+    fn take_flat(
+        &mut self,
+        clock: &mut PartitionClock,
+        partition: u32,
+        offset: u64,
+        bytes: &[u8],
+        warm_up: bool,
+    ) -> bool {
         let rules = self.rules;
-        let Some((time, text)) = rules.decoder.scan_flat(record, &mut self.fields.scanned) else {
+        let Some((time, text)) = rules.decoder.scan_flat(bytes, &mut self.fields.scanned) else {
             return false;
         };
-        if rules.tracks_lateness
-            && (partition.clock.is_late(time, rules.bound_ms) || time < self.held)
-        {
+        if rules.tracks_lateness && (clock.is_late(time, rules.bound_ms) || time < self.held) {
             return false;
         }
-        partition.clock.observe(time);
+        clock.observe(time);
         let origin = Row {
-            partition: record.partition,
-            offset: record.offset,
+            partition,
+            offset,
             time,
             values: Vec::new(),
             warm_up,
@@ -549,12 +634,15 @@ impl Reading<'_> {
     /// Decodes one record into a row of the round, or a dead letter.
     fn record(
         &mut self,
-        partition: &mut Partition,
+        clock: &mut PartitionClock,
         mut record: RawRecord,
         warm_up: bool,
     ) -> Result<()> {
         let rules = self.rules;
-        if rules.columnar && self.take_flat(partition, &record, warm_up) {
+        if rules.columnar
+            && let RawBody::Bytes(bytes) = &record.body
+            && self.take_flat(clock, record.partition, record.offset, bytes, warm_up)
+        {
             return Ok(());
         }
         let fields = &mut self.fields.values;
@@ -580,8 +668,7 @@ impl Reading<'_> {
             // was idle) behind the watermark.
             Ok(row)
                 if rules.tracks_lateness
-                    && (partition.clock.is_late(row.time, rules.bound_ms)
-                        || row.time < self.held) =>
+                    && (clock.is_late(row.time, rules.bound_ms) || row.time < self.held) =>
             {
                 if warm_up {
                     // Its dead letter was written by the run that first
@@ -599,7 +686,7 @@ impl Reading<'_> {
                     .late_letter(&mut record, decoded_fields, LATE.into())
             }
             Ok(mut row) => {
-                partition.clock.observe(row.time);
+                clock.observe(row.time);
                 if rules.columnar {
                     self.round.batch.push_fields(row, fields);
                 } else {

@@ -207,6 +207,89 @@ fn memchr_newline(bytes: &[u8]) -> Option<usize> {
     memchr::memchr(b'\n', bytes)
 }
 
+/// A reader whose records are lines of text, read where they lie in its
+/// buffer: a JSONL file read without a vector for each line.
+pub trait LineReader {
+    /// The whole lines at the front of the read buffer, which is filled
+    /// first when empty. None are given where the next line does not end
+    /// in the buffer, is longer than a record may be, or the file has
+    /// ended: that record is polled ([`PartitionReader::poll`]).
+    fn whole_lines(&mut self) -> Result<WholeLines<'_>>;
+
+    /// Marks what [`WholeLines::taken`] says was taken as read.
+    fn consume_lines(&mut self, taken: TakenLines);
+}
+
+/// Whole lines of a read buffer, taken one at a time.
+#[derive(Debug)]
+pub struct WholeLines<'a> {
+    partition: u32,
+    first_offset: u64,
+    bytes: &'a [u8],
+    max_record_bytes: usize,
+    taken: TakenLines,
+}
+
+/// How many lines, and bytes with their newlines, were taken.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TakenLines {
+    pub lines: u64,
+    pub bytes: usize,
+}
+
+impl<'a> WholeLines<'a> {
+    /// The partition the lines belong to.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// The offset the next line taken has.
+    pub fn next_offset(&self) -> u64 {
+        self.first_offset + self.taken.lines
+    }
+
+    /// The next line, without its newline (nor a `\r` before it), as a
+    /// polled record's bytes would be; `None` at the end of the whole
+    /// lines, or before one longer than a record may be.
+    #[inline]
+    pub fn next_line(&mut self) -> Option<&'a [u8]> {
+        let rest = &self.bytes[self.taken.bytes..];
+        let at = memchr_newline(rest).filter(|at| *at <= self.max_record_bytes)?;
+        self.taken.lines += 1;
+        self.taken.bytes += at + 1;
+        let text = &rest[..at];
+        Some(text.strip_suffix(b"\r").unwrap_or(text))
+    }
+
+    /// What was taken, for [`LineReader::consume_lines`].
+    pub fn taken(&self) -> TakenLines {
+        self.taken
+    }
+}
+
+impl LineReader for JsonlReader {
+    fn whole_lines(&mut self) -> Result<WholeLines<'_>> {
+        let buffer = self.reader.fill_buf().map_err(|source| Error::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        let whole = memchr::memrchr(b'\n', buffer).map_or(0, |last| last + 1);
+        Ok(WholeLines {
+            partition: self.partition,
+            first_offset: self.next_offset,
+            bytes: &buffer[..whole],
+            max_record_bytes: self.max_record_bytes,
+            taken: TakenLines::default(),
+        })
+    }
+
+    fn consume_lines(&mut self, taken: TakenLines) {
+        self.reader.consume(taken.bytes);
+        self.bytes_read += taken.bytes as u64;
+        self.next_offset += taken.lines;
+    }
+}
+
 impl PartitionReader for JsonlReader {
     fn partition(&self) -> u32 {
         self.partition
@@ -248,6 +331,10 @@ impl PartitionReader for JsonlReader {
 
     fn progress(&self) -> (u64, Option<u64>) {
         (self.bytes_read, Some(self.file_size))
+    }
+
+    fn lines(&mut self) -> Option<&mut dyn LineReader> {
+        Some(self)
     }
 }
 
@@ -483,6 +570,69 @@ mod tests {
             .collect();
         let expected: Vec<Vec<u8>> = lines.into_iter().map(String::into_bytes).collect();
         assert_eq!(read, expected);
+    }
+
+    /// Reads as the engine does: whole lines where they lie in the buffer,
+    /// and a record polled where none is whole.
+    fn read_in_place(reader: &mut JsonlReader) -> Vec<(u64, RawBody)> {
+        let mut read = Vec::new();
+        loop {
+            let mut lines = reader.whole_lines().unwrap();
+            while let Some(line) = lines.next_line() {
+                read.push((lines.next_offset() - 1, RawBody::Bytes(line.to_vec())));
+            }
+            let taken = lines.taken();
+            reader.consume_lines(taken);
+            if taken.lines > 0 {
+                continue;
+            }
+            let mut polled = Vec::new();
+            if reader.poll(&mut polled, 1).unwrap() == Poll::Finished {
+                return read;
+            }
+            read.extend(
+                polled
+                    .into_iter()
+                    .map(|record| (record.offset, record.body)),
+            );
+        }
+    }
+
+    /// Lines taken where they lie in the read buffer are the records a
+    /// poll gives, at the same offsets: lines ending in `\r\n`, empty and
+    /// over-long ones, lines across the buffer's end and a last line
+    /// without a newline.
+    #[test]
+    fn lines_taken_in_place_are_the_records_polls_give() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.jsonl");
+        let mut text = String::new();
+        for index in 0..4000 {
+            match index % 501 {
+                7 => text.push_str(&"z".repeat(5000)),
+                9 => {}
+                13 => text.push('\r'),
+                _ => text.push_str(&format!(
+                    "{{\"n\":{index},\"pad\":\"{}\"}}",
+                    "y".repeat(index % 89)
+                )),
+            }
+            text.push_str(if index % 3 == 0 { "\r\n" } else { "\n" });
+        }
+        text.push_str("{\"last\":true}");
+        std::fs::write(&path, &text).unwrap();
+        let polled: Vec<(u64, RawBody)> = read_all(&mut JsonlReader::open(&path, 0, 4096).unwrap())
+            .into_iter()
+            .map(|record| (record.offset, record.body))
+            .collect();
+        let mut reader = JsonlReader::open(&path, 0, 4096).unwrap();
+        let in_place = read_in_place(&mut reader);
+        assert_eq!(polled.len(), 4001);
+        assert_eq!(in_place, polled);
+        assert_eq!(
+            reader.progress(),
+            (text.len() as u64, Some(text.len() as u64))
+        );
     }
 
     #[test]

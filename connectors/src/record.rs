@@ -190,7 +190,7 @@ impl Hasher for StableHasher {
 }
 
 /// The body of a raw record, before decoding against the schema.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum RawBody {
     /// Bytes in a text format (a JSONL line, a Kafka message value).
     Bytes(Vec<u8>),
@@ -285,6 +285,13 @@ pub trait PartitionReader: Send {
     /// The reader's records as columns, where its transport is columnar:
     /// the engine then reads them chunk by chunk instead of polling.
     fn columnar(&mut self) -> Option<&mut dyn crate::columnar::ColumnReader> {
+        None
+    }
+
+    /// The reader's records as lines of its read buffer, where its records
+    /// are lines of text: the engine then decodes each line where it lies
+    /// rather than polling a copy of it.
+    fn lines(&mut self) -> Option<&mut dyn crate::files::LineReader> {
         None
     }
 }

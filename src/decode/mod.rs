@@ -176,7 +176,7 @@ impl Decoder {
         })
     }
 
-    /// A JSON record of the common shape (see [`flat`]) whose required
+    /// A JSON record's bytes of the common shape (see [`flat`]) whose required
     /// fields are present, scanned into `cells` to go straight into a
     /// batch's columns: its event time, and its text, which the cells'
     /// strings point into. `None` where the record must go through
@@ -184,12 +184,9 @@ impl Decoder {
     #[inline]
     pub fn scan_flat<'r>(
         &self,
-        record: &'r RawRecord,
+        bytes: &'r [u8],
         cells: &mut Vec<FlatCell>,
     ) -> Option<(i64, &'r str)> {
-        let RawBody::Bytes(bytes) = &record.body else {
-            return None;
-        };
         if !self.fields_are_the_body() {
             return None;
         }
