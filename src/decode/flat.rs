@@ -65,12 +65,25 @@ pub fn decode_flat(text: &str, fields: &[Column], values: &mut [Value]) -> bool 
     true
 }
 
-/// A number as written: an integer of at most 18 digits, or the text of
-/// one with a fraction or an exponent.
-enum Number<'a> {
+/// A number as written: an integer of at most 18 digits, or one with a
+/// fraction or an exponent.
+enum Number {
     Integer(i64),
-    Float(&'a str),
+    Float(f64),
 }
+
+/// Digits gathered as they are scanned (their value wraps past 19).
+#[derive(Default)]
+struct Mantissa {
+    value: u64,
+    digits: usize,
+}
+
+/// The powers of ten a double holds exactly.
+const POWERS_OF_TEN: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
 
 /// A position in a record's text; each step returns `None` where the
 /// record leaves the common shape.
@@ -138,8 +151,7 @@ impl<'a> Scanner<'a> {
                 (Number::Integer(number), ColumnType::F64) => Some(FlatCell::F64(number as f64)),
                 // Correctly rounded, as serde_json's `float_roundtrip`
                 // reads it; out of range is serde's error to give.
-                (Number::Float(text), ColumnType::F64) => {
-                    let number: f64 = text.parse().ok()?;
+                (Number::Float(number), ColumnType::F64) => {
                     number.is_finite().then_some(FlatCell::F64(number))
                 }
                 _ => None,
@@ -179,57 +191,89 @@ impl<'a> Scanner<'a> {
         Some(text)
     }
 
-    /// A number by JSON's grammar.
-    fn number(&mut self) -> Option<Number<'a>> {
+    /// A number by JSON's grammar. Its digits are gathered as they are
+    /// scanned: an integer is complete at its last digit, and a decimal of
+    /// at most 15 digits whose exponent is within 22 of them is a quotient
+    /// or product of two floats that hold it exactly, so one correctly
+    /// rounded operation gives it (Clinger's fast path); any other is
+    /// parsed from its text.
+    fn number(&mut self) -> Option<Number> {
         let start = self.at;
         let negative = self.eat(b'-');
-        let digits_start = self.at;
+        let mut mantissa = Mantissa::default();
         match self.peek()? {
             b'0' => self.at += 1,
-            b'1'..=b'9' => self.skip_digits(),
+            b'1'..=b'9' => self.gather_digits(&mut mantissa),
             _ => return None,
         }
-        let digits = &self.text.as_bytes()[digits_start..self.at];
+        let integer_digits = mantissa.digits;
         let mut float = false;
+        let mut exponent: i64 = 0;
         if self.eat(b'.') {
             float = true;
-            self.digits()?;
+            let before = mantissa.digits;
+            self.gather_digits(&mut mantissa);
+            let fraction_digits = mantissa.digits - before;
+            if fraction_digits == 0 {
+                return None;
+            }
+            exponent -= fraction_digits as i64;
         }
         if matches!(self.peek(), Some(b'e' | b'E')) {
             float = true;
             self.at += 1;
-            if !self.eat(b'+') {
-                self.eat(b'-');
+            let negative_exponent = !self.eat(b'+') && self.eat(b'-');
+            let mut written = Mantissa::default();
+            self.gather_digits(&mut written);
+            if written.digits == 0 {
+                return None;
             }
-            self.digits()?;
+            let written = if written.digits > 18 {
+                i64::MAX / 2
+            } else {
+                written.value as i64
+            };
+            exponent += if negative_exponent { -written } else { written };
         }
-        if float {
-            return Some(Number::Float(&self.text[start..self.at]));
+        if !float {
+            // Longer integers may not fit an i64; serde reads `-0` as a
+            // float.
+            if integer_digits > 18 || (negative && integer_digits == 0) {
+                return None;
+            }
+            let magnitude = mantissa.value as i64;
+            return Some(Number::Integer(if negative {
+                -magnitude
+            } else {
+                magnitude
+            }));
         }
-        // Longer integers may not fit an i64; serde reads `-0` as a float.
-        if digits.len() > 18 || (negative && digits == b"0") {
-            return None;
-        }
-        let magnitude = digits
-            .iter()
-            .fold(0i64, |number, digit| number * 10 + i64::from(digit - b'0'));
-        Some(Number::Integer(if negative {
-            -magnitude
+        let exact = mantissa.digits <= 15 && (-22..=22).contains(&exponent);
+        let number = if exact {
+            let significand = mantissa.value as f64;
+            let scale = POWERS_OF_TEN[exponent.unsigned_abs() as usize];
+            if exponent < 0 {
+                significand / scale
+            } else {
+                significand * scale
+            }
         } else {
-            magnitude
-        }))
+            self.text[start..self.at].parse().ok()?
+        };
+        let number = if negative && exact { -number } else { number };
+        Some(Number::Float(number))
     }
 
-    /// One digit or more.
-    fn digits(&mut self) -> Option<()> {
-        let start = self.at;
-        self.skip_digits();
-        (self.at > start).then_some(())
-    }
-
-    fn skip_digits(&mut self) {
+    /// Steps over digits, gathering them into `mantissa`.
+    #[inline]
+    fn gather_digits(&mut self, mantissa: &mut Mantissa) {
         let bytes = self.text.as_bytes();
-        while bytes.get(self.at).is_some_and(u8::is_ascii_digit) {
+        while let Some(digit) = bytes.get(self.at).filter(|byte| byte.is_ascii_digit()) {
+            mantissa.value = mantissa
+                .value
+                .wrapping_mul(10)
+                .wrapping_add(u64::from(digit - b'0'));
+            mantissa.digits += 1;
             self.at += 1;
         }
     }
@@ -340,6 +384,23 @@ mod tests {
                 let number = f64::from_bits(bits);
                 (format!("{number:e}"), number.is_finite())
             }),
+            // Decimals as amounts are written, around 15 digits (where
+            // an exact quotient stops being enough) and exponents around
+            // 22 (where a power of ten stops being exact).
+            2 => (1u64..10u64.pow(17), 0usize..19, any::<bool>()).prop_map(|(digits, places, negative)| {
+                let digits = format!("{digits:0>width$}", width = places + 1);
+                let (whole, fraction) = digits.split_at(digits.len() - places);
+                let sign = if negative { "-" } else { "" };
+                match places {
+                    0 => (format!("{sign}{whole}.0"), true),
+                    _ => (format!("{sign}{whole}.{fraction}"), true),
+                }
+            }),
+            1 => (-10i64.pow(16)..10i64.pow(16), -30i32..30, prop::sample::select(vec!["e", "E", "e+"]))
+                .prop_map(|(digits, exponent, marker)| {
+                    let marker = if exponent < 0 { "e" } else { marker };
+                    (format!("{digits}{marker}{exponent}"), true)
+                }),
             2 => "[a-z0-9 é]{0,30}".prop_map(|text| (format!("\"{text}\""), true)),
             1 => prop::sample::select(vec!["true", "false", "null"])
                 .prop_map(|word| (word.to_owned(), true)),
@@ -412,6 +473,48 @@ mod tests {
                     text
                 ),
             }
+        }
+    }
+
+    /// Decimals of up to 17 digits with exponents around the fast path's
+    /// limits read as the standard library's correctly rounded parse
+    /// reads them, bit for bit.
+    #[test]
+    fn decimals_read_correctly_rounded() {
+        let mut bits = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            bits ^= bits << 13;
+            bits ^= bits >> 7;
+            bits ^= bits << 17;
+            bits
+        };
+        for _ in 0..200_000 {
+            let digits = next() % 10u64.pow(1 + (next() % 17) as u32);
+            let exponent = (next() % 61) as i64 - 30;
+            let text = match next() % 3 {
+                0 => format!("{digits}e{exponent}"),
+                _ => {
+                    let places = (next() % 18) as usize;
+                    let padded = format!("{digits:0>width$}", width = places + 1);
+                    let (whole, fraction) = padded.split_at(padded.len() - places);
+                    format!("{whole}.{fraction}0")
+                }
+            };
+            let expected: f64 = text.parse().unwrap();
+            let values = flat(&format!(r#"{{"amount":{text}}}"#)).expect("a flat record");
+            assert_eq!(
+                bits_of(&values[1]),
+                Some(expected.to_bits()),
+                "{text} read as {:?}",
+                values[1]
+            );
+        }
+    }
+
+    fn bits_of(value: &Value) -> Option<u64> {
+        match value {
+            Value::F64(number) => Some(number.to_bits()),
+            _ => None,
         }
     }
 
