@@ -15,6 +15,13 @@
 //! the others have reached are late: they go to dead letters as `late`.
 //! A round is given a read limit while partitions are read in step (the
 //! source decides when): a partition whose watermark is past it waits.
+//!
+//! Where rows go into columns, a partition is read the cheapest way its
+//! reader offers: chunks of columns (Parquet), whole lines of its read
+//! buffer, each JSON record of the common shape scanned where it lies
+//! (JSONL), or polled records. Whatever does not fit the fast way (a
+//! record of another shape or type, a late one, a line across the
+//! buffer's end) is decoded as a record, to the same row or dead letter.
 
 use crate::batch::Batch;
 use crate::checkpoint::restore::PartitionPosition;

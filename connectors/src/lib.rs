@@ -2,9 +2,11 @@
 //! dataflow, and the plain readers the engine wraps into timely operators.
 //!
 //! A connector knows a transport (files, a generator; Kafka in its own
-//! module) and hands out *raw* records: the bytes of a line, typed fields
-//! where the transport is synthetic (generator), or runs of records as
-//! Arrow columns where it is columnar already (Parquet). It knows nothing of timely, schemas, or features, so that
+//! module) and hands out *raw* records: the bytes of a line (or, for a
+//! JSONL file, the whole lines of its read buffer, to decode where they
+//! lie), typed fields where the transport is synthetic (generator), or
+//! runs of records as Arrow columns where it is columnar already
+//! (Parquet). It knows nothing of timely, schemas, or features, so that
 //! each reader can be tested on its own and a Kafka partition drops in as
 //! just another [`PartitionReader`].
 
