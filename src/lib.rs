@@ -35,6 +35,8 @@ pub mod run;
 pub mod schema;
 pub mod sinks;
 pub mod spec;
+#[cfg(test)]
+mod testing;
 pub mod watermarks;
 
 pub use error::{Error, Result};

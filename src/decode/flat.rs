@@ -481,13 +481,7 @@ mod tests {
     /// reads them, bit for bit.
     #[test]
     fn decimals_read_correctly_rounded() {
-        let mut bits = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            bits ^= bits << 13;
-            bits ^= bits >> 7;
-            bits ^= bits << 17;
-            bits
-        };
+        let mut next = crate::testing::xorshift(0x2545_f491_4f6c_dd1d);
         for _ in 0..200_000 {
             let digits = next() % 10u64.pow(1 + (next() % 17) as u32);
             let exponent = (next() % 61) as i64 - 30;

@@ -244,12 +244,9 @@ mod tests {
     /// feature's last bit.
     #[test]
     fn floats_of_seventeen_digits_read_back_correctly_rounded() {
-        let mut bits = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = crate::testing::xorshift(0x9e37_79b9_7f4a_7c15);
         for _ in 0..20_000 {
-            bits ^= bits << 13;
-            bits ^= bits >> 7;
-            bits ^= bits << 17;
-            let number = f64::from_bits(bits);
+            let number = f64::from_bits(next());
             if !number.is_finite() {
                 continue;
             }

@@ -630,13 +630,7 @@ mod tests {
     /// gives it, nulls and non-finite values included.
     #[test]
     fn column_evaluation_gives_each_row_its_row_evaluation() {
-        let mut bits = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            bits ^= bits << 13;
-            bits ^= bits >> 7;
-            bits ^= bits << 17;
-            bits
-        };
+        let mut next = crate::testing::xorshift(0x9e37_79b9_7f4a_7c15);
         let special = [0.0, -0.0, 1.0, -1.0, f64::NAN, f64::INFINITY, 1e-300];
         let rows: Vec<Vec<Value>> = (0..2000)
             .map(|_| {
