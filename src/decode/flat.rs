@@ -327,13 +327,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn fields() -> Vec<Column> {
-        crate::decode::test_fields(&[
-            ("name", ColumnType::Str),
-            ("amount", ColumnType::F64),
-            ("ts", ColumnType::TimestampMs),
-            ("ok", ColumnType::Bool),
-            ("count", ColumnType::I64),
-        ])
+        crate::decode::test_fields(5)
     }
 
     /// The fast path's values, if it takes the record.

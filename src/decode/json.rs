@@ -225,12 +225,7 @@ mod tests {
     use super::*;
 
     fn fields() -> Vec<Column> {
-        crate::decode::test_fields(&[
-            ("name", ColumnType::Str),
-            ("amount", ColumnType::F64),
-            ("ts", ColumnType::TimestampMs),
-            ("ok", ColumnType::Bool),
-        ])
+        crate::decode::test_fields(4)
     }
 
     fn decode(text: &str) -> Result<Vec<Value>, String> {

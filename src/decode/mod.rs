@@ -396,10 +396,16 @@ fn check_typed_value(field: &Column, value: &mut Value) -> Result<(), String> {
     }
 }
 
-/// Schema fields from (name, type) pairs, for the decoders' tests.
+/// The decoders' tests' schema: its first `count` fields.
 #[cfg(test)]
-fn test_fields(named: &[(&str, ColumnType)]) -> Vec<Column> {
-    named
+fn test_fields(count: usize) -> Vec<Column> {
+    [
+        ("name", ColumnType::Str),
+        ("amount", ColumnType::F64),
+        ("ts", ColumnType::TimestampMs),
+        ("ok", ColumnType::Bool),
+        ("count", ColumnType::I64),
+    ][..count]
         .iter()
         .map(|(name, ty)| Column {
             name: (*name).into(),
