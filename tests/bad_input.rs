@@ -5,6 +5,7 @@
 mod common;
 
 use std::io::Write;
+use std::path::Path;
 
 const SPEC: &str = r#"
 name = "bad_input"
@@ -32,6 +33,20 @@ type = "jsonl"
 path = "unset"
 "#;
 
+/// Runs `SPEC` on the files in `input` with `extra` overrides, writing
+/// rows and dead letters under `out`.
+fn run_spec(
+    input: &Path,
+    out: &Path,
+    extra: &[&str],
+    workers: usize,
+) -> tideflow::Result<tideflow::run::Summary> {
+    let mut overrides = vec![format!("source.path=\"{}\"", input.display())];
+    overrides.extend(extra.iter().map(|extra| extra.to_string()));
+    overrides.extend(common::output_overrides(out));
+    common::run_text(SPEC, &overrides, workers)
+}
+
 #[test]
 fn bad_records_become_dead_letters_with_reasons() {
     let dir = tempfile::tempdir().unwrap();
@@ -57,9 +72,7 @@ fn bad_records_become_dead_letters_with_reasons() {
     drop(file);
     std::fs::File::create(input.join("b.jsonl")).unwrap();
 
-    let mut overrides = vec![format!("source.path=\"{}\"", input.display())];
-    overrides.extend(common::output_overrides(dir.path()));
-    let summary = common::run_text(SPEC, &overrides, 2).unwrap();
+    let summary = run_spec(&input, dir.path(), &[], 2).unwrap();
     assert_eq!(
         (
             summary.counts.records_in,
@@ -153,12 +166,8 @@ fn records_decode_alike_whichever_shape_they_are_written_in() {
         std::fs::create_dir(&input).unwrap();
         let lines: Vec<String> = records.iter().map(|record| write(*record)).collect();
         std::fs::write(input.join("a.jsonl"), lines.join("\n") + "\n").unwrap();
-        let mut overrides = vec![
-            format!("source.path=\"{}\"", input.display()),
-            "time.max_out_of_orderness=\"1s\"".to_owned(),
-        ];
-        overrides.extend(common::output_overrides(dir.path()));
-        let summary = common::run_text(SPEC, &overrides, 1).unwrap();
+        let bound = ["time.max_out_of_orderness=\"1s\""];
+        let summary = run_spec(&input, dir.path(), &bound, 1).unwrap();
         assert_eq!(
             (
                 summary.counts.rows_out,
@@ -270,11 +279,8 @@ fn a_source_key_found_in_two_partitions_stops_the_run_on_any_number_of_workers()
         }
     }
     for workers in [1, 2, 4] {
-        let mut overrides = vec![format!("source.path=\"{}\"", input.display())];
-        overrides.extend(common::output_overrides(
-            &dir.path().join(format!("out{workers}")),
-        ));
-        let error = common::run_text(SPEC, &overrides, workers).unwrap_err();
+        let out = dir.path().join(format!("out{workers}"));
+        let error = run_spec(&input, &out, &[], workers).unwrap_err();
         let tideflow::Error::KeyInTwoPartitions {
             key,
             first,
